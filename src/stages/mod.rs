@@ -1,0 +1,31 @@
+//! Stage kinds: one file per kind behind one trait, [`StageKind`].
+//!
+//! A kind declares its typed `with:` parameters (serde + schemars), a name, a version
+//! (part of the cache key) and `run`. The [`Registry`] maps `uses:` names to kinds;
+//! the JSON Schema of a pipeline gets one variant per registered kind from it.
+//! Test-only kinds are registered by tests, never by [`Registry::builtin`].
+
+mod context;
+mod registry;
+
+pub use context::{Input, Progress, StageContext};
+pub use registry::{DynStage, Registry};
+
+/// What a `uses:` name does.
+pub trait StageKind: Send + Sync + 'static {
+    /// Typed `with:` parameters. Unknown fields should be refused (`deny_unknown_fields`).
+    type Params: serde::de::DeserializeOwned + schemars::JsonSchema + Send;
+    /// The `uses:` name, e.g. `train/idat`.
+    const NAME: &'static str;
+    /// Bump when outputs change for the same params: part of every cache key of this kind.
+    const VERSION: u32;
+    /// Top-level `with:` fields that do not affect outputs (log level, worker counts):
+    /// left out of the cache key.
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &[];
+    /// One line for `idat-pipe schema` descriptions and docs.
+    const SUMMARY: &'static str;
+
+    /// Produce the outputs in `ctx.out_dir`. Long stages checkpoint into
+    /// `ctx.checkpoint_dir` and resume from it; they call `ctx.check_cancel()` often.
+    fn run(params: Self::Params, ctx: &mut StageContext) -> anyhow::Result<()>;
+}

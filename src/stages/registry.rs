@@ -1,0 +1,99 @@
+//! The map from `uses:` names to stage kinds, type-erased.
+use super::{StageContext, StageKind};
+use schemars::{Schema, SchemaGenerator};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A stage kind with its parameter type erased, as the runner sees it.
+pub trait DynStage: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn summary(&self) -> &'static str;
+    fn non_output_params(&self) -> &'static [&'static str];
+    /// JSON Schema of `with:` (subschemas go to the generator's definitions).
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+    /// Deserialize `with:` into the typed params; the error names the field.
+    fn check_params(&self, with: &Value) -> Result<(), String>;
+    /// The params that determine the output: `with:` less the non-output fields.
+    fn key_params(&self, with: &Value) -> Value;
+    fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+struct Erased<K>(PhantomData<fn() -> K>);
+
+impl<K: StageKind> DynStage for Erased<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn version(&self) -> u32 {
+        K::VERSION
+    }
+    fn summary(&self) -> &'static str {
+        K::SUMMARY
+    }
+    fn non_output_params(&self) -> &'static [&'static str] {
+        K::NON_OUTPUT_PARAMS
+    }
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<K::Params>()
+    }
+    fn check_params(&self, with: &Value) -> Result<(), String> {
+        parse::<K::Params>(with).map(|_| ())
+    }
+    fn key_params(&self, with: &Value) -> Value {
+        let mut v = with.clone();
+        if let Value::Object(map) = &mut v {
+            for k in K::NON_OUTPUT_PARAMS {
+                map.remove(*k);
+            }
+        }
+        v
+    }
+    fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let params = parse::<K::Params>(with).map_err(anyhow::Error::msg)?;
+        K::run(params, ctx)
+    }
+}
+
+fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, String> {
+    P::deserialize(with).map_err(|e| e.to_string())
+}
+
+/// `uses:` name -> kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
+}
+
+impl Registry {
+    /// An empty registry (tests add their own kinds).
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Every kind the product ships.
+    pub fn builtin() -> Self {
+        let r = Self::empty();
+        // Kinds register here as they land (one line each).
+        r
+    }
+
+    pub fn register<K: StageKind>(&mut self) -> &mut Self {
+        self.kinds.insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynStage>> {
+        self.kinds.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynStage>> {
+        self.kinds.values()
+    }
+}
