@@ -112,7 +112,11 @@ fn shade(o: &Object, x: f32, y: f32, light: f32) -> Option<[f32; 3]> {
                 let sx = dx - 0.4 * r * t;
                 if sx.abs() <= r {
                     let c = lit(1.0);
-                    return Some(if o.shiny { mix(c, [1.0; 3], 0.25 * (1.0 - t)) } else { c });
+                    return Some(if o.shiny {
+                        mix(c, [1.0; 3], 0.25 * (1.0 - t))
+                    } else {
+                        c
+                    });
                 }
             }
             None
@@ -125,11 +129,17 @@ fn shade(o: &Object, x: f32, y: f32, light: f32) -> Option<[f32; 3]> {
             if in_top {
                 return Some(lit(1.05));
             }
-            let in_body = u.abs() <= 1.0 && dy >= top && (dy <= bottom || u * u + ((dy - bottom) / (0.35 * r)).powi(2) <= 1.0);
+            let in_body = u.abs() <= 1.0
+                && dy >= top
+                && (dy <= bottom || u * u + ((dy - bottom) / (0.35 * r)).powi(2) <= 1.0);
             if in_body {
                 let lam = (1.0 - (u + 0.4).powi(2)).max(0.0);
                 let c = lit(0.35 + 0.55 * lam);
-                return Some(if o.shiny { mix(c, [1.0; 3], 0.5 * lam.powi(16)) } else { c });
+                return Some(if o.shiny {
+                    mix(c, [1.0; 3], 0.5 * lam.powi(16))
+                } else {
+                    c
+                });
             }
             None
         }
@@ -149,7 +159,10 @@ impl Generator for ClevrCount {
                 if (x - o.x).abs() > 2.2 * o.r || (y - o.y).abs() > 2.0 * o.r {
                     continue;
                 }
-                let (sx, sy) = ((x - o.x - 0.5 * o.r) / (1.1 * o.r), (y - o.y - 0.6 * o.r) / (0.6 * o.r));
+                let (sx, sy) = (
+                    (x - o.x - 0.5 * o.r) / (1.1 * o.r),
+                    (y - o.y - 0.6 * o.r) / (0.6 * o.r),
+                );
                 let d2 = sx * sx + sy * sy;
                 if d2 < 1.0 {
                     c = c.map(|v| v * (0.75 + 0.25 * d2));

@@ -16,14 +16,26 @@ pub(crate) const POOL_TRAIN: usize = 1200;
 /// Shipped test images (100 per class).
 pub(crate) const POOL_TEST: usize = 1000;
 
-const TRAIN_IMAGES: &[u8] = include_bytes!("../../../data/fashion-mnist/train-images-idx3-ubyte.gz");
-const TRAIN_LABELS: &[u8] = include_bytes!("../../../data/fashion-mnist/train-labels-idx1-ubyte.gz");
+const TRAIN_IMAGES: &[u8] =
+    include_bytes!("../../../data/fashion-mnist/train-images-idx3-ubyte.gz");
+const TRAIN_LABELS: &[u8] =
+    include_bytes!("../../../data/fashion-mnist/train-labels-idx1-ubyte.gz");
 const TEST_IMAGES: &[u8] = include_bytes!("../../../data/fashion-mnist/t10k-images-idx3-ubyte.gz");
 const TEST_LABELS: &[u8] = include_bytes!("../../../data/fashion-mnist/t10k-labels-idx1-ubyte.gz");
 
 /// Fashion-MNIST class names, index = label.
-pub const FINE_CLASSES: [&str; 10] =
-    ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
+pub const FINE_CLASSES: [&str; 10] = [
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+];
 /// The coarse grouping of `fashion_coarse`, index = label.
 pub const COARSE_CLASSES: [&str; 4] = ["upper-body garment", "trouser or dress", "footwear", "bag"];
 /// Fine label -> coarse label: t-shirt, pullover, coat, shirt -> upper body; trouser, dress ->
@@ -42,28 +54,45 @@ fn gunzip(what: &str, gz: &[u8], limit: usize) -> Result<Vec<u8>> {
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .with_context(|| format!("decompressing embedded {what}"))?;
-    ensure!(out.len() <= limit, "embedded {what} is larger than {limit} bytes");
+    ensure!(
+        out.len() <= limit,
+        "embedded {what} is larger than {limit} bytes"
+    );
     Ok(out)
 }
 
 /// Parses an IDX file: big-endian magic `0x0000_08_NN` (unsigned bytes, NN dimensions), the
 /// dimensions, then the payload, which must have exactly the declared size.
 fn parse_idx<'a>(what: &str, data: &'a [u8], want_dims: usize) -> Result<(Vec<usize>, &'a [u8])> {
-    ensure!(data.len() >= 4, "{what}: IDX file shorter than its 4-byte magic");
+    ensure!(
+        data.len() >= 4,
+        "{what}: IDX file shorter than its 4-byte magic"
+    );
     let magic = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-    ensure!(magic >> 8 == 0x08, "{what}: IDX magic {magic:#010x} is not unsigned-byte data (0x000008NN)");
+    ensure!(
+        magic >> 8 == 0x08,
+        "{what}: IDX magic {magic:#010x} is not unsigned-byte data (0x000008NN)"
+    );
     let nd = (magic & 0xff) as usize;
-    ensure!(nd == want_dims, "{what}: IDX has {nd} dimensions, expected {want_dims}");
+    ensure!(
+        nd == want_dims,
+        "{what}: IDX has {nd} dimensions, expected {want_dims}"
+    );
     let header = 4 + 4 * nd;
     ensure!(data.len() >= header, "{what}: IDX header truncated");
     let dims: Vec<usize> = (0..nd)
-        .map(|k| u32::from_be_bytes(data[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize)
+        .map(|k| {
+            u32::from_be_bytes(data[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let size = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let payload = &data[header..];
     match size {
         Some(s) if s == payload.len() => Ok((dims, payload)),
-        _ => bail!("{what}: IDX declares dimensions {dims:?} but holds {} payload bytes", payload.len()),
+        _ => bail!(
+            "{what}: IDX declares dimensions {dims:?} but holds {} payload bytes",
+            payload.len()
+        ),
     }
 }
 
@@ -77,12 +106,19 @@ impl Pool {
             idims == [n, 28, 28] && ldims == [n],
             "fashion-mnist {split}: expected {n} images of 28x28, found image dims {idims:?}, label dims {ldims:?}"
         );
-        ensure!(labels.iter().all(|&l| l < 10), "fashion-mnist {split}: a label is not in 0..10");
-        Ok(Pool { pixels: pixels.to_vec(), labels: labels.to_vec() })
+        ensure!(
+            labels.iter().all(|&l| l < 10),
+            "fashion-mnist {split}: a label is not in 0..10"
+        );
+        Ok(Pool {
+            pixels: pixels.to_vec(),
+            labels: labels.to_vec(),
+        })
     }
 
     fn image(&self, i: usize) -> GrayImage {
-        GrayImage::from_raw(28, 28, self.pixels[i * 784..(i + 1) * 784].to_vec()).expect("784 bytes")
+        GrayImage::from_raw(28, 28, self.pixels[i * 784..(i + 1) * 784].to_vec())
+            .expect("784 bytes")
     }
 }
 
@@ -113,7 +149,13 @@ impl Fashion {
 impl Generator for Fashion {
     /// Picks `n` pool images balanced over the 10 fine classes (so `fashion_coarse` follows the
     /// natural 4:2:3:1 proportions of its groups), in a shuffled order.
-    fn plan(&self, split: Split, n: usize, _num_classes: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Item>> {
+    fn plan(
+        &self,
+        split: Split,
+        n: usize,
+        _num_classes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Item>> {
         let pool = self.pool(split);
         let mut by_class: Vec<Vec<u32>> = vec![Vec::new(); 10];
         for (i, &l) in pool.labels.iter().enumerate() {
@@ -131,7 +173,11 @@ impl Generator for Fashion {
                     chosen.push(list[k]);
                 }
             }
-            ensure!(k < pool.labels.len(), "fashion-mnist {}: cannot pick {n} images", split.as_str());
+            ensure!(
+                k < pool.labels.len(),
+                "fashion-mnist {}: cannot pick {n} images",
+                split.as_str()
+            );
             k += 1;
         }
         chosen.shuffle(rng);
@@ -139,7 +185,11 @@ impl Generator for Fashion {
             .into_iter()
             .map(|i| {
                 let fine = pool.labels[i as usize] as usize;
-                let label = if self.coarse { COARSE_OF_FINE[fine] } else { fine as u32 };
+                let label = if self.coarse {
+                    COARSE_OF_FINE[fine]
+                } else {
+                    fine as u32
+                };
                 Item { label, source: i }
             })
             .collect())

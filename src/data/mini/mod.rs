@@ -149,7 +149,10 @@ pub fn task(name: &str) -> Result<MiniTask> {
         Some(t) => Ok(*t),
         None => {
             let known: Vec<&str> = TASKS.iter().map(|t| t.name).chain([SOURCE.name]).collect();
-            bail!("unknown mini task `{name}`: expected one of {}", known.join(", "))
+            bail!(
+                "unknown mini task `{name}`: expected one of {}",
+                known.join(", ")
+            )
         }
     }
 }
@@ -180,7 +183,13 @@ pub(crate) struct Item {
 /// What each generator implements: choose the items of a split, then render one item.
 pub(crate) trait Generator: Sync {
     /// Chooses the `n` items of `split`; the default balances labels exactly and shuffles them.
-    fn plan(&self, _split: Split, n: usize, num_classes: usize, rng: &mut ChaCha8Rng) -> Result<Vec<Item>> {
+    fn plan(
+        &self,
+        _split: Split,
+        n: usize,
+        num_classes: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<Item>> {
         Ok(balanced_labels(n, num_classes, rng)
             .into_iter()
             .map(|label| Item { label, source: 0 })
@@ -215,11 +224,19 @@ fn generator(name: &str) -> Result<Box<dyn Generator>> {
         "fashion10" => Box::new(fashion::Fashion::new(false)?),
         "fashion_coarse" => Box::new(fashion::Fashion::new(true)?),
         "textures" => Box::new(textures::Textures::new()?),
-        "dsprites_loc" => Box::new(dsprites::DSprites { factor: dsprites::Factor::PosX }),
-        "dsprites_ori" => Box::new(dsprites::DSprites { factor: dsprites::Factor::Orientation }),
+        "dsprites_loc" => Box::new(dsprites::DSprites {
+            factor: dsprites::Factor::PosX,
+        }),
+        "dsprites_ori" => Box::new(dsprites::DSprites {
+            factor: dsprites::Factor::Orientation,
+        }),
         "clevr_count" => Box::new(clevr::ClevrCount),
-        "smallnorb_azi" => Box::new(smallnorb::SmallNorb { factor: smallnorb::Factor::Azimuth }),
-        "smallnorb_ele" => Box::new(smallnorb::SmallNorb { factor: smallnorb::Factor::Elevation }),
+        "smallnorb_azi" => Box::new(smallnorb::SmallNorb {
+            factor: smallnorb::Factor::Azimuth,
+        }),
+        "smallnorb_ele" => Box::new(smallnorb::SmallNorb {
+            factor: smallnorb::Factor::Elevation,
+        }),
         "mini_source" => Box::new(source::Source),
         other => bail!("no generator for mini task `{other}`"),
     })
@@ -232,7 +249,13 @@ fn generator(name: &str) -> Result<Box<dyn Generator>> {
 /// Deterministic in `seed`. The task is written in a temporary folder under `root` and renamed into
 /// place, so `<root>/<task>` either is complete or does not exist; it is an error if it already
 /// exists.
-pub fn generate(task_name: &str, root: &Path, seed: u64, n_train: usize, n_test: usize) -> Result<GenReport> {
+pub fn generate(
+    task_name: &str,
+    root: &Path,
+    seed: u64,
+    n_train: usize,
+    n_test: usize,
+) -> Result<GenReport> {
     let t = task(task_name)?;
     check_count(&t, "n_train", n_train, t.max_train)?;
     check_count(&t, "n_test", n_test, t.max_test)?;
@@ -241,8 +264,16 @@ pub fn generate(task_name: &str, root: &Path, seed: u64, n_train: usize, n_test:
 }
 
 /// Generates every downstream task (not the source task) under `root`, one after the other.
-pub fn generate_all(root: &Path, seed: u64, n_train: usize, n_test: usize) -> Result<Vec<GenReport>> {
-    tasks().iter().map(|t| generate(t.name, root, seed, n_train, n_test)).collect()
+pub fn generate_all(
+    root: &Path,
+    seed: u64,
+    n_train: usize,
+    n_test: usize,
+) -> Result<Vec<GenReport>> {
+    tasks()
+        .iter()
+        .map(|t| generate(t.name, root, seed, n_train, n_test))
+        .collect()
 }
 
 fn check_count(t: &MiniTask, field: &str, n: usize, max: Option<usize>) -> Result<()> {
@@ -268,11 +299,17 @@ pub fn class_names(task_name: &str) -> Result<Vec<String>> {
         "fashion10" => owned(&fashion::FINE_CLASSES),
         "fashion_coarse" => owned(&fashion::COARSE_CLASSES),
         "textures" => owned(&textures::CLASSES),
-        "dsprites_loc" => (0..16).map(|k| format!("x in [{}/16, {}/16)", k, k + 1)).collect(),
-        "dsprites_ori" => (0..16).map(|k| format!("angle in [{}, {}) deg", k * 45 / 2, (k + 1) * 45 / 2)).collect(),
+        "dsprites_loc" => (0..16)
+            .map(|k| format!("x in [{}/16, {}/16)", k, k + 1))
+            .collect(),
+        "dsprites_ori" => (0..16)
+            .map(|k| format!("angle in [{}, {}) deg", k * 45 / 2, (k + 1) * 45 / 2))
+            .collect(),
         "clevr_count" => (3..=10).map(|k| format!("count {k}")).collect(),
         "smallnorb_azi" => (0..18).map(|k| format!("azimuth {}", 20 * k)).collect(),
-        "smallnorb_ele" => (0..9).map(|k| format!("elevation {}", 30 + 5 * k)).collect(),
+        "smallnorb_ele" => (0..9)
+            .map(|k| format!("elevation {}", 30 + 5 * k))
+            .collect(),
         _ => source::SHAPES
             .iter()
             .flat_map(|s| source::PATTERNS.iter().map(move |p| format!("{s} {p}")))

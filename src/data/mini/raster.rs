@@ -5,7 +5,12 @@ use image::{DynamicImage, GrayImage, RgbImage};
 /// Renders a `w x h` RGB image by averaging `ss x ss` samples per pixel of `colour(x, y)`, where
 /// `x, y` are continuous pixel coordinates (pixel `(i, j)` covers `[i, i+1) x [j, j+1)`).
 /// Colours are in `[0, 1]`.
-pub(crate) fn render_rgb(w: u32, h: u32, ss: u32, colour: impl Fn(f32, f32) -> [f32; 3]) -> DynamicImage {
+pub(crate) fn render_rgb(
+    w: u32,
+    h: u32,
+    ss: u32,
+    colour: impl Fn(f32, f32) -> [f32; 3],
+) -> DynamicImage {
     let inv = 1.0 / (ss * ss) as f32;
     let img = RgbImage::from_fn(w, h, |i, j| {
         let mut acc = [0.0f32; 3];
@@ -25,13 +30,21 @@ pub(crate) fn render_rgb(w: u32, h: u32, ss: u32, colour: impl Fn(f32, f32) -> [
 }
 
 /// Like [`render_rgb`] for one grey channel.
-pub(crate) fn render_gray(w: u32, h: u32, ss: u32, value: impl Fn(f32, f32) -> f32) -> DynamicImage {
+pub(crate) fn render_gray(
+    w: u32,
+    h: u32,
+    ss: u32,
+    value: impl Fn(f32, f32) -> f32,
+) -> DynamicImage {
     let inv = 1.0 / (ss * ss) as f32;
     let img = GrayImage::from_fn(w, h, |i, j| {
         let mut acc = 0.0f32;
         for sy in 0..ss {
             for sx in 0..ss {
-                acc += value(i as f32 + (sx as f32 + 0.5) / ss as f32, j as f32 + (sy as f32 + 0.5) / ss as f32);
+                acc += value(
+                    i as f32 + (sx as f32 + 0.5) / ss as f32,
+                    j as f32 + (sy as f32 + 0.5) / ss as f32,
+                );
             }
         }
         image::Luma([to_u8(acc * inv)])
@@ -52,5 +65,9 @@ pub(crate) fn unrotate(x: f32, y: f32, angle: f32) -> (f32, f32) {
 
 /// Linear mix of two colours.
 pub(crate) fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+    ]
 }

@@ -75,13 +75,19 @@ fn category(k: usize) -> Vec<Part> {
         ],
         // truck
         3 => {
-            let mut v = vec![([0.85, -0.1, 0.0], [0.3, 0.4, 0.5]), ([-0.35, 0.05, 0.0], [0.8, 0.55, 0.55])];
+            let mut v = vec![
+                ([0.85, -0.1, 0.0], [0.3, 0.4, 0.5]),
+                ([-0.35, 0.05, 0.0], [0.8, 0.55, 0.55]),
+            ];
             v.extend(wheels([0.8, -0.6], -0.6));
             v
         }
         // car
         _ => {
-            let mut v = vec![([0.0, -0.25, 0.0], [1.1, 0.25, 0.5]), ([-0.2, 0.15, 0.0], [0.55, 0.2, 0.45])];
+            let mut v = vec![
+                ([0.0, -0.25, 0.0], [1.1, 0.25, 0.5]),
+                ([-0.2, 0.15, 0.0], [0.55, 0.2, 0.45]),
+            ];
             v.extend(wheels([0.7, -0.7], -0.55));
             v
         }
@@ -103,7 +109,12 @@ fn box_triangles(c: [f32; 3], h: [f32; 3]) -> Vec<([[f32; 3]; 3], [f32; 3])> {
             };
             let mut n = [0.0; 3];
             n[axis] = sign;
-            let q = [corner(-1.0, -1.0), corner(1.0, -1.0), corner(1.0, 1.0), corner(-1.0, 1.0)];
+            let q = [
+                corner(-1.0, -1.0),
+                corner(1.0, -1.0),
+                corner(1.0, 1.0),
+                corner(-1.0, 1.0),
+            ];
             out.push(([q[0], q[1], q[2]], n));
             out.push(([q[0], q[2], q[3]], n));
         }
@@ -129,7 +140,14 @@ impl Generator for SmallNorb {
         let elevation = (30.0 + 5.0 * ele as f32).to_radians();
         let light_idx = rng.gen_range(0..6);
         let light = {
-            let (lx, ly) = [(-0.6, 0.6), (0.6, 0.6), (0.0, 0.9), (-0.8, 0.1), (0.8, 0.1), (0.0, 0.2)][light_idx];
+            let (lx, ly) = [
+                (-0.6, 0.6),
+                (0.6, 0.6),
+                (0.0, 0.9),
+                (-0.8, 0.1),
+                (0.8, 0.1),
+                (0.0, 0.2),
+            ][light_idx];
             let n = (lx * lx + ly * ly + 1.0f32).sqrt();
             [lx / n, ly / n, 1.0 / n]
         };
@@ -154,12 +172,26 @@ impl Generator for SmallNorb {
             let lam = (nn[0] * light[0] + nn[1] * light[1] + nn[2] * light[2]).max(0.0);
             let shade = albedo * (0.25 + 0.75 * lam);
             let s = v.map(|p| [centre + k * p[0], centre - k * p[1], p[2]]);
-            let area = (s[1][0] - s[0][0]) * (s[2][1] - s[0][1]) - (s[2][0] - s[0][0]) * (s[1][1] - s[0][1]);
+            let area = (s[1][0] - s[0][0]) * (s[2][1] - s[0][1])
+                - (s[2][0] - s[0][0]) * (s[1][1] - s[0][1]);
             if area.abs() < 1e-6 {
                 continue;
             }
-            let lo = |d: usize| s.iter().map(|p| p[d]).fold(f32::INFINITY, f32::min).floor().max(0.0) as usize;
-            let hi = |d: usize| (s.iter().map(|p| p[d]).fold(f32::NEG_INFINITY, f32::max).ceil().max(0.0) as usize).min(n);
+            let lo = |d: usize| {
+                s.iter()
+                    .map(|p| p[d])
+                    .fold(f32::INFINITY, f32::min)
+                    .floor()
+                    .max(0.0) as usize
+            };
+            let hi = |d: usize| {
+                (s.iter()
+                    .map(|p| p[d])
+                    .fold(f32::NEG_INFINITY, f32::max)
+                    .ceil()
+                    .max(0.0) as usize)
+                    .min(n)
+            };
             for py in lo(1)..hi(1) {
                 for px in lo(0)..hi(0) {
                     let (x, y) = (px as f32 + 0.5, py as f32 + 0.5);

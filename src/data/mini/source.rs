@@ -16,10 +16,27 @@ use super::raster::{mix, render_rgb, unrotate};
 use super::{Generator, Item, Split};
 
 /// Shape names, class = shape * 8 + pattern.
-pub const SHAPES: [&str; 8] = ["disk", "square", "triangle", "cross", "star", "ring", "diamond", "half-disc"];
+pub const SHAPES: [&str; 8] = [
+    "disk",
+    "square",
+    "triangle",
+    "cross",
+    "star",
+    "ring",
+    "diamond",
+    "half-disc",
+];
 /// Pattern names, class = shape * 8 + pattern.
-pub const PATTERNS: [&str; 8] =
-    ["solid", "stripes-across", "stripes-along", "diagonal", "checks", "dots", "rings", "gradient"];
+pub const PATTERNS: [&str; 8] = [
+    "solid",
+    "stripes-across",
+    "stripes-along",
+    "diagonal",
+    "checks",
+    "dots",
+    "rings",
+    "gradient",
+];
 pub(crate) const NUM_CLASSES: usize = SHAPES.len() * PATTERNS.len();
 const SIZE: u32 = 32;
 
@@ -51,7 +68,10 @@ fn pattern(p: usize, x: f32, y: f32, radius: f32, period: f32) -> f32 {
         3 => parity((x + y) / (period * 1.2)),
         4 => (parity(x / period) + parity(y / period)) % 2.0,
         5 => {
-            let (fx, fy) = ((x / period).rem_euclid(1.0) - 0.5, (y / period).rem_euclid(1.0) - 0.5);
+            let (fx, fy) = (
+                (x / period).rem_euclid(1.0) - 0.5,
+                (y / period).rem_euclid(1.0) - 0.5,
+            );
             if fx * fx + fy * fy < 0.09 {
                 1.0
             } else {
@@ -71,7 +91,10 @@ impl Generator for Source {
     fn render(&self, _split: Split, item: Item, rng: &mut ChaCha8Rng) -> DynamicImage {
         let (shape, pat) = (item.label as usize / 8, item.label as usize % 8);
         let radius = rng.gen_range(7.0..12.0f32);
-        let (cx, cy) = (rng.gen_range(radius..SIZE as f32 - radius), rng.gen_range(radius..SIZE as f32 - radius));
+        let (cx, cy) = (
+            rng.gen_range(radius..SIZE as f32 - radius),
+            rng.gen_range(radius..SIZE as f32 - radius),
+        );
         let angle = rng.gen_range(0.0..TAU);
         let period = rng.gen_range(3.0..5.0f32);
         let bg = colour(rng);
@@ -81,17 +104,28 @@ impl Generator for Source {
             let c = colour(rng);
             let l1 = (c1[0] + c1[1] + c1[2]) / 3.0;
             let l2 = (c[0] + c[1] + c[2]) / 3.0;
-            let shift = if (l1 - l2).abs() < 0.3 { if l1 > 0.5 { -0.45 } else { 0.45 } } else { 0.0 };
+            let shift = if (l1 - l2).abs() < 0.3 {
+                if l1 > 0.5 {
+                    -0.45
+                } else {
+                    0.45
+                }
+            } else {
+                0.0
+            };
             c.map(|v| (v + shift).clamp(0.0, 1.0))
         };
         let bg = mix(bg, [0.5; 3], 0.4);
-        let noise: Vec<f32> = (0..SIZE * SIZE).map(|_| rng.gen_range(-0.06..0.06)).collect();
+        let noise: Vec<f32> = (0..SIZE * SIZE)
+            .map(|_| rng.gen_range(-0.06..0.06))
+            .collect();
         render_rgb(SIZE, SIZE, 2, |x, y| {
             let (u, v) = unrotate(x - cx, y - cy, angle);
             if inside(shape, u / radius, v / radius) {
                 mix(c1, c2, pattern(pat, u, v, radius, period))
             } else {
-                let n = noise[(y as u32).min(SIZE - 1) as usize * SIZE as usize + (x as u32).min(SIZE - 1) as usize];
+                let n = noise[(y as u32).min(SIZE - 1) as usize * SIZE as usize
+                    + (x as u32).min(SIZE - 1) as usize];
                 bg.map(|c| c + n)
             }
         })

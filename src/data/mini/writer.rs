@@ -42,9 +42,14 @@ pub(crate) fn write_task(
     let start = Instant::now();
     let dest = super::task_dir(root, t.name);
     if dest.exists() {
-        bail!("cannot generate mini task `{}`: {} already exists", t.name, dest.display());
+        bail!(
+            "cannot generate mini task `{}`: {} already exists",
+            t.name,
+            dest.display()
+        );
     }
-    fs::create_dir_all(root).with_context(|| format!("creating dataset root {}", root.display()))?;
+    fs::create_dir_all(root)
+        .with_context(|| format!("creating dataset root {}", root.display()))?;
     let tmp = root.join(format!(".{}.tmp-{}", t.name, std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
@@ -73,7 +78,14 @@ pub(crate) fn write_task(
 
 type Counts = (Vec<usize>, Vec<usize>, u64);
 
-fn write_into(t: &MiniTask, gen: &dyn Generator, dir: &Path, seed: u64, n_train: usize, n_test: usize) -> Result<Counts> {
+fn write_into(
+    t: &MiniTask,
+    gen: &dyn Generator,
+    dir: &Path,
+    seed: u64,
+    n_train: usize,
+    n_test: usize,
+) -> Result<Counts> {
     let (train, train_bytes) = write_split(t, gen, dir, seed, Split::Train, n_train)?;
     let (test, test_bytes) = write_split(t, gen, dir, seed, Split::Test, n_test)?;
     let n800 = n_train * 4 / 5;
@@ -81,13 +93,29 @@ fn write_into(t: &MiniTask, gen: &dyn Generator, dir: &Path, seed: u64, n_train:
     write_list(&dir.join("val200.txt"), Split::Train, &train[n800..], n800)?;
     write_list(&dir.join("train800val200.txt"), Split::Train, &train, 0)?;
     write_list(&dir.join("test.txt"), Split::Test, &test, 0)?;
-    Ok((counts(&train, t.num_classes), counts(&test, t.num_classes), train_bytes + test_bytes))
+    Ok((
+        counts(&train, t.num_classes),
+        counts(&test, t.num_classes),
+        train_bytes + test_bytes,
+    ))
 }
 
-fn write_split(t: &MiniTask, gen: &dyn Generator, dir: &Path, seed: u64, split: Split, n: usize) -> Result<(Vec<Item>, u64)> {
+fn write_split(
+    t: &MiniTask,
+    gen: &dyn Generator,
+    dir: &Path,
+    seed: u64,
+    split: Split,
+    n: usize,
+) -> Result<(Vec<Item>, u64)> {
     let img_dir = dir.join("images").join(split.as_str());
     fs::create_dir_all(&img_dir).with_context(|| format!("creating {}", img_dir.display()))?;
-    let items = gen.plan(split, n, t.num_classes, &mut stream(t.name, seed, split, "plan"))?;
+    let items = gen.plan(
+        split,
+        n,
+        t.num_classes,
+        &mut stream(t.name, seed, split, "plan"),
+    )?;
     debug_assert_eq!(items.len(), n);
     let bytes = items
         .par_iter()
@@ -107,7 +135,12 @@ fn write_split(t: &MiniTask, gen: &dyn Generator, dir: &Path, seed: u64, split: 
 fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     PngEncoder::new(&mut out)
-        .write_image(img.as_bytes(), img.width(), img.height(), img.color().into())
+        .write_image(
+            img.as_bytes(),
+            img.width(),
+            img.height(),
+            img.color().into(),
+        )
         .context("encoding PNG")?;
     Ok(out)
 }
@@ -115,7 +148,14 @@ fn encode_png(img: &DynamicImage) -> Result<Vec<u8>> {
 fn write_list(path: &Path, split: Split, items: &[Item], first: usize) -> Result<()> {
     let mut text = String::new();
     for (k, item) in items.iter().enumerate() {
-        writeln!(text, "images/{}/{:06}.png {}", split.as_str(), first + k, item.label).expect("writing to a String");
+        writeln!(
+            text,
+            "images/{}/{:06}.png {}",
+            split.as_str(),
+            first + k,
+            item.label
+        )
+        .expect("writing to a String");
     }
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
