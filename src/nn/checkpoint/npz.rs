@@ -421,4 +421,54 @@ mod tests {
         };
         assert_eq!(h.data_bytes(), None);
     }
+
+    fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}\n",
+            if fortran { "True" } else { "False" }
+        );
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn reads_orders_endianness_and_float_widths() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npz");
+        let mut zw = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        // [[1, 2, 3], [4, 5, 6]] stored column-major: 1 4 2 5 3 6.
+        let f: Vec<u8> = [1f32, 4., 2., 5., 3., 6.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let be: Vec<u8> = [1f32, -2.].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let h: Vec<u8> = [0.5f32, 3.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let d: Vec<u8> = [0.25f64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (name, bytes) in [
+            ("fortran.npy", npy("<f4", true, "(2, 3)", &f)),
+            ("big.npy", npy(">f4", false, "(2,)", &be)),
+            ("half.npy", npy("<f2", false, "(2,)", &h)),
+            ("scalar.npy", npy("<f8", false, "()", &d)),
+        ] {
+            zw.start_file(name, opts).unwrap();
+            zw.write_all(&bytes).unwrap();
+        }
+        zw.finish().unwrap();
+        let m = read(&path).unwrap();
+        assert_eq!(
+            m["fortran"].to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2., 3.], vec![4., 5., 6.]]
+        );
+        assert_eq!(m["big"].to_vec1::<f32>().unwrap(), vec![1., -2.]);
+        assert_eq!(m["half"].to_vec1::<f32>().unwrap(), vec![0.5, 3.0]);
+        assert_eq!(m["scalar"].to_scalar::<f32>().unwrap(), 0.25);
+    }
 }
