@@ -1,1 +1,4 @@
-//! See docs/architecture.md.
+//! Neural-network building blocks: losses, optimiser + schedule, checkpoint I/O.
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;

@@ -1,0 +1,474 @@
+//! Bounded reading of NumPy `.npz` archives (zip of `.npy` files) as f32 tensors.
+//!
+//! Nothing is extracted to disk. Each entry's `.npy` header is parsed first (a
+//! small dedicated parser for the `{'descr': .., 'fortran_order': .., 'shape': (..)}`
+//! literal, with every size computed with overflow checks), and its declared
+//! `shape x dtype` must equal the entry's uncompressed size before any data is
+//! read. Entry count, per-entry size, total size and the compression ratio are
+//! bounded, so a crafted archive cannot make the reader allocate without limit.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+/// Most entries an archive may have.
+const MAX_ENTRIES: usize = 100_000;
+/// Largest single array, in bytes of stored data.
+const MAX_ENTRY_BYTES: u64 = 4 << 30;
+/// Largest sum of all arrays, in bytes.
+const MAX_TOTAL_BYTES: u64 = 32 << 30;
+/// Largest `.npy` header text.
+const MAX_HEADER_BYTES: usize = 1 << 16;
+/// Deflate cannot expand data by more than ~1032x; anything claiming more is forged.
+const MAX_DEFLATE_RATIO: u64 = 1100;
+
+/// Element type of an array, as stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Elem {
+    F16,
+    F32,
+    F64,
+}
+
+/// A parsed `.npy` header.
+#[derive(Debug, Clone, PartialEq)]
+struct NpyHeader {
+    elem: Elem,
+    big_endian: bool,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+impl NpyHeader {
+    fn item_size(&self) -> u64 {
+        match self.elem {
+            Elem::F16 => 2,
+            Elem::F32 => 4,
+            Elem::F64 => 8,
+        }
+    }
+    /// Stored data size in bytes, `None` on overflow.
+    fn data_bytes(&self) -> Option<u64> {
+        self.shape
+            .iter()
+            .try_fold(self.item_size(), |acc, &d| acc.checked_mul(d as u64))
+    }
+}
+
+/// A value of the header's Python literal.
+#[derive(Debug, Clone, PartialEq)]
+enum Lit {
+    Str(String),
+    Bool(bool),
+    Tuple(Vec<usize>),
+}
+
+/// Parses the Python dict literal of an `.npy` header.
+fn parse_header_dict(text: &str) -> Result<BTreeMap<String, Lit>> {
+    let mut p = LitParser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    p.expect(b'{')?;
+    let mut out = BTreeMap::new();
+    loop {
+        p.skip_ws();
+        if p.eat(b'}') {
+            break;
+        }
+        let key = p.string()?;
+        p.expect(b':')?;
+        p.skip_ws();
+        let value = match p.peek() {
+            Some(b'\'') | Some(b'"') => Lit::Str(p.string()?),
+            Some(b'(') => Lit::Tuple(p.tuple()?),
+            Some(b'T') | Some(b'F') => Lit::Bool(p.boolean()?),
+            other => bail!(
+                "unexpected {:?} at byte {} of the header",
+                other.map(|b| b as char),
+                p.i
+            ),
+        };
+        out.insert(key, value);
+        p.skip_ws();
+        if !p.eat(b',') {
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    p.skip_ws();
+    if p.i != p.s.len() {
+        bail!("trailing bytes after the header dict");
+    }
+    Ok(out)
+}
+
+struct LitParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl LitParser<'_> {
+    fn skip_ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn eat(&mut self, c: u8) -> bool {
+        self.skip_ws();
+        if self.peek() == Some(c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, c: u8) -> Result<()> {
+        if !self.eat(c) {
+            bail!("expected '{}' at byte {} of the header", c as char, self.i);
+        }
+        Ok(())
+    }
+    fn string(&mut self) -> Result<String> {
+        self.skip_ws();
+        let quote = match self.peek() {
+            Some(q @ (b'\'' | b'"')) => q,
+            _ => bail!("expected a quoted string at byte {} of the header", self.i),
+        };
+        self.i += 1;
+        let start = self.i;
+        while self.i < self.s.len() && self.s[self.i] != quote {
+            self.i += 1;
+        }
+        if self.i == self.s.len() {
+            bail!("unterminated string in the header");
+        }
+        let s = std::str::from_utf8(&self.s[start..self.i])?.to_string();
+        self.i += 1;
+        Ok(s)
+    }
+    fn boolean(&mut self) -> Result<bool> {
+        for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
+            if self.s[self.i..].starts_with(word) {
+                self.i += word.len();
+                return Ok(v);
+            }
+        }
+        bail!("expected True or False at byte {} of the header", self.i)
+    }
+    fn tuple(&mut self) -> Result<Vec<usize>> {
+        self.expect(b'(')?;
+        let mut dims = Vec::new();
+        loop {
+            self.skip_ws();
+            if self.eat(b')') {
+                break;
+            }
+            let start = self.i;
+            while self.i < self.s.len() && self.s[self.i].is_ascii_digit() {
+                self.i += 1;
+            }
+            if start == self.i {
+                bail!(
+                    "expected a non-negative integer in the shape at byte {}",
+                    self.i
+                );
+            }
+            let text = std::str::from_utf8(&self.s[start..self.i])?;
+            // Python 2 era files may write `16L`.
+            if self.peek() == Some(b'L') {
+                self.i += 1;
+            }
+            dims.push(
+                text.parse::<usize>()
+                    .with_context(|| format!("shape dimension {text} is too large"))?,
+            );
+            if dims.len() > 32 {
+                bail!("shape has more than 32 dimensions");
+            }
+            if !self.eat(b',') {
+                self.expect(b')')?;
+                break;
+            }
+        }
+        Ok(dims)
+    }
+}
+
+/// Reads the `.npy` preamble + header from `r` (at most `entry_size` bytes in all).
+/// Returns the header and the number of bytes it used.
+fn read_npy_header(r: &mut impl Read, entry_size: u64) -> Result<(NpyHeader, u64)> {
+    let mut pre = [0u8; 8];
+    r.read_exact(&mut pre)
+        .context("reading the .npy preamble")?;
+    if &pre[..6] != b"\x93NUMPY" {
+        bail!("not a .npy array (bad magic bytes)");
+    }
+    let (len_bytes, text_len) = match pre[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b)?;
+            (2u64, u16::from_le_bytes(b) as usize)
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b)?;
+            (4u64, u32::from_le_bytes(b) as usize)
+        }
+        v => bail!("unsupported .npy format version {v}"),
+    };
+    let used = 8 + len_bytes + text_len as u64;
+    if text_len > MAX_HEADER_BYTES || used > entry_size {
+        bail!("declared .npy header length {text_len} is larger than the entry ({entry_size} bytes) or the limit");
+    }
+    let mut text = vec![0u8; text_len];
+    r.read_exact(&mut text).context("reading the .npy header")?;
+    let text = std::str::from_utf8(&text).context(".npy header is not UTF-8")?;
+    let dict =
+        parse_header_dict(text.trim_end()).with_context(|| format!(".npy header {text:?}"))?;
+    let descr = match dict.get("descr") {
+        Some(Lit::Str(s)) => s.clone(),
+        _ => bail!(".npy header has no string 'descr'"),
+    };
+    let fortran_order = match dict.get("fortran_order") {
+        Some(Lit::Bool(b)) => *b,
+        _ => bail!(".npy header has no boolean 'fortran_order'"),
+    };
+    let shape = match dict.get("shape") {
+        Some(Lit::Tuple(t)) => t.clone(),
+        _ => bail!(".npy header has no tuple 'shape'"),
+    };
+    let (big_endian, ty) = match descr.as_bytes().first() {
+        Some(b'<') | Some(b'=') => (false, &descr[1..]),
+        Some(b'>') => (true, &descr[1..]),
+        _ => (false, descr.as_str()),
+    };
+    let elem = match ty {
+        "f2" => Elem::F16,
+        "f4" => Elem::F32,
+        "f8" => Elem::F64,
+        _ => bail!("array dtype {descr:?} is not supported (expected float16/32/64)"),
+    };
+    Ok((
+        NpyHeader {
+            elem,
+            big_endian,
+            fortran_order,
+            shape,
+        },
+        used,
+    ))
+}
+
+/// Converts stored bytes to f32 values.
+fn to_f32(h: &NpyHeader, bytes: &[u8]) -> Vec<f32> {
+    let n = h.item_size() as usize;
+    bytes
+        .chunks_exact(n)
+        .map(|c| match (h.elem, h.big_endian) {
+            (Elem::F16, false) => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            (Elem::F16, true) => half::f16::from_be_bytes([c[0], c[1]]).to_f32(),
+            (Elem::F32, false) => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            (Elem::F32, true) => f32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            (Elem::F64, big) => {
+                let b: [u8; 8] = c.try_into().expect("chunk of 8");
+                (if big {
+                    f64::from_be_bytes(b)
+                } else {
+                    f64::from_le_bytes(b)
+                }) as f32
+            }
+        })
+        .collect()
+}
+
+/// Reads every array of the `.npz` at `path` as an f32 CPU tensor, keyed by the
+/// entry name without its `.npy` suffix.
+pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = file.metadata()?.len();
+    let mut zip = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a valid .npz (zip) archive", path.display()))?;
+    if zip.len() > MAX_ENTRIES {
+        bail!(
+            "{}: {} entries, more than the limit of {MAX_ENTRIES}",
+            path.display(),
+            zip.len()
+        );
+    }
+    let mut out = BTreeMap::new();
+    let mut total = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .with_context(|| format!("{}: reading zip entry #{i}", path.display()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let entry_name = entry.name().to_string();
+        let ctx = || format!("{}: entry {entry_name}", path.display());
+        let Some(key) = entry_name.strip_suffix(".npy") else {
+            bail!("{}: expected a .npy file name", ctx());
+        };
+        let key = key.to_string();
+        let size = entry.size();
+        let compressed = entry.compressed_size();
+        if compressed > file_len {
+            bail!(
+                "{}: compressed size {compressed} exceeds the file length {file_len}",
+                ctx()
+            );
+        }
+        let ratio_ok = match entry.compression() {
+            zip::CompressionMethod::Stored => size == compressed,
+            _ => size <= compressed.saturating_mul(MAX_DEFLATE_RATIO).max(1 << 20),
+        };
+        if !ratio_ok || size > MAX_ENTRY_BYTES {
+            bail!("{}: implausible uncompressed size {size} (compressed {compressed}, limit {MAX_ENTRY_BYTES})", ctx());
+        }
+        total += size;
+        if total > MAX_TOTAL_BYTES {
+            bail!(
+                "{}: archive holds more than {MAX_TOTAL_BYTES} bytes of arrays",
+                path.display()
+            );
+        }
+        let (header, used) = read_npy_header(&mut entry, size).with_context(ctx)?;
+        let data_bytes = header
+            .data_bytes()
+            .with_context(|| format!("{}: shape {:?} overflows", ctx(), header.shape))?;
+        if used.checked_add(data_bytes) != Some(size) {
+            bail!(
+                "{}: header declares shape {:?} ({data_bytes} bytes of data) but the entry holds {} bytes after its header",
+                ctx(),
+                header.shape,
+                size - used
+            );
+        }
+        let mut data = vec![0u8; data_bytes as usize];
+        entry
+            .read_exact(&mut data)
+            .with_context(|| format!("{}: truncated array data", ctx()))?;
+        // Reading to the end lets the zip reader verify the CRC.
+        let mut rest = Vec::new();
+        entry
+            .read_to_end(&mut rest)
+            .with_context(|| format!("{}: corrupted entry (CRC)", ctx()))?;
+        if !rest.is_empty() {
+            bail!(
+                "{}: {} bytes after the declared array data",
+                ctx(),
+                rest.len()
+            );
+        }
+        let values = to_f32(&header, &data);
+        drop(data);
+        let tensor = if header.fortran_order && header.shape.len() > 1 {
+            let rev: Vec<usize> = header.shape.iter().rev().copied().collect();
+            let perm: Vec<usize> = (0..rev.len()).rev().collect();
+            Tensor::from_vec(values, rev, &Device::Cpu)?
+                .permute(perm)?
+                .contiguous()?
+        } else {
+            Tensor::from_vec(values, header.shape.clone(), &Device::Cpu)?
+        };
+        if out.insert(key.clone(), tensor).is_some() {
+            bail!("{}: array {key} appears twice", path.display());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_numpy_header_literals() {
+        let d =
+            parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (16, 3, 2), }")
+                .unwrap();
+        assert_eq!(d["descr"], Lit::Str("<f4".into()));
+        assert_eq!(d["fortran_order"], Lit::Bool(false));
+        assert_eq!(d["shape"], Lit::Tuple(vec![16, 3, 2]));
+        let d =
+            parse_header_dict("{'descr': '>f2', 'fortran_order': True, 'shape': (5,)}").unwrap();
+        assert_eq!(d["shape"], Lit::Tuple(vec![5]));
+        let d = parse_header_dict("{'descr': '<f8', 'fortran_order': False, 'shape': ()}").unwrap();
+        assert_eq!(d["shape"], Lit::Tuple(vec![]));
+    }
+
+    #[test]
+    fn rejects_malformed_headers() {
+        assert!(parse_header_dict("{'descr': '<f4', 'shape': (3, 'x')}").is_err());
+        assert!(parse_header_dict("{'descr': '<f4'").is_err());
+        assert!(parse_header_dict("{'shape': (99999999999999999999999,)}").is_err());
+    }
+
+    #[test]
+    fn overflowing_shape_is_detected() {
+        let h = NpyHeader {
+            elem: Elem::F32,
+            big_endian: false,
+            fortran_order: false,
+            shape: vec![usize::MAX, 2],
+        };
+        assert_eq!(h.data_bytes(), None);
+    }
+
+    fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+        let header = format!(
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}\n",
+            if fortran { "True" } else { "False" }
+        );
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn reads_orders_endianness_and_float_widths() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npz");
+        let mut zw = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        // [[1, 2, 3], [4, 5, 6]] stored column-major: 1 4 2 5 3 6.
+        let f: Vec<u8> = [1f32, 4., 2., 5., 3., 6.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let be: Vec<u8> = [1f32, -2.].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let h: Vec<u8> = [0.5f32, 3.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let d: Vec<u8> = [0.25f64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (name, bytes) in [
+            ("fortran.npy", npy("<f4", true, "(2, 3)", &f)),
+            ("big.npy", npy(">f4", false, "(2,)", &be)),
+            ("half.npy", npy("<f2", false, "(2,)", &h)),
+            ("scalar.npy", npy("<f8", false, "()", &d)),
+        ] {
+            zw.start_file(name, opts).unwrap();
+            zw.write_all(&bytes).unwrap();
+        }
+        zw.finish().unwrap();
+        let m = read(&path).unwrap();
+        assert_eq!(
+            m["fortran"].to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2., 3.], vec![4., 5., 6.]]
+        );
+        assert_eq!(m["big"].to_vec1::<f32>().unwrap(), vec![1., -2.]);
+        assert_eq!(m["half"].to_vec1::<f32>().unwrap(), vec![0.5, 3.0]);
+        assert_eq!(m["scalar"].to_scalar::<f32>().unwrap(), 0.25);
+    }
+}

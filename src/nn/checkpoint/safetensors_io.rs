@@ -1,0 +1,192 @@
+//! Bounded reading and atomic writing of `.safetensors` files.
+//!
+//! The header is parsed and validated by the `safetensors` crate (declared shapes
+//! times dtype sizes must match the data offsets, offsets must tile the file, the
+//! header must fit the file) before any tensor is materialised.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+
+/// A named map of tensors plus the file's string metadata.
+pub type TensorsAndMetadata = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
+
+/// Maps a safetensors dtype to the candle dtype it is read as.
+fn candle_dtype(dtype: StDtype) -> Option<DType> {
+    Some(match dtype {
+        StDtype::U8 => DType::U8,
+        StDtype::U32 => DType::U32,
+        StDtype::I64 => DType::I64,
+        StDtype::F16 => DType::F16,
+        StDtype::BF16 => DType::BF16,
+        StDtype::F32 => DType::F32,
+        StDtype::F64 => DType::F64,
+        _ => return None,
+    })
+}
+
+fn st_dtype(dtype: DType) -> Option<StDtype> {
+    Some(match dtype {
+        DType::U8 => StDtype::U8,
+        DType::U32 => StDtype::U32,
+        DType::I64 => StDtype::I64,
+        DType::F16 => StDtype::F16,
+        DType::BF16 => StDtype::BF16,
+        DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
+        _ => return None,
+    })
+}
+
+/// Parses safetensors bytes (validated before any tensor is created); tensors
+/// keep their stored dtype and live on the CPU. `origin` names the file in errors.
+pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
+    if bytes.len() < 8 {
+        bail!(
+            "{}: not a safetensors file: {} bytes, shorter than the 8-byte header length",
+            origin.display(),
+            bytes.len()
+        );
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: invalid or truncated safetensors file ({} bytes): {e:?}",
+            origin.display(),
+            bytes.len()
+        )
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: invalid safetensors header: {e:?}", origin.display()))?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = candle_dtype(view.dtype()).with_context(|| {
+            format!(
+                "{}: tensor {name} has unsupported dtype {:?}",
+                origin.display(),
+                view.dtype()
+            )
+        })?;
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+            .with_context(|| {
+                format!(
+                    "{}: reading tensor {name} {:?}",
+                    origin.display(),
+                    view.shape()
+                )
+            })?;
+        tensors.insert(name, t);
+    }
+    Ok((tensors, metadata))
+}
+
+/// Reads and parses a safetensors file (see [`parse`]).
+pub fn read(path: &Path) -> Result<TensorsAndMetadata> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&bytes, path)
+}
+
+/// A tensor already copied to host bytes, for serialisation.
+struct HostTensor {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
+    fn le<T: Copy, const N: usize>(v: Vec<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+        v.into_iter().flat_map(f).collect()
+    }
+    Ok(match t.dtype() {
+        DType::U8 => flat.to_vec1::<u8>()?,
+        DType::U32 => le(flat.to_vec1::<u32>()?, u32::to_le_bytes),
+        DType::I64 => le(flat.to_vec1::<i64>()?, i64::to_le_bytes),
+        DType::F16 => le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+        DType::BF16 => le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+        DType::F32 => le(flat.to_vec1::<f32>()?, f32::to_le_bytes),
+        DType::F64 => le(flat.to_vec1::<f64>()?, f64::to_le_bytes),
+        other => bail!("cannot save dtype {other:?}"),
+    })
+}
+
+/// Serialises `tensors` + `metadata` to safetensors bytes.
+pub fn serialize(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut host = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = st_dtype(t.dtype())
+            .with_context(|| format!("tensor {name}: cannot save dtype {:?}", t.dtype()))?;
+        let bytes = host_bytes(t).with_context(|| format!("copying tensor {name} to the host"))?;
+        host.push((
+            name.clone(),
+            HostTensor {
+                dtype,
+                shape: t.dims().to_vec(),
+                bytes,
+            },
+        ));
+    }
+    let meta: Option<HashMap<String, String>> = if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata.clone().into_iter().collect())
+    };
+    safetensors::tensor::serialize(host.iter().map(|(n, h)| (n.as_str(), h)), meta)
+        .map_err(|e| anyhow::anyhow!("serialising tensors: {e:?}"))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder is
+/// written, flushed to disk, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
