@@ -81,8 +81,7 @@ impl Registry {
     }
 
     pub fn register<K: StageKind>(&mut self) -> &mut Self {
-        self.kinds
-            .insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
+        self.kinds.insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
         self
     }
 
