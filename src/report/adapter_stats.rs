@@ -105,7 +105,8 @@ pub fn blocks_from_named(
     down_suffix: &str,
     up_suffix: &str,
 ) -> Result<Vec<BlockWeights>> {
-    let mut slots: BTreeMap<usize, (Option<&Vec<f32>>, Option<&Vec<f32>>)> = BTreeMap::new();
+    type Slot<'a> = (Option<&'a Vec<f32>>, Option<&'a Vec<f32>>);
+    let mut slots: BTreeMap<usize, Slot> = BTreeMap::new();
     for (name, w) in params {
         let Some(rest) = name.strip_prefix("blocks.") else {
             continue;

@@ -125,14 +125,17 @@ pub struct LineChart {
 
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
+    lc: &LineChart,
     color_of: &dyn Fn(usize) -> RGBColor,
     legend: bool,
     title_size: u32,
 ) -> Result<()> {
+    let (title, x_label, y_label, series) = (
+        lc.title.as_str(),
+        lc.x_label.as_str(),
+        lc.y_label.as_str(),
+        &lc.series,
+    );
     let (x0, x1) =
         finite_range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0))).unwrap_or((0.0, 1.0));
     let (y0, y1) =
@@ -188,18 +191,12 @@ impl Figure for LineChart {
         (800, 500)
     }
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        draw_lines(
-            root,
-            &self.title,
-            &self.x_label,
-            &self.y_label,
-            &self.series,
-            &color,
-            true,
-            20,
-        )
+        draw_lines(root, self, &color, true, 20)
     }
 }
+
+/// Per category, `Some((value, error))` or `None` (no bar).
+pub type BarValues = Vec<Option<(f64, Option<f64>)>>;
 
 /// Grouped bars with optional error bars: one group per category, one bar per series.
 #[derive(Debug, Clone)]
@@ -211,7 +208,7 @@ pub struct BarChart {
     /// Category names (x axis), e.g. tasks.
     pub categories: Vec<String>,
     /// Per series: name and, per category, `Some((value, error))` or `None` (no bar).
-    pub series: Vec<(String, Vec<Option<(f64, Option<f64>)>>)>,
+    pub series: Vec<(String, BarValues)>,
 }
 
 impl Figure for BarChart {
@@ -361,16 +358,13 @@ impl Figure for PanelChart {
                 let k = legend.iter().position(|l| *l == names[i]).unwrap_or(i);
                 color(k)
             };
-            draw_lines(
-                cell,
-                &panel.title,
-                &self.x_label,
-                &self.y_label,
-                &panel.series,
-                &color_of,
-                false,
-                15,
-            )?;
+            let lc = LineChart {
+                title: panel.title.clone(),
+                x_label: self.x_label.clone(),
+                y_label: self.y_label.clone(),
+                series: panel.series.clone(),
+            };
+            draw_lines(cell, &lc, &color_of, false, 15)?;
         }
         Ok(())
     }

@@ -362,7 +362,7 @@ pub fn build_table(
             let per_method = table
                 .methods
                 .iter()
-                .map(|m| summarize(&table, results, m, &pub_rows, &[scope.clone()]))
+                .map(|m| summarize(&table, results, m, &pub_rows, std::slice::from_ref(&scope)))
                 .collect();
             summaries.push((SummaryKind::Group(g), per_method));
         }
@@ -385,7 +385,7 @@ pub fn build_table(
         let per_method = table
             .methods
             .iter()
-            .map(|m| summarize(&table, results, m, &pub_rows, &[all.clone()]))
+            .map(|m| summarize(&table, results, m, &pub_rows, std::slice::from_ref(&all)))
             .collect();
         summaries.push((SummaryKind::PlainMean, per_method));
     }
@@ -775,7 +775,7 @@ pub fn mean_curves(
     results: &[RunResult],
     task: &str,
     field: CurveField,
-) -> Result<Vec<(String, Vec<(f64, f64)>)>> {
+) -> Result<Vec<super::plot::Series>> {
     let mut methods: Vec<String> = Vec::new();
     let mut acc: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
     for r in results.iter().filter(|r| r.task == task) {
