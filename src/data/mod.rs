@@ -1,1 +1,13 @@
-//! See docs/architecture.md.
+//! VTAB-1K data: the NOAH-layout reader ([`vtab`]), image decoding and PIL-exact resize
+//! ([`image`]), decoded splits and batching ([`loader`]), sources and the validated manifest
+//! ([`prepare`]), verified downloads ([`download`]), safe archive extraction ([`archive`]),
+//! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]).
+
+pub mod archive;
+pub mod download;
+pub mod hub;
+pub mod image;
+pub mod loader;
+pub mod mini;
+pub mod prepare;
+pub mod vtab;

@@ -1,0 +1,1 @@
+//! Generators for the embedded mini benchmark (written in another branch; placeholder here).
