@@ -4,13 +4,11 @@ use idat_pipe::data::archive::{extract, extract_atomic, ArchiveLimits};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// A tar header with its data.
+type TarEntry = (tar::Header, Vec<u8>);
+
 /// A raw tar entry (name written byte-for-byte, bypassing the tar crate's own path checks).
-fn tar_entry(
-    name: &str,
-    kind: tar::EntryType,
-    data: &[u8],
-    link: Option<&str>,
-) -> (tar::Header, Vec<u8>) {
+fn tar_entry(name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) -> TarEntry {
     let mut h = tar::Header::new_old();
     {
         let old = h.as_old_mut();
@@ -26,7 +24,7 @@ fn tar_entry(
     (h, data.to_vec())
 }
 
-fn write_tar_gz(path: &Path, entries: &[(tar::Header, Vec<u8>)]) {
+fn write_tar_gz(path: &Path, entries: &[TarEntry]) {
     let gz = flate2::write::GzEncoder::new(
         std::fs::File::create(path).unwrap(),
         flate2::Compression::fast(),
@@ -110,7 +108,7 @@ fn good_archives_extract() {
 fn tar_gz_escapes_and_links_are_refused() {
     let (d, out) = fresh();
     let lim = ArchiveLimits::default();
-    let cases: Vec<(&str, Vec<(tar::Header, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<TarEntry>, &str)> = vec![
         (
             "dotdot",
             vec![tar_entry(

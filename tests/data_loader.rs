@@ -128,3 +128,62 @@ fn epoch_order_is_a_deterministic_permutation() {
     assert_eq!((b.len(), b[3].len()), (4, 4));
     assert!(batches(&a, 0, false).is_empty());
 }
+
+#[test]
+fn streamed_file_matches_in_memory_decode_and_serves_batches() {
+    use idat_pipe::data::decoded_file::{decode_split_to_file, DecodedFile};
+    use idat_pipe::data::loader::decode_split;
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 10);
+    let t = task(d.path());
+    let split = t.split("train800val200").unwrap();
+    let (mem, _) = decode_split(&t.dir, split, 12, false).unwrap();
+    let f = d.path().join("tv.safetensors");
+    // chunk 4 over 6 images: two chunks, the last one short.
+    let report = decode_split_to_file(&t.dir, split, 12, false, &f, 4).unwrap();
+    assert_eq!(report.decoded, 6);
+    assert_eq!(DecodedSplit::load(&f).unwrap(), mem);
+    let file = DecodedFile::open(&f).unwrap();
+    assert_eq!((file.len(), file.size()), (6, 12));
+    assert_eq!(file.load_all().unwrap(), mem);
+    let n = Normalize::default();
+    let (xa, ya) = file.to_batch(&[5, 0, 3], &n, &Device::Cpu).unwrap();
+    let (xb, yb) = mem.to_batch(&[5, 0, 3], &n, &Device::Cpu).unwrap();
+    assert_eq!(ya.to_vec1::<u32>().unwrap(), yb.to_vec1::<u32>().unwrap());
+    let diff = (xa - xb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    assert!(file.read_images(&[6]).is_err());
+    // A corrupt image fails the whole file and leaves nothing behind.
+    let bad = t.dir.join("images/train800val200/000001.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let f2 = d.path().join("bad.safetensors");
+    let e = format!(
+        "{:#}",
+        decode_split_to_file(&t.dir, split, 12, false, &f2, 4).unwrap_err()
+    );
+    assert!(
+        e.contains("train800val200.txt:2:") && e.contains("000001.png"),
+        "{e}"
+    );
+    assert!(!f2.exists());
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.to_string_lossy().contains(".tmp")),
+        "{names:?}"
+    );
+    // Truncated file: refused at open, before reading images.
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f2, &bytes[..bytes.len() - 10]).unwrap();
+    let e = format!("{:#}", DecodedFile::open(&f2).unwrap_err());
+    assert!(e.contains("do not match shapes or the file length"), "{e}");
+}

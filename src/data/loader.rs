@@ -60,21 +60,7 @@ pub fn decode_split(
     if size == 0 || size > 4096 {
         bail!("image size {size} out of range: expected 1..=4096");
     }
-    let side = size as u32;
-    let results: Vec<std::result::Result<Vec<u8>, SkippedImage>> = split
-        .entries
-        .par_iter()
-        .map(|e| {
-            let p = task_dir.join(&e.path);
-            decode_rgb(&p)
-                .map(|img| resize_bicubic(&img, side, side).into_raw())
-                .map_err(|err| SkippedImage {
-                    location: format!("{}:{}", split.list_file.display(), e.line),
-                    path: p.display().to_string(),
-                    error: format!("{err:#}"),
-                })
-        })
-        .collect();
+    let results = decode_entries(task_dir, split, &split.entries, size);
     let mut images = Vec::with_capacity(split.entries.len() * size * size * 3);
     let mut labels = Vec::with_capacity(split.entries.len());
     let mut report = DecodeReport::default();
@@ -86,11 +72,7 @@ pub fn decode_split(
                 report.decoded += 1;
             }
             Err(s) if skip_bad_images => report.skipped.push(s),
-            Err(s) => bail!(
-                "{}: {}: expected a decodable JPEG/PNG image (set skip_bad_images: true to skip)",
-                s.location,
-                s.error
-            ),
+            Err(s) => return Err(bad_image_error(&s)),
         }
     }
     if labels.is_empty() {
@@ -108,6 +90,56 @@ pub fn decode_split(
         },
         report,
     ))
+}
+
+/// Decodes and resizes `entries` (a slice of `split`'s entries) in parallel; failures carry
+/// the list location.
+pub(crate) fn decode_entries(
+    task_dir: &Path,
+    split: &SplitList,
+    entries: &[super::vtab::ListEntry],
+    size: usize,
+) -> Vec<std::result::Result<Vec<u8>, SkippedImage>> {
+    let side = size as u32;
+    entries
+        .par_iter()
+        .map(|e| {
+            let p = task_dir.join(&e.path);
+            decode_rgb(&p)
+                .map(|img| resize_bicubic(&img, side, side).into_raw())
+                .map_err(|err| SkippedImage {
+                    location: format!("{}:{}", split.list_file.display(), e.line),
+                    path: p.display().to_string(),
+                    error: format!("{err:#}"),
+                })
+        })
+        .collect()
+}
+
+/// The error for an image that failed to decode without `skip_bad_images`.
+pub(crate) fn bad_image_error(s: &SkippedImage) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: {}: expected a decodable JPEG/PNG image (set skip_bad_images: true to skip)",
+        s.location,
+        s.error
+    )
+}
+
+/// Converts `B` HWC u8 images of `size x size` to normalised NCHW f32.
+pub fn hwc_to_nchw(images: &[u8], size: usize, normalize: &Normalize) -> Vec<f32> {
+    let plane = size * size;
+    let mut x = vec![0f32; images.len()];
+    for (img, out) in images
+        .chunks_exact(3 * plane)
+        .zip(x.chunks_exact_mut(3 * plane))
+    {
+        for (p, px) in img.chunks_exact(3).enumerate() {
+            for ch in 0..3 {
+                out[ch * plane + p] = normalize.apply(px[ch], ch);
+            }
+        }
+    }
+    x
 }
 
 /// Decodes split `split` of a validated task (see [`decode_split`]).
@@ -205,25 +237,20 @@ impl DecodedSplit {
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let s = self.size;
-        let plane = s * s;
-        let mut x = vec![0f32; indices.len() * 3 * plane];
+        let plane = s * s * 3;
+        let mut raw = Vec::with_capacity(indices.len() * plane);
         let mut y = Vec::with_capacity(indices.len());
-        for (b, &i) in indices.iter().enumerate() {
+        for &i in indices {
             if i >= self.len() {
                 bail!(
                     "batch index {i} out of range: split has {} images",
                     self.len()
                 );
             }
-            let img = &self.images[i * plane * 3..(i + 1) * plane * 3];
-            let out = &mut x[b * 3 * plane..(b + 1) * 3 * plane];
-            for (p, px) in img.chunks_exact(3).enumerate() {
-                for ch in 0..3 {
-                    out[ch * plane + p] = normalize.apply(px[ch], ch);
-                }
-            }
+            raw.extend_from_slice(&self.images[i * plane..(i + 1) * plane]);
             y.push(self.labels[i]);
         }
+        let x = hwc_to_nchw(&raw, s, normalize);
         let b = indices.len();
         Ok((
             Tensor::from_vec(x, (b, 3, s, s), device)?,
