@@ -157,4 +157,11 @@ fn source_params_reject_unknown_fields() {
             revision: "main".into()
         }
     );
+    let schema = serde_json::to_value(schemars::schema_for!(VtabSource))
+        .unwrap()
+        .to_string();
+    assert!(
+        schema.contains("sha256") && schema.contains("revision") && schema.contains("archive"),
+        "{schema}"
+    );
 }

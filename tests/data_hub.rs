@@ -153,6 +153,56 @@ fn hub_archive_in_repo_is_extracted() {
 }
 
 #[test]
+fn hub_flat_task_archive_and_wrapped_folders() {
+    // `flat.tar.gz` holds the task's files at its top level; `toy/` sits under `vtab-1k/`.
+    let src = tempfile::tempdir().unwrap();
+    write_task(src.path(), "flat", 2, SMALL_SPLITS, 8);
+    let tgz = src.path().join("flat.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&tgz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        b.append_dir_all(".", src.path().join("flat")).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let mut files: BTreeMap<String, Vec<u8>> =
+        [("flat.tar.gz".to_string(), std::fs::read(&tgz).unwrap())].into();
+    // An archive of a task that was not requested is not fetched.
+    files.insert("dtd.zip".to_string(), b"never fetched".to_vec());
+    let (url, log) = hub(files, &[], &[]);
+    let cache = tempfile::tempdir().unwrap();
+    let m = prepare(
+        &source(),
+        &[TaskSpec::custom("flat", "mini", 2)],
+        cache.path(),
+        &opts(&url),
+    )
+    .unwrap();
+    assert_eq!(m.task("flat").unwrap().splits["test"].count, 5);
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.path.ends_with("dtd.zip")));
+
+    let wrapped = tempfile::tempdir().unwrap();
+    write_task(&wrapped.path().join("vtab-1k"), "toy", 3, SMALL_SPLITS, 8);
+    let (url, _log) = hub(files_of(wrapped.path()), &[], &[]);
+    let cache = tempfile::tempdir().unwrap();
+    let m = prepare(
+        &source(),
+        &[TaskSpec::custom("toy", "mini", 3)],
+        cache.path(),
+        &opts(&url),
+    )
+    .unwrap();
+    assert!(m.root.ends_with("vtab-1k"));
+    assert_eq!(m.task("toy").unwrap().splits["val200"].count, 2);
+}
+
+#[test]
 fn hub_checksum_mismatch_unsafe_names_and_missing_repo_are_errors() {
     let src = tempfile::tempdir().unwrap();
     write_task(src.path(), "toy", 3, &[("test", 2)], 8);

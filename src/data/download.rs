@@ -97,7 +97,8 @@ fn fetch_to_part(url: &str, part: &Path, opts: &DownloadOptions) -> Result<()> {
         .timeout_connect(opts.connect_timeout)
         .timeout_read(opts.read_timeout)
         .build();
-    let mut req = agent.get(url);
+    // Byte counts and Range offsets must refer to the stored bytes: no transfer compression.
+    let mut req = agent.get(url).set("Accept-Encoding", "identity");
     if have > 0 {
         req = req.set("Range", &format!("bytes={have}-"));
     }

@@ -274,20 +274,8 @@ pub fn resolve_root(
         VtabSource::Hub { repo, revision } => {
             let endpoint = hub::endpoint(opts.hub_endpoint.as_deref());
             let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
-            let want_split_names: Vec<String> =
-                opts.splits.iter().map(|s| format!("{s}.txt")).collect();
-            // Fetch the requested tasks' folders, plus any top-level archive.
-            let select = |path: &str| {
-                let mut parts = path.splitn(2, '/');
-                let top = parts.next().unwrap_or("");
-                match parts.next() {
-                    None => is_archive_name(path),
-                    Some(rest) => {
-                        names.contains(&top)
-                            && (rest.contains('/') || want_split_names.iter().any(|s| s == rest))
-                    }
-                }
-            };
+            let lists: Vec<String> = opts.splits.iter().map(|s| format!("{s}.txt")).collect();
+            let select = |path: &str| hub_wanted(path, &names, &lists);
             let snap = hub::fetch_dataset(
                 repo,
                 revision,
@@ -302,8 +290,8 @@ pub fn resolve_root(
             if !extracted.is_dir() {
                 let staging = super::archive::unique_temp_dir(cache_dir, ".hub-extract-")?;
                 let res = (|| -> Result<()> {
-                    for f in snap.files.iter().filter(|f| is_archive_name(f)) {
-                        super::archive::extract(&snap.dir.join(f), &staging, &opts.limits)
+                    for f in snap.files.iter().filter(|f| archive_stem(f).is_some()) {
+                        extract_hub_archive(&snap.dir.join(f), f, &staging, &names, opts)
                             .with_context(|| format!("extracting `{f}` from dataset {repo}"))?;
                     }
                     std::fs::create_dir_all(extracted.parent().unwrap_or(cache_dir))?;
@@ -320,8 +308,58 @@ pub fn resolve_root(
     }
 }
 
-fn is_archive_name(name: &str) -> bool {
-    name.ends_with(".zip") || name.ends_with(".tar.gz") || name.ends_with(".tgz")
+/// The file stem of an archive name (`a/cifar.tar.gz` -> `cifar`), or None for other files.
+fn archive_stem(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    [".zip", ".tar.gz", ".tgz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))
+}
+
+/// Which hub files to fetch: files inside a requested task's folder (its list files for the
+/// requested splits, or anything in a subfolder such as `images/`), at any depth; archives
+/// named for a requested task; and archives not named for any VTAB task (whole-dataset packs).
+fn hub_wanted(path: &str, tasks: &[&str], lists: &[String]) -> bool {
+    if let Some(stem) = archive_stem(path) {
+        return tasks.contains(&stem) || super::vtab::task_info(stem).is_none();
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.iter().enumerate().any(|(i, p)| {
+        tasks.contains(p)
+            && match parts.len() - i - 1 {
+                0 => false,
+                1 => lists.iter().any(|l| l == parts[i + 1]),
+                _ => true,
+            }
+    })
+}
+
+/// Extracts one hub archive into `staging`. An archive named for a task goes to
+/// `staging/<task>/` (its contents may be flat or wrapped in `<task>/`); any other archive is
+/// extracted as is (the root is found later).
+fn extract_hub_archive(
+    archive: &Path,
+    name: &str,
+    staging: &Path,
+    tasks: &[&str],
+    opts: &PrepareOptions,
+) -> Result<()> {
+    let stem = archive_stem(name).unwrap_or(name);
+    if !tasks.contains(&stem) {
+        super::archive::extract(archive, staging, &opts.limits)?;
+        return Ok(());
+    }
+    let dest = staging.join(stem);
+    extract_atomic(archive, &dest, &opts.limits)?;
+    let nested = dest.join(stem);
+    let only_child = std::fs::read_dir(&dest)?.count() == 1;
+    if only_child && nested.is_dir() {
+        let tmp = staging.join(format!(".{stem}.unwrap"));
+        std::fs::rename(&nested, &tmp)?;
+        std::fs::remove_dir_all(&dest)?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(())
 }
 
 /// Resolves the source (see [`resolve_root`]) and validates the tasks into a [`Manifest`].
