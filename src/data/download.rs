@@ -128,7 +128,9 @@ fn fetch_to_part(url: &str, part: &Path, opts: &DownloadOptions) -> Result<()> {
     } else {
         File::create(part)?
     };
-    let mut reader = resp.into_reader().take(opts.max_bytes - start + 1);
+    let mut reader = resp
+        .into_reader()
+        .take(opts.max_bytes.saturating_sub(start) + 1);
     let mut got = start;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
