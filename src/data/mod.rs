@@ -1,3 +1,15 @@
-//! See docs/architecture.md.
+//! VTAB-1K data: the NOAH-layout reader ([`vtab`]), image decoding and PIL-exact resize
+//! ([`image`]), decoded splits and batching ([`loader`], large splits streamed
+//! through [`decoded_file`]), sources and the validated manifest
+//! ([`prepare`]), verified downloads ([`download`]), safe archive extraction ([`archive`]),
+//! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]).
 
+pub mod archive;
+pub mod decoded_file;
+pub mod download;
+pub mod hub;
+pub mod image;
+pub mod loader;
 pub mod mini;
+pub mod prepare;
+pub mod vtab;

@@ -1,0 +1,44 @@
+//! Shared helpers of the data tests: a tiny NOAH-layout dataset written on the fly.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::path::Path;
+
+/// Writes task `name` under `root`: `n` images per split (`split_sizes`), labels `i % classes`,
+/// images alternating JPEG and PNG of `side x side` pixels (gray every third image).
+pub fn write_task(root: &Path, name: &str, classes: u32, split_sizes: &[(&str, usize)], side: u32) {
+    let dir = root.join(name);
+    for (split, n) in split_sizes {
+        let img_dir = dir.join("images").join(split);
+        std::fs::create_dir_all(&img_dir).unwrap();
+        let mut list = String::new();
+        for i in 0..*n {
+            let ext = if i % 2 == 0 { "jpg" } else { "png" };
+            let rel = format!("images/{split}/{i:06}.{ext}");
+            let v = (i * 37 % 256) as u8;
+            let path = dir.join(&rel);
+            if i % 3 == 2 {
+                let img = image::GrayImage::from_fn(side, side, |x, y| {
+                    image::Luma([v.wrapping_add((x * 5 + y * 3) as u8)])
+                });
+                img.save(&path).unwrap();
+            } else {
+                let img = image::RgbImage::from_fn(side, side, |x, y| {
+                    image::Rgb([v, (x * 8) as u8, (y * 8) as u8])
+                });
+                img.save(&path).unwrap();
+            }
+            list.push_str(&format!("{rel} {}\n", i as u32 % classes));
+        }
+        std::fs::write(dir.join(format!("{split}.txt")), list).unwrap();
+    }
+}
+
+/// The four VTAB splits with small sizes.
+pub const SMALL_SPLITS: &[(&str, usize)] = &[
+    ("train800", 4),
+    ("val200", 2),
+    ("train800val200", 6),
+    ("test", 5),
+];
