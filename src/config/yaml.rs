@@ -194,7 +194,8 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
     if text.trim().is_empty() {
         return Err(SyntaxError {
             pos: Some(Pos { line: 1, col: 1 }),
-            message: "empty file: expected a mapping with `version`, `name` and `stages`".into(),
+            message: "empty document: expected a mapping with `version`, `name` and `stages`"
+                .into(),
         });
     }
     let node: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| {
@@ -204,16 +205,29 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
         });
         SyntaxError {
             pos,
-            message: first_line(&e.to_string()),
+            message: clean(&e.to_string()),
         }
     })?;
     let mut positions = HashMap::new();
     let value = flatten(node, String::new(), &mut positions);
+    if value.is_null() {
+        return Err(SyntaxError {
+            pos: Some(Pos { line: 1, col: 1 }),
+            message: "empty document: expected a mapping with `version`, `name` and `stages`"
+                .into(),
+        });
+    }
     Ok(Located { value, positions })
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
+/// First line of a parser message, without the parser's own `error: line L column C:` prefix.
+fn clean(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").trim();
+    let l = l.strip_prefix("error: ").unwrap_or(l);
+    match l.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains("column") => rest.to_string(),
+        _ => l.to_string(),
+    }
 }
 
 #[cfg(test)]
