@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         ("validate_corpus", t_validate_corpus),
         ("dag_and_status_and_gc", t_dag_status_gc),
         ("exec_stage_runs_one_instance", t_exec_stage),
+        ("ctrl_c_stops_cleanly_and_resumes", t_ctrl_c),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -608,4 +609,57 @@ fn t_exec_stage() {
         out.contains("cached    data[task=a]") && out.contains("2 cached, 8 will run"),
         "{out}"
     );
+}
+
+fn t_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("long.yaml");
+    let child = cli_cmd(d.path(), &["run", &p, "--set", &set])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines(&cf).iter().any(|l| l.starts_with("long start")) {
+        assert!(Instant::now() < deadline, "long stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("resume with:"),
+        "{err}"
+    );
+    // Only `first` was committed; the interrupted stage left its checkpoint, not an entry.
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".idat/entries"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("will run  long: new"),
+        "an interrupt is not a failure: {out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    assert!(err.contains("1 ran, 1 cached"), "{err}");
+    let l = lines(&cf);
+    let resumed: u32 = l
+        .last()
+        .unwrap()
+        .strip_prefix("long start=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(resumed >= 1, "{l:?}");
 }
