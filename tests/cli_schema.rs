@@ -114,3 +114,33 @@ fn bad_arguments_and_missing_files_exit_2() {
         .code(2)
         .stderr(contains("expected PATH=VALUE"));
 }
+
+#[test]
+fn pipeline_files_carry_the_schema_comment() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for dir in ["pipelines", "tests/pipelines"] {
+        let Ok(rd) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                n += 1;
+                let first = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                assert!(
+                    first.starts_with("# yaml-language-server: $schema=")
+                        && first.ends_with("schemas/pipeline.schema.json"),
+                    "{}: first line must be the yaml-language-server $schema comment",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(n >= 4);
+}

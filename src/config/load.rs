@@ -397,7 +397,14 @@ pub fn load_str(
                 message: format!("the pipeline expands to more than {MAX_INSTANCES} instances"),
             }]);
         }
+        let first = instances.len();
         expand(id, spec, axes, &params, &mut instances);
+        if !axes.is_empty() && spec.with.to_string().contains("${matrix.") {
+            check_cells(&mut cx, registry, spec, &instances[first..]);
+        }
+    }
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
     }
     Ok(Loaded {
         file: PathBuf::from(file),
@@ -407,6 +414,40 @@ pub fn load_str(
         stages,
         instances,
     })
+}
+
+/// Type-check `with:` in every matrix cell (the first cell was checked already);
+/// reports the first bad cell of a stage with its instance id.
+fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Instance]) {
+    let Some(schema) = schema::kind_params(registry, &spec.uses) else {
+        return;
+    };
+    let Ok(validator) = jsonschema::validator_for(&schema) else {
+        return;
+    };
+    let mut seen = HashSet::new();
+    for inst in cells {
+        let (with, _) = substitute(&inst.with, &mut |r| match r {
+            Ref::Outputs { stage, .. } => Ok(Some(Value::String(format!("/upstream/{stage}")))),
+            _ => Ok(None),
+        });
+        if !seen.insert(with.to_string()) {
+            continue;
+        }
+        let first = validator.iter_errors(&with).next().map(|e| {
+            (
+                pointer_to_path(&e.instance_path().to_string()),
+                e.to_string(),
+            )
+        });
+        if let Some((ptr, msg)) = first {
+            cx.err(
+                join(&format!("stages.{}.with", inst.stage), &ptr),
+                format!("in `{}`: {msg}", inst.id),
+            );
+            return;
+        }
+    }
 }
 
 fn unresolved_param(p: &str, params: &Value) -> String {

@@ -1,4 +1,4 @@
-//! The run record: `runs/<time>-<short>/` with the resolved config, the overrides,
+//! The run record: `runs/<YYYYMMDD-HHMMSS-mmm>-<short>/` with the resolved config, the overrides,
 //! `trace.csv` and a log per instance.
 use anyhow::{Context as _, Result};
 use std::path::{Path, PathBuf};
@@ -53,7 +53,7 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// Create `runs_dir/<time>-<short>/` with `config.yaml`, `overrides.txt` and `logs/`.
+    /// Create `runs_dir/<YYYYMMDD-HHMMSS-mmm>-<short>/` (names sort by start time) with `config.yaml`, `overrides.txt` and `logs/`.
     pub fn create(
         runs_dir: &Path,
         resolved: &serde_json::Value,
@@ -61,7 +61,8 @@ impl RunRecord {
     ) -> Result<RunRecord> {
         let now = unix_now();
         let short = blake3::hash(format!("{now}-{}", std::process::id()).as_bytes()).to_hex();
-        let dir = runs_dir.join(format!("{}-{}", stamp(now as u64), &short[..6]));
+        let millis = ((now.fract() * 1000.0) as u32).min(999);
+        let dir = runs_dir.join(format!("{}-{millis:03}-{}", stamp(now as u64), &short[..6]));
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let yaml = serde_saphyr::to_string(resolved).unwrap_or_else(|_| resolved.to_string());
