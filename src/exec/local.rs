@@ -11,6 +11,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+/// Name prefix of the threads that run stages (their panics are reported as failures).
+pub const STAGE_THREAD: &str = "stage:";
+
+/// Keep the default panic message for every thread except stage threads, whose
+/// panics are caught and reported as instance failures (with the message) instead.
+pub fn quiet_stage_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let stage = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with(STAGE_THREAD));
+            if !stage {
+                default(info);
+            }
+        }));
+    });
+}
+
 /// Options of a local run.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -61,6 +81,7 @@ pub fn run_local(
     cancel: Arc<AtomicBool>,
     reporter: Arc<dyn Reporter>,
 ) -> RunSummary {
+    quiet_stage_panics();
     let n = graph.instances.len();
     let jobs = opts.jobs.max(1);
     let mut state = vec![State::Waiting; n];
@@ -160,13 +181,26 @@ pub fn run_local(
                     threads: cpus,
                     force: opts.forced[i],
                 };
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    let start = unix_now();
-                    let key = job.parts.key();
-                    let out = exec_stage(&job);
-                    let _ = tx.send((i, out, start, unix_now(), key));
-                });
+                let tx2 = tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("{STAGE_THREAD}{}", inst.id))
+                    .spawn(move || {
+                        let start = unix_now();
+                        let key = job.parts.key();
+                        let out = exec_stage(&job);
+                        let _ = tx2.send((i, out, start, unix_now(), key));
+                    });
+                if let Err(e) = spawned {
+                    // Report it like a failed instance (the channel never hears from it).
+                    let now = unix_now();
+                    let _ = tx.send((
+                        i,
+                        Outcome::Failed(format!("cannot start a thread: {e}")),
+                        now,
+                        now,
+                        String::new(),
+                    ));
+                }
             }
         }
         if running == 0 {

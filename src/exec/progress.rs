@@ -54,6 +54,7 @@ impl Reporter for Plain {
 pub struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
+    running: std::sync::Mutex<std::collections::HashMap<String, ProgressBar>>,
 }
 
 impl Bars {
@@ -66,7 +67,11 @@ impl Bars {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        Self { multi, overall }
+        Self {
+            multi,
+            overall,
+            running: Default::default(),
+        }
     }
 }
 
@@ -91,9 +96,16 @@ impl Reporter for Bars {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.set_prefix(id.to_string());
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(id.to_string(), b.clone());
+        }
         Arc::new(InstanceBar(b))
     }
     fn finished(&self, id: &str, status: &str, seconds: f64) {
+        if let Some(b) = self.running.lock().ok().and_then(|mut m| m.remove(id)) {
+            b.finish_and_clear();
+            self.multi.remove(&b);
+        }
         self.overall.inc(1);
         if status != "cached" {
             let _ = self

@@ -1,7 +1,8 @@
 //! The DAG of stage instances: upstream matching across matrices, topological
-//! order (petgraph), and rendering for `idat-pipe dag`.
+//! order (file order among ready instances), and rendering for `idat-pipe dag`.
 use crate::config::{Instance, Loaded};
-use petgraph::graph::DiGraph;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -13,6 +14,36 @@ pub struct Graph {
     pub deps: Vec<Vec<(String, usize)>>,
     /// Instance indices, every instance after all of its upstreams.
     pub order: Vec<usize>,
+}
+
+/// Topological order that prefers file order (smallest ready index first), so that
+/// independent instances start in the order the file lists them. Stage cycles are
+/// rejected when loading; any instance left over (impossible) is appended in file order.
+fn kahn_in_file_order(deps: &[Vec<(String, usize)>]) -> Vec<usize> {
+    let n = deps.len();
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut down: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (b, ds) in deps.iter().enumerate() {
+        for (_, u) in ds {
+            down[*u].push(b);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut placed = vec![false; n];
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        placed[i] = true;
+        for &b in &down[i] {
+            indeg[b] -= 1;
+            if indeg[b] == 0 {
+                ready.push(Reverse(b));
+            }
+        }
+    }
+    order.extend((0..n).filter(|&i| !placed[i]));
+    order
 }
 
 impl Graph {
@@ -70,17 +101,7 @@ impl Graph {
                 }
             }
         }
-        let mut g = DiGraph::<usize, ()>::with_capacity(instances.len(), 0);
-        let nodes: Vec<_> = (0..instances.len()).map(|i| g.add_node(i)).collect();
-        for (b, ds) in deps.iter().enumerate() {
-            for (_, u) in ds {
-                g.add_edge(nodes[*u], nodes[b], ());
-            }
-        }
-        // Stage cycles are rejected when loading, so this cannot fail; fall back to file order.
-        let order = petgraph::algo::toposort(&g, None)
-            .map(|v| v.into_iter().map(|n| g[n]).collect())
-            .unwrap_or_else(|_| (0..instances.len()).collect());
+        let order = kahn_in_file_order(&deps);
         Graph {
             instances,
             deps,
@@ -135,5 +156,58 @@ impl Graph {
         }
         s.push_str("}\n");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::Registry;
+
+    #[test]
+    fn matrix_matching_and_order() {
+        // No kinds are needed to build a graph: load_str reports unknown kinds, so build
+        // the Loaded by hand from a pipeline that uses none.
+        let text = "version: 1\nname: g\nstages: {}\n";
+        let mut l = crate::config::load_str("g.yaml", text, &[], &Registry::empty()).unwrap();
+        let spec = |needs: &[&str]| crate::config::StageSpec {
+            uses: "k".into(),
+            with: serde_json::Value::Null,
+            needs: needs.iter().map(|s| s.to_string()).collect(),
+            matrix: Default::default(),
+            resources: Default::default(),
+        };
+        let inst = |stage: &str, cell: &[(&str, i64)]| {
+            let cell: Vec<(String, serde_json::Value)> = cell
+                .iter()
+                .map(|(a, v)| (a.to_string(), (*v).into()))
+                .collect();
+            crate::config::Instance {
+                id: crate::config::instance_id(stage, &cell),
+                stage: stage.into(),
+                uses: "k".into(),
+                cell,
+                with: serde_json::Value::Null,
+                resources: Default::default(),
+            }
+        };
+        l.stages = vec![
+            ("b".into(), spec(&["a"])),
+            ("a".into(), spec(&[])),
+            ("c".into(), spec(&["b"])),
+        ];
+        l.instances = vec![
+            inst("b", &[("t", 1), ("s", 1)]),
+            inst("b", &[("t", 2), ("s", 1)]),
+            inst("a", &[("t", 1)]),
+            inst("a", &[("t", 2)]),
+            inst("c", &[]),
+        ];
+        let g = Graph::build(&l);
+        assert_eq!(g.deps[0], vec![("a".to_string(), 2)]);
+        assert_eq!(g.deps[1], vec![("a".to_string(), 3)]);
+        assert_eq!(g.deps[4].len(), 2, "no shared axis: fan-in");
+        assert_eq!(g.order, vec![2, 0, 3, 1, 4]);
+        assert_eq!(g.descendants(&[3]), vec![false, true, false, true, true]);
     }
 }
