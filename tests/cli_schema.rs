@@ -60,6 +60,9 @@ fn schema_has_one_variant_per_kind() {
     let bad = serde_json::json!({"version": 1, "name": "p", "stages": {"a": {"uses": "x/k", "with": {"n": "one"}}}});
     assert!(val.is_valid(&good));
     assert!(!val.is_valid(&bad));
+    // A reference where a number is expected is fine for editors (validate resolves it).
+    let with_ref = serde_json::json!({"version": 1, "name": "p", "stages": {"a": {"uses": "x/k", "with": {"n": "${params.n}"}}}});
+    assert!(val.is_valid(&with_ref));
 }
 
 #[test]

@@ -36,6 +36,21 @@ pub fn kind_params(registry: &Registry, kind: &str) -> Option<Value> {
     Some(s)
 }
 
+/// Let each top-level `with:` field also be a `${...}` reference (editors would
+/// otherwise flag `lr: ${params.lr}`; `validate` type-checks after resolving).
+fn allow_references(params: &mut Value) {
+    if let Some(props) = params.get_mut("properties").and_then(Value::as_object_mut) {
+        for (_, p) in props.iter_mut() {
+            let desc = p.as_object_mut().and_then(|o| o.remove("description"));
+            let mut wrapped = json!({"anyOf": [p.take(), {"$ref": "#/$defs/Reference"}]});
+            if let Some(d) = desc {
+                wrapped["description"] = d;
+            }
+            *p = wrapped;
+        }
+    }
+}
+
 /// The editor schema printed by `idat-pipe schema`: `stages.*` is a `oneOf` with one
 /// variant per registered kind (`uses: {const: NAME}`, `with: <params schema>`).
 pub fn pipeline_schema(registry: &Registry) -> Value {
@@ -44,7 +59,15 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
     let common = g.subschema_for::<StageSpec>().to_value();
     let mut variants = Vec::new();
     for k in registry.iter() {
-        let params = k.params_schema(&mut g).to_value();
+        let mut params = k.params_schema(&mut g).to_value();
+        if let Some(r) = params.get("$ref").and_then(Value::as_str) {
+            let name = r.rsplit('/').next().unwrap_or_default().to_string();
+            if let Some(def) = g.definitions_mut().get_mut(&name) {
+                allow_references(def);
+            }
+        } else {
+            allow_references(&mut params);
+        }
         let mut v = common.clone();
         // `common` is a $ref to the StageSpec definition: inline a copy and specialise it.
         if let Some(r) = v.get("$ref").and_then(Value::as_str) {
@@ -73,6 +96,11 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             root["$defs"][k] = v;
         }
     }
+    root["$defs"]["Reference"] = json!({
+        "type": "string",
+        "pattern": "^\\$\\{[^}]+\\}$",
+        "description": "A reference: ${params.NAME}, ${matrix.AXIS}, ${stages.ID.outputs[.FILE]}"
+    });
     root["title"] = json!("idat-pipe pipeline");
     root
 }
