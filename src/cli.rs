@@ -1,4 +1,565 @@
-//! Command-line interface (clap). Subcommands live with the module they drive.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! Command-line interface (clap). One enum variant per subcommand, each dispatching
+//! to a function here that drives the module doing the work. Other subcommands
+//! (`infer`, `bench`) add a variant and a function.
+use crate::cache::gc::{gc, status};
+use crate::cache::Cache;
+use crate::config::{load, Diagnostic, Loaded};
+use crate::exec::progress::reporter;
+use crate::exec::record::RunRecord;
+use crate::exec::{plan, run_local, Decision, LocalOptions};
+use crate::graph::Graph;
+use crate::stages::Registry;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Exit code: a stage failed (or the run was interrupted).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: invalid input (pipeline errors, bad arguments).
+pub const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "idat-pipe",
+    version,
+    about = "Declarative, cached pipeline runner for iDAT on VTAB-1K"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+    /// Print nothing but errors (no progress).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More log output (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Cache directory (default `.idat` in the working directory).
+    #[arg(long, global = true, env = "IDAT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// Options shared by commands that read a pipeline.
+#[derive(clap::Args, Debug, Clone)]
+struct PipelineArgs {
+    /// Pipeline file.
+    file: PathBuf,
+    /// Override a value: `--set params.lr=0.01`, `--set stages.tune.matrix.seed=[1,2]`.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    p: PipelineArgs,
+    /// Show the plan and run nothing (same as `plan`).
+    #[arg(long)]
+    dry_run: bool,
+    /// CPU slots: independent instances run in parallel up to this many.
+    #[arg(long, short, default_value_t = default_jobs())]
+    jobs: usize,
+    /// GPU slots (default: GPUs detected).
+    #[arg(long)]
+    gpus: Option<usize>,
+    /// Keep running independent instances after a failure.
+    #[arg(long)]
+    keep_going: bool,
+    /// Recompute this stage and everything downstream of it (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Where run records go.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Device handed to stages: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum DagFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline: reuse cached instances, run the rest.
+    Run(RunArgs),
+    /// Check pipeline files (schema + semantics); every error with file:line:column.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+    },
+    /// Say for every instance whether it is cached or will run, and why.
+    Plan {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Print the instance graph.
+    Dag {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: DagFormat,
+    },
+    /// Print the JSON Schema of pipeline files.
+    Schema,
+    /// Summarise the cache.
+    Status,
+    /// Remove superseded entries, stale temporary files and quarantined entries.
+    Gc {
+        /// Say what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run one instance (what every executor runs); its upstreams must be cached.
+    #[command(hide = true)]
+    ExecStage {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        instance: String,
+        /// Log file (default: `<cache>/logs/<instance>.log`).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// GPUs visible to this process (NVIDIA device files).
+pub fn detect_gpus() -> usize {
+    std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("nvidia")
+                        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The product binary: built-in stage kinds.
+pub fn main() -> ExitCode {
+    main_with(Registry::builtin(), std::env::args_os().collect())
+}
+
+/// The CLI with a given registry (tests register test-only kinds and call this).
+pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_INVALID } else { 0 });
+        }
+    };
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+    let cache_dir = Cache::resolve_dir(cli.cache_dir.as_deref());
+    let resume = shell_join(&args);
+    let r = match cli.cmd {
+        Command::Run(a) => cmd_run(&registry, &cache_dir, a, cli.quiet, &resume),
+        Command::Validate { files, set } => cmd_validate(&registry, &files, &set, cli.quiet),
+        Command::Plan { p, force } => cmd_plan(&registry, &cache_dir, &p, &force),
+        Command::Dag { p, format } => with_loaded(&registry, &p, |l| {
+            let g = Graph::build(l);
+            print!(
+                "{}",
+                match format {
+                    DagFormat::Mermaid => g.mermaid(),
+                    DagFormat::Dot => g.dot(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Schema => {
+            let s = crate::config::schema::pipeline_schema(&registry);
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => cmd_status(&cache_dir),
+        Command::Gc { dry_run } => cmd_gc(&cache_dir, dry_run),
+        Command::ExecStage {
+            p,
+            instance,
+            log,
+            device,
+        } => cmd_exec_stage(&registry, &cache_dir, &p, &instance, log, device),
+    };
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn shell_join(args: &[OsString]) -> String {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let s = a.to_string_lossy();
+            let s = if i == 0 {
+                Path::new(&*s)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                s.into_owned()
+            };
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                s
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn print_diags(d: &[Diagnostic]) {
+    for x in d {
+        eprintln!("error: {x}");
+    }
+}
+
+fn with_loaded(
+    registry: &Registry,
+    p: &PipelineArgs,
+    f: impl FnOnce(&Loaded) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match load(&p.file, &p.set, registry) {
+        Ok(l) => f(&l),
+        Err(d) => {
+            print_diags(&d);
+            eprintln!("{}: {} error(s)", p.file.display(), d.len());
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+fn cmd_validate(
+    registry: &Registry,
+    files: &[PathBuf],
+    set: &[String],
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut bad = false;
+    for f in files {
+        match load(f, set, registry) {
+            Ok(l) => {
+                if !quiet {
+                    println!(
+                        "{}: ok ({} stages, {} instances)",
+                        f.display(),
+                        l.stages.len(),
+                        l.instances.len()
+                    );
+                }
+            }
+            Err(d) => {
+                bad = true;
+                print_diags(&d);
+                eprintln!("{}: {} error(s)", f.display(), d.len());
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn forced(graph: &Graph, loaded: &Loaded, force: &[String]) -> Result<Vec<bool>, String> {
+    for s in force {
+        if !loaded.stages.iter().any(|(id, _)| id == s) {
+            let ids: Vec<&str> = loaded.stages.iter().map(|(i, _)| i.as_str()).collect();
+            return Err(format!(
+                "--force {s}: no such stage (stages: {})",
+                ids.join(", ")
+            ));
+        }
+    }
+    let roots: Vec<usize> = (0..graph.instances.len())
+        .filter(|&i| force.contains(&graph.instances[i].stage))
+        .collect();
+    Ok(graph.descendants(&roots))
+}
+
+fn print_plan(graph: &Graph, decisions: &[Decision]) {
+    let (mut c, mut r) = (0, 0);
+    for &i in &graph.order {
+        match &decisions[i] {
+            Decision::Cached { .. } => {
+                c += 1;
+                println!("cached    {}", graph.instances[i].id);
+            }
+            Decision::Run { reasons } => {
+                r += 1;
+                println!(
+                    "will run  {}: {}",
+                    graph.instances[i].id,
+                    reasons.join("; ")
+                );
+            }
+        }
+    }
+    println!("{c} cached, {r} will run");
+}
+
+fn cmd_plan(
+    registry: &Registry,
+    cache_dir: &Path,
+    p: &PipelineArgs,
+    force: &[String],
+) -> anyhow::Result<ExitCode> {
+    with_loaded(registry, p, |l| {
+        let g = Graph::build(l);
+        let f = match forced(&g, l, force) {
+            Ok(f) => f,
+            Err(m) => {
+                eprintln!("error: {m}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let cache = Cache::open(cache_dir)?;
+        print_plan(&g, &plan(&g, &cache, registry, &f));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+static CANCEL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// The process-wide cancel flag, set by the first Ctrl-C (the second one exits at once).
+fn cancel_flag() -> Arc<AtomicBool> {
+    CANCEL
+        .get_or_init(|| {
+            let flag = Arc::new(AtomicBool::new(false));
+            let f = flag.clone();
+            let _ = ctrlc::set_handler(move || {
+                if f.swap(true, Ordering::SeqCst) {
+                    eprintln!("second interrupt: exiting now (no partial entry was committed)");
+                    std::process::exit(130);
+                }
+            });
+            flag
+        })
+        .clone()
+}
+
+fn cmd_run(
+    registry: &Registry,
+    cache_dir: &Path,
+    a: RunArgs,
+    quiet: bool,
+    resume: &str,
+) -> anyhow::Result<ExitCode> {
+    with_loaded(registry, &a.p, |l| {
+        let g = Graph::build(l);
+        let f = match forced(&g, l, &a.force) {
+            Ok(f) => f,
+            Err(m) => {
+                eprintln!("error: {m}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
+        let cache = Cache::open(cache_dir)?;
+        if a.dry_run {
+            print_plan(&g, &plan(&g, &cache, registry, &f));
+            return Ok(ExitCode::SUCCESS);
+        }
+        let record = RunRecord::create(&a.runs_dir, &l.resolved, &l.overrides)?;
+        let cancel = cancel_flag();
+        let rep = reporter(g.instances.len() as u64, quiet);
+        let opts = LocalOptions {
+            jobs: a.jobs,
+            gpus: a.gpus.unwrap_or_else(detect_gpus),
+            keep_going: a.keep_going,
+            forced: f,
+            device: a.device.clone(),
+        };
+        let s = run_local(&g, registry, &cache, &record, &opts, cancel, rep.clone());
+        drop(rep);
+        record.write_trace(&s.trace)?;
+        if !quiet {
+            eprintln!(
+                "{} ran, {} cached, {} failed, {} skipped; run record {}",
+                s.ran,
+                s.cached,
+                s.failed.len(),
+                s.skipped,
+                record.dir.display()
+            );
+        }
+        for fl in &s.failed {
+            eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
+            if !fl.log_tail.is_empty() {
+                eprintln!("  last {} log lines:", fl.log_tail.len());
+                for line in &fl.log_tail {
+                    eprintln!("    | {line}");
+                }
+            }
+            if !fl.log.as_os_str().is_empty() {
+                eprintln!("  log: {}", fl.log.display());
+            }
+        }
+        if s.interrupted || !s.failed.is_empty() {
+            if s.interrupted {
+                eprintln!(
+                    "\ninterrupted: committed entries are kept; nothing partial was committed."
+                );
+            }
+            eprintln!("resume with: {resume}");
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
+    let cache = Cache::open(cache_dir)?;
+    let s = status(&cache)?;
+    println!("cache {}", cache.root.display());
+    println!(
+        "  entries:   {} ({:.1} MiB)",
+        s.entries,
+        s.entry_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  instances: {} recorded, {} failed",
+        s.instances,
+        s.failed.len()
+    );
+    println!(
+        "  pending checkpoints: {}, running (locked): {}, quarantined corrupt: {}",
+        s.pending, s.locked, s.corrupt
+    );
+    for (id, err) in &s.failed {
+        println!("  failed {id}: {err}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_gc(cache_dir: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let cache = Cache::open(cache_dir)?;
+    let r = gc(&cache, dry_run)?;
+    println!(
+        "{} {} entries, {} temporary dirs, {} checkpoints, {} corrupt entries ({:.1} MiB)",
+        if dry_run { "would remove" } else { "removed" },
+        r.entries.len(),
+        r.tmp,
+        r.pending,
+        r.corrupt,
+        r.bytes as f64 / (1 << 20) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_exec_stage(
+    registry: &Registry,
+    cache_dir: &Path,
+    p: &PipelineArgs,
+    instance: &str,
+    log: Option<PathBuf>,
+    device: String,
+) -> anyhow::Result<ExitCode> {
+    use crate::exec::plan::{key_parts, upstream_parts};
+    with_loaded(registry, p, |l| {
+        let g = Graph::build(l);
+        let Some(i) = g.instances.iter().position(|x| x.id == instance) else {
+            eprintln!("error: no instance `{instance}` in {}", p.file.display());
+            return Ok(ExitCode::from(EXIT_INVALID));
+        };
+        let cache = Cache::open(cache_dir)?;
+        let decisions = plan(&g, &cache, registry, &vec![false; g.instances.len()]);
+        let hashes: Vec<Option<String>> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Cached { content_hash, .. } => Some(content_hash.clone()),
+                _ => None,
+            })
+            .collect();
+        let Some(up) = upstream_parts(&g, i, &hashes) else {
+            anyhow::bail!("{instance}: its upstream instances are not all cached; run them first");
+        };
+        let inputs = g.deps[i]
+            .iter()
+            .map(|(need, u)| {
+                let key = match &decisions[*u] {
+                    Decision::Cached { key, .. } => key.clone(),
+                    _ => String::new(),
+                };
+                crate::stages::Input {
+                    stage: need.clone(),
+                    instance: g.instances[*u].id.clone(),
+                    matrix: g.instances[*u].cell_map(),
+                    dir: cache.entry_dir(&key),
+                }
+            })
+            .collect();
+        let inst = &g.instances[i];
+        let job = crate::exec::StageJob {
+            cache: cache.clone(),
+            instance: inst.clone(),
+            kind: registry
+                .get(&inst.uses)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("unknown kind"))?,
+            parts: key_parts(inst, registry, up),
+            inputs,
+            log_path: log.unwrap_or_else(|| {
+                cache
+                    .root
+                    .join("logs")
+                    .join(format!("{}.log", crate::cache::store::sanitize(instance)))
+            }),
+            cancel: cancel_flag(),
+            progress: Arc::new(crate::stages::NoProgress),
+            device,
+            threads: default_jobs(),
+            force: false,
+        };
+        match crate::exec::exec_stage(&job) {
+            crate::exec::Outcome::Cached(m) => println!("cached {instance} {}", m.key),
+            crate::exec::Outcome::Ran(m) => println!("ran {instance} {}", m.key),
+            crate::exec::Outcome::Failed(e) => {
+                eprintln!("FAILED {instance}: {e}\n  log: {}", job.log_path.display());
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

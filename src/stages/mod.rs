@@ -8,7 +8,7 @@
 mod context;
 mod registry;
 
-pub use context::{Input, Progress, StageContext};
+pub use context::{Input, NoProgress, Progress, StageContext};
 pub use registry::{DynStage, Registry};
 
 /// What a `uses:` name does.

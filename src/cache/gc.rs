@@ -1,0 +1,111 @@
+//! `idat-pipe gc` and `idat-pipe status`: what the cache holds and what can go.
+use super::store::{dir_size, remove_tree, Cache};
+use anyhow::Result;
+use std::collections::HashSet;
+use std::fs;
+
+/// What `gc` removed (or would remove with `dry_run`).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub entries: Vec<String>,
+    pub tmp: usize,
+    pub pending: usize,
+    pub corrupt: usize,
+    pub bytes: u64,
+}
+
+/// Remove entries that no instance record points at (superseded results), temporary
+/// directories and checkpoints whose key is not locked by a live run, and quarantined
+/// corrupt entries. Entries a record points at are kept.
+pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
+    let live: HashSet<String> = cache.records().into_iter().map(|r| r.key).collect();
+    let mut rep = GcReport::default();
+    for key in cache.entry_keys() {
+        if live.contains(&key) {
+            continue;
+        }
+        let Some(_lock) = cache.try_lock(&key)? else {
+            continue;
+        };
+        let d = cache.entry_dir(&key);
+        rep.bytes += dir_size(&d);
+        if !dry_run {
+            remove_tree(&d)?;
+        }
+        rep.entries.push(key);
+    }
+    for e in fs::read_dir(cache.root.join("tmp"))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let key = name.split('.').next().unwrap_or_default().to_string();
+        let Some(_lock) = cache.try_lock(&key)? else {
+            continue;
+        };
+        rep.bytes += dir_size(&e.path());
+        rep.tmp += 1;
+        if !dry_run {
+            remove_tree(&e.path())?;
+        }
+    }
+    for e in fs::read_dir(cache.root.join("pending"))?.flatten() {
+        let key = e.file_name().to_string_lossy().into_owned();
+        // A checkpoint is worth keeping while its instance still wants this key and has no entry.
+        if live.contains(&key) && !cache.entry_dir(&key).exists() {
+            continue;
+        }
+        let Some(_lock) = cache.try_lock(&key)? else {
+            continue;
+        };
+        rep.bytes += dir_size(&e.path());
+        rep.pending += 1;
+        if !dry_run {
+            remove_tree(&e.path())?;
+        }
+    }
+    for e in fs::read_dir(cache.root.join("corrupt"))?.flatten() {
+        rep.bytes += dir_size(&e.path());
+        rep.corrupt += 1;
+        if !dry_run {
+            remove_tree(&e.path())?;
+        }
+    }
+    Ok(rep)
+}
+
+/// Summary for `idat-pipe status`.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub entries: usize,
+    pub entry_bytes: u64,
+    pub instances: usize,
+    pub failed: Vec<(String, String)>,
+    pub pending: usize,
+    pub locked: usize,
+    pub corrupt: usize,
+}
+
+/// Count what the cache holds.
+pub fn status(cache: &Cache) -> Result<Status> {
+    let mut s = Status::default();
+    for key in cache.entry_keys() {
+        s.entries += 1;
+        s.entry_bytes += dir_size(&cache.entry_dir(&key));
+    }
+    for r in cache.records() {
+        s.instances += 1;
+        if r.status == "failed" {
+            s.failed.push((r.instance, r.error.unwrap_or_default()));
+        }
+    }
+    s.failed.sort();
+    s.pending = fs::read_dir(cache.root.join("pending"))?.count();
+    s.corrupt = fs::read_dir(cache.root.join("corrupt"))?.count();
+    for e in fs::read_dir(cache.root.join("locks"))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(key) = name.strip_suffix(".lock") {
+            if cache.try_lock(key)?.is_none() {
+                s.locked += 1;
+            }
+        }
+    }
+    Ok(s)
+}

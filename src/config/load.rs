@@ -1,0 +1,595 @@
+//! Load a pipeline: parse with positions, apply overrides, check against the
+//! schema and the semantic rules (all errors at once), expand matrices to instances.
+use super::model::{Pipeline, Resources, StageSpec, DSL_VERSION};
+use super::overrides::{apply, parse_override};
+use super::refs::{lookup, substitute, Ref};
+use super::schema;
+use super::yaml::{parse, Located, Pos};
+use crate::stages::Registry;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Most instances one pipeline may expand to (a bad matrix must not exhaust memory).
+pub const MAX_INSTANCES: usize = 1_000_000;
+
+/// One error in a pipeline file, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub pos: Option<Pos>,
+    /// Dotted YAML path, e.g. `stages.tune.with.lr` (empty for the whole file).
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pos {
+            Some(p) => write!(f, "{}:{}:{}: ", self.file, p.line, p.col)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "at `{}`: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// One stage instance: a stage and one cell of its matrix.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Readable id: `tune[task=dtd,seed=1]`, or the stage id without a matrix.
+    pub id: String,
+    pub stage: String,
+    pub uses: String,
+    /// Matrix cell, axes in declared order.
+    pub cell: Vec<(String, Value)>,
+    /// `with:` with params and matrix resolved; `${stages...}` references kept as text.
+    pub with: Value,
+    pub resources: Resources,
+}
+
+impl Instance {
+    /// The cell as a map (for [`crate::stages::Input`]).
+    pub fn cell_map(&self) -> BTreeMap<String, Value> {
+        self.cell.iter().cloned().collect()
+    }
+}
+
+/// A valid, expanded pipeline.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub name: String,
+    /// The document after overrides (written to the run record).
+    pub resolved: Value,
+    pub overrides: Vec<String>,
+    /// Stages in file order.
+    pub stages: Vec<(String, StageSpec)>,
+    pub instances: Vec<Instance>,
+}
+
+/// Read and check a pipeline file.
+pub fn load(
+    path: &Path,
+    overrides: &[String],
+    registry: &Registry,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let label = path.display().to_string();
+    let diag = |m: String| {
+        vec![Diagnostic {
+            file: label.clone(),
+            pos: None,
+            path: String::new(),
+            message: m,
+        }]
+    };
+    let meta = std::fs::metadata(path).map_err(|e| diag(format!("cannot read: {e}")))?;
+    if meta.len() > super::yaml::MAX_FILE_BYTES as u64 {
+        return Err(diag(format!(
+            "file is {} bytes; pipeline files are limited to {} bytes",
+            meta.len(),
+            super::yaml::MAX_FILE_BYTES
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| diag(format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| diag(format!("not UTF-8 text: {e}")))?;
+    let mut l = load_str(&label, &text, overrides, registry)?;
+    l.file = path.to_path_buf();
+    Ok(l)
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    doc: &'a Located,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let pos = Some(self.doc.pos(&path));
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            pos,
+            path,
+            message: message.into(),
+        });
+    }
+}
+
+fn pointer_to_path(ptr: &str) -> String {
+    ptr.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+/// Validate `value` (found at `base`) against `schema`; every error is recorded. True if valid.
+fn check_schema(cx: &mut Ctx, schema: &Value, value: &Value, base: &str) -> bool {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(e) => {
+            cx.err(base, format!("internal error: bad generated schema: {e}"));
+            return false;
+        }
+    };
+    let mut ok = true;
+    for e in validator.iter_errors(value) {
+        ok = false;
+        let mut path = join(base, &pointer_to_path(&e.instance_path().to_string()));
+        let msg = e.to_string();
+        // Point at the unexpected key itself when there is exactly one.
+        if let Some(rest) = msg.split("('").nth(1) {
+            if let Some(key) = rest.strip_suffix("' was unexpected)") {
+                if !key.contains('\'') {
+                    path = join(&path, key);
+                }
+            }
+        }
+        cx.err(path, msg);
+    }
+    ok
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Check a pipeline given as text (`file` labels the messages).
+pub fn load_str(
+    file: &str,
+    text: &str,
+    overrides: &[String],
+    registry: &Registry,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut doc = parse(text).map_err(|e| {
+        vec![Diagnostic {
+            file: file.to_string(),
+            pos: e.pos,
+            path: String::new(),
+            message: format!("invalid YAML: {}", e.message),
+        }]
+    })?;
+    let mut over_diags = Vec::new();
+    for o in overrides {
+        match parse_override(o).and_then(|ov| apply(&mut doc.value, &ov)) {
+            Ok(()) => {}
+            Err(m) => over_diags.push(Diagnostic {
+                file: "--set".into(),
+                pos: None,
+                path: o.split('=').next().unwrap_or_default().to_string(),
+                message: m,
+            }),
+        }
+    }
+    if !over_diags.is_empty() {
+        return Err(over_diags);
+    }
+    let mut cx = Ctx {
+        file,
+        doc: &doc,
+        diags: Vec::new(),
+    };
+    if !check_schema(&mut cx, &schema::top_level(), &doc.value, "") {
+        return Err(cx.diags);
+    }
+    let top: Pipeline = match serde_json::from_value(doc.value.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            cx.err("", e.to_string());
+            return Err(cx.diags);
+        }
+    };
+    if top.version != DSL_VERSION {
+        cx.err(
+            "version",
+            format!(
+                "unsupported version {}: this build reads version {DSL_VERSION}",
+                top.version
+            ),
+        );
+    }
+    let params = Value::Object(top.params.clone());
+    let common = schema::stage_common();
+    let stage_ids: Vec<String> = top.stages.keys().cloned().collect();
+    let mut stages: Vec<(String, StageSpec)> = Vec::new();
+    let mut axes_of: HashMap<String, Vec<(String, Vec<Value>)>> = HashMap::new();
+    for (id, v) in &top.stages {
+        let base = format!("stages.{id}");
+        if !valid_id(id) {
+            cx.err(
+                &base,
+                format!("stage id `{id}`: use only letters, digits, `_` and `-`"),
+            );
+        }
+        if !check_schema(&mut cx, &common, v, &base) {
+            continue;
+        }
+        let spec: StageSpec = match serde_json::from_value(v.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                cx.err(&base, e.to_string());
+                continue;
+            }
+        };
+        let kind = registry.get(&spec.uses).cloned();
+        if kind.is_none() {
+            let known: Vec<&str> = registry.names().collect();
+            cx.err(
+                format!("{base}.uses"),
+                format!(
+                    "unknown stage kind `{}` (known kinds: {})",
+                    spec.uses,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        for (i, n) in spec.needs.iter().enumerate() {
+            if n == id {
+                cx.err(
+                    format!("{base}.needs.{i}"),
+                    format!("stage `{id}` needs itself"),
+                );
+            } else if !top.stages.contains_key(n) {
+                cx.err(
+                    format!("{base}.needs.{i}"),
+                    format!(
+                        "unknown stage `{n}` in needs (stages: {})",
+                        stage_ids.join(", ")
+                    ),
+                );
+            }
+        }
+        if spec.needs.iter().collect::<HashSet<_>>().len() != spec.needs.len() {
+            cx.err(format!("{base}.needs"), "a stage is listed twice in needs");
+        }
+        // Matrix axes: a non-empty list of distinct scalars, or a `${params.X}` reference to one.
+        let mut axes = Vec::new();
+        for (axis, raw) in &spec.matrix {
+            let apath = format!("{base}.matrix.{axis}");
+            if !valid_id(axis) {
+                cx.err(
+                    &apath,
+                    format!("matrix axis `{axis}`: use only letters, digits, `_` and `-`"),
+                );
+                continue;
+            }
+            let (val, errs) = substitute(raw, &mut |r| match r {
+                Ref::Params(p) => lookup(&params, p)
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| unresolved_param(p, &params)),
+                other => Err(format!(
+                    "`{}` cannot be used in a matrix axis: only `${{params.NAME}}`",
+                    super::refs::render(other)
+                )),
+            });
+            let had_errs = !errs.is_empty();
+            for (p, m) in errs {
+                cx.err(join(&apath, &p), m);
+            }
+            if had_errs {
+                continue;
+            }
+            match val {
+                Value::Array(items) if !items.is_empty() => {
+                    let mut seen = HashSet::new();
+                    let mut ok = true;
+                    for (i, it) in items.iter().enumerate() {
+                        if it.is_array() || it.is_object() {
+                            cx.err(
+                                format!("{apath}.{i}"),
+                                "matrix values must be scalars (string, number, boolean)",
+                            );
+                            ok = false;
+                        } else if !seen.insert(it.to_string()) {
+                            cx.err(
+                                format!("{apath}.{i}"),
+                                format!("duplicate matrix value {it}"),
+                            );
+                            ok = false;
+                        }
+                    }
+                    if ok {
+                        axes.push((axis.clone(), items));
+                    }
+                }
+                Value::Array(_) => cx.err(
+                    &apath,
+                    format!("matrix axis `{axis}` is empty: give at least one value"),
+                ),
+                other => cx.err(
+                    &apath,
+                    format!("matrix axis `{axis}` must be a list, got {other}"),
+                ),
+            }
+        }
+        let cells: usize = axes.iter().map(|(_, v)| v.len()).product();
+        if cells > MAX_INSTANCES {
+            cx.err(
+                format!("{base}.matrix"),
+                format!("matrix has {cells} cells; at most {MAX_INSTANCES} are allowed"),
+            );
+            continue;
+        }
+        // References in `with:`, checked with the first cell; then the typed check.
+        let wpath = format!("{base}.with");
+        let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
+        let (checked, errs) = substitute(&spec.with, &mut |r| {
+            resolve_for_check(r, &params, &first, &spec.needs)
+        });
+        let had_errs = !errs.is_empty();
+        for (p, m) in errs {
+            cx.err(join(&wpath, &p), m);
+        }
+        if let (Some(kind), false) = (kind, had_errs) {
+            if let Some(s) = schema::kind_params(registry, kind.name()) {
+                if check_schema(&mut cx, &s, &checked, &wpath) {
+                    if let Err(m) = kind.check_params(&checked) {
+                        cx.err(&wpath, m);
+                    }
+                }
+            }
+        }
+        axes_of.insert(id.clone(), axes);
+        stages.push((id.clone(), spec));
+    }
+    if let Some(cycle) = find_cycle(&stages) {
+        let first = cycle[0].clone();
+        cx.err(
+            format!("stages.{first}.needs"),
+            format!("cycle: {}", cycle.join(" -> ")),
+        );
+    }
+    if !cx.diags.is_empty() {
+        let mut d = cx.diags;
+        d.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
+        return Err(d);
+    }
+    let mut instances = Vec::new();
+    let mut total = 0usize;
+    for (id, spec) in &stages {
+        let axes = &axes_of[id];
+        total += axes.iter().map(|(_, v)| v.len()).product::<usize>();
+        if total > MAX_INSTANCES {
+            return Err(vec![Diagnostic {
+                file: file.into(),
+                pos: Some(doc.pos("stages")),
+                path: "stages".into(),
+                message: format!("the pipeline expands to more than {MAX_INSTANCES} instances"),
+            }]);
+        }
+        let first = instances.len();
+        expand(id, spec, axes, &params, &mut instances);
+        if !axes.is_empty() && spec.with.to_string().contains("${matrix.") {
+            check_cells(&mut cx, registry, spec, &instances[first..]);
+        }
+    }
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    Ok(Loaded {
+        file: PathBuf::from(file),
+        name: top.name,
+        resolved: doc.value.clone(),
+        overrides: overrides.to_vec(),
+        stages,
+        instances,
+    })
+}
+
+/// Type-check `with:` in every matrix cell (the first cell was checked already);
+/// reports the first bad cell of a stage with its instance id.
+fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Instance]) {
+    let Some(schema) = schema::kind_params(registry, &spec.uses) else {
+        return;
+    };
+    let Ok(validator) = jsonschema::validator_for(&schema) else {
+        return;
+    };
+    let mut seen = HashSet::new();
+    for inst in cells {
+        let (with, _) = substitute(&inst.with, &mut |r| match r {
+            Ref::Outputs { stage, .. } => Ok(Some(Value::String(format!("/upstream/{stage}")))),
+            _ => Ok(None),
+        });
+        if !seen.insert(with.to_string()) {
+            continue;
+        }
+        let first = validator.iter_errors(&with).next().map(|e| {
+            (
+                pointer_to_path(&e.instance_path().to_string()),
+                e.to_string(),
+            )
+        });
+        if let Some((ptr, msg)) = first {
+            cx.err(
+                join(&format!("stages.{}.with", inst.stage), &ptr),
+                format!("in `{}`: {msg}", inst.id),
+            );
+            return;
+        }
+    }
+}
+
+fn unresolved_param(p: &str, params: &Value) -> String {
+    let names: Vec<String> = params
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    format!(
+        "unresolved reference `${{params.{p}}}`: no such param (params: {})",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
+fn resolve_for_check(
+    r: &Ref,
+    params: &Value,
+    cell: &HashMap<&str, &Value>,
+    needs: &[String],
+) -> Result<Option<Value>, String> {
+    match r {
+        Ref::Params(p) => lookup(params, p)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| unresolved_param(p, params)),
+        Ref::Matrix(a) => cell
+            .get(a.as_str())
+            .map(|v| Some((*v).clone()))
+            .ok_or_else(|| {
+                format!(
+                    "unresolved reference `${{matrix.{a}}}`: this stage has no matrix axis `{a}`"
+                )
+            }),
+        Ref::Outputs { stage, file } => {
+            if needs.iter().any(|n| n == stage) {
+                Ok(Some(Value::String(format!(
+                    "/upstream/{stage}{}",
+                    file.as_deref().map(|f| format!("/{f}")).unwrap_or_default()
+                ))))
+            } else {
+                Err(format!(
+                    "unresolved reference `{}`: `{stage}` is not in this stage's `needs`",
+                    super::refs::render(r)
+                ))
+            }
+        }
+    }
+}
+
+/// Readable id of a cell: `stage[a=1,b=x]`.
+pub fn instance_id(stage: &str, cell: &[(String, Value)]) -> String {
+    if cell.is_empty() {
+        return stage.to_string();
+    }
+    let parts: Vec<String> = cell
+        .iter()
+        .map(|(k, v)| format!("{k}={}", super::refs::as_text(v)))
+        .collect();
+    format!("{stage}[{}]", parts.join(","))
+}
+
+fn expand(
+    id: &str,
+    spec: &StageSpec,
+    axes: &[(String, Vec<Value>)],
+    params: &Value,
+    out: &mut Vec<Instance>,
+) {
+    let n: usize = axes.iter().map(|(_, v)| v.len()).product();
+    for mut k in 0..n {
+        // Last axis varies fastest.
+        let mut cell = vec![(String::new(), Value::Null); axes.len()];
+        for (i, (a, vals)) in axes.iter().enumerate().rev() {
+            cell[i] = (a.clone(), vals[k % vals.len()].clone());
+            k /= vals.len();
+        }
+        let (with, _) = substitute(&spec.with, &mut |r| match r {
+            Ref::Params(p) => Ok(lookup(params, p).cloned()),
+            Ref::Matrix(a) => Ok(cell.iter().find(|(x, _)| x == a).map(|(_, v)| v.clone())),
+            Ref::Outputs { .. } => Ok(None),
+        });
+        out.push(Instance {
+            id: instance_id(id, &cell),
+            stage: id.to_string(),
+            uses: spec.uses.clone(),
+            cell,
+            with,
+            resources: spec.resources.clone(),
+        });
+    }
+}
+
+/// A cycle among stage `needs`, as a path `a -> b -> a`.
+fn find_cycle(stages: &[(String, StageSpec)]) -> Option<Vec<String>> {
+    let needs: HashMap<&str, &[String]> = stages
+        .iter()
+        .map(|(i, s)| (i.as_str(), s.needs.as_slice()))
+        .collect();
+    // 0 = unvisited, 1 = on stack, 2 = done
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    fn dfs<'a>(
+        n: &'a str,
+        needs: &HashMap<&'a str, &'a [String]>,
+        state: &mut HashMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        state.insert(n, 1);
+        stack.push(n);
+        for m in needs.get(n).copied().unwrap_or_default() {
+            let m = m.as_str();
+            if !needs.contains_key(m) {
+                continue;
+            }
+            match state.get(m).copied().unwrap_or(0) {
+                1 => {
+                    let start = stack.iter().position(|x| *x == m).unwrap_or(0);
+                    let mut c: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                    c.push(m.to_string());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = dfs(m, needs, state, stack) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+        None
+    }
+    for (id, _) in stages {
+        if state.get(id.as_str()).copied().unwrap_or(0) == 0 {
+            let mut stack = Vec::new();
+            if let Some(c) = dfs(id, &needs, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

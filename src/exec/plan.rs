@@ -1,0 +1,132 @@
+//! `plan` / `run --dry-run`: for every instance, cached or will run, and why.
+use crate::cache::{Cache, KeyParts, Lookup, UpstreamPart, CACHE_FORMAT};
+use crate::config::Instance;
+use crate::graph::Graph;
+use crate::stages::Registry;
+
+/// What will happen to one instance.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Cached { key: String, content_hash: String },
+    Run { reasons: Vec<String> },
+}
+
+/// The key parts of an instance given its upstreams' content hashes.
+pub fn key_parts(inst: &Instance, registry: &Registry, upstream: Vec<UpstreamPart>) -> KeyParts {
+    let (kind_version, params) = match registry.get(&inst.uses) {
+        Some(k) => (k.version(), k.key_params(&inst.with)),
+        None => (0, inst.with.clone()),
+    };
+    let mut p = KeyParts {
+        format: CACHE_FORMAT,
+        kind: inst.uses.clone(),
+        kind_version,
+        params,
+        upstream,
+    };
+    p.upstream
+        .sort_by(|a, b| (&a.need, &a.instance).cmp(&(&b.need, &b.instance)));
+    p
+}
+
+/// Upstream parts of instance `i`, if every upstream's content hash is known.
+pub fn upstream_parts(
+    graph: &Graph,
+    i: usize,
+    hashes: &[Option<String>],
+) -> Option<Vec<UpstreamPart>> {
+    graph.deps[i]
+        .iter()
+        .map(|(need, u)| {
+            hashes[*u].clone().map(|h| UpstreamPart {
+                need: need.clone(),
+                instance: graph.instances[*u].id.clone(),
+                content_hash: h,
+            })
+        })
+        .collect()
+}
+
+/// Why an instance whose key is known must run (it is not a verified hit).
+pub fn miss_reasons(cache: &Cache, id: &str, parts: &KeyParts, lookup: &Lookup) -> Vec<String> {
+    let key = parts.key();
+    if let Lookup::Corrupt(why) = lookup {
+        return vec![format!("cache entry is corrupt ({why}): will recompute")];
+    }
+    match cache.record(id) {
+        None => vec!["new".into()],
+        Some(rec) if rec.key == key => {
+            if rec.status == "failed" {
+                vec![format!("failed before: {}", rec.error.unwrap_or_default())]
+            } else {
+                vec!["entry missing (removed by gc or by hand)".into()]
+            }
+        }
+        Some(rec) => {
+            let mut d = parts.diff(&rec.parts);
+            if d.is_empty() {
+                d.push("key changed".into());
+            }
+            d
+        }
+    }
+}
+
+/// Decide every instance, in graph order. `forced[i]` reruns instance `i` regardless.
+pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) -> Vec<Decision> {
+    let n = graph.instances.len();
+    let mut hashes: Vec<Option<String>> = vec![None; n];
+    let mut out: Vec<Option<Decision>> = vec![None; n];
+    for &i in &graph.order {
+        let inst = &graph.instances[i];
+        let d = match upstream_parts(graph, i, &hashes) {
+            None => {
+                let mut reasons: Vec<String> = graph.deps[i]
+                    .iter()
+                    .filter(|(_, u)| hashes[*u].is_none())
+                    .map(|(_, u)| format!("upstream `{}` will run", graph.instances[*u].id))
+                    .collect();
+                if forced[i] {
+                    reasons.insert(0, "forced (--force)".into());
+                }
+                if let Some(rec) = cache.record(&inst.id) {
+                    let now = key_parts(inst, registry, vec![]);
+                    let mut d = Vec::new();
+                    crate::cache::key::diff_values("", &rec.parts.params, &now.params, &mut d);
+                    reasons.extend(d);
+                } else {
+                    reasons.push("new".into());
+                }
+                Decision::Run { reasons }
+            }
+            Some(up) => {
+                let parts = key_parts(inst, registry, up);
+                let key = parts.key();
+                let lookup = cache.lookup(&key);
+                match (&lookup, forced[i]) {
+                    (_, true) => Decision::Run {
+                        reasons: vec!["forced (--force)".into()],
+                    },
+                    (Lookup::Hit(m), false) => {
+                        hashes[i] = Some(m.content_hash.clone());
+                        Decision::Cached {
+                            key,
+                            content_hash: m.content_hash.clone(),
+                        }
+                    }
+                    _ => Decision::Run {
+                        reasons: miss_reasons(cache, &inst.id, &parts, &lookup),
+                    },
+                }
+            }
+        };
+        out[i] = Some(d);
+    }
+    out.into_iter()
+        .map(|d| {
+            d.unwrap_or(Decision::Run {
+                reasons: vec!["new".into()],
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,204 @@
+//! The one entry point that runs a stage instance: [`exec_stage`]. The local executor
+//! calls it on a thread; `idat-pipe exec-stage` calls it in its own process.
+use crate::cache::{Cache, InstanceRecord, KeyParts, Lookup, Manifest};
+use crate::config::refs::{substitute, Ref};
+use crate::config::Instance;
+use crate::stages::{DynStage, Input, Progress, StageContext};
+use serde_json::Value;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything needed to run one instance.
+pub struct StageJob {
+    pub cache: Cache,
+    pub instance: Instance,
+    pub kind: Arc<dyn DynStage>,
+    pub parts: KeyParts,
+    pub inputs: Vec<Input>,
+    pub log_path: PathBuf,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<dyn Progress>,
+    pub device: String,
+    pub threads: usize,
+    /// Recompute even when a valid entry exists (`--force`).
+    pub force: bool,
+}
+
+/// How an instance ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A valid entry existed (possibly committed meanwhile by a concurrent run).
+    Cached(Box<Manifest>),
+    Ran(Box<Manifest>),
+    Failed(String),
+}
+
+/// Replace `${stages.ID.outputs[.FILE]}` by upstream entry paths (a list when the
+/// need has several matching instances).
+pub fn resolve_outputs(with: &Value, inputs: &[Input]) -> Result<Value, String> {
+    let (v, errs) = substitute(with, &mut |r| match r {
+        Ref::Outputs { stage, file } => {
+            let paths: Vec<Value> = inputs
+                .iter()
+                .filter(|i| &i.stage == stage)
+                .map(|i| {
+                    let p = match file {
+                        Some(f) => i.dir.join(f),
+                        None => i.dir.clone(),
+                    };
+                    Value::String(p.to_string_lossy().into_owned())
+                })
+                .collect();
+            match paths.len() {
+                0 => Err(format!(
+                    "no upstream entry for `{}`",
+                    crate::config::refs::render(r)
+                )),
+                1 => Ok(paths.into_iter().next()),
+                _ => Ok(Some(Value::Array(paths))),
+            }
+        }
+        _ => Ok(None),
+    });
+    match errs.first() {
+        Some((p, m)) => Err(format!("with.{p}: {m}")),
+        None => Ok(v),
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Run one instance through the cache: reuse a verified entry, else take the key's lock,
+/// check again (a concurrent run may have committed it), run the stage into a fresh
+/// temporary directory with its checkpoint directory, and commit. Never commits on error.
+pub fn exec_stage(job: &StageJob) -> Outcome {
+    let key = job.parts.key();
+    let cache = &job.cache;
+    let log = |ctx: &StageContext, m: String| ctx.log(m);
+    let mut ctx = StageContext::new(job.instance.id.clone(), PathBuf::new(), PathBuf::new());
+    if let Some(dir) = job.log_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    ctx = match ctx.with_log_file(&job.log_path) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    ctx = ctx.with_cancel(job.cancel.clone());
+    ctx.inputs = job.inputs.clone();
+    ctx.device = job.device.clone();
+    ctx.threads = job.threads;
+    ctx.progress = job.progress.clone();
+    let check = |ctx: &StageContext| -> Option<Outcome> {
+        match cache.lookup(&key) {
+            Lookup::Hit(m) if !job.force => Some(Outcome::Cached(m)),
+            Lookup::Corrupt(why) => {
+                log(
+                    ctx,
+                    format!(
+                        "cache entry {key} is corrupt ({why}); moving it aside and recomputing"
+                    ),
+                );
+                tracing::warn!(
+                    "{}: cache entry {key} is corrupt ({why}): recomputing",
+                    job.instance.id
+                );
+                None
+            }
+            _ => None,
+        }
+    };
+    if let Some(o) = check(&ctx) {
+        return o;
+    }
+    let _lock = match cache.lock(&key) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    if let Some(o) = check(&ctx) {
+        return o;
+    }
+    if matches!(cache.lookup(&key), Lookup::Corrupt(_)) {
+        if let Err(e) = cache.quarantine(&key) {
+            return Outcome::Failed(format!("{e:#}"));
+        }
+    }
+    let result = (|| -> anyhow::Result<Manifest> {
+        let tmp = cache.fresh_tmp(&key)?;
+        let out = tmp.join("out");
+        std::fs::create_dir_all(&out)?;
+        ctx.out_dir = out.clone();
+        ctx.checkpoint_dir = cache.checkpoint_dir(&key)?;
+        let with = resolve_outputs(&job.instance.with, &job.inputs).map_err(anyhow::Error::msg)?;
+        ctx.log(format!(
+            "== {} ({}) key {key}",
+            job.instance.id, job.instance.uses
+        ));
+        let t0 = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| job.kind.run(&with, &mut ctx)));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(p) => anyhow::bail!("stage panicked: {}", panic_message(&*p)),
+        }
+        ctx.check_cancel()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let m = cache.commit(&out, &job.instance.id, &job.parts, secs)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        ctx.log(format!("== committed {key} in {secs:.2}s"));
+        Ok(m)
+    })();
+    match result {
+        Ok(m) => {
+            let _ = cache.write_record(&InstanceRecord {
+                instance: job.instance.id.clone(),
+                key: key.clone(),
+                parts: job.parts.clone(),
+                status: "ok".into(),
+                error: None,
+            });
+            Outcome::Ran(Box::new(m))
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            ctx.log(format!("error: {msg}"));
+            let interrupted = job.cancel.load(std::sync::atomic::Ordering::Relaxed);
+            if !interrupted {
+                let _ = cache.write_record(&InstanceRecord {
+                    instance: job.instance.id.clone(),
+                    key,
+                    parts: job.parts.clone(),
+                    status: "failed".into(),
+                    error: Some(msg.lines().next().unwrap_or_default().to_string()),
+                });
+            }
+            Outcome::Failed(msg)
+        }
+    }
+}
+
+/// Record a verified cache hit as the instance's last outcome (for `plan` reasons).
+pub fn record_hit(cache: &Cache, id: &str, m: &Manifest) {
+    let keep = cache
+        .record(id)
+        .is_some_and(|r| r.key == m.key && r.status == "ok");
+    if !keep {
+        let _ = cache.write_record(&InstanceRecord {
+            instance: id.to_string(),
+            key: m.key.clone(),
+            parts: m.parts.clone(),
+            status: "ok".into(),
+            error: None,
+        });
+    }
+}

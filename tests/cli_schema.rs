@@ -1,0 +1,149 @@
+//! The real `idat-pipe` binary: schema, validate and argument errors.
+use assert_cmd::Command;
+use predicates::str::contains;
+
+#[test]
+fn committed_schema_equals_generated() {
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/pipeline.schema.json");
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        generated == committed,
+        "schemas/pipeline.schema.json is stale: regenerate it with\n  cargo run -q -- schema > schemas/pipeline.schema.json"
+    );
+    assert_eq!(
+        generated["properties"]["stages"]["propertyNames"]["pattern"],
+        "^[A-Za-z0-9_-]+$"
+    );
+}
+
+#[test]
+fn schema_has_one_variant_per_kind() {
+    // With test kinds registered, stages.* is a oneOf with `uses: {const: NAME}`.
+    let mut r = idat_pipe::stages::Registry::builtin();
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct P {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    struct K;
+    impl idat_pipe::stages::StageKind for K {
+        type Params = P;
+        const NAME: &'static str = "x/k";
+        const VERSION: u32 = 1;
+        const SUMMARY: &'static str = "k";
+        fn run(_: P, _: &mut idat_pipe::stages::StageContext) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+    r.register::<K>();
+    let s = idat_pipe::config::schema::pipeline_schema(&r);
+    let v = &s["properties"]["stages"]["additionalProperties"]["oneOf"];
+    assert_eq!(v.as_array().unwrap().len(), r.names().count());
+    assert_eq!(
+        v[v.as_array().unwrap().len() - 1]["properties"]["uses"]["const"],
+        "x/k"
+    );
+    let with = &v[v.as_array().unwrap().len() - 1]["properties"]["with"];
+    assert_eq!(with["$ref"], "#/$defs/P");
+    assert_eq!(s["$defs"]["P"]["required"][0], "n");
+    // A pipeline valid for that kind validates against the schema; a wrong type does not.
+    let val = jsonschema::validator_for(&s).unwrap();
+    let good = serde_json::json!({"version": 1, "name": "p", "stages": {"a": {"uses": "x/k", "with": {"n": 1}}}});
+    let bad = serde_json::json!({"version": 1, "name": "p", "stages": {"a": {"uses": "x/k", "with": {"n": "one"}}}});
+    assert!(val.is_valid(&good));
+    assert!(!val.is_valid(&bad));
+    // A reference where a number is expected is fine for editors (validate resolves it).
+    let with_ref = serde_json::json!({"version": 1, "name": "p", "stages": {"a": {"uses": "x/k", "with": {"n": "${params.n}"}}}});
+    assert!(val.is_valid(&with_ref));
+}
+
+#[test]
+fn validate_reports_every_error_with_position_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, "version: 1\nname: p\nstages:\n  a:\n    uses: nope\n  b:\n    uses: other\n    needs: [zz]\n").unwrap();
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["validate", f.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(contains(
+            "p.yaml:5:11: at `stages.a.uses`: unknown stage kind `nope`",
+        ))
+        .stderr(contains(
+            "p.yaml:7:11: at `stages.b.uses`: unknown stage kind `other`",
+        ))
+        .stderr(contains(
+            "p.yaml:8:13: at `stages.b.needs.0`: unknown stage `zz`",
+        ))
+        .stderr(contains("3 error(s)"));
+}
+
+#[test]
+fn bad_arguments_and_missing_files_exit_2() {
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["run"])
+        .assert()
+        .code(2);
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["frobnicate"])
+        .assert()
+        .code(2);
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["validate", "/nonexistent/p.yaml"])
+        .assert()
+        .code(2)
+        .stderr(contains("/nonexistent/p.yaml: cannot read"));
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args([
+            "plan",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pipelines/five.yaml"),
+            "--set",
+            "novalue",
+        ])
+        .assert()
+        .code(2)
+        .stderr(contains("expected PATH=VALUE"));
+}
+
+#[test]
+fn pipeline_files_carry_the_schema_comment() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for dir in ["pipelines", "tests/pipelines"] {
+        let Ok(rd) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                n += 1;
+                let first = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                assert!(
+                    first.starts_with("# yaml-language-server: $schema=")
+                        && first.ends_with("schemas/pipeline.schema.json"),
+                    "{}: first line must be the yaml-language-server $schema comment",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(n >= 4);
+}

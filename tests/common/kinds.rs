@@ -1,0 +1,167 @@
+//! Test-only stage kinds. They are registered by the test binaries, never by
+//! `Registry::builtin()`, so users never see them.
+use idat_pipe::stages::{Registry, StageContext, StageKind};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::io::Write;
+use std::time::Duration;
+
+fn count(path: &Option<String>, line: &str) -> anyhow::Result<()> {
+    if let Some(p) = path.as_deref().filter(|p| !p.is_empty()) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?;
+        writeln!(f, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Writes `text` to out.txt.
+pub struct Write_;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteParams {
+    /// The text written.
+    pub text: String,
+    /// A number that only changes the output.
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Milliseconds to sleep (not part of the output).
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// Append `<instance> ran` here on every run (not part of the output).
+    #[serde(default)]
+    pub count_file: Option<String>,
+}
+fn one() -> f64 {
+    1.0
+}
+impl StageKind for Write_ {
+    type Params = WriteParams;
+    const NAME: &'static str = "test/write";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["sleep_ms", "count_file"];
+    const SUMMARY: &'static str = "test: write a text file";
+    fn run(p: WriteParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        count(&p.count_file, &format!("{} ran", ctx.instance_id))?;
+        ctx.log(format!("writing {:?}", p.text));
+        std::thread::sleep(Duration::from_millis(p.sleep_ms));
+        ctx.check_cancel()?;
+        std::fs::write(
+            ctx.out_dir.join("out.txt"),
+            format!("{} x{}", p.text, p.scale),
+        )?;
+        Ok(())
+    }
+}
+
+/// Concatenates every input's out.txt (in input order) with a separator.
+pub struct Concat;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatParams {
+    pub sep: String,
+    #[serde(default)]
+    pub sleep_ms: u64,
+    #[serde(default)]
+    pub count_file: Option<String>,
+}
+impl StageKind for Concat {
+    type Params = ConcatParams;
+    const NAME: &'static str = "test/concat";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["sleep_ms", "count_file"];
+    const SUMMARY: &'static str = "test: concatenate the inputs";
+    fn run(p: ConcatParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        count(&p.count_file, &format!("{} ran", ctx.instance_id))?;
+        std::thread::sleep(Duration::from_millis(p.sleep_ms));
+        let mut parts = Vec::new();
+        for i in &ctx.inputs {
+            parts.push(std::fs::read_to_string(i.dir.join("out.txt"))?);
+        }
+        let ids: Vec<&str> = ctx.inputs.iter().map(|i| i.instance.as_str()).collect();
+        std::fs::write(ctx.out_dir.join("inputs.txt"), ids.join("\n"))?;
+        std::fs::write(ctx.out_dir.join("out.txt"), parts.join(&p.sep))?;
+        Ok(())
+    }
+}
+
+/// Counts `steps` steps of `step_ms` each, checkpointing after every step; resumes.
+pub struct Steps;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepsParams {
+    pub steps: u32,
+    #[serde(default)]
+    pub step_ms: u64,
+    #[serde(default)]
+    pub count_file: Option<String>,
+}
+impl StageKind for Steps {
+    type Params = StepsParams;
+    const NAME: &'static str = "test/steps";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["step_ms", "count_file"];
+    const SUMMARY: &'static str = "test: a long stage that checkpoints every step";
+    fn run(p: StepsParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let ck = ctx.checkpoint_dir.join("step");
+        let start: u32 = std::fs::read_to_string(&ck)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        count(&p.count_file, &format!("{} start={start}", ctx.instance_id))?;
+        ctx.log(format!("resuming at step {start}"));
+        ctx.progress.set_total(p.steps as u64);
+        for s in start..p.steps {
+            ctx.check_cancel()?;
+            std::thread::sleep(Duration::from_millis(p.step_ms));
+            let tmp = ctx.checkpoint_dir.join("step.tmp");
+            std::fs::write(&tmp, (s + 1).to_string())?;
+            std::fs::rename(&tmp, &ck)?;
+            ctx.progress.set_position(s as u64 + 1);
+            ctx.log(format!("step {}", s + 1));
+        }
+        std::fs::write(
+            ctx.out_dir.join("out.txt"),
+            format!("steps={} resumed_from={start}", p.steps),
+        )?;
+        Ok(())
+    }
+}
+
+/// Logs 25 lines, then fails (or panics).
+pub struct Fail;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailParams {
+    pub message: String,
+    #[serde(default)]
+    pub panic: bool,
+}
+impl StageKind for Fail {
+    type Params = FailParams;
+    const NAME: &'static str = "test/fail";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "test: always fails";
+    fn run(p: FailParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        for i in 1..=25 {
+            ctx.log(format!("log line {i}"));
+        }
+        std::fs::write(ctx.out_dir.join("partial.txt"), "partial")?;
+        if p.panic {
+            panic!("{}", p.message);
+        }
+        anyhow::bail!("{}", p.message)
+    }
+}
+
+/// The registry of the test binary: built-in kinds plus the test kinds.
+pub fn registry() -> Registry {
+    let mut r = Registry::builtin();
+    r.register::<Write_>()
+        .register::<Concat>()
+        .register::<Steps>()
+        .register::<Fail>();
+    r
+}

@@ -1,0 +1,665 @@
+//! End-to-end tests of `idat-pipe run/plan/validate/...` with test-only stage kinds.
+//!
+//! This test binary has its own `main` (harness = false): with `IDAT_TESTKIT_CLI=1`
+//! it IS the idat-pipe CLI (`idat_pipe::cli::main_with`) with the test kinds
+//! registered; otherwise it runs the tests below, each spawning itself as the CLI.
+//! Filter with `cargo test --test runner_e2e -- NAME`.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CLI_ENV: &str = "IDAT_TESTKIT_CLI";
+
+fn main() -> ExitCode {
+    if std::env::var_os(CLI_ENV).is_some() {
+        return idat_pipe::cli::main_with(common::kinds::registry(), std::env::args_os().collect());
+    }
+    let tests: &[(&str, fn())] = &[
+        (
+            "matrix_pipeline_runs_reruns_nothing_and_reruns_what_changed",
+            t_five_stage,
+        ),
+        ("kill_9_then_resume", t_kill_resume),
+        ("concurrent_runs_compute_each_instance_once", t_concurrent),
+        ("flipped_byte_is_detected_and_recomputed", t_corrupt),
+        ("failure_report_keep_going_and_failed_before", t_failure),
+        ("gpu_slots_never_overlap", t_gpu_slots),
+        ("force_reruns_stage_and_downstream", t_force),
+        ("validate_corpus", t_validate_corpus),
+        ("dag_and_status_and_gc", t_dag_status_gc),
+        ("exec_stage_runs_one_instance", t_exec_stage),
+        ("ctrl_c_stops_cleanly_and_resumes", t_ctrl_c),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut n = 0;
+    for (name, f) in tests {
+        if !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) {
+            continue;
+        }
+        n += 1;
+        let t0 = Instant::now();
+        let r = std::panic::catch_unwind(f);
+        let ok = r.is_ok();
+        println!(
+            "test {name} ... {} ({:.1}s)",
+            if ok { "ok" } else { "FAILED" },
+            t0.elapsed().as_secs_f64()
+        );
+        if !ok {
+            failed.push(*name);
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        n - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pipeline(name: &str) -> String {
+    root()
+        .join("tests/pipelines")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn cli_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.env(CLI_ENV, "1")
+        .env_remove("IDAT_CACHE_DIR")
+        .current_dir(dir)
+        .args(args);
+    c
+}
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    cli_cmd(dir, args).output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn ok(o: &Output) -> (String, String) {
+    let t = text(o);
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        t.0,
+        t.1
+    );
+    t
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The latest run record's trace as (instance, status).
+fn trace(dir: &Path) -> Vec<(String, String)> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let last = runs.last().unwrap();
+    let mut r = csv::Reader::from_path(last.join("trace.csv")).unwrap();
+    r.records()
+        .map(|x| x.unwrap())
+        .map(|x| (x[0].to_string(), x[2].to_string()))
+        .collect()
+}
+
+fn count_of(t: &[(String, String)], status: &str) -> usize {
+    t.iter().filter(|(_, s)| s == status).count()
+}
+
+fn t_five_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("five.yaml");
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set, "--jobs", "2"]));
+    assert!(err.contains("10 ran, 0 cached"), "{err}");
+    assert_eq!(lines(&cf).len(), 10);
+    let t = trace(d.path());
+    assert_eq!(count_of(&t, "ran"), 10);
+    // Fan-in and matrix matching: eval[task=a] read exactly tune[task=a,seed=1] and seed=2.
+    let ids = std::fs::read_dir(d.path().join(".idat/entries"))
+        .unwrap()
+        .count();
+    assert_eq!(ids, 10);
+    // Rerun: nothing executes, fast.
+    let t0 = Instant::now();
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(err.contains("0 ran, 10 cached"), "{err}");
+    assert!(secs < 1.0, "rerun took {secs:.2}s");
+    assert_eq!(lines(&cf).len(), 10);
+    // Plan says why before a change.
+    let (out, _) = ok(&cli(
+        d.path(),
+        &["plan", &p, "--set", &set, "--set", "stages.eval.with.sep=+"],
+    ));
+    assert!(
+        out.contains("will run  eval[task=a]: param `sep` changed: \" | \" -> \"+\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("will run  report: upstream `eval[task=a]` will run"),
+        "{out}"
+    );
+    assert!(out.contains("cached    tune[task=b,seed=2]"), "{out}");
+    assert!(out.contains("7 cached, 3 will run"), "{out}");
+    // `run --dry-run` prints the same plan and runs nothing.
+    let (out2, _) = ok(&cli(
+        d.path(),
+        &[
+            "run",
+            "--dry-run",
+            &p,
+            "--set",
+            &set,
+            "--set",
+            "stages.eval.with.sep=+",
+        ],
+    ));
+    assert_eq!(out, out2);
+    let (_, err) = ok(&cli(
+        d.path(),
+        &["run", &p, "--set", &set, "--set", "stages.eval.with.sep=+"],
+    ));
+    assert!(err.contains("3 ran, 7 cached"), "{err}");
+    let new: Vec<String> = lines(&cf)[10..].to_vec();
+    let mut new_sorted = new.clone();
+    new_sorted.sort();
+    assert_eq!(
+        new_sorted,
+        vec!["eval[task=a] ran", "eval[task=b] ran", "report ran"]
+    );
+    // A non-output param (sleep_ms) changes nothing.
+    let (out, _) = ok(&cli(
+        d.path(),
+        &[
+            "plan",
+            &p,
+            "--set",
+            &set,
+            "--set",
+            "stages.eval.with.sep=+",
+            "--set",
+            "params.sleep_ms=5",
+        ],
+    ));
+    assert!(out.contains("10 cached, 0 will run"), "{out}");
+    // The run record.
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    let last = runs.last().unwrap();
+    assert!(std::fs::read_to_string(last.join("overrides.txt"))
+        .unwrap()
+        .contains("stages.eval.with.sep=+"));
+    assert!(std::fs::read_to_string(last.join("config.yaml"))
+        .unwrap()
+        .contains("report"));
+    assert!(std::fs::read_dir(last.join("logs")).unwrap().count() >= 3);
+    let header = lines(&last.join("trace.csv"))[0].clone();
+    assert_eq!(header, "instance,key,status,start,end,seconds");
+}
+
+fn t_kill_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("long.yaml");
+    let mut child = cli_cmd(d.path(), &["run", &p, "--set", &set, "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the long stage has checkpointed a few steps, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let step = loop {
+        let pend = d.path().join(".idat/pending");
+        let s: u32 = std::fs::read_dir(&pend)
+            .ok()
+            .and_then(|rd| rd.flatten().next())
+            .and_then(|e| std::fs::read_to_string(e.path().join("checkpoint/step")).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if s >= 5 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "long stage never reached step 5");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        lines(&cf),
+        vec!["first ran".to_string(), "long start=0".to_string()]
+    );
+    // No entry for the long stage, no stale lock: the rerun completes.
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("cached    first") && out.contains("will run  long"),
+        "{out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    assert!(err.contains("1 ran, 1 cached"), "{err}");
+    let l = lines(&cf);
+    assert_eq!(l.len(), 3, "{l:?}");
+    let resumed: u32 = l[2].strip_prefix("long start=").unwrap().parse().unwrap();
+    assert!(
+        resumed >= step,
+        "resumed at {resumed}, checkpoint was at least {step}"
+    );
+    // The entry says where it resumed; the pending checkpoint was dropped at commit.
+    let entries: Vec<PathBuf> = std::fs::read_dir(d.path().join(".idat/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let outs: Vec<String> = entries
+        .iter()
+        .map(|e| std::fs::read_to_string(e.join("out.txt")).unwrap())
+        .collect();
+    assert!(
+        outs.iter()
+            .any(|o| o == &format!("steps=30 resumed_from={resumed}")),
+        "{outs:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".idat/pending"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+fn t_concurrent() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("five.yaml");
+    let spawn = |runs: &str| {
+        cli_cmd(
+            d.path(),
+            &[
+                "run",
+                &p,
+                "--set",
+                &set,
+                "--set",
+                "params.sleep_ms=150",
+                "--jobs",
+                "3",
+                "--runs-dir",
+                runs,
+                "--quiet",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let a = spawn("runs_a");
+    let b = spawn("runs_b");
+    let (oa, ob) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    ok(&oa);
+    ok(&ob);
+    let mut l = lines(&cf);
+    l.sort();
+    let mut dedup = l.clone();
+    dedup.dedup();
+    assert_eq!(l.len(), 10, "every instance computed exactly once: {l:?}");
+    assert_eq!(dedup.len(), 10);
+}
+
+fn entry_of(d: &Path, instance: &str) -> PathBuf {
+    for e in std::fs::read_dir(d.join(".idat/entries")).unwrap() {
+        let e = e.unwrap().path();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.join("manifest.json")).unwrap())
+                .unwrap();
+        if m["instance"] == instance {
+            return e;
+        }
+    }
+    panic!("no entry for {instance}");
+}
+
+fn t_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("five.yaml");
+    ok(&cli(d.path(), &["run", &p, "--set", &set, "--quiet"]));
+    let f = entry_of(d.path(), "data[task=b]").join("out.txt");
+    let mut perm = std::fs::metadata(&f).unwrap().permissions();
+    assert!(perm.readonly(), "entries are read-only");
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&f, perm).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("will run  data[task=b]: cache entry is corrupt"),
+        "{out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    assert!(err.contains("corrupt"), "{err}");
+    // Recomputed to the same content, so downstream stays cached.
+    assert!(err.contains("1 ran, 9 cached"), "{err}");
+    assert_eq!(
+        lines(&cf)
+            .iter()
+            .filter(|l| *l == "data[task=b] ran")
+            .count(),
+        2
+    );
+    let now = std::fs::read_to_string(entry_of(d.path(), "data[task=b]").join("out.txt")).unwrap();
+    assert_eq!(now, "data b x1");
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".idat/corrupt"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+fn t_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("fail.yaml");
+    let o = cli(d.path(), &["run", &p, "--keep-going", "--jobs", "1"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("FAILED bad\n  error: boom"), "{err}");
+    assert!(
+        err.contains("FAILED crash\n  error: stage panicked: kaboom"),
+        "{err}"
+    );
+    assert!(err.contains("last 20 log lines"), "{err}");
+    assert!(
+        err.contains("| log line 25") && !err.contains("| log line 5\n"),
+        "{err}"
+    );
+    assert!(err.contains("  log: ") && err.contains("runs/"), "{err}");
+    assert!(
+        err.contains("resume with: runner_e2e") && err.contains("--keep-going"),
+        "{err}"
+    );
+    let t = trace(d.path());
+    assert!(t.contains(&("ok".into(), "ran".into())), "{t:?}");
+    assert!(t.contains(&("after".into(), "skipped".into())), "{t:?}");
+    // Nothing partial was committed.
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".idat/entries"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let (out, _) = ok(&cli(d.path(), &["plan", &p]));
+    assert!(out.contains("will run  bad: failed before: boom"), "{out}");
+    // Without --keep-going the run stops launching after the first failure.
+    let d2 = tempfile::tempdir().unwrap();
+    let o = cli(d2.path(), &["run", &p, "--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(count_of(&trace(d2.path()), "skipped") >= 2);
+}
+
+fn t_gpu_slots() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("gpu.yaml");
+    let o = cli(d.path(), &["run", &p, "--gpus", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o)
+            .1
+            .contains("needs 1 GPU(s) but this machine offers 0"),
+        "{}",
+        text(&o).1
+    );
+    ok(&cli(
+        d.path(),
+        &["run", &p, "--gpus", "1", "--jobs", "4", "--quiet"],
+    ));
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    let mut r = csv::Reader::from_path(runs.last().unwrap().join("trace.csv")).unwrap();
+    let spans: Vec<(f64, f64)> = r
+        .records()
+        .map(|x| x.unwrap())
+        .map(|x| (x[3].parse().unwrap(), x[4].parse().unwrap()))
+        .collect();
+    assert_eq!(spans.len(), 2);
+    let (a, b) = (spans[0], spans[1]);
+    assert!(
+        a.1 <= b.0 || b.1 <= a.0,
+        "gpu instances overlapped: {spans:?}"
+    );
+}
+
+fn t_force() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("five.yaml");
+    ok(&cli(d.path(), &["run", &p, "--quiet"]));
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--force", "eval"]));
+    assert!(
+        out.contains("7 cached, 3 will run") && out.contains("forced (--force)"),
+        "{out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--force", "eval"]));
+    assert!(err.contains("3 ran, 7 cached"), "{err}");
+    let o = cli(d.path(), &["run", &p, "--force", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--force nope: no such stage"));
+}
+
+/// Every file in tests/validate/ starts with `# expect: TEXT` (and optionally
+/// `# at: LINE:COL`); validate must exit 2 and print TEXT with the file's position.
+fn t_validate_corpus() {
+    let dir = root().join("tests/validate");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "corpus has {} files", files.len());
+    for f in &files {
+        let src = std::fs::read_to_string(f).unwrap();
+        let expect: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        let at = src.lines().find_map(|l| l.strip_prefix("# at: "));
+        assert!(!expect.is_empty(), "{}: no `# expect:` line", f.display());
+        let o = cli(
+            &dir,
+            &["validate", f.file_name().unwrap().to_str().unwrap()],
+        );
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {err}", f.display());
+        assert!(!err.contains("panicked"), "{}: {err}", f.display());
+        for e in expect {
+            assert!(
+                err.contains(e),
+                "{}: expected `{e}` in:\n{err}",
+                f.display()
+            );
+        }
+        let name = f.file_name().unwrap().to_str().unwrap();
+        match at {
+            Some(at) => assert!(
+                err.contains(&format!("{name}:{at}:")),
+                "{}: expected position {at} in:\n{err}",
+                f.display()
+            ),
+            None => assert!(err.contains(&format!("{name}:")), "{err}"),
+        }
+    }
+    // The valid example passes.
+    ok(&cli(
+        &root(),
+        &["validate", &pipeline("five.yaml"), &pipeline("long.yaml")],
+    ));
+}
+
+fn t_dag_status_gc() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("five.yaml");
+    let (m, _) = ok(&cli(d.path(), &["dag", &p, "--format", "mermaid"]));
+    assert!(m.starts_with("flowchart LR"));
+    assert!(m.contains("[\"tune[task=a,seed=2]\"]"));
+    assert_eq!(m.matches("-->").count(), 2 + 4 * 2 + 4 + 2, "{m}");
+    let (dot, _) = ok(&cli(d.path(), &["dag", &p, "--format", "dot"]));
+    assert!(
+        dot.starts_with("digraph") && dot.matches("->").count() == 16,
+        "{dot}"
+    );
+    let cache = d.path().join("elsewhere");
+    let cache_s = cache.display().to_string();
+    ok(&cli(
+        d.path(),
+        &["run", &p, "--cache-dir", &cache_s, "--quiet"],
+    ));
+    assert!(!d.path().join(".idat").exists());
+    // The env var is honoured too.
+    let o = cli_cmd(d.path(), &["status"])
+        .env("IDAT_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let (out, _) = ok(&o);
+    assert!(out.contains("entries:   10"), "{out}");
+    // A changed param supersedes report's entry: gc removes the old one only.
+    ok(&cli(
+        d.path(),
+        &[
+            "run",
+            &p,
+            "--cache-dir",
+            &cache_s,
+            "--quiet",
+            "--set",
+            "stages.report.with.sep=;",
+        ],
+    ));
+    let (out, _) = ok(&cli(
+        d.path(),
+        &["gc", "--cache-dir", &cache_s, "--dry-run"],
+    ));
+    assert!(out.contains("would remove 1 entries"), "{out}");
+    let (out, _) = ok(&cli(d.path(), &["gc", "--cache-dir", &cache_s]));
+    assert!(out.contains("removed 1 entries"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(cache.join("entries")).unwrap().count(),
+        10
+    );
+}
+
+fn t_exec_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("five.yaml");
+    let o = cli(d.path(), &["exec-stage", &p, "--instance", "data[task=a]"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("not all cached"), "{}", text(&o).1);
+    let (out, _) = ok(&cli(d.path(), &["exec-stage", &p, "--instance", "prep"]));
+    assert!(out.starts_with("ran prep "), "{out}");
+    let (out, _) = ok(&cli(
+        d.path(),
+        &["exec-stage", &p, "--instance", "data[task=a]"],
+    ));
+    assert!(out.starts_with("ran data[task=a] "), "{out}");
+    let (out, _) = ok(&cli(d.path(), &["plan", &p]));
+    assert!(
+        out.contains("cached    data[task=a]") && out.contains("2 cached, 8 will run"),
+        "{out}"
+    );
+}
+
+fn t_ctrl_c() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("long.yaml");
+    let child = cli_cmd(d.path(), &["run", &p, "--set", &set])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines(&cf).iter().any(|l| l.starts_with("long start")) {
+        assert!(Instant::now() < deadline, "long stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("resume with:"),
+        "{err}"
+    );
+    // Only `first` was committed; the interrupted stage left its checkpoint, not an entry.
+    assert_eq!(
+        std::fs::read_dir(d.path().join(".idat/entries"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("will run  long: new"),
+        "an interrupt is not a failure: {out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    assert!(err.contains("1 ran, 1 cached"), "{err}");
+    let l = lines(&cf);
+    let resumed: u32 = l
+        .last()
+        .unwrap()
+        .strip_prefix("long start=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(resumed >= 1, "{l:?}");
+}
