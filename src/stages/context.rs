@@ -120,7 +120,10 @@ impl StageContext {
                 "{}: expected one input from `{stage}`, got {} (matrix cells: {})",
                 self.instance_id,
                 many.len(),
-                many.iter().map(|i| i.instance.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|i| i.instance.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }

@@ -81,7 +81,8 @@ impl Registry {
     }
 
     pub fn register<K: StageKind>(&mut self) -> &mut Self {
-        self.kinds.insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
+        self.kinds
+            .insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
         self
     }
 
