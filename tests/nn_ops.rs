@@ -179,3 +179,23 @@ fn fused_backwards_match_finite_differences() {
         2e-3,
     );
 }
+
+#[test]
+fn attention_fused_matches_composed() {
+    use idat_pipe::nn::masks::Masks;
+    // B 2, N 7, heads 3, Dh 4 -> qkv last dim 36.
+    let qkv = (rand_tensor(&[2, 7, 36], 18) * 2.0).unwrap();
+    compare(
+        &[qkv],
+        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp).unwrap(),
+        1e-5,
+    );
+    // With attention dropout active in training, the composed path is used (masks apply).
+    let qkv = rand_tensor(&[2, 7, 36], 19);
+    let a = ops::attention(&qkv, 3, 0.5, &mut Masks::train(1), OpsImpl::Fused).unwrap();
+    let b = ops::attention(&qkv, 3, 0.5, &mut Masks::eval(), OpsImpl::Fused).unwrap();
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "attention dropout had no effect"
+    );
+}

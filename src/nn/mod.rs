@@ -6,6 +6,7 @@
 //! Losses, the optimiser and checkpoint I/O live in `loss`, `optim` and `checkpoint`.
 
 pub mod adapters;
+pub mod bench;
 pub mod init;
 pub mod masks;
 pub mod ops;

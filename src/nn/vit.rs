@@ -544,24 +544,13 @@ impl Vit {
 
     fn attention(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
         let c = &self.cfg;
-        let (b, n, d) = x.dims3()?;
-        let (heads, dh) = (c.num_heads, c.embed_dim / c.num_heads);
         let pre = format!("blocks.{i}.attn");
         let mut qkv = f.linear(x, &format!("{pre}.qkv"))?;
         if let Some(delta) = adapters::lora::qkv_delta(f, &self.adapter, i, x)? {
             qkv = (qkv + delta)?;
         }
         let qkv = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.qkv"), &qkv)?;
-        let qkv = qkv
-            .reshape((b, n, 3, heads, dh))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?.contiguous()?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let attn = q.matmul(&k.t()?)?;
-        let attn = ops::softmax_last_dim(&attn, f.ops)?;
-        let attn = f.masks.dropout(&attn, c.attn_drop_rate)?;
-        let o = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
+        let o = ops::attention(&qkv, c.num_heads, c.attn_drop_rate, &mut f.masks, f.ops)?;
         let o = f.linear(&o, &format!("{pre}.proj"))?;
         let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.proj"), &o)?;
         f.masks.dropout(&o, c.drop_rate)

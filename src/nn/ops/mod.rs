@@ -8,6 +8,7 @@
 //! * [`OpsImpl::Composed`]: built from differentiable candle tensor ops only (the
 //!   reference the fused ops are tested against, and the benchmark baseline).
 
+mod attention;
 mod cpu;
 mod frozen_linear;
 mod gelu;
@@ -18,7 +19,7 @@ pub use gelu::gelu_composed;
 pub use layer_norm::layer_norm_composed;
 pub use softmax::softmax_composed;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, IndexOp, Result, Tensor};
 
 /// Which implementation the model's elementary ops use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,11 +29,14 @@ pub enum OpsImpl {
     Fused,
     /// Differentiable candle tensor ops only.
     Composed,
+    /// Benchmark ablation: fused LayerNorm / softmax / GELU, but frozen linears as plain
+    /// matmuls (candle computes and discards their weight gradients).
+    FusedComposedLinear,
 }
 
 impl OpsImpl {
     fn fused_for(self, x: &Tensor) -> bool {
-        self == OpsImpl::Fused && x.device().is_cpu() && x.dtype() == DType::F32
+        self != OpsImpl::Composed && x.device().is_cpu() && x.dtype() == DType::F32
     }
 }
 
@@ -67,6 +71,37 @@ pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
     x.contiguous()?.apply_op1(gelu::GeluOp)
 }
 
+/// Multi-head self-attention on the packed projection `qkv [B, N, 3D]` (last dim
+/// `q | k | v`, each head-major): `softmax(q k^T / sqrt(Dh)) v`, heads merged to
+/// `[B, N, D]`, with dropout rate `attn_drop` on the attention matrix drawn from `masks`.
+/// Fused (one op, no layout copies) on CPU when no attention dropout is active.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    attn_drop: f64,
+    masks: &mut crate::nn::masks::Masks,
+    imp: OpsImpl,
+) -> Result<Tensor> {
+    let dropout_active = masks.training() && attn_drop > 0.0;
+    if imp.fused_for(qkv) && !dropout_active {
+        return qkv
+            .contiguous()?
+            .apply_op1(attention::AttentionOp { heads });
+    }
+    let (b, n, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let dh = d / heads;
+    let qkv = qkv
+        .reshape((b, n, 3, heads, dh))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?.contiguous()?;
+    let k = qkv.i(1)?.contiguous()?;
+    let v = qkv.i(2)?.contiguous()?;
+    let attn = softmax_last_dim(&q.matmul(&k.t()?)?, imp)?;
+    let attn = masks.dropout(&attn, attn_drop)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+}
+
 /// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
@@ -85,7 +120,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// for them. Fused: the backward is a single GEMM for dL/dx. Composed: plain [`linear`]
 /// on detached parameters (candle then still computes the discarded weight gradient).
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) {
+    if !imp.fused_for(x) || imp == OpsImpl::FusedComposedLinear {
         return linear(x, &w.detach(), b.map(|b| b.detach()).as_ref());
     }
     let op = frozen_linear::FrozenLinearOp {
