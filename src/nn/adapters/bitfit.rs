@@ -1,0 +1,31 @@
+//! `bitfit`: every bias of the backbone is trainable — `patch_embed.proj.bias`, per block
+//! `norm1.bias`, `attn.qkv.bias` (if the model has one), `attn.proj.bias`, `norm2.bias`,
+//! `mlp.fc1.bias`, `mlp.fc2.bias`, and the final `norm.bias` (LayerNorm biases included,
+//! LayerNorm weights not). Names are timm's.
+
+use crate::nn::params::ParamStore;
+use crate::nn::vit::VitConfig;
+use candle_core::Result;
+
+/// The timm names of the biases BitFit trains.
+pub fn bias_names(cfg: &VitConfig) -> Vec<String> {
+    cfg.expected_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.ends_with(".bias") && !n.starts_with("head."))
+        .collect()
+}
+
+/// Trainable scalars (head excluded).
+pub fn count(cfg: &VitConfig) -> usize {
+    let (d, h) = (cfg.embed_dim, cfg.mlp_hidden());
+    let qkv = if cfg.qkv_bias { 3 * d } else { 0 };
+    d + cfg.depth * (d + qkv + d + d + h + d) + d
+}
+
+pub(crate) fn add(cfg: &VitConfig, store: &mut ParamStore) -> Result<()> {
+    for n in bias_names(cfg) {
+        store.make_trainable(&n)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The bottleneck module `A(z) = W2 act(W1 z + b1) + b2` shared by the adapter methods.
+//! Parameters: `{prefix}.fc1.weight [r, D]`, `{prefix}.fc1.bias [r]`, `{prefix}.fc2.weight
+//! [D, r]`, `{prefix}.fc2.bias [D]`.
+
+use crate::nn::init::{self, Init};
+use crate::nn::ops;
+use crate::nn::params::ParamStore;
+use crate::nn::vit::Fwd;
+use candle_core::{DType, Device, Result, Tensor};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Activation inside a bottleneck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact (erf) GELU.
+    Gelu,
+    /// ReLU.
+    Relu,
+}
+
+/// Initialisation of a bottleneck weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightInit {
+    /// trunc-normal(std 0.02) (timm `_init_weights`, the official iDAT code).
+    TruncNormal,
+    /// PyTorch `kaiming_uniform_(a=sqrt(5))` (AdaptFormer's `lora` init of the down projection).
+    KaimingUniform,
+    /// Xavier-uniform (NOAH / Houlsby down projection).
+    XavierUniform,
+    /// Zeros (AdaptFormer / Houlsby up projection, so the adapter starts as identity).
+    Zeros,
+}
+
+/// Shape and init of one bottleneck.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    /// Hidden width r.
+    pub hidden: usize,
+    /// Activation.
+    pub act: Activation,
+    /// Dropout after the activation (training only).
+    pub dropout: f64,
+    /// Init of `fc1.weight`.
+    pub down_init: WeightInit,
+    /// Init of `fc2.weight`.
+    pub up_init: WeightInit,
+}
+
+/// Trainable scalars of one bottleneck on width `dim`.
+pub fn count(dim: usize, hidden: usize) -> usize {
+    2 * dim * hidden + hidden + dim
+}
+
+fn weight_init(w: WeightInit, fan_in: usize, fan_out: usize) -> Init {
+    match w {
+        WeightInit::TruncNormal => Init::TruncNormal { std: 0.02 },
+        WeightInit::KaimingUniform => Init::KaimingUniformSqrt5 { fan_in },
+        WeightInit::XavierUniform => Init::XavierUniform { fan_in, fan_out },
+        WeightInit::Zeros => Init::Zeros,
+    }
+}
+
+/// Creates the four trainable tensors under `prefix`; biases start at zero.
+pub fn add(
+    store: &mut ParamStore,
+    prefix: &str,
+    dim: usize,
+    spec: &Spec,
+    seed: u64,
+    dev: &Device,
+) -> Result<()> {
+    let r = spec.hidden;
+    let n = format!("{prefix}.fc1.weight");
+    store.insert_trainable(
+        &n,
+        &init::tensor(
+            weight_init(spec.down_init, dim, r),
+            &[r, dim],
+            seed,
+            &n,
+            dev,
+        )?,
+    )?;
+    store.insert_trainable(
+        format!("{prefix}.fc1.bias"),
+        &Tensor::zeros(r, DType::F32, dev)?,
+    )?;
+    let n = format!("{prefix}.fc2.weight");
+    store.insert_trainable(
+        &n,
+        &init::tensor(weight_init(spec.up_init, r, dim), &[dim, r], seed, &n, dev)?,
+    )?;
+    store.insert_trainable(
+        format!("{prefix}.fc2.bias"),
+        &Tensor::zeros(dim, DType::F32, dev)?,
+    )?;
+    Ok(())
+}
+
+/// `A(x)` (no residual, no scale).
+pub(crate) fn forward(
+    f: &mut Fwd,
+    prefix: &str,
+    x: &Tensor,
+    spec_act: Activation,
+    dropout: f64,
+) -> Result<Tensor> {
+    let h = f.linear(x, &format!("{prefix}.fc1"))?;
+    let h = match spec_act {
+        Activation::Gelu => ops::gelu(&h, f.ops)?,
+        Activation::Relu => h.relu()?,
+    };
+    let h = f.masks.dropout(&h, dropout)?;
+    f.linear(&h, &format!("{prefix}.fc2"))
+}

@@ -1,0 +1,56 @@
+//! `seq_adapter` (official iDAT default, `gist_seq_adapter` in its code): after the whole
+//! block, `y' = y + A(y)`, A = bottleneck with GELU, hidden 4, trunc-normal(0.02) weights
+//! (up projection NOT zero), zero biases. Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
+
+use super::bottleneck::{self, Activation, Spec, WeightInit};
+use super::AdapterConfig;
+use crate::nn::vit::Fwd;
+use candle_core::{Result, Tensor};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+fn default_hidden() -> usize {
+    4
+}
+
+/// Hyperparameters of `seq_adapter`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeqAdapterConfig {
+    /// Bottleneck width (official: 4).
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+}
+
+impl Default for SeqAdapterConfig {
+    fn default() -> Self {
+        SeqAdapterConfig {
+            hidden: default_hidden(),
+        }
+    }
+}
+
+impl SeqAdapterConfig {
+    /// The bottleneck spec.
+    pub fn spec(&self) -> Spec {
+        Spec {
+            hidden: self.hidden,
+            act: Activation::Gelu,
+            dropout: 0.0,
+            down_init: WeightInit::TruncNormal,
+            up_init: WeightInit::TruncNormal,
+        }
+    }
+}
+
+/// `y + A(y)` for `seq_adapter`, identity otherwise.
+pub(crate) fn apply(f: &mut Fwd, a: &AdapterConfig, i: usize, y: &Tensor) -> Result<Tensor> {
+    match a {
+        AdapterConfig::SeqAdapter(_) => {
+            let delta =
+                bottleneck::forward(f, &format!("blocks.{i}.adapter"), y, Activation::Gelu, 0.0)?;
+            y + delta
+        }
+        _ => Ok(y.clone()),
+    }
+}

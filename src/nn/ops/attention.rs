@@ -1,0 +1,228 @@
+//! Fused multi-head self-attention on the packed qkv projection (timm layout: last dim is
+//! `q | k | v`, each head-major `H x Dh`): `softmax(q k^T / sqrt(Dh)) v` with heads merged
+//! back to `[B, N, D]`. The CPU op reads q, k, v in place through GEMM strides (no
+//! permute / split copies), keeps one N x N score buffer per task, and its backward
+//! recomputes the probabilities instead of storing them. No attention dropout: callers
+//! use the composed path when attention dropout is active.
+
+use super::cpu::{slice, with_slice};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// A strided matrix view inside a slice: element (r, c) is at `off + r*rs + c*cs`.
+#[derive(Clone, Copy)]
+struct View {
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    fn new(off: usize, rs: usize, cs: usize) -> Self {
+        View { off, rs, cs }
+    }
+    fn t(self) -> Self {
+        View {
+            off: self.off,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    fn check(self, rows: usize, cols: usize, len: usize) {
+        if rows > 0 && cols > 0 {
+            let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(last < len, "attention: matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] beta * lhs (m x k) * rhs (k x n)`, single-threaded, bounds-checked.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    dst: &mut [f32],
+    d: View,
+    acc: bool,
+    lhs: &[f32],
+    l: View,
+    rhs: &[f32],
+    r: View,
+    m: usize,
+    n: usize,
+    k: usize,
+    beta: f32,
+) {
+    d.check(m, n, dst.len());
+    l.check(m, k, lhs.len());
+    r.check(k, n, rhs.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element the GEMM touches lies inside its slice (checked above); `dst`
+    // is a unique borrow that does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(d.off),
+            d.cs as isize,
+            d.rs as isize,
+            acc,
+            lhs.as_ptr().add(l.off),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.off),
+            r.cs as isize,
+            r.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Fused attention over `qkv [B, N, 3D]` with `heads` heads.
+pub(crate) struct AttentionOp {
+    pub heads: usize,
+}
+
+struct Dims {
+    n: usize,
+    d: usize,
+    dh: usize,
+    scale: f32,
+}
+
+impl AttentionOp {
+    fn dims(&self, shape: &[usize]) -> Result<(usize, Dims)> {
+        let [b, n, d3] = shape else {
+            bail!("attention: qkv must be [B, N, 3D], got {shape:?}")
+        };
+        if d3 % 3 != 0 || (d3 / 3) % self.heads != 0 {
+            bail!(
+                "attention: last dim {d3} is not 3 x heads ({}) x head_dim",
+                self.heads
+            );
+        }
+        let d = d3 / 3;
+        let dh = d / self.heads;
+        Ok((
+            *b,
+            Dims {
+                n: *n,
+                d,
+                dh,
+                scale: (dh as f32).powf(-0.5),
+            },
+        ))
+    }
+}
+
+/// Scores of head `h` of one sample into `p` (N x N), then row softmax in place.
+fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
+    let (n, d, dh) = (dm.n, dm.d, dm.dh);
+    let q = View::new(h * dh, 3 * d, 1);
+    let k = View::new(d + h * dh, 3 * d, 1);
+    mm(
+        p,
+        View::new(0, n, 1),
+        false,
+        qkv,
+        q,
+        qkv,
+        k.t(),
+        n,
+        n,
+        dh,
+        dm.scale,
+    );
+    for row in p.chunks_mut(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l)?;
+        let (b, dm) = self.dims(l.dims())?;
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        let mut out = vec![0f32; b * n * d];
+        out.par_chunks_mut(n * d)
+            .zip(qkv.par_chunks(n * 3 * d))
+            .for_each(|(o, x)| {
+                let mut p = vec![0f32; n * n];
+                for h in 0..self.heads {
+                    probs(x, h, &dm, &mut p);
+                    let v = View::new(2 * d + h * dh, 3 * d, 1);
+                    mm(
+                        o,
+                        View::new(h * dh, d, 1),
+                        false,
+                        &p,
+                        View::new(0, n, 1),
+                        x,
+                        v,
+                        n,
+                        dh,
+                        n,
+                        1.0,
+                    );
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, dm) = self.dims(qkv.dims())?;
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        let dqkv = with_slice(qkv, |xs| {
+            with_slice(grad, |gs| {
+                let mut dx = vec![0f32; xs.len()];
+                dx.par_chunks_mut(n * 3 * d)
+                    .zip(xs.par_chunks(n * 3 * d).zip(gs.par_chunks(n * d)))
+                    .for_each(|(dxs, (x, g))| {
+                        let mut p = vec![0f32; n * n];
+                        let mut dp = vec![0f32; n * n];
+                        let nn = View::new(0, n, 1);
+                        for h in 0..self.heads {
+                            probs(x, h, &dm, &mut p);
+                            let q = View::new(h * dh, 3 * d, 1);
+                            let k = View::new(d + h * dh, 3 * d, 1);
+                            let v = View::new(2 * d + h * dh, 3 * d, 1);
+                            let go = View::new(h * dh, d, 1);
+                            // dV = P^T dO
+                            mm(dxs, v, false, &p, nn.t(), g, go, n, dh, n, 1.0);
+                            // dP = dO V^T
+                            mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
+                            // dS = P * (dP - rowsum(dP * P))
+                            for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
+                                let dot: f32 = dpr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                                dpr.iter_mut()
+                                    .zip(pr)
+                                    .for_each(|(a, &b)| *a = b * (*a - dot));
+                            }
+                            // dQ = scale dS K ; dK = scale dS^T Q
+                            mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
+                            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
+    }
+}

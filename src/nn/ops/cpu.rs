@@ -1,0 +1,57 @@
+//! Helpers shared by the fused CPU kernels: borrowing f32 slices out of candle storage
+//! and choosing the rayon chunking.
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+
+/// The contiguous f32 slice that `layout` describes inside `storage`.
+pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "fused op: expected a contiguous f32 tensor, got strides {:?}",
+            layout.stride()
+        ),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor (copies only if `t` is strided).
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(slice(cpu, layout)?),
+        _ => bail!("fused op: backward expected a CPU tensor"),
+    }
+}
+
+/// Minimum number of rows per rayon task: keeps tiny tensors on one thread.
+pub(crate) fn min_rows(row_len: usize) -> usize {
+    (4096 / row_len.max(1)).max(1)
+}
+
+/// Sums per-row contributions `f(row_index) -> [len]` over all rows in parallel.
+pub(crate) fn par_row_sum(
+    rows: usize,
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    (0..rows)
+        .into_par_iter()
+        .with_min_len(min_rows(len))
+        .fold(
+            || vec![0f32; len],
+            |mut acc, r| {
+                f(r, &mut acc);
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; len],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}

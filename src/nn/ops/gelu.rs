@@ -1,0 +1,57 @@
+//! Exact (erf) GELU: fused CPU op with a hand-written backward, and the composed reference
+//! (candle's `gelu_erf`, which has a backward pass).
+
+use super::cpu::{slice, with_slice};
+use candle_core::cpu::erf::erf_f32;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+const CHUNK: usize = 4096;
+
+/// Composed exact GELU (any device).
+pub fn gelu_composed(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Fused CPU exact GELU.
+pub(crate) struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, xc)| {
+                for (oj, &v) in o.iter_mut().zip(xc) {
+                    *oj = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d/dx x*Phi(x) = Phi(x) + x*phi(x)
+        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        let dx = with_slice(x, |xs| {
+            with_slice(grad, |gs| {
+                let mut dx = vec![0f32; xs.len()];
+                dx.par_chunks_mut(CHUNK)
+                    .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+                    .for_each(|(d, (xc, gc))| {
+                        for ((dj, &v), &g) in d.iter_mut().zip(xc).zip(gc) {
+                            let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                            let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
+                            *dj = g * (cdf + v * pdf);
+                        }
+                    });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}

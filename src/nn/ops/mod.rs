@@ -1,0 +1,131 @@
+//! Elementary ops of the ViT in two interchangeable implementations:
+//!
+//! * [`OpsImpl::Fused`]: on CPU f32 tensors, one-pass custom ops (`CustomOp1/3`) with a
+//!   hand-written backward (LayerNorm, softmax, exact GELU) and a frozen linear whose
+//!   backward computes only dL/dx. On other devices / dtypes it falls back to the composed
+//!   version, so the fused path is never a correctness risk (candle's own fused
+//!   `layer_norm` / `softmax_last_dim` have no backward and are deliberately not used).
+//! * [`OpsImpl::Composed`]: built from differentiable candle tensor ops only (the
+//!   reference the fused ops are tested against, and the benchmark baseline).
+
+mod attention;
+mod cpu;
+mod frozen_linear;
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub use gelu::gelu_composed;
+pub use layer_norm::layer_norm_composed;
+pub use softmax::softmax_composed;
+
+use candle_core::{DType, IndexOp, Result, Tensor};
+
+/// Which implementation the model's elementary ops use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpsImpl {
+    /// Fused CPU kernels with hand-written backward (composed fallback off CPU).
+    #[default]
+    Fused,
+    /// Differentiable candle tensor ops only.
+    Composed,
+    /// Benchmark ablation: fused LayerNorm / softmax / GELU, but frozen linears as plain
+    /// matmuls (candle computes and discards their weight gradients).
+    FusedComposedLinear,
+}
+
+impl OpsImpl {
+    fn fused_for(self, x: &Tensor) -> bool {
+        self != OpsImpl::Composed && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
+/// Gradients flow to `x`, and to `w` / `b` when they are (or depend on) variables.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, imp: OpsImpl) -> Result<Tensor> {
+    if !imp.fused_for(x) {
+        return layer_norm_composed(x, w, b, eps);
+    }
+    let op = layer_norm::LayerNormOp {
+        eps: eps as f32,
+        grad_w: w.track_op(),
+        grad_b: b.track_op(),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
+    if !imp.fused_for(x) {
+        return softmax_composed(x);
+    }
+    x.contiguous()?.apply_op1(softmax::SoftmaxOp)
+}
+
+/// Exact (erf) GELU.
+pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
+    if !imp.fused_for(x) {
+        return gelu_composed(x);
+    }
+    x.contiguous()?.apply_op1(gelu::GeluOp)
+}
+
+/// Multi-head self-attention on the packed projection `qkv [B, N, 3D]` (last dim
+/// `q | k | v`, each head-major): `softmax(q k^T / sqrt(Dh)) v`, heads merged to
+/// `[B, N, D]`, with dropout rate `attn_drop` on the attention matrix drawn from `masks`.
+/// Fused (one op, no layout copies) on CPU when no attention dropout is active.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    attn_drop: f64,
+    masks: &mut crate::nn::masks::Masks,
+    imp: OpsImpl,
+) -> Result<Tensor> {
+    let dropout_active = masks.training() && attn_drop > 0.0;
+    if imp.fused_for(qkv) && !dropout_active {
+        return qkv
+            .contiguous()?
+            .apply_op1(attention::AttentionOp { heads });
+    }
+    let (b, n, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let dh = d / heads;
+    let qkv = qkv
+        .reshape((b, n, 3, heads, dh))?
+        .permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?.contiguous()?;
+    let k = qkv.i(1)?.contiguous()?;
+    let v = qkv.i(2)?.contiguous()?;
+    let attn = softmax_last_dim(&q.matmul(&k.t()?)?, imp)?;
+    let attn = masks.dropout(&attn, attn_drop)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+}
+
+/// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let x2 = x.reshape(((), k))?;
+    let mut y = x2.matmul(&w.t()?)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = w.dim(0)?;
+    y.reshape(shape)
+}
+
+/// Linear layer whose weight and bias are frozen: no gradient is computed (or allocated)
+/// for them. Fused: the backward is a single GEMM for dL/dx. Composed: plain [`linear`]
+/// on detached parameters (candle then still computes the discarded weight gradient).
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -> Result<Tensor> {
+    if !imp.fused_for(x) || imp == OpsImpl::FusedComposedLinear {
+        return linear(x, &w.detach(), b.map(|b| b.detach()).as_ref());
+    }
+    let op = frozen_linear::FrozenLinearOp {
+        w: w.detach().contiguous()?,
+        b: b.map(|b| b.detach().contiguous()).transpose()?,
+    };
+    x.contiguous()?.apply_op1(op)
+}

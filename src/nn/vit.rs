@@ -1,0 +1,591 @@
+//! timm-exact pre-norm Vision Transformer of any size (`timm.models.vision_transformer.
+//! VisionTransformer` with class-token pooling), hosting every adapter method of
+//! [`crate::nn::adapters`].
+//!
+//! Block: `h = x + DropPath(Attn(LN1 x))`, `y = h + DropPath(MLP(LN2 h))`, LayerNorm eps
+//! 1e-6, exact GELU, learned position embedding sized from the config (resampling a
+//! checkpoint's grid is `nn::checkpoint::resample_pos_embed`'s job), final LayerNorm, CLS
+//! pooling, new linear head. Dropout sites as timm: after the position embedding, on the
+//! attention matrix (`attn_drop_rate`), after `attn.proj`, after `mlp.fc1`'s activation and
+//! after `mlp.fc2`, before the head (all `drop_rate` except the attention one). Drop-path
+//! rate of block i is `drop_path_rate * i / (depth - 1)`.
+//!
+//! The patch embedding (a Conv2d with kernel = stride = patch) is computed as the
+//! equivalent unfold + matmul with the timm weight `[D, C, p, p]` viewed as `[D, C*p*p]`.
+
+use crate::nn::adapters::{self, AdapterConfig};
+use crate::nn::init::{self, Init};
+use crate::nn::masks::Masks;
+use crate::nn::ops::{self, OpsImpl};
+use crate::nn::params::{Param, ParamStore};
+use candle_core::{bail, DType, Device, IndexOp, Result, Tensor, Var};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// LayerNorm epsilon of timm's ViT.
+pub const LN_EPS: f64 = 1e-6;
+
+fn default_in_chans() -> usize {
+    3
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Architecture of a ViT (timm `VisionTransformer` arguments).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    /// Input image side in pixels (square images).
+    pub img_size: usize,
+    /// Patch side in pixels; must divide `img_size`.
+    pub patch_size: usize,
+    /// Input channels (3 for RGB).
+    #[serde(default = "default_in_chans")]
+    pub in_chans: usize,
+    /// Classes of the (new) classification head.
+    pub num_classes: usize,
+    /// Token width D.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `embed_dim`.
+    pub num_heads: usize,
+    /// MLP hidden width = `embed_dim * mlp_ratio` (truncated).
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    /// Whether `attn.qkv` has a bias.
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+    /// Dropout rate (pos, proj, mlp, head).
+    #[serde(default)]
+    pub drop_rate: f64,
+    /// Dropout rate on the attention matrix.
+    #[serde(default)]
+    pub attn_drop_rate: f64,
+    /// Maximum stochastic-depth rate (last block).
+    #[serde(default)]
+    pub drop_path_rate: f64,
+}
+
+impl VitConfig {
+    /// timm presets `vit_{tiny,small,base,large}_patch16_224` (1000 classes; set
+    /// `num_classes` for the task).
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let (dim, depth, heads) = match name {
+            "vit_tiny_patch16_224" => (192, 12, 3),
+            "vit_small_patch16_224" => (384, 12, 6),
+            "vit_base_patch16_224" => (768, 12, 12),
+            "vit_large_patch16_224" => (1024, 24, 16),
+            other => anyhow::bail!(
+                "unknown ViT preset `{other}`: expected one of vit_tiny_patch16_224, \
+                 vit_small_patch16_224, vit_base_patch16_224, vit_large_patch16_224"
+            ),
+        };
+        Ok(VitConfig {
+            img_size: 224,
+            patch_size: 16,
+            in_chans: 3,
+            num_classes: 1000,
+            embed_dim: dim,
+            depth,
+            num_heads: heads,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+        })
+    }
+
+    /// Checks the fields, naming every invalid one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errs = Vec::new();
+        for (field, v) in [
+            ("img_size", self.img_size),
+            ("patch_size", self.patch_size),
+            ("in_chans", self.in_chans),
+            ("num_classes", self.num_classes),
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+        ] {
+            if v == 0 {
+                errs.push(format!("`{field}` must be > 0"));
+            }
+        }
+        if self.patch_size > 0 && !self.img_size.is_multiple_of(self.patch_size) {
+            errs.push(format!(
+                "`patch_size` {} must divide `img_size` {}",
+                self.patch_size, self.img_size
+            ));
+        }
+        if self.num_heads > 0 && !self.embed_dim.is_multiple_of(self.num_heads) {
+            errs.push(format!(
+                "`num_heads` {} must divide `embed_dim` {}",
+                self.num_heads, self.embed_dim
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_hidden() > 0) {
+            errs.push(format!("`mlp_ratio` must be > 0 (got {})", self.mlp_ratio));
+        }
+        for (field, v) in [
+            ("drop_rate", self.drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                errs.push(format!("`{field}` must be in [0, 1) (got {v})"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid ViT config: {}", errs.join("; "))
+        }
+    }
+
+    /// MLP hidden width.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.img_size / self.patch_size
+    }
+
+    /// Tokens including the class token: `1 + grid²`.
+    pub fn num_tokens(&self) -> usize {
+        1 + self.grid() * self.grid()
+    }
+
+    /// Drop-path rate of block `i`: `drop_path_rate * i / (depth - 1)`.
+    pub fn drop_path_at(&self, i: usize) -> f64 {
+        if self.depth <= 1 {
+            0.0
+        } else {
+            self.drop_path_rate * i as f64 / (self.depth - 1) as f64
+        }
+    }
+
+    /// Every backbone tensor in timm naming with its shape, head included.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, h, p, c) = (
+            self.embed_dim,
+            self.mlp_hidden(),
+            self.patch_size,
+            self.in_chans,
+        );
+        let mut v: Vec<(String, Vec<usize>)> = vec![
+            ("cls_token".into(), vec![1, 1, d]),
+            ("pos_embed".into(), vec![1, self.num_tokens(), d]),
+            ("patch_embed.proj.weight".into(), vec![d, c, p, p]),
+            ("patch_embed.proj.bias".into(), vec![d]),
+        ];
+        for i in 0..self.depth {
+            let b = format!("blocks.{i}");
+            v.push((format!("{b}.norm1.weight"), vec![d]));
+            v.push((format!("{b}.norm1.bias"), vec![d]));
+            v.push((format!("{b}.attn.qkv.weight"), vec![3 * d, d]));
+            if self.qkv_bias {
+                v.push((format!("{b}.attn.qkv.bias"), vec![3 * d]));
+            }
+            v.push((format!("{b}.attn.proj.weight"), vec![d, d]));
+            v.push((format!("{b}.attn.proj.bias"), vec![d]));
+            v.push((format!("{b}.norm2.weight"), vec![d]));
+            v.push((format!("{b}.norm2.bias"), vec![d]));
+            v.push((format!("{b}.mlp.fc1.weight"), vec![h, d]));
+            v.push((format!("{b}.mlp.fc1.bias"), vec![h]));
+            v.push((format!("{b}.mlp.fc2.weight"), vec![d, h]));
+            v.push((format!("{b}.mlp.fc2.bias"), vec![d]));
+        }
+        v.push(("norm.weight".into(), vec![d]));
+        v.push(("norm.bias".into(), vec![d]));
+        v.push(("head.weight".into(), vec![self.num_classes, d]));
+        v.push(("head.bias".into(), vec![self.num_classes]));
+        v
+    }
+
+    /// Number of backbone parameters (head excluded).
+    pub fn backbone_params(&self) -> usize {
+        self.expected_tensors()
+            .iter()
+            .filter(|(n, _)| !n.starts_with("head."))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// Forward-pass mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No dropout / drop path.
+    Eval,
+    /// Dropout and drop path active, masks drawn deterministically from `seed`.
+    Train {
+        /// Seed of this forward pass's masks.
+        seed: u64,
+    },
+}
+
+/// State of one forward pass handed to the adapter hooks.
+pub(crate) struct Fwd<'a> {
+    pub p: &'a ParamStore,
+    pub ops: OpsImpl,
+    pub masks: Masks,
+}
+
+impl Fwd<'_> {
+    /// Linear layer `prefix.weight` / `prefix.bias` (bias optional): frozen weights go
+    /// through [`ops::frozen_linear`], trainable ones through the differentiable matmul.
+    pub fn linear(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        let wname = format!("{prefix}.weight");
+        let bname = format!("{prefix}.bias");
+        let w = self.p.get(&wname)?;
+        let b = self.p.get_opt(&bname);
+        let b_trainable = self.p.is_trainable(&bname);
+        if self.p.is_trainable(&wname) {
+            return ops::linear(x, w, b);
+        }
+        let y = ops::frozen_linear(x, w, if b_trainable { None } else { b }, self.ops)?;
+        match (b, b_trainable) {
+            (Some(b), true) => y.broadcast_add(b),
+            _ => Ok(y),
+        }
+    }
+
+    /// LayerNorm `prefix.weight` / `prefix.bias`.
+    pub fn layer_norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        let w = self.p.get(&format!("{prefix}.weight"))?;
+        let b = self.p.get(&format!("{prefix}.bias"))?;
+        ops::layer_norm(x, w, b, LN_EPS, self.ops)
+    }
+}
+
+/// A ViT with one adapter method; see the module docs and [`crate::nn::adapters`].
+pub struct Vit {
+    cfg: VitConfig,
+    adapter: AdapterConfig,
+    params: ParamStore,
+    ops: OpsImpl,
+}
+
+impl Vit {
+    /// Builds the model from frozen timm-named `backbone` weights (any `head.*` entries are
+    /// discarded; a new head is initialised trunc-normal(0.02) / zero from `seed`) and
+    /// creates the adapter's parameters from `seed`. Every missing, unexpected or
+    /// wrongly-shaped backbone tensor is reported in one error.
+    pub fn new(
+        cfg: &VitConfig,
+        adapter: &AdapterConfig,
+        backbone: BTreeMap<String, Tensor>,
+        device: &Device,
+        seed: u64,
+    ) -> anyhow::Result<Vit> {
+        cfg.validate()?;
+        adapter.validate(cfg)?;
+        let expected: BTreeMap<String, Vec<usize>> = cfg
+            .expected_tensors()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("head."))
+            .collect();
+        let mut problems = Vec::new();
+        for (name, shape) in &expected {
+            match backbone.get(name) {
+                None => problems.push(format!("missing `{name}` (expected shape {shape:?})")),
+                Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
+                    "`{name}` has shape {:?}, expected {shape:?}",
+                    t.dims()
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in backbone.keys() {
+            if !expected.contains_key(name) && !name.starts_with("head.") {
+                problems.push(format!("unexpected tensor `{name}`"));
+            }
+        }
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "backbone does not match the ViT config (dim {}, depth {}, img {}, patch {}): {}",
+                cfg.embed_dim,
+                cfg.depth,
+                cfg.img_size,
+                cfg.patch_size,
+                problems.join("; ")
+            );
+        }
+        let mut params = ParamStore::default();
+        for (name, t) in backbone {
+            if expected.contains_key(&name) {
+                let t = t.to_device(device)?.to_dtype(DType::F32)?.contiguous()?;
+                params.insert_frozen(name, t);
+            }
+        }
+        let d = cfg.embed_dim;
+        let head_w = init::tensor(
+            Init::TruncNormal { std: 0.02 },
+            &[cfg.num_classes, d],
+            seed,
+            "head.weight",
+            device,
+        )?;
+        params.insert_trainable("head.weight", &head_w)?;
+        params.insert_trainable(
+            "head.bias",
+            &Tensor::zeros(cfg.num_classes, DType::F32, device)?,
+        )?;
+        adapters::add_params(adapter, cfg, &mut params, seed, device)?;
+        Ok(Vit {
+            cfg: cfg.clone(),
+            adapter: adapter.clone(),
+            params,
+            ops: OpsImpl::default(),
+        })
+    }
+
+    /// Random backbone with timm's default init (`trunc_normal(0.02)` linear weights and
+    /// pos_embed, zero linear biases, `normal(1e-6)` cls token, unit/zero LayerNorms,
+    /// PyTorch-default Conv2d init for the patch embedding). No head.
+    pub fn random_backbone(
+        cfg: &VitConfig,
+        device: &Device,
+        seed: u64,
+    ) -> anyhow::Result<BTreeMap<String, Tensor>> {
+        cfg.validate()?;
+        let fan_in = cfg.in_chans * cfg.patch_size * cfg.patch_size;
+        let mut out = BTreeMap::new();
+        for (name, shape) in cfg.expected_tensors() {
+            if name.starts_with("head.") {
+                continue;
+            }
+            let init = if name == "cls_token" {
+                Init::Normal {
+                    mean: 0.0,
+                    std: 1e-6,
+                }
+            } else if name == "pos_embed" {
+                Init::TruncNormal { std: 0.02 }
+            } else if name.starts_with("patch_embed.") {
+                Init::KaimingUniformSqrt5 { fan_in }
+            } else if name.contains("norm") {
+                if name.ends_with(".weight") {
+                    Init::Ones
+                } else {
+                    Init::Zeros
+                }
+            } else if name.ends_with(".weight") {
+                Init::TruncNormal { std: 0.02 }
+            } else {
+                Init::Zeros
+            };
+            out.insert(
+                name.clone(),
+                init::tensor(init, &shape, seed, &name, device)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &VitConfig {
+        &self.cfg
+    }
+
+    /// The adapter method.
+    pub fn adapter(&self) -> &AdapterConfig {
+        &self.adapter
+    }
+
+    /// Selects fused or composed elementary ops (default fused).
+    pub fn set_ops_impl(&mut self, ops: OpsImpl) {
+        self.ops = ops;
+    }
+
+    /// Trainable variables sorted by name (adapter, head, and backbone tensors the method
+    /// unfreezes).
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.params.trainable()
+    }
+
+    /// Total number of trainable scalars.
+    pub fn num_trainable(&self) -> usize {
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Names and values of the frozen parameters.
+    pub fn frozen(&self) -> BTreeMap<String, Tensor> {
+        self.params
+            .iter()
+            .filter_map(|(n, p)| match p {
+                Param::Frozen(t) => Some((n.clone(), t.clone())),
+                Param::Trainable(_) => None,
+            })
+            .collect()
+    }
+
+    /// Sets every trainable tensor (e.g. on resume). The map must hold exactly the
+    /// trainable names with their shapes; all mismatches are reported together.
+    pub fn set_trainable(&self, values: &BTreeMap<String, Tensor>) -> anyhow::Result<()> {
+        let vars: BTreeMap<String, Var> = self.trainable().into_iter().collect();
+        let mut problems = Vec::new();
+        for (name, var) in &vars {
+            match values.get(name) {
+                None => problems.push(format!("missing `{name}`")),
+                Some(t) if t.dims() != var.dims() => problems.push(format!(
+                    "`{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in values.keys() {
+            if !vars.contains_key(name) {
+                problems.push(format!("`{name}` is not a trainable tensor of this model"));
+            }
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("cannot set trainable tensors: {}", problems.join("; "));
+        }
+        for (name, var) in &vars {
+            let t = values[name]
+                .to_device(var.device())?
+                .to_dtype(var.dtype())?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Current timm-named backbone + head weights (e.g. to save a pretrained checkpoint).
+    pub fn export_backbone(&self) -> BTreeMap<String, Tensor> {
+        self.cfg
+            .expected_tensors()
+            .into_iter()
+            .filter_map(|(n, _)| self.params.get_opt(&n).map(|t| (n, t.copy())))
+            .filter_map(|(n, t)| t.ok().map(|t| (n, t)))
+            .collect()
+    }
+
+    /// Logits `[B, num_classes]` for images `x [B, in_chans, img, img]` (f32).
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut f = self.fwd(mode);
+        let feat = self.features(x, &mut f)?;
+        let feat = f.masks.dropout(&feat, self.cfg.drop_rate)?;
+        f.linear(&feat, "head")
+    }
+
+    /// The CLS feature `[B, embed_dim]` after the final norm (what the head sees).
+    pub fn forward_features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut f = self.fwd(mode);
+        self.features(x, &mut f)
+    }
+
+    fn fwd(&self, mode: Mode) -> Fwd<'_> {
+        let masks = match mode {
+            Mode::Eval => Masks::eval(),
+            Mode::Train { seed } => Masks::train(seed),
+        };
+        Fwd {
+            p: &self.params,
+            ops: self.ops,
+            masks,
+        }
+    }
+
+    fn features(&self, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, ch, h, w) = x.dims4()?;
+        if ch != c.in_chans || h != c.img_size || w != c.img_size {
+            bail!(
+                "ViT input must be [B, {}, {}, {}], got {:?}",
+                c.in_chans,
+                c.img_size,
+                c.img_size,
+                x.dims()
+            );
+        }
+        let (p, g, d) = (c.patch_size, c.grid(), c.embed_dim);
+        let patches = x
+            .reshape((b, ch, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * g * g, ch * p * p))?;
+        let pe_w =
+            f.p.get("patch_embed.proj.weight")?
+                .reshape((d, ch * p * p))?;
+        let pe_b = f.p.get("patch_embed.proj.bias")?;
+        let tokens = if f.p.is_trainable("patch_embed.proj.weight") {
+            ops::linear(&patches, &pe_w, Some(pe_b))?
+        } else if f.p.is_trainable("patch_embed.proj.bias") {
+            ops::frozen_linear(&patches, &pe_w, None, f.ops)?.broadcast_add(pe_b)?
+        } else {
+            ops::frozen_linear(&patches, &pe_w, Some(pe_b), f.ops)?
+        };
+        let tokens = tokens.reshape((b, g * g, d))?;
+        let tokens = adapters::ssf::apply(f, &self.adapter, "patch_embed", &tokens)?;
+        let cls = f.p.get("cls_token")?.broadcast_as((b, 1, d))?;
+        let mut x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(f.p.get("pos_embed")?)?;
+        x = f.masks.dropout(&x, c.drop_rate)?;
+        x = adapters::vpt::insert(f, &self.adapter, &x)?;
+        for i in 0..c.depth {
+            x = adapters::vpt::replace(f, &self.adapter, i, &x)?;
+            x = self.block(i, &x, f)?;
+        }
+        let x = f.layer_norm(&x, "norm")?;
+        let x = adapters::ssf::apply(f, &self.adapter, "norm", &x)?;
+        x.i((.., 0))?.contiguous()
+    }
+
+    fn attention(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+        let c = &self.cfg;
+        let pre = format!("blocks.{i}.attn");
+        let mut qkv = f.linear(x, &format!("{pre}.qkv"))?;
+        if let Some(delta) = adapters::lora::qkv_delta(f, &self.adapter, i, x)? {
+            qkv = (qkv + delta)?;
+        }
+        let qkv = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.qkv"), &qkv)?;
+        let o = ops::attention(&qkv, c.num_heads, c.attn_drop_rate, &mut f.masks, f.ops)?;
+        let o = f.linear(&o, &format!("{pre}.proj"))?;
+        let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.proj"), &o)?;
+        f.masks.dropout(&o, c.drop_rate)
+    }
+
+    fn mlp(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+        let pre = format!("blocks.{i}.mlp");
+        let hdn = f.linear(x, &format!("{pre}.fc1"))?;
+        let hdn = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.fc1"), &hdn)?;
+        let hdn = ops::gelu(&hdn, f.ops)?;
+        let hdn = f.masks.dropout(&hdn, self.cfg.drop_rate)?;
+        let o = f.linear(&hdn, &format!("{pre}.fc2"))?;
+        let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.fc2"), &o)?;
+        f.masks.dropout(&o, self.cfg.drop_rate)
+    }
+
+    fn block(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+        let dp = self.cfg.drop_path_at(i);
+        let a = &self.adapter;
+        let n1 = f.layer_norm(x, &format!("blocks.{i}.norm1"))?;
+        let n1 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm1"), &n1)?;
+        let att = self.attention(i, &n1, f)?;
+        let mut h = (x + f.masks.drop_path(&att, dp)?)?;
+        if let Some(side) = adapters::parallel_attn(f, a, i, x)? {
+            h = (h + side)?;
+        }
+        let n2 = f.layer_norm(&h, &format!("blocks.{i}.norm2"))?;
+        let n2 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm2"), &n2)?;
+        let m = self.mlp(i, &n2, f)?;
+        let m = f.masks.drop_path(&m, dp)?;
+        let m = adapters::houlsby::apply(f, a, i, &m)?;
+        let mut y = (&h + m)?;
+        if let Some(side) = adapters::parallel_mlp(f, a, i, &h)? {
+            y = (y + side)?;
+        }
+        adapters::seq_adapter::apply(f, a, i, &y)
+    }
+}

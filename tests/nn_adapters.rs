@@ -1,0 +1,417 @@
+//! Adapter methods: parameter-count formulas, freezing (no gradients for frozen tensors,
+//! bit-identical through training), non-zero gradients for every trainable tensor of every
+//! method, fused == composed, deterministic training masks, and error reporting.
+
+mod nn_util;
+
+use candle_core::{DType, Device, Tensor};
+use idat_pipe::nn::adapters::*;
+use idat_pipe::nn::ops::OpsImpl;
+use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
+use nn_util::*;
+use std::collections::BTreeMap;
+
+fn all_methods() -> Vec<AdapterConfig> {
+    vec![
+        AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
+        AdapterConfig::Adaptformer(AdaptformerConfig::default()),
+        AdapterConfig::AdaptformerOriginal(AdaptformerOriginalConfig::default()),
+        AdapterConfig::SharedParAdapter(SharedParConfig::default()),
+        AdapterConfig::Houlsby(HoulsbyConfig::default()),
+        AdapterConfig::Lora(LoraConfig::default()),
+        AdapterConfig::Lora(LoraConfig {
+            rank: 2,
+            alpha: Some(4.0),
+            targets: vec![QkvTarget::Q, QkvTarget::V],
+        }),
+        AdapterConfig::VptShallow(VptConfig::default()),
+        AdapterConfig::VptDeep(VptConfig {
+            length: 3,
+            init: PromptInit::TruncNormal,
+        }),
+        AdapterConfig::Bitfit,
+        AdapterConfig::Ssf,
+        AdapterConfig::Linear,
+        AdapterConfig::Full,
+    ]
+}
+
+#[test]
+fn vit_base_counts_follow_the_formulas() {
+    let mut cfg = VitConfig::preset("vit_base_patch16_224").unwrap();
+    cfg.num_classes = 100;
+    let head = (768 + 1) * 100;
+    let expect = [
+        ("seq_adapter", 82_992),
+        ("adaptformer", 82_992),
+        ("adaptformer_original", 12 * (2 * 768 * 8 + 8 + 768)),
+        ("shared_par_adapter", 82_992),
+        ("houlsby", 156_768),
+        ("lora", 12 * 3 * 2 * 8 * 768),
+        ("lora", 12 * 2 * 2 * 2 * 768),
+        ("vpt_shallow", 10 * 768),
+        ("vpt_deep", 12 * 3 * 768),
+        ("bitfit", 102_912),
+        ("ssf", 205_824),
+        ("linear", 0),
+        ("full", 85_798_656),
+    ];
+    for (m, (name, n)) in all_methods().iter().zip(expect) {
+        assert_eq!(m.name(), name);
+        assert_eq!(m.count_method(&cfg), n, "{name}");
+        assert_eq!(m.count_trainable(&cfg), n + head, "{name}");
+    }
+    assert_eq!(head, 76_900);
+}
+
+fn build(cfg: &VitConfig, m: &AdapterConfig) -> Vit {
+    let bb = Vit::random_backbone(cfg, &Device::Cpu, 1).unwrap();
+    Vit::new(cfg, m, bb, &Device::Cpu, 2).unwrap()
+}
+
+#[test]
+fn built_models_have_the_formula_counts() {
+    let cfg = tiny_config();
+    for m in all_methods() {
+        let vit = build(&cfg, &m);
+        assert_eq!(vit.num_trainable(), m.count_trainable(&cfg), "{}", m.name());
+        let frozen: usize = vit.frozen().values().map(|t| t.elem_count()).sum();
+        assert_eq!(
+            frozen + vit.num_trainable(),
+            cfg.backbone_params() + m.count_trainable(&cfg) - m.count_method(&cfg)
+                + added(&m, &cfg)
+        );
+    }
+}
+
+/// Parameters a method adds on top of the backbone (as opposed to unfreezing backbone ones).
+fn added(m: &AdapterConfig, cfg: &VitConfig) -> usize {
+    match m {
+        AdapterConfig::Bitfit | AdapterConfig::Full | AdapterConfig::Linear => 0,
+        _ => m.count_method(cfg),
+    }
+}
+
+/// Replaces all-zero trainable tensors (zero-init up projections, LoRA B, biases) by
+/// small random values: at such an init some gradients are exactly zero by construction,
+/// which would hide a missing backward pass.
+fn perturb_zero_tensors(vit: &Vit) {
+    let vals: BTreeMap<String, Tensor> = vit
+        .trainable()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, v))| {
+            let t = v.as_tensor();
+            let zero = t
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0;
+            let t = if zero {
+                (rand_tensor(t.dims(), 1000 + i as u64) * 0.1).unwrap()
+            } else {
+                t.copy().unwrap()
+            };
+            (n, t)
+        })
+        .collect();
+    vit.set_trainable(&vals).unwrap();
+}
+
+fn grads_of(vit: &Vit, x: &Tensor, y: &Tensor) -> (candle_core::backprop::GradStore, Tensor) {
+    let logits = vit.forward(x, Mode::Eval).unwrap();
+    let loss = cross_entropy(&logits, y).unwrap();
+    (loss.backward().unwrap(), logits)
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_nonzero_gradient_and_frozen_ones_none() {
+    let cfg = tiny_config();
+    let x = rand_tensor(&[3, 3, 16, 16], 5);
+    let y = Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap();
+    for m in all_methods() {
+        for ops in [OpsImpl::Fused, OpsImpl::Composed] {
+            let mut vit = build(&cfg, &m);
+            vit.set_ops_impl(ops);
+            perturb_zero_tensors(&vit);
+            let (grads, _) = grads_of(&vit, &x, &y);
+            for (name, var) in vit.trainable() {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{} {ops:?}: no grad for {name}", m.name()));
+                let s = g
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    s > 0.0 && s.is_finite(),
+                    "{} {ops:?}: gradient of {name} is {s}",
+                    m.name()
+                );
+            }
+            if ops == OpsImpl::Fused {
+                for (name, t) in vit.frozen() {
+                    assert!(
+                        grads.get(&t).is_none(),
+                        "{}: frozen {name} got a gradient buffer",
+                        m.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_and_composed_gradients_agree_for_every_method() {
+    let cfg = tiny_config();
+    let x = rand_tensor(&[2, 3, 16, 16], 6);
+    let y = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    for m in all_methods() {
+        let mut vit = build(&cfg, &m);
+        perturb_zero_tensors(&vit);
+        let (gf, lf) = grads_of(&vit, &x, &y);
+        vit.set_ops_impl(OpsImpl::Composed);
+        let (gc, lc) = grads_of(&vit, &x, &y);
+        assert!(rel_err(&lf, &lc) < 1e-5, "{}: logits differ", m.name());
+        for (name, var) in vit.trainable() {
+            let e = rel_err(
+                gf.get(var.as_tensor()).unwrap(),
+                gc.get(var.as_tensor()).unwrap(),
+            );
+            assert!(
+                e < 1e-4,
+                "{}: gradient of {name} differs, rel err {e}",
+                m.name()
+            );
+        }
+    }
+}
+
+fn snapshot(ts: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {
+    ts.iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn frozen_tensors_stay_bit_identical_through_sgd_steps() {
+    let cfg = tiny_config();
+    let x = rand_tensor(&[4, 3, 16, 16], 7);
+    let y = Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu).unwrap();
+    for m in [
+        AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
+        AdapterConfig::Bitfit,
+        AdapterConfig::Ssf,
+    ] {
+        let vit = build(&cfg, &m);
+        let frozen_before = snapshot(&vit.frozen());
+        let train_before = snapshot(
+            &vit.trainable()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+                .collect(),
+        );
+        for step in 0..3u64 {
+            let logits = vit.forward(&x, Mode::Train { seed: step }).unwrap();
+            let grads = cross_entropy(&logits, &y).unwrap().backward().unwrap();
+            for (_, var) in vit.trainable() {
+                let g = grads.get(var.as_tensor()).unwrap();
+                var.set(&(var.as_tensor() - (g * 0.5).unwrap()).unwrap())
+                    .unwrap();
+            }
+        }
+        assert_eq!(
+            snapshot(&vit.frozen()),
+            frozen_before,
+            "{}: a frozen tensor changed",
+            m.name()
+        );
+        let train_after = snapshot(
+            &vit.trainable()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+                .collect(),
+        );
+        for (n, before) in &train_before {
+            assert_ne!(
+                &train_after[n],
+                before,
+                "{}: trainable {n} did not change",
+                m.name()
+            );
+        }
+        // export_backbone returns the (unchanged) frozen timm tensors plus the trained head.
+        let exported = vit.export_backbone();
+        assert_eq!(exported.len(), cfg.expected_tensors().len());
+    }
+}
+
+#[test]
+fn train_mode_masks_are_deterministic_per_seed() {
+    let mut cfg = tiny_config();
+    cfg.drop_path_rate = 0.5;
+    cfg.drop_rate = 0.2;
+    cfg.attn_drop_rate = 0.2;
+    let vit = build(&cfg, &AdapterConfig::default());
+    let x = rand_tensor(&[4, 3, 16, 16], 8);
+    let a = vit.forward(&x, Mode::Train { seed: 11 }).unwrap();
+    let b = vit.forward(&x, Mode::Train { seed: 11 }).unwrap();
+    let c = vit.forward(&x, Mode::Train { seed: 12 }).unwrap();
+    let e1 = vit.forward(&x, Mode::Eval).unwrap();
+    let e2 = vit.forward(&x, Mode::Eval).unwrap();
+    let bits = |t: &Tensor| {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    assert_ne!(bits(&a), bits(&c));
+    assert_eq!(bits(&e1), bits(&e2));
+    assert_ne!(bits(&a), bits(&e1));
+}
+
+#[test]
+fn drop_path_rates_increase_linearly() {
+    let mut cfg = tiny_config();
+    cfg.depth = 5;
+    cfg.drop_path_rate = 0.2;
+    let rates: Vec<f64> = (0..5).map(|i| cfg.drop_path_at(i)).collect();
+    assert_eq!(rates[0], 0.0);
+    assert!((rates[2] - 0.1).abs() < 1e-12 && (rates[4] - 0.2).abs() < 1e-12);
+}
+
+#[test]
+fn bad_backbone_lists_every_problem() {
+    let cfg = tiny_config();
+    let mut bb = Vit::random_backbone(&cfg, &Device::Cpu, 1).unwrap();
+    bb.remove("blocks.1.mlp.fc2.bias");
+    bb.insert(
+        "pos_embed".into(),
+        Tensor::zeros((1, 3, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    bb.insert(
+        "fc_norm.weight".into(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    bb.insert(
+        "head.weight".into(),
+        Tensor::zeros((21843, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = Vit::new(&cfg, &AdapterConfig::default(), bb, &Device::Cpu, 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing `blocks.1.mlp.fc2.bias`"), "{err}");
+    assert!(
+        err.contains("`pos_embed` has shape [1, 3, 32], expected [1, 5, 32]"),
+        "{err}"
+    );
+    assert!(err.contains("unexpected tensor `fc_norm.weight`"), "{err}");
+    assert!(
+        !err.contains("head.weight"),
+        "the head is discarded, not an error: {err}"
+    );
+}
+
+#[test]
+fn bad_configs_and_inputs_are_reported() {
+    let mut cfg = tiny_config();
+    cfg.patch_size = 5;
+    cfg.num_heads = 3;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("`patch_size` 5 must divide `img_size` 16") && err.contains("`num_heads` 3"),
+        "{err}"
+    );
+    assert!(VitConfig::preset("vit_huge")
+        .unwrap_err()
+        .to_string()
+        .contains("vit_base_patch16_224"));
+    let cfg = tiny_config();
+    let lora = AdapterConfig::Lora(LoraConfig {
+        rank: 0,
+        alpha: None,
+        targets: vec![],
+    });
+    assert!(lora
+        .validate(&cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("`rank` must be > 0"));
+    let vit = build(&cfg, &AdapterConfig::Linear);
+    let err = vit
+        .forward(&rand_tensor(&[1, 3, 8, 8], 1), Mode::Eval)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[B, 3, 16, 16]"), "{err}");
+    let mut vals = BTreeMap::new();
+    vals.insert(
+        "head.weight".to_string(),
+        Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
+    vals.insert(
+        "blocks.0.norm1.weight".to_string(),
+        Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let err = vit.set_trainable(&vals).unwrap_err().to_string();
+    assert!(
+        err.contains("missing `head.bias`")
+            && err.contains("`head.weight` has shape [2, 2], expected [5, 32]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`blocks.0.norm1.weight` is not a trainable tensor"),
+        "{err}"
+    );
+}
+
+#[test]
+fn adapter_configs_parse_by_method_name() {
+    let a: AdapterConfig =
+        serde_json::from_str(r#"{"method":"lora","rank":4,"targets":["q","v"]}"#).unwrap();
+    assert_eq!(
+        a,
+        AdapterConfig::Lora(LoraConfig {
+            rank: 4,
+            alpha: None,
+            targets: vec![QkvTarget::Q, QkvTarget::V]
+        })
+    );
+    let a: AdapterConfig = serde_json::from_str(r#"{"method":"seq_adapter"}"#).unwrap();
+    assert_eq!(a, AdapterConfig::SeqAdapter(SeqAdapterConfig { hidden: 4 }));
+    let a: AdapterConfig = serde_json::from_str(r#"{"method":"adaptformer_original"}"#).unwrap();
+    assert_eq!(
+        a,
+        AdapterConfig::AdaptformerOriginal(AdaptformerOriginalConfig::default())
+    );
+    let err = serde_json::from_str::<AdapterConfig>(r#"{"method":"seq_adapter","hiden":8}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hiden"), "{err}");
+    let err = serde_json::from_str::<AdapterConfig>(r#"{"method":"prefix"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefix"), "{err}");
+}

@@ -1,0 +1,201 @@
+//! The fused CPU ops against their composed (differentiable tensor-op) references:
+//! forward and backward, plus finite differences for the composed references.
+
+mod nn_util;
+
+use candle_core::{Tensor, Var};
+use idat_pipe::nn::ops::{self, OpsImpl};
+use nn_util::rand_tensor;
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Runs `f` with both implementations on the same inputs (as Vars) and a random upstream
+/// gradient; compares outputs and every input gradient.
+fn compare(inputs: &[Tensor], f: impl Fn(&[Tensor], OpsImpl) -> Tensor, tol: f32) {
+    let run = |imp| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&ts, imp);
+        let up = rand_tensor(y.dims(), 99);
+        let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<Tensor> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).expect("gradient").clone())
+            .collect();
+        (y, g)
+    };
+    let (yf, gf) = run(OpsImpl::Fused);
+    let (yc, gc) = run(OpsImpl::Composed);
+    let e = max_abs_diff(&yf, &yc);
+    assert!(e < tol, "forward differs by {e}");
+    for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
+        let e = max_abs_diff(a, b);
+        assert!(e < tol, "gradient of input {i} differs by {e}");
+        let norm = b
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "gradient of input {i} is zero");
+    }
+}
+
+#[test]
+fn layer_norm_fused_matches_composed() {
+    let x = (rand_tensor(&[3, 5, 24], 1) * 3.0).unwrap();
+    let w = (rand_tensor(&[24], 2) + 1.0).unwrap();
+    let b = rand_tensor(&[24], 3);
+    compare(
+        &[x, w, b],
+        |t, imp| ops::layer_norm(&t[0], &t[1], &t[2], 1e-6, imp).unwrap(),
+        2e-5,
+    );
+}
+
+#[test]
+fn softmax_fused_matches_composed() {
+    let x = (rand_tensor(&[2, 3, 7, 17], 4) * 5.0).unwrap();
+    compare(
+        &[x],
+        |t, imp| ops::softmax_last_dim(&t[0], imp).unwrap(),
+        1e-6,
+    );
+}
+
+#[test]
+fn gelu_fused_matches_composed() {
+    let x = (rand_tensor(&[4, 33], 5) * 4.0).unwrap();
+    compare(&[x], |t, imp| ops::gelu(&t[0], imp).unwrap(), 1e-5);
+}
+
+#[test]
+fn frozen_linear_fused_matches_composed_and_has_no_weight_gradient() {
+    let x = rand_tensor(&[2, 9, 16], 6);
+    let w = rand_tensor(&[12, 16], 7);
+    let b = rand_tensor(&[12], 8);
+    compare(
+        std::slice::from_ref(&x),
+        |t, imp| ops::frozen_linear(&t[0], &w, Some(&b), imp).unwrap(),
+        1e-5,
+    );
+    let plain = ops::linear(&x, &w, Some(&b)).unwrap();
+    let fused = ops::frozen_linear(&x, &w, Some(&b), OpsImpl::Fused).unwrap();
+    assert!(max_abs_diff(&plain, &fused) < 1e-5);
+    // Frozen weight and bias get no gradient entry at all with the fused op.
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = ops::frozen_linear(xv.as_tensor(), &w, Some(&b), OpsImpl::Fused).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(xv.as_tensor()).is_some());
+    assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+}
+
+#[test]
+fn layer_norm_gradients_only_for_variables() {
+    // weight trainable, bias frozen: the fused op must produce dW but nothing for b.
+    let x = Var::from_tensor(&rand_tensor(&[4, 8], 9)).unwrap();
+    let w = Var::from_tensor(&(rand_tensor(&[8], 10) + 1.0).unwrap()).unwrap();
+    let b = rand_tensor(&[8], 11);
+    let y = ops::layer_norm(x.as_tensor(), w.as_tensor(), &b, 1e-6, OpsImpl::Fused).unwrap();
+    let up = rand_tensor(&[4, 8], 12);
+    let grads = (y * up).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(w.as_tensor()).is_some());
+    assert!(grads.get(&b).is_none());
+}
+
+/// Central finite differences of `sum(f(x) * up)` against the fused backward.
+fn finite_diff(x: &Tensor, f: impl Fn(&Tensor) -> Tensor, tol: f32) {
+    let xv = Var::from_tensor(x).unwrap();
+    let up = rand_tensor(x.dims(), 77);
+    let loss = |t: &Tensor| {
+        (f(t) * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+    };
+    let g = loss(xv.as_tensor())
+        .backward()
+        .unwrap()
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let g = g.to_vec1::<f32>().unwrap();
+    let base = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let h = 1e-2f32;
+    for i in (0..base.len()).step_by(7) {
+        let mut p = base.clone();
+        p[i] += h;
+        let lp = loss(&Tensor::from_vec(p.clone(), x.dims(), x.device()).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
+        p[i] -= 2.0 * h;
+        let lm = loss(&Tensor::from_vec(p, x.dims(), x.device()).unwrap())
+            .to_scalar::<f64>()
+            .unwrap();
+        let fd = ((lp - lm) / (2.0 * h as f64)) as f32;
+        assert!(
+            (fd - g[i]).abs() < tol,
+            "element {i}: finite difference {fd} vs backward {}",
+            g[i]
+        );
+    }
+}
+
+#[test]
+fn fused_backwards_match_finite_differences() {
+    let w = (rand_tensor(&[10], 13) + 1.0).unwrap();
+    let b = rand_tensor(&[10], 14);
+    finite_diff(
+        &rand_tensor(&[3, 10], 15),
+        |t| ops::layer_norm(t, &w, &b, 1e-6, OpsImpl::Fused).unwrap(),
+        2e-3,
+    );
+    finite_diff(
+        &(rand_tensor(&[3, 10], 16) * 3.0).unwrap(),
+        |t| ops::softmax_last_dim(t, OpsImpl::Fused).unwrap(),
+        2e-3,
+    );
+    finite_diff(
+        &(rand_tensor(&[3, 10], 17) * 3.0).unwrap(),
+        |t| ops::gelu(t, OpsImpl::Fused).unwrap(),
+        2e-3,
+    );
+}
+
+#[test]
+fn attention_fused_matches_composed() {
+    use idat_pipe::nn::masks::Masks;
+    // B 2, N 7, heads 3, Dh 4 -> qkv last dim 36.
+    let qkv = (rand_tensor(&[2, 7, 36], 18) * 2.0).unwrap();
+    compare(
+        &[qkv],
+        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp).unwrap(),
+        1e-5,
+    );
+    // With attention dropout active in training, the composed path is used (masks apply).
+    let qkv = rand_tensor(&[2, 7, 36], 19);
+    let a = ops::attention(&qkv, 3, 0.5, &mut Masks::train(1), OpsImpl::Fused).unwrap();
+    let b = ops::attention(&qkv, 3, 0.5, &mut Masks::eval(), OpsImpl::Fused).unwrap();
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "attention dropout had no effect"
+    );
+}
