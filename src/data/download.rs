@@ -54,6 +54,19 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// Checks that the file at `path` has the sha256 `expected` (64 hex digits) before it is used.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    let want = parse_sha256(expected)?;
+    let got = sha256_file(path)?;
+    if got != want {
+        bail!(
+            "checksum mismatch for {}: expected sha256 {want}, got {got}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn part_path(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
     s.push(".part");

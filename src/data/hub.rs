@@ -48,14 +48,7 @@ pub fn fetch_dataset(
     if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "..") {
         bail!("hub repo `{repo}` is not valid: expected `owner/name`");
     }
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create hub cache {}", cache_dir.display()))?;
-    let api = ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf()))
-        .with_endpoint(endpoint.to_string())
-        .with_token(None)
-        .with_progress(false)
-        .build()
-        .context("cannot build the hub client")?;
+    let api = client(endpoint, cache_dir)?;
     let r = api.repo(Repo::with_revision(
         repo.to_string(),
         RepoType::Dataset,
@@ -99,6 +92,45 @@ pub fn fetch_dataset(
         files,
         verified_lfs,
     })
+}
+
+/// A hub client on `endpoint` caching into `cache_dir`, without a token.
+fn client(endpoint: &str, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create hub cache {}", cache_dir.display()))?;
+    ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf()))
+        .with_endpoint(endpoint.to_string())
+        .with_token(None)
+        .with_progress(false)
+        .build()
+        .context("cannot build the hub client")
+}
+
+/// Fetches one file of the MODEL repository `repo` at `revision` (e.g. the
+/// `model.safetensors` of `timm/vit_base_patch16_224.augreg_in21k`) into `cache_dir`, and
+/// checks LFS files against their sha256. Returns the local path.
+pub fn fetch_model_file(
+    repo: &str,
+    revision: &str,
+    file: &str,
+    endpoint: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf> {
+    if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "..") {
+        bail!("hub repo `{repo}` is not valid: expected `owner/name`");
+    }
+    check_relative_path(file).map_err(|e| anyhow::anyhow!("hub file `{file}`: {e}"))?;
+    let api = client(endpoint, cache_dir)?;
+    let r = api.repo(Repo::with_revision(
+        repo.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
+    let local = r.get(file).map_err(|e| {
+        anyhow::anyhow!("cannot fetch `{file}` from model {repo}@{revision} on {endpoint}: {e}")
+    })?;
+    verify_blob(&local, file)?;
+    Ok(local)
 }
 
 /// hf-hub names each cached blob by its etag; for LFS files that is the sha256 of the bytes.

@@ -6,6 +6,7 @@
 //! Test-only kinds are registered by tests, never by [`Registry::builtin`].
 
 mod context;
+pub mod kinds;
 mod registry;
 
 pub use context::{Input, NoProgress, Progress, StageContext};

@@ -75,8 +75,8 @@ impl Registry {
 
     /// Every kind the product ships.
     pub fn builtin() -> Self {
-        let r = Self::empty();
-        // Kinds register here as they land (one line each).
+        let mut r = Self::empty();
+        super::kinds::register_all(&mut r);
         r
     }
 

@@ -1,1 +1,13 @@
-//! See docs/architecture.md.
+//! Training: adapter-tuning of one model (the AT baseline), iDAT co-training of a small
+//! teacher and a large student, evaluation, and epoch checkpoints for resume.
+//!
+//! One loop serves both: [`cotrain::train`] runs with one member (AT) or two (iDAT).
+
+pub mod config;
+pub mod cotrain;
+pub mod evaluate;
+mod state;
+
+pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
+pub use cotrain::{train, EpochRow, Member, TrainOutcome};
+pub use evaluate::{evaluate, EvalResult};

@@ -1,0 +1,59 @@
+//! `dataset/vtab1k`: VTAB-1K from a local NOAH-layout folder, an archive URL (sha256,
+//! resumable, extracted atomically) or an HF hub dataset repo; every task folder is
+//! validated and a manifest is written.
+use super::decode::MANIFEST_FILE;
+use crate::data::prepare::{prepare, vtab_specs, PrepareOptions, VtabSource};
+use crate::data::vtab::TASKS;
+use crate::stages::{StageContext, StageKind};
+use anyhow::Result;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub source: VtabSource,
+    /// Task folders (aliases allowed); default: all 19.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// HF hub endpoint (default: `HF_ENDPOINT`, else huggingface.co).
+    #[serde(default)]
+    pub hub_endpoint: Option<String>,
+}
+
+pub struct DatasetVtab;
+
+impl StageKind for DatasetVtab {
+    type Params = Params;
+    const NAME: &'static str = "dataset/vtab1k";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["hub_endpoint"];
+    const SUMMARY: &'static str =
+        "VTAB-1K from a folder, an archive URL or the HF hub, validated into a manifest";
+
+    fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
+        let names: Vec<String> = if p.tasks.is_empty() {
+            TASKS.iter().map(|t| t.name.to_string()).collect()
+        } else {
+            p.tasks.clone()
+        };
+        let specs = vtab_specs(&names)?;
+        let opts = PrepareOptions {
+            hub_endpoint: p.hub_endpoint.clone(),
+            ..PrepareOptions::default()
+        };
+        // Downloads go to the checkpoint dir (kept across a crash, so they resume), the
+        // extracted data into the entry itself.
+        let manifest = prepare(&p.source, &specs, &ctx.out_dir, &opts)?;
+        ctx.log(format!(
+            "{} tasks validated under {}",
+            manifest.tasks.len(),
+            manifest.root.display()
+        ));
+        let mut m = manifest;
+        if let Ok(rel) = m.root.strip_prefix(&ctx.out_dir) {
+            m.root = rel.to_path_buf();
+        }
+        m.save(&ctx.out_dir.join(MANIFEST_FILE))
+    }
+}

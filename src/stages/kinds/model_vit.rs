@@ -1,0 +1,155 @@
+//! `model/vit`: a frozen backbone from a preset and a weights source (local safetensors or
+//! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
+use super::common::{device, write_model, Arch, ModelInfo};
+use crate::nn::checkpoint::{load_backbone, LoadOptions};
+use crate::nn::vit::Vit;
+use crate::stages::{StageContext, StageKind};
+use anyhow::{Context, Result};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Where the backbone weights come from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Weights {
+    /// timm-style random init (tests, pretraining from scratch).
+    Random { seed: u64 },
+    /// A local `.safetensors` (timm names) or Google `.npz` file.
+    File {
+        path: PathBuf,
+        /// Expected sha256 of the file (hex); checked before use when given.
+        #[serde(default)]
+        sha256: Option<String>,
+    },
+    /// A file of a model repo on the HF hub (endpoint from `HF_ENDPOINT`).
+    Hub {
+        repo: String,
+        #[serde(default = "main_rev")]
+        revision: String,
+        #[serde(default = "model_file")]
+        file: String,
+        #[serde(default)]
+        sha256: Option<String>,
+    },
+}
+
+fn main_rev() -> String {
+    "main".into()
+}
+fn model_file() -> String {
+    "model.safetensors".into()
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Preset name (e.g. `vit_base_patch16_224`) or a full ViT config.
+    pub arch: Arch,
+    /// Input size to use; position embeddings are resampled (bicubic) when it differs.
+    #[serde(default)]
+    pub img_size: Option<usize>,
+    pub weights: Weights,
+    /// Shown in reports.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// Where hub downloads are kept across runs: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (the layout other HF tools share).
+fn hub_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache/huggingface/hub")
+}
+
+pub struct ModelVit;
+
+impl StageKind for ModelVit {
+    type Params = Params;
+    const NAME: &'static str = "model/vit";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "A frozen ViT backbone from a preset and a weights source, checked and stored in timm names";
+
+    fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
+        let dev = device(&ctx.device)?;
+        let mut cfg = p.arch.resolve()?;
+        if let Some(s) = p.img_size {
+            cfg.img_size = s;
+        }
+        // Keep the checkpoint's head out: tasks get their own.
+        cfg.num_classes = 0;
+        let expected: Vec<(String, Vec<usize>)> = cfg
+            .expected_tensors()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("head."))
+            .collect();
+        let (tensors, source, notes) = match &p.weights {
+            Weights::Random { seed } => {
+                let mut c = cfg.clone();
+                c.num_classes = 1;
+                let mut t = Vit::random_backbone(&c, &dev, *seed)?;
+                t.retain(|k, _| !k.starts_with("head."));
+                (t, format!("random init (seed {seed})"), vec![])
+            }
+            Weights::File { path, sha256 } => {
+                if let Some(want) = sha256 {
+                    crate::data::download::verify_sha256(path, want)?;
+                }
+                let opts = LoadOptions {
+                    allow_partial: false,
+                    allow_unexpected: false,
+                    ignore: vec!["head.".into(), "pre_logits.".into()],
+                    resample_pos_embed: true,
+                };
+                let l = load_backbone(path, &expected, &opts, &dev)
+                    .with_context(|| format!("loading backbone {}", path.display()))?;
+                (l.tensors, format!("file {}", path.display()), l.notes)
+            }
+            Weights::Hub {
+                repo,
+                revision,
+                file,
+                sha256,
+            } => {
+                let endpoint = crate::data::hub::endpoint(None);
+                let path = crate::data::hub::fetch_model_file(
+                    repo,
+                    revision,
+                    file,
+                    &endpoint,
+                    &hub_cache_dir(),
+                )?;
+                if let Some(want) = sha256 {
+                    crate::data::download::verify_sha256(&path, want)?;
+                }
+                let opts = LoadOptions {
+                    allow_partial: false,
+                    allow_unexpected: false,
+                    ignore: vec!["head.".into(), "pre_logits.".into()],
+                    resample_pos_embed: true,
+                };
+                let l = load_backbone(&path, &expected, &opts, &dev)
+                    .with_context(|| format!("loading backbone {repo}@{revision}/{file}"))?;
+                (l.tensors, format!("hub {repo}@{revision}/{file}"), l.notes)
+            }
+        };
+        for n in &notes {
+            ctx.log(n);
+        }
+        let info = ModelInfo {
+            config: cfg,
+            source,
+            label: p.label.unwrap_or_else(|| "pretrained backbone".into()),
+            notes,
+        };
+        write_model(&ctx.out_dir, &info, &tensors)
+    }
+}

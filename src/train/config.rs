@@ -1,0 +1,98 @@
+//! Training hyper-parameters, as they appear under `with:` of the training stages.
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// AdamW + warm-up + cosine + cool-down: the official iDAT/SSF recipe by default.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate (per task in the official recipe; see docs/vtab.md).
+    pub lr: f64,
+    /// Decoupled weight decay, applied to 2-D weights only.
+    pub weight_decay: f64,
+    /// Epochs of cosine schedule (warm-up included), `t_initial` in timm.
+    pub epochs: usize,
+    /// Extra epochs at `min_lr` after the cosine (110 = 100 + 10 in the recipe).
+    pub cooldown_epochs: usize,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+    pub min_lr: f64,
+    /// Update the learning rate every step instead of every epoch.
+    pub per_step_schedule: bool,
+    pub batch_size: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 5e-3,
+            weight_decay: 5e-5,
+            epochs: 100,
+            cooldown_epochs: 10,
+            warmup_epochs: 10,
+            warmup_lr: 1e-7,
+            min_lr: 1e-8,
+            per_step_schedule: false,
+            batch_size: 64,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+impl OptimConfig {
+    pub fn total_epochs(&self) -> usize {
+        self.epochs + self.cooldown_epochs
+    }
+}
+
+/// The distillation term D of `L = CE_s + CE_t + weight * D`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillKind {
+    /// Mean over batch x classes of (z_s - z_t)^2 on raw logits (the official launch script).
+    Mse,
+    /// KL(softmax(z_t/T) || softmax(z_s/T)), summed over classes, batch mean (the code's default).
+    Kl,
+}
+
+/// Who teaches whom in the D term.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillDirection {
+    /// iDAT: the small model is the teacher of the large one (the large one is kept).
+    #[default]
+    SmallToLarge,
+    /// The forward-KD ablation: the large model teaches the small one.
+    LargeToSmall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    pub kind: DistillKind,
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Softmax temperature of `kl` (ignored by `mse`).
+    #[serde(default = "five")]
+    pub temperature: f64,
+    /// Multiply the KL term by T^2 (off in the official code).
+    #[serde(default)]
+    pub t2_factor: bool,
+    /// Stop the D gradient into the teacher: classic one-way KD (iDAT trains both: false).
+    #[serde(default)]
+    pub detach_teacher: bool,
+    #[serde(default)]
+    pub direction: DistillDirection,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn five() -> f64 {
+    5.0
+}
