@@ -465,3 +465,39 @@ fn save_and_load_round_trip_keeps_dtypes_and_metadata() {
     );
     assert!(err.contains("no/such/dir"), "{err}");
 }
+
+#[test]
+fn saving_is_byte_deterministic_with_metadata() {
+    // Identical tensors + metadata must give identical bytes: entry hashes (and so
+    // downstream cache keys) depend on them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        "b.weight".to_string(),
+        Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap(),
+    );
+    tensors.insert(
+        "a.bias".to_string(),
+        Tensor::new(&[1u8, 2, 3], &Device::Cpu).unwrap(),
+    );
+    let meta: BTreeMap<String, String> = (0..12)
+        .map(|i| (format!("key{i}"), format!("value {i}")))
+        .collect();
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let p = dir.path().join(format!("t{i}.safetensors"));
+        save_tensors(&p, &tensors, &meta).unwrap();
+        files.push(std::fs::read(&p).unwrap());
+    }
+    assert!(
+        files.windows(2).all(|w| w[0] == w[1]),
+        "same content gave different bytes"
+    );
+    let (back, back_meta) = load_tensors(&dir.path().join("t0.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(back_meta, meta);
+    assert_eq!(vals(&back["b.weight"]), vec![0., 1., 2., 3., 4., 5.]);
+    assert_eq!(back["a.bias"].to_vec1::<u8>().unwrap(), vec![1, 2, 3]);
+}

@@ -4,7 +4,7 @@
 //! times dtype sizes must match the data offsets, offsets must tile the file, the
 //! header must fit the file) before any tensor is materialised.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -153,13 +153,43 @@ pub fn serialize(
             },
         ));
     }
-    let meta: Option<HashMap<String, String>> = if metadata.is_empty() {
-        None
-    } else {
-        Some(metadata.clone().into_iter().collect())
-    };
-    safetensors::tensor::serialize(host.iter().map(|(n, h)| (n.as_str(), h)), meta)
-        .map_err(|e| anyhow::anyhow!("serialising tensors: {e:?}"))
+    let bytes = safetensors::tensor::serialize(host.iter().map(|(n, h)| (n.as_str(), h)), None)
+        .map_err(|e| anyhow::anyhow!("serialising tensors: {e:?}"))?;
+    with_sorted_metadata(bytes, metadata)
+}
+
+/// Puts `metadata` into the header of serialised safetensors `bytes`, keys in sorted order.
+/// (The safetensors crate takes a `HashMap`, whose random order would make identical runs
+/// write different bytes, and so different cache hashes downstream.)
+fn with_sorted_metadata(bytes: Vec<u8>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    if metadata.is_empty() {
+        return Ok(bytes);
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte header length")) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n])
+            .context("re-reading the safetensors header just written")?;
+    let mut out_header = serde_json::Map::new();
+    out_header.insert(
+        "__metadata__".to_string(),
+        serde_json::Value::Object(
+            metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        ),
+    );
+    out_header.extend(header);
+    let mut text = serde_json::to_vec(&out_header)?;
+    // The data section starts 8-byte aligned, padded with spaces as the format allows.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder is
