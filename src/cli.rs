@@ -424,6 +424,8 @@ fn cmd_run(
                 record.dir.display()
             );
         }
+        let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
+        print!("{}", crate::exec::summaries::render(&summaries));
         for fl in &s.failed {
             eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
             if !fl.log_tail.is_empty() {
@@ -538,7 +540,7 @@ fn cmd_exec_stage(
                 .get(&inst.uses)
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("unknown kind"))?,
-            parts: key_parts(inst, registry, up),
+            parts: key_parts(inst, registry, &cache, up).map_err(anyhow::Error::msg)?,
             inputs,
             log_path: log.unwrap_or_else(|| {
                 cache
