@@ -414,6 +414,9 @@ fn cmd_run(
         let s = run_local(&g, registry, &cache, &record, &opts, cancel, rep.clone());
         drop(rep);
         record.write_trace(&s.trace)?;
+        // Results first (stdout), the tally last (stderr).
+        let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
+        print!("{}", crate::exec::summaries::render(&summaries));
         if !quiet {
             eprintln!(
                 "{} ran, {} cached, {} failed, {} skipped; run record {}",
@@ -424,8 +427,6 @@ fn cmd_run(
                 record.dir.display()
             );
         }
-        let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
-        print!("{}", crate::exec::summaries::render(&summaries));
         for fl in &s.failed {
             eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
             if !fl.log_tail.is_empty() {
@@ -469,6 +470,15 @@ fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
         "  pending checkpoints: {}, running (locked): {}, quarantined corrupt: {}",
         s.pending, s.locked, s.corrupt
     );
+    if !s.per_stage.is_empty() {
+        println!("  per stage (last outcome of each recorded instance):");
+        for (stage, c) in &s.per_stage {
+            println!(
+                "    {stage}: {} ok, {} failed, {} entry missing",
+                c.ok, c.failed, c.missing
+            );
+        }
+    }
     for (id, err) in &s.failed {
         println!("  failed {id}: {err}");
     }

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             "external_input_content_not_mtime_decides_and_summaries_print",
             t_external,
         ),
+        ("plain_mode_prints_progress_with_eta", t_plain_progress),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -569,6 +570,11 @@ fn t_dag_status_gc() {
         .unwrap();
     let (out, _) = ok(&o);
     assert!(out.contains("entries:   10"), "{out}");
+    assert!(
+        out.contains("    tune: 4 ok, 0 failed, 0 entry missing")
+            && out.contains("    prep: 1 ok, 0 failed"),
+        "{out}"
+    );
     // A changed param supersedes report's entry: gc removes the old one only.
     ok(&cli(
         d.path(),
@@ -731,4 +737,27 @@ fn t_external() {
     let o = cli(d.path(), &["run", &p]);
     assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
     assert!(text(&o).1.contains("external input data"), "{:?}", text(&o));
+}
+
+/// Without a terminal, `run` prints a `progress:` line every IDAT_PROGRESS_SECS seconds.
+fn t_plain_progress() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nname: p\nstages:\n  a:\n    uses: test/write\n    with: {text: a}\n  \
+         s:\n    uses: test/steps\n    needs: [a]\n    with: {steps: 3, step_ms: 800}\n",
+    )
+    .unwrap();
+    let o = cli_cmd(d.path(), &["run", &p.display().to_string()])
+        .env("IDAT_PROGRESS_SECS", "1")
+        .output()
+        .unwrap();
+    let (_, err) = ok(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("progress: 1/2 instances, elapsed "))
+        .unwrap_or_else(|| panic!("no progress line:\n{err}"));
+    assert!(line.contains(", ETA "), "{line}");
+    assert!(err.contains("2 ran, 0 cached"), "{err}");
 }

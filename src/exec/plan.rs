@@ -169,3 +169,66 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inst(uses: &str, with: serde_json::Value) -> Instance {
+        Instance {
+            id: "x".into(),
+            stage: "x".into(),
+            uses: uses.into(),
+            cell: vec![],
+            with,
+            resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn builtin_kinds_declare_their_external_inputs() {
+        let reg = Registry::builtin();
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().display().to_string();
+        std::fs::create_dir_all(t.path().join("cifar")).unwrap();
+        // Local VTAB: the requested task folders (aliases resolved) that exist.
+        let v = inst(
+            "dataset/vtab1k",
+            json!({"source": {"kind": "local", "path": root}, "tasks": ["cifar100"]}),
+        );
+        assert_eq!(external_paths(&v, &reg), vec![t.path().join("cifar")]);
+        // None of them exists: the root (its absence is reported by the hash).
+        let v = inst(
+            "dataset/vtab1k",
+            json!({"source": {"kind": "local", "path": root}, "tasks": ["dtd"]}),
+        );
+        assert_eq!(external_paths(&v, &reg), vec![t.path().to_path_buf()]);
+        // A weights file; an upstream output path is not external.
+        let m = |path: &str| {
+            inst(
+                "model/vit",
+                json!({"arch": "vit_tiny_patch16_224", "weights": {"from": "file", "path": path}}),
+            )
+        };
+        assert_eq!(
+            external_paths(&m("w.safetensors"), &reg),
+            vec![PathBuf::from("w.safetensors")]
+        );
+        assert!(external_paths(&m("${stages.p.outputs}/model.safetensors"), &reg).is_empty());
+        let r = inst(
+            "model/vit",
+            json!({"arch": "vit_tiny_patch16_224", "weights": {"from": "random", "seed": 1}}),
+        );
+        assert!(external_paths(&r, &reg).is_empty());
+        // The key carries the hash; a missing file is an error naming it.
+        let cache = Cache::open(t.path().join(".idat")).unwrap();
+        let e = key_parts(&m("nope.safetensors"), &reg, &cache, vec![]).unwrap_err();
+        assert!(e.contains("nope.safetensors"), "{e}");
+        std::fs::write(t.path().join("w.bin"), b"w").unwrap();
+        let w = t.path().join("w.bin").display().to_string();
+        let p = key_parts(&m(&w), &reg, &cache, vec![]).unwrap();
+        assert_eq!(p.external.len(), 1);
+        assert_eq!(p.external[0].path, w);
+    }
+}
