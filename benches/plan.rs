@@ -98,7 +98,7 @@ fn main() {
     let mut hashes: Vec<Option<String>> = vec![None; g.instances.len()];
     for &i in &g.order {
         let up = upstream_parts(&g, i, &hashes).expect("upstreams are committed first");
-        let parts = key_parts(&g.instances[i], &reg, up);
+        let parts = key_parts(&g.instances[i], &reg, &cache, up).expect("key parts");
         let key = parts.key();
         let _lock = cache.lock(&key).expect("lock");
         let tmp = cache.fresh_tmp(&key).expect("tmp");

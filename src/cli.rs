@@ -414,6 +414,9 @@ fn cmd_run(
         let s = run_local(&g, registry, &cache, &record, &opts, cancel, rep.clone());
         drop(rep);
         record.write_trace(&s.trace)?;
+        // Results first (stdout), the tally last (stderr).
+        let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
+        print!("{}", crate::exec::summaries::render(&summaries));
         if !quiet {
             eprintln!(
                 "{} ran, {} cached, {} failed, {} skipped; run record {}",
@@ -467,6 +470,15 @@ fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
         "  pending checkpoints: {}, running (locked): {}, quarantined corrupt: {}",
         s.pending, s.locked, s.corrupt
     );
+    if !s.per_stage.is_empty() {
+        println!("  per stage (last outcome of each recorded instance):");
+        for (stage, c) in &s.per_stage {
+            println!(
+                "    {stage}: {} ok, {} failed, {} entry missing",
+                c.ok, c.failed, c.missing
+            );
+        }
+    }
     for (id, err) in &s.failed {
         println!("  failed {id}: {err}");
     }
@@ -538,7 +550,7 @@ fn cmd_exec_stage(
                 .get(&inst.uses)
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("unknown kind"))?,
-            parts: key_parts(inst, registry, up),
+            parts: key_parts(inst, registry, &cache, up).map_err(anyhow::Error::msg)?,
             inputs,
             log_path: log.unwrap_or_else(|| {
                 cache

@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         ("dag_and_status_and_gc", t_dag_status_gc),
         ("exec_stage_runs_one_instance", t_exec_stage),
         ("ctrl_c_stops_cleanly_and_resumes", t_ctrl_c),
+        (
+            "external_input_content_not_mtime_decides_and_summaries_print",
+            t_external,
+        ),
+        ("plain_mode_prints_progress_with_eta", t_plain_progress),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -565,6 +570,11 @@ fn t_dag_status_gc() {
         .unwrap();
     let (out, _) = ok(&o);
     assert!(out.contains("entries:   10"), "{out}");
+    assert!(
+        out.contains("    tune: 4 ok, 0 failed, 0 entry missing")
+            && out.contains("    prep: 1 ok, 0 failed"),
+        "{out}"
+    );
     // A changed param supersedes report's entry: gc removes the old one only.
     ok(&cli(
         d.path(),
@@ -662,4 +672,92 @@ fn t_ctrl_c() {
         .parse()
         .unwrap();
     assert!(resumed >= 1, "{l:?}");
+}
+
+/// A stage reading a folder outside the cache: one changed byte reruns it and its
+/// dependents (plan says why); a touched mtime reruns nothing. Its summary.txt and
+/// report.md path are printed at the end of every run, cached or not.
+fn t_external() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha").unwrap();
+    std::fs::write(data.join("b.txt"), "beta").unwrap();
+    let p = d.path().join("ext.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nname: ext\nstages:\n  src:\n    uses: test/read_dir\n    \
+         with: {path: data, count_file: count.txt}\n  down:\n    uses: test/concat\n    \
+         needs: [src]\n    with: {sep: '+', count_file: count.txt}\n",
+    )
+    .unwrap();
+    let p = p.display().to_string();
+    let count = d.path().join("count.txt");
+    let (out, err) = ok(&cli(d.path(), &["run", &p]));
+    assert!(err.contains("2 ran, 0 cached"), "{err}");
+    assert!(
+        out.contains("== src ") && out.contains("read 2 files: alphabeta"),
+        "{out}"
+    );
+    assert!(
+        out.contains("report: ") && out.contains("report.md"),
+        "{out}"
+    );
+    // Cached: the summary is still printed.
+    let (out, err) = ok(&cli(d.path(), &["run", &p]));
+    assert!(err.contains("0 ran, 2 cached"), "{err}");
+    assert!(out.contains("read 2 files: alphabeta"), "{out}");
+
+    // Touch only: same content, nothing reruns.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(data.join("a.txt"))
+        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    drop(f);
+    let (out, _) = ok(&cli(d.path(), &["plan", &p]));
+    assert!(out.contains("2 cached, 0 will run"), "{out}");
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--quiet"]));
+    assert_eq!(lines(&count).len(), 2, "{err}");
+
+    // One byte changed: the stage and its dependent rerun, plan says why.
+    std::fs::write(data.join("b.txt"), "beto").unwrap();
+    let (out, _) = ok(&cli(d.path(), &["plan", &p]));
+    assert!(out.contains("0 cached, 2 will run"), "{out}");
+    assert!(out.contains("external input changed: data"), "{out}");
+    assert!(out.contains("upstream `src` will run"), "{out}");
+    let (out, err) = ok(&cli(d.path(), &["run", &p]));
+    assert!(err.contains("2 ran, 0 cached"), "{err}");
+    assert!(out.contains("alphabeto"), "{out}");
+    assert_eq!(lines(&count).len(), 4);
+
+    // A missing external input fails the instance with the path named.
+    std::fs::remove_dir_all(&data).unwrap();
+    let o = cli(d.path(), &["run", &p]);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(text(&o).1.contains("external input data"), "{:?}", text(&o));
+}
+
+/// Without a terminal, `run` prints a `progress:` line every IDAT_PROGRESS_SECS seconds.
+fn t_plain_progress() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nname: p\nstages:\n  a:\n    uses: test/write\n    with: {text: a}\n  \
+         s:\n    uses: test/steps\n    needs: [a]\n    with: {steps: 3, step_ms: 800}\n",
+    )
+    .unwrap();
+    let o = cli_cmd(d.path(), &["run", &p.display().to_string()])
+        .env("IDAT_PROGRESS_SECS", "1")
+        .output()
+        .unwrap();
+    let (_, err) = ok(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("progress: 1/2 instances, elapsed "))
+        .unwrap_or_else(|| panic!("no progress line:\n{err}"));
+    assert!(line.contains(", ETA "), "{line}");
+    assert!(err.contains("2 ran, 0 cached"), "{err}");
 }

@@ -81,6 +81,18 @@ pub struct Status {
     pub pending: usize,
     pub locked: usize,
     pub corrupt: usize,
+    /// Per stage id (the instance id before `[`): instance records by outcome.
+    pub per_stage: std::collections::BTreeMap<String, StageCounts>,
+}
+
+/// Instance records of one stage by outcome.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StageCounts {
+    /// Last outcome ok and the entry is present.
+    pub ok: usize,
+    pub failed: usize,
+    /// Last outcome ok but the entry is gone (removed by gc or by hand).
+    pub missing: usize,
 }
 
 /// Count what the cache holds.
@@ -92,6 +104,15 @@ pub fn status(cache: &Cache) -> Result<Status> {
     }
     for r in cache.records() {
         s.instances += 1;
+        let stage = r.instance.split('[').next().unwrap_or_default().to_string();
+        let c = s.per_stage.entry(stage).or_default();
+        if r.status == "failed" {
+            c.failed += 1;
+        } else if cache.entry_dir(&r.key).join("manifest.json").is_file() {
+            c.ok += 1;
+        } else {
+            c.missing += 1;
+        }
         if r.status == "failed" {
             s.failed.push((r.instance, r.error.unwrap_or_default()));
         }

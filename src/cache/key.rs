@@ -15,6 +15,17 @@ pub struct KeyParts {
     pub params: Value,
     /// Upstream entries' content hashes, sorted by (need, instance).
     pub upstream: Vec<UpstreamPart>,
+    /// Content hashes of the files/folders the kind reads from outside the cache, in the
+    /// order the kind lists them (absent from keys of kinds that read none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalPart>,
+}
+
+/// One external input in a key: the path as written in `with:` and its content hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalPart {
+    pub path: String,
+    pub content_hash: String,
 }
 
 /// One upstream entry in a key.
@@ -89,6 +100,18 @@ impl KeyParts {
                 out.push(format!("upstream `{}` removed", o.instance));
             }
         }
+        for e in &self.external {
+            match old.external.iter().find(|o| o.path == e.path) {
+                Some(o) if o.content_hash == e.content_hash => {}
+                Some(_) => out.push(format!("external input changed: {}", e.path)),
+                None => out.push(format!("new external input: {}", e.path)),
+            }
+        }
+        for o in &old.external {
+            if !self.external.iter().any(|e| e.path == o.path) {
+                out.push(format!("external input removed: {}", o.path));
+            }
+        }
         out
     }
 }
@@ -134,6 +157,7 @@ mod tests {
             kind_version: 1,
             params,
             upstream: vec![],
+            external: vec![],
         }
     }
 
@@ -144,6 +168,27 @@ mod tests {
         assert_eq!(a.key(), b.key());
         assert_ne!(a.key(), parts(json!({"a": 2, "b": {"c": 2, "d": 3}})).key());
         assert_eq!(a.key().len(), 64);
+    }
+
+    #[test]
+    fn external_inputs_change_the_key_and_are_named() {
+        let mut old = parts(json!({"p": "d"}));
+        let plain = old.key();
+        old.external.push(ExternalPart {
+            path: "d".into(),
+            content_hash: "h1".into(),
+        });
+        assert_ne!(old.key(), plain, "an external hash is part of the key");
+        let mut new = old.clone();
+        new.external[0].content_hash = "h2".into();
+        assert_ne!(new.key(), old.key());
+        assert_eq!(
+            new.diff(&old),
+            vec!["external input changed: d".to_string()]
+        );
+        // Keys of kinds without external inputs are unchanged by the new field.
+        let v = serde_json::to_value(parts(json!({}))).unwrap();
+        assert!(v.get("external").is_none());
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct Cache {
     pub root: PathBuf,
 }
 
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+pub(crate) fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -457,6 +457,7 @@ mod tests {
             kind_version: 1,
             params: json!({"a": 1}),
             upstream: vec![],
+            external: vec![],
         }
     }
 

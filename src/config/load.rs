@@ -543,53 +543,50 @@ fn expand(
     }
 }
 
-/// A cycle among stage `needs`, as a path `a -> b -> a`.
+/// A cycle among stage `needs`, as a path `a -> b -> a` in the `needs` direction, starting
+/// at the first stage (file order) that lies on a cycle.
 fn find_cycle(stages: &[(String, StageSpec)]) -> Option<Vec<String>> {
-    let needs: HashMap<&str, &[String]> = stages
+    use petgraph::graph::{DiGraph, NodeIndex};
+    let index: HashMap<&str, usize> = stages
         .iter()
-        .map(|(i, s)| (i.as_str(), s.needs.as_slice()))
+        .enumerate()
+        .map(|(i, (id, _))| (id.as_str(), i))
         .collect();
-    // 0 = unvisited, 1 = on stack, 2 = done
-    let mut state: HashMap<&str, u8> = HashMap::new();
-    fn dfs<'a>(
-        n: &'a str,
-        needs: &HashMap<&'a str, &'a [String]>,
-        state: &mut HashMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        state.insert(n, 1);
-        stack.push(n);
-        for m in needs.get(n).copied().unwrap_or_default() {
-            let m = m.as_str();
-            if !needs.contains_key(m) {
-                continue;
-            }
-            match state.get(m).copied().unwrap_or(0) {
-                1 => {
-                    let start = stack.iter().position(|x| *x == m).unwrap_or(0);
-                    let mut c: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
-                    c.push(m.to_string());
-                    return Some(c);
-                }
-                0 => {
-                    if let Some(c) = dfs(m, needs, state, stack) {
-                        return Some(c);
-                    }
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state.insert(n, 2);
-        None
-    }
+    let mut g: DiGraph<&str, ()> = DiGraph::with_capacity(stages.len(), stages.len());
     for (id, _) in stages {
-        if state.get(id.as_str()).copied().unwrap_or(0) == 0 {
-            let mut stack = Vec::new();
-            if let Some(c) = dfs(id, &needs, &mut state, &mut stack) {
-                return Some(c);
+        g.add_node(id.as_str());
+    }
+    for (i, (_, spec)) in stages.iter().enumerate() {
+        for need in &spec.needs {
+            if let Some(&j) = index.get(need.as_str()) {
+                g.add_edge(NodeIndex::new(i), NodeIndex::new(j), ());
             }
         }
     }
-    None
+    // Strongly connected components with a cycle: more than one stage, or a self-need.
+    let start = petgraph::algo::tarjan_scc(&g)
+        .into_iter()
+        .filter(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))
+        .filter_map(|c| c.into_iter().min())
+        .min()?;
+    if g.contains_edge(start, start) {
+        return Some(vec![g[start].to_string(), g[start].to_string()]);
+    }
+    // The first need (in `needs` order) from which `start` can be reached closes the cycle.
+    let needs = &stages[start.index()].1.needs;
+    needs
+        .iter()
+        .filter_map(|n| index.get(n.as_str()).map(|&j| NodeIndex::new(j)))
+        .find_map(|next| {
+            petgraph::algo::all_simple_paths::<Vec<NodeIndex>, _, std::hash::RandomState>(
+                &g, next, start, 0, None,
+            )
+            .next()
+        })
+        .map(|path| {
+            std::iter::once(start)
+                .chain(path)
+                .map(|n| g[n].to_string())
+                .collect()
+        })
 }

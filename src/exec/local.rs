@@ -163,7 +163,34 @@ pub fn run_local(
                         }
                     })
                     .collect();
-                let parts = key_parts(inst, registry, up);
+                let parts = match key_parts(inst, registry, cache, up) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        // An unreadable external input: the instance fails before it starts.
+                        let now = unix_now();
+                        state[i] = State::Failed;
+                        reporter.finished(&inst.id, "failed", 0.0);
+                        summary.failed.push(Failure {
+                            instance: inst.id.clone(),
+                            error: err,
+                            log: Default::default(),
+                            log_tail: vec![],
+                        });
+                        summary.trace.push(TraceRow {
+                            instance: inst.id.clone(),
+                            key: String::new(),
+                            status: "failed".into(),
+                            start: now,
+                            end: now,
+                            seconds: 0.0,
+                        });
+                        if !opts.keep_going {
+                            stop_launching = true;
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 state[i] = State::Running;
                 cpu_used += cpus;
                 gpu_used += gpus;

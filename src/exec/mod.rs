@@ -5,6 +5,7 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod stage;
+pub mod summaries;
 
 pub use local::{run_local, Failure, LocalOptions, RunSummary};
 pub use plan::{plan, Decision};

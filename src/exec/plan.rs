@@ -1,8 +1,11 @@
 //! `plan` / `run --dry-run`: for every instance, cached or will run, and why.
-use crate::cache::{Cache, KeyParts, Lookup, UpstreamPart, CACHE_FORMAT};
+use crate::cache::{
+    hash_external, Cache, ExternalPart, KeyParts, Lookup, UpstreamPart, CACHE_FORMAT,
+};
 use crate::config::Instance;
 use crate::graph::Graph;
 use crate::stages::Registry;
+use std::path::PathBuf;
 
 /// What will happen to one instance.
 #[derive(Debug, Clone)]
@@ -11,8 +14,8 @@ pub enum Decision {
     Run { reasons: Vec<String> },
 }
 
-/// The key parts of an instance given its upstreams' content hashes.
-pub fn key_parts(inst: &Instance, registry: &Registry, upstream: Vec<UpstreamPart>) -> KeyParts {
+/// The key parts of an instance less its external inputs (nothing is read from disk).
+pub fn params_parts(inst: &Instance, registry: &Registry, upstream: Vec<UpstreamPart>) -> KeyParts {
     let (kind_version, params) = match registry.get(&inst.uses) {
         Some(k) => (k.version(), k.key_params(&inst.with)),
         None => (0, inst.with.clone()),
@@ -23,10 +26,42 @@ pub fn key_parts(inst: &Instance, registry: &Registry, upstream: Vec<UpstreamPar
         kind_version,
         params,
         upstream,
+        external: Vec::new(),
     };
     p.upstream
         .sort_by(|a, b| (&a.need, &a.instance).cmp(&(&b.need, &b.instance)));
     p
+}
+
+/// The external inputs a kind declares for this instance's `with:` (paths that hold a
+/// `${...}` reference are upstream outputs, already keyed by their content hash).
+pub fn external_paths(inst: &Instance, registry: &Registry) -> Vec<PathBuf> {
+    registry
+        .get(&inst.uses)
+        .map(|k| k.external_inputs(&inst.with))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("${"))
+        .collect()
+}
+
+/// The full key parts of an instance given its upstreams' content hashes: its external
+/// inputs are hashed (memoised in the cache). Error: an external input cannot be read.
+pub fn key_parts(
+    inst: &Instance,
+    registry: &Registry,
+    cache: &Cache,
+    upstream: Vec<UpstreamPart>,
+) -> Result<KeyParts, String> {
+    let mut p = params_parts(inst, registry, upstream);
+    for path in external_paths(inst, registry) {
+        let h = hash_external(&cache.root, &path).map_err(|e| format!("{e:#}"))?;
+        p.external.push(ExternalPart {
+            path: path.to_string_lossy().into_owned(),
+            content_hash: h.hash,
+        });
+    }
+    Ok(p)
 }
 
 /// Upstream parts of instance `i`, if every upstream's content hash is known.
@@ -90,7 +125,7 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
                     reasons.insert(0, "forced (--force)".into());
                 }
                 if let Some(rec) = cache.record(&inst.id) {
-                    let now = key_parts(inst, registry, vec![]);
+                    let now = params_parts(inst, registry, vec![]);
                     let mut d = Vec::new();
                     crate::cache::key::diff_values("", &rec.parts.params, &now.params, &mut d);
                     reasons.extend(d);
@@ -99,26 +134,30 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
                 }
                 Decision::Run { reasons }
             }
-            Some(up) => {
-                let parts = key_parts(inst, registry, up);
-                let key = parts.key();
-                let lookup = cache.lookup(&key);
-                match (&lookup, forced[i]) {
-                    (_, true) => Decision::Run {
-                        reasons: vec!["forced (--force)".into()],
-                    },
-                    (Lookup::Hit(m), false) => {
-                        hashes[i] = Some(m.content_hash.clone());
-                        Decision::Cached {
-                            key,
-                            content_hash: m.content_hash.clone(),
+            Some(up) => match key_parts(inst, registry, cache, up) {
+                Err(e) => Decision::Run {
+                    reasons: vec![format!("will fail: {e}")],
+                },
+                Ok(parts) => {
+                    let key = parts.key();
+                    let lookup = cache.lookup(&key);
+                    match (&lookup, forced[i]) {
+                        (_, true) => Decision::Run {
+                            reasons: vec!["forced (--force)".into()],
+                        },
+                        (Lookup::Hit(m), false) => {
+                            hashes[i] = Some(m.content_hash.clone());
+                            Decision::Cached {
+                                key,
+                                content_hash: m.content_hash.clone(),
+                            }
                         }
+                        _ => Decision::Run {
+                            reasons: miss_reasons(cache, &inst.id, &parts, &lookup),
+                        },
                     }
-                    _ => Decision::Run {
-                        reasons: miss_reasons(cache, &inst.id, &parts, &lookup),
-                    },
                 }
-            }
+            },
         };
         out[i] = Some(d);
     }
@@ -129,4 +168,67 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inst(uses: &str, with: serde_json::Value) -> Instance {
+        Instance {
+            id: "x".into(),
+            stage: "x".into(),
+            uses: uses.into(),
+            cell: vec![],
+            with,
+            resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn builtin_kinds_declare_their_external_inputs() {
+        let reg = Registry::builtin();
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().display().to_string();
+        std::fs::create_dir_all(t.path().join("cifar")).unwrap();
+        // Local VTAB: the requested task folders (aliases resolved) that exist.
+        let v = inst(
+            "dataset/vtab1k",
+            json!({"source": {"kind": "local", "path": root}, "tasks": ["cifar100"]}),
+        );
+        assert_eq!(external_paths(&v, &reg), vec![t.path().join("cifar")]);
+        // None of them exists: the root (its absence is reported by the hash).
+        let v = inst(
+            "dataset/vtab1k",
+            json!({"source": {"kind": "local", "path": root}, "tasks": ["dtd"]}),
+        );
+        assert_eq!(external_paths(&v, &reg), vec![t.path().to_path_buf()]);
+        // A weights file; an upstream output path is not external.
+        let m = |path: &str| {
+            inst(
+                "model/vit",
+                json!({"arch": "vit_tiny_patch16_224", "weights": {"from": "file", "path": path}}),
+            )
+        };
+        assert_eq!(
+            external_paths(&m("w.safetensors"), &reg),
+            vec![PathBuf::from("w.safetensors")]
+        );
+        assert!(external_paths(&m("${stages.p.outputs}/model.safetensors"), &reg).is_empty());
+        let r = inst(
+            "model/vit",
+            json!({"arch": "vit_tiny_patch16_224", "weights": {"from": "random", "seed": 1}}),
+        );
+        assert!(external_paths(&r, &reg).is_empty());
+        // The key carries the hash; a missing file is an error naming it.
+        let cache = Cache::open(t.path().join(".idat")).unwrap();
+        let e = key_parts(&m("nope.safetensors"), &reg, &cache, vec![]).unwrap_err();
+        assert!(e.contains("nope.safetensors"), "{e}");
+        std::fs::write(t.path().join("w.bin"), b"w").unwrap();
+        let w = t.path().join("w.bin").display().to_string();
+        let p = key_parts(&m(&w), &reg, &cache, vec![]).unwrap();
+        assert_eq!(p.external.len(), 1);
+        assert_eq!(p.external[0].path, w);
+    }
 }

@@ -2,7 +2,8 @@
 use crate::stages::{NoProgress, Progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// What the executor tells the user while running.
 pub trait Reporter: Send + Sync {
@@ -21,7 +22,11 @@ pub fn reporter(total: u64, quiet: bool) -> Arc<dyn Reporter> {
     } else if std::io::stderr().is_terminal() {
         Arc::new(Bars::new(total))
     } else {
-        Arc::new(Plain)
+        let secs = std::env::var("IDAT_PROGRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PLAIN_PROGRESS_SECS);
+        Arc::new(Plain::new(total, Duration::from_secs(secs)))
     }
 }
 
@@ -35,18 +40,149 @@ impl Reporter for Quiet {
     fn line(&self, _: &str) {}
 }
 
-/// One line per event on stderr.
-pub struct Plain;
+/// Seconds between `progress:` lines in plain mode (`IDAT_PROGRESS_SECS` overrides).
+pub const PLAIN_PROGRESS_SECS: u64 = 30;
+
+/// `1h02m`, `2m10s`, `7s`.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Counts behind the plain-mode progress line.
+#[derive(Default)]
+struct PlainState {
+    done: u64,
+    /// Instances that finished by running (not from the cache): the ETA's rate.
+    ran: u64,
+    /// Last message of each running instance.
+    messages: std::collections::BTreeMap<String, String>,
+}
+
+/// One line per event on stderr, plus a `progress:` line every few seconds.
+pub struct Plain {
+    state: Arc<Mutex<PlainState>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Plain {
+    /// Plain reporter for `total` instances, printing progress every `every` (zero: never).
+    pub fn new(total: u64, every: Duration) -> Self {
+        let start = std::time::Instant::now();
+        let p = Plain {
+            state: Default::default(),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            ticker: Mutex::new(None),
+        };
+        if !every.is_zero() {
+            let (state, stop) = (p.state.clone(), p.stop.clone());
+            let handle = std::thread::Builder::new()
+                .name("progress".into())
+                .spawn(move || loop {
+                    let (lock, cv) = &*stop;
+                    let Ok(g) = lock.lock() else { return };
+                    let Ok((g, _)) = cv.wait_timeout_while(g, every, |stopped| !*stopped) else {
+                        return;
+                    };
+                    if *g {
+                        return;
+                    }
+                    drop(g);
+                    if let Ok(s) = state.lock() {
+                        eprintln!(
+                            "{}",
+                            progress_line(&s, total, start.elapsed().as_secs_f64())
+                        );
+                    }
+                })
+                .ok();
+            if let Ok(mut t) = p.ticker.lock() {
+                *t = handle;
+            }
+        }
+        p
+    }
+}
+
+/// `progress: 12/54 instances, elapsed 2m10s, ETA 4m00s` plus running instances' messages.
+fn progress_line(s: &PlainState, total: u64, elapsed: f64) -> String {
+    let eta = if s.done >= total {
+        "0s".to_string()
+    } else if s.ran == 0 {
+        "?".to_string()
+    } else {
+        human_duration(elapsed / s.ran as f64 * (total - s.done) as f64)
+    };
+    let mut line = format!(
+        "progress: {}/{} instances, elapsed {}, ETA {}",
+        s.done,
+        total,
+        human_duration(elapsed),
+        eta
+    );
+    for (id, m) in &s.messages {
+        if !m.is_empty() {
+            line.push_str(&format!("\n  {id}: {m}"));
+        }
+    }
+    line
+}
+
+struct PlainProgress {
+    id: String,
+    state: Arc<Mutex<PlainState>>,
+}
+impl Progress for PlainProgress {
+    fn set_total(&self, _: u64) {}
+    fn set_position(&self, _: u64) {}
+    fn set_message(&self, msg: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.messages.insert(self.id.clone(), msg.to_string());
+        }
+    }
+}
+
 impl Reporter for Plain {
     fn started(&self, id: &str) -> Arc<dyn Progress> {
         eprintln!("start   {id}");
-        Arc::new(NoProgress)
+        if let Ok(mut s) = self.state.lock() {
+            s.messages.insert(id.to_string(), String::new());
+        }
+        Arc::new(PlainProgress {
+            id: id.to_string(),
+            state: self.state.clone(),
+        })
     }
     fn finished(&self, id: &str, status: &str, seconds: f64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.messages.remove(id);
+            s.done += 1;
+            if status == "ran" {
+                s.ran += 1;
+            }
+        }
         eprintln!("{status:<7} {id} ({seconds:.2}s)");
     }
     fn line(&self, msg: &str) {
         eprintln!("{msg}");
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        if let Ok(mut g) = lock.lock() {
+            *g = true;
+        }
+        cv.notify_all();
+        if let Some(h) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -122,5 +258,32 @@ impl Drop for Bars {
     fn drop(&mut self) {
         self.overall.finish();
         let _ = self.multi.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_eta_line() {
+        assert_eq!(human_duration(7.4), "7s");
+        assert_eq!(human_duration(130.0), "2m10s");
+        assert_eq!(human_duration(3720.0), "1h02m");
+        let mut s = PlainState {
+            done: 12,
+            ran: 10,
+            ..Default::default()
+        };
+        // 100 s for 10 ran instances: 10 s each, 42 left.
+        assert_eq!(
+            progress_line(&s, 54, 100.0),
+            "progress: 12/54 instances, elapsed 1m40s, ETA 7m00s"
+        );
+        s.messages
+            .insert("at[seed=1]".into(), "epoch 2/5 loss 0.5".into());
+        assert!(progress_line(&s, 54, 100.0).ends_with("\n  at[seed=1]: epoch 2/5 loss 0.5"));
+        s.ran = 0;
+        assert!(progress_line(&s, 54, 1.0).contains("ETA ?"));
     }
 }

@@ -1,6 +1,9 @@
 //! The DAG of stage instances: upstream matching across matrices, topological
 //! order (file order among ready instances), and rendering for `idat-pipe dag`.
 use crate::config::{Instance, Loaded};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::Dfs;
+use petgraph::Direction;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::collections::HashMap;
@@ -14,20 +17,21 @@ pub struct Graph {
     pub deps: Vec<Vec<(String, usize)>>,
     /// Instance indices, every instance after all of its upstreams.
     pub order: Vec<usize>,
+    /// The same DAG as a petgraph graph: node `i` is instance `i`, edges point from an
+    /// upstream to its downstream and carry the need's stage id.
+    pub dag: DiGraph<(), String>,
 }
 
 /// Topological order that prefers file order (smallest ready index first), so that
-/// independent instances start in the order the file lists them. Stage cycles are
-/// rejected when loading; any instance left over (impossible) is appended in file order.
-fn kahn_in_file_order(deps: &[Vec<(String, usize)>]) -> Vec<usize> {
-    let n = deps.len();
-    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut down: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (b, ds) in deps.iter().enumerate() {
-        for (_, u) in ds {
-            down[*u].push(b);
-        }
-    }
+/// independent instances start in the order the file lists them (Kahn's algorithm with a
+/// min-heap; petgraph's `toposort` has no such preference). Stage cycles are rejected
+/// when loading; any instance left over (impossible) is appended in file order.
+fn kahn_in_file_order(dag: &DiGraph<(), String>) -> Vec<usize> {
+    let n = dag.node_count();
+    let mut indeg: Vec<usize> = dag
+        .node_indices()
+        .map(|i| dag.neighbors_directed(i, Direction::Incoming).count())
+        .collect();
     let mut ready: BinaryHeap<Reverse<usize>> =
         (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
@@ -35,7 +39,8 @@ fn kahn_in_file_order(deps: &[Vec<(String, usize)>]) -> Vec<usize> {
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
         placed[i] = true;
-        for &b in &down[i] {
+        for b in dag.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            let b = b.index();
             indeg[b] -= 1;
             if indeg[b] == 0 {
                 ready.push(Reverse(b));
@@ -101,28 +106,34 @@ impl Graph {
                 }
             }
         }
-        let order = kahn_in_file_order(&deps);
+        let edges: usize = deps.iter().map(Vec::len).sum();
+        let mut dag = DiGraph::with_capacity(instances.len(), edges);
+        for _ in &instances {
+            dag.add_node(());
+        }
+        for (b, ds) in deps.iter().enumerate() {
+            for (need, u) in ds {
+                dag.add_edge(NodeIndex::new(*u), NodeIndex::new(b), need.clone());
+            }
+        }
+        debug_assert!(!petgraph::algo::is_cyclic_directed(&dag));
+        let order = kahn_in_file_order(&dag);
         Graph {
             instances,
             deps,
             order,
+            dag,
         }
     }
 
     /// Every instance downstream of (and including) those in `roots`.
     pub fn descendants(&self, roots: &[usize]) -> Vec<bool> {
-        let mut down: Vec<Vec<usize>> = vec![Vec::new(); self.instances.len()];
-        for (b, ds) in self.deps.iter().enumerate() {
-            for (_, u) in ds {
-                down[*u].push(b);
-            }
-        }
         let mut mark = vec![false; self.instances.len()];
-        let mut stack: Vec<usize> = roots.to_vec();
-        while let Some(i) = stack.pop() {
-            if !mark[i] {
-                mark[i] = true;
-                stack.extend(&down[i]);
+        let mut dfs = Dfs::empty(&self.dag);
+        for &r in roots {
+            dfs.move_to(NodeIndex::new(r));
+            while let Some(n) = dfs.next(&self.dag) {
+                mark[n.index()] = true;
             }
         }
         mark

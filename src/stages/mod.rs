@@ -26,6 +26,14 @@ pub trait StageKind: Send + Sync + 'static {
     /// One line for `idat-pipe schema` descriptions and docs.
     const SUMMARY: &'static str;
 
+    /// Files or folders outside the cache that the outputs depend on (a local dataset
+    /// folder, a weights file). The runner hashes their content (folders recursively,
+    /// symlinks not followed) into the cache key, so editing them reruns the stage.
+    /// Paths that hold a `${stages...}` reference are upstream outputs and are skipped.
+    fn external_inputs(_params: &Self::Params) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     /// Produce the outputs in `ctx.out_dir`. Long stages checkpoint into
     /// `ctx.checkpoint_dir` and resume from it; they call `ctx.check_cancel()` often.
     fn run(params: Self::Params, ctx: &mut StageContext) -> anyhow::Result<()>;

@@ -18,6 +18,8 @@ pub trait DynStage: Send + Sync {
     fn check_params(&self, with: &Value) -> Result<(), String>;
     /// The params that determine the output: `with:` less the non-output fields.
     fn key_params(&self, with: &Value) -> Value;
+    /// [`StageKind::external_inputs`] of `with:` (none when `with:` does not parse).
+    fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf>;
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()>;
 }
 
@@ -50,6 +52,11 @@ impl<K: StageKind> DynStage for Erased<K> {
             }
         }
         v
+    }
+    fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf> {
+        parse::<K::Params>(with)
+            .map(|p| K::external_inputs(&p))
+            .unwrap_or_default()
     }
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = parse::<K::Params>(with).map_err(anyhow::Error::msg)?;

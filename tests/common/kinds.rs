@@ -156,12 +156,52 @@ impl StageKind for Fail {
     }
 }
 
+/// Reads every file of a folder outside the cache (an external input) into out.txt and
+/// writes a summary.txt and report.md (what `run` prints at its end).
+pub struct ReadDir;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadDirParams {
+    pub path: String,
+    #[serde(default)]
+    pub count_file: Option<String>,
+}
+impl StageKind for ReadDir {
+    type Params = ReadDirParams;
+    const NAME: &'static str = "test/read_dir";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["count_file"];
+    const SUMMARY: &'static str = "test: read a folder outside the cache";
+    fn external_inputs(p: &ReadDirParams) -> Vec<std::path::PathBuf> {
+        vec![p.path.clone().into()]
+    }
+    fn run(p: ReadDirParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        count(&p.count_file, &format!("{} ran", ctx.instance_id))?;
+        let mut names: Vec<_> = std::fs::read_dir(&p.path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        let mut text = String::new();
+        for n in &names {
+            text.push_str(&std::fs::read_to_string(n)?);
+        }
+        std::fs::write(ctx.out_dir.join("out.txt"), &text)?;
+        std::fs::write(
+            ctx.out_dir.join("summary.txt"),
+            format!("read {} files: {text}\n", names.len()),
+        )?;
+        std::fs::write(ctx.out_dir.join("report.md"), "# report\n")?;
+        Ok(())
+    }
+}
+
 /// The registry of the test binary: built-in kinds plus the test kinds.
 pub fn registry() -> Registry {
     let mut r = Registry::builtin();
     r.register::<Write_>()
         .register::<Concat>()
         .register::<Steps>()
-        .register::<Fail>();
+        .register::<Fail>()
+        .register::<ReadDir>();
     r
 }

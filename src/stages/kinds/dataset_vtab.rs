@@ -31,6 +31,31 @@ impl StageKind for DatasetVtab {
     const SUMMARY: &'static str =
         "VTAB-1K from a folder, an archive URL or the HF hub, validated into a manifest";
 
+    /// A local dataset is keyed by the content of the requested task folders (every
+    /// file, recursively); the whole root when none of them exists (the stage then says
+    /// which folder is missing).
+    fn external_inputs(p: &Params) -> Vec<std::path::PathBuf> {
+        let VtabSource::Local { path } = &p.source else {
+            return Vec::new();
+        };
+        let names: Vec<String> = if p.tasks.is_empty() {
+            TASKS.iter().map(|t| t.name.to_string()).collect()
+        } else {
+            p.tasks.clone()
+        };
+        let dirs: Vec<std::path::PathBuf> = vtab_specs(&names)
+            .map(|specs| specs.iter().map(|s| path.join(&s.name)).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d: &std::path::PathBuf| d.is_dir())
+            .collect();
+        if dirs.is_empty() {
+            vec![path.clone()]
+        } else {
+            dirs
+        }
+    }
+
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
         let names: Vec<String> = if p.tasks.is_empty() {
             TASKS.iter().map(|t| t.name.to_string()).collect()

@@ -78,6 +78,14 @@ impl StageKind for ModelVit {
     const VERSION: u32 = 1;
     const SUMMARY: &'static str = "A frozen ViT backbone from a preset and a weights source, checked and stored in timm names";
 
+    /// A local weights file is keyed by its content.
+    fn external_inputs(p: &Params) -> Vec<PathBuf> {
+        match &p.weights {
+            Weights::File { path, .. } => vec![path.clone()],
+            _ => Vec::new(),
+        }
+    }
+
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
         let dev = device(&ctx.device)?;
         let mut cfg = p.arch.resolve()?;
