@@ -119,6 +119,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Logits and predicted label per image with a backbone (+ a trained adapter checkpoint).
+    Infer(crate::infer::InferArgs),
+    /// Time one iDAT and one AT training step: images/s and peak memory.
+    Bench(crate::bench::BenchArgs),
     /// Run one instance (what every executor runs); its upstreams must be cached.
     #[command(hide = true)]
     ExecStage {
@@ -207,6 +211,8 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         }
         Command::Status => cmd_status(&cache_dir),
         Command::Gc { dry_run } => cmd_gc(&cache_dir, dry_run),
+        Command::Infer(a) => crate::infer::cmd(a),
+        Command::Bench(a) => crate::bench::cmd(a),
         Command::ExecStage {
             p,
             instance,

@@ -7,12 +7,14 @@
 //! `uses:` kind does), built on `nn` (ViT, adapters, losses, optimiser, checkpoints),
 //! `data` (VTAB-1K, images, the embedded mini benchmark), `train` and `report`.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod exec;
 pub mod graph;
+pub mod infer;
 pub mod nn;
 pub mod report;
 pub mod stages;

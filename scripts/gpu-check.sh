@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# GPU check for the CUDA build of idat-pipe (see docs/gpu.md). Run on the GPU machine (no Rust,
+# no internet; Python with torch + timm + safetensors) from the repository root, with the binary
+# built here by scripts/cuda-build.sh carried over:
+#
+#   scripts/gpu-check.sh                    # BIN=target/cuda/release/idat-pipe PYTHON=python3
+#
+# (a) parity: `idat-pipe infer --device cuda` on tests/fixtures/timm/*.safetensors vs timm on the
+#     same GPU (max relative error), (b) `idat-pipe bench --device cuda`, iDAT + AT steps at full
+#     size (ViT-S/16 + ViT-B/16, 224) with batch 64 and 8, (c) benches/pytorch_step.py on the same
+#     card, fp32 and bf16 autocast. Prints a summary table LAST. Outputs go to $OUT (or
+#     ./gpu-check-out). Budget: under 6 minutes (each part has its own timeout).
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/cuda/release/idat-pipe}
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUTDIR"
+LOG=$OUTDIR/gpu-check.log
+SUMMARY=$OUTDIR/summary.md
+: >"$LOG"
+: >"$SUMMARY.tmp"
+say() { printf '[gpu-check] %s\n' "$*" | tee -a "$LOG" >&2; }
+row() { printf '%s\n' "$*" >>"$SUMMARY.tmp"; }
+STEPS=${STEPS:-10}
+DEADLINE=${DEADLINE:-330}   # seconds; later parts are skipped (and say so) past it
+left() { echo $((DEADLINE - SECONDS)); }
+cap() { # timeout for the next part: min(want, time left), at least 5
+  local l; l=$(left); [ "$l" -lt "$1" ] && echo $((l > 5 ? l : 5)) || echo "$1"; }
+WARMUP=${WARMUP:-3}
+
+# 0. Environment.
+[ -x "$BIN" ] || { say "FATAL: $BIN missing or not executable (build with scripts/cuda-build.sh, carry target/cuda/release/idat-pipe)"; exit 1; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG" >&2
+"$PY" -c 'import torch, timm, safetensors' 2>>"$LOG" || { say "FATAL: $PY lacks torch/timm/safetensors"; exit 1; }
+# CUDA runtime libraries from pip's nvidia wheels (torch ships them), if present.
+NV_LIBS=$("$PY" - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit(0)
+dirs = set()
+for base in list(getattr(nvidia, "__path__", [])):
+    for so in glob.glob(os.path.join(base, "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(so))
+print(":".join(sorted(dirs)))
+EOF
+)
+if [ -n "$NV_LIBS" ]; then
+  export LD_LIBRARY_PATH="$NV_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  say "LD_LIBRARY_PATH += pip nvidia wheel libs ($(echo "$NV_LIBS" | tr ':' '\n' | wc -l) dirs)"
+fi
+MISSING=$(ldd "$BIN" 2>&1 | grep 'not found' || true)
+if [ -n "$MISSING" ]; then
+  say "FATAL: $BIN has unresolved libraries:"; echo "$MISSING" | tee -a "$LOG" >&2
+  say "install the CUDA 13 runtime wheels (nvidia-cublas, nvidia-cuda-runtime, nvidia-curand, nvidia-cuda-nvrtc) or set LD_LIBRARY_PATH"
+  exit 1
+fi
+"$BIN" --version | tee -a "$LOG" >&2
+
+# (a) Parity on the committed timm fixtures.
+say "(a) parity: infer --device cuda vs timm on the same GPU"
+for f in tests/fixtures/timm/s1 tests/fixtures/timm/s2 tests/fixtures/timm/s3; do
+  n=$(basename "$f")
+  if timeout 60 "$BIN" infer --device cuda --model "$f.json" --weights "$f.safetensors" \
+      --tensor "${f}_io.safetensors:input" --out "$OUTDIR/parity_$n.csv" >>"$LOG" 2>&1; then
+    res=$(timeout 120 "$PY" - "$f" "$OUTDIR/parity_$n.csv" <<'EOF' 2>>"$LOG"
+import csv, json, sys, torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
+stem, out = sys.argv[1], sys.argv[2]
+cfg = json.load(open(stem + ".json"))
+m = VisionTransformer(class_token=True, global_pool="token", **cfg).cuda().eval()
+m.load_state_dict(load_file(stem + ".safetensors"))
+x = load_file(stem + "_io.safetensors")["input"].cuda()
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+with torch.no_grad():
+    ref = m(x).double().cpu()
+got = torch.tensor([[float(v) for v in r[2:]] for r in list(csv.reader(open(out)))[1:]], dtype=torch.float64)
+rel = ((got - ref).abs() / ref.abs().clamp_min(1e-3)).max().item()
+print(f"{rel:.3e} {'ok' if rel < 1e-3 else 'FAIL'}")
+EOF
+)
+    [ -n "$res" ] || res="python-error"
+  else
+    res="infer-failed"
+  fi
+  say "parity $n: max rel error $res"
+  row "| parity $n (infer cuda vs timm cuda, fp32) | max rel err $res |"
+done
+
+# (b) idat-pipe bench on the GPU; (c) the PyTorch reference on the same card.
+bench_rs() { # batch
+  timeout "$(cap 100)" "$BIN" bench --device cuda --batch "$1" --steps "$STEPS" --warmup "$WARMUP" --json \
+    >"$OUTDIR/bench_rs_b$1.jsonl" 2>>"$LOG" || say "idat-pipe bench batch $1 failed (see $LOG)"
+  "$PY" - "$OUTDIR/bench_rs_b$1.jsonl" "$OUTDIR/smi_rs_b$1.txt" >>"$SUMMARY.tmp" <<'EOF'
+import json, sys
+peak = "n/a"
+try:
+    vals = [int(l.split()[0]) for l in open(sys.argv[2]) if l.strip() and l.split()[0].isdigit()]
+    peak = f"{max(vals)} MiB (nvidia-smi, whole card)" if vals else "n/a"
+except OSError:
+    pass
+for l in open(sys.argv[1]):
+    if l.startswith("{"):
+        r = json.loads(l)
+        print(f"| idat-pipe {r['kind']} cuda f32 batch {r['batch']} | {r['images_per_s']:.1f} img/s, "
+              f"{r['median_ms']:.1f} ms/step, host peak {r['peak_rss_mib']:.0f} MiB, GPU peak {peak} |")
+EOF
+}
+smi_watch() { # file; samples used GPU memory every 0.2 s until killed
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$1" 2>/dev/null &
+    echo $!
+  else echo ""; fi
+}
+for b in 64 8; do
+  [ "$(left)" -gt 20 ] || { say "skipping idat-pipe bench batch $b: time budget spent"; row "| idat-pipe bench batch $b | skipped (time) |"; continue; }
+  say "(b) idat-pipe bench --device cuda --batch $b"
+  w=$(smi_watch "$OUTDIR/smi_rs_b$b.txt")
+  bench_rs "$b"
+  [ -n "$w" ] && kill "$w" 2>/dev/null
+done
+for dt in f32 bf16; do
+  for b in 64 8; do
+    [ "$(left)" -gt 20 ] || { say "skipping pytorch $dt batch $b: time budget spent"; row "| pytorch $dt batch $b | skipped (time) |"; continue; }
+    say "(c) pytorch_step.py --device cuda --dtype $dt --batch $b"
+    timeout "$(cap 70)" "$PY" benches/pytorch_step.py --device cuda --dtype "$dt" --batch "$b" \
+      --steps "$STEPS" --warmup "$WARMUP" --json >"$OUTDIR/bench_py_${dt}_b$b.jsonl" 2>>"$LOG" \
+      || say "pytorch_step.py $dt batch $b failed (see $LOG)"
+    "$PY" - "$OUTDIR/bench_py_${dt}_b$b.jsonl" >>"$SUMMARY.tmp" <<'EOF'
+import json, sys
+for l in open(sys.argv[1]):
+    if l.startswith("{"):
+        r = json.loads(l)
+        print(f"| pytorch {r['kind']} cuda {r['dtype']} batch {r['batch']} | {r['images_per_s']:.1f} img/s, "
+              f"{r['median_ms']:.1f} ms/step, host peak {r['peak_rss_mib']:.0f} MiB, "
+              f"GPU peak {r['peak_gpu_mib']:.0f} MiB (max_memory_allocated) |")
+EOF
+  done
+done
+
+{
+  echo
+  echo "## gpu-check summary ($(date -u +%FT%TZ), steps $STEPS after $WARMUP warm-up)"
+  echo "| check | result |"
+  echo "|---|---|"
+  cat "$SUMMARY.tmp"
+} >"$SUMMARY"
+rm -f "$SUMMARY.tmp"
+cat "$SUMMARY"

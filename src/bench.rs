@@ -1,0 +1,312 @@
+//! `idat-pipe bench`: throughput and peak memory of one real training step.
+//!
+//! - `idat`: the iDAT co-training step: small teacher + large student (frozen random
+//!   backbones, `seq_adapter` + head trainable), loss `CE_s + CE_t + MSE(z_s, z_t)` (the
+//!   teacher is not detached, as in iDAT), one backward, one AdamW step per model.
+//! - `at`: the adapter-tuning baseline step of the large model alone (CE, backward, AdamW).
+//!
+//! Peak memory is the process's `VmHWM` (peak resident set) from `/proc/self/status`, so
+//! every mode runs in its own process: `--mode all` re-runs this binary once per mode.
+use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
+use crate::nn::loss::{cross_entropy, mse_logits};
+use crate::nn::optim::{AdamW, AdamWConfig};
+use crate::nn::vit::{Mode, Vit, VitConfig};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Which training step to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Teacher (small) + student (large), one backward of `CE_s + CE_t + MSE`.
+    Idat,
+    /// The large model alone (adapter-tuning baseline).
+    At,
+}
+
+/// What to time.
+#[derive(Debug, Clone)]
+pub struct StepBench {
+    pub kind: StepKind,
+    /// The small model (teacher); unused by `at`.
+    pub small: VitConfig,
+    /// The large model (student).
+    pub large: VitConfig,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    pub kind: StepKind,
+    pub device: String,
+    pub threads: usize,
+    pub batch: usize,
+    pub img_size: usize,
+    pub steps: usize,
+    /// Median step (forward + backward + optimiser), milliseconds.
+    pub median_ms: f64,
+    pub min_ms: f64,
+    /// `batch / median step`.
+    pub images_per_s: f64,
+    /// Peak resident set of the process (VmHWM), MiB; None where /proc is unavailable.
+    pub peak_rss_mib: Option<f64>,
+    /// Trainable parameters (student + teacher for `idat`).
+    pub trainable: usize,
+}
+
+/// The process's peak resident set size (`VmHWM`) in bytes (Linux only).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn model(cfg: &VitConfig, dev: &Device, seed: u64) -> Result<(Vit, AdamW)> {
+    let backbone = Vit::random_backbone(cfg, dev, seed)?;
+    let vit = Vit::new(
+        cfg,
+        &AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
+        backbone,
+        dev,
+        seed,
+    )?;
+    let opt = AdamW::new(vit.trainable(), AdamWConfig::default())?;
+    Ok((vit, opt))
+}
+
+/// Builds the models and times `warmup + steps` training steps on one random batch.
+pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
+    if b.steps == 0 || b.batch == 0 {
+        bail!("bench: --steps and --batch must be at least 1");
+    }
+    if b.kind == StepKind::Idat
+        && (b.small.img_size, b.small.num_classes) != (b.large.img_size, b.large.num_classes)
+    {
+        bail!(
+            "bench: teacher and student must share img_size and classes (got {} / {} and {} / {})",
+            b.small.img_size,
+            b.small.num_classes,
+            b.large.img_size,
+            b.large.num_classes
+        );
+    }
+    let (mut student, mut opt_s) = model(&b.large, dev, 1)?;
+    let mut teacher = match b.kind {
+        StepKind::Idat => Some(model(&b.small, dev, 2)?),
+        StepKind::At => None,
+    };
+    let cfg = &b.large;
+    let x = Tensor::randn(
+        0f32,
+        1f32,
+        (b.batch, cfg.in_chans, cfg.img_size, cfg.img_size),
+        dev,
+    )?;
+    let labels: Vec<u32> = (0..b.batch).map(|i| (i % cfg.num_classes) as u32).collect();
+    let y = Tensor::new(labels.as_slice(), dev)?;
+    let mut times = Vec::new();
+    for step in 0..b.warmup + b.steps {
+        let t0 = Instant::now();
+        let zs = student.forward(&x, Mode::Train { seed: step as u64 })?;
+        let mut loss = cross_entropy(&zs, &y)?;
+        if let Some((t, _)) = &teacher {
+            let zt = t.forward(
+                &x,
+                Mode::Train {
+                    seed: step as u64 + 1,
+                },
+            )?;
+            loss = ((loss + cross_entropy(&zt, &y)?)? + mse_logits(&zs, &zt)?)?;
+        }
+        let grads = loss.backward()?;
+        opt_s.step(&grads, 1e-3)?;
+        if let Some((_, o)) = &mut teacher {
+            o.step(&grads, 1e-3)?;
+        }
+        // Wait for the device (CUDA is asynchronous) by reading the loss back.
+        let _ = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if step >= b.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_ms = median(&mut times);
+    let trainable =
+        student.num_trainable() + teacher.as_ref().map_or(0, |(t, _)| t.num_trainable());
+    // Keep the models alive until here so the peak covers the whole run.
+    drop(teacher);
+    let _ = &mut student;
+    Ok(StepReport {
+        kind: b.kind,
+        device: format!("{dev:?}"),
+        threads: candle_core::utils::get_num_threads(),
+        batch: b.batch,
+        img_size: cfg.img_size,
+        steps: b.steps,
+        median_ms,
+        min_ms,
+        images_per_s: b.batch as f64 * 1e3 / median_ms,
+        peak_rss_mib: peak_rss_bytes().map(|v| v as f64 / (1u64 << 20) as f64),
+        trainable,
+    })
+}
+
+/// A Markdown table row of a report.
+pub fn table_row(r: &StepReport) -> String {
+    format!(
+        "| {} | {} | {} | {} | {:.1} ms (min {:.1}) | {:.2} | {} |",
+        match r.kind {
+            StepKind::Idat => "iDAT (S teacher + B student)",
+            StepKind::At => "AT (B alone)",
+        },
+        r.device,
+        r.threads,
+        r.batch,
+        r.median_ms,
+        r.min_ms,
+        r.images_per_s,
+        r.peak_rss_mib
+            .map_or("n/a".into(), |m| format!("{m:.0} MiB")),
+    )
+}
+
+/// The header matching [`table_row`].
+pub const TABLE_HEADER: &str = "| step | device | threads | batch | median step | images/s | peak RSS |\n|---|---|---|---|---|---|---|";
+
+/// `idat-pipe bench` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// `idat`, `at`, or `all` (each in its own child process, so peaks are per mode).
+    #[arg(long, default_value = "all", value_parser = ["all", "idat", "at"])]
+    pub mode: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Small model (teacher): a preset, a JSON/YAML config file, or inline JSON.
+    #[arg(long, default_value = "vit_small_patch16_224")]
+    pub model_s: String,
+    /// Large model (student): a preset, a JSON/YAML config file, or inline JSON.
+    #[arg(long, default_value = "vit_base_patch16_224")]
+    pub model_b: String,
+    /// Classes of both heads.
+    #[arg(long, default_value_t = 100)]
+    pub classes: usize,
+    /// CPU threads (sets RAYON_NUM_THREADS; default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `idat-pipe bench`.
+pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
+    use anyhow::Context;
+    if let Some(t) = a.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle's CPU kernels (get_num_threads) and rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global();
+    }
+    let dev = crate::stages::kinds::common::device(&a.device)?;
+    let resolve = |s: &str, flag: &str| -> Result<VitConfig> {
+        let mut c = crate::infer::resolve_model(s).with_context(|| format!("--{flag}"))?;
+        c.num_classes = a.classes;
+        Ok(c)
+    };
+    let small = resolve(&a.model_s, "model-s")?;
+    let large = resolve(&a.model_b, "model-b")?;
+    let reports = if a.mode == "all" {
+        let exe = std::env::current_exe().context("locating this executable")?;
+        let mut out = Vec::new();
+        for mode in ["idat", "at"] {
+            let mut c = std::process::Command::new(&exe);
+            c.arg("bench").arg("--mode").arg(mode).arg("--json");
+            for (f, v) in [
+                ("--device", a.device.clone()),
+                ("--steps", a.steps.to_string()),
+                ("--warmup", a.warmup.to_string()),
+                ("--batch", a.batch.to_string()),
+                ("--model-s", a.model_s.clone()),
+                ("--model-b", a.model_b.clone()),
+                ("--classes", a.classes.to_string()),
+            ] {
+                c.arg(f).arg(v);
+            }
+            if let Some(t) = a.threads {
+                c.arg("--threads").arg(t.to_string());
+            }
+            let o = c
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .with_context(|| format!("running {} bench --mode {mode}", exe.display()))?;
+            if !o.status.success() {
+                bail!("bench --mode {mode} failed ({})", o.status);
+            }
+            let text = String::from_utf8_lossy(&o.stdout);
+            let line = text
+                .lines()
+                .rfind(|l| l.starts_with('{'))
+                .with_context(|| {
+                    format!("bench --mode {mode}: no JSON result in its output:\n{text}")
+                })?;
+            out.push(serde_json::from_str::<StepReport>(line)?);
+        }
+        out
+    } else {
+        let kind = if a.mode == "idat" {
+            StepKind::Idat
+        } else {
+            StepKind::At
+        };
+        vec![run_step_bench(
+            &StepBench {
+                kind,
+                small,
+                large: large.clone(),
+                batch: a.batch,
+                warmup: a.warmup,
+                steps: a.steps,
+            },
+            &dev,
+        )?]
+    };
+    if a.json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "models: small {} / large {}, {} classes, img {}, warmup {} + {} timed steps",
+            a.model_s, a.model_b, a.classes, large.img_size, a.warmup, a.steps
+        );
+        println!("{TABLE_HEADER}");
+        for r in &reports {
+            println!("{}", table_row(r));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,451 @@
+//! `idat-pipe infer`: logits and the predicted label of every image (or of a tensor of
+//! preprocessed inputs) under a frozen backbone plus, optionally, a trained adapter
+//! checkpoint (a training entry's `student.safetensors`).
+//!
+//! Preprocessing is the training one: decode to RGB, bicubic resize to the model's
+//! `img_size`, `(x / 255 - mean) / std` (mean = std = 0.5 unless configured).
+use crate::data::image::{decode_rgb, resize_bicubic, Normalize};
+use crate::nn::adapters::AdapterConfig;
+use crate::nn::checkpoint::{load_backbone, load_tensors, LoadOptions};
+use crate::nn::vit::{Mode, Vit, VitConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Image file extensions read from an `--images` directory.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+
+/// What to run inference on.
+#[derive(Debug, Clone)]
+pub enum InferInput {
+    /// Image files (decoded, resized, normalised).
+    Images(Vec<PathBuf>),
+    /// A `.safetensors` file holding an already normalised `[B, C, H, W]` f32 tensor
+    /// under `name` (e.g. the parity fixtures' `input`).
+    Tensor { file: PathBuf, name: String },
+}
+
+/// Everything `infer` needs.
+#[derive(Debug, Clone)]
+pub struct InferOptions {
+    /// A preset name, or a JSON/YAML file holding a `VitConfig` or a model entry's `model.json`.
+    pub model: String,
+    /// Backbone weights (timm `.safetensors` or Google `.npz`); a `head.*` is used when present.
+    pub weights: PathBuf,
+    /// Trained trainable tensors (adapter + head) with `adapter` / `config` metadata.
+    pub adapter: Option<PathBuf>,
+    /// Number of classes (default: from the adapter's or the weights' head).
+    pub num_classes: Option<usize>,
+    pub input: InferInput,
+    pub normalize: Normalize,
+    pub batch: usize,
+    pub device: Device,
+}
+
+/// One output row.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The image path, or `<file>#<index>` for tensor input.
+    pub source: String,
+    /// Arg-max of the logits (first index on ties).
+    pub label: usize,
+    pub logits: Vec<f32>,
+}
+
+/// Resolves `--model`: a preset name, inline JSON (`{...}`), or a JSON/YAML file holding a `VitConfig` or a
+/// model entry's `model.json` (whose `config` field is the architecture).
+pub fn resolve_model(spec: &str) -> Result<VitConfig> {
+    if spec.trim_start().starts_with('{') {
+        let cfg: VitConfig = serde_json::from_str(spec)
+            .with_context(|| format!("inline model config `{spec}`: not a ViT config"))?;
+        validate_arch(&cfg)?;
+        return Ok(cfg);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        if spec.ends_with(".json") || spec.ends_with(".yaml") || spec.ends_with(".yml") {
+            bail!("--model {spec}: no such file");
+        }
+        return VitConfig::preset(spec)
+            .with_context(|| format!("--model {spec}: not a file, so it must be a preset name"));
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
+    let value: serde_json::Value = if spec.ends_with(".yaml") || spec.ends_with(".yml") {
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{spec}: invalid YAML: {e}"))?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{spec}: invalid JSON"))?
+    };
+    let (value, what) = match value.get("config") {
+        Some(c) if c.is_object() => (c.clone(), "its `config` field (a model.json)"),
+        _ => (value, "a ViT config"),
+    };
+    let cfg: VitConfig = serde_json::from_value(value).with_context(|| {
+        format!(
+            "{spec}: expected {what} with fields img_size, patch_size, num_classes, \
+             embed_dim, depth, num_heads (see `idat-pipe schema`)"
+        )
+    })?;
+    validate_arch(&cfg).with_context(|| spec.to_string())?;
+    Ok(cfg)
+}
+
+/// Checks a config's architecture; `num_classes` 0 (a model entry stored without a head)
+/// is fine here, the classes come from the head or `--num-classes`.
+fn validate_arch(cfg: &VitConfig) -> Result<()> {
+    let mut c = cfg.clone();
+    c.num_classes = c.num_classes.max(1);
+    c.validate()
+}
+
+/// The image files of `--images`: a directory (its jpg/jpeg/png files, sorted by name)
+/// or a text file with one path per line (relative to the list's folder; blank lines and
+/// `#` comments skipped).
+pub fn list_images(spec: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(spec)
+        .with_context(|| format!("--images {}: no such file or directory", spec.display()))?;
+    let files: Vec<PathBuf> = if meta.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(spec)
+            .with_context(|| format!("listing {}", spec.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        let text = std::fs::read_to_string(spec)
+            .with_context(|| format!("reading image list {}", spec.display()))?;
+        let base = spec.parent().unwrap_or(Path::new("."));
+        let mut v = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let p = base.join(line);
+            if !p.is_file() {
+                bail!(
+                    "{}:{}: image `{line}` not found (looked at {})",
+                    spec.display(),
+                    i + 1,
+                    p.display()
+                );
+            }
+            v.push(p);
+        }
+        v
+    };
+    if files.is_empty() {
+        bail!(
+            "--images {}: no images (a directory of .jpg/.jpeg/.png files or a list file)",
+            spec.display()
+        );
+    }
+    Ok(files)
+}
+
+/// Decodes, resizes (bicubic) and normalises images into a `[B, 3, size, size]` f32 tensor.
+pub fn preprocess(
+    paths: &[PathBuf],
+    size: usize,
+    norm: &Normalize,
+    dev: &Device,
+) -> Result<Tensor> {
+    let plane = size * size;
+    let mut data = vec![0f32; paths.len() * 3 * plane];
+    for (b, p) in paths.iter().enumerate() {
+        let img = decode_rgb(p)?;
+        let img = if img.width() as usize == size && img.height() as usize == size {
+            img
+        } else {
+            resize_bicubic(&img, size as u32, size as u32)
+        };
+        let out = &mut data[b * 3 * plane..(b + 1) * 3 * plane];
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = norm.apply(px.0[c], c);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (paths.len(), 3, size, size), dev)?)
+}
+
+fn head_classes(t: &BTreeMap<String, Tensor>) -> Option<usize> {
+    t.get("head.weight").map(|w| w.dims()[0])
+}
+
+/// Builds the model (backbone, head, adapter) described by `opts`.
+pub fn build_model(opts: &InferOptions) -> Result<Vit> {
+    let mut cfg = resolve_model(&opts.model)?;
+    let (trained, adapter_cfg) = match &opts.adapter {
+        Some(p) => {
+            let (t, meta) = load_tensors(p, &opts.device)?;
+            let a = meta.get("adapter").with_context(|| {
+                format!(
+                    "{}: no `adapter` metadata (expected a training entry's student.safetensors)",
+                    p.display()
+                )
+            })?;
+            let a: AdapterConfig = serde_json::from_str(a).with_context(|| {
+                format!(
+                    "{}: metadata `adapter` is not an adapter config",
+                    p.display()
+                )
+            })?;
+            if let Some(c) = meta.get("config") {
+                let c: VitConfig = serde_json::from_str(c).with_context(|| {
+                    format!("{}: metadata `config` is not a ViT config", p.display())
+                })?;
+                if (c.embed_dim, c.depth, c.patch_size)
+                    != (cfg.embed_dim, cfg.depth, cfg.patch_size)
+                {
+                    bail!(
+                        "{} was trained on a ViT with dim {}, depth {}, patch {}; --model {} has dim {}, depth {}, patch {}",
+                        p.display(), c.embed_dim, c.depth, c.patch_size, opts.model,
+                        cfg.embed_dim, cfg.depth, cfg.patch_size
+                    );
+                }
+            }
+            (Some(t), a)
+        }
+        None => (None, AdapterConfig::Linear),
+    };
+    // The backbone, with its head when it has one (checked against the config below).
+    let mut expected = cfg.expected_tensors();
+    expected.retain(|(n, _)| !n.starts_with("head."));
+    let lo = LoadOptions {
+        allow_partial: false,
+        allow_unexpected: false,
+        ignore: vec!["head.".into()],
+        resample_pos_embed: true,
+    };
+    let backbone = load_backbone(&opts.weights, &expected, &lo, &opts.device)?.tensors;
+    let head: BTreeMap<String, Tensor> = {
+        let (all, _) = load_tensors_any(&opts.weights, &opts.device)?;
+        all.into_iter()
+            .filter(|(n, _)| n.starts_with("head."))
+            .collect()
+    };
+    let classes =
+        opts.num_classes
+            .or_else(|| trained.as_ref().and_then(head_classes))
+            .or_else(|| head_classes(&head))
+            .with_context(|| {
+                format!(
+                "cannot tell the number of classes: {} has no `head.weight`{}; pass --num-classes",
+                opts.weights.display(),
+                if opts.adapter.is_some() { " and neither has the adapter checkpoint" } else { "" }
+            )
+            })?;
+    cfg.num_classes = classes;
+    let vit = Vit::new(&cfg, &adapter_cfg, backbone, &opts.device, 0)?;
+    let values = match trained {
+        Some(t) => t,
+        None => {
+            if head_classes(&head) != Some(classes) {
+                bail!(
+                    "{}: no head with {classes} classes and no --adapter checkpoint: the \
+                     classifier would be random",
+                    opts.weights.display()
+                );
+            }
+            head
+        }
+    };
+    let values: BTreeMap<String, Tensor> = values
+        .into_iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_dtype(DType::F32)?)))
+        .collect::<Result<_>>()?;
+    vit.set_trainable(&values)
+        .with_context(|| match &opts.adapter {
+            Some(p) => format!("{} does not fit --model {}", p.display(), opts.model),
+            None => format!("{}: head does not fit", opts.weights.display()),
+        })?;
+    Ok(vit)
+}
+
+/// Reads every tensor of a weights file (safetensors only; other formats give an empty map,
+/// i.e. no head).
+fn load_tensors_any(
+    path: &Path,
+    dev: &Device,
+) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let is_npz = std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut b = [0u8; 4];
+            std::io::Read::read(&mut f, &mut b).map(|n| n == 4 && &b == b"PK\x03\x04")
+        })
+        .unwrap_or(false);
+    if is_npz {
+        return Ok((BTreeMap::new(), BTreeMap::new()));
+    }
+    load_tensors(path, dev)
+}
+
+/// Runs the model over the input in batches.
+pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
+    if opts.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let vit = build_model(opts)?;
+    let cfg = vit.config().clone();
+    let mut rows = Vec::new();
+    let mut push = |sources: Vec<String>, x: &Tensor| -> Result<()> {
+        let logits = vit.forward(x, Mode::Eval)?.detach().to_dtype(DType::F32)?;
+        let logits: Vec<Vec<f32>> = logits.to_device(&Device::Cpu)?.to_vec2()?;
+        for (s, l) in sources.into_iter().zip(logits) {
+            let label = l
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0;
+            rows.push(Prediction {
+                source: s,
+                label,
+                logits: l,
+            });
+        }
+        Ok(())
+    };
+    match &opts.input {
+        InferInput::Images(paths) => {
+            for chunk in paths.chunks(opts.batch) {
+                let x = preprocess(chunk, cfg.img_size, &opts.normalize, &opts.device)?;
+                push(chunk.iter().map(|p| p.display().to_string()).collect(), &x)?;
+            }
+        }
+        InferInput::Tensor { file, name } => {
+            let (t, _) = load_tensors(file, &opts.device)?;
+            let x = t.get(name).with_context(|| {
+                format!(
+                    "{}: no tensor `{name}` (has: {:?})",
+                    file.display(),
+                    t.keys()
+                )
+            })?;
+            let want = [cfg.in_chans, cfg.img_size, cfg.img_size];
+            if x.rank() != 4 || x.dims()[1..] != want {
+                bail!(
+                    "{}: `{name}` has shape {:?}, expected [B, {}, {}, {}]",
+                    file.display(),
+                    x.dims(),
+                    want[0],
+                    want[1],
+                    want[2]
+                );
+            }
+            let x = x.to_dtype(DType::F32)?;
+            let n = x.dims()[0];
+            let mut i = 0;
+            while i < n {
+                let len = opts.batch.min(n - i);
+                let sources = (i..i + len)
+                    .map(|j| format!("{}#{j}", file.display()))
+                    .collect();
+                push(sources, &x.narrow(0, i, len)?)?;
+                i += len;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `source,label,logit_0,...` rows.
+pub fn write_csv(path: &Path, rows: &[Prediction]) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+    let classes = rows.first().map_or(0, |r| r.logits.len());
+    let mut header = vec!["source".to_string(), "label".to_string()];
+    header.extend((0..classes).map(|i| format!("logit_{i}")));
+    w.write_record(&header)?;
+    for r in rows {
+        let mut rec = vec![r.source.clone(), r.label.to_string()];
+        rec.extend(r.logits.iter().map(|v| format!("{v:e}")));
+        w.write_record(&rec)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// `idat-pipe infer` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InferArgs {
+    /// A preset (`vit_base_patch16_224`), or a JSON/YAML ViT config, or a model entry's model.json.
+    #[arg(long)]
+    pub model: String,
+    /// Backbone weights (timm .safetensors or Google .npz); its `head.*` is used without --adapter.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// A training entry's student.safetensors (adapter + head, with `adapter`/`config` metadata).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// A directory of .jpg/.jpeg/.png images, or a text file listing image paths.
+    #[arg(long, required_unless_present = "tensor", conflicts_with = "tensor")]
+    pub images: Option<PathBuf>,
+    /// Instead of images: `FILE.safetensors[:NAME]`, a normalised [B,C,H,W] tensor (NAME default `input`).
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub tensor: Option<String>,
+    /// Output CSV: source, label, logit_0..logit_{C-1}.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of classes (default: the adapter's or the weights' head).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Normalisation preset: `half` (mean = std = 0.5) or `imagenet`.
+    #[arg(long, default_value = "half", value_parser = ["half", "imagenet"])]
+    pub normalize: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs `idat-pipe infer`.
+pub fn cmd(a: InferArgs) -> Result<std::process::ExitCode> {
+    use crate::data::image::NormalizeKind;
+    let device = crate::stages::kinds::common::device(&a.device)?;
+    let input = match (&a.images, &a.tensor) {
+        (Some(p), _) => InferInput::Images(list_images(p)?),
+        (None, Some(t)) => {
+            let (file, name) = match t.rsplit_once(':') {
+                Some((f, n)) if !n.contains('/') && !f.is_empty() => (f, n),
+                _ => (t.as_str(), "input"),
+            };
+            InferInput::Tensor {
+                file: PathBuf::from(file),
+                name: name.to_string(),
+            }
+        }
+        (None, None) => bail!("give --images or --tensor"),
+    };
+    let opts = InferOptions {
+        model: a.model,
+        weights: a.weights,
+        adapter: a.adapter,
+        num_classes: a.num_classes,
+        input,
+        normalize: Normalize::from_kind(if a.normalize == "imagenet" {
+            NormalizeKind::Imagenet
+        } else {
+            NormalizeKind::Half
+        }),
+        batch: a.batch,
+        device,
+    };
+    let rows = infer(&opts)?;
+    write_csv(&a.out, &rows)?;
+    eprintln!("{} predictions written to {}", rows.len(), a.out.display());
+    Ok(std::process::ExitCode::SUCCESS)
+}

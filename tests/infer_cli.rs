@@ -1,0 +1,318 @@
+//! `idat-pipe infer` through the binary: a tiny random model and tiny images; the CSV's
+//! logits must equal a direct library forward of the same preprocessing.
+use assert_cmd::Command;
+use candle_core::{Device, Tensor};
+use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize};
+use idat_pipe::nn::adapters::{AdapterConfig, SeqAdapterConfig};
+use idat_pipe::nn::checkpoint::save_tensors;
+use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn cfg(classes: usize) -> VitConfig {
+    VitConfig {
+        img_size: 16,
+        patch_size: 8,
+        in_chans: 3,
+        num_classes: classes,
+        embed_dim: 32,
+        depth: 2,
+        num_heads: 4,
+        mlp_ratio: 2.0,
+        qkv_bias: true,
+        drop_rate: 0.0,
+        attn_drop_rate: 0.0,
+        drop_path_rate: 0.0,
+    }
+}
+
+/// Writes images of assorted sizes (so the bicubic resize runs) and returns their paths.
+fn images(dir: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut out = Vec::new();
+    for (i, (w, h)) in [(16u32, 16u32), (23, 19), (40, 32)].into_iter().enumerate() {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 13 + y * 7 + i as u32 * 40) as u8,
+                (x * y + 3 * i as u32) as u8,
+                (255 - x * 5) as u8,
+            ])
+        });
+        let p = dir.join(format!("img{i}.png"));
+        img.save(&p).unwrap();
+        out.push(p);
+    }
+    out
+}
+
+/// The reference: decode + resize + normalise by hand, one library forward.
+fn reference(vit: &Vit, paths: &[PathBuf]) -> Vec<Vec<f32>> {
+    let s = vit.config().img_size;
+    let norm = Normalize::default();
+    let mut data = Vec::new();
+    for p in paths {
+        let img = resize_bicubic(&decode_rgb(p).unwrap(), s as u32, s as u32);
+        for c in 0..3 {
+            for y in 0..s {
+                for x in 0..s {
+                    data.push(norm.apply(img.get_pixel(x as u32, y as u32).0[c], c));
+                }
+            }
+        }
+    }
+    let x = Tensor::from_vec(data, (paths.len(), 3, s, s), &Device::Cpu).unwrap();
+    vit.forward(&x, Mode::Eval).unwrap().to_vec2().unwrap()
+}
+
+/// (source, label, logits) rows of an infer CSV.
+fn read_csv(p: &Path) -> Vec<(String, usize, Vec<f32>)> {
+    let mut r = csv::Reader::from_path(p).unwrap();
+    let h = r.headers().unwrap().clone();
+    assert_eq!(&h[0], "source");
+    assert_eq!(&h[1], "label");
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (
+                rec[0].to_string(),
+                rec[1].parse().unwrap(),
+                rec.iter().skip(2).map(|v| v.parse().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn check(rows: &[(String, usize, Vec<f32>)], paths: &[PathBuf], want: &[Vec<f32>]) {
+    assert_eq!(rows.len(), paths.len());
+    for ((src, label, got), (p, w)) in rows.iter().zip(paths.iter().zip(want)) {
+        assert_eq!(src, &p.display().to_string());
+        assert_eq!(got.len(), w.len());
+        for (a, b) in got.iter().zip(w) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{src}: {a} vs {b}");
+        }
+        let argmax = w
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |m, (i, &v)| if v > m.1 { (i, v) } else { m },
+            )
+            .0;
+        assert_eq!(*label, argmax);
+    }
+}
+
+fn infer(args: &[&str]) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("infer")
+        .args(args)
+        .assert()
+}
+
+#[test]
+fn backbone_with_head_from_preset_file_matches_library_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let c = cfg(5);
+    let mut weights = Vit::random_backbone(&c, &dev, 3).unwrap();
+    weights.insert(
+        "head.weight".into(),
+        Tensor::randn(0f32, 0.5, (5, 32), &dev).unwrap(),
+    );
+    weights.insert(
+        "head.bias".into(),
+        Tensor::randn(0f32, 0.5, 5, &dev).unwrap(),
+    );
+    let wpath = dir.path().join("w.safetensors");
+    save_tensors(&wpath, &weights, &BTreeMap::new()).unwrap();
+    // The config file says 1000 classes; the head in the weights decides (5).
+    let mut file_cfg = c.clone();
+    file_cfg.num_classes = 1000;
+    let cpath = dir.path().join("vit.yaml");
+    std::fs::write(
+        &cpath,
+        serde_saphyr::to_string(&serde_json::to_value(&file_cfg).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let paths = images(&dir.path().join("imgs"));
+    let out = dir.path().join("out.csv");
+    infer(&[
+        "--model",
+        cpath.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "--images",
+        dir.path().join("imgs").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+    ])
+    .success();
+
+    let vit = Vit::new(&c, &AdapterConfig::Linear, weights.clone(), &dev, 0).unwrap();
+    let head: BTreeMap<String, Tensor> = weights
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("head."))
+        .collect();
+    vit.set_trainable(&head).unwrap();
+    check(&read_csv(&out), &paths, &reference(&vit, &paths));
+}
+
+#[test]
+fn adapter_checkpoint_with_model_json_and_image_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let c = cfg(4);
+    let backbone = Vit::random_backbone(&c, &dev, 7).unwrap();
+    let wpath = dir.path().join("backbone.safetensors");
+    save_tensors(&wpath, &backbone, &BTreeMap::new()).unwrap();
+    let adapter = AdapterConfig::SeqAdapter(SeqAdapterConfig { hidden: 3 });
+    let vit = Vit::new(&c, &adapter, backbone, &dev, 11).unwrap();
+    // Non-trivial trained values (fc2 starts at zero).
+    let trained: BTreeMap<String, Tensor> = vit
+        .trainable()
+        .into_iter()
+        .map(|(n, v)| (n, Tensor::randn(0f32, 0.3, v.dims(), &dev).unwrap()))
+        .collect();
+    vit.set_trainable(&trained).unwrap();
+    let mut meta = BTreeMap::new();
+    meta.insert("adapter".into(), serde_json::to_string(&adapter).unwrap());
+    meta.insert("config".into(), serde_json::to_string(&c).unwrap());
+    let apath = dir.path().join("student.safetensors");
+    save_tensors(&apath, &trained, &meta).unwrap();
+    // A model entry's model.json (num_classes 0: stored without a head).
+    let mut mc = c.clone();
+    mc.num_classes = 0;
+    let mpath = dir.path().join("model.json");
+    std::fs::write(
+        &mpath,
+        serde_json::json!({"config": mc, "source": "test", "label": "t", "notes": []}).to_string(),
+    )
+    .unwrap();
+    let paths = images(&dir.path().join("imgs"));
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "# two images\nimgs/img2.png\n\nimgs/img0.png\n").unwrap();
+    let out = dir.path().join("out.csv");
+    infer(&[
+        "--model",
+        mpath.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "--adapter",
+        apath.to_str().unwrap(),
+        "--images",
+        list.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .success();
+    let listed = vec![
+        dir.path().join("imgs/img2.png"),
+        dir.path().join("imgs/img0.png"),
+    ];
+    let rows = read_csv(&out);
+    assert_eq!(rows[0].0, listed[0].display().to_string());
+    let want = reference(&vit, &[paths[2].clone(), paths[0].clone()]);
+    check(&rows, &listed, &want);
+}
+
+#[test]
+fn tensor_input_matches_timm_fixture_logits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/timm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.csv");
+    infer(&[
+        "--model",
+        root.join("s1.json").to_str().unwrap(),
+        "--weights",
+        root.join("s1.safetensors").to_str().unwrap(),
+        "--tensor",
+        &format!("{}:input", root.join("s1_io.safetensors").display()),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .success();
+    let (io, _) =
+        idat_pipe::nn::checkpoint::load_tensors(&root.join("s1_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let want: Vec<Vec<f32>> = io["logits"].to_vec2().unwrap();
+    let rows = read_csv(&out);
+    assert_eq!(rows.len(), want.len());
+    for (r, w) in rows.iter().zip(&want) {
+        for (a, b) in r.2.iter().zip(w) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs timm {b}");
+        }
+    }
+}
+
+#[test]
+fn clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let c = cfg(3);
+    let wpath = dir.path().join("nohead.safetensors");
+    save_tensors(
+        &wpath,
+        &Vit::random_backbone(&c, &dev, 1).unwrap(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let cjson = serde_json::to_string(&c).unwrap();
+    images(&dir.path().join("imgs"));
+    let imgs = dir.path().join("imgs");
+    let out = dir.path().join("o.csv");
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = vec![
+            "--model".into(),
+            cjson.clone(),
+            "--weights".into(),
+            wpath.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = infer(&a).failure().get_output().stderr.clone();
+        String::from_utf8_lossy(&o).into_owned()
+    };
+    let e = run(base(&["--images", imgs.to_str().unwrap()]));
+    assert!(
+        e.contains("has no `head.weight`") && e.contains("--num-classes"),
+        "{e}"
+    );
+    let e = run(base(&[
+        "--images",
+        imgs.to_str().unwrap(),
+        "--num-classes",
+        "3",
+    ]));
+    assert!(e.contains("classifier would be random"), "{e}");
+    let list = dir.path().join("l.txt");
+    std::fs::write(&list, "imgs/img0.png\nmissing.png\n").unwrap();
+    let e = run(base(&[
+        "--images",
+        list.to_str().unwrap(),
+        "--num-classes",
+        "3",
+    ]));
+    assert!(e.contains("l.txt:2") && e.contains("missing.png"), "{e}");
+    let e = run(base(&[
+        "--images",
+        imgs.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]));
+    if !cfg!(feature = "cuda") {
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+    let mut args = base(&["--images", imgs.to_str().unwrap()]);
+    args[1] = "vit_nonexistent".into();
+    let e = run(args);
+    assert!(e.contains("unknown ViT preset"), "{e}");
+    assert!(!out.exists());
+}
