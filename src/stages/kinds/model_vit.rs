@@ -1,13 +1,13 @@
 //! `model/vit`: a frozen backbone from a preset and a weights source (local safetensors or
 //! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
 use super::common::{device, write_model, Arch, ModelInfo};
-use crate::nn::checkpoint::{load_backbone, LoadOptions};
+use crate::nn::checkpoint::{load_backbone, LoadOptions, LoadedWeights};
 use crate::nn::vit::Vit;
 use crate::stages::{StageContext, StageKind};
 use anyhow::{Context, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the backbone weights come from.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -70,6 +70,27 @@ fn hub_cache_dir() -> PathBuf {
     home.join(".cache/huggingface/hub")
 }
 
+/// A weights file checked against `sha256` (when given) before use, then loaded without
+/// its classification head (tasks get their own).
+fn load_checked(
+    path: &Path,
+    sha256: Option<&str>,
+    expected: &[(String, Vec<usize>)],
+    dev: &candle_core::Device,
+) -> Result<LoadedWeights> {
+    if let Some(want) = sha256 {
+        crate::data::download::verify_sha256(path, want)?;
+    }
+    let opts = LoadOptions {
+        allow_partial: false,
+        allow_unexpected: false,
+        ignore: vec!["head.".into(), "pre_logits.".into()],
+        resample_pos_embed: true,
+    };
+    load_backbone(path, expected, &opts, dev)
+        .with_context(|| format!("loading backbone {}", path.display()))
+}
+
 pub struct ModelVit;
 
 impl StageKind for ModelVit {
@@ -108,17 +129,7 @@ impl StageKind for ModelVit {
                 (t, format!("random init (seed {seed})"), vec![])
             }
             Weights::File { path, sha256 } => {
-                if let Some(want) = sha256 {
-                    crate::data::download::verify_sha256(path, want)?;
-                }
-                let opts = LoadOptions {
-                    allow_partial: false,
-                    allow_unexpected: false,
-                    ignore: vec!["head.".into(), "pre_logits.".into()],
-                    resample_pos_embed: true,
-                };
-                let l = load_backbone(path, &expected, &opts, &dev)
-                    .with_context(|| format!("loading backbone {}", path.display()))?;
+                let l = load_checked(path, sha256.as_deref(), &expected, &dev)?;
                 (l.tensors, format!("file {}", path.display()), l.notes)
             }
             Weights::Hub {
@@ -135,17 +146,8 @@ impl StageKind for ModelVit {
                     &endpoint,
                     &hub_cache_dir(),
                 )?;
-                if let Some(want) = sha256 {
-                    crate::data::download::verify_sha256(&path, want)?;
-                }
-                let opts = LoadOptions {
-                    allow_partial: false,
-                    allow_unexpected: false,
-                    ignore: vec!["head.".into(), "pre_logits.".into()],
-                    resample_pos_embed: true,
-                };
-                let l = load_backbone(&path, &expected, &opts, &dev)
-                    .with_context(|| format!("loading backbone {repo}@{revision}/{file}"))?;
+                let l = load_checked(&path, sha256.as_deref(), &expected, &dev)
+                    .with_context(|| format!("backbone {repo}@{revision}/{file}"))?;
                 (l.tensors, format!("hub {repo}@{revision}/{file}"), l.notes)
             }
         };
