@@ -72,6 +72,28 @@ enum State {
 }
 
 /// Run every instance of `graph` (cached ones are verified and reused).
+impl RunSummary {
+    /// An instance that failed before it could start (no log, no key): recorded as failed
+    /// in the failure report and the trace.
+    fn fail_before_start(&mut self, instance: &str, error: String) {
+        let now = unix_now();
+        self.failed.push(Failure {
+            instance: instance.to_string(),
+            error,
+            log: Default::default(),
+            log_tail: vec![],
+        });
+        self.trace.push(TraceRow {
+            instance: instance.to_string(),
+            key: String::new(),
+            status: "failed".into(),
+            start: now,
+            end: now,
+            seconds: 0.0,
+        });
+    }
+}
+
 pub fn run_local(
     graph: &Graph,
     registry: &Registry,
@@ -125,20 +147,7 @@ pub fn run_local(
                         opts.gpus
                     );
                     state[i] = State::Failed;
-                    summary.failed.push(Failure {
-                        instance: inst.id.clone(),
-                        error: err,
-                        log: Default::default(),
-                        log_tail: vec![],
-                    });
-                    summary.trace.push(TraceRow {
-                        instance: inst.id.clone(),
-                        key: String::new(),
-                        status: "failed".into(),
-                        start: unix_now(),
-                        end: unix_now(),
-                        seconds: 0.0,
-                    });
+                    summary.fail_before_start(&inst.id, err);
                     if !opts.keep_going {
                         stop_launching = true;
                         break;
@@ -167,23 +176,9 @@ pub fn run_local(
                     Ok(p) => p,
                     Err(err) => {
                         // An unreadable external input: the instance fails before it starts.
-                        let now = unix_now();
                         state[i] = State::Failed;
                         reporter.finished(&inst.id, "failed", 0.0);
-                        summary.failed.push(Failure {
-                            instance: inst.id.clone(),
-                            error: err,
-                            log: Default::default(),
-                            log_tail: vec![],
-                        });
-                        summary.trace.push(TraceRow {
-                            instance: inst.id.clone(),
-                            key: String::new(),
-                            status: "failed".into(),
-                            start: now,
-                            end: now,
-                            seconds: 0.0,
-                        });
+                        summary.fail_before_start(&inst.id, err);
                         if !opts.keep_going {
                             stop_launching = true;
                             break;
