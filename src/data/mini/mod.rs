@@ -127,7 +127,7 @@ const SOURCE: MiniTask = MiniTask {
     image_size: 32,
     max_train: None,
     max_test: None,
-    description: "pretraining source: 8 shapes x 8 fill patterns = 64 classes, random colours",
+    description: "pretraining source: 4 colours x 4 quadrants x 4 orientations = 64 classes",
 };
 
 /// The downstream tasks of the mini benchmark, in report order.
@@ -310,9 +310,16 @@ pub fn class_names(task_name: &str) -> Result<Vec<String>> {
         "smallnorb_ele" => (0..9)
             .map(|k| format!("elevation {}", 30 + 5 * k))
             .collect(),
-        _ => source::SHAPES
-            .iter()
-            .flat_map(|s| source::PATTERNS.iter().map(move |p| format!("{s} {p}")))
+        _ => (0..source::NUM_CLASSES)
+            .map(|l| {
+                let (c, q, o) = source::factors(l);
+                format!(
+                    "{} {} {}",
+                    source::COLOURS[c],
+                    source::QUADRANTS[q],
+                    source::ORIENTATIONS[o]
+                )
+            })
             .collect(),
     })
 }

@@ -41,7 +41,7 @@ pub const DATA_DIR: &str = "vtab";
 impl StageKind for DatasetMini {
     type Params = Params;
     const NAME: &'static str = "dataset/mini";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str =
         "The embedded mini-VTAB: real and procedural tasks in the VTAB-1K layout, no download";
 
