@@ -1,3 +1,9 @@
+/// mimalloc reuses freed tensor buffers instead of returning them to the OS and faulting
+/// fresh zeroed pages back in on the next allocation (glibc's behaviour for the large,
+/// short-lived buffers of a training step): measured in docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     idat_pipe::cli::main()
 }

@@ -141,12 +141,7 @@ fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
     );
     for row in p.chunks_mut(n) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / super::fastmath::exp_sub_inplace(row, max);
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }

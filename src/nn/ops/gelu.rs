@@ -2,7 +2,7 @@
 //! (candle's `gelu_erf`, which has a backward pass).
 
 use super::cpu::{slice, with_slice};
-use candle_core::cpu::erf::erf_f32;
+use super::fastmath;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -26,29 +26,18 @@ impl CustomOp1 for GeluOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, xc)| {
-                for (oj, &v) in o.iter_mut().zip(xc) {
-                    *oj = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            });
+            .for_each(|(o, xc)| fastmath::gelu_fwd(o, xc));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         // d/dx x*Phi(x) = Phi(x) + x*phi(x)
-        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
         let dx = with_slice(x, |xs| {
             with_slice(grad, |gs| {
                 let mut dx = vec![0f32; xs.len()];
                 dx.par_chunks_mut(CHUNK)
                     .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                    .for_each(|(d, (xc, gc))| {
-                        for ((dj, &v), &g) in d.iter_mut().zip(xc).zip(gc) {
-                            let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-                            let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
-                            *dj = g * (cdf + v * pdf);
-                        }
-                    });
+                    .for_each(|(d, (xc, gc))| fastmath::gelu_bwd(d, xc, gc));
                 Ok(dx)
             })
         })?;

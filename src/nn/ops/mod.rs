@@ -10,6 +10,7 @@
 
 mod attention;
 mod cpu;
+mod fastmath;
 mod frozen_linear;
 mod gelu;
 mod layer_norm;

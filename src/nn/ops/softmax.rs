@@ -30,12 +30,7 @@ impl CustomOp1 for SoftmaxOp {
             .with_min_len(min_rows(d))
             .for_each(|(o, xr)| {
                 let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (oj, &xj) in o.iter_mut().zip(xr) {
-                    *oj = (xj - max).exp();
-                    sum += *oj;
-                }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / super::fastmath::exp_sub(o, xr, max);
                 o.iter_mut().for_each(|v| *v *= inv);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
