@@ -189,6 +189,9 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         .try_init();
     let cache_dir = Cache::resolve_dir(cli.cache_dir.as_deref());
     let resume = shell_join(&args);
+    if matches!(cli.cmd, Command::Run(_) | Command::ExecStage { .. }) {
+        single_thread_elementwise();
+    }
     let r = match cli.cmd {
         Command::Run(a) => cmd_run(&registry, &cache_dir, a, cli.quiet, &resume),
         Command::Validate { files, set } => cmd_validate(&registry, &files, &set, cli.quiet),
@@ -580,4 +583,16 @@ fn cmd_exec_stage(
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Pipeline runs bound each instance's kernels to its own rayon pool (`resources.cpus`
+/// threads; `exec::stage`). candle 0.11 runs large element-wise ops on one process-wide
+/// spin-waiting pool behind a lock, so two concurrent instances serialise on it and burn a
+/// core spinning (measured: each ran ~2.7x slower than alone). One thread there makes those
+/// ops run inline on the instance's own thread. `CANDLE_NUM_THREADS`, if set, wins.
+fn single_thread_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Set before any tensor op: candle reads it once, when its pool is first used.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }

@@ -145,7 +145,13 @@ pub fn exec_stage(job: &StageJob) -> Outcome {
             job.instance.id, job.instance.uses
         ));
         let t0 = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(|| job.kind.run(&with, &mut ctx)));
+        // The instance's CPU slots bound its kernels' threads: its own rayon pool, so
+        // concurrent instances do not hand every small op to one shared pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(job.threads.max(1))
+            .thread_name(|i| format!("idat-kernel-{i}"))
+            .build()?;
+        let r = pool.install(|| catch_unwind(AssertUnwindSafe(|| job.kind.run(&with, &mut ctx))));
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
