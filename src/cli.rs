@@ -412,7 +412,8 @@ fn cmd_run(
         }
         let record = RunRecord::create(&a.runs_dir, &l.resolved, &l.overrides)?;
         let cancel = cancel_flag();
-        let rep = reporter(g.instances.len() as u64, quiet);
+        let ids: Vec<&str> = g.instances.iter().map(|i| i.id.as_str()).collect();
+        let rep = reporter(&ids, a.jobs, quiet);
         let opts = LocalOptions {
             jobs: a.jobs,
             gpus: a.gpus.unwrap_or_else(detect_gpus),

@@ -1,5 +1,6 @@
 //! Running instances: the plan (cached or why not), the one entry point
 //! [`exec_stage`], the local executor, progress display and the run record.
+pub mod eta;
 pub mod local;
 pub mod plan;
 pub mod progress;

@@ -1,7 +1,9 @@
 //! Run progress: indicatif bars on a terminal, plain lines otherwise, nothing with `--quiet`.
+use super::eta::Eta;
 use crate::stages::{NoProgress, Progress};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -15,18 +17,28 @@ pub trait Reporter: Send + Sync {
     fn line(&self, msg: &str);
 }
 
-/// Choose bars, plain lines or silence.
-pub fn reporter(total: u64, quiet: bool) -> Arc<dyn Reporter> {
+/// Choose bars, plain lines or silence, for the instances `ids` run on `slots` CPU slots.
+pub fn reporter(ids: &[&str], slots: usize, quiet: bool) -> Arc<dyn Reporter> {
+    let total = ids.len() as u64;
+    let eta = Eta::new(ids.iter().copied(), slots);
     if quiet {
         Arc::new(Quiet)
     } else if std::io::stderr().is_terminal() {
-        Arc::new(Bars::new(total))
+        Arc::new(Bars::new(total, eta))
     } else {
         let secs = std::env::var("IDAT_PROGRESS_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(PLAIN_PROGRESS_SECS);
-        Arc::new(Plain::new(total, Duration::from_secs(secs)))
+        Arc::new(Plain::new(total, eta, Duration::from_secs(secs)))
+    }
+}
+
+/// `ETA 3m10s`, or `ETA ?` while nothing has finished or reported progress.
+fn eta_text(eta: &Eta) -> String {
+    match eta.seconds_left() {
+        Some(s) => format!("ETA {}", human_duration(s)),
+        None => "ETA ?".into(),
     }
 }
 
@@ -54,11 +66,9 @@ pub fn human_duration(secs: f64) -> String {
 }
 
 /// Counts behind the plain-mode progress line.
-#[derive(Default)]
 struct PlainState {
     done: u64,
-    /// Instances that finished by running (not from the cache): the ETA's rate.
-    ran: u64,
+    eta: Eta,
     /// Last message of each running instance.
     messages: std::collections::BTreeMap<String, String>,
 }
@@ -72,10 +82,14 @@ pub struct Plain {
 
 impl Plain {
     /// Plain reporter for `total` instances, printing progress every `every` (zero: never).
-    pub fn new(total: u64, every: Duration) -> Self {
+    pub fn new(total: u64, eta: Eta, every: Duration) -> Self {
         let start = std::time::Instant::now();
         let p = Plain {
-            state: Default::default(),
+            state: Arc::new(Mutex::new(PlainState {
+                done: 0,
+                eta,
+                messages: Default::default(),
+            })),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             ticker: Mutex::new(None),
         };
@@ -112,14 +126,12 @@ impl Plain {
 /// `progress: 12/54 instances, elapsed 2m10s, ETA 4m00s` plus running instances' messages.
 fn progress_line(s: &PlainState, total: u64, elapsed: f64) -> String {
     let eta = if s.done >= total {
-        "0s".to_string()
-    } else if s.ran == 0 {
-        "?".to_string()
+        "ETA 0s".to_string()
     } else {
-        human_duration(elapsed / s.ran as f64 * (total - s.done) as f64)
+        eta_text(&s.eta)
     };
     let mut line = format!(
-        "progress: {}/{} instances, elapsed {}, ETA {}",
+        "progress: {}/{} instances, elapsed {}, {}",
         s.done,
         total,
         human_duration(elapsed),
@@ -136,10 +148,18 @@ fn progress_line(s: &PlainState, total: u64, elapsed: f64) -> String {
 struct PlainProgress {
     id: String,
     state: Arc<Mutex<PlainState>>,
+    total: AtomicU64,
 }
 impl Progress for PlainProgress {
-    fn set_total(&self, _: u64) {}
-    fn set_position(&self, _: u64) {}
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+    fn set_position(&self, pos: u64) {
+        let total = self.total.load(Ordering::Relaxed);
+        if let (true, Ok(mut s)) = (total > 0, self.state.lock()) {
+            s.eta.progress(&self.id, pos as f64 / total as f64);
+        }
+    }
     fn set_message(&self, msg: &str) {
         if let Ok(mut s) = self.state.lock() {
             s.messages.insert(self.id.clone(), msg.to_string());
@@ -152,19 +172,19 @@ impl Reporter for Plain {
         eprintln!("start   {id}");
         if let Ok(mut s) = self.state.lock() {
             s.messages.insert(id.to_string(), String::new());
+            s.eta.started(id);
         }
         Arc::new(PlainProgress {
             id: id.to_string(),
             state: self.state.clone(),
+            total: AtomicU64::new(0),
         })
     }
     fn finished(&self, id: &str, status: &str, seconds: f64) {
         if let Ok(mut s) = self.state.lock() {
             s.messages.remove(id);
             s.done += 1;
-            if status == "ran" {
-                s.ran += 1;
-            }
+            s.eta.finished(id, status, seconds);
         }
         eprintln!("{status:<7} {id} ({seconds:.2}s)");
     }
@@ -191,36 +211,47 @@ pub struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     running: std::sync::Mutex<std::collections::HashMap<String, ProgressBar>>,
+    eta: Arc<Mutex<Eta>>,
 }
 
 impl Bars {
-    fn new(total: u64) -> Self {
+    fn new(total: u64, eta: Eta) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(total));
         overall.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} instances  {elapsed} eta {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} instances  {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        overall.set_message("ETA ?");
         Self {
             multi,
             overall,
             running: Default::default(),
+            eta: Arc::new(Mutex::new(eta)),
         }
     }
 }
 
-struct InstanceBar(ProgressBar);
+struct InstanceBar {
+    id: String,
+    bar: ProgressBar,
+    overall: ProgressBar,
+    eta: Arc<Mutex<Eta>>,
+}
 impl Progress for InstanceBar {
     fn set_total(&self, total: u64) {
-        self.0.set_length(total);
+        self.bar.set_length(total);
     }
     fn set_position(&self, pos: u64) {
-        self.0.set_position(pos);
+        self.bar.set_position(pos);
+        let total = self.bar.length().unwrap_or(0);
+        if let (true, Ok(mut e)) = (total > 0, self.eta.lock()) {
+            e.progress(&self.id, pos as f64 / total as f64);
+            self.overall.set_message(eta_text(&e));
+        }
     }
     fn set_message(&self, msg: &str) {
-        self.0.set_message(msg.to_string());
+        self.bar.set_message(msg.to_string());
     }
 }
 
@@ -235,7 +266,15 @@ impl Reporter for Bars {
         if let Ok(mut m) = self.running.lock() {
             m.insert(id.to_string(), b.clone());
         }
-        Arc::new(InstanceBar(b))
+        if let Ok(mut e) = self.eta.lock() {
+            e.started(id);
+        }
+        Arc::new(InstanceBar {
+            id: id.to_string(),
+            bar: b,
+            overall: self.overall.clone(),
+            eta: self.eta.clone(),
+        })
     }
     fn finished(&self, id: &str, status: &str, seconds: f64) {
         if let Some(b) = self.running.lock().ok().and_then(|mut m| m.remove(id)) {
@@ -243,6 +282,10 @@ impl Reporter for Bars {
             self.multi.remove(&b);
         }
         self.overall.inc(1);
+        if let Ok(mut e) = self.eta.lock() {
+            e.finished(id, status, seconds);
+            self.overall.set_message(eta_text(&e));
+        }
         if status != "cached" {
             let _ = self
                 .multi
@@ -270,12 +313,19 @@ mod tests {
         assert_eq!(human_duration(7.4), "7s");
         assert_eq!(human_duration(130.0), "2m10s");
         assert_eq!(human_duration(3720.0), "1h02m");
+        let ids: Vec<String> = (0..54).map(|i| format!("at[seed={i}]")).collect();
         let mut s = PlainState {
-            done: 12,
-            ran: 10,
-            ..Default::default()
+            done: 0,
+            eta: Eta::new(ids.iter().map(String::as_str), 1),
+            messages: Default::default(),
         };
-        // 100 s for 10 ran instances: 10 s each, 42 left.
+        assert!(progress_line(&s, 54, 1.0).contains("ETA ?"));
+        for id in &ids[..12] {
+            s.eta.started(id);
+            s.eta.finished(id, "ran", 10.0);
+            s.done += 1;
+        }
+        // 10 s each on one slot, 42 left.
         assert_eq!(
             progress_line(&s, 54, 100.0),
             "progress: 12/54 instances, elapsed 1m40s, ETA 7m00s"
@@ -283,7 +333,5 @@ mod tests {
         s.messages
             .insert("at[seed=1]".into(), "epoch 2/5 loss 0.5".into());
         assert!(progress_line(&s, 54, 100.0).ends_with("\n  at[seed=1]: epoch 2/5 loss 0.5"));
-        s.ran = 0;
-        assert!(progress_line(&s, 54, 1.0).contains("ETA ?"));
     }
 }
