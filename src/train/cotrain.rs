@@ -115,6 +115,8 @@ pub fn train(
     ctx.progress.set_total((total * steps) as u64);
     ctx.progress.set_position((start_epoch * steps) as u64);
     let eval_every = eval_every.max(1);
+    // The last epoch's evaluation is the final one (same weights, eval mode).
+    let mut last_eval = None;
 
     for epoch in start_epoch..total {
         let t0 = Instant::now();
@@ -165,6 +167,9 @@ pub fn train(
                 }
                 None => None,
             };
+            if last {
+                last_eval = Some(s.clone());
+            }
             (Some(s), t)
         } else {
             (None, None)
@@ -202,7 +207,11 @@ pub fn train(
             (0, f64::NEG_INFINITY),
             |b, (e, a)| if a > b.1 { (e, a) } else { b },
         );
-    let final_eval = evaluate(&members[0].vit, data.test, &data.normalize, bs, data.device)?;
+    let final_eval = match last_eval {
+        Some(e) => e,
+        // Resumed after the last epoch: nothing was evaluated in this process.
+        None => evaluate(&members[0].vit, data.test, &data.normalize, bs, data.device)?,
+    };
     let final_teacher_top1 = rows.last().and_then(|r| r.test_top1_teacher);
     Ok(TrainOutcome {
         rows,
