@@ -88,6 +88,15 @@ def run_one(a):
 
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+
+    def used():  # driver view, as `idat-pipe bench`: total - free on the device
+        free, total = torch.cuda.mem_get_info(dev)
+        return total - free
+
+    if cuda:
+        torch.zeros(1, device=dev)  # create the context before the baseline
+        mem_base = used()
     small, large = parse_model(a.model_s), parse_model(a.model_b)
     student, opt_s, n_s = build(large, a.classes, 1, dev)
     teacher, opt_t, n_t = (build(small, a.classes, 2, dev) if a.mode == "idat" else (None, None, 0))
@@ -98,9 +107,9 @@ def run_one(a):
     use_bf16 = a.dtype == "bf16"
     if use_bf16 and dev.type != "cuda":
         sys.exit("--dtype bf16 is for --device cuda")
-    cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
+        mem_peak = used()
     times = []
     for step in range(a.warmup + a.steps):
         t0 = time.perf_counter()
@@ -118,6 +127,8 @@ def run_one(a):
         if opt_t is not None:
             opt_t.step()
         loss.item()  # synchronises the device
+        if cuda:
+            mem_peak = max(mem_peak, used())
         if step >= a.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median_low(times)
@@ -136,6 +147,8 @@ def run_one(a):
         # ru_maxrss is KiB on Linux
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+        # the same measure as idat-pipe's device_mem_mib (allocator cache included)
+        "device_mem_mib": (mem_peak - mem_base) / 2**20 if cuda else None,
         "trainable": n_s + n_t,
         "torch": torch.__version__,
     }

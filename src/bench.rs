@@ -6,10 +6,15 @@
 //! - `at`: the adapter-tuning baseline step of the large model alone (CE, backward, AdamW).
 //!
 //! Peak memory is the process's `VmHWM` (peak resident set) from `/proc/self/status`, so
-//! every mode runs in its own process: `--mode all` re-runs this binary once per mode.
+//! every mode runs in its own process: `--mode all` re-runs this binary once per mode. On
+//! CUDA, the device memory the process holds is also measured, from inside the process:
+//! the driver's used memory (`total - free`, `cuMemGetInfo`) after every step, peak minus
+//! the value before the models were built (so the CUDA context itself is not counted).
+//! `benches/pytorch_step.py` reports the same measure for PyTorch.
 use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
 use crate::nn::loss::{cross_entropy, mse_logits};
 use crate::nn::optim::{AdamW, AdamWConfig};
+use crate::nn::precision::Precision;
 use crate::nn::vit::{Mode, Vit, VitConfig};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -37,6 +42,7 @@ pub struct StepBench {
     pub batch: usize,
     pub warmup: usize,
     pub steps: usize,
+    pub precision: Precision,
 }
 
 /// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
@@ -57,6 +63,24 @@ pub struct StepReport {
     pub peak_rss_mib: Option<f64>,
     /// Trainable parameters (student + teacher for `idat`).
     pub trainable: usize,
+    /// `f32` or `bf16` (mixed precision).
+    #[serde(default)]
+    pub precision: Precision,
+    /// CUDA: peak device memory held by the process beyond its context, MiB (see the
+    /// module docs); None on CPU.
+    #[serde(default)]
+    pub device_mem_mib: Option<f64>,
+}
+
+/// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
+pub fn device_used_bytes(dev: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some((total - free) as u64);
+    }
+    let _ = dev;
+    None
 }
 
 /// The process's peak resident set size (`VmHWM`) in bytes (Linux only).
@@ -72,15 +96,16 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn model(cfg: &VitConfig, dev: &Device, seed: u64) -> Result<(Vit, AdamW)> {
+fn model(cfg: &VitConfig, dev: &Device, seed: u64, precision: Precision) -> Result<(Vit, AdamW)> {
     let backbone = Vit::random_backbone(cfg, dev, seed)?;
-    let vit = Vit::new(
+    let mut vit = Vit::new(
         cfg,
         &AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
         backbone,
         dev,
         seed,
     )?;
+    vit.set_precision(precision)?;
     let opt = AdamW::new(vit.trainable(), AdamWConfig::default())?;
     Ok((vit, opt))
 }
@@ -101,9 +126,11 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
             b.large.num_classes
         );
     }
-    let (mut student, mut opt_s) = model(&b.large, dev, 1)?;
+    let mem_base = device_used_bytes(dev);
+    let mut mem_peak = mem_base;
+    let (mut student, mut opt_s) = model(&b.large, dev, 1, b.precision)?;
     let mut teacher = match b.kind {
-        StepKind::Idat => Some(model(&b.small, dev, 2)?),
+        StepKind::Idat => Some(model(&b.small, dev, 2, b.precision)?),
         StepKind::At => None,
     };
     let cfg = &b.large;
@@ -136,6 +163,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         }
         // Wait for the device (CUDA is asynchronous) by reading the loss back.
         let _ = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        mem_peak = mem_peak.max(device_used_bytes(dev));
         if step >= b.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -159,30 +187,39 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         images_per_s: b.batch as f64 * 1e3 / median_ms,
         peak_rss_mib: peak_rss_bytes().map(|v| v as f64 / (1u64 << 20) as f64),
         trainable,
+        precision: b.precision,
+        device_mem_mib: match (mem_base, mem_peak) {
+            (Some(base), Some(peak)) => {
+                Some(peak.saturating_sub(base) as f64 / (1u64 << 20) as f64)
+            }
+            _ => None,
+        },
     })
 }
 
 /// A Markdown table row of a report.
 pub fn table_row(r: &StepReport) -> String {
+    let mib = |m: Option<f64>| m.map_or("n/a".into(), |m| format!("{m:.0} MiB"));
     format!(
-        "| {} | {} | {} | {} | {:.1} ms (min {:.1}) | {:.2} | {} |",
+        "| {} | {} | {} | {} | {} | {:.1} ms (min {:.1}) | {:.2} | {} | {} |",
         match r.kind {
             StepKind::Idat => "iDAT (S teacher + B student)",
             StepKind::At => "AT (B alone)",
         },
         r.device,
+        r.precision,
         r.threads,
         r.batch,
         r.median_ms,
         r.min_ms,
         r.images_per_s,
-        r.peak_rss_mib
-            .map_or("n/a".into(), |m| format!("{m:.0} MiB")),
+        mib(r.peak_rss_mib),
+        mib(r.device_mem_mib),
     )
 }
 
 /// The header matching [`table_row`].
-pub const TABLE_HEADER: &str = "| step | device | threads | batch | median step | images/s | peak RSS |\n|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| step | device | precision | threads | batch | median step | images/s | peak RSS | device memory |\n|---|---|---|---|---|---|---|---|---|";
 
 /// `idat-pipe bench` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -216,6 +253,9 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// `f32`, or `bf16` mixed precision (frozen-backbone products in bfloat16; for CUDA).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 /// Runs `idat-pipe bench`.
@@ -253,6 +293,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
                 ("--model-s", a.model_s.clone()),
                 ("--model-b", a.model_b.clone()),
                 ("--classes", a.classes.to_string()),
+                ("--precision", a.precision.to_string()),
             ] {
                 c.arg(f).arg(v);
             }
@@ -290,6 +331,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
                 batch: a.batch,
                 warmup: a.warmup,
                 steps: a.steps,
+                precision: a.precision,
             },
             &dev,
         )?]

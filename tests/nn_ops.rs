@@ -187,13 +187,13 @@ fn attention_fused_matches_composed() {
     let qkv = (rand_tensor(&[2, 7, 36], 18) * 2.0).unwrap();
     compare(
         &[qkv],
-        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp).unwrap(),
+        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None).unwrap(),
         1e-5,
     );
     // With attention dropout active in training, the composed path is used (masks apply).
     let qkv = rand_tensor(&[2, 7, 36], 19);
-    let a = ops::attention(&qkv, 3, 0.5, &mut Masks::train(1), OpsImpl::Fused).unwrap();
-    let b = ops::attention(&qkv, 3, 0.5, &mut Masks::eval(), OpsImpl::Fused).unwrap();
+    let a = ops::attention(&qkv, 3, 0.5, &mut Masks::train(1), OpsImpl::Fused, None).unwrap();
+    let b = ops::attention(&qkv, 3, 0.5, &mut Masks::eval(), OpsImpl::Fused, None).unwrap();
     assert!(
         max_abs_diff(&a, &b) > 1e-3,
         "attention dropout had no effect"

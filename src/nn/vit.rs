@@ -18,6 +18,7 @@ use crate::nn::init::{self, Init};
 use crate::nn::masks::Masks;
 use crate::nn::ops::{self, OpsImpl};
 use crate::nn::params::{Param, ParamStore};
+use crate::nn::precision::Precision;
 use candle_core::{bail, DType, Device, IndexOp, Result, Tensor, Var};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -238,6 +239,10 @@ pub(crate) struct Fwd<'a> {
     pub p: &'a ParamStore,
     pub ops: OpsImpl,
     pub masks: Masks,
+    /// Low-precision copies of frozen matrix weights (bf16 mixed precision; else empty).
+    pub low: &'a BTreeMap<String, Tensor>,
+    /// The dtype of those copies.
+    pub low_dtype: Option<DType>,
 }
 
 impl Fwd<'_> {
@@ -252,6 +257,7 @@ impl Fwd<'_> {
         if self.p.is_trainable(&wname) {
             return ops::linear(x, w, b);
         }
+        let w = self.low.get(&wname).unwrap_or(w);
         let y = ops::frozen_linear(x, w, if b_trainable { None } else { b }, self.ops)?;
         match (b, b_trainable) {
             (Some(b), true) => y.broadcast_add(b),
@@ -273,6 +279,9 @@ pub struct Vit {
     adapter: AdapterConfig,
     params: ParamStore,
     ops: OpsImpl,
+    precision: Precision,
+    /// Low-precision copies of the frozen matrix weights (see [`Vit::set_precision`]).
+    low: BTreeMap<String, Tensor>,
 }
 
 impl Vit {
@@ -346,6 +355,8 @@ impl Vit {
             adapter: adapter.clone(),
             params,
             ops: OpsImpl::default(),
+            precision: Precision::F32,
+            low: BTreeMap::new(),
         })
     }
 
@@ -405,6 +416,40 @@ impl Vit {
     /// Selects fused or composed elementary ops (default fused).
     pub fn set_ops_impl(&mut self, ops: OpsImpl) {
         self.ops = ops;
+    }
+
+    /// Selects f32 or bf16 mixed precision for the forward / backward pass (default f32).
+    /// bf16 keeps bf16 copies of the frozen matrix weights (patch embedding, qkv, proj,
+    /// fc1, fc2) beside the f32 originals, which stay untouched (exports and checkpoints
+    /// are f32); see [`Precision`].
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let mut low = BTreeMap::new();
+        if let Some(dt) = precision.low_dtype() {
+            let c = &self.cfg;
+            for (name, p) in self.params.iter() {
+                let Param::Frozen(t) = p else { continue };
+                let t = if name == "patch_embed.proj.weight" {
+                    t.reshape((c.embed_dim, c.in_chans * c.patch_size * c.patch_size))?
+                } else if name.starts_with("blocks.")
+                    && name.ends_with(".weight")
+                    && (name.contains(".attn.") || name.contains(".mlp."))
+                    && t.rank() == 2
+                {
+                    t.clone()
+                } else {
+                    continue;
+                };
+                low.insert(name.clone(), t.to_dtype(dt)?.contiguous()?);
+            }
+        }
+        self.low = low;
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// The precision set by [`Vit::set_precision`].
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Trainable variables sorted by name (adapter, head, and backbone tensors the method
@@ -495,6 +540,8 @@ impl Vit {
             p: &self.params,
             ops: self.ops,
             masks,
+            low: &self.low,
+            low_dtype: self.precision.low_dtype(),
         }
     }
 
@@ -520,12 +567,13 @@ impl Vit {
             f.p.get("patch_embed.proj.weight")?
                 .reshape((d, ch * p * p))?;
         let pe_b = f.p.get("patch_embed.proj.bias")?;
+        let pe_w = f.low.get("patch_embed.proj.weight").unwrap_or(&pe_w);
         let tokens = if f.p.is_trainable("patch_embed.proj.weight") {
-            ops::linear(&patches, &pe_w, Some(pe_b))?
+            ops::linear(&patches, pe_w, Some(pe_b))?
         } else if f.p.is_trainable("patch_embed.proj.bias") {
-            ops::frozen_linear(&patches, &pe_w, None, f.ops)?.broadcast_add(pe_b)?
+            ops::frozen_linear(&patches, pe_w, None, f.ops)?.broadcast_add(pe_b)?
         } else {
-            ops::frozen_linear(&patches, &pe_w, Some(pe_b), f.ops)?
+            ops::frozen_linear(&patches, pe_w, Some(pe_b), f.ops)?
         };
         let tokens = tokens.reshape((b, g * g, d))?;
         let tokens = adapters::ssf::apply(f, &self.adapter, "patch_embed", &tokens)?;
@@ -550,7 +598,14 @@ impl Vit {
             qkv = (qkv + delta)?;
         }
         let qkv = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.qkv"), &qkv)?;
-        let o = ops::attention(&qkv, c.num_heads, c.attn_drop_rate, &mut f.masks, f.ops)?;
+        let o = ops::attention(
+            &qkv,
+            c.num_heads,
+            c.attn_drop_rate,
+            &mut f.masks,
+            f.ops,
+            f.low_dtype,
+        )?;
         let o = f.linear(&o, &format!("{pre}.proj"))?;
         let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.proj"), &o)?;
         f.masks.dropout(&o, c.drop_rate)

@@ -1,4 +1,5 @@
 //! Training hyper-parameters, as they appear under `with:` of the training stages.
+use crate::nn::precision::Precision;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,10 @@ pub struct OptimConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// `f32`, or `bf16` mixed precision for the frozen backbone's matrix products (worth
+    /// it on CUDA; see docs/stages.md). Per-epoch test accuracies are computed in this
+    /// precision; the `eval` stage always evaluates in f32.
+    pub precision: Precision,
 }
 
 impl Default for OptimConfig {
@@ -40,6 +45,7 @@ impl Default for OptimConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            precision: Precision::F32,
         }
     }
 }

@@ -87,6 +87,9 @@ pub fn train(
         bail!("batch_size {bs} needs at least that many training images, the split has {n}");
     }
     let steps = n / bs; // drop last, as the official loader
+    for m in members.iter_mut() {
+        m.vit.set_precision(optim.precision)?;
+    }
     let total = optim.total_epochs();
     let sched = CosineSchedule {
         base_lr: optim.lr,

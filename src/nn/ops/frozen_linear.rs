@@ -1,16 +1,45 @@
 //! Linear layer with a frozen weight: the backward returns only dL/dx, so the
 //! weight-gradient GEMM that candle's matmul backward always computes is skipped and no
 //! gradient buffer is allocated for the frozen weight.
+//!
+//! CPU f32 runs one `gemm` call with the bias fused in. Every other case (bf16 on CPU, any
+//! dtype on CUDA) runs the backend's own matmul on the storage ([`backend_xwt`]); the bias
+//! is then added outside the op by the caller.
 
 use super::cpu::{slice, with_slice};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
-/// `x [.., K] -> x W^T + b` with `W [N, K]` and `b [N]` frozen; fused on CPU.
+/// `x [.., K] -> x W^T (+ b)` with `W [N, K]` and `b [N]` frozen.
 pub(crate) struct FrozenLinearOp {
-    /// Contiguous `[N, K]` weight.
+    /// Contiguous `[N, K]` weight, of the input's dtype and device.
     pub w: Tensor,
-    /// Optional contiguous `[N]` bias.
+    /// Optional contiguous `[N]` bias: CPU f32 only (see the module docs).
     pub b: Option<Tensor>,
+}
+
+/// `x [.., K] · w^T` through the backend's matmul, for a contiguous `x` and a contiguous
+/// `w [N, K]` on the same backend; returns the `[.., N]` result.
+fn backend_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+    let dims = xl.dims();
+    let k = dims[dims.len() - 1];
+    let (n, wk) = wl.shape().dims2()?;
+    if wk != k {
+        bail!("frozen_linear: input has {k} features, weight expects {wk}");
+    }
+    let Some((start, _)) = xl.contiguous_offsets() else {
+        bail!("frozen_linear: input must be contiguous");
+    };
+    if !wl.is_contiguous() {
+        bail!("frozen_linear: weight must be contiguous");
+    }
+    let m = xl.shape().elem_count() / k.max(1);
+    let lhs = Layout::contiguous_with_offset((m, k), start);
+    let rhs = wl.transpose(0, 1)?;
+    let out = x.matmul(w, (1, m, n, k), &lhs, &rhs)?;
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    Ok((out, Shape::from(shape)))
 }
 
 /// `dst[m, n] (+)= sum_k lhs[m, k] * w[n, k]` for row-major `lhs [m, k]`, `w [n, k]`, `dst [m, n]`.
@@ -30,7 +59,7 @@ pub(crate) fn gemm_xwt(
     if m == 0 || n == 0 {
         return;
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= 32 * 32 * 32 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -69,6 +98,16 @@ impl CustomOp1 for FrozenLinearOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !matches!(s, CpuStorage::F32(_)) {
+            if self.b.is_some() {
+                bail!("frozen_linear: a fused bias needs f32 input");
+            }
+            let (ws, wl) = self.w.storage_and_layout();
+            return match &*ws {
+                Storage::Cpu(w) => backend_xwt(s, l, w, wl),
+                _ => bail!("frozen_linear: the weight is not on the CPU"),
+            };
+        }
         let x = slice(s, l)?;
         let dims = l.dims();
         let k = dims[dims.len() - 1];
@@ -95,6 +134,21 @@ impl CustomOp1 for FrozenLinearOp {
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if self.b.is_some() {
+            bail!("frozen_linear: on CUDA the bias is added outside the op");
+        }
+        let (ws, wl) = self.w.storage_and_layout();
+        match &*ws {
+            Storage::Cuda(w) => backend_xwt(s, l, w, wl),
+            _ => bail!("frozen_linear: the weight is not on the CUDA device"),
+        }
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -75,16 +75,19 @@ pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
 /// Multi-head self-attention on the packed projection `qkv [B, N, 3D]` (last dim
 /// `q | k | v`, each head-major): `softmax(q k^T / sqrt(Dh)) v`, heads merged to
 /// `[B, N, D]`, with dropout rate `attn_drop` on the attention matrix drawn from `masks`.
-/// Fused (one op, no layout copies) on CPU when no attention dropout is active.
+/// Fused (one op, no layout copies) on CPU when no attention dropout is active and `low`
+/// is `None`. With `low` (bf16 mixed precision) the two products run in that dtype and
+/// the softmax in `qkv`'s dtype.
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
     attn_drop: f64,
     masks: &mut crate::nn::masks::Masks,
     imp: OpsImpl,
+    low: Option<DType>,
 ) -> Result<Tensor> {
     let dropout_active = masks.training() && attn_drop > 0.0;
-    if imp.fused_for(qkv) && !dropout_active {
+    if imp.fused_for(qkv) && !dropout_active && low.is_none() {
         return qkv
             .contiguous()?
             .apply_op1(attention::AttentionOp { heads });
@@ -95,12 +98,20 @@ pub fn attention(
     let qkv = qkv
         .reshape((b, n, 3, heads, dh))?
         .permute((2, 0, 3, 1, 4))?;
-    let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?.contiguous()?;
-    let k = qkv.i(1)?.contiguous()?;
-    let v = qkv.i(2)?.contiguous()?;
-    let attn = softmax_last_dim(&q.matmul(&k.t()?)?, imp)?;
-    let attn = masks.dropout(&attn, attn_drop)?;
-    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))
+    let dt = qkv.dtype();
+    let lo = low.unwrap_or(dt);
+    let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?
+        .to_dtype(lo)?
+        .contiguous()?;
+    let k = qkv.i(1)?.to_dtype(lo)?.contiguous()?;
+    let v = qkv.i(2)?.to_dtype(lo)?.contiguous()?;
+    let scores = q.matmul(&k.t()?)?.to_dtype(dt)?;
+    let attn = softmax_last_dim(&scores, imp)?;
+    let attn = masks.dropout(&attn, attn_drop)?.to_dtype(lo)?;
+    attn.matmul(&v)?
+        .to_dtype(dt)?
+        .transpose(1, 2)?
+        .reshape((b, n, d))
 }
 
 /// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
@@ -118,15 +129,36 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Linear layer whose weight and bias are frozen: no gradient is computed (or allocated)
-/// for them. Fused: the backward is a single GEMM for dL/dx. Composed: plain [`linear`]
-/// on detached parameters (candle then still computes the discarded weight gradient).
+/// for them. Fused: the backward is a single GEMM for dL/dx (CPU: one `gemm` call with the
+/// bias fused; other devices / dtypes: the backend's matmul). Composed: plain [`linear`] on
+/// detached parameters (candle then still computes the discarded weight gradient).
+///
+/// `w` may be a low-precision copy (bf16 mixed precision): `x` is then cast to its dtype
+/// for the product and the result cast back to `x`'s dtype; the bias is added after that,
+/// in `x`'s dtype.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) || imp == OpsImpl::FusedComposedLinear {
-        return linear(x, &w.detach(), b.map(|b| b.detach()).as_ref());
+    let out_dtype = x.dtype();
+    let xin = x.to_dtype(w.dtype())?;
+    let add_bias = |y: Tensor| match b {
+        Some(b) => y.broadcast_add(&b.detach()),
+        None => Ok(y),
+    };
+    if imp != OpsImpl::Fused {
+        return add_bias(linear(&xin, &w.detach(), None)?.to_dtype(out_dtype)?);
     }
+    let fuse_bias = xin.device().is_cpu() && xin.dtype() == DType::F32;
     let op = frozen_linear::FrozenLinearOp {
         w: w.detach().contiguous()?,
-        b: b.map(|b| b.detach().contiguous()).transpose()?,
+        b: if fuse_bias {
+            b.map(|b| b.detach().contiguous()).transpose()?
+        } else {
+            None
+        },
     };
-    x.contiguous()?.apply_op1(op)
+    let y = xin.contiguous()?.apply_op1(op)?.to_dtype(out_dtype)?;
+    if fuse_bias {
+        Ok(y)
+    } else {
+        add_bias(y)
+    }
 }
