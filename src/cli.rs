@@ -412,7 +412,11 @@ fn cmd_run(
         }
         let record = RunRecord::create(&a.runs_dir, &l.resolved, &l.overrides)?;
         let cancel = cancel_flag();
-        let ids: Vec<&str> = g.instances.iter().map(|i| i.id.as_str()).collect();
+        let ids: Vec<(&str, &str)> = g
+            .instances
+            .iter()
+            .map(|i| (i.id.as_str(), i.uses.as_str()))
+            .collect();
         let rep = reporter(&ids, a.jobs, quiet);
         let opts = LocalOptions {
             jobs: a.jobs,

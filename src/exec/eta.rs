@@ -1,8 +1,9 @@
 //! Whole-run ETA from per-stage durations. Extrapolating by instance count misleads as soon
 //! as instances differ in length (a demo starts with two long pretraining jobs and ends
 //! with many short evaluations), so each stage's instances are estimated from that stage's
-//! finished instances, else from its running ones' progress, else from the mean of all
-//! finished instances; the sum of the work left is spread over the CPU slots.
+//! finished instances, else from its running ones' progress, else from finished instances of
+//! stages of the same kind (`eval_idat` from `eval_at`), else from the mean of all finished
+//! instances; the sum of the work left is spread over the CPU slots.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -21,20 +22,25 @@ pub struct Eta {
     ran: BTreeMap<String, (f64, u64)>,
     /// Running instances: start and progress fraction.
     running: BTreeMap<String, (Instant, f64)>,
+    /// Stage kind of each stage.
+    kinds: BTreeMap<String, String>,
 }
 
 impl Eta {
-    /// For the instances `ids` of a run with `slots` parallel CPU slots.
-    pub fn new<'a>(ids: impl IntoIterator<Item = &'a str>, slots: usize) -> Eta {
+    /// For the instances `(id, stage kind)` of a run with `slots` parallel CPU slots.
+    pub fn new<'a>(instances: impl IntoIterator<Item = (&'a str, &'a str)>, slots: usize) -> Eta {
         let mut waiting = BTreeMap::new();
-        for id in ids {
+        let mut kinds = BTreeMap::new();
+        for (id, kind) in instances {
             *waiting.entry(stage_of(id).to_string()).or_insert(0) += 1;
+            kinds.insert(stage_of(id).to_string(), kind.to_string());
         }
         Eta {
             slots: slots.max(1) as f64,
             waiting,
             ran: BTreeMap::new(),
             running: BTreeMap::new(),
+            kinds,
         }
     }
 
@@ -90,6 +96,15 @@ impl Eta {
         if !proj.is_empty() {
             return Some(proj.iter().sum::<f64>() / proj.len() as f64);
         }
+        let kind = self.kinds.get(stage);
+        let (sum, n) = self
+            .ran
+            .iter()
+            .filter(|(s, _)| self.kinds.get(*s) == kind)
+            .fold((0.0, 0), |(s, n), (_, &(a, b))| (s + a, n + b));
+        if n > 0 {
+            return Some(sum / n as f64);
+        }
         let (sum, n) = self
             .ran
             .values()
@@ -122,7 +137,13 @@ mod tests {
 
     #[test]
     fn stages_are_estimated_separately() {
-        let ids = ["pre", "train[s=1]", "train[s=2]", "train[s=3]", "eval[s=1]"];
+        let ids = [
+            ("pre", "model/pretrain"),
+            ("train[s=1]", "train/adapt"),
+            ("train[s=2]", "train/adapt"),
+            ("train[s=3]", "train/adapt"),
+            ("eval[s=1]", "eval"),
+        ];
         let mut e = Eta::new(ids, 1);
         assert_eq!(e.seconds_left(), None);
         e.started("pre");
@@ -139,8 +160,26 @@ mod tests {
     }
 
     #[test]
+    fn a_new_stage_of_a_known_kind_borrows_its_durations() {
+        let ids = [
+            ("pre", "model/pretrain"),
+            ("eval_a[s=1]", "eval"),
+            ("eval_b[s=1]", "eval"),
+            ("eval_b[s=2]", "eval"),
+        ];
+        let mut e = Eta::new(ids, 1);
+        e.started("pre");
+        e.finished("pre", "ran", 100.0);
+        e.started("eval_a[s=1]");
+        e.finished("eval_a[s=1]", "ran", 2.0);
+        // eval_b: 2 x 2 s from eval_a (same kind), not the 51 s mean of everything.
+        assert_eq!(e.seconds_left(), Some(4.0));
+    }
+
+    #[test]
     fn slots_divide_the_work() {
-        let mut e = Eta::new(["a[1]", "a[2]", "a[3]", "a[4]", "a[5]"], 2);
+        let ids = ["a[1]", "a[2]", "a[3]", "a[4]", "a[5]"];
+        let mut e = Eta::new(ids.map(|i| (i, "k")), 2);
         e.started("a[1]");
         e.finished("a[1]", "ran", 8.0);
         assert_eq!(e.seconds_left(), Some(16.0));
@@ -148,7 +187,7 @@ mod tests {
 
     #[test]
     fn cached_instances_reported_without_start_leave_the_queue() {
-        let mut e = Eta::new(["a[1]", "a[2]"], 1);
+        let mut e = Eta::new([("a[1]", "k"), ("a[2]", "k")], 1);
         e.finished("a[1]", "cached", 0.0);
         e.started("a[2]");
         e.finished("a[2]", "ran", 3.0);

@@ -17,10 +17,11 @@ pub trait Reporter: Send + Sync {
     fn line(&self, msg: &str);
 }
 
-/// Choose bars, plain lines or silence, for the instances `ids` run on `slots` CPU slots.
-pub fn reporter(ids: &[&str], slots: usize, quiet: bool) -> Arc<dyn Reporter> {
-    let total = ids.len() as u64;
-    let eta = Eta::new(ids.iter().copied(), slots);
+/// Choose bars, plain lines or silence, for the instances `(id, stage kind)` run on `slots`
+/// CPU slots.
+pub fn reporter(instances: &[(&str, &str)], slots: usize, quiet: bool) -> Arc<dyn Reporter> {
+    let total = instances.len() as u64;
+    let eta = Eta::new(instances.iter().copied(), slots);
     if quiet {
         Arc::new(Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -316,7 +317,7 @@ mod tests {
         let ids: Vec<String> = (0..54).map(|i| format!("at[seed={i}]")).collect();
         let mut s = PlainState {
             done: 0,
-            eta: Eta::new(ids.iter().map(String::as_str), 1),
+            eta: Eta::new(ids.iter().map(|i| (i.as_str(), "train/adapt")), 1),
             messages: Default::default(),
         };
         assert!(progress_line(&s, 54, 1.0).contains("ETA ?"));

@@ -155,10 +155,11 @@ pub fn train(
             let done = (epoch * steps + step + 1) as u64;
             ctx.progress.set_position(done);
             ctx.progress.set_message(&format!(
-                "epoch {}/{total} step {}/{steps} loss {:.4}",
+                "epoch {}/{total} step {}/{steps} loss {:.4} train acc {:.1}%",
                 epoch + 1,
                 step + 1,
-                sums.mean_loss()
+                sums.mean_loss(),
+                100.0 * sums.correct as f64 / ((step + 1) * bs) as f64
             ));
         }
         let last = epoch + 1 == total;
