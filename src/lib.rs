@@ -7,6 +7,7 @@
 //! `uses:` kind does), built on `nn` (ViT, adapters, losses, optimiser, checkpoints),
 //! `data` (VTAB-1K, images, the embedded mini benchmark), `train` and `report`.
 
+pub mod alloc;
 pub mod bench;
 pub mod cache;
 pub mod cli;

@@ -5,5 +5,6 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    idat_pipe::alloc::keep_freed_memory();
     idat_pipe::cli::main()
 }
