@@ -127,43 +127,53 @@ fn grads_of(vit: &Vit, x: &Tensor, y: &Tensor) -> (candle_core::backprop::GradSt
     (loss.backward().unwrap(), logits)
 }
 
-#[test]
-fn every_trainable_tensor_gets_a_nonzero_gradient_and_frozen_ones_none() {
+/// Runs `f` on a freshly built, perturbed tiny model of every method with fused and composed
+/// ops, and a batch of 3 images (drawn from `seed`) with labels.
+fn each_method_and_ops(
+    seed: u64,
+    mut f: impl FnMut(&AdapterConfig, OpsImpl, &mut Vit, &Tensor, &Tensor),
+) {
     let cfg = tiny_config();
-    let x = rand_tensor(&[3, 3, 16, 16], 5);
+    let x = rand_tensor(&[3, 3, 16, 16], seed);
     let y = Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap();
     for m in all_methods() {
         for ops in [OpsImpl::Fused, OpsImpl::Composed] {
             let mut vit = build(&cfg, &m);
             vit.set_ops_impl(ops);
             perturb_zero_tensors(&vit);
-            let (grads, _) = grads_of(&vit, &x, &y);
-            for (name, var) in vit.trainable() {
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("{} {ops:?}: no grad for {name}", m.name()));
-                let s = g
-                    .abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    s > 0.0 && s.is_finite(),
-                    "{} {ops:?}: gradient of {name} is {s}",
-                    m.name()
-                );
-            }
-            if ops == OpsImpl::Fused {
-                for (name, t) in vit.frozen() {
-                    assert!(
-                        grads.get(&t).is_none(),
-                        "{}: frozen {name} got a gradient buffer",
-                        m.name()
-                    );
-                }
-            }
+            f(&m, ops, &mut vit, &x, &y);
+        }
+    }
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_nonzero_gradient_and_frozen_ones_none() {
+    each_method_and_ops(5, |m, ops, vit, x, y| {
+        let (grads, _) = grads_of(vit, x, y);
+        assert_gradients(vit, &grads, ops, &format!("{} {ops:?}", m.name()));
+    });
+}
+
+/// Every trainable tensor has a finite, non-zero f32 gradient; with fused ops no frozen
+/// tensor has a gradient buffer.
+fn assert_gradients(vit: &Vit, grads: &candle_core::backprop::GradStore, ops: OpsImpl, what: &str) {
+    for (name, var) in vit.trainable() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: no grad for {name}"));
+        assert_eq!(g.dtype(), DType::F32, "{what}: {name} gradient dtype");
+        let s = abs_sum(g);
+        assert!(
+            s > 0.0 && s.is_finite(),
+            "{what}: gradient of {name} is {s}"
+        );
+    }
+    if ops == OpsImpl::Fused {
+        for (name, t) in vit.frozen() {
+            assert!(
+                grads.get(&t).is_none(),
+                "{what}: frozen {name} got a gradient buffer"
+            );
         }
     }
 }
@@ -419,56 +429,25 @@ fn adapter_configs_parse_by_method_name() {
 #[test]
 fn bf16_mixed_precision_tracks_f32_and_trains_every_tensor() {
     use idat_pipe::nn::precision::Precision;
-    let cfg = tiny_config();
-    let x = rand_tensor(&[3, 3, 16, 16], 7);
-    let y = Tensor::new(&[0u32, 3, 4], &Device::Cpu).unwrap();
-    for m in all_methods() {
-        for ops in [OpsImpl::Fused, OpsImpl::Composed] {
-            let mut vit = build(&cfg, &m);
-            vit.set_ops_impl(ops);
-            perturb_zero_tensors(&vit);
-            let (g32, l32) = grads_of(&vit, &x, &y);
-            vit.set_precision(Precision::Bf16).unwrap();
-            assert_eq!(vit.precision(), Precision::Bf16);
-            let (g16, l16) = grads_of(&vit, &x, &y);
-            assert_eq!(l16.dtype(), DType::F32, "logits stay f32");
-            let e = rel_err(&l16, &l32);
-            // (Full fine-tuning has no frozen matrices; its attention products still run in bf16.)
-            assert!(e > 0.0, "{} {ops:?}: bf16 changed nothing", m.name());
-            assert!(e < 3e-2, "{} {ops:?}: bf16 logits off by {e}", m.name());
-            for (name, var) in vit.trainable() {
-                let g = g16
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("{} {ops:?}: no bf16 grad for {name}", m.name()));
-                assert_eq!(g.dtype(), DType::F32, "{name}: gradient dtype");
-                let s = g
-                    .abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    s > 0.0 && s.is_finite(),
-                    "{} {ops:?}: {name} grad {s}",
-                    m.name()
-                );
-                let e = rel_err(g, g32.get(var.as_tensor()).unwrap());
-                assert!(e < 0.1, "{} {ops:?}: {name} bf16 grad off by {e}", m.name());
-            }
-            if ops == OpsImpl::Fused {
-                for (name, t) in vit.frozen() {
-                    assert!(
-                        g16.get(&t).is_none(),
-                        "{}: frozen {name} got a gradient",
-                        m.name()
-                    );
-                }
-            }
-            // Back to f32: bit-identical logits to the first pass.
-            vit.set_precision(Precision::F32).unwrap();
-            let (_, again) = grads_of(&vit, &x, &y);
-            assert_eq!(rel_err(&again, &l32), 0.0, "{}: f32 after bf16", m.name());
+    each_method_and_ops(7, |m, ops, vit, x, y| {
+        let (g32, l32) = grads_of(vit, x, y);
+        vit.set_precision(Precision::Bf16).unwrap();
+        assert_eq!(vit.precision(), Precision::Bf16);
+        let (g16, l16) = grads_of(vit, x, y);
+        assert_eq!(l16.dtype(), DType::F32, "logits stay f32");
+        let e = rel_err(&l16, &l32);
+        // (Full fine-tuning has no frozen matrices; its attention products still run in bf16.)
+        assert!(e > 0.0, "{} {ops:?}: bf16 changed nothing", m.name());
+        assert!(e < 3e-2, "{} {ops:?}: bf16 logits off by {e}", m.name());
+        assert_gradients(vit, &g16, ops, &format!("{} {ops:?} bf16", m.name()));
+        for (name, var) in vit.trainable() {
+            let g = g16.get(var.as_tensor()).expect("checked above");
+            let e = rel_err(g, g32.get(var.as_tensor()).unwrap());
+            assert!(e < 0.1, "{} {ops:?}: {name} bf16 grad off by {e}", m.name());
         }
-    }
+        // Back to f32: bit-identical logits to the first pass.
+        vit.set_precision(Precision::F32).unwrap();
+        let (_, again) = grads_of(vit, x, y);
+        assert_eq!(rel_err(&again, &l32), 0.0, "{}: f32 after bf16", m.name());
+    });
 }

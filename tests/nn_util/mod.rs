@@ -32,6 +32,16 @@ pub fn backbone(all: &HashMap<String, Tensor>) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// sum |t| as f32.
+pub fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// max |a - b| / max |b|.
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
