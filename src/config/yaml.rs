@@ -180,6 +180,8 @@ pub struct SyntaxError {
 
 /// Parse YAML text into a value with node positions. Aliases, depth and node
 /// counts are bounded by serde-saphyr's default budget; size by [`MAX_FILE_BYTES`].
+/// Booleans are YAML 1.2's `true` / `false` only (`yes`, `no`, `on`, `off`, `y`, `n` are
+/// strings).
 pub fn parse(text: &str) -> Result<Located, SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
@@ -198,7 +200,10 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
                 .into(),
         });
     }
-    let node: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| {
+    // YAML 1.2 core booleans only: under YAML 1.1 rules a param named `n` or `y`, or a value
+    // `no` / `on`, silently became a boolean.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let node: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let pos = e.location().map(|l| Pos {
             line: l.line(),
             col: l.column(),
@@ -241,6 +246,17 @@ mod tests {
         assert_eq!(doc.pos("a.b").line, 2);
         assert_eq!(doc.pos("a.c.0.x"), Pos { line: 4, col: 10 });
         assert_eq!(doc.pos("a.c.0.x.missing").line, 4);
+    }
+
+    #[test]
+    fn only_yaml_1_2_spellings_are_booleans() {
+        let doc = parse("n: 1\ny: 2\nflags: [yes, no, on, off, Y, N, true, False]\n").unwrap();
+        assert_eq!(doc.value["n"], 1, "key `n` stays a string key");
+        assert_eq!(doc.value["y"], 2);
+        assert_eq!(
+            doc.value["flags"],
+            serde_json::json!(["yes", "no", "on", "off", "Y", "N", true, false])
+        );
     }
 
     #[test]
