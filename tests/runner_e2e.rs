@@ -434,6 +434,13 @@ fn t_failure() {
             .count(),
         1
     );
+    // ... and the failed instances left no scratch directories behind.
+    let left: Vec<_> = std::fs::read_dir(d.path().join(".idat/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let (out, _) = ok(&cli(d.path(), &["plan", &p]));
     assert!(out.contains("will run  bad: failed before: boom"), "{out}");
     // Without --keep-going the run stops launching after the first failure.

@@ -133,8 +133,11 @@ pub fn exec_stage(job: &StageJob) -> Outcome {
             return Outcome::Failed(format!("{e:#}"));
         }
     }
+    let tmp = match cache.fresh_tmp(&key) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
     let result = (|| -> anyhow::Result<Manifest> {
-        let tmp = cache.fresh_tmp(&key)?;
         let out = tmp.join("out");
         std::fs::create_dir_all(&out)?;
         ctx.out_dir = out.clone();
@@ -160,10 +163,12 @@ pub fn exec_stage(job: &StageJob) -> Outcome {
         ctx.check_cancel()?;
         let secs = t0.elapsed().as_secs_f64();
         let m = cache.commit(&out, &job.instance.id, &job.parts, secs)?;
-        let _ = std::fs::remove_dir_all(&tmp);
         ctx.log(format!("== committed {key} in {secs:.2}s"));
         Ok(m)
     })();
+    // Committed or failed, the scratch directory is not needed any more (a failed instance's
+    // partial outputs are never read; its log and checkpoints live elsewhere).
+    let _ = crate::cache::store::remove_tree(&tmp);
     match result {
         Ok(m) => {
             let _ = cache.write_record(&InstanceRecord {
