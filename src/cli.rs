@@ -503,12 +503,14 @@ fn cmd_gc(cache_dir: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let cache = Cache::open(cache_dir)?;
     let r = gc(&cache, dry_run)?;
     println!(
-        "{} {} entries, {} temporary dirs, {} checkpoints, {} corrupt entries ({:.1} MiB)",
+        "{} {} entries, {} temporary dirs, {} checkpoints, {} corrupt entries, {} stale \
+         external-input memos ({:.1} MiB)",
         if dry_run { "would remove" } else { "removed" },
         r.entries.len(),
         r.tmp,
         r.pending,
         r.corrupt,
+        r.external,
         r.bytes as f64 / (1 << 20) as f64
     );
     Ok(ExitCode::SUCCESS)

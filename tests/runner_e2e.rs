@@ -744,6 +744,13 @@ fn t_external() {
     let o = cli(d.path(), &["run", &p]);
     assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
     assert!(text(&o).1.contains("external input data"), "{:?}", text(&o));
+    // Its hash memo is stale now: gc removes it.
+    let (out, _) = ok(&cli(d.path(), &["gc"]));
+    assert!(out.contains(", 1 stale external-input memos"), "{out}");
+    let memos = std::fs::read_dir(d.path().join(".idat/external"))
+        .unwrap()
+        .count();
+    assert_eq!(memos, 0);
 }
 
 /// Without a terminal, `run` prints a `progress:` line every IDAT_PROGRESS_SECS seconds.

@@ -183,9 +183,52 @@ fn write_memo(path: &Path, memo: &Memo) -> Result<()> {
     Ok(())
 }
 
+/// Memo files under `<cache_root>/external` whose input folder or file no longer exists, or
+/// that cannot be read as a memo. Memos are only a speed-up (the next run re-hashes), so
+/// removing them loses nothing.
+pub fn stale_memos(cache_root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(cache_root.join("external")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let memo = fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Memo>(&b).ok());
+            match memo {
+                Some(m) => !Path::new(&m.root).exists(),
+                None => true,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memos_of_vanished_inputs_are_stale() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = t.path().join("cache");
+        let (kept, gone) = (t.path().join("kept"), t.path().join("gone"));
+        fs::create_dir_all(&kept).unwrap();
+        fs::create_dir_all(&gone).unwrap();
+        fs::write(kept.join("a"), b"1").unwrap();
+        fs::write(gone.join("b"), b"2").unwrap();
+        hash_external(&cache, &kept).unwrap();
+        hash_external(&cache, &gone).unwrap();
+        assert!(stale_memos(&cache).is_empty());
+        let gone_memo = memo_path(&cache, &fs::canonicalize(&gone).unwrap());
+        fs::remove_dir_all(&gone).unwrap();
+        fs::write(cache.join("external/garbage.json"), b"{not json").unwrap();
+        let mut stale = stale_memos(&cache);
+        stale.sort();
+        let mut want = vec![gone_memo, cache.join("external/garbage.json")];
+        want.sort();
+        assert_eq!(stale, want);
+    }
 
     fn set_mtime(p: &Path, secs: u64) {
         let f = fs::File::options().write(true).open(p).unwrap();

@@ -11,12 +11,15 @@ pub struct GcReport {
     pub tmp: usize,
     pub pending: usize,
     pub corrupt: usize,
+    /// External-input hash memos whose input is gone (or unreadable memos).
+    pub external: usize,
     pub bytes: u64,
 }
 
 /// Remove entries that no instance record points at (superseded results), temporary
-/// directories and checkpoints whose key is not locked by a live run, and quarantined
-/// corrupt entries. Entries a record points at are kept.
+/// directories and checkpoints whose key is not locked by a live run, quarantined
+/// corrupt entries, and hash memos of external inputs that no longer exist. Entries a
+/// record points at are kept.
 pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
     let live: HashSet<String> = cache.records().into_iter().map(|r| r.key).collect();
     let mut rep = GcReport::default();
@@ -66,6 +69,13 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
         rep.corrupt += 1;
         if !dry_run {
             remove_tree(&e.path())?;
+        }
+    }
+    for p in super::external::stale_memos(&cache.root) {
+        rep.bytes += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        rep.external += 1;
+        if !dry_run {
+            fs::remove_file(&p)?;
         }
     }
     Ok(rep)
