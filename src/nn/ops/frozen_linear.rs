@@ -116,16 +116,24 @@ impl CustomOp1 for FrozenLinearOp {
             bail!("frozen_linear: input has {k} features, weight expects {wk}");
         }
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        let accumulate = match &self.b {
+        // With a bias the output starts as bias rows (written once, no zero-fill first) and
+        // the GEMM accumulates onto them.
+        let (mut out, accumulate) = match &self.b {
             Some(b) => {
-                with_slice(b, |bs| {
-                    out.chunks_mut(n).for_each(|row| row.copy_from_slice(bs));
-                    Ok(())
+                let out = with_slice(b, |bs| {
+                    if bs.len() != n {
+                        bail!(
+                            "frozen_linear: bias has {} values, weight has {n} rows",
+                            bs.len()
+                        );
+                    }
+                    let mut out = Vec::with_capacity(m * n);
+                    (0..m).for_each(|_| out.extend_from_slice(bs));
+                    Ok(out)
                 })?;
-                true
+                (out, true)
             }
-            None => false,
+            None => (vec![0f32; m * n], false),
         };
         with_slice(&self.w, |ws| {
             gemm_xwt(&mut out, accumulate, x, ws, m, n, k);
