@@ -2,8 +2,9 @@
 //! as instances differ in length (a demo starts with two long pretraining jobs and ends
 //! with many short evaluations), so each stage's instances are estimated from that stage's
 //! finished instances, else from its running ones' progress, else from finished instances of
-//! stages of the same kind (`eval_idat` from `eval_at`), else from the mean of all finished
-//! instances; the sum of the work left is spread over the CPU slots.
+//! stages of the same kind (`eval_idat` from `eval_at`), else from the median of all finished
+//! instances (a median, so that two long pretraining jobs do not make every unknown stage look
+//! long); the sum of the work left is spread over the CPU slots.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -11,6 +12,18 @@ use std::time::Instant;
 /// The stage part of an instance id (`train[task=a,seed=1]` -> `train`).
 fn stage_of(id: &str) -> &str {
     id.split('[').next().unwrap_or(id)
+}
+
+/// Median (mean of the two middle values for an even count); None when empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// Running estimate of the time left in a run.
@@ -24,6 +37,8 @@ pub struct Eta {
     running: BTreeMap<String, (Instant, f64)>,
     /// Stage kind of each stage.
     kinds: BTreeMap<String, String>,
+    /// Durations of every instance that really ran.
+    all: Vec<f64>,
 }
 
 impl Eta {
@@ -41,6 +56,7 @@ impl Eta {
             ran: BTreeMap::new(),
             running: BTreeMap::new(),
             kinds,
+            all: Vec::new(),
         }
     }
 
@@ -72,6 +88,7 @@ impl Eta {
             let e = self.ran.entry(stage_of(id).to_string()).or_insert((0.0, 0));
             e.0 += seconds;
             e.1 += 1;
+            self.all.push(seconds);
         }
     }
 
@@ -105,11 +122,7 @@ impl Eta {
         if n > 0 {
             return Some(sum / n as f64);
         }
-        let (sum, n) = self
-            .ran
-            .values()
-            .fold((0.0, 0), |(s, n), &(a, b)| (s + a, n + b));
-        (n > 0).then(|| sum / n as f64)
+        median(&self.all)
     }
 
     /// Seconds left, or None while there is nothing to base it on.
@@ -152,7 +165,7 @@ mod tests {
         assert_eq!(e.seconds_left(), Some(400.0));
         e.started("train[s=1]");
         e.finished("train[s=1]", "ran", 10.0);
-        // train: 2 x 10 s; eval: falls back to the mean of all (110 / 2 = 55 s).
+        // train: 2 x 10 s; eval: falls back to the median of all (of 100 and 10: 55 s).
         assert_eq!(e.seconds_left(), Some(75.0));
         e.started("eval[s=1]");
         e.finished("eval[s=1]", "cached", 0.0);
@@ -174,6 +187,25 @@ mod tests {
         e.finished("eval_a[s=1]", "ran", 2.0);
         // eval_b: 2 x 2 s from eval_a (same kind), not the 51 s mean of everything.
         assert_eq!(e.seconds_left(), Some(4.0));
+    }
+
+    #[test]
+    fn unknown_stages_use_the_median_not_the_mean() {
+        let ids = [
+            ("pre", "model/pretrain"),
+            ("d[1]", "data"),
+            ("d[2]", "data"),
+            ("e[1]", "eval"),
+        ];
+        let mut e = Eta::new(ids, 1);
+        for (id, secs) in [("pre", 120.0), ("d[1]", 1.0), ("d[2]", 3.0)] {
+            e.started(id);
+            e.finished(id, "ran", secs);
+        }
+        // Median of 120, 1, 3 is 3 s (the mean would be 41 s).
+        assert_eq!(e.seconds_left(), Some(3.0));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 
     #[test]
