@@ -14,8 +14,12 @@ use std::os::raw::c_long;
 /// do not name it). Its v3 default is 1000 (ms, options.c), which the tests check.
 pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Never return freed memory to the OS before exit.
+/// Never return freed memory to the OS before exit, unless the user chose a purge delay
+/// with mimalloc's own `MIMALLOC_PURGE_DELAY` variable (then that value stays).
 pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only stores an option value; any option index in range is valid.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1 as c_long) }
 }
