@@ -71,11 +71,12 @@ enum State {
     Skipped,
 }
 
-/// Run every instance of `graph` (cached ones are verified and reused).
 impl RunSummary {
-    /// An instance that failed before it could start (no log, no key): recorded as failed
-    /// in the failure report and the trace.
-    fn fail_before_start(&mut self, instance: &str, error: String) {
+    /// An instance that failed before it could start (no log, no key): reported as
+    /// finished-failed (progress and ETA count it) and recorded in the failure report and
+    /// the trace.
+    fn fail_before_start(&mut self, reporter: &dyn Reporter, instance: &str, error: String) {
+        reporter.finished(instance, "failed", 0.0);
         let now = unix_now();
         self.failed.push(Failure {
             instance: instance.to_string(),
@@ -94,6 +95,7 @@ impl RunSummary {
     }
 }
 
+/// Run every instance of `graph` (cached ones are verified and reused).
 pub fn run_local(
     graph: &Graph,
     registry: &Registry,
@@ -147,7 +149,7 @@ pub fn run_local(
                         opts.gpus
                     );
                     state[i] = State::Failed;
-                    summary.fail_before_start(&inst.id, err);
+                    summary.fail_before_start(reporter.as_ref(), &inst.id, err);
                     if !opts.keep_going {
                         stop_launching = true;
                         break;
@@ -177,8 +179,7 @@ pub fn run_local(
                     Err(err) => {
                         // An unreadable external input: the instance fails before it starts.
                         state[i] = State::Failed;
-                        reporter.finished(&inst.id, "failed", 0.0);
-                        summary.fail_before_start(&inst.id, err);
+                        summary.fail_before_start(reporter.as_ref(), &inst.id, err);
                         if !opts.keep_going {
                             stop_launching = true;
                             break;
