@@ -1,5 +1,7 @@
 //! `idat-pipe infer` through the binary: a tiny random model and tiny images; the CSV's
 //! logits must equal a direct library forward of the same preprocessing.
+mod nn_util;
+
 use assert_cmd::Command;
 use candle_core::{Device, Tensor};
 use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize};
@@ -11,18 +13,8 @@ use std::path::{Path, PathBuf};
 
 fn cfg(classes: usize) -> VitConfig {
     VitConfig {
-        img_size: 16,
-        patch_size: 8,
-        in_chans: 3,
         num_classes: classes,
-        embed_dim: 32,
-        depth: 2,
-        num_heads: 4,
-        mlp_ratio: 2.0,
-        qkv_bias: true,
-        drop_rate: 0.0,
-        attn_drop_rate: 0.0,
-        drop_path_rate: 0.0,
+        ..nn_util::tiny_config()
     }
 }
 

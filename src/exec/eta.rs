@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(e.seconds_left(), None);
         e.started("pre");
         e.finished("pre", "ran", 100.0);
-        // Nothing known about train/eval yet: the mean of finished instances (100 s).
+        // Nothing known about train/eval yet: the median of finished instances (100 s).
         assert_eq!(e.seconds_left(), Some(400.0));
         e.started("train[s=1]");
         e.finished("train[s=1]", "ran", 10.0);
