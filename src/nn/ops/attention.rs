@@ -89,7 +89,7 @@ pub(crate) struct AttentionOp {
     pub heads: usize,
 }
 
-struct Dims {
+pub(crate) struct Dims {
     n: usize,
     d: usize,
     dh: usize,
@@ -97,7 +97,68 @@ struct Dims {
 }
 
 impl AttentionOp {
-    fn dims(&self, shape: &[usize]) -> Result<(usize, Dims)> {
+    /// `out [B, N, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample).
+    pub(crate) fn forward(&self, qkv: &[f32], dm: &Dims, out: &mut [f32]) {
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        out.par_chunks_mut(n * d)
+            .zip(qkv.par_chunks(n * 3 * d))
+            .for_each(|(o, x)| {
+                let mut p = vec![0f32; n * n];
+                for h in 0..self.heads {
+                    probs(x, h, dm, &mut p);
+                    let v = View::new(2 * d + h * dh, 3 * d, 1);
+                    mm(
+                        o,
+                        View::new(h * dh, d, 1),
+                        false,
+                        &p,
+                        View::new(0, n, 1),
+                        x,
+                        v,
+                        n,
+                        dh,
+                        n,
+                        1.0,
+                    );
+                }
+            });
+    }
+
+    /// `dqkv [B, N, 3D]` (overwritten) from `qkv` and the output gradient `g [B, N, D]`;
+    /// the probabilities are recomputed per head.
+    pub(crate) fn backward(&self, qkv: &[f32], g: &[f32], dm: &Dims, dqkv: &mut [f32]) {
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        dqkv.par_chunks_mut(n * 3 * d)
+            .zip(qkv.par_chunks(n * 3 * d).zip(g.par_chunks(n * d)))
+            .for_each(|(dxs, (x, g))| {
+                let mut p = vec![0f32; n * n];
+                let mut dp = vec![0f32; n * n];
+                let nn = View::new(0, n, 1);
+                for h in 0..self.heads {
+                    probs(x, h, dm, &mut p);
+                    let q = View::new(h * dh, 3 * d, 1);
+                    let k = View::new(d + h * dh, 3 * d, 1);
+                    let v = View::new(2 * d + h * dh, 3 * d, 1);
+                    let go = View::new(h * dh, d, 1);
+                    // dV = P^T dO
+                    mm(dxs, v, false, &p, nn.t(), g, go, n, dh, n, 1.0);
+                    // dP = dO V^T
+                    mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
+                    // dS = P * (dP - rowsum(dP * P))
+                    for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
+                        let dot = super::fastmath::dot(dpr, pr);
+                        dpr.iter_mut()
+                            .zip(pr)
+                            .for_each(|(a, &b)| *a = b * (*a - dot));
+                    }
+                    // dQ = scale dS K ; dK = scale dS^T Q
+                    mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
+                    mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
+                }
+            });
+    }
+
+    pub(crate) fn dims(&self, shape: &[usize]) -> Result<(usize, Dims)> {
         let [b, n, d3] = shape else {
             bail!("attention: qkv must be [B, N, 3D], got {shape:?}")
         };
@@ -140,7 +201,7 @@ fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
         dm.scale,
     );
     for row in p.chunks_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = super::fastmath::max(row);
         let inv = 1.0 / super::fastmath::exp_sub_inplace(row, max);
         row.iter_mut().for_each(|v| *v *= inv);
     }
@@ -154,67 +215,17 @@ impl CustomOp1 for AttentionOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = slice(s, l)?;
         let (b, dm) = self.dims(l.dims())?;
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
-        let mut out = vec![0f32; b * n * d];
-        out.par_chunks_mut(n * d)
-            .zip(qkv.par_chunks(n * 3 * d))
-            .for_each(|(o, x)| {
-                let mut p = vec![0f32; n * n];
-                for h in 0..self.heads {
-                    probs(x, h, &dm, &mut p);
-                    let v = View::new(2 * d + h * dh, 3 * d, 1);
-                    mm(
-                        o,
-                        View::new(h * dh, d, 1),
-                        false,
-                        &p,
-                        View::new(0, n, 1),
-                        x,
-                        v,
-                        n,
-                        dh,
-                        n,
-                        1.0,
-                    );
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((b, n, d))))
+        let mut out = vec![0f32; b * dm.n * dm.d];
+        self.forward(qkv, &dm, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((b, dm.n, dm.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, dm) = self.dims(qkv.dims())?;
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
         let dqkv = with_slice(qkv, |xs| {
             with_slice(grad, |gs| {
                 let mut dx = vec![0f32; xs.len()];
-                dx.par_chunks_mut(n * 3 * d)
-                    .zip(xs.par_chunks(n * 3 * d).zip(gs.par_chunks(n * d)))
-                    .for_each(|(dxs, (x, g))| {
-                        let mut p = vec![0f32; n * n];
-                        let mut dp = vec![0f32; n * n];
-                        let nn = View::new(0, n, 1);
-                        for h in 0..self.heads {
-                            probs(x, h, &dm, &mut p);
-                            let q = View::new(h * dh, 3 * d, 1);
-                            let k = View::new(d + h * dh, 3 * d, 1);
-                            let v = View::new(2 * d + h * dh, 3 * d, 1);
-                            let go = View::new(h * dh, d, 1);
-                            // dV = P^T dO
-                            mm(dxs, v, false, &p, nn.t(), g, go, n, dh, n, 1.0);
-                            // dP = dO V^T
-                            mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
-                            // dS = P * (dP - rowsum(dP * P))
-                            for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
-                                let dot: f32 = dpr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                                dpr.iter_mut()
-                                    .zip(pr)
-                                    .for_each(|(a, &b)| *a = b * (*a - dot));
-                            }
-                            // dQ = scale dS K ; dK = scale dS^T Q
-                            mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
-                            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
-                        }
-                    });
+                self.backward(xs, gs, &dm, &mut dx);
                 Ok(dx)
             })
         })?;

@@ -91,24 +91,81 @@ fn gelu_bwd_portable(dx: &mut [f32], x: &[f32], g: &[f32]) {
     }
 }
 
+/// Lanes of the partial sums in the reductions below: independent accumulators let the
+/// compiler vectorise a floating-point reduction (a single running sum cannot be reordered).
+const LANES: usize = 8;
+
+// The exp loops below are plain maps (which the loop vectoriser handles, like the GELU
+// loops); the sum is a second pass over the row, still in L1, with lane-wise partial sums.
+
 #[inline(always)]
 fn exp_sub_portable(out: &mut [f32], x: &[f32], shift: f32) -> f32 {
-    let mut sum = 0f32;
     for (o, &v) in out.iter_mut().zip(x) {
         *o = exp(v - shift);
-        sum += *o;
     }
-    sum
+    sum_portable(out)
 }
 
 #[inline(always)]
 fn exp_sub_inplace_portable(x: &mut [f32], shift: f32) -> f32 {
-    let mut sum = 0f32;
     for v in x.iter_mut() {
         *v = exp(*v - shift);
-        sum += *v;
     }
-    sum
+    sum_portable(x)
+}
+
+/// The largest element (`-inf` for an empty slice); NaN-free input assumed.
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut xc = x.chunks_exact(LANES);
+    for xs in &mut xc {
+        for j in 0..LANES {
+            acc[j] = if xs[j] > acc[j] { xs[j] } else { acc[j] };
+        }
+    }
+    let m = xc
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    acc.iter().fold(m, |a, &b| a.max(b))
+}
+
+/// `sum_i a[i] * b[i]` over the common length.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let mut ac = a.chunks_exact(LANES);
+    let mut bc = b.chunks_exact(LANES);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum_i a[i]`.
+pub fn sum(a: &[f32]) -> f32 {
+    sum_portable(a)
+}
+
+#[inline(always)]
+fn sum_portable(a: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut ac = a.chunks_exact(LANES);
+    for x in &mut ac {
+        for j in 0..LANES {
+            acc[j] += x[j];
+        }
+    }
+    acc.iter().sum::<f32>() + ac.remainder().iter().sum::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -251,5 +308,32 @@ mod tests {
         let mut y = x;
         assert_eq!(exp_sub_inplace(&mut y, 3.0), s);
         assert_eq!(y, o);
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_sums_for_every_remainder() {
+        for n in [0usize, 1, 7, 8, 9, 19, 64, 197] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.25)
+                .collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.5).collect();
+            let want_dot: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (*x as f64) * (*y as f64))
+                .sum();
+            let want_sum: f64 = a.iter().map(|&x| x as f64).sum();
+            let want_max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!((dot(&a, &b) as f64 - want_dot).abs() < 1e-4, "dot, n = {n}");
+            assert!((sum(&a) as f64 - want_sum).abs() < 1e-4, "sum, n = {n}");
+            assert_eq!(max(&a), want_max, "max, n = {n}");
+            let mut e = a.clone();
+            let s = exp_sub_inplace(&mut e, 1.0);
+            let want: f64 = a.iter().map(|&x| ((x - 1.0) as f64).exp()).sum();
+            assert!(
+                (s as f64 - want).abs() <= 1e-5 * want.max(1.0),
+                "exp sum, n = {n}"
+            );
+        }
     }
 }

@@ -29,7 +29,7 @@ impl CustomOp1 for SoftmaxOp {
             .zip(x.par_chunks(d))
             .with_min_len(min_rows(d))
             .for_each(|(o, xr)| {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let max = super::fastmath::max(xr);
                 let inv = 1.0 / super::fastmath::exp_sub(o, xr, max);
                 o.iter_mut().for_each(|v| *v *= inv);
             });
@@ -45,7 +45,7 @@ impl CustomOp1 for SoftmaxOp {
                     .zip(ys.par_chunks(d).zip(gs.par_chunks(d)))
                     .with_min_len(min_rows(d))
                     .for_each(|(dxr, (yr, gr))| {
-                        let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
+                        let dot = super::fastmath::dot(yr, gr);
                         for j in 0..d {
                             dxr[j] = yr[j] * (gr[j] - dot);
                         }
