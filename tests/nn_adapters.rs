@@ -122,7 +122,16 @@ fn perturb_zero_tensors(vit: &Vit) {
 }
 
 fn grads_of(vit: &Vit, x: &Tensor, y: &Tensor) -> (candle_core::backprop::GradStore, Tensor) {
-    let logits = vit.forward(x, Mode::Eval).unwrap();
+    grads_in(vit, x, y, Mode::Eval)
+}
+
+fn grads_in(
+    vit: &Vit,
+    x: &Tensor,
+    y: &Tensor,
+    mode: Mode,
+) -> (candle_core::backprop::GradStore, Tensor) {
+    let logits = vit.forward(x, mode).unwrap();
     let loss = cross_entropy(&logits, y).unwrap();
     (loss.backward().unwrap(), logits)
 }
@@ -178,17 +187,15 @@ fn assert_gradients(vit: &Vit, grads: &candle_core::backprop::GradStore, ops: Op
     }
 }
 
-#[test]
-fn fused_and_composed_gradients_agree_for_every_method() {
-    let cfg = tiny_config();
-    let x = rand_tensor(&[2, 3, 16, 16], 6);
-    let y = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+/// Logits and every trainable tensor's gradient agree between fused and composed ops, for
+/// every method, in `mode`.
+fn assert_fused_matches_composed(cfg: &VitConfig, x: &Tensor, y: &Tensor, mode: Mode) {
     for m in all_methods() {
-        let mut vit = build(&cfg, &m);
+        let mut vit = build(cfg, &m);
         perturb_zero_tensors(&vit);
-        let (gf, lf) = grads_of(&vit, &x, &y);
+        let (gf, lf) = grads_in(&vit, x, y, mode);
         vit.set_ops_impl(OpsImpl::Composed);
-        let (gc, lc) = grads_of(&vit, &x, &y);
+        let (gc, lc) = grads_in(&vit, x, y, mode);
         assert!(rel_err(&lf, &lc) < 1e-5, "{}: logits differ", m.name());
         for (name, var) in vit.trainable() {
             let e = rel_err(
@@ -202,6 +209,41 @@ fn fused_and_composed_gradients_agree_for_every_method() {
             );
         }
     }
+}
+
+#[test]
+fn fused_and_composed_gradients_agree_for_every_method() {
+    let x = rand_tensor(&[2, 3, 16, 16], 6);
+    let y = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    assert_fused_matches_composed(&tiny_config(), &x, &y, Mode::Eval);
+}
+
+/// The frozen-block ops draw drop-path factors at the same point of the mask stream as the
+/// composed block and apply them per sample; a missing qkv bias takes the no-bias path.
+#[test]
+fn fused_blocks_match_composed_with_drop_path_and_without_qkv_bias() {
+    let cfg = VitConfig {
+        depth: 3,
+        drop_path_rate: 0.6,
+        qkv_bias: false,
+        ..tiny_config()
+    };
+    let x = rand_tensor(&[6, 3, 16, 16], 11);
+    let y = Tensor::new(&[1u32, 2, 0, 4, 3, 1], &Device::Cpu).unwrap();
+    // Seed 3 drops some but not all samples in the later blocks (checked below).
+    let mut masks = idat_pipe::nn::masks::Masks::train(3);
+    let mut dropped = 0;
+    for i in 0..cfg.depth {
+        for _branch in 0..2 {
+            let f = masks.drop_path_factors(6, cfg.drop_path_at(i));
+            dropped += f.map_or(0, |f| f.iter().filter(|&&v| v == 0.0).count());
+        }
+    }
+    assert!(
+        dropped > 0,
+        "seed 3 drops no sample: the test would not test drop path"
+    );
+    assert_fused_matches_composed(&cfg, &x, &y, Mode::Train { seed: 3 });
 }
 
 fn snapshot(ts: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<u32>> {

@@ -48,13 +48,19 @@ impl Masks {
 
     /// Drop path: zeroes whole samples (dim 0) with rate `p`, scaling kept ones by 1/(1-p).
     pub fn drop_path(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if self.rng.is_none() || p <= 0.0 {
-            return Ok(x.clone());
-        }
         let b = x.dim(0)?;
+        let Some(keep) = self.drop_path_factors(b, p) else {
+            return Ok(x.clone());
+        };
         let mut shape = vec![1usize; x.rank()];
         shape[0] = b;
-        let mask = Tensor::from_vec(self.keep_mask(b, p), shape, x.device())?;
+        let mask = Tensor::from_vec(keep, shape, x.device())?;
         x.broadcast_mul(&mask.to_dtype(x.dtype())?)
+    }
+
+    /// The per-sample factors that [`Masks::drop_path`] would apply to a batch of `b`
+    /// (drawn from the same stream at the same point), or `None` when drop path is off.
+    pub fn drop_path_factors(&mut self, b: usize, p: f64) -> Option<Vec<f32>> {
+        (self.rng.is_some() && p > 0.0).then(|| self.keep_mask(b, p))
     }
 }

@@ -622,25 +622,140 @@ impl Vit {
         f.masks.dropout(&o, self.cfg.drop_rate)
     }
 
+    /// Whether the attention / MLP half of block `i` runs as one frozen-residual op: fused
+    /// CPU f32 ops, f32 precision, no dropout active in this pass, no adapter hook inside
+    /// the half and every backbone tensor of the half frozen.
+    fn fusable_halves(&self, i: usize, x: &Tensor, f: &Fwd) -> (bool, bool) {
+        let c = &self.cfg;
+        let dropout = f.masks.training() && (c.drop_rate > 0.0 || c.attn_drop_rate > 0.0);
+        if f.ops != OpsImpl::Fused || !f.ops.fused_for(x) || f.low_dtype.is_some() || dropout {
+            return (false, false);
+        }
+        let frozen = |parts: [&str; 3]| {
+            parts.iter().all(|part| {
+                ["weight", "bias"]
+                    .iter()
+                    .all(|t| !f.p.is_trainable(&format!("blocks.{i}.{part}.{t}")))
+            })
+        };
+        let a = &self.adapter;
+        (
+            !adapters::hooks_attn_half(a) && frozen(HALF_ATTN),
+            !adapters::hooks_mlp_half(a) && frozen(HALF_MLP),
+        )
+    }
+
+    /// `x + s * branch(x)` for one half of block `i` as a single frozen op.
+    fn frozen_half(
+        &self,
+        i: usize,
+        x: &Tensor,
+        f: &mut Fwd,
+        parts: [&str; 3],
+        heads: Option<usize>,
+    ) -> Result<Tensor> {
+        let scale = f
+            .masks
+            .drop_path_factors(x.dim(0)?, self.cfg.drop_path_at(i));
+        let name = |part: &str, t: &str| format!("blocks.{i}.{part}.{t}");
+        let p = f.p;
+        let w = ops::FrozenHalf {
+            norm: (
+                p.get(&name(parts[0], "weight"))?,
+                p.get(&name(parts[0], "bias"))?,
+            ),
+            first: (
+                p.get(&name(parts[1], "weight"))?,
+                p.get_opt(&name(parts[1], "bias")),
+            ),
+            second: (
+                p.get(&name(parts[2], "weight"))?,
+                p.get_opt(&name(parts[2], "bias")),
+            ),
+        };
+        ops::frozen_residual(x, &w, heads, LN_EPS, scale)
+    }
+
     fn block(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
         let dp = self.cfg.drop_path_at(i);
         let a = &self.adapter;
-        let n1 = f.layer_norm(x, &format!("blocks.{i}.norm1"))?;
-        let n1 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm1"), &n1)?;
-        let att = self.attention(i, &n1, f)?;
-        let mut h = (x + f.masks.drop_path(&att, dp)?)?;
+        let (fuse_attn, fuse_mlp) = self.fusable_halves(i, x, f);
+        let mut h = if fuse_attn {
+            self.frozen_half(i, x, f, HALF_ATTN, Some(self.cfg.num_heads))?
+        } else {
+            let n1 = f.layer_norm(x, &format!("blocks.{i}.norm1"))?;
+            let n1 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm1"), &n1)?;
+            let att = self.attention(i, &n1, f)?;
+            (x + f.masks.drop_path(&att, dp)?)?
+        };
         if let Some(side) = adapters::parallel_attn(f, a, i, x)? {
             h = (h + side)?;
         }
-        let n2 = f.layer_norm(&h, &format!("blocks.{i}.norm2"))?;
-        let n2 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm2"), &n2)?;
-        let m = self.mlp(i, &n2, f)?;
-        let m = f.masks.drop_path(&m, dp)?;
-        let m = adapters::houlsby::apply(f, a, i, &m)?;
-        let mut y = (&h + m)?;
+        let mut y = if fuse_mlp {
+            self.frozen_half(i, &h, f, HALF_MLP, None)?
+        } else {
+            let n2 = f.layer_norm(&h, &format!("blocks.{i}.norm2"))?;
+            let n2 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm2"), &n2)?;
+            let m = self.mlp(i, &n2, f)?;
+            let m = f.masks.drop_path(&m, dp)?;
+            let m = adapters::houlsby::apply(f, a, i, &m)?;
+            (&h + m)?
+        };
         if let Some(side) = adapters::parallel_mlp(f, a, i, &h)? {
             y = (y + side)?;
         }
         adapters::seq_adapter::apply(f, a, i, &y)
+    }
+}
+
+/// The LayerNorm and the two linears of a block's attention half and of its MLP half.
+const HALF_ATTN: [&str; 3] = ["norm1", "attn.qkv", "attn.proj"];
+const HALF_MLP: [&str; 3] = ["norm2", "mlp.fc1", "mlp.fc2"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::adapters::{HoulsbyConfig, LoraConfig, SeqAdapterConfig};
+
+    fn halves(adapter: AdapterConfig, ops: OpsImpl, mode: Mode) -> Vec<(bool, bool)> {
+        let cfg = VitConfig {
+            img_size: 16,
+            patch_size: 8,
+            num_classes: 3,
+            embed_dim: 16,
+            depth: 2,
+            num_heads: 2,
+            ..VitConfig::preset("vit_tiny_patch16_224").unwrap()
+        };
+        let dev = Device::Cpu;
+        let backbone = Vit::random_backbone(&cfg, &dev, 0).unwrap();
+        let mut vit = Vit::new(&cfg, &adapter, backbone, &dev, 0).unwrap();
+        vit.set_ops_impl(ops);
+        let x = Tensor::zeros((1, 5, 16), DType::F32, &dev).unwrap();
+        let f = vit.fwd(mode);
+        (0..cfg.depth)
+            .map(|i| vit.fusable_halves(i, &x, &f))
+            .collect()
+    }
+
+    /// The frozen-block ops run exactly where nothing inside the half is trainable or hooked.
+    #[test]
+    fn frozen_halves_are_used_only_where_the_half_is_untouched() {
+        use AdapterConfig as A;
+        let fused = OpsImpl::Fused;
+        let train = Mode::Train { seed: 1 };
+        let seq = A::SeqAdapter(SeqAdapterConfig::default());
+        assert_eq!(halves(seq.clone(), fused, train), vec![(true, true); 2]);
+        assert_eq!(halves(A::Linear, fused, Mode::Eval), vec![(true, true); 2]);
+        let lora = A::Lora(LoraConfig::default());
+        assert_eq!(halves(lora, fused, train), vec![(false, true); 2]);
+        let houlsby = A::Houlsby(HoulsbyConfig::default());
+        assert_eq!(halves(houlsby, fused, train), vec![(true, false); 2]);
+        for a in [A::Ssf, A::Bitfit, A::Full] {
+            assert_eq!(halves(a, fused, train), vec![(false, false); 2]);
+        }
+        for ops in [OpsImpl::Composed, OpsImpl::FusedComposedLinear] {
+            assert_eq!(halves(seq.clone(), ops, train), vec![(false, false); 2]);
+        }
     }
 }

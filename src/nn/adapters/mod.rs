@@ -221,6 +221,18 @@ pub(crate) fn add_params(
     }
 }
 
+/// Whether the method hooks into a block's attention half (LayerNorm 1, qkv, attention,
+/// proj), so that half cannot run as one frozen op.
+pub(crate) fn hooks_attn_half(a: &AdapterConfig) -> bool {
+    matches!(a, AdapterConfig::Ssf | AdapterConfig::Lora(_))
+}
+
+/// Whether the method hooks into a block's MLP half (LayerNorm 2, fc1, GELU, fc2, the
+/// branch before its residual add).
+pub(crate) fn hooks_mlp_half(a: &AdapterConfig) -> bool {
+    matches!(a, AdapterConfig::Ssf | AdapterConfig::Houlsby(_))
+}
+
 /// Side branch added to `h` after attention: `s * A(x)` for `shared_par_adapter`.
 pub(crate) fn parallel_attn(
     f: &mut Fwd,

@@ -42,31 +42,66 @@ fn backend_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Res
     Ok((out, Shape::from(shape)))
 }
 
-/// `dst[m, n] (+)= sum_k lhs[m, k] * w[n, k]` for row-major `lhs [m, k]`, `w [n, k]`, `dst [m, n]`.
-pub(crate) fn gemm_xwt(
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    w: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
-) {
+/// How a row-major weight operand is stored for [`gemm_w`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WLayout {
+    /// `w [n, k]`: the product uses its transpose (`x W^T`, a linear layer's forward).
+    Nk,
+    /// `w [k, n]`: the product uses it as is (`g W`, a linear layer's input gradient).
+    Kn,
+}
+
+/// Sizes of one product `dst [m, n] (+)= lhs [m, k] * w`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub w: WLayout,
+    /// Add to `dst` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), multi-threaded over the
+/// current rayon pool when large. With the `openblas` feature this is OpenBLAS's `sgemm`
+/// (single-threaded per call, the rows split over the pool), else the `gemm` crate.
+pub(crate) fn gemm_w(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+    let Product { m, n, k, .. } = p;
     assert!(
         dst.len() == m * n && lhs.len() == m * k && w.len() == n * k,
-        "gemm_xwt: bad sizes"
+        "gemm_w: bad sizes"
     );
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        if !p.accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    #[cfg(feature = "openblas")]
+    super::blas::sgemm(dst, lhs, w, p);
+    #[cfg(not(feature = "openblas"))]
+    gemm_crate(dst, lhs, w, p);
+}
+
+#[cfg(not(feature = "openblas"))]
+fn gemm_crate(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+    let Product { m, n, k, .. } = p;
+    // Element (kk, j) of the right operand is at kk * rs + j * cs.
+    let (cs, rs) = match p.w {
+        WLayout::Nk => (k as isize, 1),
+        WLayout::Kn => (1, n as isize),
+    };
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= 32 * 32 * 32 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the three buffers have exactly the sizes implied by (m, n, k) and the strides
-    // below (checked by the assert), `dst` is uniquely borrowed and does not alias the inputs.
+    // SAFETY: `gemm_w` checked that the buffers hold exactly the elements these sizes and
+    // strides address; `dst` is uniquely borrowed and does not alias the inputs.
     unsafe {
         gemm::gemm(
             m,
@@ -75,13 +110,13 @@ pub(crate) fn gemm_xwt(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            p.accumulate,
             lhs.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
-            k as isize,
-            1,
+            cs,
+            rs,
             1.0,
             1.0,
             false,
@@ -136,7 +171,14 @@ impl CustomOp1 for FrozenLinearOp {
             None => (vec![0f32; m * n], false),
         };
         with_slice(&self.w, |ws| {
-            gemm_xwt(&mut out, accumulate, x, ws, m, n, k);
+            let p = Product {
+                m,
+                n,
+                k,
+                w: WLayout::Nk,
+                accumulate,
+            };
+            gemm_w(&mut out, x, ws, p);
             Ok(())
         })?;
         let mut shape = dims.to_vec();
@@ -160,7 +202,25 @@ impl CustomOp1 for FrozenLinearOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = self.w.dim(0)?;
+        let (n, k) = self.w.dims2()?;
+        if grad.device().is_cpu() && grad.dtype() == candle_core::DType::F32 {
+            let dx = with_slice(grad, |g| {
+                with_slice(&self.w, |w| {
+                    let m = g.len() / n.max(1);
+                    let mut dx = vec![0f32; m * k];
+                    let p = Product {
+                        m,
+                        n: k,
+                        k: n,
+                        w: WLayout::Kn,
+                        accumulate: false,
+                    };
+                    gemm_w(&mut dx, g, w, p);
+                    Ok(dx)
+                })
+            })?;
+            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+        }
         let g2 = grad.reshape(((), n))?;
         let dx = g2.matmul(&self.w)?;
         Ok(Some(dx.reshape(x.shape())?))

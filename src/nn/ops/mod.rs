@@ -9,8 +9,11 @@
 //!   reference the fused ops are tested against, and the benchmark baseline).
 
 mod attention;
+#[cfg(feature = "openblas")]
+mod blas;
 mod cpu;
 mod fastmath;
+mod frozen_block;
 mod frozen_linear;
 mod gelu;
 mod layer_norm;
@@ -36,7 +39,8 @@ pub enum OpsImpl {
 }
 
 impl OpsImpl {
-    fn fused_for(self, x: &Tensor) -> bool {
+    /// Whether the fused CPU kernels apply to `x`.
+    pub(crate) fn fused_for(self, x: &Tensor) -> bool {
         self != OpsImpl::Composed && x.device().is_cpu() && x.dtype() == DType::F32
     }
 }
@@ -161,4 +165,48 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -
     } else {
         add_bias(y)
     }
+}
+
+/// Frozen tensors of one residual half of a ViT block (see [`frozen_residual`]).
+pub(crate) struct FrozenHalf<'a> {
+    /// LayerNorm weight and bias `[D]`.
+    pub norm: (&'a Tensor, &'a Tensor),
+    /// First linear: weight `[H, D]` and optional bias `[H]` (qkv or fc1).
+    pub first: (&'a Tensor, Option<&'a Tensor>),
+    /// Second linear: weight `[D, K]` and optional bias `[D]` (proj or fc2).
+    pub second: (&'a Tensor, Option<&'a Tensor>),
+}
+
+/// One residual half of a pre-norm block with every backbone tensor frozen, as a single
+/// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` when `heads` is `Some`, else
+/// `x + s * fc2(GELU(fc1(LN(x))))`; `scale` holds the per-sample drop-path factors `s`.
+/// Only dL/dx flows back. Callers use it where [`OpsImpl::fused_for`] holds.
+pub(crate) fn frozen_residual(
+    x: &Tensor,
+    w: &FrozenHalf,
+    heads: Option<usize>,
+    eps: f64,
+    scale: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let c = |t: &Tensor| t.detach().contiguous();
+    let weights = frozen_block::HalfWeights {
+        norm_w: c(w.norm.0)?,
+        norm_b: c(w.norm.1)?,
+        w1: c(w.first.0)?,
+        b1: w.first.1.map(c).transpose()?,
+        w2: c(w.second.0)?,
+        b2: w.second.1.map(c).transpose()?,
+    };
+    let op = frozen_block::ResidualHalfOp {
+        half: match heads {
+            Some(heads) => frozen_block::Half::Attn { heads },
+            None => frozen_block::Half::Mlp,
+        },
+        weights,
+        eps: eps as f32,
+        scale,
+        keep: x.track_op(),
+        saved: std::sync::Mutex::new(None),
+    };
+    x.contiguous()?.apply_op1(op)
 }

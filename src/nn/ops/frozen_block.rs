@@ -1,0 +1,267 @@
+//! The two residual halves of a pre-norm ViT block whose backbone tensors are all frozen,
+//! each as one CPU op with a hand-written backward that returns only dL/dx:
+//!
+//! * attention half: `x + s * proj(attention(qkv(LN1(x))))`
+//! * MLP half: `x + s * fc2(GELU(fc1(LN2(x))))`
+//!
+//! where `s` is the per-sample drop-path factor (1 when drop path is off). Against the same
+//! computation as separate fused ops this removes, per half, about ten candle graph nodes,
+//! each of which costs candle's backward a zero-filled gradient buffer plus an add pass
+//! over a `[tokens, width]` tensor, and it keeps only one inner activation (the qkv
+//! projection, or the pre-GELU MLP hidden state) instead of every intermediate.
+//! LayerNorm statistics and attention probabilities are recomputed in the backward.
+//! The numbers are those of the separate fused ops (tested against the composed model).
+
+use super::attention::AttentionOp;
+use super::cpu::slice;
+use super::fastmath;
+use super::frozen_linear::{gemm_w, Product, WLayout};
+use super::layer_norm;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+const CHUNK: usize = 4096;
+
+/// Which half, with its shape parameters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Half {
+    /// LN1 -> qkv -> attention with `heads` heads -> proj.
+    Attn { heads: usize },
+    /// LN2 -> fc1 -> GELU -> fc2.
+    Mlp,
+}
+
+/// Frozen tensors of one half, contiguous f32 on the CPU, in order: norm weight, norm bias,
+/// first linear weight `[H, D]` (+ bias `[H]`), second linear weight `[D, K]` (+ bias `[D]`).
+pub(crate) struct HalfWeights {
+    pub norm_w: Tensor,
+    pub norm_b: Tensor,
+    pub w1: Tensor,
+    pub b1: Option<Tensor>,
+    pub w2: Tensor,
+    pub b2: Option<Tensor>,
+}
+
+/// One residual half as a custom op on `x [B, N, D]`.
+pub(crate) struct ResidualHalfOp {
+    pub half: Half,
+    pub weights: HalfWeights,
+    pub eps: f32,
+    /// Per-sample factor of the branch (drop path); `None` = 1 for every sample.
+    pub scale: Option<Vec<f32>>,
+    /// Keep the inner activation for the backward (set when `x` is part of a graph).
+    pub keep: bool,
+    /// The inner activation (qkv `[M, 3D]` or pre-GELU `[M, H]`) kept by the forward.
+    pub saved: Mutex<Option<Vec<f32>>>,
+}
+
+/// The weight slices of a half.
+struct W<'a> {
+    nw: &'a [f32],
+    nb: &'a [f32],
+    w1: &'a [f32],
+    b1: Option<&'a [f32]>,
+    w2: &'a [f32],
+    b2: Option<&'a [f32]>,
+}
+
+/// `x [m, k] W^T + b` for `W [n, k]`: the output starts as bias rows (or zeros).
+fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = match b {
+        Some(b) => {
+            let mut out = Vec::with_capacity(m * n);
+            (0..m).for_each(|_| out.extend_from_slice(b));
+            out
+        }
+        None => vec![0f32; m * n],
+    };
+    let p = Product {
+        m,
+        n,
+        k,
+        w: WLayout::Nk,
+        accumulate: b.is_some(),
+    };
+    gemm_w(&mut out, x, w, p);
+    out
+}
+
+/// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer.
+fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
+    Product {
+        m,
+        n: n_in,
+        k: k_out,
+        w: WLayout::Kn,
+        accumulate: false,
+    }
+}
+
+impl ResidualHalfOp {
+    fn with_weights<R>(&self, f: impl FnOnce(&W) -> Result<R>) -> Result<R> {
+        let hw = &self.weights;
+        let mut ts = vec![&hw.norm_w, &hw.norm_b, &hw.w1, &hw.w2];
+        ts.extend(hw.b1.iter());
+        ts.extend(hw.b2.iter());
+        // Read guards on the weight storages, held while `f` runs on their data.
+        let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+        let s = guards
+            .iter()
+            .map(|(s, l)| match &**s {
+                Storage::Cpu(c) => slice(c, l),
+                _ => bail!("frozen block: weights must be on the CPU"),
+            })
+            .collect::<Result<Vec<&[f32]>>>()?;
+        let mut rest = s[4..].iter().copied();
+        let w = W {
+            nw: s[0],
+            nb: s[1],
+            w1: s[2],
+            b1: hw.b1.as_ref().and_then(|_| rest.next()),
+            w2: s[3],
+            b2: hw.b2.as_ref().and_then(|_| rest.next()),
+        };
+        f(&w)
+    }
+
+    /// `(rows M, width D, inner width H, middle width K)` for `x`'s dims, checking the
+    /// weight shapes.
+    fn dims(&self, dims: &[usize]) -> Result<(usize, usize, usize, usize)> {
+        let [b, n, d] = dims else {
+            bail!("frozen block: input must be [B, N, D], got {dims:?}")
+        };
+        let (h, d1) = self.weights.w1.dims2()?;
+        let (d2, k) = self.weights.w2.dims2()?;
+        let k_want = match self.half {
+            Half::Attn { .. } => h / 3,
+            Half::Mlp => h,
+        };
+        if d1 != *d || d2 != *d || k != k_want || self.weights.norm_w.elem_count() != *d {
+            bail!(
+                "frozen block: weights [{h}, {d1}] / [{d2}, {k}] do not fit width {d} ({:?})",
+                self.half
+            );
+        }
+        if let Some(s) = &self.scale {
+            if s.len() != *b {
+                bail!(
+                    "frozen block: {} drop-path factors for {b} samples",
+                    s.len()
+                );
+            }
+        }
+        Ok((b * n, *d, h, k))
+    }
+
+    /// The inner activation: `LN(x) W1^T + b1`.
+    fn inner(&self, x: &[f32], w: &W, m: usize, d: usize, h: usize) -> Vec<f32> {
+        let mut n = vec![0f32; m * d];
+        layer_norm::forward_rows(x, w.nw, w.nb, self.eps, &mut n);
+        linear(&n, w.w1, w.b1, m, h, d)
+    }
+
+    fn attention(&self, dims: &[usize]) -> Result<(AttentionOp, super::attention::Dims)> {
+        let Half::Attn { heads } = self.half else {
+            bail!("frozen block: not an attention half")
+        };
+        let op = AttentionOp { heads };
+        let (_, dm) = op.dims(&[dims[0], dims[1], 3 * dims[2]])?;
+        Ok((op, dm))
+    }
+
+    /// Multiplies each sample's rows of `v` (`rows_per_sample * width` values per sample)
+    /// by its factor.
+    fn scale_rows(&self, v: &mut [f32], per_sample: usize) {
+        if let Some(s) = &self.scale {
+            v.par_chunks_mut(per_sample)
+                .zip(s.par_iter())
+                .for_each(|(c, &f)| c.iter_mut().for_each(|x| *x *= f));
+        }
+    }
+}
+
+impl CustomOp1 for ResidualHalfOp {
+    fn name(&self) -> &'static str {
+        match self.half {
+            Half::Attn { .. } => "frozen-attention-residual",
+            Half::Mlp => "frozen-mlp-residual",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (m, d, h, k) = self.dims(l.dims())?;
+        let out = self.with_weights(|w| {
+            let inner = self.inner(x, w, m, d, h);
+            let mid = match self.half {
+                Half::Attn { .. } => {
+                    let (op, dm) = self.attention(l.dims())?;
+                    let mut o = vec![0f32; m * k];
+                    op.forward(&inner, &dm, &mut o);
+                    o
+                }
+                Half::Mlp => {
+                    let mut o = vec![0f32; m * k];
+                    o.par_chunks_mut(CHUNK)
+                        .zip(inner.par_chunks(CHUNK))
+                        .for_each(|(o, u)| fastmath::gelu_fwd(o, u));
+                    o
+                }
+            };
+            let mut out = linear(&mid, w.w2, w.b2, m, d, k);
+            drop(mid);
+            self.scale_rows(&mut out, m / l.dims()[0].max(1) * d);
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, x)| *o += x));
+            if self.keep {
+                *self.saved.lock().expect("frozen block: poisoned") = Some(inner);
+            }
+            Ok(out)
+        })?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dims = x.dims().to_vec();
+        let (m, d, h, k) = self.dims(&dims)?;
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
+            bail!("frozen block: backward expected CPU tensors")
+        };
+        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
+        let dx = self.with_weights(|w| {
+            let mut saved = self.saved.lock().expect("frozen block: poisoned");
+            if saved.is_none() {
+                *saved = Some(self.inner(xs, w, m, d, h));
+            }
+            let inner = saved.as_ref().expect("set above");
+            // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
+            let mut gmid = vec![0f32; m * k];
+            gemm_w(&mut gmid, gs, w.w2, input_grad(m, k, d));
+            self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
+            let mut ginner = vec![0f32; m * h];
+            match self.half {
+                Half::Attn { .. } => {
+                    let (op, dm) = self.attention(&dims)?;
+                    op.backward(inner, &gmid, &dm, &mut ginner);
+                }
+                Half::Mlp => ginner
+                    .par_chunks_mut(CHUNK)
+                    .zip(inner.par_chunks(CHUNK).zip(gmid.par_chunks(CHUNK)))
+                    .for_each(|(o, (u, g))| fastmath::gelu_bwd(o, u, g)),
+            }
+            drop(gmid);
+            let mut gn = vec![0f32; m * d];
+            gemm_w(&mut gn, &ginner, w.w1, input_grad(m, d, h));
+            drop(ginner);
+            let mut dx = vec![0f32; m * d];
+            layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, dims, x.device())?))
+    }
+}
