@@ -189,7 +189,10 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         .try_init();
     let cache_dir = Cache::resolve_dir(cli.cache_dir.as_deref());
     let resume = shell_join(&args);
-    if matches!(cli.cmd, Command::Run(_) | Command::ExecStage { .. }) {
+    if matches!(
+        cli.cmd,
+        Command::Run(_) | Command::ExecStage { .. } | Command::Bench(_)
+    ) {
         single_thread_elementwise();
     }
     let r = match cli.cmd {
@@ -596,7 +599,9 @@ fn cmd_exec_stage(
 /// threads; `exec::stage`). candle 0.11 runs large element-wise ops on one process-wide
 /// spin-waiting pool behind a lock, so two concurrent instances serialise on it and burn a
 /// core spinning (measured: each ran ~2.7x slower than alone). One thread there makes those
-/// ops run inline on the instance's own thread. `CANDLE_NUM_THREADS`, if set, wins.
+/// ops run inline on the instance's own thread. `bench` does the same, so it times what a
+/// training stage runs (candle's spinning pool also competed with the GEMM threads there).
+/// `CANDLE_NUM_THREADS`, if set, wins.
 fn single_thread_elementwise() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Set before any tensor op: candle reads it once, when its pool is first used.
