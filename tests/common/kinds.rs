@@ -12,7 +12,9 @@ fn count(path: &Option<String>, line: &str) -> anyhow::Result<()> {
             .create(true)
             .append(true)
             .open(p)?;
-        writeln!(f, "{line}")?;
+        // One write call per line: O_APPEND keeps a single small write whole, whereas
+        // `writeln!` may split it into two writes that concurrent instances interleave.
+        f.write_all(format!("{line}\n").as_bytes())?;
     }
     Ok(())
 }
