@@ -173,7 +173,7 @@ impl ResidualHalfOp {
     /// Multiplies each sample's rows of `v` (`rows_per_sample * width` values per sample)
     /// by its factor.
     fn scale_rows(&self, v: &mut [f32], per_sample: usize) {
-        if let Some(s) = &self.scale {
+        if let Some(s) = self.scale.as_ref().filter(|_| per_sample > 0) {
             v.par_chunks_mut(per_sample)
                 .zip(s.par_iter())
                 .for_each(|(c, &f)| c.iter_mut().for_each(|x| *x *= f));
