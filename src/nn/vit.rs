@@ -658,20 +658,15 @@ impl Vit {
             .masks
             .drop_path_factors(x.dim(0)?, self.cfg.drop_path_at(i));
         let name = |part: &str, t: &str| format!("blocks.{i}.{part}.{t}");
-        let p = f.p;
-        let w = ops::FrozenHalf {
-            norm: (
-                p.get(&name(parts[0], "weight"))?,
-                p.get(&name(parts[0], "bias"))?,
-            ),
-            first: (
-                p.get(&name(parts[1], "weight"))?,
-                p.get_opt(&name(parts[1], "bias")),
-            ),
-            second: (
-                p.get(&name(parts[2], "weight"))?,
-                p.get_opt(&name(parts[2], "bias")),
-            ),
+        let get = |part: &str, t: &str| f.p.get(&name(part, t)).cloned();
+        let opt = |part: &str| f.p.get_opt(&name(part, "bias")).cloned();
+        let w = ops::HalfWeights {
+            norm_w: get(parts[0], "weight")?,
+            norm_b: get(parts[0], "bias")?,
+            w1: get(parts[1], "weight")?,
+            b1: opt(parts[1]),
+            w2: get(parts[2], "weight")?,
+            b2: opt(parts[2]),
         };
         ops::frozen_residual(x, &w, heads, LN_EPS, scale)
     }

@@ -7,7 +7,7 @@
 //! of the output are split over the caller's rayon pool, so a pipeline instance still uses
 //! exactly its `resources.cpus` threads and concurrent instances do not oversubscribe.
 
-use super::frozen_linear::{Product, WLayout};
+use super::frozen_linear::{Product, WLayout, PARALLEL_MIN_WORK};
 use rayon::prelude::*;
 use std::sync::Once;
 
@@ -41,7 +41,7 @@ static SINGLE_THREADED: Once = Once::new();
 /// Rows per task: at least 16, and about one chunk per pool thread.
 fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    if threads == 1 || m * n * k < 32 * 32 * 32 {
+    if threads == 1 || m * n * k < PARALLEL_MIN_WORK {
         return m;
     }
     m.div_ceil(threads).max(16)

@@ -14,13 +14,13 @@
 
 use super::attention::AttentionOp;
 use super::cpu::slice;
-use super::fastmath;
-use super::frozen_linear::{gemm_w, Product, WLayout};
-use super::layer_norm;
+use super::frozen_linear::{gemm_w, linear_rows, Product};
+use super::{gelu, layer_norm};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+/// Elements per rayon task of the residual add.
 const CHUNK: usize = 4096;
 
 /// Which half, with its shape parameters.
@@ -32,8 +32,8 @@ pub(crate) enum Half {
     Mlp,
 }
 
-/// Frozen tensors of one half, contiguous f32 on the CPU, in order: norm weight, norm bias,
-/// first linear weight `[H, D]` (+ bias `[H]`), second linear weight `[D, K]` (+ bias `[D]`).
+/// Frozen tensors of one half: norm weight and bias `[D]`, first linear weight `[H, D]`
+/// (+ bias `[H]`; qkv or fc1), second linear weight `[D, K]` (+ bias `[D]`; proj or fc2).
 pub(crate) struct HalfWeights {
     pub norm_w: Tensor,
     pub norm_b: Tensor,
@@ -66,35 +66,18 @@ struct W<'a> {
     b2: Option<&'a [f32]>,
 }
 
-/// `x [m, k] W^T + b` for `W [n, k]`: the output starts as bias rows (or zeros).
-fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = match b {
-        Some(b) => {
-            let mut out = Vec::with_capacity(m * n);
-            (0..m).for_each(|_| out.extend_from_slice(b));
-            out
-        }
-        None => vec![0f32; m * n],
-    };
-    let p = Product {
-        m,
-        n,
-        k,
-        w: WLayout::Nk,
-        accumulate: b.is_some(),
-    };
-    gemm_w(&mut out, x, w, p);
-    out
-}
-
-/// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer.
-fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
-    Product {
-        m,
-        n: n_in,
-        k: k_out,
-        w: WLayout::Kn,
-        accumulate: false,
+impl HalfWeights {
+    /// The same tensors detached and contiguous, as the op reads them.
+    pub(crate) fn prepared(&self) -> Result<HalfWeights> {
+        let c = |t: &Tensor| t.detach().contiguous();
+        Ok(HalfWeights {
+            norm_w: c(&self.norm_w)?,
+            norm_b: c(&self.norm_b)?,
+            w1: c(&self.w1)?,
+            b1: self.b1.as_ref().map(c).transpose()?,
+            w2: c(&self.w2)?,
+            b2: self.b2.as_ref().map(c).transpose()?,
+        })
     }
 }
 
@@ -158,7 +141,7 @@ impl ResidualHalfOp {
     fn inner(&self, x: &[f32], w: &W, m: usize, d: usize, h: usize) -> Vec<f32> {
         let mut n = vec![0f32; m * d];
         layer_norm::forward_rows(x, w.nw, w.nb, self.eps, &mut n);
-        linear(&n, w.w1, w.b1, m, h, d)
+        linear_rows(&n, w.w1, w.b1, m, h, d)
     }
 
     fn attention(&self, dims: &[usize]) -> Result<(AttentionOp, super::attention::Dims)> {
@@ -203,13 +186,11 @@ impl CustomOp1 for ResidualHalfOp {
                 }
                 Half::Mlp => {
                     let mut o = vec![0f32; m * k];
-                    o.par_chunks_mut(CHUNK)
-                        .zip(inner.par_chunks(CHUNK))
-                        .for_each(|(o, u)| fastmath::gelu_fwd(o, u));
+                    gelu::forward(&mut o, &inner);
                     o
                 }
             };
-            let mut out = linear(&mid, w.w2, w.b2, m, d, k);
+            let mut out = linear_rows(&mid, w.w2, w.b2, m, d, k);
             drop(mid);
             self.scale_rows(&mut out, m / l.dims()[0].max(1) * d);
             out.par_chunks_mut(CHUNK)
@@ -241,7 +222,7 @@ impl CustomOp1 for ResidualHalfOp {
             let inner = saved.as_ref().expect("set above");
             // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
             let mut gmid = vec![0f32; m * k];
-            gemm_w(&mut gmid, gs, w.w2, input_grad(m, k, d));
+            gemm_w(&mut gmid, gs, w.w2, Product::input_grad(m, k, d));
             self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
             let mut ginner = vec![0f32; m * h];
             match self.half {
@@ -249,14 +230,11 @@ impl CustomOp1 for ResidualHalfOp {
                     let (op, dm) = self.attention(&dims)?;
                     op.backward(inner, &gmid, &dm, &mut ginner);
                 }
-                Half::Mlp => ginner
-                    .par_chunks_mut(CHUNK)
-                    .zip(inner.par_chunks(CHUNK).zip(gmid.par_chunks(CHUNK)))
-                    .for_each(|(o, (u, g))| fastmath::gelu_bwd(o, u, g)),
+                Half::Mlp => gelu::backward(&mut ginner, inner, &gmid),
             }
             drop(gmid);
             let mut gn = vec![0f32; m * d];
-            gemm_w(&mut gn, &ginner, w.w1, input_grad(m, d, h));
+            gemm_w(&mut gn, &ginner, w.w1, Product::input_grad(m, d, h));
             drop(ginner);
             let mut dx = vec![0f32; m * d];
             layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);

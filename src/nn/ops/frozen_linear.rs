@@ -62,6 +62,53 @@ pub(crate) struct Product {
     pub accumulate: bool,
 }
 
+impl Product {
+    /// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer whose
+    /// weight is `W [k_out, n_in]`.
+    pub(crate) fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
+        Product {
+            m,
+            n: n_in,
+            k: k_out,
+            w: WLayout::Kn,
+            accumulate: false,
+        }
+    }
+}
+
+/// Products this small (m * n * k) run on one thread: splitting them costs more than it saves.
+pub(crate) const PARALLEL_MIN_WORK: usize = 32 * 32 * 32;
+
+/// A linear layer's forward on rows: `x [m, k] W^T + b` for `W [n, k]`, `b [n]`. The output
+/// starts as the bias rows (written once, no zero-fill first) and the GEMM accumulates onto
+/// them; without a bias it starts zeroed.
+pub(crate) fn linear_rows(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut out = match b {
+        Some(b) => {
+            let mut out = Vec::with_capacity(m * n);
+            (0..m).for_each(|_| out.extend_from_slice(b));
+            out
+        }
+        None => vec![0f32; m * n],
+    };
+    let p = Product {
+        m,
+        n,
+        k,
+        w: WLayout::Nk,
+        accumulate: b.is_some(),
+    };
+    gemm_w(&mut out, x, w, p);
+    out
+}
+
 /// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), multi-threaded over the
 /// current rayon pool when large. With the `openblas` feature this is OpenBLAS's `sgemm`
 /// (single-threaded per call, the rows split over the pool), else the `gemm` crate.
@@ -95,7 +142,7 @@ fn gemm_crate(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
         WLayout::Kn => (1, n as isize),
     };
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 32 * 32 * 32 {
+    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_WORK {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -151,35 +198,17 @@ impl CustomOp1 for FrozenLinearOp {
             bail!("frozen_linear: input has {k} features, weight expects {wk}");
         }
         let m = x.len() / k.max(1);
-        // With a bias the output starts as bias rows (written once, no zero-fill first) and
-        // the GEMM accumulates onto them.
-        let (mut out, accumulate) = match &self.b {
-            Some(b) => {
-                let out = with_slice(b, |bs| {
-                    if bs.len() != n {
-                        bail!(
-                            "frozen_linear: bias has {} values, weight has {n} rows",
-                            bs.len()
-                        );
-                    }
-                    let mut out = Vec::with_capacity(m * n);
-                    (0..m).for_each(|_| out.extend_from_slice(bs));
-                    Ok(out)
-                })?;
-                (out, true)
-            }
-            None => (vec![0f32; m * n], false),
-        };
-        with_slice(&self.w, |ws| {
-            let p = Product {
-                m,
-                n,
-                k,
-                w: WLayout::Nk,
-                accumulate,
-            };
-            gemm_w(&mut out, x, ws, p);
-            Ok(())
+        let out = with_slice(&self.w, |ws| match &self.b {
+            Some(b) => with_slice(b, |bs| {
+                if bs.len() != n {
+                    bail!(
+                        "frozen_linear: bias has {} values, weight has {n} rows",
+                        bs.len()
+                    );
+                }
+                Ok(linear_rows(x, ws, Some(bs), m, n, k))
+            }),
+            None => Ok(linear_rows(x, ws, None, m, n, k)),
         })?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -208,14 +237,7 @@ impl CustomOp1 for FrozenLinearOp {
                 with_slice(&self.w, |w| {
                     let m = g.len() / n.max(1);
                     let mut dx = vec![0f32; m * k];
-                    let p = Product {
-                        m,
-                        n: k,
-                        k: n,
-                        w: WLayout::Kn,
-                        accumulate: false,
-                    };
-                    gemm_w(&mut dx, g, w, p);
+                    gemm_w(&mut dx, g, w, Product::input_grad(m, k, n));
                     Ok(dx)
                 })
             })?;

@@ -13,6 +13,20 @@ pub fn gelu_composed(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
+/// `out = GELU(x)` element-wise, in parallel chunks.
+pub(crate) fn forward(out: &mut [f32], x: &[f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, xc)| fastmath::gelu_fwd(o, xc));
+}
+
+/// `dx = g * GELU'(x)` element-wise, in parallel chunks.
+pub(crate) fn backward(dx: &mut [f32], x: &[f32], g: &[f32]) {
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+        .for_each(|(d, (xc, gc))| fastmath::gelu_bwd(d, xc, gc));
+}
+
 /// Fused CPU exact GELU.
 pub(crate) struct GeluOp;
 
@@ -24,9 +38,7 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, xc)| fastmath::gelu_fwd(o, xc));
+        forward(&mut out, x);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -35,9 +47,7 @@ impl CustomOp1 for GeluOp {
         let dx = with_slice(x, |xs| {
             with_slice(grad, |gs| {
                 let mut dx = vec![0f32; xs.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-                    .for_each(|(d, (xc, gc))| fastmath::gelu_bwd(d, xc, gc));
+                backward(&mut dx, xs, gs);
                 Ok(dx)
             })
         })?;

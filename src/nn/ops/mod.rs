@@ -14,6 +14,7 @@ mod blas;
 mod cpu;
 mod fastmath;
 mod frozen_block;
+pub(crate) use frozen_block::HalfWeights;
 mod frozen_linear;
 mod gelu;
 mod layer_norm;
@@ -167,42 +168,23 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -
     }
 }
 
-/// Frozen tensors of one residual half of a ViT block (see [`frozen_residual`]).
-pub(crate) struct FrozenHalf<'a> {
-    /// LayerNorm weight and bias `[D]`.
-    pub norm: (&'a Tensor, &'a Tensor),
-    /// First linear: weight `[H, D]` and optional bias `[H]` (qkv or fc1).
-    pub first: (&'a Tensor, Option<&'a Tensor>),
-    /// Second linear: weight `[D, K]` and optional bias `[D]` (proj or fc2).
-    pub second: (&'a Tensor, Option<&'a Tensor>),
-}
-
 /// One residual half of a pre-norm block with every backbone tensor frozen, as a single
 /// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` when `heads` is `Some`, else
 /// `x + s * fc2(GELU(fc1(LN(x))))`; `scale` holds the per-sample drop-path factors `s`.
 /// Only dL/dx flows back. Callers use it where [`OpsImpl::fused_for`] holds.
 pub(crate) fn frozen_residual(
     x: &Tensor,
-    w: &FrozenHalf,
+    w: &HalfWeights,
     heads: Option<usize>,
     eps: f64,
     scale: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    let c = |t: &Tensor| t.detach().contiguous();
-    let weights = frozen_block::HalfWeights {
-        norm_w: c(w.norm.0)?,
-        norm_b: c(w.norm.1)?,
-        w1: c(w.first.0)?,
-        b1: w.first.1.map(c).transpose()?,
-        w2: c(w.second.0)?,
-        b2: w.second.1.map(c).transpose()?,
-    };
     let op = frozen_block::ResidualHalfOp {
         half: match heads {
             Some(heads) => frozen_block::Half::Attn { heads },
             None => frozen_block::Half::Mlp,
         },
-        weights,
+        weights: w.prepared()?,
         eps: eps as f32,
         scale,
         keep: x.track_op(),
