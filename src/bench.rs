@@ -13,6 +13,7 @@
 //! `benches/pytorch_step.py` reports the same measure for PyTorch.
 use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
 use crate::nn::loss::{cross_entropy, mse_logits};
+use crate::nn::ops::GEMM_BACKEND_ENV;
 use crate::nn::optim::{AdamW, AdamWConfig};
 use crate::nn::precision::Precision;
 use crate::nn::vit::{Mode, Vit, VitConfig};
@@ -70,6 +71,9 @@ pub struct StepReport {
     /// module docs); None on CPU.
     #[serde(default)]
     pub device_mem_mib: Option<f64>,
+    /// The CPU GEMM backend of the frozen-weight products (`IDAT_BLAS`); empty off CPU.
+    #[serde(default)]
+    pub cpu_gemm: String,
 }
 
 /// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
@@ -193,6 +197,10 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
                 Some(peak.saturating_sub(base) as f64 / (1u64 << 20) as f64)
             }
             _ => None,
+        },
+        cpu_gemm: match crate::nn::ops::cpu_gemm() {
+            Ok(g) if dev.is_cpu() => g.to_string(),
+            _ => String::new(),
         },
     })
 }
@@ -345,6 +353,9 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             "models: small {} / large {}, {} classes, img {}, warmup {} + {} timed steps",
             a.model_s, a.model_b, a.classes, large.img_size, a.warmup, a.steps
         );
+        if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
+            println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
+        }
         println!("{TABLE_HEADER}");
         for r in &reports {
             println!("{}", table_row(r));

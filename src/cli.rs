@@ -195,6 +195,19 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
     ) {
         single_thread_elementwise();
     }
+    if matches!(
+        cli.cmd,
+        Command::Run(_) | Command::ExecStage { .. } | Command::Bench(_) | Command::Infer(_)
+    ) {
+        // Choose the CPU GEMM backend now, so a bad IDAT_BLAS stops the command before any work.
+        match crate::nn::ops::cpu_gemm() {
+            Ok(b) => tracing::info!("CPU GEMM backend: {b}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        }
+    }
     let r = match cli.cmd {
         Command::Run(a) => cmd_run(&registry, &cache_dir, a, cli.quiet, &resume),
         Command::Validate { files, set } => cmd_validate(&registry, &files, &set, cli.quiet),

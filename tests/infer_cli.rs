@@ -102,22 +102,35 @@ fn infer(args: &[&str]) -> assert_cmd::assert::Assert {
         .assert()
 }
 
-#[test]
-fn backbone_with_head_from_preset_file_matches_library_forward() {
-    let dir = tempfile::tempdir().unwrap();
+/// A random backbone with a 5-class head saved in `dir`: the weights' path and the same
+/// model built by the library.
+fn head_model(dir: &Path, c: &VitConfig) -> (PathBuf, Vit) {
     let dev = Device::Cpu;
-    let c = cfg(5);
-    let mut weights = Vit::random_backbone(&c, &dev, 3).unwrap();
+    let mut weights = Vit::random_backbone(c, &dev, 3).unwrap();
     weights.insert(
         "head.weight".into(),
-        Tensor::randn(0f32, 0.5, (5, 32), &dev).unwrap(),
+        Tensor::randn(0f32, 0.5, (5, c.embed_dim), &dev).unwrap(),
     );
     weights.insert(
         "head.bias".into(),
         Tensor::randn(0f32, 0.5, 5, &dev).unwrap(),
     );
-    let wpath = dir.path().join("w.safetensors");
+    let wpath = dir.join("w.safetensors");
     save_tensors(&wpath, &weights, &BTreeMap::new()).unwrap();
+    let vit = Vit::new(c, &AdapterConfig::Linear, weights.clone(), &dev, 0).unwrap();
+    let head: BTreeMap<String, Tensor> = weights
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("head."))
+        .collect();
+    vit.set_trainable(&head).unwrap();
+    (wpath, vit)
+}
+
+#[test]
+fn backbone_with_head_from_preset_file_matches_library_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(5);
+    let (wpath, vit) = head_model(dir.path(), &c);
     // The config file says 1000 classes; the head in the weights decides (5).
     let mut file_cfg = c.clone();
     file_cfg.num_classes = 1000;
@@ -142,14 +155,54 @@ fn backbone_with_head_from_preset_file_matches_library_forward() {
         "2",
     ])
     .success();
-
-    let vit = Vit::new(&c, &AdapterConfig::Linear, weights.clone(), &dev, 0).unwrap();
-    let head: BTreeMap<String, Tensor> = weights
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("head."))
-        .collect();
-    vit.set_trainable(&head).unwrap();
     check(&read_csv(&out), &paths, &reference(&vit, &paths));
+}
+
+/// `IDAT_BLAS` picks the CPU GEMM backend: both give the library's logits, and a value that
+/// cannot be used stops the command before it writes anything.
+#[test]
+fn gemm_backend_is_chosen_by_idat_blas() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(5);
+    let (wpath, vit) = head_model(dir.path(), &c);
+    let paths = images(&dir.path().join("imgs"));
+    let want = reference(&vit, &paths);
+    let cjson = serde_json::to_string(&c).unwrap();
+    let out = dir.path().join("out.csv");
+    let with = |blas: &str| {
+        let mut cmd = Command::cargo_bin("idat-pipe").unwrap();
+        cmd.env("IDAT_BLAS", blas).args([
+            "infer",
+            "--model",
+            &cjson,
+            "--weights",
+            wpath.to_str().unwrap(),
+            "--images",
+            dir.path().join("imgs").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        cmd.assert()
+    };
+    for blas in ["off", "auto"] {
+        with(blas).success();
+        check(&read_csv(&out), &paths, &want);
+        std::fs::remove_file(&out).unwrap();
+    }
+    let e = with("/nonexistent/libopenblas.so.0")
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let e = String::from_utf8_lossy(&e);
+    assert!(
+        e.contains("IDAT_BLAS=/nonexistent/libopenblas.so.0: cannot load"),
+        "{e}"
+    );
+    let e = with("fastest").code(2).get_output().stderr.clone();
+    let e = String::from_utf8_lossy(&e);
+    assert!(e.contains("IDAT_BLAS=\"fastest\" is not understood"), "{e}");
+    assert!(!out.exists());
 }
 
 #[test]

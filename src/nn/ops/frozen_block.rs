@@ -14,7 +14,8 @@
 
 use super::attention::AttentionOp;
 use super::cpu::slice;
-use super::frozen_linear::{gemm_w, linear_rows, Product};
+use super::frozen_linear::linear_rows;
+use super::gemm::{gemm_w, Product};
 use super::{gelu, layer_norm};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;

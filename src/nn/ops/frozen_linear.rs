@@ -2,11 +2,12 @@
 //! weight-gradient GEMM that candle's matmul backward always computes is skipped and no
 //! gradient buffer is allocated for the frozen weight.
 //!
-//! CPU f32 runs one `gemm` call with the bias fused in. Every other case (bf16 on CPU, any
+//! CPU f32 runs one [`super::gemm`] product with the bias fused in. Every other case (bf16 on CPU, any
 //! dtype on CUDA) runs the backend's own matmul on the storage ([`backend_xwt`]); the bias
 //! is then added outside the op by the caller.
 
 use super::cpu::{slice, with_slice};
+use super::gemm::{gemm_w, Product, WLayout};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
@@ -42,43 +43,6 @@ fn backend_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Res
     Ok((out, Shape::from(shape)))
 }
 
-/// How a row-major weight operand is stored for [`gemm_w`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WLayout {
-    /// `w [n, k]`: the product uses its transpose (`x W^T`, a linear layer's forward).
-    Nk,
-    /// `w [k, n]`: the product uses it as is (`g W`, a linear layer's input gradient).
-    Kn,
-}
-
-/// Sizes of one product `dst [m, n] (+)= lhs [m, k] * w`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Product {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub w: WLayout,
-    /// Add to `dst` instead of overwriting it.
-    pub accumulate: bool,
-}
-
-impl Product {
-    /// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer whose
-    /// weight is `W [k_out, n_in]`.
-    pub(crate) fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
-        Product {
-            m,
-            n: n_in,
-            k: k_out,
-            w: WLayout::Kn,
-            accumulate: false,
-        }
-    }
-}
-
-/// Products this small (m * n * k) run on one thread: splitting them costs more than it saves.
-pub(crate) const PARALLEL_MIN_WORK: usize = 32 * 32 * 32;
-
 /// A linear layer's forward on rows: `x [m, k] W^T + b` for `W [n, k]`, `b [n]`. The output
 /// starts as the bias rows (written once, no zero-fill first) and the GEMM accumulates onto
 /// them; without a bias it starts zeroed.
@@ -107,71 +71,6 @@ pub(crate) fn linear_rows(
     };
     gemm_w(&mut out, x, w, p);
     out
-}
-
-/// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), multi-threaded over the
-/// current rayon pool when large. With the `openblas` feature this is OpenBLAS's `sgemm`
-/// (single-threaded per call, the rows split over the pool), else the `gemm` crate.
-pub(crate) fn gemm_w(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
-    let Product { m, n, k, .. } = p;
-    assert!(
-        dst.len() == m * n && lhs.len() == m * k && w.len() == n * k,
-        "gemm_w: bad sizes"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !p.accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    #[cfg(feature = "openblas")]
-    super::blas::sgemm(dst, lhs, w, p);
-    #[cfg(not(feature = "openblas"))]
-    gemm_crate(dst, lhs, w, p);
-}
-
-#[cfg(not(feature = "openblas"))]
-fn gemm_crate(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
-    let Product { m, n, k, .. } = p;
-    // Element (kk, j) of the right operand is at kk * rs + j * cs.
-    let (cs, rs) = match p.w {
-        WLayout::Nk => (k as isize, 1),
-        WLayout::Kn => (1, n as isize),
-    };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_WORK {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `gemm_w` checked that the buffers hold exactly the elements these sizes and
-    // strides address; `dst` is uniquely borrowed and does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            p.accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            cs,
-            rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
 }
 
 impl CustomOp1 for FrozenLinearOp {

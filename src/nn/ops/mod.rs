@@ -9,13 +9,15 @@
 //!   reference the fused ops are tested against, and the benchmark baseline).
 
 mod attention;
-#[cfg(feature = "openblas")]
 mod blas;
+pub use blas::OpenBlas;
 mod cpu;
 mod fastmath;
 mod frozen_block;
 pub(crate) use frozen_block::HalfWeights;
 mod frozen_linear;
+mod gemm;
+pub use gemm::{cpu_gemm, CpuGemm, ENV as GEMM_BACKEND_ENV};
 mod gelu;
 mod layer_norm;
 mod softmax;

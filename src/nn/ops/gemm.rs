@@ -1,0 +1,369 @@
+//! The frozen-weight GEMM `dst [m, n] (+)= lhs [m, k] * w` behind every CPU f32 frozen
+//! linear (forward and input gradient).
+//!
+//! One driver: the output rows are split over the current rayon pool (the pipeline
+//! instance's `resources.cpus` threads) and every chunk runs a single-threaded product in
+//! one of two backends, chosen once per process:
+//!
+//! * the system OpenBLAS, loaded at run time ([`super::blas`]) when it is installed
+//!   (measured ~10-20% faster on the ViT shapes, docs/benchmarks.md);
+//! * the pure-Rust `gemm` crate otherwise, so the build needs no system library.
+//!
+//! The environment variable [`ENV`] chooses: `auto` (default: OpenBLAS if found),
+//! `off` (always the `gemm` crate), `openblas` (OpenBLAS or an error), or the path of a
+//! library that exports OpenBLAS's `cblas_sgemm` and `openblas_set_num_threads`.
+
+use super::blas::OpenBlas;
+use rayon::prelude::*;
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The environment variable that selects the CPU GEMM backend.
+pub const ENV: &str = "IDAT_BLAS";
+
+/// How a row-major weight operand is stored for [`gemm_w`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WLayout {
+    /// `w [n, k]`: the product uses its transpose (`x W^T`, a linear layer's forward).
+    Nk,
+    /// `w [k, n]`: the product uses it as is (`g W`, a linear layer's input gradient).
+    Kn,
+}
+
+/// Sizes of one product `dst [m, n] (+)= lhs [m, k] * w`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub w: WLayout,
+    /// Add to `dst` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl Product {
+    /// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer whose
+    /// weight is `W [k_out, n_in]`.
+    pub(crate) fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
+        Product {
+            m,
+            n: n_in,
+            k: k_out,
+            w: WLayout::Kn,
+            accumulate: false,
+        }
+    }
+}
+
+/// Products this small (m * n * k) run on one thread: splitting them costs more than it saves.
+pub(crate) const PARALLEL_MIN_WORK: usize = 32 * 32 * 32;
+
+/// The CPU GEMM backend of this process.
+pub enum CpuGemm {
+    /// The pure-Rust `gemm` crate.
+    Rust,
+    /// A run-time loaded OpenBLAS.
+    OpenBlas(OpenBlas),
+}
+
+impl fmt::Display for CpuGemm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CpuGemm::Rust => write!(f, "gemm crate (pure Rust)"),
+            CpuGemm::OpenBlas(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// Library names tried by `auto` and `openblas`, in order.
+#[cfg(target_os = "macos")]
+const OPENBLAS_NAMES: &[&str] = &[
+    "libopenblas.0.dylib",
+    "libopenblas.dylib",
+    "/opt/homebrew/opt/openblas/lib/libopenblas.dylib",
+    "/usr/local/opt/openblas/lib/libopenblas.dylib",
+];
+#[cfg(windows)]
+const OPENBLAS_NAMES: &[&str] = &["libopenblas.dll", "openblas.dll"];
+#[cfg(not(any(target_os = "macos", windows)))]
+const OPENBLAS_NAMES: &[&str] = &["libopenblas.so.0", "libopenblas.so"];
+
+/// The backend that [`ENV`] set to `value` selects (`None`: unset). `Err` says what is
+/// wrong with the value, or why the library it asks for cannot be used.
+pub(crate) fn select(value: Option<&str>) -> Result<CpuGemm, String> {
+    let first_found = || {
+        let mut tried = Vec::new();
+        for name in OPENBLAS_NAMES {
+            match OpenBlas::load(name) {
+                Ok(b) => return Ok(b),
+                Err(e) => tried.push(e),
+            }
+        }
+        Err(tried.join("; "))
+    };
+    match value.map(str::trim) {
+        None | Some("") | Some("auto") => {
+            Ok(first_found().map_or(CpuGemm::Rust, CpuGemm::OpenBlas))
+        }
+        Some("off") => Ok(CpuGemm::Rust),
+        Some("openblas") => first_found().map(CpuGemm::OpenBlas).map_err(|e| {
+            format!(
+                "{ENV}=openblas, but no usable OpenBLAS was found ({e}); install it \
+                 (Debian/Ubuntu: apt-get install libopenblas0), give its path in {ENV}, \
+                 or set {ENV}=auto or off"
+            )
+        }),
+        Some(path) if path.contains(std::path::MAIN_SEPARATOR) || path.contains('.') => {
+            OpenBlas::load(path)
+                .map(CpuGemm::OpenBlas)
+                .map_err(|e| format!("{ENV}={path}: {e}; expected the path of an OpenBLAS library"))
+        }
+        Some(other) => Err(format!(
+            "{ENV}={other:?} is not understood: expected `auto` (default), `off`, \
+             `openblas`, or the path of an OpenBLAS library"
+        )),
+    }
+}
+
+static BACKEND: OnceLock<Result<CpuGemm, String>> = OnceLock::new();
+
+/// The CPU GEMM backend of this process, chosen on first use from [`ENV`]. The CLI calls
+/// this at start-up so that a bad value stops the command with this error.
+pub fn cpu_gemm() -> Result<&'static CpuGemm, String> {
+    BACKEND
+        .get_or_init(|| select(std::env::var(ENV).ok().as_deref()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Rows per rayon task: the whole product on one thread when small, else about one chunk
+/// per pool thread and at least 16 rows.
+fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 || m * n * k < PARALLEL_MIN_WORK {
+        return m;
+    }
+    m.div_ceil(threads).max(16)
+}
+
+/// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), the rows split over the
+/// current rayon pool, through this process's backend ([`cpu_gemm`]; the `gemm` crate if
+/// [`ENV`] is invalid, which the CLI has reported before any product runs).
+pub(crate) fn gemm_w(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+    let backend = cpu_gemm().unwrap_or(&CpuGemm::Rust);
+    gemm_w_with(backend, dst, lhs, w, p)
+}
+
+fn gemm_w_with(backend: &CpuGemm, dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+    let Product { m, n, k, .. } = p;
+    assert!(
+        dst.len() == m * n && lhs.len() == m * k && w.len() == n * k,
+        "gemm_w: bad sizes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !p.accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let rows = rows_per_task(m, n, k);
+    dst.par_chunks_mut(rows * n)
+        .zip(lhs.par_chunks(rows * k))
+        .for_each(|(c, a)| {
+            let chunk = Product {
+                m: c.len() / n,
+                ..p
+            };
+            match backend {
+                CpuGemm::Rust => rust_gemm(c, a, w, chunk),
+                CpuGemm::OpenBlas(b) => b.sgemm(c, a, w, chunk),
+            }
+        });
+}
+
+/// One single-threaded product through the `gemm` crate (sizes checked by [`gemm_w`]).
+fn rust_gemm(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+    let Product { m, n, k, .. } = p;
+    // Element (kk, j) of the right operand is at kk * rs + j * cs.
+    let (cs, rs) = match p.w {
+        WLayout::Nk => (k as isize, 1),
+        WLayout::Kn => (1, n as isize),
+    };
+    // SAFETY: `gemm_w` checked that the buffers hold exactly the elements these sizes and
+    // strides address; `dst` is uniquely borrowed and does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            p.accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            cs,
+            rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `dst (+)= lhs * w` in f64, element by element.
+    fn reference(dst: &[f32], lhs: &[f32], w: &[f32], p: Product) -> Vec<f32> {
+        let Product { m, n, k, .. } = p;
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = if p.accumulate {
+                    dst[i * n + j] as f64
+                } else {
+                    0.0
+                };
+                for kk in 0..k {
+                    let wv = match p.w {
+                        WLayout::Nk => w[j * k + kk],
+                        WLayout::Kn => w[kk * n + j],
+                    };
+                    s += lhs[i * k + kk] as f64 * wv as f64;
+                }
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    /// Every backend this machine has (CI installs OpenBLAS and must exercise it).
+    fn backends() -> Vec<CpuGemm> {
+        let mut all = vec![CpuGemm::Rust];
+        match select(Some("openblas")) {
+            Ok(b) => all.push(b),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI installs OpenBLAS, but it cannot be loaded: {e}")
+            }
+            Err(e) => eprintln!("OpenBLAS backend not tested here: {e}"),
+        }
+        all
+    }
+
+    #[test]
+    fn every_backend_matches_the_f64_reference_for_any_shape_layout_and_thread_count() {
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (70, 100, 40),
+            (197, 48, 192),
+            (33, 130, 300),
+        ];
+        let pools: Vec<_> = [1, 2, 3]
+            .into_iter()
+            .map(|t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for backend in backends() {
+            for (si, &(m, n, k)) in shapes.iter().enumerate() {
+                for layout in [WLayout::Nk, WLayout::Kn] {
+                    for accumulate in [false, true] {
+                        let p = Product {
+                            m,
+                            n,
+                            k,
+                            w: layout,
+                            accumulate,
+                        };
+                        let lhs = values(m * k, si as u64 + 1);
+                        let w = values(n * k, si as u64 + 100);
+                        let start = values(m * n, si as u64 + 200);
+                        let want = reference(&start, &lhs, &w, p);
+                        for pool in &pools {
+                            let mut got = start.clone();
+                            pool.install(|| gemm_w_with(&backend, &mut got, &lhs, &w, p));
+                            let worst = got
+                                .iter()
+                                .zip(&want)
+                                .map(|(g, r)| (g - r).abs() / (1.0 + r.abs()))
+                                .fold(0f32, f32::max);
+                            assert!(
+                                worst < 1e-5,
+                                "{backend}: {m}x{n}x{k} {layout:?} accumulate={accumulate} \
+                                 on {} threads: error {worst}",
+                                pool.current_num_threads()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_inner_dimension_clears_or_keeps_the_output() {
+        for backend in backends() {
+            for accumulate in [false, true] {
+                let mut dst = vec![2.5f32; 6];
+                let p = Product {
+                    m: 2,
+                    n: 3,
+                    k: 0,
+                    w: WLayout::Nk,
+                    accumulate,
+                };
+                gemm_w_with(&backend, &mut dst, &[], &[], p);
+                let want = if accumulate { 2.5 } else { 0.0 };
+                assert!(dst.iter().all(|&v| v == want), "{backend}: {dst:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_backend_variable_is_parsed_with_errors_that_name_it() {
+        assert!(matches!(select(Some("off")), Ok(CpuGemm::Rust)));
+        assert!(select(None).is_ok() && select(Some("auto")).is_ok());
+        let e = select(Some("fast"))
+            .err()
+            .expect("an unknown word is refused");
+        assert!(
+            e.contains("IDAT_BLAS=\"fast\"") && e.contains("`off`"),
+            "{e}"
+        );
+        let e = select(Some("/nonexistent/libopenblas.so"))
+            .err()
+            .expect("a missing library is refused");
+        assert!(
+            e.starts_with("IDAT_BLAS=/nonexistent/libopenblas.so:"),
+            "{e}"
+        );
+    }
+}
