@@ -76,8 +76,9 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 fn gelu_fwd_portable(out: &mut [f32], x: &[f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        let z = v * FRAC_1_SQRT_2;
-        *o = 0.5 * v * (1.0 + erf_with(z, exp(-z * z)));
+        // exp(-v^2 / 2) = exp(-z^2) for z = v / sqrt 2, written as the derivative needs it.
+        let e = exp(-0.5 * v * v);
+        *o = 0.5 * v * (1.0 + erf_with(v * FRAC_1_SQRT_2, e));
     }
 }
 
@@ -88,6 +89,30 @@ fn gelu_bwd_portable(dx: &mut [f32], x: &[f32], g: &[f32]) {
         let e = exp(-0.5 * v * v);
         let cdf = 0.5 * (1.0 + erf_with(v * FRAC_1_SQRT_2, e));
         *d = gv * (cdf + v * INV_SQRT_2PI * e);
+    }
+}
+
+/// `out = GELU(x)` and `x <- GELU'(x)` in one pass: the forward of a frozen MLP keeps the
+/// derivative instead of the input, so its backward is one multiply. Both results are
+/// bit-identical to [`gelu_fwd_portable`] and to [`gelu_bwd_portable`] with `g = 1`.
+#[inline(always)]
+fn gelu_fwd_grad_portable(out: &mut [f32], x: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x.iter_mut()) {
+        let a = *v;
+        let e = exp(-0.5 * a * a);
+        let erf = erf_with(a * FRAC_1_SQRT_2, e);
+        *o = 0.5 * a * (1.0 + erf);
+        *v = 0.5 * (1.0 + erf) + a * INV_SQRT_2PI * e;
+    }
+}
+
+/// `x <- GELU'(x)`.
+#[inline(always)]
+fn gelu_grad_inplace_portable(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let a = *v;
+        let e = exp(-0.5 * a * a);
+        *v = 0.5 * (1.0 + erf_with(a * FRAC_1_SQRT_2, e)) + a * INV_SQRT_2PI * e;
     }
 }
 
@@ -183,6 +208,14 @@ mod avx2 {
         super::gelu_bwd_portable(dx, x, g)
     }
     #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_fwd_grad(out: &mut [f32], x: &mut [f32]) {
+        super::gelu_fwd_grad_portable(out, x)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_grad_inplace(x: &mut [f32]) {
+        super::gelu_grad_inplace_portable(x)
+    }
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_sub(out: &mut [f32], x: &[f32], shift: f32) -> f32 {
         super::exp_sub_portable(out, x, shift)
     }
@@ -218,6 +251,27 @@ pub fn gelu_bwd(dx: &mut [f32], x: &[f32], g: &[f32]) {
         return unsafe { avx2::gelu_bwd(dx, x, g) };
     }
     gelu_bwd_portable(dx, x, g)
+}
+
+/// `out[i] = gelu(x[i])` and `x[i] <- gelu'(x[i])` in one pass.
+pub fn gelu_fwd_grad(out: &mut [f32], x: &mut [f32]) {
+    assert_eq!(out.len(), x.len(), "gelu_fwd_grad: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { avx2::gelu_fwd_grad(out, x) };
+    }
+    gelu_fwd_grad_portable(out, x)
+}
+
+/// `x[i] <- gelu'(x[i])`.
+pub fn gelu_grad_inplace(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { avx2::gelu_grad_inplace(x) };
+    }
+    gelu_grad_inplace_portable(x)
 }
 
 /// `out[i] = exp(x[i] - shift)`; returns the sum of `out` (the softmax denominator).
@@ -295,6 +349,30 @@ mod tests {
         }
         assert!(ey < 5e-7, "gelu error {ey:e}");
         assert!(ed < 5e-7, "gelu' error {ed:e}");
+    }
+
+    #[test]
+    fn gelu_with_its_derivative_in_one_pass_is_bit_identical_to_the_separate_kernels() {
+        let xs: Vec<f32> = grid(-9.0, 9.0, 4_099).map(|x| x as f32).collect();
+        let mut y = vec![0f32; xs.len()];
+        gelu_fwd(&mut y, &xs);
+        let mut d = vec![0f32; xs.len()];
+        gelu_bwd(&mut d, &xs, &vec![1f32; xs.len()]);
+        let mut y1 = vec![0f32; xs.len()];
+        let mut d1 = xs.clone();
+        gelu_fwd_grad(&mut y1, &mut d1);
+        let mut d2 = xs.clone();
+        gelu_grad_inplace(&mut d2);
+        for i in 0..xs.len() {
+            assert_eq!(y1[i].to_bits(), y[i].to_bits(), "gelu({})", xs[i]);
+            assert_eq!(
+                d1[i].to_bits(),
+                d[i].to_bits(),
+                "gelu'({}) with gelu",
+                xs[i]
+            );
+            assert_eq!(d2[i].to_bits(), d[i].to_bits(), "gelu'({}) alone", xs[i]);
+        }
     }
 
     #[test]

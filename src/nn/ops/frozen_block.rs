@@ -8,8 +8,9 @@
 //! computation as separate fused ops this removes, per half, about ten candle graph nodes,
 //! each of which costs candle's backward a zero-filled gradient buffer plus an add pass
 //! over a `[tokens, width]` tensor, and it keeps only one inner activation (the qkv
-//! projection, or the pre-GELU MLP hidden state) instead of every intermediate.
-//! LayerNorm statistics and attention probabilities are recomputed in the backward.
+//! projection, or GELU's derivative at the MLP hidden state, which the forward computes in the
+//! same pass as GELU) instead of every intermediate. LayerNorm statistics and attention
+//! probabilities are recomputed in the backward.
 //! The numbers are those of the separate fused ops (tested against the composed model).
 
 use super::attention::AttentionOp;
@@ -53,7 +54,8 @@ pub(crate) struct ResidualHalfOp {
     pub scale: Option<Vec<f32>>,
     /// Keep the inner activation for the backward (set when `x` is part of a graph).
     pub keep: bool,
-    /// The inner activation (qkv `[M, 3D]` or pre-GELU `[M, H]`) kept by the forward.
+    /// What the forward keeps: the qkv projection `[M, 3D]` (attention half), or GELU's
+    /// derivative at the pre-GELU hidden state `[M, H]` (MLP half).
     pub saved: Mutex<Option<Vec<f32>>>,
 }
 
@@ -177,7 +179,7 @@ impl CustomOp1 for ResidualHalfOp {
         let x = slice(s, l)?;
         let (m, d, h, k) = self.dims(l.dims())?;
         let out = self.with_weights(|w| {
-            let inner = self.inner(x, w, m, d, h);
+            let mut inner = self.inner(x, w, m, d, h);
             let mid = match self.half {
                 Half::Attn { .. } => {
                     let (op, dm) = self.attention(l.dims())?;
@@ -187,7 +189,11 @@ impl CustomOp1 for ResidualHalfOp {
                 }
                 Half::Mlp => {
                     let mut o = vec![0f32; m * k];
-                    gelu::forward(&mut o, &inner);
+                    if self.keep {
+                        gelu::forward_keeping_grad(&mut o, &mut inner);
+                    } else {
+                        gelu::forward(&mut o, &inner);
+                    }
                     o
                 }
             };
@@ -218,22 +224,29 @@ impl CustomOp1 for ResidualHalfOp {
         let dx = self.with_weights(|w| {
             let mut saved = self.saved.lock().expect("frozen block: poisoned");
             if saved.is_none() {
-                *saved = Some(self.inner(xs, w, m, d, h));
+                let mut inner = self.inner(xs, w, m, d, h);
+                if let Half::Mlp = self.half {
+                    gelu::grad_in_place(&mut inner);
+                }
+                *saved = Some(inner);
             }
-            let inner = saved.as_ref().expect("set above");
+            let kept = saved.as_ref().expect("set above");
             // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
             let mut gmid = vec![0f32; m * k];
             gemm_w(&mut gmid, gs, w.w2, Product::input_grad(m, k, d));
             self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
-            let mut ginner = vec![0f32; m * h];
-            match self.half {
+            let ginner = match self.half {
                 Half::Attn { .. } => {
                     let (op, dm) = self.attention(&dims)?;
-                    op.backward(inner, &gmid, &dm, &mut ginner);
+                    let mut ginner = vec![0f32; m * h];
+                    op.backward(kept, &gmid, &dm, &mut ginner);
+                    ginner
                 }
-                Half::Mlp => gelu::backward(&mut ginner, inner, &gmid),
-            }
-            drop(gmid);
+                Half::Mlp => {
+                    gelu::mul_in_place(&mut gmid, kept);
+                    gmid
+                }
+            };
             let mut gn = vec![0f32; m * d];
             gemm_w(&mut gn, &ginner, w.w1, Product::input_grad(m, d, h));
             drop(ginner);

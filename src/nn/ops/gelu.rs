@@ -27,6 +27,28 @@ pub(crate) fn backward(dx: &mut [f32], x: &[f32], g: &[f32]) {
         .for_each(|(d, (xc, gc))| fastmath::gelu_bwd(d, xc, gc));
 }
 
+/// `out = GELU(x)` and `x <- GELU'(x)` element-wise, in parallel chunks (the forward of a
+/// frozen MLP half, which keeps the derivative for its backward).
+pub(crate) fn forward_keeping_grad(out: &mut [f32], x: &mut [f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks_mut(CHUNK))
+        .for_each(|(o, xc)| fastmath::gelu_fwd_grad(o, xc));
+}
+
+/// `x <- GELU'(x)` element-wise, in parallel chunks.
+pub(crate) fn grad_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK)
+        .for_each(fastmath::gelu_grad_inplace);
+}
+
+/// `g <- g * d` element-wise, in parallel chunks (the backward from a kept derivative `d`).
+pub(crate) fn mul_in_place(g: &mut [f32], d: &[f32]) {
+    assert_eq!(g.len(), d.len(), "gelu::mul_in_place: length mismatch");
+    g.par_chunks_mut(CHUNK)
+        .zip(d.par_chunks(CHUNK))
+        .for_each(|(gc, dc)| gc.iter_mut().zip(dc).for_each(|(g, d)| *g *= d));
+}
+
 /// Fused CPU exact GELU.
 pub(crate) struct GeluOp;
 
