@@ -73,36 +73,40 @@ fn erf(z: f32) -> f32 {
 /// `1 / sqrt(2 pi)`.
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// `(GELU(v), GELU'(v))` from one exp and one erf: `exp(-v^2 / 2)` is both the erf's
+/// `exp(-z^2)` for `z = v / sqrt 2` and the derivative's density term. Every GELU kernel
+/// below uses this one formula, so they agree bit for bit; a kernel that uses only one of
+/// the two results lets the compiler drop the other's arithmetic.
+#[inline(always)]
+fn gelu_and_grad(v: f32) -> (f32, f32) {
+    let e = exp(-0.5 * v * v);
+    let erf = erf_with(v * FRAC_1_SQRT_2, e);
+    (
+        0.5 * v * (1.0 + erf),
+        0.5 * (1.0 + erf) + v * INV_SQRT_2PI * e,
+    )
+}
+
 #[inline(always)]
 fn gelu_fwd_portable(out: &mut [f32], x: &[f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        // exp(-v^2 / 2) = exp(-z^2) for z = v / sqrt 2, written as the derivative needs it.
-        let e = exp(-0.5 * v * v);
-        *o = 0.5 * v * (1.0 + erf_with(v * FRAC_1_SQRT_2, e));
+        *o = gelu_and_grad(v).0;
     }
 }
 
 #[inline(always)]
 fn gelu_bwd_portable(dx: &mut [f32], x: &[f32], g: &[f32]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        // One exp serves both: exp(-z^2) with z = v / sqrt 2 is exp(-v^2 / 2).
-        let e = exp(-0.5 * v * v);
-        let cdf = 0.5 * (1.0 + erf_with(v * FRAC_1_SQRT_2, e));
-        *d = gv * (cdf + v * INV_SQRT_2PI * e);
+        *d = gv * gelu_and_grad(v).1;
     }
 }
 
 /// `out = GELU(x)` and `x <- GELU'(x)` in one pass: the forward of a frozen MLP keeps the
-/// derivative instead of the input, so its backward is one multiply. Both results are
-/// bit-identical to [`gelu_fwd_portable`] and to [`gelu_bwd_portable`] with `g = 1`.
+/// derivative instead of the input, so its backward is one multiply.
 #[inline(always)]
 fn gelu_fwd_grad_portable(out: &mut [f32], x: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(x.iter_mut()) {
-        let a = *v;
-        let e = exp(-0.5 * a * a);
-        let erf = erf_with(a * FRAC_1_SQRT_2, e);
-        *o = 0.5 * a * (1.0 + erf);
-        *v = 0.5 * (1.0 + erf) + a * INV_SQRT_2PI * e;
+        (*o, *v) = gelu_and_grad(*v);
     }
 }
 
@@ -110,9 +114,7 @@ fn gelu_fwd_grad_portable(out: &mut [f32], x: &mut [f32]) {
 #[inline(always)]
 fn gelu_grad_inplace_portable(x: &mut [f32]) {
     for v in x.iter_mut() {
-        let a = *v;
-        let e = exp(-0.5 * a * a);
-        *v = 0.5 * (1.0 + erf_with(a * FRAC_1_SQRT_2, e)) + a * INV_SQRT_2PI * e;
+        *v = gelu_and_grad(*v).1;
     }
 }
 
