@@ -6,83 +6,9 @@
 //! use the composed path when attention dropout is active.
 
 use super::cpu::{slice, with_slice};
+use super::gemm::{mm, View};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// A strided matrix view inside a slice: element (r, c) is at `off + r*rs + c*cs`.
-#[derive(Clone, Copy)]
-struct View {
-    off: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View {
-    fn new(off: usize, rs: usize, cs: usize) -> Self {
-        View { off, rs, cs }
-    }
-    fn t(self) -> Self {
-        View {
-            off: self.off,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-    fn check(self, rows: usize, cols: usize, len: usize) {
-        if rows > 0 && cols > 0 {
-            let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(last < len, "attention: matrix view out of bounds");
-        }
-    }
-}
-
-/// `dst (m x n) = [dst +] beta * lhs (m x k) * rhs (k x n)`, single-threaded, bounds-checked.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    dst: &mut [f32],
-    d: View,
-    acc: bool,
-    lhs: &[f32],
-    l: View,
-    rhs: &[f32],
-    r: View,
-    m: usize,
-    n: usize,
-    k: usize,
-    beta: f32,
-) {
-    d.check(m, n, dst.len());
-    l.check(m, k, lhs.len());
-    r.check(k, n, rhs.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element the GEMM touches lies inside its slice (checked above); `dst`
-    // is a unique borrow that does not alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(d.off),
-            d.cs as isize,
-            d.rs as isize,
-            acc,
-            lhs.as_ptr().add(l.off),
-            l.cs as isize,
-            l.rs as isize,
-            rhs.as_ptr().add(r.off),
-            r.cs as isize,
-            r.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
 
 /// Fused attention over `qkv [B, N, 3D]` with `heads` heads.
 pub(crate) struct AttentionOp {

@@ -15,8 +15,7 @@
 
 use super::attention::AttentionOp;
 use super::cpu::slice;
-use super::frozen_linear::linear_rows;
-use super::gemm::{gemm_w, Product};
+use super::frozen_linear::{input_grad, linear_rows};
 use super::{gelu, layer_norm};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -232,8 +231,7 @@ impl CustomOp1 for ResidualHalfOp {
             }
             let kept = saved.as_ref().expect("set above");
             // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
-            let mut gmid = vec![0f32; m * k];
-            gemm_w(&mut gmid, gs, w.w2, Product::input_grad(m, k, d));
+            let mut gmid = input_grad(gs, w.w2, m, k, d);
             self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
             let ginner = match self.half {
                 Half::Attn { .. } => {
@@ -247,8 +245,7 @@ impl CustomOp1 for ResidualHalfOp {
                     gmid
                 }
             };
-            let mut gn = vec![0f32; m * d];
-            gemm_w(&mut gn, &ginner, w.w1, Product::input_grad(m, d, h));
+            let gn = input_grad(&ginner, w.w1, m, d, h);
             drop(ginner);
             let mut dx = vec![0f32; m * d];
             layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);

@@ -73,6 +73,21 @@ pub(crate) fn linear_rows(
     out
 }
 
+/// A linear layer's input gradient on rows: `g [m, k_out] W` for `W [k_out, n_in]`, a new
+/// `[m, n_in]` buffer.
+pub(crate) fn input_grad(g: &[f32], w: &[f32], m: usize, n_in: usize, k_out: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; m * n_in];
+    let p = Product {
+        m,
+        n: n_in,
+        k: k_out,
+        w: WLayout::Kn,
+        accumulate: false,
+    };
+    gemm_w(&mut dx, g, w, p);
+    dx
+}
+
 impl CustomOp1 for FrozenLinearOp {
     fn name(&self) -> &'static str {
         "frozen-linear"
@@ -133,12 +148,7 @@ impl CustomOp1 for FrozenLinearOp {
         let (n, k) = self.w.dims2()?;
         if grad.device().is_cpu() && grad.dtype() == candle_core::DType::F32 {
             let dx = with_slice(grad, |g| {
-                with_slice(&self.w, |w| {
-                    let m = g.len() / n.max(1);
-                    let mut dx = vec![0f32; m * k];
-                    gemm_w(&mut dx, g, w, Product::input_grad(m, k, n));
-                    Ok(dx)
-                })
+                with_slice(&self.w, |w| Ok(input_grad(g, w, g.len() / n.max(1), k, n)))
             })?;
             return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
         }

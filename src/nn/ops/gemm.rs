@@ -1,13 +1,17 @@
-//! The frozen-weight GEMM `dst [m, n] (+)= lhs [m, k] * w` behind every CPU f32 frozen
-//! linear (forward and input gradient).
+//! The CPU f32 GEMMs of the fused ops.
 //!
+//! [`mm`] is the one call into the pure-Rust `gemm` crate: a single-threaded product on
+//! strided views, used directly by the attention's per-head products.
+//!
+//! [`gemm_w`] is the frozen-weight product `dst [m, n] (+)= lhs [m, k] * w` behind every
+//! frozen linear (forward and input gradient).
 //! One driver: the output rows are split over the current rayon pool (the pipeline
 //! instance's `resources.cpus` threads) and every chunk runs a single-threaded product in
 //! one of two backends, chosen once per process:
 //!
 //! * the system OpenBLAS, loaded at run time ([`super::blas`]) when it is installed
-//!   (measured ~10-20% faster on the ViT shapes, docs/benchmarks.md);
-//! * the pure-Rust `gemm` crate otherwise, so the build needs no system library.
+//!   (training steps measured ~10-15% faster, docs/benchmarks.md);
+//! * [`mm`] otherwise, so the build needs no system library.
 //!
 //! The environment variable [`ENV`] chooses: `auto` (default: OpenBLAS if found),
 //! `off` (always the `gemm` crate), `openblas` (OpenBLAS or an error), or the path of a
@@ -39,20 +43,6 @@ pub(crate) struct Product {
     pub w: WLayout,
     /// Add to `dst` instead of overwriting it.
     pub accumulate: bool,
-}
-
-impl Product {
-    /// The input-gradient product `g [m, k_out] W [k_out, n_in]` of a linear layer whose
-    /// weight is `W [k_out, n_in]`.
-    pub(crate) fn input_grad(m: usize, n_in: usize, k_out: usize) -> Product {
-        Product {
-            m,
-            n: n_in,
-            k: k_out,
-            w: WLayout::Kn,
-            accumulate: false,
-        }
-    }
 }
 
 /// Products this small (m * n * k) run on one thread: splitting them costs more than it saves.
@@ -187,30 +177,92 @@ fn gemm_w_with(backend: &CpuGemm, dst: &mut [f32], lhs: &[f32], w: &[f32], p: Pr
 /// One single-threaded product through the `gemm` crate (sizes checked by [`gemm_w`]).
 fn rust_gemm(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
     let Product { m, n, k, .. } = p;
-    // Element (kk, j) of the right operand is at kk * rs + j * cs.
-    let (cs, rs) = match p.w {
-        WLayout::Nk => (k as isize, 1),
-        WLayout::Kn => (1, n as isize),
+    let w_view = match p.w {
+        WLayout::Nk => View::new(0, 1, k),
+        WLayout::Kn => View::new(0, n, 1),
     };
-    // SAFETY: `gemm_w` checked that the buffers hold exactly the elements these sizes and
-    // strides address; `dst` is uniquely borrowed and does not alias the inputs.
+    mm(
+        dst,
+        View::new(0, n, 1),
+        p.accumulate,
+        lhs,
+        View::new(0, k, 1),
+        w,
+        w_view,
+        m,
+        n,
+        k,
+        1.0,
+    );
+}
+
+/// A strided matrix view inside a slice: element (r, c) is at `off + r*rs + c*cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    pub(crate) fn new(off: usize, rs: usize, cs: usize) -> Self {
+        View { off, rs, cs }
+    }
+    pub(crate) fn t(self) -> Self {
+        View {
+            off: self.off,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    fn check(self, rows: usize, cols: usize, len: usize) {
+        if rows > 0 && cols > 0 {
+            let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(last < len, "mm: matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst (m x n) = [dst +] beta * lhs (m x k) * rhs (k x n)`, single-threaded, bounds-checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm(
+    dst: &mut [f32],
+    d: View,
+    acc: bool,
+    lhs: &[f32],
+    l: View,
+    rhs: &[f32],
+    r: View,
+    m: usize,
+    n: usize,
+    k: usize,
+    beta: f32,
+) {
+    d.check(m, n, dst.len());
+    l.check(m, k, lhs.len());
+    r.check(k, n, rhs.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: every element the GEMM touches lies inside its slice (checked above); `dst`
+    // is a unique borrow that does not alias `lhs` or `rhs`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            p.accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            cs,
-            rs,
+            dst.as_mut_ptr().add(d.off),
+            d.cs as isize,
+            d.rs as isize,
+            acc,
+            lhs.as_ptr().add(l.off),
+            l.cs as isize,
+            l.rs as isize,
+            rhs.as_ptr().add(r.off),
+            r.cs as isize,
+            r.rs as isize,
             1.0,
-            1.0,
+            beta,
             false,
             false,
             false,
