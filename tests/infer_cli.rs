@@ -95,8 +95,13 @@ fn check(rows: &[(String, usize, Vec<f32>)], paths: &[PathBuf], want: &[Vec<f32>
 }
 
 fn infer(args: &[&str]) -> assert_cmd::assert::Assert {
+    infer_with_env(&[], args)
+}
+
+fn infer_with_env(env: &[(&str, &str)], args: &[&str]) -> assert_cmd::assert::Assert {
     Command::cargo_bin("idat-pipe")
         .unwrap()
+        .envs(env.iter().copied())
         .arg("infer")
         .args(args)
         .assert()
@@ -169,21 +174,18 @@ fn gemm_backend_is_chosen_by_idat_blas() {
     let want = reference(&vit, &paths);
     let cjson = serde_json::to_string(&c).unwrap();
     let out = dir.path().join("out.csv");
-    let with = |blas: &str| {
-        let mut cmd = Command::cargo_bin("idat-pipe").unwrap();
-        cmd.env("IDAT_BLAS", blas).args([
-            "infer",
-            "--model",
-            &cjson,
-            "--weights",
-            wpath.to_str().unwrap(),
-            "--images",
-            dir.path().join("imgs").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        cmd.assert()
-    };
+    let imgs = dir.path().join("imgs");
+    let args = [
+        "--model",
+        &cjson,
+        "--weights",
+        wpath.to_str().unwrap(),
+        "--images",
+        imgs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let with = |blas: &str| infer_with_env(&[("IDAT_BLAS", blas)], &args);
     for blas in ["off", "auto"] {
         with(blas).success();
         check(&read_csv(&out), &paths, &want);
