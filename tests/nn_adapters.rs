@@ -218,6 +218,43 @@ fn fused_and_composed_gradients_agree_for_every_method() {
     assert_fused_matches_composed(&tiny_config(), &x, &y, Mode::Eval);
 }
 
+/// Long sequences (heads x N > 6 D: patch 2 gives N = 65, 4 heads, D = 32) take the path
+/// where attention probabilities are recomputed in the backward instead of kept.
+#[test]
+fn fused_and_composed_gradients_agree_when_attention_probabilities_are_recomputed() {
+    let cfg = VitConfig {
+        patch_size: 2,
+        ..tiny_config()
+    };
+    let x = rand_tensor(&[2, 3, 16, 16], 8);
+    let y = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    assert_fused_matches_composed(&cfg, &x, &y, Mode::Eval);
+}
+
+/// The fused ops hand their kept activations to the first backward; a second backward over
+/// the same graph recomputes them and gives the same gradients.
+#[test]
+fn a_second_backward_over_the_same_graph_gives_the_same_gradients() {
+    let x = rand_tensor(&[2, 3, 16, 16], 9);
+    let y = Tensor::new(&[0u32, 4], &Device::Cpu).unwrap();
+    for m in all_methods() {
+        let vit = build(&tiny_config(), &m);
+        perturb_zero_tensors(&vit);
+        let loss = cross_entropy(&vit.forward(&x, Mode::Eval).unwrap(), &y).unwrap();
+        let first = loss.backward().unwrap();
+        let second = loss.backward().unwrap();
+        for (name, var) in vit.trainable() {
+            let (a, b) = (first.get(var.as_tensor()), second.get(var.as_tensor()));
+            let e = rel_err(a.unwrap(), b.unwrap());
+            assert!(
+                e < 1e-6,
+                "{}: {name} differs on the second backward ({e})",
+                m.name()
+            );
+        }
+    }
+}
+
 /// The frozen-block ops draw drop-path factors at the same point of the mask stream as the
 /// composed block and apply them per sample; a missing qkv bias takes the no-bias path.
 #[test]

@@ -1,18 +1,24 @@
 //! Fused multi-head self-attention on the packed qkv projection (timm layout: last dim is
 //! `q | k | v`, each head-major `H x Dh`): `softmax(q k^T / sqrt(Dh)) v` with heads merged
 //! back to `[B, N, D]`. The CPU op reads q, k, v in place through GEMM strides (no
-//! permute / split copies), keeps one N x N score buffer per task, and its backward
-//! recomputes the probabilities instead of storing them. No attention dropout: callers
+//! permute / split copies). When a backward will follow and the probabilities are at most
+//! twice the size of the qkv input (see [`keeps_probs`]; ViT-S and ViT-B at 224 x 224), the
+//! forward keeps them and the backward uses them: one product of seven and half the
+//! exponentials fewer. Otherwise (long sequences, where they grow as N^2) it keeps one
+//! N x N buffer per task and the backward recomputes them. No attention dropout: callers
 //! use the composed path when attention dropout is active.
 
 use super::cpu::{slice, with_slice};
 use super::gemm::{mm, View};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Fused attention over `qkv [B, N, 3D]` with `heads` heads.
 pub(crate) struct AttentionOp {
     pub heads: usize,
+    /// Probabilities kept by the forward for the backward (as a graph op; see [`Self::new`]).
+    kept: Option<Mutex<Option<Vec<f32>>>>,
 }
 
 pub(crate) struct Dims {
@@ -22,66 +28,142 @@ pub(crate) struct Dims {
     scale: f32,
 }
 
+/// Whether the probabilities `[B, heads, N, N]` are worth keeping for the backward: they are
+/// at most twice the size of the qkv activation `[B, N, 3D]` (heads x N <= 6 D). True for
+/// ViT-S/B/L at 224 x 224 (N = 197); false from about 384 x 384 on (N = 577), where they
+/// would dominate the training memory.
+pub(crate) fn keeps_probs(heads: usize, dm: &Dims) -> bool {
+    heads * dm.n <= 6 * dm.d
+}
+
 impl AttentionOp {
-    /// `out [B, N, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample).
-    pub(crate) fn forward(&self, qkv: &[f32], dm: &Dims, out: &mut [f32]) {
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
-        out.par_chunks_mut(n * d)
-            .zip(qkv.par_chunks(n * 3 * d))
-            .for_each(|(o, x)| {
-                let mut p = vec![0f32; n * n];
-                for h in 0..self.heads {
-                    probs(x, h, dm, &mut p);
-                    let v = View::new(2 * d + h * dh, 3 * d, 1);
-                    mm(
-                        o,
-                        View::new(h * dh, d, 1),
-                        false,
-                        &p,
-                        View::new(0, n, 1),
-                        x,
-                        v,
-                        n,
-                        dh,
-                        n,
-                        1.0,
-                    );
-                }
-            });
+    /// The op; `graph` says whether a backward may follow (the input is part of a graph),
+    /// in which case the forward keeps the probabilities where [`keeps_probs`] allows.
+    pub(crate) fn new(heads: usize, graph: bool) -> Self {
+        Self {
+            heads,
+            kept: graph.then(|| Mutex::new(None)),
+        }
     }
 
-    /// `dqkv [B, N, 3D]` (overwritten) from `qkv` and the output gradient `g [B, N, D]`;
-    /// the probabilities are recomputed per head.
-    pub(crate) fn backward(&self, qkv: &[f32], g: &[f32], dm: &Dims, dqkv: &mut [f32]) {
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
-        dqkv.par_chunks_mut(n * 3 * d)
-            .zip(qkv.par_chunks(n * 3 * d).zip(g.par_chunks(n * d)))
-            .for_each(|(dxs, (x, g))| {
+    /// `out [B, N, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample). With
+    /// `keep`, the probabilities `[B, heads, N, N]` are written there for [`Self::backward`].
+    pub(crate) fn forward(
+        &self,
+        qkv: &[f32],
+        dm: &Dims,
+        out: &mut [f32],
+        keep: Option<&mut Vec<f32>>,
+    ) {
+        let (n, d) = (dm.n, dm.d);
+        let per_sample = self.heads * n * n;
+        let batch = out.len() / (n * d);
+        let samples = out.par_chunks_mut(n * d).zip(qkv.par_chunks(n * 3 * d));
+        match keep {
+            Some(kept) => {
+                kept.clear();
+                kept.resize(batch * per_sample, 0.0);
+                samples
+                    .zip(kept.par_chunks_mut(per_sample))
+                    .for_each(|((o, x), p)| self.forward_sample(x, dm, o, p, true));
+            }
+            None => samples.for_each(|(o, x)| {
                 let mut p = vec![0f32; n * n];
-                let mut dp = vec![0f32; n * n];
-                let nn = View::new(0, n, 1);
-                for h in 0..self.heads {
-                    probs(x, h, dm, &mut p);
-                    let q = View::new(h * dh, 3 * d, 1);
-                    let k = View::new(d + h * dh, 3 * d, 1);
-                    let v = View::new(2 * d + h * dh, 3 * d, 1);
-                    let go = View::new(h * dh, d, 1);
-                    // dV = P^T dO
-                    mm(dxs, v, false, &p, nn.t(), g, go, n, dh, n, 1.0);
-                    // dP = dO V^T
-                    mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
-                    // dS = P * (dP - rowsum(dP * P))
-                    for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
-                        let dot = super::fastmath::dot(dpr, pr);
-                        dpr.iter_mut()
-                            .zip(pr)
-                            .for_each(|(a, &b)| *a = b * (*a - dot));
-                    }
-                    // dQ = scale dS K ; dK = scale dS^T Q
-                    mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
-                    mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
+                self.forward_sample(x, dm, o, &mut p, false);
+            }),
+        }
+    }
+
+    /// One sample: `p` holds every head's probabilities (`per_head`) or one head's at a time.
+    fn forward_sample(&self, x: &[f32], dm: &Dims, o: &mut [f32], p: &mut [f32], per_head: bool) {
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        for h in 0..self.heads {
+            let p = if per_head {
+                &mut p[h * n * n..(h + 1) * n * n]
+            } else {
+                &mut p[..]
+            };
+            probs(x, h, dm, p);
+            let v = View::new(2 * d + h * dh, 3 * d, 1);
+            mm(
+                o,
+                View::new(h * dh, d, 1),
+                false,
+                p,
+                View::new(0, n, 1),
+                x,
+                v,
+                n,
+                dh,
+                n,
+                1.0,
+            );
+        }
+    }
+
+    /// `dqkv [B, N, 3D]` (overwritten) from `qkv`, the output gradient `g [B, N, D]` and the
+    /// probabilities the forward kept, if any; without them they are recomputed per head.
+    pub(crate) fn backward(
+        &self,
+        qkv: &[f32],
+        kept: Option<&[f32]>,
+        g: &[f32],
+        dm: &Dims,
+        dqkv: &mut [f32],
+    ) {
+        let (n, d) = (dm.n, dm.d);
+        let per_sample = self.heads * n * n;
+        let samples = dqkv
+            .par_chunks_mut(n * 3 * d)
+            .zip(qkv.par_chunks(n * 3 * d).zip(g.par_chunks(n * d)));
+        match kept {
+            Some(kept) => samples
+                .zip(kept.par_chunks(per_sample))
+                .for_each(|((dx, (x, g)), p)| self.backward_sample(x, g, dm, dx, Some(p))),
+            None => samples.for_each(|(dx, (x, g))| self.backward_sample(x, g, dm, dx, None)),
+        }
+    }
+
+    /// One sample's backward, with its kept probabilities (every head) or none.
+    fn backward_sample(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dm: &Dims,
+        dxs: &mut [f32],
+        kept: Option<&[f32]>,
+    ) {
+        let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        let mut scratch = vec![0f32; if kept.is_some() { 0 } else { n * n }];
+        let mut dp = vec![0f32; n * n];
+        let nn = View::new(0, n, 1);
+        for h in 0..self.heads {
+            let p: &[f32] = match kept {
+                Some(all) => &all[h * n * n..(h + 1) * n * n],
+                None => {
+                    probs(x, h, dm, &mut scratch);
+                    &scratch
                 }
-            });
+            };
+            let q = View::new(h * dh, 3 * d, 1);
+            let k = View::new(d + h * dh, 3 * d, 1);
+            let v = View::new(2 * d + h * dh, 3 * d, 1);
+            let go = View::new(h * dh, d, 1);
+            // dV = P^T dO
+            mm(dxs, v, false, p, nn.t(), g, go, n, dh, n, 1.0);
+            // dP = dO V^T
+            mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
+            // dS = P * (dP - rowsum(dP * P))
+            for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
+                let dot = super::fastmath::dot(dpr, pr);
+                dpr.iter_mut()
+                    .zip(pr)
+                    .for_each(|(a, &b)| *a = b * (*a - dot));
+            }
+            // dQ = scale dS K ; dK = scale dS^T Q
+            mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
+            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
+        }
     }
 
     pub(crate) fn dims(&self, shape: &[usize]) -> Result<(usize, Dims)> {
@@ -142,19 +224,84 @@ impl CustomOp1 for AttentionOp {
         let qkv = slice(s, l)?;
         let (b, dm) = self.dims(l.dims())?;
         let mut out = vec![0f32; b * dm.n * dm.d];
-        self.forward(qkv, &dm, &mut out);
+        match self.kept.as_ref().filter(|_| keeps_probs(self.heads, &dm)) {
+            Some(kept) => {
+                let mut p = Vec::new();
+                self.forward(qkv, &dm, &mut out, Some(&mut p));
+                *kept.lock().expect("attention: poisoned") = Some(p);
+            }
+            None => self.forward(qkv, &dm, &mut out, None),
+        }
         Ok((CpuStorage::F32(out), Shape::from((b, dm.n, dm.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, dm) = self.dims(qkv.dims())?;
+        // Taken, not borrowed: the memory goes back as the backward proceeds. A second
+        // backward over the same graph finds none and recomputes them.
+        let kept = self
+            .kept
+            .as_ref()
+            .and_then(|k| k.lock().expect("attention: poisoned").take());
         let dqkv = with_slice(qkv, |xs| {
             with_slice(grad, |gs| {
                 let mut dx = vec![0f32; xs.len()];
-                self.backward(xs, gs, &dm, &mut dx);
+                self.backward(xs, kept.as_deref(), gs, &dm, &mut dx);
                 Ok(dx)
             })
         })?;
         Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(heads: usize, n: usize, d: usize) -> Dims {
+        AttentionOp::new(heads, false)
+            .dims(&[1, n, 3 * d])
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn probabilities_are_kept_up_to_twice_the_qkv_size() {
+        // ViT-S, ViT-B, ViT-L at 224 (N 197): kept; ViT-B at 384 (N 577): recomputed.
+        assert!(keeps_probs(6, &dims(6, 197, 384)));
+        assert!(keeps_probs(12, &dims(12, 197, 768)));
+        assert!(keeps_probs(16, &dims(16, 197, 1024)));
+        assert!(!keeps_probs(12, &dims(12, 577, 768)));
+        // The bound itself: heads x N = 6 D.
+        assert!(keeps_probs(2, &dims(2, 24, 8)));
+        assert!(!keeps_probs(2, &dims(2, 25, 8)));
+    }
+
+    /// The backward on kept probabilities is bit-identical to the one that recomputes them.
+    #[test]
+    fn kept_and_recomputed_probabilities_give_identical_gradients() {
+        let (b, n, d, heads) = (3, 9, 16, 4);
+        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        let qkv = wave(b * n * 3 * d, 0.37);
+        let g = wave(b * n * d, 0.91);
+        let op = AttentionOp::new(heads, false);
+        let dm = dims(heads, n, d);
+        let (mut out_kept, mut out) = (vec![0f32; b * n * d], vec![0f32; b * n * d]);
+        let mut probs = Vec::new();
+        op.forward(&qkv, &dm, &mut out_kept, Some(&mut probs));
+        op.forward(&qkv, &dm, &mut out, None);
+        assert_eq!(out_kept, out);
+        assert_eq!(probs.len(), b * heads * n * n);
+        for row in probs.chunks(n) {
+            assert!(
+                (row.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+                "a row does not sum to 1"
+            );
+        }
+        let (mut dk, mut dr) = (vec![0f32; qkv.len()], vec![0f32; qkv.len()]);
+        op.backward(&qkv, Some(&probs), &g, &dm, &mut dk);
+        op.backward(&qkv, None, &g, &dm, &mut dr);
+        assert_eq!(dk, dr);
+        assert!(dk.iter().any(|&v| v != 0.0));
     }
 }

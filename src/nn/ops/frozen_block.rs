@@ -9,8 +9,9 @@
 //! each of which costs candle's backward a zero-filled gradient buffer plus an add pass
 //! over a `[tokens, width]` tensor, and it keeps only one inner activation (the qkv
 //! projection, or GELU's derivative at the MLP hidden state, which the forward computes in the
-//! same pass as GELU) instead of every intermediate. LayerNorm statistics and attention
-//! probabilities are recomputed in the backward.
+//! same pass as GELU) instead of every intermediate, plus the attention probabilities where
+//! [`super::attention::keeps_probs`] allows. LayerNorm statistics are recomputed in the
+//! backward; the backward hands what was kept back to the allocator as it goes.
 //! The numbers are those of the separate fused ops (tested against the composed model).
 
 use super::attention::AttentionOp;
@@ -53,9 +54,17 @@ pub(crate) struct ResidualHalfOp {
     pub scale: Option<Vec<f32>>,
     /// Keep the inner activation for the backward (set when `x` is part of a graph).
     pub keep: bool,
-    /// What the forward keeps: the qkv projection `[M, 3D]` (attention half), or GELU's
-    /// derivative at the pre-GELU hidden state `[M, H]` (MLP half).
-    pub saved: Mutex<Option<Vec<f32>>>,
+    /// What the forward keeps for the backward.
+    pub saved: Mutex<Option<Saved>>,
+}
+
+/// Activations a half's forward keeps for its backward.
+pub(crate) struct Saved {
+    /// The qkv projection `[M, 3D]` (attention half), or GELU's derivative at the
+    /// pre-GELU hidden state `[M, H]` (MLP half).
+    inner: Vec<f32>,
+    /// The attention probabilities `[B, heads, N, N]`, where kept.
+    probs: Option<Vec<f32>>,
 }
 
 /// The weight slices of a half.
@@ -150,7 +159,7 @@ impl ResidualHalfOp {
         let Half::Attn { heads } = self.half else {
             bail!("frozen block: not an attention half")
         };
-        let op = AttentionOp { heads };
+        let op = AttentionOp::new(heads, false);
         let (_, dm) = op.dims(&[dims[0], dims[1], 3 * dims[2]])?;
         Ok((op, dm))
     }
@@ -179,11 +188,16 @@ impl CustomOp1 for ResidualHalfOp {
         let (m, d, h, k) = self.dims(l.dims())?;
         let out = self.with_weights(|w| {
             let mut inner = self.inner(x, w, m, d, h);
+            let mut probs = None;
             let mid = match self.half {
-                Half::Attn { .. } => {
+                Half::Attn { heads } => {
                     let (op, dm) = self.attention(l.dims())?;
                     let mut o = vec![0f32; m * k];
-                    op.forward(&inner, &dm, &mut o);
+                    if self.keep && super::attention::keeps_probs(heads, &dm) {
+                        op.forward(&inner, &dm, &mut o, Some(probs.insert(Vec::new())));
+                    } else {
+                        op.forward(&inner, &dm, &mut o, None);
+                    }
                     o
                 }
                 Half::Mlp => {
@@ -203,7 +217,7 @@ impl CustomOp1 for ResidualHalfOp {
                 .zip(x.par_chunks(CHUNK))
                 .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, x)| *o += x));
             if self.keep {
-                *self.saved.lock().expect("frozen block: poisoned") = Some(inner);
+                *self.saved.lock().expect("frozen block: poisoned") = Some(Saved { inner, probs });
             }
             Ok(out)
         })?;
@@ -221,15 +235,19 @@ impl CustomOp1 for ResidualHalfOp {
         };
         let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
         let dx = self.with_weights(|w| {
-            let mut saved = self.saved.lock().expect("frozen block: poisoned");
-            if saved.is_none() {
-                let mut inner = self.inner(xs, w, m, d, h);
-                if let Half::Mlp = self.half {
-                    gelu::grad_in_place(&mut inner);
+            // Taken, not borrowed, so the memory goes back as the backward proceeds; a second
+            // backward over the same graph finds nothing and recomputes.
+            let saved = self.saved.lock().expect("frozen block: poisoned").take();
+            let Saved { inner: kept, probs } = match saved {
+                Some(s) => s,
+                None => {
+                    let mut inner = self.inner(xs, w, m, d, h);
+                    if let Half::Mlp = self.half {
+                        gelu::grad_in_place(&mut inner);
+                    }
+                    Saved { inner, probs: None }
                 }
-                *saved = Some(inner);
-            }
-            let kept = saved.as_ref().expect("set above");
+            };
             // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
             let mut gmid = input_grad(gs, w.w2, m, k, d);
             self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
@@ -237,14 +255,15 @@ impl CustomOp1 for ResidualHalfOp {
                 Half::Attn { .. } => {
                     let (op, dm) = self.attention(&dims)?;
                     let mut ginner = vec![0f32; m * h];
-                    op.backward(kept, &gmid, &dm, &mut ginner);
+                    op.backward(&kept, probs.as_deref(), &gmid, &dm, &mut ginner);
                     ginner
                 }
                 Half::Mlp => {
-                    gelu::mul_in_place(&mut gmid, kept);
+                    gelu::mul_in_place(&mut gmid, &kept);
                     gmid
                 }
             };
+            drop((kept, probs));
             let gn = input_grad(&ginner, w.w1, m, d, h);
             drop(ginner);
             let mut dx = vec![0f32; m * d];

@@ -95,9 +95,8 @@ pub fn attention(
 ) -> Result<Tensor> {
     let dropout_active = masks.training() && attn_drop > 0.0;
     if imp.fused_for(qkv) && !dropout_active && low.is_none() {
-        return qkv
-            .contiguous()?
-            .apply_op1(attention::AttentionOp { heads });
+        let op = attention::AttentionOp::new(heads, qkv.track_op());
+        return qkv.contiguous()?.apply_op1(op);
     }
     let (b, n, d3) = qkv.dims3()?;
     let d = d3 / 3;
