@@ -47,36 +47,36 @@ impl AttentionOp {
     }
 
     /// `out [B, N, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample). With
-    /// `keep`, the probabilities `[B, heads, N, N]` are written there for [`Self::backward`].
+    /// `graph` (a backward may follow) and where [`keeps_probs`] allows, returns the
+    /// probabilities `[B, heads, N, N]` for [`Self::backward`].
     pub(crate) fn forward(
         &self,
         qkv: &[f32],
         dm: &Dims,
         out: &mut [f32],
-        keep: Option<&mut Vec<f32>>,
-    ) {
+        graph: bool,
+    ) -> Option<Vec<f32>> {
         let (n, d) = (dm.n, dm.d);
         let per_sample = self.heads * n * n;
         let batch = out.len() / (n * d);
         let samples = out.par_chunks_mut(n * d).zip(qkv.par_chunks(n * 3 * d));
-        match keep {
-            Some(kept) => {
-                kept.clear();
-                kept.resize(batch * per_sample, 0.0);
-                samples
-                    .zip(kept.par_chunks_mut(per_sample))
-                    .for_each(|((o, x), p)| self.forward_sample(x, dm, o, p, true));
-            }
-            None => samples.for_each(|(o, x)| {
-                let mut p = vec![0f32; n * n];
-                self.forward_sample(x, dm, o, &mut p, false);
-            }),
+        if graph && keeps_probs(self.heads, dm) {
+            let mut kept = vec![0f32; batch * per_sample];
+            samples
+                .zip(kept.par_chunks_mut(per_sample))
+                .for_each(|((o, x), p)| self.forward_sample(x, dm, o, p));
+            Some(kept)
+        } else {
+            samples.for_each(|(o, x)| self.forward_sample(x, dm, o, &mut vec![0f32; n * n]));
+            None
         }
     }
 
-    /// One sample: `p` holds every head's probabilities (`per_head`) or one head's at a time.
-    fn forward_sample(&self, x: &[f32], dm: &Dims, o: &mut [f32], p: &mut [f32], per_head: bool) {
+    /// One sample: `p` holds every head's probabilities (`heads x N x N`, kept) or room for
+    /// one head's at a time (`N x N`).
+    fn forward_sample(&self, x: &[f32], dm: &Dims, o: &mut [f32], p: &mut [f32]) {
         let (n, d, dh) = (dm.n, dm.d, dm.dh);
+        let per_head = p.len() > n * n;
         for h in 0..self.heads {
             let p = if per_head {
                 &mut p[h * n * n..(h + 1) * n * n]
@@ -224,13 +224,9 @@ impl CustomOp1 for AttentionOp {
         let qkv = slice(s, l)?;
         let (b, dm) = self.dims(l.dims())?;
         let mut out = vec![0f32; b * dm.n * dm.d];
-        match self.kept.as_ref().filter(|_| keeps_probs(self.heads, &dm)) {
-            Some(kept) => {
-                let mut p = Vec::new();
-                self.forward(qkv, &dm, &mut out, Some(&mut p));
-                *kept.lock().expect("attention: poisoned") = Some(p);
-            }
-            None => self.forward(qkv, &dm, &mut out, None),
+        let probs = self.forward(qkv, &dm, &mut out, self.kept.is_some());
+        if let Some(kept) = &self.kept {
+            *kept.lock().expect("attention: poisoned") = probs;
         }
         Ok((CpuStorage::F32(out), Shape::from((b, dm.n, dm.d))))
     }
@@ -287,9 +283,8 @@ mod tests {
         let op = AttentionOp::new(heads, false);
         let dm = dims(heads, n, d);
         let (mut out_kept, mut out) = (vec![0f32; b * n * d], vec![0f32; b * n * d]);
-        let mut probs = Vec::new();
-        op.forward(&qkv, &dm, &mut out_kept, Some(&mut probs));
-        op.forward(&qkv, &dm, &mut out, None);
+        let probs = op.forward(&qkv, &dm, &mut out_kept, true).expect("kept");
+        assert!(op.forward(&qkv, &dm, &mut out, false).is_none());
         assert_eq!(out_kept, out);
         assert_eq!(probs.len(), b * heads * n * n);
         for row in probs.chunks(n) {

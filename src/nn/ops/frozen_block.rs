@@ -190,14 +190,10 @@ impl CustomOp1 for ResidualHalfOp {
             let mut inner = self.inner(x, w, m, d, h);
             let mut probs = None;
             let mid = match self.half {
-                Half::Attn { heads } => {
+                Half::Attn { .. } => {
                     let (op, dm) = self.attention(l.dims())?;
                     let mut o = vec![0f32; m * k];
-                    if self.keep && super::attention::keeps_probs(heads, &dm) {
-                        op.forward(&inner, &dm, &mut o, Some(probs.insert(Vec::new())));
-                    } else {
-                        op.forward(&inner, &dm, &mut o, None);
-                    }
+                    probs = op.forward(&inner, &dm, &mut o, self.keep);
                     o
                 }
                 Half::Mlp => {
