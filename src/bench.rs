@@ -44,6 +44,9 @@ pub struct StepBench {
     pub warmup: usize,
     pub steps: usize,
     pub precision: Precision,
+    /// Ablation: the last block computes every token, as timm does (default: only the
+    /// class token's row; see `Vit::set_last_block_cls_only`).
+    pub full_last_block: bool,
 }
 
 /// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
@@ -74,6 +77,9 @@ pub struct StepReport {
     /// The CPU GEMM backend of the frozen-weight products (`IDAT_BLAS`); empty off CPU.
     #[serde(default)]
     pub cpu_gemm: String,
+    /// The `--full-last-block` ablation was on.
+    #[serde(default)]
+    pub full_last_block: bool,
 }
 
 /// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
@@ -100,7 +106,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn model(cfg: &VitConfig, dev: &Device, seed: u64, precision: Precision) -> Result<(Vit, AdamW)> {
+fn model(cfg: &VitConfig, dev: &Device, seed: u64, b: &StepBench) -> Result<(Vit, AdamW)> {
     let backbone = Vit::random_backbone(cfg, dev, seed)?;
     let mut vit = Vit::new(
         cfg,
@@ -109,7 +115,8 @@ fn model(cfg: &VitConfig, dev: &Device, seed: u64, precision: Precision) -> Resu
         dev,
         seed,
     )?;
-    vit.set_precision(precision)?;
+    vit.set_precision(b.precision)?;
+    vit.set_last_block_cls_only(!b.full_last_block);
     let opt = AdamW::new(vit.trainable(), AdamWConfig::default())?;
     Ok((vit, opt))
 }
@@ -132,9 +139,9 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     }
     let mem_base = device_used_bytes(dev);
     let mut mem_peak = mem_base;
-    let (mut student, mut opt_s) = model(&b.large, dev, 1, b.precision)?;
+    let (mut student, mut opt_s) = model(&b.large, dev, 1, b)?;
     let mut teacher = match b.kind {
-        StepKind::Idat => Some(model(&b.small, dev, 2, b.precision)?),
+        StepKind::Idat => Some(model(&b.small, dev, 2, b)?),
         StepKind::At => None,
     };
     let cfg = &b.large;
@@ -202,6 +209,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
             Ok(g) if dev.is_cpu() => g.to_string(),
             _ => String::new(),
         },
+        full_last_block: b.full_last_block,
     })
 }
 
@@ -264,6 +272,10 @@ pub struct BenchArgs {
     /// `f32`, or `bf16` mixed precision (frozen-backbone products in bfloat16; for CUDA).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Ablation: compute every token in the last block, as timm does (default: only the
+    /// class token's row, which is all the head reads; same logits and gradients).
+    #[arg(long)]
+    pub full_last_block: bool,
 }
 
 /// Runs `idat-pipe bench`.
@@ -308,6 +320,9 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             if let Some(t) = a.threads {
                 c.arg("--threads").arg(t.to_string());
             }
+            if a.full_last_block {
+                c.arg("--full-last-block");
+            }
             let o = c
                 .stderr(std::process::Stdio::inherit())
                 .output()
@@ -340,6 +355,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
                 warmup: a.warmup,
                 steps: a.steps,
                 precision: a.precision,
+                full_last_block: a.full_last_block,
             },
             &dev,
         )?]
@@ -353,6 +369,9 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             "models: small {} / large {}, {} classes, img {}, warmup {} + {} timed steps",
             a.model_s, a.model_b, a.classes, large.img_size, a.warmup, a.steps
         );
+        if a.full_last_block {
+            println!("ablation: the last block computes every token (--full-last-block)");
+        }
         if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
             println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
         }

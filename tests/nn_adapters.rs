@@ -231,6 +231,59 @@ fn fused_and_composed_gradients_agree_when_attention_probabilities_are_recompute
     assert_fused_matches_composed(&cfg, &x, &y, Mode::Eval);
 }
 
+/// The last block computing only the class token's row gives the logits and gradients of
+/// the full last block, for every method, fused and composed, with drop path active and
+/// on a long sequence (probabilities recomputed in the backward). Dropout is off: its
+/// masks in the last block are drawn for the computed row only, so the random stream
+/// differs from a full pass (same distribution, other draws).
+#[test]
+fn the_class_token_only_last_block_gives_the_full_blocks_logits_and_gradients() {
+    let drop_path = VitConfig {
+        depth: 3,
+        drop_path_rate: 0.6,
+        ..tiny_config()
+    };
+    let long = VitConfig {
+        patch_size: 2,
+        ..tiny_config()
+    };
+    let y = Tensor::new(&[1u32, 2, 0, 4], &Device::Cpu).unwrap();
+    let x = rand_tensor(&[4, 3, 16, 16], 12);
+    for (cfg, mode) in [
+        (tiny_config(), Mode::Eval),
+        (drop_path, Mode::Train { seed: 3 }),
+        (long, Mode::Eval),
+    ] {
+        for m in all_methods() {
+            let m = match m {
+                AdapterConfig::AdaptformerOriginal(c) => {
+                    AdapterConfig::AdaptformerOriginal(AdaptformerOriginalConfig {
+                        dropout: 0.0,
+                        ..c
+                    })
+                }
+                m => m,
+            };
+            for ops in [OpsImpl::Fused, OpsImpl::Composed] {
+                let mut vit = build(&cfg, &m);
+                vit.set_ops_impl(ops);
+                perturb_zero_tensors(&vit);
+                let (g_cls, l_cls) = grads_in(&vit, &x, &y, mode);
+                vit.set_last_block_cls_only(false);
+                let (g_all, l_all) = grads_in(&vit, &x, &y, mode);
+                let what = format!("{} {ops:?} {mode:?} patch {}", m.name(), cfg.patch_size);
+                let e = rel_err(&l_cls, &l_all);
+                assert!(e < 1e-5, "{what}: logits differ ({e})");
+                for (name, var) in vit.trainable() {
+                    let (a, b) = (g_cls.get(var.as_tensor()), g_all.get(var.as_tensor()));
+                    let e = rel_err(a.unwrap(), b.unwrap());
+                    assert!(e < 1e-4, "{what}: gradient of {name} differs ({e})");
+                }
+            }
+        }
+    }
+}
+
 /// The fused ops hand their kept activations to the first backward; a second backward over
 /// the same graph recomputes them and gives the same gradients.
 #[test]

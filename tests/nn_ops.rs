@@ -4,7 +4,7 @@
 mod nn_util;
 
 use candle_core::{Tensor, Var};
-use idat_pipe::nn::ops::{self, OpsImpl};
+use idat_pipe::nn::ops::{self, OpsImpl, Tokens};
 use nn_util::{abs_sum, rand_tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -180,20 +180,49 @@ fn attention_fused_matches_composed() {
     let qkv = (rand_tensor(&[2, 7, 36], 18) * 2.0).unwrap();
     compare(
         &[qkv],
-        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None).unwrap(),
+        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None, Tokens::All).unwrap(),
         1e-5,
     );
     // N 30: heads x N > 6 D, so the fused backward recomputes the probabilities.
     let qkv = (rand_tensor(&[2, 30, 36], 20) * 2.0).unwrap();
     compare(
         &[qkv],
-        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None).unwrap(),
+        |t, imp| ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None, Tokens::All).unwrap(),
         1e-5,
     );
+    // Only the class token querying: [B, 1, D], short and long sequences.
+    for (n, seed) in [(7, 21), (30, 22)] {
+        let qkv = (rand_tensor(&[2, n, 36], seed) * 2.0).unwrap();
+        compare(
+            &[qkv],
+            |t, imp| {
+                ops::attention(&t[0], 3, 0.0, &mut Masks::eval(), imp, None, Tokens::Cls).unwrap()
+            },
+            1e-5,
+        );
+    }
     // With attention dropout active in training, the composed path is used (masks apply).
     let qkv = rand_tensor(&[2, 7, 36], 19);
-    let a = ops::attention(&qkv, 3, 0.5, &mut Masks::train(1), OpsImpl::Fused, None).unwrap();
-    let b = ops::attention(&qkv, 3, 0.5, &mut Masks::eval(), OpsImpl::Fused, None).unwrap();
+    let a = ops::attention(
+        &qkv,
+        3,
+        0.5,
+        &mut Masks::train(1),
+        OpsImpl::Fused,
+        None,
+        Tokens::All,
+    )
+    .unwrap();
+    let b = ops::attention(
+        &qkv,
+        3,
+        0.5,
+        &mut Masks::eval(),
+        OpsImpl::Fused,
+        None,
+        Tokens::All,
+    )
+    .unwrap();
     assert!(
         max_abs_diff(&a, &b) > 1e-3,
         "attention dropout had no effect"

@@ -16,7 +16,7 @@
 use crate::nn::adapters::{self, AdapterConfig};
 use crate::nn::init::{self, Init};
 use crate::nn::masks::Masks;
-use crate::nn::ops::{self, OpsImpl};
+use crate::nn::ops::{self, Half, OpsImpl, Tokens};
 use crate::nn::params::{Param, ParamStore};
 use crate::nn::precision::Precision;
 use candle_core::{bail, DType, Device, IndexOp, Result, Tensor, Var};
@@ -282,6 +282,9 @@ pub struct Vit {
     precision: Precision,
     /// Low-precision copies of the frozen matrix weights (see [`Vit::set_precision`]).
     low: BTreeMap<String, Tensor>,
+    /// Whether the last block computes only the class token's output (see
+    /// [`Vit::set_last_block_cls_only`]).
+    last_block_cls_only: bool,
 }
 
 impl Vit {
@@ -357,6 +360,7 @@ impl Vit {
             ops: OpsImpl::default(),
             precision: Precision::F32,
             low: BTreeMap::new(),
+            last_block_cls_only: true,
         })
     }
 
@@ -416,6 +420,16 @@ impl Vit {
     /// Selects fused or composed elementary ops (default fused).
     pub fn set_ops_impl(&mut self, ops: OpsImpl) {
         self.ops = ops;
+    }
+
+    /// On by default: the last block computes only the class token's output, the one row
+    /// the CLS-pooled head reads. Its queries, attention projection, MLP and adapters then
+    /// run on one token per sample instead of N (about three quarters of the block's
+    /// products, forward and backward); its keys and values still come from every token,
+    /// so logits and gradients are those of the full block. Off computes every token, as
+    /// timm does (tests compare the two; `idat-pipe bench --full-last-block` times it).
+    pub fn set_last_block_cls_only(&mut self, on: bool) {
+        self.last_block_cls_only = on;
     }
 
     /// Selects f32 or bf16 mixed precision for the forward / backward pass (default f32).
@@ -583,14 +597,21 @@ impl Vit {
         x = adapters::vpt::insert(f, &self.adapter, &x)?;
         for i in 0..c.depth {
             x = adapters::vpt::replace(f, &self.adapter, i, &x)?;
-            x = self.block(i, &x, f)?;
+            let tokens = if self.last_block_cls_only && i + 1 == c.depth {
+                Tokens::Cls
+            } else {
+                Tokens::All
+            };
+            x = self.block(i, &x, f, tokens)?;
         }
         let x = f.layer_norm(&x, "norm")?;
         let x = adapters::ssf::apply(f, &self.adapter, "norm", &x)?;
         x.i((.., 0))?.contiguous()
     }
 
-    fn attention(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+    /// The attention branch of block `i` on its normed input `x [B, N, D]`, for the
+    /// outputs of `tokens`.
+    fn attention(&self, i: usize, x: &Tensor, f: &mut Fwd, tokens: Tokens) -> Result<Tensor> {
         let c = &self.cfg;
         let pre = format!("blocks.{i}.attn");
         let mut qkv = f.linear(x, &format!("{pre}.qkv"))?;
@@ -605,6 +626,7 @@ impl Vit {
             &mut f.masks,
             f.ops,
             f.low_dtype,
+            tokens,
         )?;
         let o = f.linear(&o, &format!("{pre}.proj"))?;
         let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.proj"), &o)?;
@@ -652,7 +674,7 @@ impl Vit {
         x: &Tensor,
         f: &mut Fwd,
         parts: [&str; 3],
-        heads: Option<usize>,
+        half: Half,
     ) -> Result<Tensor> {
         let scale = f
             .masks
@@ -668,26 +690,37 @@ impl Vit {
             w2: get(parts[2], "weight")?,
             b2: opt(parts[2]),
         };
-        ops::frozen_residual(x, &w, heads, LN_EPS, scale)
+        ops::frozen_residual(x, &w, half, LN_EPS, scale)
     }
 
-    fn block(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
+    /// Block `i` on `x [B, N, D]`: `[B, N, D]` out, or `[B, 1, D]` (the class token's row)
+    /// with [`Tokens::Cls`], where everything after the attention runs on that row only.
+    fn block(&self, i: usize, x: &Tensor, f: &mut Fwd, tokens: Tokens) -> Result<Tensor> {
         let dp = self.cfg.drop_path_at(i);
         let a = &self.adapter;
         let (fuse_attn, fuse_mlp) = self.fusable_halves(i, x, f);
+        // The residual stream from here on: every token, or the class token's row.
+        let x_out = match tokens {
+            Tokens::All => x.clone(),
+            Tokens::Cls => x.narrow(1, 0, 1)?,
+        };
         let mut h = if fuse_attn {
-            self.frozen_half(i, x, f, HALF_ATTN, Some(self.cfg.num_heads))?
+            let half = Half::Attn {
+                heads: self.cfg.num_heads,
+                tokens,
+            };
+            self.frozen_half(i, x, f, HALF_ATTN, half)?
         } else {
             let n1 = f.layer_norm(x, &format!("blocks.{i}.norm1"))?;
             let n1 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm1"), &n1)?;
-            let att = self.attention(i, &n1, f)?;
-            (x + f.masks.drop_path(&att, dp)?)?
+            let att = self.attention(i, &n1, f, tokens)?;
+            (&x_out + f.masks.drop_path(&att, dp)?)?
         };
-        if let Some(side) = adapters::parallel_attn(f, a, i, x)? {
+        if let Some(side) = adapters::parallel_attn(f, a, i, &x_out)? {
             h = (h + side)?;
         }
         let mut y = if fuse_mlp {
-            self.frozen_half(i, &h, f, HALF_MLP, None)?
+            self.frozen_half(i, &h, f, HALF_MLP, Half::Mlp)?
         } else {
             let n2 = f.layer_norm(&h, &format!("blocks.{i}.norm2"))?;
             let n2 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm2"), &n2)?;

@@ -7,6 +7,10 @@
 //! exponentials fewer. Otherwise (long sequences, where they grow as N^2) it keeps one
 //! N x N buffer per task and the backward recomputes them. No attention dropout: callers
 //! use the composed path when attention dropout is active.
+//!
+//! With [`Tokens::Cls`] only the class token (row 0 of every sample) queries: the output is
+//! `[B, 1, D]`, every product shrinks to one query row, and the backward still reaches the
+//! keys and values of every token. A CLS-pooled ViT's last block needs nothing more.
 
 use super::cpu::{slice, with_slice};
 use super::gemm::{mm, View};
@@ -14,41 +18,59 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+/// Which tokens' outputs an attention (or a whole block) computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tokens {
+    /// Every token's.
+    #[default]
+    All,
+    /// Only the class token's (row 0 of each sample): all a CLS-pooled model reads from
+    /// its last block.
+    Cls,
+}
+
 /// Fused attention over `qkv [B, N, 3D]` with `heads` heads.
 pub(crate) struct AttentionOp {
     pub heads: usize,
+    /// Whose outputs are computed.
+    pub tokens: Tokens,
     /// Probabilities kept by the forward for the backward (as a graph op; see [`Self::new`]).
     kept: Option<Mutex<Option<Vec<f32>>>>,
 }
 
 pub(crate) struct Dims {
+    /// Tokens (keys) per sample.
     n: usize,
+    /// Query rows (outputs) per sample: `n`, or 1 for [`Tokens::Cls`].
+    nq: usize,
     d: usize,
     dh: usize,
     scale: f32,
 }
 
-/// Whether the probabilities `[B, heads, N, N]` are worth keeping for the backward: they are
-/// at most twice the size of the qkv activation `[B, N, 3D]` (heads x N <= 6 D). True for
-/// ViT-S/B/L at 224 x 224 (N = 197); false from about 384 x 384 on (N = 577), where they
-/// would dominate the training memory.
+/// Whether the probabilities `[B, heads, Nq, N]` are worth keeping for the backward: they
+/// are at most twice the size of the qkv activation `[B, N, 3D]` (heads x Nq <= 6 D). True
+/// for ViT-S/B/L at 224 x 224 (N = 197) and for every class-token-only attention; false for
+/// all tokens from about 384 x 384 on (N = 577), where they would dominate the training
+/// memory.
 pub(crate) fn keeps_probs(heads: usize, dm: &Dims) -> bool {
-    heads * dm.n <= 6 * dm.d
+    heads * dm.nq <= 6 * dm.d
 }
 
 impl AttentionOp {
     /// The op; `graph` says whether a backward may follow (the input is part of a graph),
     /// in which case the forward keeps the probabilities where [`keeps_probs`] allows.
-    pub(crate) fn new(heads: usize, graph: bool) -> Self {
+    pub(crate) fn new(heads: usize, tokens: Tokens, graph: bool) -> Self {
         Self {
             heads,
+            tokens,
             kept: graph.then(|| Mutex::new(None)),
         }
     }
 
-    /// `out [B, N, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample). With
+    /// `out [B, Nq, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample). With
     /// `graph` (a backward may follow) and where [`keeps_probs`] allows, returns the
-    /// probabilities `[B, heads, N, N]` for [`Self::backward`].
+    /// probabilities `[B, heads, Nq, N]` for [`Self::backward`].
     pub(crate) fn forward(
         &self,
         qkv: &[f32],
@@ -56,10 +78,10 @@ impl AttentionOp {
         out: &mut [f32],
         graph: bool,
     ) -> Option<Vec<f32>> {
-        let (n, d) = (dm.n, dm.d);
-        let per_sample = self.heads * n * n;
-        let batch = out.len() / (n * d);
-        let samples = out.par_chunks_mut(n * d).zip(qkv.par_chunks(n * 3 * d));
+        let (n, nq, d) = (dm.n, dm.nq, dm.d);
+        let per_sample = self.heads * nq * n;
+        let batch = out.len() / (nq * d);
+        let samples = out.par_chunks_mut(nq * d).zip(qkv.par_chunks(n * 3 * d));
         if graph && keeps_probs(self.heads, dm) {
             let mut kept = vec![0f32; batch * per_sample];
             samples
@@ -67,19 +89,20 @@ impl AttentionOp {
                 .for_each(|((o, x), p)| self.forward_sample(x, dm, o, p));
             Some(kept)
         } else {
-            samples.for_each(|(o, x)| self.forward_sample(x, dm, o, &mut vec![0f32; n * n]));
+            samples.for_each(|(o, x)| self.forward_sample(x, dm, o, &mut vec![0f32; nq * n]));
             None
         }
     }
 
-    /// One sample: `p` holds every head's probabilities (`heads x N x N`, kept) or room for
-    /// one head's at a time (`N x N`).
+    /// One sample: `p` holds every head's probabilities (`heads x Nq x N`, kept) or room
+    /// for one head's at a time (`Nq x N`).
     fn forward_sample(&self, x: &[f32], dm: &Dims, o: &mut [f32], p: &mut [f32]) {
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
-        let per_head = p.len() > n * n;
+        let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
+        let size = nq * n;
+        let per_head = p.len() > size;
         for h in 0..self.heads {
             let p = if per_head {
-                &mut p[h * n * n..(h + 1) * n * n]
+                &mut p[h * size..(h + 1) * size]
             } else {
                 &mut p[..]
             };
@@ -93,7 +116,7 @@ impl AttentionOp {
                 View::new(0, n, 1),
                 x,
                 v,
-                n,
+                nq,
                 dh,
                 n,
                 1.0,
@@ -101,8 +124,10 @@ impl AttentionOp {
         }
     }
 
-    /// `dqkv [B, N, 3D]` (overwritten) from `qkv`, the output gradient `g [B, N, D]` and the
+    /// `dqkv [B, N, 3D]` from `qkv`, the output gradient `g [B, Nq, D]` and the
     /// probabilities the forward kept, if any; without them they are recomputed per head.
+    /// `dqkv` must come zero-filled: with [`Tokens::Cls`] only the class token's query rows
+    /// are written.
     pub(crate) fn backward(
         &self,
         qkv: &[f32],
@@ -111,11 +136,11 @@ impl AttentionOp {
         dm: &Dims,
         dqkv: &mut [f32],
     ) {
-        let (n, d) = (dm.n, dm.d);
-        let per_sample = self.heads * n * n;
+        let (n, nq, d) = (dm.n, dm.nq, dm.d);
+        let per_sample = self.heads * nq * n;
         let samples = dqkv
             .par_chunks_mut(n * 3 * d)
-            .zip(qkv.par_chunks(n * 3 * d).zip(g.par_chunks(n * d)));
+            .zip(qkv.par_chunks(n * 3 * d).zip(g.par_chunks(nq * d)));
         match kept {
             Some(kept) => samples
                 .zip(kept.par_chunks(per_sample))
@@ -133,13 +158,15 @@ impl AttentionOp {
         dxs: &mut [f32],
         kept: Option<&[f32]>,
     ) {
-        let (n, d, dh) = (dm.n, dm.d, dm.dh);
-        let mut scratch = vec![0f32; if kept.is_some() { 0 } else { n * n }];
-        let mut dp = vec![0f32; n * n];
+        let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
+        let size = nq * n;
+        let mut scratch = vec![0f32; if kept.is_some() { 0 } else { size }];
+        let mut dp = vec![0f32; size];
+        // A query-by-key matrix (Nq x N).
         let nn = View::new(0, n, 1);
         for h in 0..self.heads {
             let p: &[f32] = match kept {
-                Some(all) => &all[h * n * n..(h + 1) * n * n],
+                Some(all) => &all[h * size..(h + 1) * size],
                 None => {
                     probs(x, h, dm, &mut scratch);
                     &scratch
@@ -150,9 +177,9 @@ impl AttentionOp {
             let v = View::new(2 * d + h * dh, 3 * d, 1);
             let go = View::new(h * dh, d, 1);
             // dV = P^T dO
-            mm(dxs, v, false, p, nn.t(), g, go, n, dh, n, 1.0);
+            mm(dxs, v, false, p, nn.t(), g, go, n, dh, nq, 1.0);
             // dP = dO V^T
-            mm(&mut dp, nn, false, g, go, x, v.t(), n, n, dh, 1.0);
+            mm(&mut dp, nn, false, g, go, x, v.t(), nq, n, dh, 1.0);
             // dS = P * (dP - rowsum(dP * P))
             for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
                 let dot = super::fastmath::dot(dpr, pr);
@@ -161,8 +188,8 @@ impl AttentionOp {
                     .for_each(|(a, &b)| *a = b * (*a - dot));
             }
             // dQ = scale dS K ; dK = scale dS^T Q
-            mm(dxs, q, false, &dp, nn, x, k, n, dh, n, dm.scale);
-            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, n, dm.scale);
+            mm(dxs, q, false, &dp, nn, x, k, nq, dh, n, dm.scale);
+            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, nq, dm.scale);
         }
     }
 
@@ -182,6 +209,10 @@ impl AttentionOp {
             *b,
             Dims {
                 n: *n,
+                nq: match self.tokens {
+                    Tokens::All => *n,
+                    Tokens::Cls => 1.min(*n),
+                },
                 d,
                 dh,
                 scale: (dh as f32).powf(-0.5),
@@ -190,9 +221,9 @@ impl AttentionOp {
     }
 }
 
-/// Scores of head `h` of one sample into `p` (N x N), then row softmax in place.
+/// Scores of head `h` of one sample into `p` (Nq x N), then row softmax in place.
 fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
-    let (n, d, dh) = (dm.n, dm.d, dm.dh);
+    let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
     let q = View::new(h * dh, 3 * d, 1);
     let k = View::new(d + h * dh, 3 * d, 1);
     mm(
@@ -203,12 +234,12 @@ fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
         q,
         qkv,
         k.t(),
-        n,
+        nq,
         n,
         dh,
         dm.scale,
     );
-    for row in p.chunks_mut(n) {
+    for row in p[..nq * n].chunks_mut(n) {
         let max = super::fastmath::max(row);
         let inv = 1.0 / super::fastmath::exp_sub_inplace(row, max);
         row.iter_mut().for_each(|v| *v *= inv);
@@ -223,12 +254,12 @@ impl CustomOp1 for AttentionOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = slice(s, l)?;
         let (b, dm) = self.dims(l.dims())?;
-        let mut out = vec![0f32; b * dm.n * dm.d];
+        let mut out = vec![0f32; b * dm.nq * dm.d];
         let probs = self.forward(qkv, &dm, &mut out, self.kept.is_some());
         if let Some(kept) = &self.kept {
             *kept.lock().expect("attention: poisoned") = probs;
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, dm.n, dm.d))))
+        Ok((CpuStorage::F32(out), Shape::from((b, dm.nq, dm.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -255,7 +286,7 @@ mod tests {
     use super::*;
 
     fn dims(heads: usize, n: usize, d: usize) -> Dims {
-        AttentionOp::new(heads, false)
+        AttentionOp::new(heads, Tokens::All, false)
             .dims(&[1, n, 3 * d])
             .unwrap()
             .1
@@ -280,7 +311,7 @@ mod tests {
         let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
         let qkv = wave(b * n * 3 * d, 0.37);
         let g = wave(b * n * d, 0.91);
-        let op = AttentionOp::new(heads, false);
+        let op = AttentionOp::new(heads, Tokens::All, false);
         let dm = dims(heads, n, d);
         let (mut out_kept, mut out) = (vec![0f32; b * n * d], vec![0f32; b * n * d]);
         let probs = op.forward(&qkv, &dm, &mut out_kept, true).expect("kept");
@@ -298,5 +329,52 @@ mod tests {
         op.backward(&qkv, None, &g, &dm, &mut dr);
         assert_eq!(dk, dr);
         assert!(dk.iter().any(|&v| v != 0.0));
+    }
+
+    /// The class-token-only attention is the full one's row 0, forward and backward (the
+    /// full backward given an output gradient that is zero outside row 0), with the
+    /// probabilities kept or recomputed.
+    #[test]
+    fn class_token_only_attention_is_row_zero_of_the_full_one() {
+        let (b, n, d, heads) = (3, 9, 16, 4);
+        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        let qkv = wave(b * n * 3 * d, 0.37);
+        let g_cls = wave(b * d, 0.91);
+        let mut g_full = vec![0f32; b * n * d];
+        for (full, cls) in g_full.chunks_mut(n * d).zip(g_cls.chunks(d)) {
+            full[..d].copy_from_slice(cls);
+        }
+        let full = AttentionOp::new(heads, Tokens::All, false);
+        let cls = AttentionOp::new(heads, Tokens::Cls, false);
+        let (_, dm_full) = full.dims(&[b, n, 3 * d]).unwrap();
+        let (_, dm_cls) = cls.dims(&[b, n, 3 * d]).unwrap();
+        let mut out_full = vec![0f32; b * n * d];
+        let mut out_cls = vec![0f32; b * d];
+        let p_full = full.forward(&qkv, &dm_full, &mut out_full, true).unwrap();
+        let p_cls = cls.forward(&qkv, &dm_cls, &mut out_cls, true).unwrap();
+        assert_eq!(p_cls.len(), b * heads * n);
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len());
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                    "{what}[{i}]: {x} vs {y}"
+                );
+            }
+        };
+        for (s, o) in out_cls.chunks(d).enumerate() {
+            close(o, &out_full[s * n * d..s * n * d + d], "output");
+        }
+        let mut d_full = vec![0f32; qkv.len()];
+        full.backward(&qkv, Some(&p_full), &g_full, &dm_full, &mut d_full);
+        for kept in [Some(p_cls.as_slice()), None] {
+            let mut d_cls = vec![0f32; qkv.len()];
+            cls.backward(&qkv, kept, &g_cls, &dm_cls, &mut d_cls);
+            close(&d_cls, &d_full, "dqkv");
+        }
+        // Every key and value row gets a gradient, not only the class token's.
+        let row = |s: usize, t: usize| &d_full[(s * n + t) * 3 * d..(s * n + t + 1) * 3 * d];
+        assert!(row(0, n - 1)[d..].iter().any(|&v| v != 0.0));
+        assert!(row(0, n - 1)[..d].iter().all(|&v| v == 0.0));
     }
 }

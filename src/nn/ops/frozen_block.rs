@@ -13,8 +13,12 @@
 //! [`super::attention::keeps_probs`] allows. LayerNorm statistics are recomputed in the
 //! backward; the backward hands what was kept back to the allocator as it goes.
 //! The numbers are those of the separate fused ops (tested against the composed model).
+//!
+//! An attention half with [`Tokens::Cls`] returns only the class token's row `[B, 1, D]`:
+//! its projection and residual run on one row per sample, and its backward still reaches
+//! every token through the keys and values.
 
-use super::attention::AttentionOp;
+use super::attention::{AttentionOp, Tokens};
 use super::cpu::slice;
 use super::frozen_linear::{input_grad, linear_rows};
 use super::{gelu, layer_norm};
@@ -28,8 +32,8 @@ const CHUNK: usize = 4096;
 /// Which half, with its shape parameters.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Half {
-    /// LN1 -> qkv -> attention with `heads` heads -> proj.
-    Attn { heads: usize },
+    /// LN1 -> qkv -> attention with `heads` heads -> proj, for the outputs of `tokens`.
+    Attn { heads: usize, tokens: Tokens },
     /// LN2 -> fc1 -> GELU -> fc2.
     Mlp,
 }
@@ -65,6 +69,28 @@ pub(crate) struct Saved {
     inner: Vec<f32>,
     /// The attention probabilities `[B, heads, N, N]`, where kept.
     probs: Option<Vec<f32>>,
+}
+
+/// The sizes of one call: `b` samples of `n` tokens of width `d` in, `nq` tokens per sample
+/// out; inner width `h` (3D or the MLP hidden width), middle width `k` (D or the hidden).
+struct Sizes {
+    b: usize,
+    n: usize,
+    nq: usize,
+    d: usize,
+    h: usize,
+    k: usize,
+}
+
+impl Sizes {
+    /// Input rows.
+    fn m(&self) -> usize {
+        self.b * self.n
+    }
+    /// Output rows.
+    fn mq(&self) -> usize {
+        self.b * self.nq
+    }
 }
 
 /// The weight slices of a half.
@@ -119,9 +145,8 @@ impl ResidualHalfOp {
         f(&w)
     }
 
-    /// `(rows M, width D, inner width H, middle width K)` for `x`'s dims, checking the
-    /// weight shapes.
-    fn dims(&self, dims: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    /// The sizes for input dims `[B, N, D]`, checking the weight shapes.
+    fn dims(&self, dims: &[usize]) -> Result<Sizes> {
         let [b, n, d] = dims else {
             bail!("frozen block: input must be [B, N, D], got {dims:?}")
         };
@@ -145,7 +170,21 @@ impl ResidualHalfOp {
                 );
             }
         }
-        Ok((b * n, *d, h, k))
+        let nq = match self.half {
+            Half::Attn {
+                tokens: Tokens::Cls,
+                ..
+            } => 1.min(*n),
+            _ => *n,
+        };
+        Ok(Sizes {
+            b: *b,
+            n: *n,
+            nq,
+            d: *d,
+            h,
+            k,
+        })
     }
 
     /// The inner activation: `LN(x) W1^T + b1`.
@@ -155,12 +194,12 @@ impl ResidualHalfOp {
         linear_rows(&n, w.w1, w.b1, m, h, d)
     }
 
-    fn attention(&self, dims: &[usize]) -> Result<(AttentionOp, super::attention::Dims)> {
-        let Half::Attn { heads } = self.half else {
+    fn attention(&self, z: &Sizes) -> Result<(AttentionOp, super::attention::Dims)> {
+        let Half::Attn { heads, tokens } = self.half else {
             bail!("frozen block: not an attention half")
         };
-        let op = AttentionOp::new(heads, false);
-        let (_, dm) = op.dims(&[dims[0], dims[1], 3 * dims[2]])?;
+        let op = AttentionOp::new(heads, tokens, false);
+        let (_, dm) = op.dims(&[z.b, z.n, 3 * z.d])?;
         Ok((op, dm))
     }
 
@@ -175,6 +214,30 @@ impl ResidualHalfOp {
     }
 }
 
+/// `out [B, Nq, D] += x`'s first `Nq` rows of each sample (`x [B, N, D]`).
+fn add_residual(out: &mut [f32], x: &[f32], z: &Sizes) {
+    if z.nq == z.n {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(add);
+    } else {
+        out.par_chunks_mut(z.nq * z.d)
+            .zip(x.par_chunks(z.n * z.d))
+            .for_each(|(o, x)| add((o, &x[..z.nq * z.d])));
+    }
+}
+
+/// The first `Nq` rows of each sample of `dx [B, N, D]` += `g [B, Nq, D]`.
+fn add_residual_grad(dx: &mut [f32], g: &[f32], z: &Sizes) {
+    dx.par_chunks_mut(z.n * z.d)
+        .zip(g.par_chunks(z.nq * z.d))
+        .for_each(|(dx, g)| add((&mut dx[..g.len()], g)));
+}
+
+fn add((a, b): (&mut [f32], &[f32])) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+}
+
 impl CustomOp1 for ResidualHalfOp {
     fn name(&self) -> &'static str {
         match self.half {
@@ -185,14 +248,15 @@ impl CustomOp1 for ResidualHalfOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
-        let (m, d, h, k) = self.dims(l.dims())?;
+        let z = self.dims(l.dims())?;
+        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
         let out = self.with_weights(|w| {
             let mut inner = self.inner(x, w, m, d, h);
             let mut probs = None;
             let mid = match self.half {
                 Half::Attn { .. } => {
-                    let (op, dm) = self.attention(l.dims())?;
-                    let mut o = vec![0f32; m * k];
+                    let (op, dm) = self.attention(&z)?;
+                    let mut o = vec![0f32; mq * k];
                     probs = op.forward(&inner, &dm, &mut o, self.keep);
                     o
                 }
@@ -206,23 +270,21 @@ impl CustomOp1 for ResidualHalfOp {
                     o
                 }
             };
-            let mut out = linear_rows(&mid, w.w2, w.b2, m, d, k);
+            let mut out = linear_rows(&mid, w.w2, w.b2, mq, d, k);
             drop(mid);
-            self.scale_rows(&mut out, m / l.dims()[0].max(1) * d);
-            out.par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK))
-                .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, x)| *o += x));
+            self.scale_rows(&mut out, z.nq * d);
+            add_residual(&mut out, x, &z);
             if self.keep {
                 *self.saved.lock().expect("frozen block: poisoned") = Some(Saved { inner, probs });
             }
             Ok(out)
         })?;
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((z.b, z.nq, z.d))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dims = x.dims().to_vec();
-        let (m, d, h, k) = self.dims(&dims)?;
+        let z = self.dims(x.dims())?;
+        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let (xs, xl) = x.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
@@ -245,11 +307,11 @@ impl CustomOp1 for ResidualHalfOp {
                 }
             };
             // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
-            let mut gmid = input_grad(gs, w.w2, m, k, d);
-            self.scale_rows(&mut gmid, m / dims[0].max(1) * k);
+            let mut gmid = input_grad(gs, w.w2, mq, k, d);
+            self.scale_rows(&mut gmid, z.nq * k);
             let ginner = match self.half {
                 Half::Attn { .. } => {
-                    let (op, dm) = self.attention(&dims)?;
+                    let (op, dm) = self.attention(&z)?;
                     let mut ginner = vec![0f32; m * h];
                     op.backward(&kept, probs.as_deref(), &gmid, &dm, &mut ginner);
                     ginner
@@ -263,9 +325,15 @@ impl CustomOp1 for ResidualHalfOp {
             let gn = input_grad(&ginner, w.w1, m, d, h);
             drop(ginner);
             let mut dx = vec![0f32; m * d];
-            layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);
+            if z.nq == z.n {
+                layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);
+            } else {
+                // The residual's gradient reaches only the rows that were output.
+                layer_norm::backward_rows(xs, w.nw, &gn, self.eps, None, &mut dx);
+                add_residual_grad(&mut dx, gs, &z);
+            }
             Ok(dx)
         })?;
-        Ok(Some(Tensor::from_vec(dx, dims, x.device())?))
+        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
     }
 }

@@ -9,12 +9,13 @@
 //!   reference the fused ops are tested against, and the benchmark baseline).
 
 mod attention;
+pub use attention::Tokens;
 mod blas;
 pub use blas::OpenBlas;
 mod cpu;
 mod fastmath;
 mod frozen_block;
-pub(crate) use frozen_block::HalfWeights;
+pub(crate) use frozen_block::{Half, HalfWeights};
 mod frozen_linear;
 mod gemm;
 pub use gemm::{cpu_gemm, CpuGemm, ENV as GEMM_BACKEND_ENV};
@@ -81,7 +82,8 @@ pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
 
 /// Multi-head self-attention on the packed projection `qkv [B, N, 3D]` (last dim
 /// `q | k | v`, each head-major): `softmax(q k^T / sqrt(Dh)) v`, heads merged to
-/// `[B, N, D]`, with dropout rate `attn_drop` on the attention matrix drawn from `masks`.
+/// `[B, N, D]` (`[B, 1, D]` with [`Tokens::Cls`]: only the class token queries), with
+/// dropout rate `attn_drop` on the attention matrix drawn from `masks`.
 /// Fused (one op, no layout copies) on CPU when no attention dropout is active and `low`
 /// is `None`. With `low` (bf16 mixed precision) the two products run in that dtype and
 /// the softmax in `qkv`'s dtype.
@@ -92,21 +94,26 @@ pub fn attention(
     masks: &mut crate::nn::masks::Masks,
     imp: OpsImpl,
     low: Option<DType>,
+    tokens: Tokens,
 ) -> Result<Tensor> {
     let dropout_active = masks.training() && attn_drop > 0.0;
     if imp.fused_for(qkv) && !dropout_active && low.is_none() {
-        let op = attention::AttentionOp::new(heads, qkv.track_op());
+        let op = attention::AttentionOp::new(heads, tokens, qkv.track_op());
         return qkv.contiguous()?.apply_op1(op);
     }
     let (b, n, d3) = qkv.dims3()?;
     let d = d3 / 3;
     let dh = d / heads;
+    let nq = match tokens {
+        Tokens::All => n,
+        Tokens::Cls => 1.min(n),
+    };
     let qkv = qkv
         .reshape((b, n, 3, heads, dh))?
         .permute((2, 0, 3, 1, 4))?;
     let dt = qkv.dtype();
     let lo = low.unwrap_or(dt);
-    let q = (qkv.i(0)? * (dh as f64).powf(-0.5))?
+    let q = (qkv.i(0)?.narrow(2, 0, nq)? * (dh as f64).powf(-0.5))?
         .to_dtype(lo)?
         .contiguous()?;
     let k = qkv.i(1)?.to_dtype(lo)?.contiguous()?;
@@ -117,7 +124,7 @@ pub fn attention(
     attn.matmul(&v)?
         .to_dtype(dt)?
         .transpose(1, 2)?
-        .reshape((b, n, d))
+        .reshape((b, nq, d))
 }
 
 /// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
@@ -170,21 +177,19 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -
 }
 
 /// One residual half of a pre-norm block with every backbone tensor frozen, as a single
-/// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` when `heads` is `Some`, else
-/// `x + s * fc2(GELU(fc1(LN(x))))`; `scale` holds the per-sample drop-path factors `s`.
-/// Only dL/dx flows back. Callers use it where [`OpsImpl::fused_for`] holds.
+/// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` for [`Half::Attn`] (only the class
+/// token's row of it with [`Tokens::Cls`]), `x + s * fc2(GELU(fc1(LN(x))))` for
+/// [`Half::Mlp`]; `scale` holds the per-sample drop-path factors `s`. Only dL/dx flows
+/// back. Callers use it where [`OpsImpl::fused_for`] holds.
 pub(crate) fn frozen_residual(
     x: &Tensor,
     w: &HalfWeights,
-    heads: Option<usize>,
+    half: Half,
     eps: f64,
     scale: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let op = frozen_block::ResidualHalfOp {
-        half: match heads {
-            Some(heads) => frozen_block::Half::Attn { heads },
-            None => frozen_block::Half::Mlp,
-        },
+        half,
         weights: w.prepared()?,
         eps: eps as f32,
         scale,
