@@ -10,15 +10,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Activation inside a bottleneck.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// Exact (erf) GELU.
-    Gelu,
-    /// ReLU.
-    Relu,
-}
+pub use crate::nn::ops::Activation;
 
 /// Initialisation of a bottleneck weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -100,19 +92,37 @@ pub fn add(
     Ok(())
 }
 
-/// `A(x)` (no residual, no scale).
-pub(crate) fn forward(
+/// `[x +] scale * A(x)` (`x +` with `residual`), with `dropout` after the activation in
+/// training. One fused op where the elementary ops are fused and no dropout is active.
+pub(crate) fn apply(
     f: &mut Fwd,
     prefix: &str,
     x: &Tensor,
-    spec_act: Activation,
+    act: Activation,
     dropout: f64,
+    scale: f64,
+    residual: bool,
 ) -> Result<Tensor> {
+    let name = |l: &str, t: &str| format!("{prefix}.{l}.{t}");
+    if !(f.masks.training() && dropout > 0.0) {
+        let p = ops::BottleneckParams {
+            w1: f.p.get(&name("fc1", "weight"))?,
+            b1: f.p.get(&name("fc1", "bias"))?,
+            w2: f.p.get(&name("fc2", "weight"))?,
+            b2: f.p.get(&name("fc2", "bias"))?,
+        };
+        return ops::bottleneck(x, &p, act, scale, residual, f.ops);
+    }
     let h = f.linear(x, &format!("{prefix}.fc1"))?;
-    let h = match spec_act {
+    let h = match act {
         Activation::Gelu => ops::gelu(&h, f.ops)?,
         Activation::Relu => h.relu()?,
     };
     let h = f.masks.dropout(&h, dropout)?;
-    f.linear(&h, &format!("{prefix}.fc2"))
+    let y = (f.linear(&h, &format!("{prefix}.fc2"))? * scale)?;
+    if residual {
+        x + y
+    } else {
+        Ok(y)
+    }
 }

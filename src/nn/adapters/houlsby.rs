@@ -55,9 +55,8 @@ impl HoulsbyConfig {
 pub(crate) fn apply(f: &mut Fwd, a: &AdapterConfig, i: usize, m: &Tensor) -> Result<Tensor> {
     match a {
         AdapterConfig::Houlsby(c) => {
-            let delta =
-                bottleneck::forward(f, &format!("blocks.{i}.adapter"), m, c.activation, 0.0)?;
-            m + delta
+            let prefix = format!("blocks.{i}.adapter");
+            bottleneck::apply(f, &prefix, m, c.activation, 0.0, 1.0, true)
         }
         _ => Ok(m.clone()),
     }

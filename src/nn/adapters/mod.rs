@@ -242,14 +242,9 @@ pub(crate) fn parallel_attn(
 ) -> Result<Option<Tensor>> {
     match a {
         AdapterConfig::SharedParAdapter(c) => {
-            let y = bottleneck::forward(
-                f,
-                &format!("blocks.{i}.adapter"),
-                x,
-                bottleneck::Activation::Gelu,
-                0.0,
-            )?;
-            Ok(Some((y * c.scale)?))
+            let prefix = format!("blocks.{i}.adapter");
+            let act = bottleneck::Activation::Gelu;
+            bottleneck::apply(f, &prefix, x, act, 0.0, c.scale, false).map(Some)
         }
         _ => Ok(None),
     }
@@ -269,6 +264,6 @@ pub(crate) fn parallel_mlp(
         AdapterConfig::SharedParAdapter(c) => (c.scale, bottleneck::Activation::Gelu, 0.0),
         _ => return Ok(None),
     };
-    let y = bottleneck::forward(f, &format!("blocks.{i}.adapter"), h, act, dropout)?;
-    Ok(Some((y * scale)?))
+    let prefix = format!("blocks.{i}.adapter");
+    bottleneck::apply(f, &prefix, h, act, dropout, scale, false).map(Some)
 }

@@ -47,9 +47,8 @@ impl SeqAdapterConfig {
 pub(crate) fn apply(f: &mut Fwd, a: &AdapterConfig, i: usize, y: &Tensor) -> Result<Tensor> {
     match a {
         AdapterConfig::SeqAdapter(_) => {
-            let delta =
-                bottleneck::forward(f, &format!("blocks.{i}.adapter"), y, Activation::Gelu, 0.0)?;
-            y + delta
+            let prefix = format!("blocks.{i}.adapter");
+            bottleneck::apply(f, &prefix, y, Activation::Gelu, 0.0, 1.0, true)
         }
         _ => Ok(y.clone()),
     }

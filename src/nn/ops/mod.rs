@@ -11,7 +11,9 @@
 mod attention;
 pub use attention::Tokens;
 mod blas;
+mod bottleneck;
 pub use blas::OpenBlas;
+pub use bottleneck::Activation;
 mod cpu;
 mod fastmath;
 mod frozen_block;
@@ -125,6 +127,50 @@ pub fn attention(
         .to_dtype(dt)?
         .transpose(1, 2)?
         .reshape((b, nq, d))
+}
+
+/// The four trainable tensors of an adapter bottleneck: `w1 [r, D]`, `b1 [r]`, `w2 [D, r]`,
+/// `b2 [D]`.
+pub struct BottleneckParams<'a> {
+    pub w1: &'a Tensor,
+    pub b1: &'a Tensor,
+    pub w2: &'a Tensor,
+    pub b2: &'a Tensor,
+}
+
+/// The adapter bottleneck `[x +] scale * (act(x w1^T + b1) w2^T + b2)` on `x [.., D]`
+/// (`x +` with `residual`). Fused on CPU f32: one op whose backward gives dL/dx and the four
+/// parameter gradients in one pass over the rows (see `ops/bottleneck.rs`); composed
+/// otherwise. No dropout: callers use the composed form when dropout is active.
+pub fn bottleneck(
+    x: &Tensor,
+    p: &BottleneckParams,
+    act: Activation,
+    scale: f64,
+    residual: bool,
+    imp: OpsImpl,
+) -> Result<Tensor> {
+    if !imp.fused_for(x) {
+        let h = linear(x, p.w1, Some(p.b1))?;
+        let h = match act {
+            Activation::Gelu => gelu(&h, imp)?,
+            Activation::Relu => h.relu()?,
+        };
+        let mut y = linear(&h, p.w2, Some(p.b2))?;
+        if scale != 1.0 {
+            y = (y * scale)?;
+        }
+        return if residual { x + y } else { Ok(y) };
+    }
+    let p1 = Tensor::cat(&[p.w1, &p.b1.unsqueeze(1)?], 1)?;
+    let p2 = Tensor::cat(&[p.w2, &p.b2.unsqueeze(1)?], 1)?;
+    let op = bottleneck::BottleneckOp {
+        act,
+        scale: scale as f32,
+        residual,
+        needs_grad: [x.track_op(), p1.track_op(), p2.track_op()],
+    };
+    x.contiguous()?.apply_op3(&p1, &p2, op)
 }
 
 /// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
