@@ -234,7 +234,7 @@ fn attention_fused_matches_composed() {
 /// with a scale, on row counts that do and do not fill the op's row tasks (32 rows).
 #[test]
 fn bottleneck_fused_matches_composed() {
-    use idat_pipe::nn::ops::{Activation, BottleneckParams};
+    use idat_pipe::nn::ops::{Activation, Bottleneck};
     let (d, r) = (24, 3);
     for (case, (rows, act, scale, residual)) in [
         (5, Activation::Gelu, 1.0, true),
@@ -256,13 +256,16 @@ fn bottleneck_fused_matches_composed() {
         compare(
             &inputs,
             |t, imp| {
-                let p = BottleneckParams {
+                let p = Bottleneck {
                     w1: &t[1],
                     b1: &t[2],
                     w2: &t[3],
                     b2: &t[4],
+                    act,
+                    scale,
+                    residual,
                 };
-                ops::bottleneck(&t[0], &p, act, scale, residual, imp).unwrap()
+                ops::bottleneck(&t[0], &p, imp).unwrap()
             },
             1e-4,
         );
@@ -273,7 +276,7 @@ fn bottleneck_fused_matches_composed() {
 /// fused bottleneck (that product is skipped); the parameters get the composed ones.
 #[test]
 fn bottleneck_on_a_constant_input_gives_only_parameter_gradients() {
-    use idat_pipe::nn::ops::{Activation, BottleneckParams};
+    use idat_pipe::nn::ops::{Activation, Bottleneck};
     let x = rand_tensor(&[3, 40, 16], 90);
     let run = |imp| {
         let vars: Vec<Var> = [
@@ -285,13 +288,16 @@ fn bottleneck_on_a_constant_input_gives_only_parameter_gradients() {
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())
         .collect();
-        let p = BottleneckParams {
+        let p = Bottleneck {
             w1: vars[0].as_tensor(),
             b1: vars[1].as_tensor(),
             w2: vars[2].as_tensor(),
             b2: vars[3].as_tensor(),
+            act: Activation::Gelu,
+            scale: 1.0,
+            residual: true,
         };
-        let y = ops::bottleneck(&x, &p, Activation::Gelu, 1.0, true, imp).unwrap();
+        let y = ops::bottleneck(&x, &p, imp).unwrap();
         let up = rand_tensor(y.dims(), 95);
         let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
         // (candle's composed matmul backward computes and stores one all the same.)

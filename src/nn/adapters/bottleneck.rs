@@ -104,25 +104,19 @@ pub(crate) fn apply(
     residual: bool,
 ) -> Result<Tensor> {
     let name = |l: &str, t: &str| format!("{prefix}.{l}.{t}");
-    if !(f.masks.training() && dropout > 0.0) {
-        let p = ops::BottleneckParams {
-            w1: f.p.get(&name("fc1", "weight"))?,
-            b1: f.p.get(&name("fc1", "bias"))?,
-            w2: f.p.get(&name("fc2", "weight"))?,
-            b2: f.p.get(&name("fc2", "bias"))?,
-        };
-        return ops::bottleneck(x, &p, act, scale, residual, f.ops);
-    }
-    let h = f.linear(x, &format!("{prefix}.fc1"))?;
-    let h = match act {
-        Activation::Gelu => ops::gelu(&h, f.ops)?,
-        Activation::Relu => h.relu()?,
+    let p = ops::Bottleneck {
+        w1: f.p.get(&name("fc1", "weight"))?,
+        b1: f.p.get(&name("fc1", "bias"))?,
+        w2: f.p.get(&name("fc2", "weight"))?,
+        b2: f.p.get(&name("fc2", "bias"))?,
+        act,
+        scale,
+        residual,
     };
-    let h = f.masks.dropout(&h, dropout)?;
-    let y = (f.linear(&h, &format!("{prefix}.fc2"))? * scale)?;
-    if residual {
-        x + y
-    } else {
-        Ok(y)
+    if f.masks.training() && dropout > 0.0 {
+        let masks = &mut f.masks;
+        let drop = |h: Tensor| masks.dropout(&h, dropout);
+        return ops::bottleneck_composed(x, &p, f.ops, drop);
     }
+    ops::bottleneck(x, &p, f.ops)
 }

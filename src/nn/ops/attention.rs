@@ -29,6 +29,16 @@ pub enum Tokens {
     Cls,
 }
 
+impl Tokens {
+    /// Output rows per sample of `n` tokens.
+    pub(crate) fn rows(self, n: usize) -> usize {
+        match self {
+            Tokens::All => n,
+            Tokens::Cls => 1.min(n),
+        }
+    }
+}
+
 /// Fused attention over `qkv [B, N, 3D]` with `heads` heads.
 pub(crate) struct AttentionOp {
     pub heads: usize,
@@ -209,10 +219,7 @@ impl AttentionOp {
             *b,
             Dims {
                 n: *n,
-                nq: match self.tokens {
-                    Tokens::All => *n,
-                    Tokens::Cls => 1.min(*n),
-                },
+                nq: self.tokens.rows(*n),
                 d,
                 dh,
                 scale: (dh as f32).powf(-0.5),

@@ -171,11 +171,8 @@ impl ResidualHalfOp {
             }
         }
         let nq = match self.half {
-            Half::Attn {
-                tokens: Tokens::Cls,
-                ..
-            } => 1.min(*n),
-            _ => *n,
+            Half::Attn { tokens, .. } => tokens.rows(*n),
+            Half::Mlp => *n,
         };
         Ok(Sizes {
             b: *b,

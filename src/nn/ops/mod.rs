@@ -106,10 +106,7 @@ pub fn attention(
     let (b, n, d3) = qkv.dims3()?;
     let d = d3 / 3;
     let dh = d / heads;
-    let nq = match tokens {
-        Tokens::All => n,
-        Tokens::Cls => 1.min(n),
-    };
+    let nq = tokens.rows(n);
     let qkv = qkv
         .reshape((b, n, 3, heads, dh))?
         .permute((2, 0, 3, 1, 4))?;
@@ -129,48 +126,60 @@ pub fn attention(
         .reshape((b, nq, d))
 }
 
-/// The four trainable tensors of an adapter bottleneck: `w1 [r, D]`, `b1 [r]`, `w2 [D, r]`,
-/// `b2 [D]`.
-pub struct BottleneckParams<'a> {
+/// One adapter bottleneck `[x +] scale * (act(x w1^T + b1) w2^T + b2)` (`x +` with
+/// `residual`): its four trainable tensors `w1 [r, D]`, `b1 [r]`, `w2 [D, r]`, `b2 [D]` and
+/// how it is applied.
+pub struct Bottleneck<'a> {
     pub w1: &'a Tensor,
     pub b1: &'a Tensor,
     pub w2: &'a Tensor,
     pub b2: &'a Tensor,
+    pub act: Activation,
+    pub scale: f64,
+    pub residual: bool,
 }
 
-/// The adapter bottleneck `[x +] scale * (act(x w1^T + b1) w2^T + b2)` on `x [.., D]`
-/// (`x +` with `residual`). Fused on CPU f32: one op whose backward gives dL/dx and the four
-/// parameter gradients in one pass over the rows (see `ops/bottleneck.rs`); composed
-/// otherwise. No dropout: callers use the composed form when dropout is active.
-pub fn bottleneck(
-    x: &Tensor,
-    p: &BottleneckParams,
-    act: Activation,
-    scale: f64,
-    residual: bool,
-    imp: OpsImpl,
-) -> Result<Tensor> {
+/// The adapter bottleneck `p` on `x [.., D]`. Fused on CPU f32: one op whose backward gives
+/// dL/dx and the four parameter gradients in one pass over the rows (see
+/// `ops/bottleneck.rs`); composed otherwise. No dropout: callers with dropout active use
+/// [`bottleneck_composed`].
+pub fn bottleneck(x: &Tensor, p: &Bottleneck, imp: OpsImpl) -> Result<Tensor> {
     if !imp.fused_for(x) {
-        let h = linear(x, p.w1, Some(p.b1))?;
-        let h = match act {
-            Activation::Gelu => gelu(&h, imp)?,
-            Activation::Relu => h.relu()?,
-        };
-        let mut y = linear(&h, p.w2, Some(p.b2))?;
-        if scale != 1.0 {
-            y = (y * scale)?;
-        }
-        return if residual { x + y } else { Ok(y) };
+        return bottleneck_composed(x, p, imp, Ok);
     }
     let p1 = Tensor::cat(&[p.w1, &p.b1.unsqueeze(1)?], 1)?;
     let p2 = Tensor::cat(&[p.w2, &p.b2.unsqueeze(1)?], 1)?;
     let op = bottleneck::BottleneckOp {
-        act,
-        scale: scale as f32,
-        residual,
+        act: p.act,
+        scale: p.scale as f32,
+        residual: p.residual,
         needs_grad: [x.track_op(), p1.track_op(), p2.track_op()],
     };
     x.contiguous()?.apply_op3(&p1, &p2, op)
+}
+
+/// [`bottleneck`] from differentiable ops, with `after_act` applied to the hidden
+/// activations (dropout, for the callers that have it active; `Ok` otherwise).
+pub fn bottleneck_composed(
+    x: &Tensor,
+    p: &Bottleneck,
+    imp: OpsImpl,
+    after_act: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let h = linear(x, p.w1, Some(p.b1))?;
+    let h = match p.act {
+        Activation::Gelu => gelu(&h, imp)?,
+        Activation::Relu => h.relu()?,
+    };
+    let mut y = linear(&after_act(h)?, p.w2, Some(p.b2))?;
+    if p.scale != 1.0 {
+        y = (y * p.scale)?;
+    }
+    if p.residual {
+        x + y
+    } else {
+        Ok(y)
+    }
 }
 
 /// Differentiable linear layer `x [.., K] -> x w^T + b`, `w [N, K]`, `b [N]` (all composed).
