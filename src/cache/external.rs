@@ -47,13 +47,19 @@ fn mtime_ns(m: &fs::Metadata) -> u128 {
         .unwrap_or(0)
 }
 
-/// One item of a walked tree: a regular file or a symlink (never followed).
-enum Item {
-    File(PathBuf, fs::Metadata),
-    Link(PathBuf),
-}
+/// One regular file of a walked tree: its path on disk (through any links) and the
+/// metadata of what it points to.
+struct Item(PathBuf, fs::Metadata);
 
-fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Item)>) -> Result<()> {
+/// Collect every regular file under `dir`, following symlinks (the user's dataset folders
+/// often link `images/` to another disk). `ancestors` holds the canonical folders on the way
+/// down, so a link back to one of them is a loop, reported instead of followed.
+fn walk(
+    base: &Path,
+    dir: &Path,
+    ancestors: &mut Vec<PathBuf>,
+    out: &mut Vec<(String, Item)>,
+) -> Result<()> {
     let rd = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for e in rd {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
@@ -68,19 +74,52 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Item)>) -> Result<()> {
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join("/");
-        if ft.is_dir() {
-            walk(base, &p, out)?;
-        } else if ft.is_symlink() {
-            out.push((rel, Item::Link(p)));
-        } else if ft.is_file() {
-            let m = e
-                .metadata()
-                .with_context(|| format!("reading {}", p.display()))?;
-            out.push((rel, Item::File(p, m)));
+        let meta = if ft.is_symlink() {
+            follow(&p)?
+        } else {
+            e.metadata()
+                .with_context(|| format!("reading {}", p.display()))?
+        };
+        if meta.is_dir() {
+            let canon = fs::canonicalize(&p).with_context(|| format!("reading {}", p.display()))?;
+            if ancestors.contains(&canon) {
+                bail!(
+                    "symlink loop: {} points to {}, a folder that contains it; remove or \
+                     replace the link",
+                    p.display(),
+                    canon.display()
+                );
+            }
+            ancestors.push(canon);
+            walk(base, &p, ancestors, out)?;
+            ancestors.pop();
+        } else if meta.is_file() {
+            out.push((rel, Item(p, meta)));
         }
         // Sockets, fifos and devices are not data: left out.
     }
     Ok(())
+}
+
+/// The metadata of what the symlink `p` points to; a dangling link or a chain of links
+/// that never ends is an error naming the link and its target.
+fn follow(p: &Path) -> Result<fs::Metadata> {
+    let target = fs::read_link(p).with_context(|| format!("reading symlink {}", p.display()))?;
+    fs::metadata(p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "dangling symlink: {} -> {} (the target does not exist)",
+                p.display(),
+                target.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "symlink {} -> {} cannot be followed: {e} (a link loop?)",
+                p.display(),
+                target.display()
+            )
+        }
+    })
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -92,19 +131,30 @@ fn memo_path(cache_root: &Path, root: &Path) -> PathBuf {
         .join(format!("{}.json", &h[..32]))
 }
 
-/// Hash the file or folder `path` (folders recursively, in sorted order). Symlinks inside
-/// a folder are never followed (their target text is hashed instead), so nothing outside
-/// the tree is read; `path` itself may be a symlink. `cache_root` holds the memo.
+/// Hash the file or folder `path` (folders recursively, in sorted order). External inputs
+/// are the user's own files, so symlinks, `path` itself or any file or folder inside it,
+/// are followed and what they point to is hashed: replacing an image behind a link changes
+/// the hash. A dangling link or a link loop is an error naming the link. (Downloaded
+/// archives never reach here: their extraction refuses links, `data/archive.rs`.)
+/// `cache_root` holds the memo.
 pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
-    let root = fs::canonicalize(path)
-        .with_context(|| format!("external input {}: cannot open", path.display()))?;
+    let root = fs::canonicalize(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (relative paths in a pipeline are resolved against the working directory: \
+             docs/pipeline-dsl.md, \"Paths\")"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("external input {}: cannot open: {e}{hint}", path.display())
+    })?;
     let meta = fs::metadata(&root)
         .with_context(|| format!("external input {}: cannot open", path.display()))?;
     let mut items = Vec::new();
     if meta.is_dir() {
-        walk(&root, &root, &mut items)?;
+        walk(&root, &root, &mut vec![root.clone()], &mut items)
+            .with_context(|| format!("external input {}", path.display()))?;
     } else if meta.is_file() {
-        items.push((String::new(), Item::File(root.clone(), meta)));
+        items.push((String::new(), Item(root.clone(), meta)));
     } else {
         bail!(
             "external input {}: not a regular file or folder",
@@ -124,39 +174,27 @@ pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
     };
     let mut h = blake3::Hasher::new();
     let mut read = 0usize;
-    for (rel, item) in &items {
-        match item {
-            Item::File(p, m) => {
-                let size = m.len();
-                let mt = mtime_ns(m);
-                let entry = match old.files.get(rel) {
-                    Some(e) if e.size == size && e.mtime_ns == mt => e.clone(),
-                    _ => {
-                        read += 1;
-                        let (n, b) = hash_file(p)
-                            .with_context(|| format!("external input {}", path.display()))?;
-                        MemoEntry {
-                            size: n,
-                            mtime_ns: mt,
-                            blake3: b,
-                        }
-                    }
-                };
-                for part in [rel.as_str(), "f", &entry.size.to_string(), &entry.blake3] {
-                    h.update(part.as_bytes());
-                    h.update(&[0]);
-                }
-                memo.files.insert(rel.clone(), entry);
-            }
-            Item::Link(p) => {
-                let target =
-                    fs::read_link(p).with_context(|| format!("reading symlink {}", p.display()))?;
-                for part in [rel.as_str(), "l", &target.to_string_lossy()] {
-                    h.update(part.as_bytes());
-                    h.update(&[0]);
+    for (rel, Item(p, m)) in &items {
+        let size = m.len();
+        let mt = mtime_ns(m);
+        let entry = match old.files.get(rel) {
+            Some(e) if e.size == size && e.mtime_ns == mt => e.clone(),
+            _ => {
+                read += 1;
+                let (n, b) =
+                    hash_file(p).with_context(|| format!("external input {}", path.display()))?;
+                MemoEntry {
+                    size: n,
+                    mtime_ns: mt,
+                    blake3: b,
                 }
             }
+        };
+        for part in [rel.as_str(), "f", &entry.size.to_string(), &entry.blake3] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
         }
+        memo.files.insert(rel.clone(), entry);
     }
     if read > 0 || memo.files.len() != old.files.len() {
         // Best effort: a failed memo write only costs re-reading next time.
@@ -283,20 +321,73 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn symlinks_are_not_followed_out_of_the_tree() {
+    fn symlinked_files_and_folders_are_hashed_by_what_they_point_to() {
+        use std::os::unix::fs::symlink;
         let t = tempfile::tempdir().unwrap();
-        let outside = t.path().join("outside.txt");
-        fs::write(&outside, b"x").unwrap();
-        let data = t.path().join("data");
+        let cache = t.path().join("cache");
+        // `images/` lives on "another disk"; one list file is a link too.
+        let disk = t.path().join("disk");
+        fs::create_dir_all(disk.join("images/sub")).unwrap();
+        fs::write(disk.join("images/000.png"), b"png0").unwrap();
+        fs::write(disk.join("images/sub/001.png"), b"png1").unwrap();
+        fs::write(disk.join("train800.txt"), b"images/000.png 0\n").unwrap();
+        let data = t.path().join("data/kitti");
         fs::create_dir_all(&data).unwrap();
-        std::os::unix::fs::symlink(&outside, data.join("link")).unwrap();
-        let h1 = hash_external(t.path(), &data).unwrap();
-        assert_eq!(
-            (h1.files, h1.read),
-            (0, 0),
-            "the outside file is never read"
+        symlink(disk.join("images"), data.join("images")).unwrap();
+        symlink(disk.join("train800.txt"), data.join("train800.txt")).unwrap();
+        let h1 = hash_external(&cache, &data).unwrap();
+        assert_eq!((h1.files, h1.read), (3, 3), "files behind links are read");
+        // The same bytes as real files hash the same: the link itself is not content.
+        let real = t.path().join("real/kitti");
+        fs::create_dir_all(real.join("images/sub")).unwrap();
+        fs::write(real.join("images/000.png"), b"png0").unwrap();
+        fs::write(real.join("images/sub/001.png"), b"png1").unwrap();
+        fs::write(real.join("train800.txt"), b"images/000.png 0\n").unwrap();
+        assert_eq!(hash_external(&cache, &real).unwrap().hash, h1.hash);
+        // Replacing an image behind the folder link changes the hash (stale data otherwise).
+        fs::write(disk.join("images/sub/001.png"), b"PNG1").unwrap();
+        set_mtime(&disk.join("images/sub/001.png"), 3_000_000);
+        let h2 = hash_external(&cache, &data).unwrap();
+        assert_ne!(h2.hash, h1.hash);
+        assert_eq!(h2.read, 1);
+        // Replacing the file a link points to (a new file, same size) changes it too.
+        fs::remove_file(disk.join("train800.txt")).unwrap();
+        fs::write(disk.join("train800.txt"), b"images/001.png 1\n").unwrap();
+        set_mtime(&disk.join("train800.txt"), 4_000_000);
+        assert_ne!(hash_external(&cache, &data).unwrap().hash, h2.hash);
+        // The root itself may be a link.
+        let root_link = t.path().join("root-link");
+        symlink(&data, &root_link).unwrap();
+        assert_eq!(hash_external(&cache, &root_link).unwrap().files, 3);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dangling_links_and_link_loops_are_errors_naming_the_link() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        fs::create_dir_all(data.join("images")).unwrap();
+        fs::write(data.join("images/a.png"), b"a").unwrap();
+        symlink(t.path().join("unmounted/b.png"), data.join("images/b.png")).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &data).unwrap_err());
+        assert!(
+            e.contains("dangling symlink") && e.contains("images/b.png") && e.contains("unmounted"),
+            "{e}"
         );
-        fs::write(&outside, b"y").unwrap();
-        assert_eq!(hash_external(t.path(), &data).unwrap().hash, h1.hash);
+        fs::remove_file(data.join("images/b.png")).unwrap();
+        // A folder link back to an ancestor.
+        symlink(&data, data.join("images/up")).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &data).unwrap_err());
+        assert!(e.contains("symlink loop") && e.contains("images/up"), "{e}");
+        fs::remove_file(data.join("images/up")).unwrap();
+        // Two links pointing at each other.
+        symlink(data.join("images/y"), data.join("images/x")).unwrap();
+        symlink(data.join("images/x"), data.join("images/y")).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &data).unwrap_err());
+        assert!(
+            e.contains("cannot be followed") && e.contains("images/"),
+            "{e}"
+        );
     }
 }

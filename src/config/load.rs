@@ -2,6 +2,7 @@
 //! schema and the semantic rules (all errors at once), expand matrices to instances.
 use super::model::{Pipeline, Resources, StageSpec, DSL_VERSION};
 use super::overrides::{apply, parse_override};
+use super::paths;
 use super::refs::{lookup, substitute, Ref};
 use super::schema;
 use super::yaml::{parse, Located, Pos};
@@ -384,6 +385,13 @@ pub fn load_str(
         d.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
         return Err(d);
     }
+    let bases = match paths::process_bases() {
+        Ok(b) => b,
+        Err(m) => {
+            cx.err("", m);
+            return Err(cx.diags);
+        }
+    };
     let mut instances = Vec::new();
     let mut total = 0usize;
     for (id, spec) in &stages {
@@ -399,6 +407,7 @@ pub fn load_str(
         }
         let first = instances.len();
         expand(id, spec, axes, &params, &mut instances);
+        resolve_instance_paths(&mut cx, registry, spec, &bases, &mut instances[first..]);
         if !axes.is_empty() && spec.with.to_string().contains("${matrix.") {
             check_cells(&mut cx, registry, spec, &instances[first..]);
         }
@@ -414,6 +423,27 @@ pub fn load_str(
         stages,
         instances,
     })
+}
+
+/// Apply the path rule (`config/paths.rs`) to each instance's `with:`; an error (a `~user`
+/// path) is reported once per stage at the field's position.
+fn resolve_instance_paths(
+    cx: &mut Ctx,
+    registry: &Registry,
+    spec: &StageSpec,
+    (cwd, home): &(PathBuf, Option<PathBuf>),
+    cells: &mut [Instance],
+) {
+    let Some(schema) = schema::kind_params(registry, &spec.uses) else {
+        return;
+    };
+    for inst in cells {
+        let errs = paths::resolve_paths(&schema, &mut inst.with, cwd, home.as_deref());
+        if let Some((p, m)) = errs.into_iter().next() {
+            cx.err(join(&format!("stages.{}.with", inst.stage), &p), m);
+            return;
+        }
+    }
 }
 
 /// Type-check `with:` in every matrix cell (the first cell was checked already);

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 pub enum VtabSource {
     /// A local folder in the NOAH layout (`<path>/<task>/train800.txt`, ...).
     Local {
-        /// The dataset root.
+        /// The dataset root; relative paths are resolved against the working directory
+        /// (docs/pipeline-dsl.md, "Paths").
+        #[schemars(extend("format" = "path"))]
         path: PathBuf,
     },
     /// A zip or tar.gz archive, downloaded (resumable), sha256-verified, extracted atomically.
@@ -251,13 +253,20 @@ pub fn resolve_root(
         .context("no tasks requested: expected at least one task name")?;
     match source {
         VtabSource::Local { path } => {
+            // Pipelines hand over absolute paths (config/paths.rs); a caller of this
+            // function gets the same rule, so the manifest never stores a relative root.
+            let (cwd, home) = crate::config::paths::process_bases().map_err(anyhow::Error::msg)?;
+            let path =
+                crate::config::paths::absolute(&cwd, home.as_deref(), &path.to_string_lossy())
+                    .map_err(anyhow::Error::msg)?;
             if !path.is_dir() {
                 bail!(
-                    "dataset folder {} not found: expected a folder in the NOAH layout",
+                    "dataset folder {} not found: expected a folder in the NOAH layout \
+                     (relative paths in a pipeline are resolved against the working directory)",
                     path.display()
                 );
             }
-            find_root(path, &first.name)
+            find_root(&path, &first.name)
         }
         VtabSource::Archive { url, sha256 } => {
             let sha = parse_sha256(sha256)?;

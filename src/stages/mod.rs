@@ -28,7 +28,7 @@ pub trait StageKind: Send + Sync + 'static {
 
     /// Files or folders outside the cache that the outputs depend on (a local dataset
     /// folder, a weights file). The runner hashes their content (folders recursively,
-    /// symlinks not followed) into the cache key, so editing them reruns the stage.
+    /// through symlinks) into the cache key, so editing them reruns the stage.
     /// Paths that hold a `${stages...}` reference are upstream outputs and are skipped.
     fn external_inputs(_params: &Self::Params) -> Vec<std::path::PathBuf> {
         Vec::new()

@@ -17,6 +17,8 @@ pub enum Weights {
     Random { seed: u64 },
     /// A local `.safetensors` (timm names) or Google `.npz` file.
     File {
+        /// Relative paths are resolved against the working directory (docs/pipeline-dsl.md).
+        #[schemars(extend("format" = "path"))]
         path: PathBuf,
         /// Expected sha256 of the file (hex); checked before use when given.
         #[serde(default)]

@@ -1,0 +1,263 @@
+//! The one rule for relative paths in a pipeline: a path a stage kind declares as a file or
+//! folder (`format: "path"` in its `with:` schema) is resolved against the **working
+//! directory of the `idat-pipe` process**, the way Snakemake and Hydra resolve theirs and the
+//! way `--cache-dir`, `--set` values typed in a shell and `infer --weights` already are.
+//! A leading `~` or `~/` is the user's home (`$HOME`). The result is absolute and lexically
+//! normalised like Python's `os.path.abspath` (`.` dropped, `a/..` removed, links not
+//! followed), so `validate`, `plan`, the cache key and every stage see the same path.
+//!
+//! Resolution runs once, on each instance's `with:` after references are substituted
+//! ([`resolve_paths`]), so a path built from `${params...}` or a `--set` value obeys it too.
+use serde_json::Value;
+use std::path::{Component, Path, PathBuf};
+
+/// The schema `format` that marks a string as a file-system path.
+pub const PATH_FORMAT: &str = "path";
+
+/// `p` made absolute against `base` (the working directory), `~` expanded from `home`,
+/// then lexically normalised (`..` above the root stays at the root, as in POSIX).
+///
+/// Errors: `~user` forms (only the current user's home is expanded), and `~` when no home
+/// is known.
+pub fn absolute(base: &Path, home: Option<&Path>, p: &str) -> Result<PathBuf, String> {
+    let joined = if p == "~" || p.starts_with("~/") {
+        let home = home.ok_or_else(|| {
+            format!("`{p}` starts with `~` but HOME is not set: give an absolute path")
+        })?;
+        home.join(p.trim_start_matches('~').trim_start_matches('/'))
+    } else if p.starts_with('~') {
+        return Err(format!(
+            "`{p}`: only `~` and `~/...` (your own home) are expanded; give an absolute path"
+        ));
+    } else {
+        base.join(p)
+    };
+    Ok(normalise(&joined))
+}
+
+/// Lexical normalisation of an absolute path: `.` removed, `x/..` collapsed.
+fn normalise(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                // `pop` at the root keeps the root, as POSIX does for `/..`.
+                if out.parent().is_some() {
+                    out.pop();
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The process's working directory and home, the bases of [`absolute`].
+pub fn process_bases() -> Result<(PathBuf, Option<PathBuf>), String> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot read the working directory to resolve paths: {e}"))?;
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    Ok((cwd, home))
+}
+
+/// Resolve, in place, every string of `value` that `schema` (a kind's self-contained
+/// `with:` schema, with its `$defs`) marks `format: "path"`. Strings that are still
+/// `${stages...}` references, and empty strings, are left alone. Returns the errors as
+/// (dotted path inside `with`, message).
+pub fn resolve_paths(
+    schema: &Value,
+    value: &mut Value,
+    base: &Path,
+    home: Option<&Path>,
+) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
+    walk(schema, schema, value, base, home, "", &mut errs);
+    errs
+}
+
+fn deref<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
+    match s.get("$ref").and_then(Value::as_str) {
+        Some(r) => r
+            .strip_prefix("#/$defs/")
+            .or_else(|| r.strip_prefix("#/definitions/"))
+            .and_then(|name| {
+                root.get("$defs")
+                    .or_else(|| root.get("definitions"))
+                    .and_then(|d| d.get(name))
+            })
+            .unwrap_or(s),
+        None => s,
+    }
+}
+
+fn walk(
+    root: &Value,
+    s: &Value,
+    v: &mut Value,
+    base: &Path,
+    home: Option<&Path>,
+    at: &str,
+    errs: &mut Vec<(String, String)>,
+) {
+    let s = deref(root, s);
+    if s.get("format").and_then(Value::as_str) == Some(PATH_FORMAT) {
+        if let Value::String(text) = v {
+            if !text.is_empty() && !text.starts_with("${") {
+                match absolute(base, home, text) {
+                    Ok(p) => *text = p.to_string_lossy().into_owned(),
+                    Err(m) => errs.push((at.to_string(), m)),
+                }
+            }
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        if let Some(branches) = s.get(key).and_then(Value::as_array) {
+            for b in branches {
+                // Tagged enums: only the variant this value selects applies.
+                if key == "allOf" || branch_selects(root, b, v) {
+                    walk(root, b, v, base, home, at, errs);
+                }
+            }
+        }
+    }
+    match v {
+        Value::Object(map) => {
+            let props = s.get("properties").and_then(Value::as_object);
+            for (k, child) in map.iter_mut() {
+                let sub = props
+                    .and_then(|p| p.get(k))
+                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(sub) = sub {
+                    let here = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    walk(root, sub, child, base, home, &here, errs);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(sub) = s.get("items").filter(|i| i.is_object()) {
+                for (i, child) in items.iter_mut().enumerate() {
+                    walk(root, sub, child, base, home, &format!("{at}.{i}"), errs);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a `oneOf`/`anyOf` branch describes `v`: its `type` admits it and every
+/// property fixed by `const` (or a one-value `enum`), the tag of a serde enum, matches.
+fn branch_selects(root: &Value, b: &Value, v: &Value) -> bool {
+    let b = deref(root, b);
+    if let Some(t) = b.get("type") {
+        let admits = |t: &str| match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        };
+        let ok = match t {
+            Value::String(t) => admits(t),
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).any(admits),
+            _ => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    if let (Some(props), Value::Object(obj)) = (b.get("properties").and_then(Value::as_object), v) {
+        for (k, ps) in props {
+            let fixed = ps.get("const").or_else(|| {
+                ps.get("enum")
+                    .and_then(Value::as_array)
+                    .filter(|e| e.len() == 1)
+                    .map(|e| &e[0])
+            });
+            if let Some(c) = fixed {
+                if obj.get(k) != Some(c) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn abs(p: &str) -> Result<String, String> {
+        absolute(Path::new("/work/proj"), Some(Path::new("/home/ann")), p)
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_base_and_normalise() {
+        assert_eq!(abs("vtab-1k").unwrap(), "/work/proj/vtab-1k");
+        assert_eq!(abs("./data//vtab-1k/").unwrap(), "/work/proj/data/vtab-1k");
+        assert_eq!(abs("../shared/vtab-1k").unwrap(), "/work/shared/vtab-1k");
+        assert_eq!(abs("a/b/../../c").unwrap(), "/work/proj/c");
+        assert_eq!(abs("../../../../x").unwrap(), "/x");
+        assert_eq!(abs("/data/./vtab/../vtab-1k").unwrap(), "/data/vtab-1k");
+        assert_eq!(abs("~/vtab-1k").unwrap(), "/home/ann/vtab-1k");
+        assert_eq!(abs("~").unwrap(), "/home/ann");
+        assert_eq!(
+            abs("dir with space/ü").unwrap(),
+            "/work/proj/dir with space/ü"
+        );
+        let e = abs("~bob/x").unwrap_err();
+        assert!(e.contains("only `~` and `~/...`"), "{e}");
+        let e = absolute(Path::new("/w"), None, "~/x").unwrap_err();
+        assert!(e.contains("HOME is not set"), "{e}");
+    }
+
+    #[test]
+    fn only_path_formatted_strings_of_the_selected_variant_change() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "source": {"$ref": "#/$defs/Source"},
+                "name": {"type": "string"},
+                "extra": {"type": "array", "items": {"type": "string", "format": "path"}},
+                "maybe": {"type": ["string", "null"], "format": "path"}
+            },
+            "$defs": {"Source": {"oneOf": [
+                {"type": "object", "properties": {
+                    "kind": {"const": "local"}, "path": {"type": "string", "format": "path"}}},
+                {"type": "object", "properties": {
+                    "kind": {"const": "hub"}, "path": {"type": "string"}}}
+            ]}}
+        });
+        let mut v = json!({"source": {"kind": "local", "path": "d/../vtab"}, "name": "n/x",
+            "extra": ["a", "/b", "${stages.x.outputs}"], "maybe": null});
+        let errs = resolve_paths(&schema, &mut v, Path::new("/w"), None);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            v,
+            json!({"source": {"kind": "local", "path": "/w/vtab"}, "name": "n/x",
+                "extra": ["/w/a", "/b", "${stages.x.outputs}"], "maybe": null})
+        );
+        let mut hub = json!({"source": {"kind": "hub", "path": "org/repo"}});
+        resolve_paths(&schema, &mut hub, Path::new("/w"), None);
+        assert_eq!(
+            hub["source"]["path"], "org/repo",
+            "a hub repo is not a path"
+        );
+        let mut bad = json!({"maybe": "~x/y"});
+        let errs = resolve_paths(&schema, &mut bad, Path::new("/w"), None);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "maybe");
+    }
+}
