@@ -65,7 +65,7 @@ pub fn process_bases() -> Result<(PathBuf, Option<PathBuf>), String> {
 
 /// Resolve, in place, every string of `value` that `schema` (a kind's self-contained
 /// `with:` schema, with its `$defs`) marks `format: "path"`. Strings that are still
-/// `${stages...}` references, and empty strings, are left alone. Returns the errors as
+/// `${stages...}` references are left alone; an empty path is an error. Returns the errors as
 /// (dotted path inside `with`, message).
 pub fn resolve_paths(
     schema: &Value,
@@ -105,7 +105,12 @@ fn walk(
     let s = deref(root, s);
     if s.get("format").and_then(Value::as_str) == Some(PATH_FORMAT) {
         if let Value::String(text) = v {
-            if !text.is_empty() && !text.starts_with("${") {
+            if text.trim().is_empty() {
+                errs.push((
+                    at.to_string(),
+                    "empty path: expected a file or folder".into(),
+                ));
+            } else if !text.starts_with("${") {
                 match absolute(base, home, text) {
                     Ok(p) => *text = p.to_string_lossy().into_owned(),
                     Err(m) => errs.push((at.to_string(), m)),
@@ -254,6 +259,15 @@ mod tests {
         assert_eq!(
             hub["source"]["path"], "org/repo",
             "a hub repo is not a path"
+        );
+        let mut empty = json!({"source": {"kind": "local", "path": " "}});
+        let errs = resolve_paths(&schema, &mut empty, Path::new("/w"), None);
+        assert_eq!(
+            errs,
+            vec![(
+                "source.path".to_string(),
+                "empty path: expected a file or folder".to_string()
+            )]
         );
         let mut bad = json!({"maybe": "~x/y"});
         let errs = resolve_paths(&schema, &mut bad, Path::new("/w"), None);
