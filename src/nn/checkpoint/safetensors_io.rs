@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 
+use super::NonFinite;
+
 /// A named map of tensors plus the file's string metadata.
 pub type TensorsAndMetadata = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
 
@@ -42,8 +44,32 @@ fn st_dtype(dtype: DType) -> Option<StDtype> {
     })
 }
 
+/// Counts the non-finite values of a little-endian float buffer (other dtypes: none).
+fn non_finite(bytes: &[u8], dtype: StDtype) -> NonFinite {
+    let mut nf = NonFinite::default();
+    match dtype {
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| nf.add(half::f16::from_le_bytes([c[0], c[1]]).to_f64())),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| nf.add(half::bf16::from_le_bytes([c[0], c[1]]).to_f64())),
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .for_each(|c| nf.add(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
+        StDtype::F64 => bytes
+            .chunks_exact(8)
+            .for_each(|c| nf.add(f64::from_le_bytes(c.try_into().expect("chunk of 8")))),
+        _ => {}
+    }
+    nf
+}
+
 /// Parses safetensors bytes (validated before any tensor is created); tensors
 /// keep their stored dtype and live on the CPU. `origin` names the file in errors.
+///
+/// Errors: a malformed header, an unsupported dtype, or any float tensor
+/// (f16/bf16/f32/f64) holding inf, -inf or NaN (all such tensors are named, with counts).
 pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
     if bytes.len() < 8 {
         bail!(
@@ -68,7 +94,17 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
         .into_iter()
         .collect();
     let mut tensors = BTreeMap::new();
+    let mut bad = Vec::new();
     for (name, view) in st.tensors() {
+        let nf = non_finite(view.data(), view.dtype());
+        if !nf.is_clean() {
+            bad.push(format!(
+                "{name} {:?} {:?}: {}",
+                view.shape(),
+                view.dtype(),
+                nf.describe()
+            ));
+        }
         let dtype = candle_dtype(view.dtype()).with_context(|| {
             format!(
                 "{}: tensor {name} has unsupported dtype {:?}",
@@ -85,6 +121,16 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
                 )
             })?;
         tensors.insert(name, t);
+    }
+    if !bad.is_empty() {
+        bad.sort();
+        bail!(
+            "{}: {} tensor(s) hold non-finite values (inf/NaN, e.g. an fp16 export that overflowed); \
+             refusing to load them:\n  {}",
+            origin.display(),
+            bad.len(),
+            super::list_excerpt(&bad, "\n  ")
+        );
     }
     Ok((tensors, metadata))
 }
