@@ -994,3 +994,75 @@ fn non_finite_npz_arrays_are_refused_naming_file_key_and_timm_name() {
         "{err}"
     );
 }
+
+#[test]
+fn non_float_and_pre_logits_safetensors_entries_are_dropped_with_notes() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected(32, CLASSES);
+    for prefix in ["", "module."] {
+        // The fixture's tensors as f32 bytes, plus a step counter (i64), a mask (bool)
+        // and an old-timm representation layer (pre_logits.fc.*).
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = reference()
+            .into_iter()
+            .map(|(k, t)| {
+                let b = vals(&t).iter().flat_map(|v| v.to_le_bytes()).collect();
+                (format!("{prefix}{k}"), Dtype::F32, t.dims().to_vec(), b)
+            })
+            .collect();
+        owned.push((
+            format!("{prefix}step"),
+            Dtype::I64,
+            vec![],
+            9i64.to_le_bytes().to_vec(),
+        ));
+        owned.push((
+            format!("{prefix}attn_mask"),
+            Dtype::BOOL,
+            vec![2],
+            vec![1, 0],
+        ));
+        owned.push((
+            format!("{prefix}pre_logits.fc.weight"),
+            Dtype::F32,
+            vec![2, 2],
+            [0.5f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let bytes = safetensors::tensor::serialize(views, None).unwrap();
+        let p = write(dir.path(), "extras.safetensors", &bytes);
+        let r = load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{prefix}: {e:#}"));
+        assert_same(&r.tensors, &reference(), false, prefix);
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains(&format!(
+                "skipped 2 non-parameter tensor(s) (not floats): {prefix}attn_mask (BOOL), {prefix}step (I64)"
+            )),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("dropped the pre-logits layer (pre_logits.fc.weight)"),
+            "{notes}"
+        );
+    }
+    // An integer tensor where the model needs a float one is an error naming it.
+    let mut m = reference();
+    m.insert(
+        "norm.bias".into(),
+        Tensor::zeros(DIM, DType::I64, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("int.safetensors");
+    save_tensors(&p, &m, &BTreeMap::new()).unwrap();
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(
+        err.contains("tensor norm.bias has dtype I64, not a float type"),
+        "{err}"
+    );
+}

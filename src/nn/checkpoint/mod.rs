@@ -238,6 +238,41 @@ fn read_google_npz(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>
     Ok((all, notes))
 }
 
+/// Reads a safetensors file for [`load_backbone`]: tensors that are not floats and
+/// not expected by the model (step counters, `num_batches_tracked`, masks) are set
+/// aside with a note; so are dtypes candle cannot hold.
+fn read_timm_safetensors(
+    path: &Path,
+    expected: &[(String, Vec<usize>)],
+) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
+    let (mut found, mut skipped) = safetensors_io::read_lenient(path)?;
+    let not_params: Vec<String> = found
+        .iter()
+        .filter(|(k, t)| {
+            !t.dtype().is_float()
+                && !expected
+                    .iter()
+                    .any(|(n, _)| k.as_str() == n || k.ends_with(&format!(".{n}")))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in not_params {
+        let t = found.remove(&k).expect("listed above");
+        skipped.push((k, format!("{:?}", t.dtype())));
+    }
+    let mut notes = Vec::new();
+    if !skipped.is_empty() {
+        skipped.sort();
+        let named: Vec<String> = skipped.iter().map(|(k, d)| format!("{k} ({d})")).collect();
+        notes.push(format!(
+            "skipped {} non-parameter tensor(s) (not floats): {}",
+            named.len(),
+            list_excerpt(&named, ", ")
+        ));
+    }
+    Ok((found, notes))
+}
+
 /// The prefix (empty, or ending in `.`) that, removed from checkpoint names, makes the
 /// most expected names match, when that is more than without removing anything: the
 /// `module.` of DDP, `model.` of Lightning, `backbone.`, or nested ones (`module.model.`).
@@ -312,7 +347,7 @@ pub fn load_backbone(
     device: &Device,
 ) -> Result<LoadedWeights> {
     let (mut found, mut notes) = match sniff(path)? {
-        Format::Safetensors => (safetensors_io::read(path)?.0, Vec::new()),
+        Format::Safetensors => read_timm_safetensors(path, expected)?,
         Format::Npz => read_google_npz(path)?,
     };
     if let Some(prefix) = detect_prefix(&found, expected) {

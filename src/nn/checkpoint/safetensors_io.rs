@@ -17,6 +17,9 @@ use super::NonFinite;
 /// A named map of tensors plus the file's string metadata.
 pub type TensorsAndMetadata = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
 
+/// Tensors plus the (name, dtype) of the entries set aside.
+pub type TensorsAndSkipped = (BTreeMap<String, Tensor>, Vec<(String, String)>);
+
 /// Maps a safetensors dtype to the candle dtype it is read as.
 fn candle_dtype(dtype: StDtype) -> Option<DType> {
     Some(match dtype {
@@ -71,6 +74,26 @@ fn non_finite(bytes: &[u8], dtype: StDtype) -> NonFinite {
 /// Errors: a malformed header, an unsupported dtype, or any float tensor
 /// (f16/bf16/f32/f64) holding inf, -inf or NaN (all such tensors are named, with counts).
 pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
+    let (tensors, metadata, skipped) = parse_inner(bytes, origin, false)?;
+    debug_assert!(skipped.is_empty());
+    Ok((tensors, metadata))
+}
+
+/// Like [`parse`], but tensors of a dtype candle cannot hold (bool, i8/i16/i32, f8, ...)
+/// are skipped, not refused: returned as (name, dtype) pairs. For pretrained files,
+/// where such entries are not parameters (step counters, masks).
+pub fn parse_lenient(bytes: &[u8], origin: &Path) -> Result<TensorsAndSkipped> {
+    let (tensors, _, skipped) = parse_inner(bytes, origin, true)?;
+    Ok((tensors, skipped))
+}
+
+type Parsed = (
+    BTreeMap<String, Tensor>,
+    BTreeMap<String, String>,
+    Vec<(String, String)>,
+);
+
+fn parse_inner(bytes: &[u8], origin: &Path, lenient: bool) -> Result<Parsed> {
     if bytes.len() < 8 {
         bail!(
             "{}: not a safetensors file: {} bytes, shorter than the 8-byte header length",
@@ -94,6 +117,7 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
         .into_iter()
         .collect();
     let mut tensors = BTreeMap::new();
+    let mut skipped = Vec::new();
     let mut bad = Vec::new();
     for (name, view) in st.tensors() {
         let nf = non_finite(view.data(), view.dtype());
@@ -104,6 +128,10 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
                 view.dtype(),
                 nf.describe()
             ));
+        }
+        if lenient && candle_dtype(view.dtype()).is_none() {
+            skipped.push((name, format!("{:?}", view.dtype())));
+            continue;
         }
         let dtype = candle_dtype(view.dtype()).with_context(|| {
             format!(
@@ -132,13 +160,20 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
             super::list_excerpt(&bad, "\n  ")
         );
     }
-    Ok((tensors, metadata))
+    skipped.sort();
+    Ok((tensors, metadata, skipped))
 }
 
 /// Reads and parses a safetensors file (see [`parse`]).
 pub fn read(path: &Path) -> Result<TensorsAndMetadata> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&bytes, path)
+}
+
+/// Reads a safetensors file with [`parse_lenient`].
+pub fn read_lenient(path: &Path) -> Result<TensorsAndSkipped> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_lenient(&bytes, path)
 }
 
 /// A tensor already copied to host bytes, for serialisation.
