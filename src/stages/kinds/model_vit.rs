@@ -109,7 +109,7 @@ fn load_checked(
     if let Some(want) = sha256 {
         crate::data::download::verify_sha256(path, want)?;
     }
-    let mut ignore: Vec<String> = vec!["head.".into(), "pre_logits.".into()];
+    let mut ignore: Vec<String> = vec!["head.".into()];
     ignore.extend(p.ignore.iter().cloned());
     let opts = LoadOptions {
         allow_partial: false,
