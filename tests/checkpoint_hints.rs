@@ -339,3 +339,50 @@ fn every_flag_named_by_infer_exists() {
         );
     }
 }
+
+/// Options a message tells the user to `set` (`set skip_bad_images: true`, `set optim.lr`)
+/// in the messages of the stage kinds and the data layer are options of some kind.
+#[test]
+fn every_option_a_message_says_to_set_exists() {
+    let reg = Registry::builtin();
+    let all: BTreeSet<String> = reg
+        .names()
+        .flat_map(|k| schema_options(k).into_iter())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for d in ["stages", "data", "nn/checkpoint"] {
+        rust_files(&root.join(d), &mut files);
+    }
+    let mut checked = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Message text only: lines holding a string literal, outside comments.
+        for line in text.lines().filter(|l| l.contains('"')) {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("set ") {
+                let rest = code[i + 4..].trim_start_matches('`');
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == '.')
+                    .collect();
+                let after = &rest[name.len()..];
+                let name = name.trim_end_matches('.');
+                // An option looks like `snake_case`, `a.b` or `name: value`.
+                if name.is_empty()
+                    || !(name.contains('_') || name.contains('.') || after.starts_with(':'))
+                {
+                    continue;
+                }
+                let first = name.split('.').next().unwrap();
+                assert!(
+                    all.contains(first),
+                    "{}: a message says to set `{name}`, which no stage kind has: {line}",
+                    f.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "the scan found nothing: it is broken");
+}
