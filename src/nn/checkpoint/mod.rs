@@ -1,6 +1,12 @@
 //! Checkpoint I/O: pretrained backbones (timm `.safetensors`, Google `.npz`) into
 //! timm-named tensors checked against the model's expected names and shapes, and
 //! trainable weights + optimiser state (`.safetensors`) for resume.
+//!
+//! Every float tensor read (f16/bf16/f32/f64, safetensors or npz) is checked for
+//! inf/-inf/NaN, and a file holding any is refused with the tensors named. What
+//! [`load_backbone`] tolerates (wrapped-state-dict prefixes, `pre_logits`, optimizer
+//! and non-float entries) it reports in notes; docs/vtab.md "Checkpoint layouts that
+//! load" lists the layouts.
 
 mod google;
 mod npz;
