@@ -6,7 +6,7 @@
 //! `img_size`, `(x / 255 - mean) / std` (mean = std = 0.5 unless configured).
 use crate::data::image::{decode_rgb, resize_bicubic, Normalize};
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::checkpoint::{load_backbone, load_tensors, LoadOptions};
+use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions};
 use crate::nn::vit::{Mode, Vit, VitConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -219,19 +219,29 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
     // The backbone, with its head when it has one (checked against the config below).
     let mut expected = cfg.expected_tensors();
     expected.retain(|(n, _)| !n.starts_with("head."));
+    let check_model = format!(
+        "check that --model {} is the architecture of --weights",
+        opts.model
+    );
     let lo = LoadOptions {
         allow_partial: false,
         allow_unexpected: false,
-        ignore: vec!["head.".into()],
+        ignore: Vec::new(),
+        // The head, of whatever size, comes back as is (npz heads converted to timm's).
+        pass_through: vec!["head.".into()],
         resample_pos_embed: true,
+        hints: Hints {
+            unexpected: Some(check_model.clone()),
+            missing: Some(check_model.clone()),
+            misshaped: Some(check_model),
+        },
     };
-    let backbone = load_backbone(&opts.weights, &expected, &lo, &opts.device)?.tensors;
-    let head: BTreeMap<String, Tensor> = {
-        let (all, _) = load_tensors_any(&opts.weights, &opts.device)?;
-        all.into_iter()
-            .filter(|(n, _)| n.starts_with("head."))
-            .collect()
-    };
+    let loaded = load_backbone(&opts.weights, &expected, &lo, &opts.device)?;
+    for n in &loaded.notes {
+        eprintln!("note: {}: {n}", opts.weights.display());
+    }
+    let backbone = loaded.tensors;
+    let head = loaded.extra;
     let classes =
         opts.num_classes
             .or_else(|| trained.as_ref().and_then(head_classes))
@@ -270,24 +280,6 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
     Ok(vit)
 }
 
-/// Reads every tensor of a weights file (safetensors only; other formats give an empty map,
-/// i.e. no head).
-fn load_tensors_any(
-    path: &Path,
-    dev: &Device,
-) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
-    let is_npz = std::fs::File::open(path)
-        .and_then(|mut f| {
-            let mut b = [0u8; 4];
-            std::io::Read::read(&mut f, &mut b).map(|n| n == 4 && &b == b"PK\x03\x04")
-        })
-        .unwrap_or(false);
-    if is_npz {
-        return Ok((BTreeMap::new(), BTreeMap::new()));
-    }
-    load_tensors(path, dev)
-}
-
 /// Runs the model over the input in batches.
 pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
     if opts.batch == 0 {
@@ -300,6 +292,14 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
         let logits = vit.forward(x, Mode::Eval)?.detach().to_dtype(DType::F32)?;
         let logits: Vec<Vec<f32>> = logits.to_device(&Device::Cpu)?.to_vec2()?;
         for (s, l) in sources.into_iter().zip(logits) {
+            let bad = l.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                bail!(
+                    "{s}: the model's output holds {bad} non-finite logit(s) of {} (inf/NaN); \
+                     no label can be given (check the weights and the input)",
+                    l.len()
+                );
+            }
             let label = l
                 .iter()
                 .enumerate()

@@ -363,3 +363,130 @@ fn clear_errors() {
     assert!(e.contains("unknown ViT preset"), "{e}");
     assert!(!out.exists());
 }
+
+/// The fixture ViT of tests/fixtures/ckpt (timm names in tiny_vit.safetensors, the same
+/// weights as Google .npz files, converted by scripts/ckpt_fixtures.py and checked there
+/// against timm's own `_load_weights`).
+fn ckpt_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ckpt")
+        .join(name)
+}
+
+fn ckpt_config() -> String {
+    serde_json::json!({
+        "img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim": 32, "depth": 2,
+        "num_heads": 2, "mlp_ratio": 4.0, "qkv_bias": true, "drop_rate": 0.0,
+        "attn_drop_rate": 0.0, "drop_path_rate": 0.0, "in_chans": 3
+    })
+    .to_string()
+}
+
+/// Runs infer on a fixed [4, 3, 32, 32] input tensor; returns the CSV rows and stderr.
+fn infer_tensor(dir: &Path, weights: &Path, ok: bool) -> (Vec<(String, usize, Vec<f32>)>, String) {
+    let input = dir.join("x.safetensors");
+    if !input.exists() {
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu).unwrap();
+        save_tensors(
+            &input,
+            &BTreeMap::from([("input".to_string(), x)]),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+    }
+    let out = dir.join("out.csv");
+    let _ = std::fs::remove_file(&out);
+    let cfg = ckpt_config();
+    let a = infer(&[
+        "--model",
+        &cfg,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--tensor",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let a = if ok { a.success() } else { a.failure() };
+    let err = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    let rows = if ok { read_csv(&out) } else { Vec::new() };
+    if !ok {
+        assert!(!out.exists(), "a failed run wrote {}", out.display());
+    }
+    (rows, err)
+}
+
+#[test]
+fn google_npz_head_is_used_and_gives_the_safetensors_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (want, _) = infer_tensor(dir.path(), &ckpt_fixture("tiny_vit.safetensors"), true);
+    assert_eq!(want.len(), 4);
+    let (got, _) = infer_tensor(dir.path(), &ckpt_fixture("tiny_vit_google.npz"), true);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.1, w.1, "label of {}", g.0);
+        assert_eq!(g.2.len(), 10);
+        for (a, b) in g.2.iter().zip(&w.2) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{}: {a} vs {b}",
+                g.0
+            );
+        }
+    }
+    // The optimizer-wrapped f16 file with pre_logits loads too (f16-rounded weights),
+    // saying what it dropped; so does the big_vision layout.
+    for f in ["tiny_vit_opt_target_f16.npz", "tiny_vit_big_vision_f16.npz"] {
+        let (got, err) = infer_tensor(dir.path(), &ckpt_fixture(f), true);
+        assert_eq!(got.len(), 4, "{f}");
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.2.iter().zip(&w.2) {
+                assert!(
+                    (a - b).abs() <= 0.05 * (1.0 + b.abs()),
+                    "{f} {}: {a} vs {b}",
+                    g.0
+                );
+            }
+        }
+        if f.contains("opt_target") {
+            assert!(err.contains("pre-logits"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_outputs_and_inputs_never_become_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut m, _) = idat_pipe::nn::checkpoint::load_tensors(
+        &ckpt_fixture("tiny_vit.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    // Finite but huge head weights: the logits overflow to inf/NaN in the forward pass.
+    let h = m["head.weight"].clone();
+    let huge = (h.sign().unwrap() * 3e38f64).unwrap();
+    m.insert("head.weight".into(), huge);
+    let w = dir.path().join("huge.safetensors");
+    save_tensors(&w, &m, &BTreeMap::new()).unwrap();
+    let (_, err) = infer_tensor(dir.path(), &w, false);
+    assert!(
+        err.contains("x.safetensors#0") && err.contains("non-finite logit"),
+        "{err}"
+    );
+    // A NaN in the input tensor is refused when the tensor file is read.
+    let mut x: Vec<f32> = vec![0.1; 4 * 3 * 32 * 32];
+    x[5] = f32::NAN;
+    let input = dir.path().join("x.safetensors");
+    let x = Tensor::from_vec(x, (4, 3, 32, 32), &Device::Cpu).unwrap();
+    save_tensors(
+        &input,
+        &BTreeMap::from([("input".to_string(), x)]),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let (_, err) = infer_tensor(dir.path(), &ckpt_fixture("tiny_vit.safetensors"), false);
+    assert!(
+        err.contains("input [4, 3, 32, 32] F32: 1 NaN of 12288"),
+        "{err}"
+    );
+}

@@ -131,27 +131,16 @@ fn google_npz_equals_safetensors() {
 }
 
 #[test]
-fn opt_target_npz_in_f16_equals_rounded_safetensors_and_reports_extras() {
+fn opt_target_npz_in_f16_equals_rounded_safetensors_and_drops_pre_logits() {
+    // The fixture carries `opt/target/pre_logits/{kernel,bias}` like the original
+    // ImageNet-21k ViT-B_16.npz: timm drops them, so do we, with a note.
     let exp = expected(32, CLASSES);
-    let err = format!(
-        "{:#}",
-        load("tiny_vit_opt_target_f16.npz", &exp, &LoadOptions::default()).unwrap_err()
-    );
-    assert!(err.contains("2 unexpected"), "{err}");
-    assert!(
-        err.contains("opt/target/pre_logits/kernel [32, 32]"),
-        "{err}"
-    );
-    assert!(err.contains("opt/target/pre_logits/bias [32]"), "{err}");
-    assert!(err.contains("tiny_vit_opt_target_f16.npz"), "{err}");
-    let opts = LoadOptions {
-        allow_unexpected: true,
-        ..Default::default()
-    };
-    let r = load("tiny_vit_opt_target_f16.npz", &exp, &opts).unwrap();
+    let r = load("tiny_vit_opt_target_f16.npz", &exp, &LoadOptions::default()).unwrap();
     assert_same(&r.tensors, &reference(), true, "opt/target npz");
     assert!(
-        r.notes.iter().any(|n| n.contains("dropped 2 unexpected")),
+        r.notes.iter().any(|n| n.contains("pre-logits")
+            && n.contains("opt/target/pre_logits/kernel")
+            && n.contains("opt/target/pre_logits/bias")),
         "{:?}",
         r.notes
     );
@@ -500,4 +489,580 @@ fn saving_is_byte_deterministic_with_metadata() {
     assert_eq!(back_meta, meta);
     assert_eq!(vals(&back["b.weight"]), vec![0., 1., 2., 3., 4., 5.]);
     assert_eq!(back["a.bias"].to_vec1::<u8>().unwrap(), vec![1, 2, 3]);
+}
+
+// ---- Published layouts, wrapped state dicts, non-parameter entries, non-finite values ----
+
+/// The entries of an `.npz`: (key without `.npy`, the raw `.npy` bytes), in file order.
+fn npz_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut z = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..z.len())
+        .map(|i| {
+            let mut e = z.by_index(i).unwrap();
+            let name = e.name().strip_suffix(".npy").unwrap().to_string();
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            (name, b)
+        })
+        .collect()
+}
+
+fn write_npz(path: &Path, entries: &[(String, Vec<u8>)]) {
+    let mut zw = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (k, b) in entries {
+        zw.start_file(format!("{k}.npy"), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(b).unwrap();
+    }
+    zw.finish().unwrap();
+}
+
+/// A version-1 `.npy` with the given header fields and data.
+fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let header = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}\n");
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Offset of the data and the item size of a version-1 float `.npy`.
+fn npy_layout(b: &[u8]) -> (usize, usize) {
+    let n = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + n]).unwrap();
+    let size = if header.contains("f2'") {
+        2
+    } else if header.contains("f4'") {
+        4
+    } else {
+        8
+    };
+    (10 + n, size)
+}
+
+/// The bytes of `v` as a little-endian float of `size` bytes.
+fn float_le(v: f64, size: usize) -> Vec<u8> {
+    match size {
+        2 => half::f16::from_f64(v).to_le_bytes().to_vec(),
+        4 => (v as f32).to_le_bytes().to_vec(),
+        _ => v.to_le_bytes().to_vec(),
+    }
+}
+
+/// Sets element `i` of the float `.npy` `b` to `v`.
+fn poison_npy(b: &mut [u8], i: usize, v: f64) {
+    let (off, size) = npy_layout(b);
+    b[off + i * size..off + (i + 1) * size].copy_from_slice(&float_le(v, size));
+}
+
+/// The original ImageNet-21k layout: the fixture's vit_jax weights plus `pre_logits/*`
+/// and a 21843-class head, optionally under `prefix` next to optimizer entries, a
+/// step counter and a pickled object.
+fn in21k_npz(dir: &Path, prefix: &str, with_optimizer: bool) -> PathBuf {
+    let mut entries: Vec<(String, Vec<u8>)> = npz_entries(&fixture("tiny_vit_google.npz"))
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("head/"))
+        .map(|(k, b)| (format!("{prefix}{k}"), b))
+        .collect();
+    let f32s = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| ((i % 7) as f32 * 0.01).to_le_bytes())
+            .collect()
+    };
+    entries.push((
+        format!("{prefix}pre_logits/kernel"),
+        npy("'<f4'", &[DIM, DIM], &f32s(DIM * DIM)),
+    ));
+    entries.push((
+        format!("{prefix}pre_logits/bias"),
+        npy("'<f4'", &[DIM], &f32s(DIM)),
+    ));
+    entries.push((
+        format!("{prefix}head/kernel"),
+        npy("'<f4'", &[DIM, 21843], &f32s(DIM * 21843)),
+    ));
+    entries.push((
+        format!("{prefix}head/bias"),
+        npy("'<f4'", &[21843], &f32s(21843)),
+    ));
+    if with_optimizer {
+        entries.push((
+            "opt/state/step".into(),
+            npy("'<i8'", &[], &7i64.to_le_bytes()),
+        ));
+        entries.push((
+            "opt/state/param_states/embedding/bias/grad_ema".into(),
+            npy("'<f4'", &[DIM], &f32s(DIM)),
+        ));
+        // A pickled object (np.savez of a dict): never unpickled, only skipped.
+        entries.push((
+            "opt/hparams".into(),
+            npy("'|O'", &[], b"\x80\x02}q\x00.".as_slice()),
+        ));
+        // A structured record (its descr is a list).
+        entries.push((
+            "opt/state/record".into(),
+            npy("[('a', '<i4'), ('b', '<f8', (2,))]", &[1], &[0u8; 20]),
+        ));
+    }
+    let p = dir.join(format!(
+        "in21k{}{}.npz",
+        prefix.replace('/', "_"),
+        if with_optimizer { "_opt" } else { "" }
+    ));
+    write_npz(&p, &entries);
+    p
+}
+
+/// What `model/vit` asks of a pretrained file: the backbone, head ignored.
+fn backbone_expected() -> Vec<(String, Vec<usize>)> {
+    expected(32, CLASSES)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect()
+}
+
+fn without_head(m: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with("head."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn original_in21k_npz_loads_with_pre_logits_dropped_under_any_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        ignore: vec!["head.".into()],
+        ..Default::default()
+    };
+    let want = without_head(&reference());
+    for (prefix, with_opt) in [("", false), ("opt/target/", false), ("opt/target/", true)] {
+        let p = in21k_npz(dir.path(), prefix, with_opt);
+        let r = load_backbone(&p, &backbone_expected(), &opts, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{prefix} {with_opt}: {e:#}"));
+        assert_same(&r.tensors, &want, false, prefix);
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains(&format!("{prefix}pre_logits/kernel")) && notes.contains("pre-logits"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("ignored 2") && notes.contains("head.weight"),
+            "{notes}"
+        );
+        if with_opt {
+            // Optimizer entries outside the prefix: set aside, not required to carry it.
+            assert!(
+                notes.contains("outside the parameters under `opt/target/`")
+                    && notes.contains("opt/state/param_states/embedding/bias/grad_ema"),
+                "{notes}"
+            );
+            // Non-float entries: skipped with their dtype, the pickle never unpickled.
+            assert!(notes.contains("skipped 3 non-parameter"), "{notes}");
+            assert!(notes.contains("opt/state/step ('<i8')"), "{notes}");
+            assert!(
+                notes.contains("opt/hparams ('|O', a pickled object"),
+                "{notes}"
+            );
+            assert!(notes.contains("opt/state/record ([('a', '<i4')"), "{notes}");
+        }
+        // The 21843-class head itself is converted and returned on request (infer).
+        let r = load_backbone(
+            &p,
+            &backbone_expected(),
+            &LoadOptions {
+                pass_through: vec!["head.".into()],
+                ..Default::default()
+            },
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(r.extra["head.weight"].dims(), &[21843, DIM]);
+        assert_eq!(r.extra["head.bias"].dims(), &[21843]);
+        let w = r.extra["head.weight"].to_vec2::<f32>().unwrap();
+        // head/kernel [D, C] row-major value at (d, c) is ((d * C + c) % 7) * 0.01.
+        assert_eq!(w[5][3], ((3 * 21843 + 5) % 7) as f32 * 0.01);
+    }
+}
+
+#[test]
+fn an_integer_array_at_a_parameter_key_is_an_error_naming_it() {
+    // A step counter is skipped; the same dtype where a weight should be leaves the
+    // weight missing, and the error says which entry was skipped and why.
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = npz_entries(&fixture("tiny_vit_google.npz"));
+    for (k, b) in entries.iter_mut() {
+        if k == "embedding/bias" {
+            *b = npy("'<i8'", &[DIM], &[0u8; DIM * 8]);
+        }
+    }
+    let p = dir.path().join("int.npz");
+    write_npz(&p, &entries);
+    let err = format!(
+        "{:#}",
+        load_backbone(
+            &p,
+            &expected(32, CLASSES),
+            &LoadOptions::default(),
+            &Device::Cpu
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("1 missing") && err.contains("patch_embed.proj.bias [32]"),
+        "{err}"
+    );
+    assert!(err.contains("embedding/bias ('<i8')"), "{err}");
+}
+
+#[test]
+fn wrapped_state_dicts_lose_their_common_prefix_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference();
+    for prefix in [
+        "module.",
+        "model.",
+        "backbone.",
+        "module.model.",
+        "_orig_mod.encoder.",
+    ] {
+        let prefixed: BTreeMap<String, Tensor> = want
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.clone()))
+            .collect();
+        let p = dir.path().join(format!("{prefix}safetensors"));
+        save_tensors(&p, &prefixed, &BTreeMap::new()).unwrap();
+        let r = load_backbone(
+            &p,
+            &expected(32, CLASSES),
+            &LoadOptions::default(),
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("{prefix}: {e:#}"));
+        assert_same(&r.tensors, &want, false, prefix);
+        assert_eq!(
+            r.notes,
+            vec![format!(
+                "removed the prefix `{prefix}` that all of the {} tensor names carry (a wrapped \
+                 state dict: DDP, Lightning, ...), as timm's clean_state_dict does",
+                want.len()
+            )]
+        );
+    }
+}
+
+#[test]
+fn mismatch_reports_give_counts_and_a_few_names_not_hundreds_of_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300 names of another architecture, all under `module.`.
+    let mut other = BTreeMap::new();
+    for i in 0..300 {
+        other.insert(
+            format!("module.layer{}.{}.conv.weight", i / 10, i % 10),
+            Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    let p = dir.path().join("resnet.safetensors");
+    save_tensors(&p, &other, &BTreeMap::new()).unwrap();
+    let exp = expected(32, CLASSES);
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(
+        err.lines().count() < 30,
+        "{} lines:\n{err}",
+        err.lines().count()
+    );
+    assert!(
+        err.contains("all 300 checkpoint names start with `module.`"),
+        "{err}"
+    );
+    assert!(err.contains("300 unexpected tensor(s)"), "{err}");
+    assert!(err.contains("... and 292 more"), "{err}");
+    assert!(
+        err.contains(&format!("{} missing tensor(s)", exp.len())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("... and {} more", exp.len() - 8)),
+        "{err}"
+    );
+    // A prefixed checkpoint of the right names but another width: the prefix is
+    // removed and the mis-shaped list is cut short too.
+    let wide: Vec<(String, Vec<usize>)> = expected(32, CLASSES)
+        .into_iter()
+        .map(|(n, s)| {
+            (
+                n,
+                s.iter().map(|&d| if d == DIM { 48 } else { d }).collect(),
+            )
+        })
+        .collect();
+    let prefixed: BTreeMap<String, Tensor> = reference()
+        .into_iter()
+        .map(|(k, v)| (format!("module.{k}"), v))
+        .collect();
+    let p = dir.path().join("ddp.safetensors");
+    save_tensors(&p, &prefixed, &BTreeMap::new()).unwrap();
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &wide, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(err.lines().count() < 20, "{err}");
+    assert!(
+        err.contains("mis-shaped tensor(s)") && err.contains("... and"),
+        "{err}"
+    );
+    assert!(err.contains("removed the prefix `module.`"), "{err}");
+}
+
+/// The fixture's timm tensors in `dtype`, with element 3 of `poisoned` set to `v`.
+fn poisoned_safetensors(dir: &Path, dtype: DType, prefix: &str, poisoned: &str, v: f64) -> PathBuf {
+    let mut m = BTreeMap::new();
+    for (k, t) in reference() {
+        let mut t = t.to_dtype(DType::F64).unwrap();
+        if k == poisoned {
+            let mut vals = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            vals[3] = v;
+            t = Tensor::from_vec(vals, t.dims(), &Device::Cpu).unwrap();
+        }
+        m.insert(format!("{prefix}{k}"), t.to_dtype(dtype).unwrap());
+    }
+    let p = dir.join(format!("{dtype:?}_{v:e}.safetensors"));
+    save_tensors(&p, &m, &BTreeMap::new()).unwrap();
+    p
+}
+
+#[test]
+fn non_finite_safetensors_are_refused_naming_the_tensor_in_every_float_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected(32, CLASSES);
+    let name = "blocks.1.mlp.fc1.weight";
+    for dtype in [DType::F16, DType::BF16, DType::F32, DType::F64] {
+        // Finite: loads, values equal the rounded reference.
+        let p = poisoned_safetensors(dir.path(), dtype, "", name, 0.5);
+        let r = load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap();
+        assert_eq!(r.tensors[name].dtype(), DType::F32);
+        assert_eq!(vals(&r.tensors[name])[3], 0.5, "{dtype:?}");
+        assert_eq!(
+            vals(&r.tensors["blocks.0.attn.qkv.weight"]),
+            vals(
+                &reference()["blocks.0.attn.qkv.weight"]
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            ),
+            "{dtype:?}"
+        );
+        for (v, word) in [
+            (f64::INFINITY, "1 inf of"),
+            (f64::NEG_INFINITY, "1 -inf of"),
+            (f64::NAN, "1 NaN of"),
+        ] {
+            for prefix in ["", "module."] {
+                let p = poisoned_safetensors(dir.path(), dtype, prefix, name, v);
+                for err in [
+                    load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu)
+                        .map(|_| ())
+                        .unwrap_err(),
+                    load_tensors(&p, &Device::Cpu).map(|_| ()).unwrap_err(),
+                ] {
+                    let err = format!("{err:#}");
+                    assert!(
+                        err.contains(&format!("{prefix}{name} [128, 32]"))
+                            && err.contains(word)
+                            && err.contains("non-finite")
+                            && err.contains(&p.display().to_string()),
+                        "{dtype:?} {v}: {err}"
+                    );
+                }
+            }
+        }
+    }
+    // A finite float64 value too large for float32 is refused, not turned into inf.
+    let p = poisoned_safetensors(dir.path(), DType::F64, "", name, 1e300);
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(
+        err.contains(name) && err.contains("too large for float32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_finite_npz_arrays_are_refused_naming_file_key_and_timm_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected(32, CLASSES);
+    // (fixture, the file's key, the timm tensor made from it)
+    let cases = [
+        (
+            "tiny_vit_google.npz",
+            "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/key/kernel",
+            "blocks.1.attn.qkv.weight",
+        ),
+        (
+            "tiny_vit_opt_target_f16.npz",
+            "opt/target/Transformer/encoderblock_0/MlpBlock_3/Dense_1/bias",
+            "blocks.0.mlp.fc2.bias",
+        ),
+        (
+            "tiny_vit_big_vision_f16.npz",
+            "params/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel",
+            "blocks.1.mlp.fc1.weight",
+        ),
+        (
+            "tiny_vit_opt_target_f16.npz",
+            "opt/target/pre_logits/bias",
+            "not a model tensor",
+        ),
+    ];
+    for (fx, key, timm) in cases {
+        for (v, word) in [
+            (f64::INFINITY, "1 inf of"),
+            (f64::NEG_INFINITY, "1 -inf of"),
+            (f64::NAN, "1 NaN of"),
+        ] {
+            let mut entries = npz_entries(&fixture(fx));
+            let (_, b) = entries.iter_mut().find(|(k, _)| k == key).unwrap();
+            poison_npy(b, 1, v);
+            let p = dir.path().join(format!("bad_{v}.npz"));
+            write_npz(&p, &entries);
+            let err = format!(
+                "{:#}",
+                load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+            );
+            assert!(
+                err.contains(key) && err.contains(timm) && err.contains(word),
+                "{fx} {key} {v}: {err}"
+            );
+        }
+    }
+    // Every float width: the entry `embedding/bias` rewritten as f16/f32/f64.
+    for (descr, size) in [("'<f2'", 2), ("'<f4'", 4), ("'<f8'", 8)] {
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 0.25] {
+            let mut entries = npz_entries(&fixture("tiny_vit_google.npz"));
+            let data: Vec<u8> = (0..DIM)
+                .flat_map(|i| float_le(if i == 2 { v } else { 0.5 }, size))
+                .collect();
+            for (k, b) in entries.iter_mut() {
+                if k == "embedding/bias" {
+                    *b = npy(descr, &[DIM], &data);
+                }
+            }
+            let p = dir.path().join("width.npz");
+            write_npz(&p, &entries);
+            let r = load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu);
+            if v.is_finite() {
+                assert_eq!(vals(&r.unwrap().tensors["patch_embed.proj.bias"])[2], 0.25);
+            } else {
+                let err = format!("{:#}", r.unwrap_err());
+                assert!(
+                    err.contains("embedding/bias (timm patch_embed.proj.bias)"),
+                    "{descr} {v}: {err}"
+                );
+            }
+        }
+    }
+    // A finite float64 beyond float32's range overflows on conversion: refused too.
+    let mut entries = npz_entries(&fixture("tiny_vit_google.npz"));
+    for (k, b) in entries.iter_mut() {
+        if k == "embedding/bias" {
+            let data: Vec<u8> = (0..DIM).flat_map(|_| 1e300f64.to_le_bytes()).collect();
+            *b = npy("'<f8'", &[DIM], &data);
+        }
+    }
+    let p = dir.path().join("big.npz");
+    write_npz(&p, &entries);
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(
+        err.contains("embedding/bias") && err.contains("32 inf of 32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn non_float_and_pre_logits_safetensors_entries_are_dropped_with_notes() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected(32, CLASSES);
+    for prefix in ["", "module."] {
+        // The fixture's tensors as f32 bytes, plus a step counter (i64), a mask (bool)
+        // and an old-timm representation layer (pre_logits.fc.*).
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = reference()
+            .into_iter()
+            .map(|(k, t)| {
+                let b = vals(&t).iter().flat_map(|v| v.to_le_bytes()).collect();
+                (format!("{prefix}{k}"), Dtype::F32, t.dims().to_vec(), b)
+            })
+            .collect();
+        owned.push((
+            format!("{prefix}step"),
+            Dtype::I64,
+            vec![],
+            9i64.to_le_bytes().to_vec(),
+        ));
+        owned.push((
+            format!("{prefix}attn_mask"),
+            Dtype::BOOL,
+            vec![2],
+            vec![1, 0],
+        ));
+        owned.push((
+            format!("{prefix}pre_logits.fc.weight"),
+            Dtype::F32,
+            vec![2, 2],
+            [0.5f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(k, d, s, b)| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let bytes = safetensors::tensor::serialize(views, None).unwrap();
+        let p = write(dir.path(), "extras.safetensors", &bytes);
+        let r = load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{prefix}: {e:#}"));
+        assert_same(&r.tensors, &reference(), false, prefix);
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains(&format!(
+                "skipped 2 non-parameter tensor(s) (not floats): {prefix}attn_mask (BOOL), {prefix}step (I64)"
+            )),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("dropped the pre-logits layer (pre_logits.fc.weight)"),
+            "{notes}"
+        );
+    }
+    // An integer tensor where the model needs a float one is an error naming it.
+    let mut m = reference();
+    m.insert(
+        "norm.bias".into(),
+        Tensor::zeros(DIM, DType::I64, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("int.safetensors");
+    save_tensors(&p, &m, &BTreeMap::new()).unwrap();
+    let err = format!(
+        "{:#}",
+        load_backbone(&p, &exp, &LoadOptions::default(), &Device::Cpu).unwrap_err()
+    );
+    assert!(
+        err.contains("tensor norm.bias has dtype I64, not a float type"),
+        "{err}"
+    );
 }

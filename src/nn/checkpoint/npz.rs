@@ -1,5 +1,11 @@
 //! Bounded reading of NumPy `.npz` archives (zip of `.npy` files) as f32 tensors.
 //!
+//! Float arrays (f16/f32/f64, either byte order, C or Fortran order) become f32
+//! tensors, each counted for non-finite values. Entries of other dtypes (step
+//! counters, booleans, strings, pickled objects, structured records) are not
+//! parameters: they are listed as skipped with their dtype, and their data is never
+//! read (pickles are never unpickled).
+//!
 //! Nothing is extracted to disk. Each entry's `.npy` header is parsed first (a
 //! small dedicated parser for the `{'descr': .., 'fortran_order': .., 'shape': (..)}`
 //! literal, with every size computed with overflow checks), and its declared
@@ -13,6 +19,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+
+use super::NonFinite;
 
 /// Most entries an archive may have.
 const MAX_ENTRIES: usize = 100_000;
@@ -33,7 +41,7 @@ enum Elem {
     F64,
 }
 
-/// A parsed `.npy` header.
+/// A parsed `.npy` header of a float array.
 #[derive(Debug, Clone, PartialEq)]
 struct NpyHeader {
     elem: Elem,
@@ -64,6 +72,8 @@ enum Lit {
     Str(String),
     Bool(bool),
     Tuple(Vec<usize>),
+    /// A list (the `descr` of a structured dtype), kept as its text.
+    List(String),
 }
 
 /// Parses the Python dict literal of an `.npy` header.
@@ -86,6 +96,7 @@ fn parse_header_dict(text: &str) -> Result<BTreeMap<String, Lit>> {
             Some(b'\'') | Some(b'"') => Lit::Str(p.string()?),
             Some(b'(') => Lit::Tuple(p.tuple()?),
             Some(b'T') | Some(b'F') => Lit::Bool(p.boolean()?),
+            Some(b'[') => Lit::List(p.list_text()?),
             other => bail!(
                 "unexpected {:?} at byte {} of the header",
                 other.map(|b| b as char),
@@ -153,6 +164,32 @@ impl LitParser<'_> {
         self.i += 1;
         Ok(s)
     }
+    /// Skips a bracketed list (strings and nesting respected) and returns its text.
+    fn list_text(&mut self) -> Result<String> {
+        let start = self.i;
+        let mut depth = 0usize;
+        let mut quote: Option<u8> = None;
+        while self.i < self.s.len() {
+            let c = self.s[self.i];
+            self.i += 1;
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    b'\'' | b'"' => quote = Some(c),
+                    b'[' | b'(' => depth += 1,
+                    b']' | b')' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            return Ok(String::from_utf8_lossy(&self.s[start..self.i]).into_owned());
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+        bail!("unterminated list in the header")
+    }
     fn boolean(&mut self) -> Result<bool> {
         for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
             if self.s[self.i..].starts_with(word) {
@@ -201,9 +238,18 @@ impl LitParser<'_> {
     }
 }
 
+/// What an `.npy` header declares.
+#[derive(Debug, Clone, PartialEq)]
+enum Declared {
+    /// A float array.
+    Float(NpyHeader),
+    /// Any other dtype, as written in the header (`'<i8'`, `'|O'`, a record list, ...).
+    Other(String),
+}
+
 /// Reads the `.npy` preamble + header from `r` (at most `entry_size` bytes in all).
-/// Returns the header and the number of bytes it used.
-fn read_npy_header(r: &mut impl Read, entry_size: u64) -> Result<(NpyHeader, u64)> {
+/// Returns what it declares and the number of bytes the header used.
+fn read_npy_header(r: &mut impl Read, entry_size: u64) -> Result<(Declared, u64)> {
     let mut pre = [0u8; 8];
     r.read_exact(&mut pre)
         .context("reading the .npy preamble")?;
@@ -234,7 +280,8 @@ fn read_npy_header(r: &mut impl Read, entry_size: u64) -> Result<(NpyHeader, u64
         parse_header_dict(text.trim_end()).with_context(|| format!(".npy header {text:?}"))?;
     let descr = match dict.get("descr") {
         Some(Lit::Str(s)) => s.clone(),
-        _ => bail!(".npy header has no string 'descr'"),
+        Some(Lit::List(l)) => return Ok((Declared::Other(l.clone()), used)),
+        _ => bail!(".npy header has no 'descr'"),
     };
     let fortran_order = match dict.get("fortran_order") {
         Some(Lit::Bool(b)) => *b,
@@ -253,21 +300,22 @@ fn read_npy_header(r: &mut impl Read, entry_size: u64) -> Result<(NpyHeader, u64
         "f2" => Elem::F16,
         "f4" => Elem::F32,
         "f8" => Elem::F64,
-        _ => bail!("array dtype {descr:?} is not supported (expected float16/32/64)"),
+        _ => return Ok((Declared::Other(format!("'{descr}'")), used)),
     };
     Ok((
-        NpyHeader {
+        Declared::Float(NpyHeader {
             elem,
             big_endian,
             fortran_order,
             shape,
-        },
+        }),
         used,
     ))
 }
 
-/// Converts stored bytes to f32 values.
-fn to_f32(h: &NpyHeader, bytes: &[u8]) -> Vec<f32> {
+/// Converts stored bytes to f32 values, counting those that are not finite as
+/// stored (or, for f64, that overflow f32).
+fn to_f32(h: &NpyHeader, bytes: &[u8], nf: &mut NonFinite) -> Vec<f32> {
     let n = h.item_size() as usize;
     bytes
         .chunks_exact(n)
@@ -285,12 +333,25 @@ fn to_f32(h: &NpyHeader, bytes: &[u8]) -> Vec<f32> {
                 }) as f32
             }
         })
+        .inspect(|&v| nf.add(v as f64))
         .collect()
 }
 
-/// Reads every array of the `.npz` at `path` as an f32 CPU tensor, keyed by the
-/// entry name without its `.npy` suffix.
-pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+/// The arrays of an `.npz` file.
+#[derive(Debug, Default)]
+pub struct NpzContents {
+    /// Float arrays as f32 CPU tensors, keyed by entry name without `.npy`.
+    pub arrays: BTreeMap<String, Tensor>,
+    /// Entries that are not float arrays: (key, dtype as declared); their data was not read.
+    pub skipped: Vec<(String, String)>,
+    /// Float arrays holding non-finite values: key -> (counts, stored dtype).
+    pub non_finite: BTreeMap<String, (NonFinite, String)>,
+}
+
+/// Reads every float array of the `.npz` at `path` as an f32 CPU tensor, keyed by
+/// the entry name without its `.npy` suffix; other entries are listed as skipped.
+/// Non-finite values are counted, not refused (the caller names the tensors).
+pub fn read(path: &Path) -> Result<NpzContents> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let file_len = file.metadata()?.len();
     let mut zip = zip::ZipArchive::new(file)
@@ -302,7 +363,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             zip.len()
         );
     }
-    let mut out = BTreeMap::new();
+    let mut out = NpzContents::default();
     let mut total = 0u64;
     for i in 0..zip.len() {
         let mut entry = zip
@@ -339,7 +400,17 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
                 path.display()
             );
         }
-        let (header, used) = read_npy_header(&mut entry, size).with_context(ctx)?;
+        let (declared, used) = read_npy_header(&mut entry, size).with_context(ctx)?;
+        let header = match declared {
+            Declared::Float(h) => h,
+            Declared::Other(descr) => {
+                if out.arrays.contains_key(&key) || out.skipped.iter().any(|(k, _)| *k == key) {
+                    bail!("{}: array {key} appears twice", path.display());
+                }
+                out.skipped.push((key, descr));
+                continue;
+            }
+        };
         let data_bytes = header
             .data_bytes()
             .with_context(|| format!("{}: shape {:?} overflows", ctx(), header.shape))?;
@@ -367,7 +438,16 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
                 rest.len()
             );
         }
-        let values = to_f32(&header, &data);
+        let mut nf = NonFinite::default();
+        let values = to_f32(&header, &data, &mut nf);
+        if !nf.is_clean() {
+            let stored = match header.elem {
+                Elem::F16 => "float16",
+                Elem::F32 => "float32",
+                Elem::F64 => "float64",
+            };
+            out.non_finite.insert(key.clone(), (nf, stored.to_string()));
+        }
         drop(data);
         let tensor = if header.fortran_order && header.shape.len() > 1 {
             let rev: Vec<usize> = header.shape.iter().rev().copied().collect();
@@ -378,7 +458,9 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         } else {
             Tensor::from_vec(values, header.shape.clone(), &Device::Cpu)?
         };
-        if out.insert(key.clone(), tensor).is_some() {
+        if out.skipped.iter().any(|(k, _)| *k == key)
+            || out.arrays.insert(key.clone(), tensor).is_some()
+        {
             bail!("{}: array {key} appears twice", path.display());
         }
     }
@@ -462,7 +544,7 @@ mod tests {
             zw.write_all(&bytes).unwrap();
         }
         zw.finish().unwrap();
-        let m = read(&path).unwrap();
+        let m = read(&path).unwrap().arrays;
         assert_eq!(
             m["fortran"].to_vec2::<f32>().unwrap(),
             vec![vec![1., 2., 3.], vec![4., 5., 6.]]

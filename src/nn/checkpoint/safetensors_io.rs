@@ -12,8 +12,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
 
+use super::NonFinite;
+
 /// A named map of tensors plus the file's string metadata.
 pub type TensorsAndMetadata = (BTreeMap<String, Tensor>, BTreeMap<String, String>);
+
+/// Tensors plus the (name, dtype) of the entries set aside.
+pub type TensorsAndSkipped = (BTreeMap<String, Tensor>, Vec<(String, String)>);
 
 /// Maps a safetensors dtype to the candle dtype it is read as.
 fn candle_dtype(dtype: StDtype) -> Option<DType> {
@@ -42,9 +47,53 @@ fn st_dtype(dtype: DType) -> Option<StDtype> {
     })
 }
 
+/// Counts the non-finite values of a little-endian float buffer (other dtypes: none).
+fn non_finite(bytes: &[u8], dtype: StDtype) -> NonFinite {
+    let mut nf = NonFinite::default();
+    match dtype {
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| nf.add(half::f16::from_le_bytes([c[0], c[1]]).to_f64())),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .for_each(|c| nf.add(half::bf16::from_le_bytes([c[0], c[1]]).to_f64())),
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .for_each(|c| nf.add(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
+        StDtype::F64 => bytes
+            .chunks_exact(8)
+            .for_each(|c| nf.add(f64::from_le_bytes(c.try_into().expect("chunk of 8")))),
+        _ => {}
+    }
+    nf
+}
+
 /// Parses safetensors bytes (validated before any tensor is created); tensors
 /// keep their stored dtype and live on the CPU. `origin` names the file in errors.
+///
+/// Errors: a malformed header, an unsupported dtype, or any float tensor
+/// (f16/bf16/f32/f64) holding inf, -inf or NaN (all such tensors are named, with counts).
 pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
+    let (tensors, metadata, skipped) = parse_inner(bytes, origin, false)?;
+    debug_assert!(skipped.is_empty());
+    Ok((tensors, metadata))
+}
+
+/// Like [`parse`], but tensors of a dtype candle cannot hold (bool, i8/i16/i32, f8, ...)
+/// are skipped, not refused: returned as (name, dtype) pairs. For pretrained files,
+/// where such entries are not parameters (step counters, masks).
+pub fn parse_lenient(bytes: &[u8], origin: &Path) -> Result<TensorsAndSkipped> {
+    let (tensors, _, skipped) = parse_inner(bytes, origin, true)?;
+    Ok((tensors, skipped))
+}
+
+type Parsed = (
+    BTreeMap<String, Tensor>,
+    BTreeMap<String, String>,
+    Vec<(String, String)>,
+);
+
+fn parse_inner(bytes: &[u8], origin: &Path, lenient: bool) -> Result<Parsed> {
     if bytes.len() < 8 {
         bail!(
             "{}: not a safetensors file: {} bytes, shorter than the 8-byte header length",
@@ -68,7 +117,22 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
         .into_iter()
         .collect();
     let mut tensors = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut bad = Vec::new();
     for (name, view) in st.tensors() {
+        let nf = non_finite(view.data(), view.dtype());
+        if !nf.is_clean() {
+            bad.push(format!(
+                "{name} {:?} {:?}: {}",
+                view.shape(),
+                view.dtype(),
+                nf.describe()
+            ));
+        }
+        if lenient && candle_dtype(view.dtype()).is_none() {
+            skipped.push((name, format!("{:?}", view.dtype())));
+            continue;
+        }
         let dtype = candle_dtype(view.dtype()).with_context(|| {
             format!(
                 "{}: tensor {name} has unsupported dtype {:?}",
@@ -86,13 +150,30 @@ pub fn parse(bytes: &[u8], origin: &Path) -> Result<TensorsAndMetadata> {
             })?;
         tensors.insert(name, t);
     }
-    Ok((tensors, metadata))
+    if !bad.is_empty() {
+        bad.sort();
+        bail!(
+            "{}: {} tensor(s) hold non-finite values (inf/NaN, e.g. an fp16 export that overflowed); \
+             refusing to load them:\n  {}",
+            origin.display(),
+            bad.len(),
+            super::list_excerpt(&bad, "\n  ")
+        );
+    }
+    skipped.sort();
+    Ok((tensors, metadata, skipped))
 }
 
 /// Reads and parses a safetensors file (see [`parse`]).
 pub fn read(path: &Path) -> Result<TensorsAndMetadata> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&bytes, path)
+}
+
+/// Reads a safetensors file with [`parse_lenient`].
+pub fn read_lenient(path: &Path) -> Result<TensorsAndSkipped> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_lenient(&bytes, path)
 }
 
 /// A tensor already copied to host bytes, for serialisation.

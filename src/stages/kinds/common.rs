@@ -103,6 +103,7 @@ pub fn read_model(
         allow_unexpected: false,
         ignore: vec!["head.".to_string()],
         resample_pos_embed: true,
+        ..Default::default()
     };
     let loaded = load_backbone(&dir.join(BACKBONE_FILE), &expected, &opts, dev)?;
     Ok((cfg, info, loaded.tensors))

@@ -1,10 +1,10 @@
 //! `model/vit`: a frozen backbone from a preset and a weights source (local safetensors or
 //! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
 use super::common::{device, write_model, Arch, ModelInfo};
-use crate::nn::checkpoint::{load_backbone, LoadOptions, LoadedWeights};
+use crate::nn::checkpoint::{load_backbone, Hints, LoadOptions, LoadedWeights};
 use crate::nn::vit::Vit;
 use crate::stages::{StageContext, StageKind};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,33 @@ pub struct Params {
     /// Shown in reports.
     #[serde(default)]
     pub label: Option<String>,
+    /// Drop (with a note) checkpoint tensors the model does not expect, instead of
+    /// refusing the file. The head and a `pre_logits` layer are always dropped, a prefix
+    /// all names carry (`module.`, `model.`, ...) is always removed, with a note.
+    #[serde(default)]
+    pub allow_unexpected: bool,
+    /// Checkpoint tensor name prefixes (timm names, e.g. `dist_token` or `head_dist.`;
+    /// a trailing `*` is allowed) to drop with a note. They must not cover a tensor the
+    /// backbone needs.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+}
+
+/// The fixes a mismatch error offers, named as `with:` options of this kind.
+fn hints() -> Hints {
+    Hints {
+        unexpected: Some(
+            "if `with.arch` is right, drop them with `with.allow_unexpected: true` or list \
+             their name prefixes in `with.ignore`"
+                .into(),
+        ),
+        missing: Some(
+            "the backbone needs every one of them: check that `with.arch` is the \
+             checkpoint's architecture"
+                .into(),
+        ),
+        misshaped: Some("check that `with.arch` is the checkpoint's architecture".into()),
+    }
 }
 
 /// Where hub downloads are kept across runs: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
@@ -78,16 +105,21 @@ fn load_checked(
     path: &Path,
     sha256: Option<&str>,
     expected: &[(String, Vec<usize>)],
+    p: &Params,
     dev: &candle_core::Device,
 ) -> Result<LoadedWeights> {
     if let Some(want) = sha256 {
         crate::data::download::verify_sha256(path, want)?;
     }
+    let mut ignore: Vec<String> = vec!["head.".into()];
+    ignore.extend(p.ignore.iter().cloned());
     let opts = LoadOptions {
         allow_partial: false,
-        allow_unexpected: false,
-        ignore: vec!["head.".into(), "pre_logits.".into()],
+        allow_unexpected: p.allow_unexpected,
+        ignore,
+        pass_through: Vec::new(),
         resample_pos_embed: true,
+        hints: hints(),
     };
     load_backbone(path, expected, &opts, dev)
         .with_context(|| format!("loading backbone {}", path.display()))
@@ -122,6 +154,25 @@ impl StageKind for ModelVit {
             .into_iter()
             .filter(|(n, _)| !n.starts_with("head."))
             .collect();
+        for pat in &p.ignore {
+            let stem = pat.strip_suffix('*').unwrap_or(pat);
+            if stem.is_empty() {
+                bail!("`with.ignore`: an empty entry would match every tensor");
+            }
+            let covered: Vec<&str> = expected
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| n.starts_with(stem))
+                .collect();
+            if !covered.is_empty() {
+                bail!(
+                    "`with.ignore` entry `{pat}` covers {} tensor(s) the backbone needs (e.g. {}); \
+                     it may only drop checkpoint tensors the model does not have",
+                    covered.len(),
+                    covered[0]
+                );
+            }
+        }
         let (tensors, source, notes) = match &p.weights {
             Weights::Random { seed } => {
                 let mut c = cfg.clone();
@@ -131,7 +182,7 @@ impl StageKind for ModelVit {
                 (t, format!("random init (seed {seed})"), vec![])
             }
             Weights::File { path, sha256 } => {
-                let l = load_checked(path, sha256.as_deref(), &expected, &dev)?;
+                let l = load_checked(path, sha256.as_deref(), &expected, &p, &dev)?;
                 (l.tensors, format!("file {}", path.display()), l.notes)
             }
             Weights::Hub {
@@ -148,7 +199,7 @@ impl StageKind for ModelVit {
                     &endpoint,
                     &hub_cache_dir(),
                 )?;
-                let l = load_checked(&path, sha256.as_deref(), &expected, &dev)
+                let l = load_checked(&path, sha256.as_deref(), &expected, &p, &dev)
                     .with_context(|| format!("backbone {repo}@{revision}/{file}"))?;
                 (l.tensors, format!("hub {repo}@{revision}/{file}"), l.notes)
             }
