@@ -178,6 +178,17 @@ fn accuracy_topk_counts() {
 }
 
 #[test]
+fn accuracy_topk_never_counts_a_non_finite_logit() {
+    // A NaN at the label compares false with every other logit, so it would rank first.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let z = Tensor::new(&[[0.1f32, 0.5, 0.4], [bad, 0.05, 0.05]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+        let e = accuracy_topk(&z, &y, 1).unwrap_err().to_string();
+        assert!(e.contains("row 1") && e.contains("class 0"), "{e}");
+    }
+}
+
+#[test]
 fn bad_inputs_are_clear_errors() {
     let z = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
     let err = cross_entropy(&z, &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap())

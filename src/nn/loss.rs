@@ -121,6 +121,7 @@ pub fn mse_logits(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
 /// Number of rows whose label is among the `k` largest logits (ties broken by
 /// lower class index first, like a stable descending sort). `k` larger than the
 /// number of classes counts every row (as timm's `accuracy` clamps `k`).
+/// Errors: a non-finite logit in any row (it would otherwise rank as a hit).
 pub fn accuracy_topk(logits: &Tensor, labels: &Tensor, k: usize) -> Result<usize> {
     if k == 0 {
         bail!("accuracy_topk: k must be at least 1");
@@ -130,7 +131,14 @@ pub fn accuracy_topk(logits: &Tensor, labels: &Tensor, k: usize) -> Result<usize
     let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let k = k.min(c);
     let mut correct = 0;
-    for (row, &label) in rows.iter().zip(&labels) {
+    for (i, (row, &label)) in rows.iter().zip(&labels).enumerate() {
+        // NaN compares false with everything, so it would rank first: never a prediction.
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "accuracy_topk: row {i} holds a non-finite logit ({}) at class {j}",
+                row[j]
+            );
+        }
         let target = row[label as usize];
         // Rank of the label: classes strictly larger, or equal with a lower index.
         let rank = row

@@ -5,15 +5,11 @@ use super::common::read_json;
 use super::common::{device, input_dir, read_model, read_split, write_json};
 use super::train::{TrainSummary, METRICS_FILE, STUDENT_FILE, SUMMARY_FILE};
 use crate::data::image::{Normalize, NormalizeKind};
-use crate::data::loader::DecodedSplit;
 use crate::nn::checkpoint::load_tensors;
-use crate::nn::loss::accuracy_topk;
-use crate::nn::vit::Mode;
 use crate::nn::vit::Vit;
 use crate::stages::{StageContext, StageKind};
-use crate::train::EvalResult;
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use crate::train::evaluate;
+use anyhow::{Context, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -62,58 +58,6 @@ pub struct EvalRecord {
     pub images: usize,
 }
 
-/// Top-1/top-5 like [`crate::train::evaluate`], with each batch's logits checked first:
-/// a non-finite logit (inf/NaN, e.g. from overflowing weights) is an error naming the
-/// batch and its images (indices in the split), never turned into a prediction.
-pub fn evaluate_finite(
-    vit: &Vit,
-    split: &DecodedSplit,
-    norm: &Normalize,
-    batch: usize,
-    dev: &Device,
-) -> Result<EvalResult> {
-    let n = split.len();
-    let (mut c1, mut c5) = (0usize, 0usize);
-    let idx: Vec<usize> = (0..n).collect();
-    for (b, chunk) in idx.chunks(batch.max(1)).enumerate() {
-        let (x, y) = split.to_batch(chunk, norm, dev)?;
-        let logits = vit.forward(&x, Mode::Eval)?.detach();
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let bad: Vec<usize> = rows
-            .iter()
-            .zip(chunk)
-            .filter(|(r, _)| r.iter().any(|v| !v.is_finite()))
-            .map(|(_, &i)| i)
-            .collect();
-        if !bad.is_empty() {
-            let shown: Vec<String> = bad.iter().take(8).map(|i| format!("#{i}")).collect();
-            bail!(
-                "batch {b} (images #{}..#{}): the model's output holds non-finite logits \
-                 (inf/NaN) for {} image(s): {}{}; no prediction is counted",
-                chunk[0],
-                chunk[chunk.len() - 1],
-                bad.len(),
-                shown.join(", "),
-                if bad.len() > 8 { ", ..." } else { "" }
-            );
-        }
-        c1 += accuracy_topk(&logits, &y, 1)?;
-        c5 += accuracy_topk(&logits, &y, 5)?;
-    }
-    let pct = |c: usize| {
-        if n == 0 {
-            0.0
-        } else {
-            100.0 * c as f64 / n as f64
-        }
-    };
-    Ok(EvalResult {
-        top1: pct(c1),
-        top5: pct(c5),
-        images: n,
-    })
-}
-
 pub struct Eval;
 
 impl StageKind for Eval {
@@ -135,7 +79,7 @@ impl StageKind for Eval {
         let (weights, _) = load_tensors(&train_dir.join(STUDENT_FILE), &dev)?;
         vit.set_trainable(&weights)
             .context("restoring the trained student")?;
-        let r = evaluate_finite(
+        let r = evaluate(
             &vit,
             &split,
             &Normalize::from_kind(p.normalize),
@@ -165,75 +109,5 @@ impl StageKind for Eval {
         std::fs::copy(train_dir.join(METRICS_FILE), ctx.out_dir.join(METRICS_FILE))
             .with_context(|| format!("copying {}", train_dir.join(METRICS_FILE).display()))?;
         write_json(&ctx.out_dir.join(EVAL_FILE), &rec)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::nn::adapters::AdapterConfig;
-    use crate::nn::vit::VitConfig;
-    use candle_core::Tensor;
-    use std::collections::BTreeMap;
-
-    fn tiny(head_scale: f64) -> Vit {
-        let dev = Device::Cpu;
-        let cfg = VitConfig {
-            img_size: 16,
-            patch_size: 8,
-            in_chans: 3,
-            num_classes: 3,
-            embed_dim: 16,
-            depth: 1,
-            num_heads: 2,
-            mlp_ratio: 2.0,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-        };
-        let backbone = Vit::random_backbone(&cfg, &dev, 1).unwrap();
-        let vit = Vit::new(&cfg, &AdapterConfig::Linear, backbone, &dev, 2).unwrap();
-        let head = BTreeMap::from([
-            (
-                "head.weight".to_string(),
-                (Tensor::ones((3, 16), DType::F32, &dev).unwrap() * head_scale).unwrap(),
-            ),
-            (
-                "head.bias".to_string(),
-                Tensor::new(&[0f32, 1.0, 0.5], &dev).unwrap(),
-            ),
-        ]);
-        vit.set_trainable(&head).unwrap();
-        vit
-    }
-
-    fn split(n: usize) -> DecodedSplit {
-        DecodedSplit {
-            images: (0..n * 16 * 16 * 3).map(|i| (i * 37 % 251) as u8).collect(),
-            labels: (0..n as u32).map(|i| i % 3).collect(),
-            size: 16,
-        }
-    }
-
-    #[test]
-    fn non_finite_logits_are_an_error_naming_the_batch_not_a_prediction() {
-        let norm = Normalize::default();
-        // Finite: the same numbers as the training-time evaluation.
-        let (vit, s) = (tiny(0.1), split(5));
-        let got = evaluate_finite(&vit, &s, &norm, 2, &Device::Cpu).unwrap();
-        let want = crate::train::evaluate(&vit, &s, &norm, 2, &Device::Cpu).unwrap();
-        assert_eq!(got, want);
-        // Finite but huge weights overflow in the forward pass: NaN logits would count
-        // as correct predictions (NaN compares false); here they are an error.
-        let vit = tiny(3e38);
-        let e = format!(
-            "{:#}",
-            evaluate_finite(&vit, &s, &norm, 2, &Device::Cpu).unwrap_err()
-        );
-        assert!(
-            e.contains("batch 0 (images #0..#1)") && e.contains("non-finite logits"),
-            "{e}"
-        );
     }
 }
