@@ -1,6 +1,7 @@
 //! Run progress: indicatif bars on a terminal, plain lines otherwise, nothing with `--quiet`.
 use super::eta::Eta;
 use crate::stages::{NoProgress, Progress};
+use anstream::eprintln;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
