@@ -285,6 +285,18 @@ fn t_kill_resume() {
         "{out}"
     );
     let key = pending_key(d.path());
+    // Combined with the other reasons.
+    let (out, _) = ok(&cli(
+        d.path(),
+        &["plan", &p, "--set", &set, "--force", "long"],
+    ));
+    assert!(
+        out.contains(&format!(
+            "will run  long: forced (--force); resumes from its checkpoint \
+             (.idat/pending/{key}/checkpoint)\n"
+        )),
+        "{out}"
+    );
     let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
     assert!(err.contains("1 ran, 1 cached"), "{err}");
     // `run` says it too, once.

@@ -215,6 +215,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_checkpoint_replaces_new_and_joins_other_reasons() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(t.path().join(".idat")).unwrap();
+        let new = || vec!["new".to_string()];
+        assert_eq!(with_resume(&cache, "k", new()), new());
+        // An empty checkpoint directory (created for every run) is no checkpoint.
+        let dir = cache.checkpoint_dir("k").unwrap();
+        assert_eq!(with_resume(&cache, "k", new()), new());
+        std::fs::write(dir.join("step"), "5").unwrap();
+        let other = format!("resumes from its checkpoint ({})", dir.display());
+        assert_eq!(with_resume(&cache, "k", new()), vec![other.clone()]);
+        assert_eq!(
+            with_resume(&cache, "k", vec!["forced (--force)".into()]),
+            vec!["forced (--force)".to_string(), other]
+        );
+        // A broken epoch checkpoint: the run would fail, and how to start over.
+        let f = dir.join("epoch-0003.safetensors");
+        std::fs::write(&f, b"xyz").unwrap();
+        assert_eq!(
+            with_resume(&cache, "k", new()),
+            vec![format!(
+                "will fail: epoch checkpoint {}: 3 bytes, too short for a safetensors header \
+                 (delete {} to start over)",
+                f.display(),
+                dir.display()
+            )]
+        );
+    }
+
+    #[test]
     fn builtin_kinds_declare_their_external_inputs() {
         let reg = Registry::builtin();
         let t = tempfile::tempdir().unwrap();
