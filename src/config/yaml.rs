@@ -227,7 +227,15 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
                 pos: Some(tab),
                 message,
             },
-            None => SyntaxError { pos, message },
+            // Another error at the first token of a line indented with a tab: the tab is what
+            // broke the structure (e.g. a block scalar ended by a tab-indented line).
+            None => match pos.and_then(|p| indent_tab_before_content(text, p)) {
+                Some(tab) => SyntaxError {
+                    pos: Some(tab),
+                    message: format!("{TAB_INDENT} ({message})"),
+                },
+                None => SyntaxError { pos, message },
+            },
         }
     })?;
     let mut positions = HashMap::new();
@@ -255,7 +263,7 @@ fn first_node_tab(text: &str) -> Option<Pos> {
         let skip = content.is_empty()
             || content.starts_with('#')
             || line.starts_with('%')
-            || content == "---"
+            || content.trim_end() == "---"
             || content.starts_with("--- #");
         if skip {
             continue;
@@ -273,6 +281,22 @@ fn first_node_tab(text: &str) -> Option<Pos> {
             });
     }
     None
+}
+
+/// The first tab in the indentation of line `at.line` when `at` is that line's first token.
+fn indent_tab_before_content(text: &str, at: Pos) -> Option<Pos> {
+    let lines = yaml_lines(text);
+    let line = lines.get((at.line.max(1) - 1) as usize)?;
+    let indent = line.chars().take_while(|c| *c == ' ' || *c == '\t').count() as u64;
+    if at.col != indent + 1 {
+        return None;
+    }
+    line.chars().position(|c| c == '\t').and_then(|k| {
+        { (k as u64) < indent }.then_some(Pos {
+            line: at.line,
+            col: k as u64 + 1,
+        })
+    })
 }
 
 /// Whether a parser message is about a tab character.
@@ -411,6 +435,10 @@ mod tests {
             ("a: 1\r\n\tb: 2\r\n", 2, 1),
             ("a:\r\n  b: 1\r\n\tc: 2\r\n", 3, 1),
             ("a: 1\r\tb: 2\r", 2, 1),
+            // Inside a nested flow collection, a tab cannot indent the continuation either.
+            ("a:\n  b: [1,\n\t2]\n", 3, 1),
+            ("a:\n\t- 1\n", 2, 1),
+            ("a: |\n\tx\n", 2, 1),
         ];
         for &(text, line, col) in cases {
             assert_eq!(
@@ -419,6 +447,22 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_tab_ending_a_block_scalar_is_named() {
+        // The parser's own message is about the mapping; the position was the `y` after the tab.
+        assert_eq!(
+            error_at("a: |\n  x\n\ty\n"),
+            (
+                3,
+                1,
+                format!("{TAB_INDENT} (while parsing a block mapping, did not find expected key)")
+            )
+        );
+        // An error elsewhere on a line indented by a tab is not blamed on the tab.
+        let (line, col, msg) = error_at("a: {b: 1,\n\tc: [2}\n");
+        assert!(!msg.contains("tab"), "{line}:{col} {msg}");
     }
 
     #[test]
@@ -436,6 +480,10 @@ mod tests {
             ("x:\n\t\n  y: 1\n", json!({"x": {"y": 1}})),
             ("a: 1\n\t", json!({"a": 1})),
             ("a: x\ty\n", json!({"a": "x\ty"})),
+            // Quoted continuation lines, explicit keys, folded scalar content.
+            ("a: 'x\n\ty'\n", json!({"a": "x y"})),
+            ("? \tkey\n: v\n", json!({"key": "v"})),
+            ("a: >\n \tx\n", json!({"a": "\tx\n"})),
         ];
         for (text, want) in cases {
             let got = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
