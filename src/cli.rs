@@ -182,13 +182,14 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
+    let colour = stderr_colour();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IDAT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
-        .with_writer(|| anstream::AutoStream::auto(std::io::stderr()))
-        .with_ansi(stderr_colour())
+        .with_writer(move || crate::exec::progress::LogStderr { colour })
+        .with_ansi(colour)
         .with_target(false)
         .without_time()
         .try_init();
