@@ -9,6 +9,9 @@ use crate::exec::record::RunRecord;
 use crate::exec::{plan, run_local, Decision, LocalOptions};
 use crate::graph::Graph;
 use crate::stages::Registry;
+// Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
+// no colour (a pipe, a file, NO_COLOR), so redirected output is plain text.
+use anstream::{eprintln, print, println};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -179,12 +182,15 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
+    let colour = stderr_colour();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IDAT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(move || crate::exec::progress::LogStderr { colour })
+        .with_ansi(colour)
+        .with_target(false)
         .without_time()
         .try_init();
     let cache_dir = Cache::resolve_dir(cli.cache_dir.as_deref());
@@ -246,6 +252,13 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Whether messages on stderr get colour: a terminal does (unless `NO_COLOR`, `CLICOLOR=0` or
+/// `TERM=dumb`); a pipe or file does not (unless `CLICOLOR_FORCE`). tracing-subscriber on its
+/// own colours whenever `NO_COLOR` is unset, which wrote escape codes into redirected logs.
+pub fn stderr_colour() -> bool {
+    anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never
 }
 
 fn shell_join(args: &[OsString]) -> String {

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             t_external,
         ),
         ("plain_mode_prints_progress_with_eta", t_plain_progress),
+        ("no_escape_codes_in_files_or_pipes", t_no_escape_codes),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -274,12 +275,33 @@ fn t_kill_resume() {
     );
     // No entry for the long stage, no stale lock: the rerun completes.
     let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    // Not `new`: it resumes from what the killed run left.
     assert!(
-        out.contains("cached    first") && out.contains("will run  long"),
+        out.contains("cached    first")
+            && out.contains(&format!(
+                "will run  long: resumes from its checkpoint (.idat/pending/{}/checkpoint)\n",
+                pending_key(d.path())
+            )),
+        "{out}"
+    );
+    let key = pending_key(d.path());
+    // Combined with the other reasons.
+    let (out, _) = ok(&cli(
+        d.path(),
+        &["plan", &p, "--set", &set, "--force", "long"],
+    ));
+    assert!(
+        out.contains(&format!(
+            "will run  long: forced (--force); resumes from its checkpoint \
+             (.idat/pending/{key}/checkpoint)\n"
+        )),
         "{out}"
     );
     let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
     assert!(err.contains("1 ran, 1 cached"), "{err}");
+    // `run` says it too, once.
+    let said = format!("long: resumes from its checkpoint (.idat/pending/{key}/checkpoint)\n");
+    assert_eq!(err.matches(&said).count(), 1, "{err}");
     let l = lines(&cf);
     assert_eq!(l.len(), 3, "{l:?}");
     let resumed: u32 = l[2].strip_prefix("long start=").unwrap().parse().unwrap();
@@ -307,6 +329,16 @@ fn t_kill_resume() {
             .count(),
         0
     );
+}
+
+/// The key of the only pending checkpoint.
+fn pending_key(dir: &Path) -> String {
+    let keys: Vec<String> = std::fs::read_dir(dir.join(".idat/pending"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
 }
 
 fn t_concurrent() {
@@ -377,13 +409,51 @@ fn t_corrupt() {
     let mut bytes = std::fs::read(&f).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&f, bytes).unwrap();
+    let key = entry_of(d.path(), "data[task=b]")
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let h = |b: &[u8]| blake3::hash(b).to_hex()[..12].to_string();
+    // What differs, in which file of which entry (not "size 9, expected 9").
+    let detail = format!(
+        "corrupt cache entry .idat/entries/{key} (instance `data[task=b]`): file `out.txt`: \
+         content hash differs (expected blake3 {}.., found {}..), size matches (9 bytes)",
+        h(b"data b x1"),
+        h(b"eata b x1")
+    );
     let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
     assert!(
-        out.contains("will run  data[task=b]: cache entry is corrupt"),
+        out.contains(&format!(
+            "will run  data[task=b]: {detail}; will recompute\n"
+        )),
         "{out}"
     );
     let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
-    assert!(err.contains("corrupt"), "{err}");
+    // Warned once (it was printed twice), with what differs, as plain text on a pipe.
+    assert_eq!(err.matches("corrupt cache entry").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "WARN data[task=b]: {detail}; moved to .idat/corrupt/{key}."
+        )),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "escape codes on a pipe: {err:?}");
+    let log = std::fs::read_to_string(
+        latest_run(d.path()).join("logs").join(
+            std::fs::read_dir(latest_run(d.path()).join("logs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with("data_task=b_"))
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("warning: ")).count(),
+        1,
+        "{log}"
+    );
     // Recomputed to the same content, so downstream stays cached.
     assert!(err.contains("1 ran, 9 cached"), "{err}");
     assert_eq!(
@@ -401,6 +471,47 @@ fn t_corrupt() {
             .count(),
         1
     );
+    // Other kinds of damage, each said as what it is.
+    let writable = |f: &Path| {
+        let mut perm = std::fs::metadata(f).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(f, perm).unwrap();
+    };
+    let a = entry_of(d.path(), "data[task=a]");
+    let a_key = a.file_name().unwrap().to_string_lossy().into_owned();
+    writable(&a.join("out.txt"));
+    std::fs::write(a.join("out.txt"), "data a x").unwrap();
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains(&format!(
+            "will run  data[task=a]: corrupt cache entry .idat/entries/{a_key} (instance \
+             `data[task=a]`): file `out.txt`: size differs (expected 9 bytes, found 8 bytes); \
+             will recompute\n"
+        )),
+        "{out}"
+    );
+    std::fs::remove_file(a.join("out.txt")).unwrap();
+    std::fs::write(a.join("stray.txt"), "x").unwrap();
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains(&format!(
+            "will run  data[task=a]: corrupt cache entry .idat/entries/{a_key} (instance \
+             `data[task=a]`): file `out.txt` listed in the manifest is missing; file \
+             `stray.txt` is not in the manifest (extra file); will recompute\n"
+        )),
+        "{out}"
+    );
+}
+
+/// The newest run record directory.
+fn latest_run(dir: &Path) -> PathBuf {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    runs.sort();
+    runs.pop().unwrap()
 }
 
 fn t_failure() {
@@ -665,8 +776,11 @@ fn t_ctrl_c() {
     );
     let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
     assert!(
-        out.contains("will run  long: new"),
-        "an interrupt is not a failure: {out}"
+        out.contains(&format!(
+            "will run  long: resumes from its checkpoint (.idat/pending/{}/checkpoint)\n",
+            pending_key(d.path())
+        )),
+        "an interrupt is not a failure, and the checkpoint is used: {out}"
     );
     let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
     assert!(err.contains("1 ran, 1 cached"), "{err}");
@@ -774,4 +888,93 @@ fn t_plain_progress() {
         .unwrap_or_else(|| panic!("no progress line:\n{err}"));
     assert!(line.contains(", ETA "), "{line}");
     assert!(err.contains("2 ran, 0 cached"), "{err}");
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// No file the runner writes (run record, instance logs, entries) holds an escape code, for
+/// any colour setting; stderr has colour only where asked for (CLICOLOR_FORCE, a terminal)
+/// and then still none in the files. An escape inside a message (here the error of a stage)
+/// is removed wherever colour is off.
+fn t_no_escape_codes() {
+    let p = pipeline("fail.yaml");
+    let red = r#"stages.bad.with.message="\e[31mboom\e[0m""#;
+    let cases: [(&[(&str, &str)], bool); 4] = [
+        (&[], false),
+        (&[("CLICOLOR_FORCE", "1")], true),
+        (&[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")], false),
+        (&[("TERM", "dumb")], false),
+    ];
+    for (env, coloured) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cli_cmd(d.path(), &["run", &p, "--keep-going", "-v", "--set", red]);
+        for k in ["NO_COLOR", "CLICOLOR_FORCE", "CLICOLOR"] {
+            c.env_remove(k);
+        }
+        c.envs(env.iter().copied());
+        let o = c.output().unwrap();
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{env:?}: {err}");
+        assert!(err.contains("INFO"), "{env:?}: {err}");
+        assert_eq!(err.contains('\x1b'), coloured, "{env:?}: {err:?}");
+        if !coloured {
+            assert!(err.contains("FAILED bad\n  error: boom\n"), "{err:?}");
+        }
+        let mut files = files_under(&latest_run(d.path()));
+        files.extend(files_under(&d.path().join(".idat")));
+        assert!(files.len() > 5, "{files:?}");
+        for f in &files {
+            let b = std::fs::read(f).unwrap();
+            assert!(
+                !b.contains(&0x1b),
+                "{env:?}: escape code in {}",
+                f.display()
+            );
+        }
+        let logs = files_under(&latest_run(d.path()).join("logs"));
+        let bad = logs
+            .iter()
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("bad-"))
+            .unwrap();
+        assert_eq!(lines(bad).last().unwrap(), "error: boom", "{env:?}");
+    }
+    // A terminal still gets colour (script(1) gives the run a pseudo-terminal).
+    let d = tempfile::tempdir().unwrap();
+    let five = pipeline("five.yaml");
+    let exe = std::env::current_exe().unwrap();
+    let cmd = format!("'{}' run '{five}' -v --jobs 1", exe.display());
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env(CLI_ENV, "1")
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("CLICOLOR")
+        .env_remove("IDAT_CACHE_DIR")
+        .current_dir(d.path())
+        .stdin(Stdio::null())
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {
+            let tty = String::from_utf8_lossy(&o.stdout);
+            assert!(tty.contains("\x1b[32m INFO\x1b[0m"), "{tty:?}");
+            for f in files_under(&latest_run(d.path())) {
+                let b = std::fs::read(&f).unwrap();
+                assert!(!b.contains(&0x1b), "escape code in {}", f.display());
+            }
+        }
+        other => println!("  (no pseudo-terminal check: script(1) unavailable: {other:?})"),
+    }
 }

@@ -202,9 +202,36 @@ fn idat_resumes_after_kill_9_with_identical_results() {
         "checkpoint gone after kill"
     );
 
+    // `plan` says where the run will resume (epochs counted from 1, as the log does), for
+    // the newest checkpoint the killed run left (`epoch-0002` holds 3 completed epochs).
+    let newest = pending_checkpoints(&cache).pop().unwrap();
+    let name = newest.file_name().unwrap().to_string_lossy().into_owned();
+    let index: usize = name["epoch-".len()..name.len() - ".safetensors".len()]
+        .parse()
+        .unwrap();
+    let mut args = vec![
+        "plan".to_string(),
+        file.clone(),
+        "--cache-dir".into(),
+        cache.display().to_string(),
+    ];
+    for s in w.sets() {
+        args.extend(["--set".to_string(), s]);
+    }
+    let (out, _) = ok(&bin(w.path(), &args).output().unwrap());
+    assert!(
+        out.contains(&format!(
+            "will run  idat: resumes after epoch {}\n",
+            index + 1
+        )),
+        "{out}"
+    );
     ok(&w.run(&file, "killed", &[]));
     let logs = w.logs("killed");
-    assert!(logs.contains("resuming after epoch"), "{logs}");
+    assert!(
+        logs.contains(&format!("resuming after epoch {} of 7 from ", index + 1)),
+        "{logs}"
+    );
     let s = read_json(&w.entries_with("killed", "summary.json")[0].join("summary.json"));
     assert!(s["resumed_from_epoch"].is_u64(), "{s}");
     assert!(

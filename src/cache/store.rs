@@ -220,46 +220,26 @@ impl Cache {
         Ok(d)
     }
 
+    /// The checkpoint directory a crashed or killed computation of `key` left behind, if it
+    /// holds anything (nothing is created).
+    pub fn pending_checkpoint(&self, key: &str) -> Option<PathBuf> {
+        let d = self.root.join("pending").join(key).join("checkpoint");
+        let mut rd = fs::read_dir(&d).ok()?;
+        rd.next().is_some().then_some(d)
+    }
+
     /// Look a key up and verify the entry against its manifest (every file re-hashed).
+    /// A corrupt entry's message names the entry directory (and its instance when the
+    /// manifest says it) and every property that differs: see [`verify_entry`].
     pub fn lookup(&self, key: &str) -> Lookup {
         let dir = self.entry_dir(key);
         if !dir.exists() {
             return Lookup::Missing;
         }
-        match self.verify(&dir, key) {
+        match verify_entry(&dir, key) {
             Ok(m) => Lookup::Hit(Box::new(m)),
-            Err(e) => Lookup::Corrupt(format!("{e:#}")),
+            Err(why) => Lookup::Corrupt(why),
         }
-    }
-
-    fn verify(&self, dir: &Path, key: &str) -> Result<Manifest> {
-        let text = fs::read_to_string(dir.join(MANIFEST)).context("no readable manifest.json")?;
-        let m: Manifest = serde_json::from_str(&text).context("manifest.json does not parse")?;
-        if m.key != key {
-            bail!("manifest is for key {}, not {key}", m.key);
-        }
-        let on_disk: Vec<String> = list_files(dir)?
-            .into_iter()
-            .filter(|f| f != MANIFEST)
-            .collect();
-        let listed: Vec<&String> = m.files.iter().map(|f| &f.path).collect();
-        if on_disk.iter().collect::<Vec<_>>() != listed {
-            bail!("files on disk differ from the manifest's list");
-        }
-        for f in &m.files {
-            let (size, hash) = hash_file(&dir.join(&f.path))?;
-            if size != f.size || hash != f.blake3 {
-                bail!(
-                    "file `{}` does not match its manifest hash (size {size}, expected {})",
-                    f.path,
-                    f.size
-                );
-            }
-        }
-        if content_hash(&m.files) != m.content_hash {
-            bail!("manifest content hash does not match its file list");
-        }
-        Ok(m)
     }
 
     /// Move a corrupt entry aside (to `corrupt/`) so that it is recomputed and never used.
@@ -432,6 +412,112 @@ impl Cache {
     }
 }
 
+/// At most this many differences are listed in a corruption message (then a count).
+const MAX_LISTED_DIFFERENCES: usize = 8;
+
+/// The first 12 hex digits of a hash, for messages.
+fn short_hash(h: &str) -> String {
+    let s: String = h.chars().take(12).collect();
+    if s.len() < h.len() {
+        format!("{s}..")
+    } else {
+        s
+    }
+}
+
+/// Verify the entry directory `dir` of `key` against its `manifest.json`, re-hashing every
+/// file. Error: one message naming the entry (`entry <dir> (instance `<id>`)`) followed by
+/// every difference found, each naming its file and the property that differs:
+/// `file `a.txt` listed in the manifest is missing`, `file `b.txt` is not in the manifest
+/// (extra file)`, `file `c.bin`: size differs (expected 10 bytes, found 9 bytes)`,
+/// `file `c.bin`: content hash differs (expected blake3 0123456789ab.., found
+/// ba9876543210..), size matches (10 bytes)`; or what is wrong with the manifest itself.
+pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, String> {
+    let mut name = format!("entry {}", dir.display());
+    let fail = |name: &str, problems: Vec<String>| -> String {
+        let n = problems.len();
+        let mut listed: Vec<String> = problems.into_iter().take(MAX_LISTED_DIFFERENCES).collect();
+        if n > MAX_LISTED_DIFFERENCES {
+            listed.push(format!("and {} more", n - MAX_LISTED_DIFFERENCES));
+        }
+        format!("{name}: {}", listed.join("; "))
+    };
+    let text = match fs::read_to_string(dir.join(MANIFEST)) {
+        Ok(t) => t,
+        Err(e) => return Err(fail(&name, vec![format!("no readable {MANIFEST} ({e})")])),
+    };
+    let m: Manifest = match serde_json::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(fail(
+                &name,
+                vec![format!("{MANIFEST} does not parse ({e})")],
+            ))
+        }
+    };
+    name.push_str(&format!(" (instance `{}`)", m.instance));
+    if m.key != key {
+        return Err(fail(
+            &name,
+            vec![format!("{MANIFEST} is for key {}, not {key}", m.key)],
+        ));
+    }
+    let on_disk: Vec<String> = match list_files(dir) {
+        Ok(f) => f.into_iter().filter(|f| f != MANIFEST).collect(),
+        Err(e) => return Err(fail(&name, vec![format!("{e:#}")])),
+    };
+    let mut problems = Vec::new();
+    let on_disk_set: std::collections::BTreeSet<&str> =
+        on_disk.iter().map(String::as_str).collect();
+    let listed: std::collections::BTreeSet<&str> =
+        m.files.iter().map(|f| f.path.as_str()).collect();
+    for f in &m.files {
+        if !on_disk_set.contains(f.path.as_str()) {
+            problems.push(format!(
+                "file `{}` listed in the manifest is missing",
+                f.path
+            ));
+            continue;
+        }
+        match hash_file(&dir.join(&f.path)) {
+            Err(e) => problems.push(format!("file `{}`: unreadable ({e:#})", f.path)),
+            Ok((size, _)) if size != f.size => problems.push(format!(
+                "file `{}`: size differs (expected {} bytes, found {size} bytes)",
+                f.path, f.size
+            )),
+            Ok((size, hash)) if hash != f.blake3 => problems.push(format!(
+                "file `{}`: content hash differs (expected blake3 {}, found {}), size matches \
+                 ({size} bytes)",
+                f.path,
+                short_hash(&f.blake3),
+                short_hash(&hash)
+            )),
+            Ok(_) => {}
+        }
+    }
+    for f in &on_disk {
+        if !listed.contains(f.as_str()) {
+            problems.push(format!("file `{f}` is not in the manifest (extra file)"));
+        }
+    }
+    if problems.is_empty() {
+        let computed = content_hash(&m.files);
+        if computed != m.content_hash {
+            problems.push(format!(
+                "the manifest's content hash differs from its file list's (expected {}, \
+                 computed {})",
+                short_hash(&m.content_hash),
+                short_hash(&computed)
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(fail(&name, problems))
+    }
+}
+
 /// Total size in bytes of the regular files under `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     list_files(dir)
@@ -478,12 +564,95 @@ mod tests {
         assert!(fs::metadata(&f).unwrap().permissions().readonly());
         make_writable(&c.entry_dir(&key));
         fs::write(&f, b"hellp").unwrap();
+        let dir = c.entry_dir(&key);
+        let h = |b: &[u8]| blake3::hash(b).to_hex()[..12].to_string();
         match c.lookup(&key) {
-            Lookup::Corrupt(why) => assert!(why.contains("out.txt"), "{why}"),
+            Lookup::Corrupt(why) => assert_eq!(
+                why,
+                format!(
+                    "entry {} (instance `s`): file `sub/out.txt`: content hash differs \
+                     (expected blake3 {}.., found {}..), size matches (5 bytes)",
+                    dir.display(),
+                    h(b"hello"),
+                    h(b"hellp")
+                )
+            ),
             other => panic!("expected corrupt, got {other:?}"),
         }
         c.quarantine(&key).unwrap();
         assert!(matches!(c.lookup(&key), Lookup::Missing));
+    }
+
+    /// A committed entry of `files` (path, content) for key parts `p`.
+    fn entry(c: &Cache, p: &KeyParts, files: &[(&str, &[u8])]) -> PathBuf {
+        let key = p.key();
+        let _l = c.lock(&key).unwrap();
+        let tmp = c.fresh_tmp(&key).unwrap();
+        for (f, b) in files {
+            fs::write(tmp.join(f), b).unwrap();
+        }
+        c.commit(&tmp, "train[seed=1]", p, 0.1).unwrap();
+        let dir = c.entry_dir(&key);
+        make_writable(&dir);
+        dir
+    }
+
+    #[test]
+    fn corruption_messages_say_what_differs() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path().join("c")).unwrap();
+        let p = parts();
+        let key = p.key();
+        let corrupt = |c: &Cache| match c.lookup(&key) {
+            Lookup::Corrupt(why) => why,
+            other => panic!("expected corrupt, got {other:?}"),
+        };
+        let dir = entry(&c, &p, &[("a.bin", b"0123456789"), ("b.txt", b"b")]);
+        let head = format!("entry {} (instance `train[seed=1]`)", dir.display());
+        // Truncated: both sizes.
+        fs::write(dir.join("a.bin"), b"012345678").unwrap();
+        assert_eq!(
+            corrupt(&c),
+            format!("{head}: file `a.bin`: size differs (expected 10 bytes, found 9 bytes)")
+        );
+        // Missing and extra files, each named.
+        fs::write(dir.join("a.bin"), b"0123456789").unwrap();
+        fs::remove_file(dir.join("b.txt")).unwrap();
+        fs::write(dir.join("c.txt"), b"c").unwrap();
+        assert_eq!(
+            corrupt(&c),
+            format!(
+                "{head}: file `b.txt` listed in the manifest is missing; \
+                 file `c.txt` is not in the manifest (extra file)"
+            )
+        );
+        // The manifest's own content hash edited: expected and computed.
+        fs::remove_file(dir.join("c.txt")).unwrap();
+        fs::write(dir.join("b.txt"), b"b").unwrap();
+        assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
+        let mpath = dir.join(MANIFEST);
+        let mut m: Manifest = serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
+        let real = m.content_hash.clone();
+        m.content_hash = "f".repeat(64);
+        fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(
+            corrupt(&c),
+            format!(
+                "{head}: the manifest's content hash differs from its file list's \
+                 (expected ffffffffffff.., computed {}..)",
+                &real[..12]
+            )
+        );
+        // No manifest at all.
+        fs::remove_file(&mpath).unwrap();
+        let why = corrupt(&c);
+        assert!(
+            why.starts_with(&format!(
+                "entry {}: no readable manifest.json (",
+                dir.display()
+            )),
+            "{why}"
+        );
     }
 
     #[test]

@@ -200,6 +200,12 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
                 .into(),
         });
     }
+    if let Some(pos) = first_node_tab(text) {
+        return Err(SyntaxError {
+            pos: Some(pos),
+            message: TAB_INDENT.into(),
+        });
+    }
     // YAML 1.2 core booleans only: under YAML 1.1 rules a param named `n` or `y`, or a value
     // `no` / `on`, silently became a boolean.
     let options = serde_saphyr::options! { strict_booleans: true };
@@ -208,9 +214,28 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
             line: l.line(),
             col: l.column(),
         });
-        SyntaxError {
-            pos,
-            message: clean(&e.to_string()),
+        let message = clean(&e.to_string());
+        match pos
+            .filter(|_| mentions_tab(&message))
+            .and_then(|p| culprit_tab(text, p))
+        {
+            Some((tab, true)) => SyntaxError {
+                pos: Some(tab),
+                message: TAB_INDENT.into(),
+            },
+            Some((tab, false)) => SyntaxError {
+                pos: Some(tab),
+                message,
+            },
+            // Another error at the first token of a line indented with a tab: the tab is what
+            // broke the structure (e.g. a block scalar ended by a tab-indented line).
+            None => match pos.and_then(|p| indent_tab_before_content(text, p)) {
+                Some(tab) => SyntaxError {
+                    pos: Some(tab),
+                    message: format!("{TAB_INDENT} ({message})"),
+                },
+                None => SyntaxError { pos, message },
+            },
         }
     })?;
     let mut positions = HashMap::new();
@@ -225,10 +250,122 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
     Ok(Located { value, positions })
 }
 
+/// The message for a tab in the indentation of a line.
+const TAB_INDENT: &str = "a tab is used for indentation; YAML indents with spaces only";
+
+/// A tab indenting the document's first node (its first line that is not blank, a comment,
+/// a directive or `---`), unless that node is a flow collection (`\t{...}` is valid YAML).
+/// The parser accepts it when the node fits on that line, or reports the line after.
+fn first_node_tab(text: &str) -> Option<Pos> {
+    for (i, line) in yaml_lines(text).iter().enumerate() {
+        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+        let content = line.trim_start_matches([' ', '\t']);
+        let skip = content.is_empty()
+            || content.starts_with('#')
+            || line.starts_with('%')
+            || content.trim_end() == "---"
+            || content.starts_with("--- #");
+        if skip {
+            continue;
+        }
+        if content.starts_with(['{', '[']) {
+            return None;
+        }
+        return line
+            .chars()
+            .position(|c| c == '\t')
+            .filter(|k| *k < line.chars().count() - content.chars().count())
+            .map(|k| Pos {
+                line: i as u64 + 1,
+                col: k as u64 + 1,
+            });
+    }
+    None
+}
+
+/// The first tab in the indentation of line `at.line` when `at` is that line's first token.
+fn indent_tab_before_content(text: &str, at: Pos) -> Option<Pos> {
+    let lines = yaml_lines(text);
+    let line = lines.get((at.line.max(1) - 1) as usize)?;
+    let indent = line.chars().take_while(|c| *c == ' ' || *c == '\t').count() as u64;
+    if at.col != indent + 1 {
+        return None;
+    }
+    line.chars().position(|c| c == '\t').and_then(|k| {
+        { (k as u64) < indent }.then_some(Pos {
+            line: at.line,
+            col: k as u64 + 1,
+        })
+    })
+}
+
+/// Whether a parser message is about a tab character.
+fn mentions_tab(message: &str) -> bool {
+    message
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|w| w.eq_ignore_ascii_case("tab") || w.eq_ignore_ascii_case("tabs"))
+}
+
+/// The lines of `text` without their breaks (YAML's: CR LF, CR or LF).
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\r', '\n']) {
+        out.push(&rest[..i]);
+        let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    out.push(rest);
+    out
+}
+
+/// The tab behind a tab error the parser reported at `at`, and whether it indents its line.
+/// The parser reports some of these where the construct before the tab began, often the
+/// line before (`while scanning a plain scalar, found a tab` at the previous value), and
+/// others after the tab: the culprit is a tab in the indentation of the reported line before
+/// the reported column, else the first tab indenting a later line, else the first tab after
+/// the reported position. Line and column are 1-based, columns in characters.
+fn culprit_tab(text: &str, at: Pos) -> Option<(Pos, bool)> {
+    let lines = yaml_lines(text);
+    let first = (at.line.max(1) - 1) as usize;
+    let indent_tab = |line: &str| -> Option<u64> {
+        line.chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .position(|c| c == '\t')
+            .map(|i| i as u64 + 1)
+    };
+    for (i, line) in lines.iter().enumerate().skip(first) {
+        let limit = if i == first { at.col } else { u64::MAX };
+        if let Some(col) = indent_tab(line).filter(|c| *c <= limit) {
+            let pos = Pos {
+                line: i as u64 + 1,
+                col,
+            };
+            return Some((pos, true));
+        }
+    }
+    for (i, line) in lines.iter().enumerate().skip(first) {
+        let from = if i == first { at.col.max(1) - 1 } else { 0 };
+        if let Some(k) = line.chars().skip(from as usize).position(|c| c == '\t') {
+            let pos = Pos {
+                line: i as u64 + 1,
+                col: from + k as u64 + 1,
+            };
+            return Some((pos, false));
+        }
+    }
+    None
+}
+
 /// First line of a parser message, without the parser's own `error: line L column C:` prefix.
 fn clean(s: &str) -> String {
     let l = s.lines().next().unwrap_or("").trim();
     let l = l.strip_prefix("error: ").unwrap_or(l);
+    // The parser's advice names its own Rust API, not anything a pipeline file can set.
+    let l = match l.find(", set DuplicateKeyPolicy") {
+        Some(i) => &l[..i],
+        None => l,
+    };
     match l.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
         Some((pos, rest)) if pos.contains("column") => rest.to_string(),
         _ => l.to_string(),
@@ -238,6 +375,7 @@ fn clean(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn positions_of_nested_nodes() {
@@ -257,6 +395,126 @@ mod tests {
             doc.value["flags"],
             serde_json::json!(["yes", "no", "on", "off", "Y", "N", true, false])
         );
+    }
+
+    fn error_at(text: &str) -> (u64, u64, String) {
+        let e = parse(text).unwrap_err();
+        let p = e
+            .pos
+            .unwrap_or_else(|| panic!("{text:?}: no position: {e:?}"));
+        (p.line, p.col, e.message)
+    }
+
+    #[test]
+    fn a_tab_in_indentation_is_reported_at_the_tab() {
+        // (text, line, column of the tab): 1-based, columns in characters.
+        let cases: &[(&str, u64, u64)] = &[
+            // After a nested value: the parser reported the value before (2:6).
+            ("a:\n  b: 1\n\tc: 2\n", 3, 1),
+            ("a:\n\tb: 1\n", 2, 1),
+            // Spaces, then a tab.
+            ("a:\n    b: 1\n  \tc: 2\n", 3, 3),
+            ("a:\n  b:\n    c: 1\n\t\td: 2\n", 4, 1),
+            // A sequence item indented by a tab; a tab after `- ` then one indenting the
+            // item's next key.
+            ("a: 1\nb:\n  - x\n\t- y\n", 4, 1),
+            ("a:\n  - b\n  -\tc: 1\n    \td: 2\n", 4, 5),
+            // A tab inside the value before does not count.
+            ("a: x\ty\n\tb: 2\n", 2, 1),
+            // Non-ASCII before: columns count characters.
+            ("name: é\na:\n  b: ü\n\tc: 2\n", 4, 1),
+            // First line of the file (alone, and followed by more), after comments, after `---`.
+            ("\ta: 1\n", 1, 1),
+            ("\ta: 1\nb: 2\n", 1, 1),
+            ("  \tversion: 1\n", 1, 3),
+            ("# pipeline\n\n\ta: 1\n", 3, 1),
+            ("---\n\ta: 1\n", 2, 1),
+            // Last line, without a final line break.
+            ("a: 1\n\tb: 2", 2, 1),
+            // CRLF and lone CR line breaks count one line each.
+            ("a: 1\r\n\tb: 2\r\n", 2, 1),
+            ("a:\r\n  b: 1\r\n\tc: 2\r\n", 3, 1),
+            ("a: 1\r\tb: 2\r", 2, 1),
+            // Inside a nested flow collection, a tab cannot indent the continuation either.
+            ("a:\n  b: [1,\n\t2]\n", 3, 1),
+            ("a:\n\t- 1\n", 2, 1),
+            ("a: |\n\tx\n", 2, 1),
+        ];
+        for &(text, line, col) in cases {
+            assert_eq!(
+                error_at(text),
+                (line, col, TAB_INDENT.to_string()),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tab_ending_a_block_scalar_is_named() {
+        // The parser's own message is about the mapping; the position was the `y` after the tab.
+        assert_eq!(
+            error_at("a: |\n  x\n\ty\n"),
+            (
+                3,
+                1,
+                format!("{TAB_INDENT} (while parsing a block mapping, did not find expected key)")
+            )
+        );
+        // An error elsewhere on a line indented by a tab is not blamed on the tab.
+        let (line, col, msg) = error_at("a: {b: 1,\n\tc: [2}\n");
+        assert!(!msg.contains("tab"), "{line}:{col} {msg}");
+    }
+
+    #[test]
+    fn tabs_where_yaml_allows_them_are_accepted() {
+        let cases: &[(&str, serde_json::Value)] = &[
+            // Separation after a sequence marker (with and without a space before it).
+            ("a:\n  -\tb: 1\n", json!({"a": [{"b": 1}]})),
+            ("a:\n  - \tb: 1\n  - c\n", json!({"a": [{"b": 1}, "c"]})),
+            // Inside flow collections, also starting a continuation line.
+            ("a: {b: 1,\tc: 2}\n", json!({"a": {"b": 1, "c": 2}})),
+            ("a: {b: 1,\n\tc: 2}\n", json!({"a": {"b": 1, "c": 2}})),
+            ("\t{a: 1}\n", json!({"a": 1})),
+            // Content of a block scalar; a line of blanks; the last line.
+            ("a: |\n  x\n  \ty\n", json!({"a": "x\n\ty\n"})),
+            ("x:\n\t\n  y: 1\n", json!({"x": {"y": 1}})),
+            ("a: 1\n\t", json!({"a": 1})),
+            ("a: x\ty\n", json!({"a": "x\ty"})),
+            // Quoted continuation lines, explicit keys, folded scalar content.
+            ("a: 'x\n\ty'\n", json!({"a": "x y"})),
+            ("? \tkey\n: v\n", json!({"key": "v"})),
+            ("a: >\n \tx\n", json!({"a": "\tx\n"})),
+        ];
+        for (text, want) in cases {
+            let got = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            assert_eq!(&got.value, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn positions_after_crlf_line_breaks() {
+        // Errors: 1-based line and column of the offending token.
+        assert_eq!(
+            error_at("a: 1\r\nb: [1,\r\nc: 3\r\n"),
+            (2, 4, "unclosed bracket '['".into())
+        );
+        assert_eq!(
+            error_at("a: 1\r\nb:\r\n  c: 1\r\n d: 2\r\n"),
+            (
+                4,
+                2,
+                "while parsing a block mapping, did not find expected key".into()
+            )
+        );
+        // The parser's advice to set a Rust option is not ours to give.
+        assert_eq!(
+            error_at("a: 1\r\nb: 2\r\na: 3\r\n"),
+            (3, 1, "duplicate mapping key: a".into())
+        );
+        // Node positions.
+        let doc = parse("a: 1\r\nb:\r\n  c: [x, y]\r\n").unwrap();
+        assert_eq!(doc.pos("b.c.1"), Pos { line: 3, col: 10 });
+        assert_eq!(doc.pos("a"), Pos { line: 1, col: 4 });
     }
 
     #[test]

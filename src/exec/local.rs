@@ -187,6 +187,10 @@ pub fn run_local(
                         continue;
                     }
                 };
+                // What `plan` would say about a checkpoint a killed run left: said here too.
+                if let Some(why) = super::plan::resume_reason(cache, &parts.key()) {
+                    reporter.line(&format!("{}: {why}", inst.id));
+                }
                 state[i] = State::Running;
                 cpu_used += cpus;
                 gpu_used += gpus;

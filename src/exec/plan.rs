@@ -86,7 +86,8 @@ pub fn upstream_parts(
 pub fn miss_reasons(cache: &Cache, id: &str, parts: &KeyParts, lookup: &Lookup) -> Vec<String> {
     let key = parts.key();
     if let Lookup::Corrupt(why) = lookup {
-        return vec![format!("cache entry is corrupt ({why}): will recompute")];
+        // `why` names the entry and says what differs in which file.
+        return vec![format!("corrupt cache {why}; will recompute")];
     }
     match cache.record(id) {
         None => vec!["new".into()],
@@ -105,6 +106,29 @@ pub fn miss_reasons(cache: &Cache, id: &str, parts: &KeyParts, lookup: &Lookup) 
             d
         }
     }
+}
+
+/// What a run of `key` will resume from, when a killed or crashed run left a checkpoint:
+/// `resumes after epoch N` (training stages' epoch checkpoints, N counted from 1),
+/// `resumes from its checkpoint (<dir>)` (other kinds), or why the newest epoch checkpoint
+/// cannot be resumed from. None when there is no checkpoint.
+pub fn resume_reason(cache: &Cache, key: &str) -> Option<String> {
+    let dir = cache.pending_checkpoint(key)?;
+    Some(match crate::train::resume_epoch(&dir) {
+        Ok(Some((epoch, _))) => format!("resumes after epoch {epoch}"),
+        Ok(None) => format!("resumes from its checkpoint ({})", dir.display()),
+        Err(e) => format!("will fail: {e:#} (delete {} to start over)", dir.display()),
+    })
+}
+
+/// Add what the run resumes from to the reasons of a run of `key`; `new` is dropped then
+/// (an instance with a checkpoint has run before, it was killed or crashed).
+fn with_resume(cache: &Cache, key: &str, mut reasons: Vec<String>) -> Vec<String> {
+    if let Some(r) = resume_reason(cache, key) {
+        reasons.retain(|x| x != "new");
+        reasons.push(r);
+    }
+    reasons
 }
 
 /// Decide every instance, in graph order. `forced[i]` reruns instance `i` regardless.
@@ -143,7 +167,7 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
                     let lookup = cache.lookup(&key);
                     match (&lookup, forced[i]) {
                         (_, true) => Decision::Run {
-                            reasons: vec!["forced (--force)".into()],
+                            reasons: with_resume(cache, &key, vec!["forced (--force)".into()]),
                         },
                         (Lookup::Hit(m), false) => {
                             hashes[i] = Some(m.content_hash.clone());
@@ -153,7 +177,11 @@ pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) 
                             }
                         }
                         _ => Decision::Run {
-                            reasons: miss_reasons(cache, &inst.id, &parts, &lookup),
+                            reasons: with_resume(
+                                cache,
+                                &key,
+                                miss_reasons(cache, &inst.id, &parts, &lookup),
+                            ),
                         },
                     }
                 }
@@ -184,6 +212,36 @@ mod tests {
             with,
             resources: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_pending_checkpoint_replaces_new_and_joins_other_reasons() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = Cache::open(t.path().join(".idat")).unwrap();
+        let new = || vec!["new".to_string()];
+        assert_eq!(with_resume(&cache, "k", new()), new());
+        // An empty checkpoint directory (created for every run) is no checkpoint.
+        let dir = cache.checkpoint_dir("k").unwrap();
+        assert_eq!(with_resume(&cache, "k", new()), new());
+        std::fs::write(dir.join("step"), "5").unwrap();
+        let other = format!("resumes from its checkpoint ({})", dir.display());
+        assert_eq!(with_resume(&cache, "k", new()), vec![other.clone()]);
+        assert_eq!(
+            with_resume(&cache, "k", vec!["forced (--force)".into()]),
+            vec!["forced (--force)".to_string(), other]
+        );
+        // A broken epoch checkpoint: the run would fail, and how to start over.
+        let f = dir.join("epoch-0003.safetensors");
+        std::fs::write(&f, b"xyz").unwrap();
+        assert_eq!(
+            with_resume(&cache, "k", new()),
+            vec![format!(
+                "will fail: epoch checkpoint {}: 3 bytes, too short for a safetensors header \
+                 (delete {} to start over)",
+                f.display(),
+                dir.display()
+            )]
+        );
     }
 
     #[test]

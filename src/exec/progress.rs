@@ -1,6 +1,7 @@
 //! Run progress: indicatif bars on a terminal, plain lines otherwise, nothing with `--quiet`.
 use super::eta::Eta;
 use crate::stages::{NoProgress, Progress};
+use anstream::eprintln;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,6 +208,38 @@ impl Drop for Plain {
     }
 }
 
+/// The bars being drawn, if any: log messages are printed above them.
+static DRAWN_BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// stderr for log messages (the tracing subscriber's writer). While progress bars are drawn
+/// each message is printed above them (written past the bars, the next refresh overdrew it);
+/// with `colour` false, escape codes are removed (see `cli::stderr_colour`).
+#[derive(Debug, Clone, Copy)]
+pub struct LogStderr {
+    pub colour: bool,
+}
+
+impl std::io::Write for LogStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let plain;
+        let bytes = if self.colour {
+            buf
+        } else {
+            plain = anstream::adapter::strip_bytes(buf).into_vec();
+            &plain[..]
+        };
+        let bars = DRAWN_BARS.lock().ok().and_then(|b| b.clone());
+        match bars {
+            Some(m) => m.suspend(|| std::io::stderr().write_all(bytes))?,
+            None => std::io::stderr().write_all(bytes)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// An overall bar with ETA plus one bar per running instance.
 pub struct Bars {
     multi: MultiProgress,
@@ -224,6 +257,9 @@ impl Bars {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         overall.set_message("ETA ?");
+        if let Ok(mut b) = DRAWN_BARS.lock() {
+            *b = Some(multi.clone());
+        }
         Self {
             multi,
             overall,
@@ -300,6 +336,9 @@ impl Reporter for Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
+        if let Ok(mut b) = DRAWN_BARS.lock() {
+            *b = None;
+        }
         self.overall.finish();
         let _ = self.multi.clear();
     }

@@ -86,11 +86,19 @@ impl RunRecord {
     pub fn write_trace(&self, rows: &[TraceRow]) -> Result<()> {
         let mut w = csv::Writer::from_path(self.dir.join("trace.csv"))?;
         for r in rows {
+            let mut r = r.clone();
+            r.instance = plain_text(&r.instance);
             w.serialize(r)?;
         }
         w.flush()?;
         Ok(())
     }
+}
+
+/// `text` without ANSI escape sequences (colours, cursor movement, OSC titles): what goes
+/// into files (instance logs, trace, summaries), whatever the terminal or colour settings.
+pub fn plain_text(text: &str) -> String {
+    anstream::adapter::strip_str(text).to_string()
 }
 
 /// The last `n` lines of a file (empty when unreadable).
@@ -105,6 +113,15 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_text_drops_escape_sequences_only() {
+        assert_eq!(
+            super::plain_text("\x1b[33m WARN\x1b[0m \x1b[1;31mboom\x1b[m: x\ty é"),
+            " WARN boom: x\ty é"
+        );
+        assert_eq!(super::plain_text("\x1b]0;title\x07done"), "done");
+    }
+
     #[test]
     fn stamp_formats_utc() {
         assert_eq!(super::stamp(0), "19700101-000000");

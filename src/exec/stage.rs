@@ -85,7 +85,6 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 pub fn exec_stage(job: &StageJob) -> Outcome {
     let key = job.parts.key();
     let cache = &job.cache;
-    let log = |ctx: &StageContext, m: String| ctx.log(m);
     let mut ctx = StageContext::new(job.instance.id.clone(), PathBuf::new(), PathBuf::new());
     if let Some(dir) = job.log_path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -99,39 +98,32 @@ pub fn exec_stage(job: &StageJob) -> Outcome {
     ctx.device = job.device.clone();
     ctx.threads = job.threads;
     ctx.progress = job.progress.clone();
-    let check = |ctx: &StageContext| -> Option<Outcome> {
-        match cache.lookup(&key) {
-            Lookup::Hit(m) if !job.force => Some(Outcome::Cached(m)),
-            Lookup::Corrupt(why) => {
-                log(
-                    ctx,
-                    format!(
-                        "cache entry {key} is corrupt ({why}); moving it aside and recomputing"
-                    ),
-                );
-                tracing::warn!(
-                    "{}: cache entry {key} is corrupt ({why}): recomputing",
-                    job.instance.id
-                );
-                None
-            }
-            _ => None,
+    // A first look without the lock: a verified entry is reused at once.
+    if !job.force {
+        if let Lookup::Hit(m) = cache.lookup(&key) {
+            return Outcome::Cached(m);
         }
-    };
-    if let Some(o) = check(&ctx) {
-        return o;
     }
     let _lock = match cache.lock(&key) {
         Ok(l) => l,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
     };
-    if let Some(o) = check(&ctx) {
-        return o;
-    }
-    if matches!(cache.lookup(&key), Lookup::Corrupt(_)) {
-        if let Err(e) = cache.quarantine(&key) {
-            return Outcome::Failed(format!("{e:#}"));
+    // Under the lock, the decisive look (a concurrent run may have committed the entry, or
+    // moved a corrupt one aside). A corrupt entry is reported here only, once.
+    match cache.lookup(&key) {
+        Lookup::Hit(m) if !job.force => return Outcome::Cached(m),
+        Lookup::Corrupt(why) => {
+            let moved = match cache.quarantine(&key) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Failed(format!("{why}; {e:#}")),
+            };
+            ctx.warn(format!(
+                "{}: corrupt cache {why}; moved to {}, recomputing",
+                job.instance.id,
+                moved.display()
+            ));
         }
+        _ => {}
     }
     let tmp = match cache.fresh_tmp(&key) {
         Ok(t) => t,

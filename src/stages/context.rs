@@ -88,13 +88,28 @@ impl StageContext {
         self
     }
 
-    /// Append one line to the instance log (and to tracing at debug level).
+    /// Append one line to the instance log (and to tracing at debug level). ANSI escape
+    /// sequences are removed from what goes to the file.
     pub fn log(&self, msg: impl AsRef<str>) {
         let msg = msg.as_ref();
         tracing::debug!(instance = %self.instance_id, "{msg}");
+        self.write_log(msg);
+    }
+
+    /// A warning: one `warning: ...` line in the instance log and one tracing warning on
+    /// stderr (not also the debug echo of [`StageContext::log`]).
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        let msg = msg.as_ref();
+        tracing::warn!("{msg}");
+        self.write_log(&format!("warning: {msg}"));
+    }
+
+    fn write_log(&self, msg: &str) {
         if let Some(f) = &self.log {
             if let Ok(mut f) = f.lock() {
-                let _ = writeln!(f, "{msg}");
+                // One write per line, escapes removed: log files are read as plain text.
+                let line = format!("{}\n", crate::exec::record::plain_text(msg));
+                let _ = f.write_all(line.as_bytes());
             }
         }
     }

@@ -105,9 +105,10 @@ pub fn train(
     let mut start_epoch = 0;
     let mut resumed_from_epoch = None;
     if let Some(saved) = state::load_latest(&ctx.checkpoint_dir, members, data.device)? {
+        // Epochs are counted from 1 in messages (as `plan`'s `resumes after epoch N`).
         ctx.log(format!(
-            "resuming after epoch {} from {}",
-            saved.epoch,
+            "resuming after epoch {} of {total} from {}",
+            saved.epoch + 1,
             saved.path.display()
         ));
         rows = saved.rows;

@@ -11,3 +11,4 @@ mod state;
 pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
 pub use cotrain::{train, EpochRow, Member, TrainOutcome};
 pub use evaluate::{evaluate, EvalResult};
+pub use state::resume_epoch;

@@ -114,7 +114,7 @@ impl StageKind for AdapterStats {
         )?;
         std::fs::write(
             ctx.out_dir.join(super::report::SUMMARY_TXT),
-            stats.to_terminal(),
+            crate::exec::record::plain_text(&stats.to_terminal()),
         )?;
         Ok(())
     }

@@ -136,6 +136,7 @@ impl StageKind for ReportVtab {
             ));
         }
         write_json(&ctx.out_dir.join("results.json"), &results)?;
+        let summary = crate::exec::record::plain_text(&summary);
         std::fs::write(ctx.out_dir.join(SUMMARY_TXT), &summary)?;
         ctx.log(summary);
         Ok(())
