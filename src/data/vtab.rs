@@ -429,7 +429,7 @@ pub struct IdenticalContent {
     pub groups: usize,
     /// Number of files in those sets.
     pub files: usize,
-    /// Up to 3 sets, each as up to 3 `` `path` (list:line) `` places.
+    /// Up to 3 sets, each as up to 3 `` `path` (<task>/<split>.txt:line) `` places.
     pub examples: Vec<Vec<String>>,
 }
 
@@ -506,6 +506,23 @@ fn place(l: &SplitList, e: &ListEntry) -> String {
 /// `` `path` (list:line) ``, the path escaped ([`escape_invisible`]).
 fn at(l: &SplitList, e: &ListEntry) -> String {
     format!("`{}` ({})", escape_invisible(&e.path), place(l, e))
+}
+
+/// `` `path` (<task>/<split>.txt:line) ``: [`at`] with the list named relative to the
+/// dataset root, for what is recorded in dataset.json (no machine-specific paths).
+fn rel_at(l: &SplitList, e: &ListEntry) -> String {
+    let task = l
+        .list_file
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "`{}` ({task}/{}.txt:{})",
+        escape_invisible(&e.path),
+        l.name,
+        e.line
+    )
 }
 
 /// Cross-split integrity: no file twice in a split, no test file in a training split,
@@ -727,7 +744,7 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
             group
                 .iter()
                 .take(3)
-                .map(|(l, e)| at(l, e))
+                .map(|(l, e)| rel_at(l, e))
                 .collect::<Vec<_>>()
         };
         let tests = group
