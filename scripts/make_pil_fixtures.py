@@ -18,7 +18,8 @@ Sources (small, deterministic; gradients + edges + noise so the IDCT and upsampl
                                                     its own JPEG thumbnail (SOI..EOI inside APP1)
   png_gray16.png png_gray16_low.png png_graya16.png png_rgb16.png png_rgba16.png
                                                     16-bit PNGs (written by hand: PIL cannot
-                                                    write 16-bit RGB); _low holds values 0..600
+                                                    write 16-bit RGB); _low holds values 0..600, _trns
+                                                    adds a tRNS chunk
   png_gray4.png png_gray1.png png_palette.png png_rgba8.png png_graya8.png   other PNG kinds
 For each source `<f>`, `<f>.pil.png` is PIL's RGB decode (8-bit RGB PNG).
 """
@@ -50,12 +51,13 @@ def png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def write_png16(path, arr, color_type):
-    """arr: uint16 [H, W, C]; color_type 0 gray, 4 gray+alpha, 2 RGB, 6 RGBA; bit depth 16."""
+def write_png16(path, arr, color_type, trns=b""):
+    """arr: uint16 [H, W, C]; color_type 0 gray, 4 gray+alpha, 2 RGB, 6 RGBA; bit depth 16;
+    `trns`: the data of a tRNS chunk (none when empty)."""
     h, w, _ = arr.shape
     raw = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw, 9)) + png_chunk(b"IEND", b"")
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + (png_chunk(b"tRNS", trns) if trns else b"") + png_chunk(b"IDAT", zlib.compress(raw, 9)) + png_chunk(b"IEND", b"")
     with open(path, "wb") as f:
         f.write(data)
 
@@ -116,7 +118,10 @@ def main():
     write_png16(os.path.join(OUT, "png_rgba16.png"), pattern(12, 16, 4, 9, 65535).astype(np.uint16), 6)
     # Gray 16-bit with small values: PIL clips at 255 (it does not scale).
     write_png16(os.path.join(OUT, "png_gray16_low.png"), pattern(12, 16, 1, 14, 600).astype(np.uint16), 0)
-    files += ["png_gray16.png", "png_gray16_low.png", "png_graya16.png", "png_rgb16.png", "png_rgba16.png"]
+    # Gray 16-bit with a tRNS chunk (one transparent gray level): still gray in PIL.
+    low = pattern(12, 16, 1, 15, 600).astype(np.uint16)
+    write_png16(os.path.join(OUT, "png_gray16_trns.png"), low, 0, struct.pack(">H", int(low[0, 0, 0])))
+    files += ["png_gray16_trns.png", "png_gray16.png", "png_gray16_low.png", "png_graya16.png", "png_rgb16.png", "png_rgba16.png"]
 
     # Other PNG kinds.
     g8 = pattern(12, 16, 1, 10)[:, :, 0].astype(np.uint8)
@@ -129,7 +134,8 @@ def main():
     for name in files:
         im = Image.open(os.path.join(OUT, name))
         mode = im.mode
-        out = im.convert("RGB")
+        # Pixels only (PIL carries a tRNS colour into info, which an RGB PNG cannot save).
+        out = Image.fromarray(np.asarray(im.convert("RGB")), "RGB")
         out.save(os.path.join(OUT, name + ".pil.png"))
         print(f"{name}: PIL mode {mode} {im.size}")
     print("Pillow", Image.__version__, "libjpeg-turbo", features.version("libjpeg_turbo"), "zlib", features.version("zlib"))

@@ -147,6 +147,7 @@ fn decode_matches_pil_for_every_kind_of_jpeg_and_png() {
         ("jpeg_exif_thumb.jpg", 0),
         ("png_gray16.png", 0),
         ("png_gray16_low.png", 0),
+        ("png_gray16_trns.png", 0),
         ("png_graya16.png", 0),
         ("png_rgb16.png", 0),
         ("png_rgba16.png", 0),
