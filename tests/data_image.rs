@@ -1,4 +1,5 @@
-//! PIL parity of decoding and bicubic resize, against fixtures made by scripts/pil_fixtures.py.
+//! PIL parity of decoding and bicubic resize, against fixtures made by scripts/pil_fixtures.py
+//! (resize) and scripts/make_pil_fixtures.py (decode, under fixtures/image/decode/).
 
 use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize, NormalizeKind};
 use std::path::{Path, PathBuf};
@@ -47,20 +48,19 @@ fn png_resize_matches_pil_exactly() {
 }
 
 #[test]
-fn jpeg_decode_and_resize_close_to_pil() {
+fn jpeg_decode_and_resize_match_pil_exactly() {
     // Resize alone is exact when starting from PIL's own decode.
     let pil_decoded = decode_rgb(&fixture("rgb300x200.jpg.decoded.png")).unwrap();
     for (w, h) in [(224, 224), (40, 40)] {
         let want = decode_rgb(&fixture(&format!("rgb300x200.jpg.bicubic{w}x{h}.png"))).unwrap();
         assert_eq!(diff(&resize_bicubic(&pil_decoded, w, h), &want), (0.0, 0));
     }
-    // Decoder differences (zune-jpeg vs libjpeg) stay below 1/255 on average.
+    // libjpeg-turbo's decoder, as in PIL: the same pixels.
     let ours = decode_rgb(&fixture("rgb300x200.jpg")).unwrap();
-    let (mean, max) = diff(&ours, &pil_decoded);
-    eprintln!("jpeg decode vs PIL: mean abs diff {mean:.4}, max {max}");
-    assert!(mean < 1.0);
-    check("rgb300x200.jpg", 224, 224);
-    check("rgb300x200.jpg", 40, 40);
+    assert_eq!(diff(&ours, &pil_decoded), (0.0, 0));
+    for (w, h) in [(224, 224), (40, 40)] {
+        assert_eq!(check("rgb300x200.jpg", w, h), (0.0, 0));
+    }
 }
 
 #[test]
@@ -130,4 +130,194 @@ fn image_crate_catmull_rom_differs_from_pil_which_is_why_we_own_the_resize() {
     let (mean, max) = diff(&theirs, &want);
     eprintln!("image crate CatmullRom 64x48 -> 40x40 vs PIL: mean {mean:.4}, max {max}");
     assert!(mean > 0.0);
+}
+
+/// Every decode fixture against PIL's `Image.open(f).convert("RGB")`, with the largest
+/// difference allowed (0: identical pixels).
+#[test]
+fn decode_matches_pil_for_every_kind_of_jpeg_and_png() {
+    let cases = [
+        ("jpeg_rgb444.jpg", 0),
+        ("jpeg_rgb422.jpg", 0),
+        ("jpeg_rgb420.jpg", 0),
+        ("jpeg_rgb420_odd.jpg", 0),
+        ("jpeg_progressive.jpg", 0),
+        ("jpeg_gray.jpg", 0),
+        ("jpeg_cmyk.jpg", 0),
+        ("jpeg_exif_thumb.jpg", 0),
+        ("png_gray16.png", 0),
+        ("png_gray16_low.png", 0),
+        ("png_gray16_trns.png", 0),
+        ("png_graya16.png", 0),
+        ("png_rgb16.png", 0),
+        ("png_rgba16.png", 0),
+        ("png_gray1.png", 0),
+        ("png_gray4.png", 0),
+        ("png_palette.png", 0),
+        ("png_rgba8.png", 0),
+        ("png_graya8.png", 0),
+    ];
+    let mut failed = Vec::new();
+    for (name, bound) in cases {
+        let ours = decode_rgb(&fixture(&format!("decode/{name}"))).unwrap();
+        let pil = decode_rgb(&fixture(&format!("decode/{name}.pil.png"))).unwrap();
+        let (mean, max) = diff(&ours, &pil);
+        eprintln!("{name}: mean abs diff {mean:.4}, max {max}");
+        if max > bound {
+            failed.push(format!(
+                "{name}: max abs diff {max} > {bound} (mean {mean:.4})"
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[test]
+fn sixteen_bit_png_is_clipped_when_gray_and_high_byte_when_colour_as_in_pil() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = dir.path().join("g16.png");
+    let vals = [0u16, 100, 255, 256, 4660, 65535];
+    image::ImageBuffer::<image::Luma<u16>, _>::from_fn(6, 1, |x, _| {
+        image::Luma([vals[x as usize]])
+    })
+    .save(&gray)
+    .unwrap();
+    let got: Vec<u8> = decode_rgb(&gray).unwrap().pixels().map(|p| p[0]).collect();
+    assert_eq!(got, vec![0, 100, 255, 255, 255, 255]);
+    let rgb = dir.path().join("c16.png");
+    image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(2, 1, |x, _| {
+        image::Rgb(if x == 0 {
+            [0x1234, 0x00FF, 0xFFFF]
+        } else {
+            [0x8080, 0x7FFF, 0x0100]
+        })
+    })
+    .save(&rgb)
+    .unwrap();
+    let got = decode_rgb(&rgb).unwrap().into_raw();
+    assert_eq!(got, vec![0x12, 0x00, 0xFF, 0x80, 0x7F, 0x01]);
+}
+
+/// Offsets of every `FF xx` marker (not stuffing or restart) in `bytes`, with `xx`.
+fn markers(bytes: &[u8]) -> Vec<(usize, u8)> {
+    bytes
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| {
+            w[0] == 0xFF && w[1] != 0 && w[1] != 0xFF && !(0xD0..=0xD7).contains(&w[1])
+        })
+        .map(|(i, w)| (i, w[1]))
+        .collect()
+}
+
+#[test]
+fn a_truncated_jpeg_is_refused_even_when_an_exif_thumbnail_ends_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("decode/jpeg_exif_thumb.jpg")).unwrap();
+    let m = markers(&bytes);
+    let sos: Vec<usize> = m
+        .iter()
+        .filter(|(_, c)| *c == 0xDA)
+        .map(|(i, _)| *i)
+        .collect();
+    let eoi: Vec<usize> = m
+        .iter()
+        .filter(|(_, c)| *c == 0xD9)
+        .map(|(i, _)| *i)
+        .collect();
+    // The thumbnail's SOS and EOI come before the main image's SOS.
+    assert!(sos.len() >= 2 && eoi[0] < sos[sos.len() - 1], "{m:?}");
+    let main_sos = sos[sos.len() - 1];
+    let len = bytes.len();
+    // Inside the thumbnail, the headers, the scan data, and just before or in the end marker.
+    let cuts = (3..len).step_by(len / 60).chain([
+        main_sos + 20,
+        (main_sos + len) / 2,
+        len - 3,
+        len - 2,
+        len - 1,
+    ]);
+    for cut in cuts {
+        let f = dir.path().join(format!("cut{cut}.jpg"));
+        std::fs::write(&f, &bytes[..cut]).unwrap();
+        let err = must_fail(decode_rgb(&f));
+        assert!(
+            err.contains(&format!("cut{cut}.jpg")) && err.contains("truncated JPEG"),
+            "cut at {cut} of {len}: {err}"
+        );
+    }
+    // Progressive: cut between two scans (all data of the first scans present).
+    let prog = std::fs::read(fixture("decode/jpeg_progressive.jpg")).unwrap();
+    let psos: Vec<usize> = markers(&prog)
+        .iter()
+        .filter(|(_, c)| *c == 0xDA)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(psos.len() > 2);
+    let f = dir.path().join("prog.jpg");
+    std::fs::write(&f, &prog[..psos[2]]).unwrap();
+    let err = must_fail(decode_rgb(&f));
+    assert!(
+        err.contains("prog.jpg") && err.contains("truncated JPEG"),
+        "{err}"
+    );
+    // Scan data cut and an end marker appended (a "repaired" file): the rest would be gray.
+    let f = dir.path().join("patched.jpg");
+    std::fs::write(
+        &f,
+        [&bytes[..(main_sos + len) / 2], &[0xFF, 0xD9][..]].concat(),
+    )
+    .unwrap();
+    let err = must_fail(decode_rgb(&f));
+    assert!(
+        err.contains("patched.jpg") && err.contains("corrupt JPEG: the scan data stops"),
+        "{err}"
+    );
+    // The whole file decodes.
+    assert_eq!(
+        decode_rgb(&fixture("decode/jpeg_exif_thumb.jpg"))
+            .unwrap()
+            .dimensions(),
+        (128, 96)
+    );
+}
+
+#[test]
+fn a_png_truncated_in_idat_or_without_iend_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("rgb64x48.png")).unwrap();
+    let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+    let idat_len = u32::from_be_bytes(bytes[idat..idat + 4].try_into().unwrap()) as usize;
+    for cut in (8..bytes.len()).step_by(97) {
+        let f = dir.path().join(format!("cut{cut}.png"));
+        std::fs::write(&f, &bytes[..cut]).unwrap();
+        let err = must_fail(decode_rgb(&f));
+        assert!(
+            err.contains(&format!("cut{cut}.png")) && err.contains("truncated PNG"),
+            "cut at {cut}: {err}"
+        );
+    }
+    for (name, cut, what) in [
+        (
+            "in_idat.png",
+            idat + 8 + idat_len / 2,
+            "truncated PNG: chunk `IDAT`",
+        ),
+        (
+            "idat_crc.png",
+            idat + 8 + idat_len + 2,
+            "truncated PNG: chunk `IDAT`",
+        ),
+        (
+            "no_iend.png",
+            bytes.len() - 12,
+            "truncated PNG: the file ends at byte",
+        ),
+        ("half_iend.png", bytes.len() - 6, "truncated PNG"),
+    ] {
+        let f = dir.path().join(name);
+        std::fs::write(&f, &bytes[..cut]).unwrap();
+        let err = must_fail(decode_rgb(&f));
+        assert!(err.contains(name) && err.contains(what), "{name}: {err}");
+    }
 }

@@ -161,7 +161,8 @@ fn streamed_file_matches_in_memory_decode_and_serves_batches() {
     assert_eq!(diff, 0.0);
     assert!(file.read_images(&[6]).is_err());
     // A corrupt image fails the whole file and leaves nothing behind.
-    let bad = t.dir.join("images/train800val200/000001.png");
+    // Line 2 of train800val200 is train800's second image.
+    let bad = t.dir.join("images/train800/000001.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let f2 = d.path().join("bad.safetensors");
     let e = format!(

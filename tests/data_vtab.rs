@@ -45,7 +45,18 @@ fn reads_a_valid_task_and_hash_tracks_content() {
     write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
     let task = read_task(d.path(), &spec("toy", 3), &SPLITS).unwrap();
     assert_eq!(task.split("test").unwrap().entries.len(), 5);
-    assert_eq!(task.split("train800val200").unwrap().entries[4].label, 1);
+    // train800val200 = train800 (4) + val200 (2): its fifth line is val200's first.
+    let tv = &task.split("train800val200").unwrap().entries[4];
+    assert_eq!(
+        (tv.path.as_str(), tv.label),
+        ("images/val200/000000.jpg", 0)
+    );
+    assert!(task.checks.train800val200_is_union);
+    assert_eq!(
+        (task.checks.listed_images, task.checks.unique_images),
+        (17, 11)
+    );
+    assert_eq!(task.checks.identical_content.groups, 0);
     let h1 = task.content_hash.clone();
     assert_eq!(
         read_task(d.path(), &spec("toy", 3), &SPLITS)
@@ -182,4 +193,368 @@ fn missing_folder_list_and_wrong_sizes() {
         e.contains("10 images listed, expected 800 for split `train800`"),
         "{e}"
     );
+}
+
+/// The list text of split `split` of `toy` as written by `write_task`.
+fn list_of(root: &Path, split: &str) -> String {
+    std::fs::read_to_string(root.join("toy").join(format!("{split}.txt"))).unwrap()
+}
+
+#[test]
+fn utf8_bom_at_file_start_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let text = list_of(d.path(), "test");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    std::fs::write(d.path().join("toy/test.txt"), bytes).unwrap();
+    let task = read_task(d.path(), &spec("toy", 3), &["test"]).unwrap();
+    let e = &task.split("test").unwrap().entries[0];
+    assert_eq!(
+        (e.path.as_str(), e.label, e.line),
+        ("images/test/000000.jpg", 0, 1)
+    );
+}
+
+#[test]
+fn invisible_characters_in_an_unreadable_path_are_printed_escaped() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    // A BOM not at file start (two lists concatenated), a zero-width space, a no-break space,
+    // a C0 and a C1 control.
+    for (bad, shown, code) in [
+        (
+            "\u{feff}images/test/000001.png",
+            "\\u{feff}images/test/000001.png",
+            "U+FEFF",
+        ),
+        (
+            "images/test/000001\u{200b}.png",
+            "000001\\u{200b}.png",
+            "U+200B",
+        ),
+        (
+            "images/test\u{a0}/000001.png",
+            "images/test\\u{a0}/000001.png",
+            "U+00A0",
+        ),
+        ("images/test/\u{1}000001.png", "\\u{1}000001.png", "U+0001"),
+        (
+            "images/test/\u{85}000001.png",
+            "\\u{85}000001.png",
+            "U+0085",
+        ),
+    ] {
+        write_list(
+            d.path(),
+            "toy",
+            "test",
+            &format!("images/test/000000.jpg 0\n{bad} 1\n"),
+        );
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+        assert!(
+            e.contains("toy/test.txt:2:")
+                && e.contains("listed but not readable")
+                && e.contains(shown)
+                && e.contains(code)
+                && !e.contains(bad),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn utf16_utf32_and_invalid_utf8_lists_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let text = list_of(d.path(), "test");
+    let le: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let be: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+    let f = d.path().join("toy/test.txt");
+    for (bom, body, what) in [
+        (&[0xFF, 0xFE][..], &le, "is UTF-16"),
+        (&[0xFE, 0xFF][..], &be, "is UTF-16"),
+        (&[0xFF, 0xFE, 0, 0][..], &le, "is UTF-32"),
+        (&[][..], &le, "test.txt:1: NUL byte"),
+    ] {
+        std::fs::write(&f, [bom, body.as_slice()].concat()).unwrap();
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+        assert!(
+            e.contains("toy/test.txt") && e.contains(what) && e.contains("expected UTF-8"),
+            "{bom:?}: {e}"
+        );
+    }
+    // Latin-1 `é` on line 2.
+    std::fs::write(&f, b"images/test/000000.jpg 0\nimages/caf\xe9.png 1\n").unwrap();
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+    assert!(
+        e.contains("toy/test.txt:2: invalid UTF-8 (byte 0xE9"),
+        "{e}"
+    );
+}
+
+#[test]
+fn line_endings_and_windows_separators_are_read_as_one_spelling() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let want = read_task(d.path(), &spec("toy", 3), &["test"]).unwrap();
+    for text in [
+        list_of(d.path(), "test").replace('\n', "\r\n"),
+        list_of(d.path(), "test").replace('\n', "\r"),
+        list_of(d.path(), "test").replace('/', "\\"),
+        list_of(d.path(), "test").replace("images/", ".\\images\\.\\"),
+        list_of(d.path(), "test").replace("images/test/", "images/x/../test//"),
+    ] {
+        write_list(d.path(), "toy", "test", &text);
+        let got = read_task(d.path(), &spec("toy", 3), &["test"]).unwrap();
+        assert_eq!(
+            got.split("test").unwrap().entries,
+            want.split("test").unwrap().entries,
+            "{text:?}"
+        );
+        assert_eq!(got.content_hash, want.content_hash, "{text:?}");
+    }
+}
+
+#[test]
+fn paths_that_leave_the_task_folder_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    for (path, what) in [
+        ("images/../../escape.jpg", "leaves the task folder"),
+        ("..\\escape.jpg", "leaves the task folder"),
+        ("C:\\data\\a.jpg", "is absolute (drive `C:`)"),
+        ("\\\\server\\share\\a.jpg", "is absolute"),
+        ("./.", "names the task folder itself"),
+    ] {
+        write_list(d.path(), "toy", "test", &format!("{path} 0\n"));
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+        assert!(
+            e.contains("toy/test.txt:1: image path") && e.contains(what),
+            "{path}: {e}"
+        );
+    }
+}
+
+#[test]
+fn the_same_file_twice_in_a_split_under_any_spelling_is_an_error_naming_both_lines() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    for variant in [
+        "images/test/000000.jpg",
+        "./images/test/000000.jpg",
+        "images//test/000000.jpg",
+        "images/./test/000000.jpg",
+        "images/sub/../test/000000.jpg",
+        "images\\test\\000000.jpg",
+        "images/test/000000.jpg\r",
+    ] {
+        write_list(
+            d.path(),
+            "toy",
+            "test",
+            &format!("images/test/000000.jpg 0\nimages/test/000001.png 1\n{variant} 0\n"),
+        );
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+        assert!(
+            e.contains("toy/test.txt:1 and ")
+                && e.contains(
+                    "toy/test.txt:3: `images/test/000000.jpg` is listed twice in split `test`"
+                ),
+            "{variant:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_test_image_in_a_training_split_is_an_error_naming_both_places() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let mut test = list_of(d.path(), "test");
+    test.push_str("./images/val200/000001.png 1\n");
+    write_list(d.path(), "toy", "test", &test);
+    // All four splits: the file is in val200 (and train800val200); val200 is named.
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &SPLITS));
+    assert!(
+        e.contains("toy/test.txt:6 and ")
+            && e.contains("toy/val200.txt:2: `images/val200/000001.png` is in split `test` and in split `val200`"),
+        "{e}"
+    );
+    // Only test and train800val200 loaded: still found.
+    let e = err_of(read_task(
+        d.path(),
+        &spec("toy", 3),
+        &["test", "train800val200"],
+    ));
+    assert!(
+        e.contains("toy/test.txt:6 and ") && e.contains("toy/train800val200.txt:6:"),
+        "{e}"
+    );
+    // train800 and val200 overlapping.
+    write_task(d.path(), "b", 3, SMALL_SPLITS, 8);
+    let mut val = std::fs::read_to_string(d.path().join("b/val200.txt")).unwrap();
+    val.push_str("images/train800/000003.png 0\n");
+    std::fs::write(d.path().join("b/val200.txt"), val).unwrap();
+    let e = err_of(read_task(d.path(), &spec("b", 3), &["train800", "val200"]));
+    assert!(
+        e.contains("b/train800.txt:4 and ")
+            && e.contains("b/val200.txt:3:")
+            && e.contains("expected train800 and val200 disjoint"),
+        "{e}"
+    );
+}
+
+#[test]
+fn train800val200_must_be_exactly_train800_plus_val200() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let tv = list_of(d.path(), "train800val200");
+    let lines: Vec<&str> = tv.lines().collect();
+    // Any order is fine.
+    let mut rev = lines.clone();
+    rev.reverse();
+    write_list(d.path(), "toy", "train800val200", &(rev.join("\n") + "\n"));
+    let t = read_task(d.path(), &spec("toy", 3), &SPLITS).unwrap();
+    assert!(t.checks.train800val200_is_union);
+    // A line missing.
+    write_list(
+        d.path(),
+        "toy",
+        "train800val200",
+        &(lines[..5].join("\n") + "\n"),
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &SPLITS));
+    assert!(
+        e.contains("toy/train800val200.txt: train800val200 is not train800 + val200: 1 images of train800/val200 are not in it (e.g. `images/val200/000001.png` (")
+            && e.contains("toy/val200.txt:2)"),
+        "{e}"
+    );
+    // An extra image (a test image would be caught as a leak first: use another file).
+    std::fs::copy(
+        d.path().join("toy/images/test/000000.jpg"),
+        d.path().join("toy/images/extra.jpg"),
+    )
+    .unwrap();
+    write_list(
+        d.path(),
+        "toy",
+        "train800val200",
+        &(tv.clone() + "images/extra.jpg 2\n"),
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &SPLITS));
+    assert!(
+        e.contains("1 images in it are in neither train800 nor val200 (e.g. `images/extra.jpg` (")
+            && e.contains("toy/train800val200.txt:7)"),
+        "{e}"
+    );
+    // Same file, other label.
+    write_list(
+        d.path(),
+        "toy",
+        "train800val200",
+        &tv.replacen(
+            "images/train800/000001.png 1",
+            "images/train800/000001.png 2",
+            1,
+        ),
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &SPLITS));
+    assert!(
+        e.contains("toy/train800.txt:2 and ")
+            && e.contains("toy/train800val200.txt:2: `images/train800/000001.png` has label 1 in split `train800` but 2 in split `train800val200`"),
+        "{e}"
+    );
+    // Not all three loaded: not checked, and said so.
+    let t = read_task(d.path(), &spec("toy", 3), &["train800", "test"]).unwrap();
+    assert!(!t.checks.train800val200_is_union);
+}
+
+#[test]
+fn identical_bytes_under_two_names_are_counted_and_warned_about() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let img = |p: &str| d.path().join("toy").join(p);
+    // A test image that is a byte copy of a training image, and two test images equal.
+    std::fs::copy(
+        img("images/train800/000000.jpg"),
+        img("images/test/000000.jpg"),
+    )
+    .unwrap();
+    std::fs::copy(img("images/test/000001.png"), img("images/test/000003.png")).unwrap();
+    let splits: Vec<String> = SPLITS.iter().map(|s| s.to_string()).collect();
+    let m = validate(d.path(), &[spec("toy", 3)], &splits).unwrap();
+    let c = &m.task("toy").unwrap().checks;
+    assert_eq!(
+        (c.identical_content.groups, c.identical_content.files),
+        (2, 4)
+    );
+    assert_eq!(
+        (
+            c.test_train_identical_content.groups,
+            c.test_train_identical_content.files
+        ),
+        (1, 2)
+    );
+    let ex = c.test_train_identical_content.examples[0].join(" ");
+    assert!(
+        ex.contains("`images/train800/000000.jpg` (toy/train800.txt:1)")
+            && ex.contains("`images/test/000000.jpg` (toy/test.txt:1)"),
+        "{ex}"
+    );
+    let w = m.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("task `toy`: 4 images in 2 sets have identical bytes"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].contains("1 sets of identical bytes hold both a test and a training image"),
+        "{w:?}"
+    );
+    // Recorded in the manifest.
+    let f = d.path().join("dataset.json");
+    m.save(&f).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    assert_eq!(json["tasks"][0]["checks"]["identical_content"]["groups"], 2);
+    assert_eq!(
+        json["tasks"][0]["checks"]["test_train_identical_content"]["files"],
+        2
+    );
+    assert_eq!(json["tasks"][0]["checks"]["unique_images"], 11);
+    // Places are relative to the dataset root: nothing machine-specific is recorded.
+    let checks = json["tasks"][0]["checks"].to_string();
+    assert!(!checks.contains(d.path().to_str().unwrap()), "{checks}");
+    assert_eq!(Manifest::load(&f).unwrap(), m);
+}
+
+#[test]
+fn sixteen_bit_pngs_are_counted_and_old_manifests_still_load() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let p = d.path().join("toy/images/test/000001.png");
+    image::ImageBuffer::<image::Luma<u16>, _>::from_fn(8, 8, |x, y| {
+        image::Luma([(x * 4000 + y) as u16])
+    })
+    .save(&p)
+    .unwrap();
+    let splits: Vec<String> = SPLITS.iter().map(|s| s.to_string()).collect();
+    let m = validate(d.path(), &[spec("toy", 3)], &splits).unwrap();
+    let c = &m.task("toy").unwrap().checks;
+    assert_eq!(
+        (c.png16_images, c.png16_examples.clone()),
+        (1, vec!["images/test/000001.png".to_string()])
+    );
+    let w = m.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("1 16-bit PNG images (e.g. images/test/000001.png)"),
+        "{w:?}"
+    );
+    // A manifest written before the checks existed (no `checks` field) still loads.
+    let mut json = serde_json::to_value(&m).unwrap();
+    json["tasks"][0].as_object_mut().unwrap().remove("checks");
+    let f = d.path().join("old.json");
+    std::fs::write(&f, serde_json::to_vec(&json).unwrap()).unwrap();
+    let back = Manifest::load(&f).unwrap();
+    assert_eq!(back.task("toy").unwrap().checks, Default::default());
+    assert!(back.warnings().is_empty());
 }

@@ -1,7 +1,9 @@
-//! Image decoding (JPEG/PNG, grayscale to RGB), PIL-exact bicubic resize and normalisation.
+//! Image decoding as PIL's `Image.open(f).convert("RGB")` (JPEG through libjpeg-turbo's
+//! decoder, PNG through the `png` crate with PIL's 16-bit rules), PIL-exact bicubic resize
+//! and normalisation.
 
 use anyhow::{bail, Context, Result};
-use image::RgbImage;
+use image::{DynamicImage, RgbImage};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -9,44 +11,288 @@ use std::path::Path;
 /// Largest width or height accepted when decoding (guards against decompression bombs).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
-/// Decodes a JPEG or PNG file (format sniffed from its bytes) to 8-bit RGB; grayscale is
-/// replicated to three channels and alpha is dropped, as PIL's `convert("RGB")` does.
+/// Largest pixel count accepted (PIL's decompression-bomb error threshold, 2 x 89,478,485).
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
+/// Decodes a JPEG or PNG file (format sniffed from its bytes) to 8-bit RGB exactly as PIL's
+/// `Image.open(path).convert("RGB")` (the official timm/VTAB loader); see
+/// [`decode_rgb_bytes`]. Errors name the file (invisible characters escaped).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    decode_rgb_bytes(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
+    let shown = || super::vtab::escape_invisible(&path.display().to_string());
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", shown()))?;
+    decode_rgb_bytes(&bytes).with_context(|| format!("cannot decode image {}", shown()))
 }
 
-/// Decodes JPEG or PNG bytes to 8-bit RGB (see [`decode_rgb`]).
+/// Decodes JPEG or PNG bytes to 8-bit RGB as PIL 13 does (tests/data_image.rs compares
+/// against PIL's own output, scripts/make_pil_fixtures.py):
+/// - JPEG: libjpeg-turbo's decoder (the `mozjpeg` crate; PIL bundles libjpeg-turbo): the
+///   same IDCT and upsampling, so the pixels are identical. Gray is replicated to three
+///   channels; CMYK/YCCK is read as Adobe-inverted CMYK and converted with PIL's formula.
+/// - PNG: the `png` crate; 8-bit and lower depths expand as PIL does (palette to colours,
+///   alpha dropped); 16-bit gray is CLIPPED to 255 (PIL's `I;16` to `RGB`), 16-bit
+///   gray+alpha, RGB and RGBA keep the HIGH BYTE of each sample (PIL reads them as 8-bit).
+///
+/// Errors: an unknown format; width or height above [`MAX_IMAGE_SIDE`] or more than
+/// [`MAX_IMAGE_PIXELS`] pixels; a truncated file (a JPEG whose main image runs out of data
+/// before its end-of-image marker, as libjpeg itself reports it — an EXIF thumbnail's own
+/// end marker does not count; a PNG whose chunks end before `IEND`); a JPEG whose scan data
+/// stops early (libjpeg's "premature end of data segment", decoded gray by PIL); any other
+/// decoder error.
 pub fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return jpeg::decode(bytes);
+    }
+    if bytes.starts_with(PNG_SIGNATURE) {
+        return decode_png(bytes);
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot sniff image format")?;
     match reader.format() {
-        Some(image::ImageFormat::Jpeg) | Some(image::ImageFormat::Png) => {}
         Some(f) => bail!("unsupported image format {f:?}: expected JPEG or PNG"),
         None => bail!("unknown image format: expected JPEG or PNG"),
     }
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The bit depth from a PNG's header (its first 25 bytes or more), None when `head` is not
+/// the start of a PNG.
+pub fn png_bit_depth(head: &[u8]) -> Option<u8> {
+    (head.len() >= 25 && head.starts_with(PNG_SIGNATURE) && &head[12..16] == b"IHDR")
+        .then(|| head[24])
+}
+
+fn check_size(w: u64, h: u64) -> Result<()> {
+    if w > MAX_IMAGE_SIDE as u64 || h > MAX_IMAGE_SIDE as u64 || w * h > MAX_IMAGE_PIXELS {
+        bail!(
+            "image is {w}x{h}: expected at most {MAX_IMAGE_SIDE} pixels a side and \
+             {MAX_IMAGE_PIXELS} pixels"
+        );
+    }
+    Ok(())
+}
+
+/// Walks the chunks of a PNG up to `IEND`; a file that ends first is truncated.
+fn png_chunks_complete(bytes: &[u8]) -> Result<()> {
+    let len = bytes.len();
+    let mut pos = PNG_SIGNATURE.len();
+    loop {
+        if pos + 8 > len {
+            bail!(
+                "truncated PNG: the file ends at byte {len} without an IEND chunk \
+                 (expected chunks up to IEND)"
+            );
+        }
+        let n = u32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let kind = String::from_utf8_lossy(&bytes[pos + 4..pos + 8]).into_owned();
+        let end = pos.saturating_add(12).saturating_add(n);
+        if end > len {
+            bail!(
+                "truncated PNG: chunk `{kind}` at byte {pos} declares {n} data bytes but the \
+                 file ends at byte {len}"
+            );
+        }
+        if kind == "IEND" {
+            return Ok(());
+        }
+        pos = end;
+    }
+}
+
+fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
+    png_chunks_complete(bytes)?;
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits.clone());
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_size(w as u64, h as u64)?;
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
     reader.limits(limits);
-    let is_jpeg = reader.format() == Some(image::ImageFormat::Jpeg);
-    if is_jpeg && !jpeg_has_end(bytes) {
-        bail!("truncated JPEG: no end-of-image marker after the scan data");
-    }
     let img = reader.decode().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(img.to_rgb8())
+    // Gray (color type 0) stays gray in PIL even when a tRNS chunk made it gray+alpha here.
+    let gray = bytes.get(25) == Some(&0);
+    let clip = |v: u16| v.min(255) as u8;
+    let high = |v: u16| (v >> 8) as u8;
+    Ok(match img {
+        DynamicImage::ImageLuma16(g) => {
+            RgbImage::from_fn(w, h, |x, y| image::Rgb([clip(g.get_pixel(x, y)[0]); 3]))
+        }
+        DynamicImage::ImageLumaA16(g) => {
+            let f = if gray { clip } else { high };
+            RgbImage::from_fn(w, h, |x, y| image::Rgb([f(g.get_pixel(x, y)[0]); 3]))
+        }
+        DynamicImage::ImageRgb16(c) => {
+            RgbImage::from_fn(w, h, |x, y| image::Rgb(c.get_pixel(x, y).0.map(high)))
+        }
+        DynamicImage::ImageRgba16(c) => RgbImage::from_fn(w, h, |x, y| {
+            let p = c.get_pixel(x, y).0;
+            image::Rgb([high(p[0]), high(p[1]), high(p[2])])
+        }),
+        other => other.to_rgb8(),
+    })
 }
 
-/// True when an end-of-image marker (`FF D9`) follows the first start-of-scan (`FF DA`).
-/// The JPEG decoder pads a truncated stream with gray instead of failing; this catches it.
-/// Entropy-coded data never holds `FF D9` (0xFF is stuffed as `FF 00`).
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
-        return false;
-    };
-    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+/// JPEG through libjpeg-turbo's decoder (vendored by the `mozjpeg` crate), with an error
+/// manager that turns libjpeg's errors into Rust unwinds (caught here) and records its
+/// warnings, so truncation is known from the decoder's own account.
+mod jpeg {
+    use super::check_size;
+    use anyhow::{bail, Result};
+    use image::RgbImage;
+    use mozjpeg::{ColorSpace, Decompress};
+    use mozjpeg_sys as ffi;
+    use std::cell::RefCell;
+    use std::os::raw::c_int;
+
+    thread_local! {
+        /// Warnings of the decode running on this thread: (libjpeg message code, text).
+        static WARNINGS: RefCell<Vec<(c_int, String)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// libjpeg's `JMSG_LENGTH_MAX`.
+    const MSG_LEN: usize = 200;
+
+    /// The text of the current message of `cinfo`.
+    unsafe fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
+        let err = &*cinfo.err;
+        let code = err.msg_code;
+        let Some(fmt) = err.format_message else {
+            return format!("libjpeg message {code}");
+        };
+        // The binding declares the buffer as `&[u8; 80]`; libjpeg writes up to
+        // JMSG_LENGTH_MAX bytes into it, so hand it a buffer of that size.
+        let fmt: unsafe extern "C-unwind" fn(*mut ffi::jpeg_common_struct, *mut u8) =
+            std::mem::transmute(fmt);
+        let mut buf = [0u8; MSG_LEN];
+        fmt(cinfo, buf.as_mut_ptr());
+        let text = buf.split(|&c| c == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(text).into_owned()
+    }
+
+    /// A libjpeg error, carried by the unwind out of the decoder.
+    struct Fatal {
+        code: c_int,
+        msg: String,
+    }
+
+    unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
+        let code = (*cinfo.err).msg_code;
+        let msg = message(cinfo);
+        std::panic::resume_unwind(Box::new(Fatal { code, msg }));
+    }
+
+    unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
+        if level < 0 {
+            let code = (*cinfo.err).msg_code;
+            let msg = message(cinfo);
+            WARNINGS.with(|w| w.borrow_mut().push((code, msg)));
+        }
+    }
+
+    fn error_mgr() -> ffi::jpeg_error_mgr {
+        // SAFETY: jpeg_error_mgr is plain C data; jpeg_std_error fills every field.
+        let mut err: ffi::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+        unsafe { ffi::jpeg_std_error(&mut err) };
+        err.error_exit = Some(error_exit);
+        err.emit_message = Some(emit_message);
+        err
+    }
+
+    /// PIL's `cmyk2rgb` after its `CMYK;I` unpacking (Adobe inverted CMYK).
+    fn cmyk_to_rgb(p: &[u8]) -> [u8; 3] {
+        let muldiv255 = |a: u32, b: u32| {
+            let t = a * b + 128;
+            ((t >> 8) + t) >> 8
+        };
+        let k = 255 - p[3] as u32;
+        let nk = 255 - k;
+        [0, 1, 2].map(|i| {
+            let c = 255 - p[i] as u32;
+            (nk as i32 - muldiv255(c, nk) as i32).clamp(0, 255) as u8
+        })
+    }
+
+    fn decode_inner(bytes: &[u8]) -> Result<RgbImage> {
+        let d = Decompress::builder()
+            .with_err(error_mgr())
+            .from_mem(bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (w, h) = d.size();
+        check_size(w as u64, h as u64)?;
+        let io = |e: std::io::Error| anyhow::anyhow!("{e}");
+        let rgb: Vec<u8> = match d.color_space() {
+            ColorSpace::JCS_GRAYSCALE => {
+                let mut s = d.grayscale().map_err(io)?;
+                let g: Vec<u8> = s.read_scanlines().map_err(io)?;
+                s.finish().map_err(io)?;
+                g.iter().flat_map(|&v| [v; 3]).collect()
+            }
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
+                let mut s = d.to_colorspace(ColorSpace::JCS_CMYK).map_err(io)?;
+                let c: Vec<u8> = s.read_scanlines().map_err(io)?;
+                s.finish().map_err(io)?;
+                c.chunks_exact(4).flat_map(cmyk_to_rgb).collect()
+            }
+            _ => {
+                let mut s = d.rgb().map_err(io)?;
+                let c: Vec<u8> = s.read_scanlines().map_err(io)?;
+                s.finish().map_err(io)?;
+                c
+            }
+        };
+        RgbImage::from_raw(w as u32, h as u32, rgb)
+            .ok_or_else(|| anyhow::anyhow!("decoder returned fewer pixels than {w}x{h}"))
+    }
+
+    /// Decodes one JPEG; see [`super::decode_rgb_bytes`].
+    pub(super) fn decode(bytes: &[u8]) -> Result<RgbImage> {
+        WARNINGS.with(|w| w.borrow_mut().clear());
+        let result = std::panic::catch_unwind(|| decode_inner(bytes));
+        let warnings = WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        // Running out of data is reported as a warning first (libjpeg then reads a fake end
+        // marker), or, inside a marker segment being skipped, as a read error (reading from
+        // memory fails only at the end): whatever followed, the file is truncated.
+        let eof = warnings
+            .iter()
+            .find(|(c, _)| *c == ffi::JWRN_JPEG_EOF as c_int);
+        let fatal = match &result {
+            Err(payload) => Some(match payload.downcast_ref::<Fatal>() {
+                Some(f) => (f.code, f.msg.clone()),
+                None => (-1, "unexpected panic in the JPEG decoder".to_string()),
+            }),
+            Ok(_) => None,
+        };
+        let read_error = fatal
+            .as_ref()
+            .filter(|(c, _)| *c == ffi::JERR_FILE_READ as c_int);
+        if let Some((_, msg)) = eof.or(read_error) {
+            bail!(
+                "truncated JPEG: the file ends before the main image is complete \
+                 (libjpeg: {msg})"
+            );
+        }
+        if let Some((_, msg)) = fatal {
+            bail!("corrupt JPEG: libjpeg: {msg}");
+        }
+        let img = result.map_err(|_| anyhow::anyhow!("JPEG decoder failed"))??;
+        if let Some((_, msg)) = warnings
+            .iter()
+            .find(|(c, _)| *c == ffi::JWRN_HIT_MARKER as c_int)
+        {
+            bail!(
+                "corrupt JPEG: the scan data stops before the image is complete, the rest \
+                 would decode gray (libjpeg: {msg})"
+            );
+        }
+        Ok(img)
+    }
 }
 
 /// PIL's fixed-point precision for 8-bit resampling (`32 - 8 - 2`).

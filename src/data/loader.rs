@@ -109,7 +109,7 @@ pub(crate) fn decode_entries(
                 .map(|img| resize_bicubic(&img, side, side).into_raw())
                 .map_err(|err| SkippedImage {
                     location: format!("{}:{}", split.list_file.display(), e.line),
-                    path: p.display().to_string(),
+                    path: super::vtab::escape_invisible(&p.display().to_string()),
                     error: format!("{err:#}"),
                 })
         })

@@ -4,7 +4,7 @@
 use super::archive::{extract_atomic, ArchiveLimits};
 use super::download::{download_verified, parse_sha256, DownloadOptions};
 use super::hub;
-use super::vtab::{read_task, ListEntry, Task, TaskSpec, SPLITS};
+use super::vtab::{read_task, ListEntry, Task, TaskChecks, TaskSpec, SPLITS};
 use anyhow::{bail, Context, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -91,6 +91,10 @@ pub struct TaskManifest {
     pub content_hash: String,
     /// Splits by name.
     pub splits: BTreeMap<String, SplitManifest>,
+    /// What the dataset checks found (duplicates by content, 16-bit PNGs, ...); absent in
+    /// manifests written before the checks existed.
+    #[serde(default)]
+    pub checks: TaskChecks,
 }
 
 /// The validated dataset: root folder and, per task, splits with their images.
@@ -144,7 +148,16 @@ impl Manifest {
             dir,
             splits,
             content_hash: t.content_hash.clone(),
+            checks: t.checks.clone(),
         })
+    }
+
+    /// The warnings of every task's [`TaskChecks`], one line each (none when all is clean).
+    pub fn warnings(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.checks.warnings(&t.name))
+            .collect()
     }
 
     /// blake3 over the task hashes, in order (a cache key for the whole dataset).
@@ -204,6 +217,7 @@ pub fn validate(root: &Path, tasks: &[TaskSpec], splits: &[String]) -> Result<Ma
             num_classes: spec.num_classes,
             content_hash: task.content_hash,
             splits,
+            checks: task.checks,
         });
     }
     Ok(Manifest {

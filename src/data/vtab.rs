@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -161,7 +161,7 @@ impl TaskSpec {
 /// One parsed list line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListEntry {
-    /// Image path relative to the task folder, as written in the list.
+    /// Image path relative to the task folder, normalised ([`normalize_list_path`]).
     pub path: String,
     /// 0-based class label.
     pub label: u32,
@@ -191,6 +191,8 @@ pub struct Task {
     pub splits: BTreeMap<String, SplitList>,
     /// blake3 (hex) over the list files and the bytes of every listed image.
     pub content_hash: String,
+    /// What the integrity checks found (counts of allowed oddities).
+    pub checks: TaskChecks,
 }
 
 impl Task {
@@ -223,25 +225,131 @@ pub fn check_relative_path(path: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Parses list text (`<path> <label>` per line; blank lines ignored). `file` names the
-/// list in errors; labels must be `< num_classes`.
+/// The one spelling of a list path used to store, open and compare it: `\` read as `/`
+/// (lists written on Windows), empty and `.` components dropped, `a/..` folded away, all
+/// lexically (symlinks are not resolved). `./images//a.png`, `images\a.png` and
+/// `images/sub/../a.png` all become `images/a.png`.
+///
+/// Errors (as text for the caller to prefix with `file:line`): an empty path, an absolute
+/// path (`/x`, `\\server\x`, `C:\x`), a `..` that leaves the task folder, a NUL byte.
+pub fn normalize_list_path(path: &str) -> std::result::Result<String, String> {
+    let shown = escape_invisible(path);
+    if path.contains('\0') {
+        return Err(format!("`{shown}` contains a NUL byte"));
+    }
+    let unified = path.replace('\\', "/");
+    if unified.starts_with('/') {
+        return Err(format!("`{shown}` is absolute"));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for (i, c) in unified.split('/').enumerate() {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!(
+                        "`{shown}` contains `..` that leaves the task folder"
+                    ));
+                }
+            }
+            c if i == 0
+                && c.len() == 2
+                && c.ends_with(':')
+                && c.as_bytes()[0].is_ascii_alphabetic() =>
+            {
+                return Err(format!("`{shown}` is absolute (drive `{c}`)"));
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "`{shown}` names the task folder itself, not an image"
+        ));
+    }
+    Ok(parts.join("/"))
+}
+
+/// True for characters that print as nothing or as a plain space and so hide in a path:
+/// C0/C1 controls and DEL, the byte-order mark U+FEFF, zero-width and other format
+/// characters (U+200B..U+200F, U+2060..U+206F, U+00AD soft hyphen, bidi controls), and
+/// non-ASCII spaces (U+00A0 no-break space, U+2000..U+200A, U+202F, U+205F, U+3000, ...).
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00A0}' | '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
+            | '\u{1680}' | '\u{180E}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}'
+            | '\u{205F}'..='\u{206F}' | '\u{3000}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// `s` with every [`is_invisible`] character written as a Rust escape (`\u{feff}`), so a
+/// path that differs from the file on disk only by an invisible character shows it.
+pub fn escape_invisible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A note for an error about `s` when it holds invisible characters (empty otherwise).
+fn invisible_note(s: &str) -> String {
+    let found: Vec<String> = s
+        .chars()
+        .filter(|&c| is_invisible(c))
+        .map(|c| format!("U+{:04X}", c as u32))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " [the path holds invisible characters, shown escaped: {}; remove them from the list]",
+            found.join(", ")
+        )
+    }
+}
+
+/// Splits list text into lines ending in `\n` or `\r\n`; a file with no `\n` at all but
+/// with `\r` (old Mac line ends) is split at each `\r`.
+fn list_lines(text: &str) -> Vec<&str> {
+    if !text.contains('\n') && text.contains('\r') {
+        return text.split('\r').collect();
+    }
+    text.split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect()
+}
+
+/// Parses list text (`<path> <label>` per line; blank lines ignored; lines may end in
+/// `\n`, `\r\n`, or `\r` in a file without `\n`; whitespace around the path, a stray `\r`
+/// included, is trimmed). `file` names the list in errors; labels must be `< num_classes`.
+/// Paths are stored normalised ([`normalize_list_path`]).
 pub fn parse_list(text: &str, file: &Path, num_classes: usize) -> Result<Vec<ListEntry>> {
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in list_lines(text).into_iter().enumerate() {
         let line = i + 1;
         let l = raw.trim();
         if l.is_empty() {
             continue;
         }
         let loc = format!("{}:{line}", file.display());
+        let shown = escape_invisible(l);
         let Some((path, label)) = l.rsplit_once(char::is_whitespace) else {
-            bail!("{loc}: malformed list line `{l}`: expected `<relative image path> <0-based label>`");
+            bail!("{loc}: malformed list line `{shown}`: expected `<relative image path> <0-based label>`");
         };
         let path = path.trim_end();
         let label: u32 = label.parse().map_err(|_| {
             anyhow::anyhow!(
-                "{loc}: malformed list line `{l}`: label `{label}` is not a non-negative integer \
-                 (expected `<relative image path> <0-based label>`)"
+                "{loc}: malformed list line `{shown}`: label `{}` is not a non-negative integer \
+                 (expected `<relative image path> <0-based label>`)",
+                escape_invisible(label)
             )
         })?;
         if label as usize >= num_classes {
@@ -250,32 +358,303 @@ pub fn parse_list(text: &str, file: &Path, num_classes: usize) -> Result<Vec<Lis
                 num_classes.saturating_sub(1)
             );
         }
-        check_relative_path(path).map_err(|e| {
+        let path = normalize_list_path(path).map_err(|e| {
             anyhow::anyhow!("{loc}: image path {e}: expected a path relative to the task folder")
         })?;
-        out.push(ListEntry {
-            path: path.to_string(),
-            label,
-            line,
-        });
+        out.push(ListEntry { path, label, line });
     }
     Ok(out)
 }
 
-/// Reads and parses one list file.
+/// Decodes list-file bytes as UTF-8 text: a UTF-8 byte-order mark at the start is dropped;
+/// UTF-16/UTF-32 (by their byte-order mark, or NUL bytes) and invalid UTF-8 are errors
+/// naming the file (and line).
+pub fn list_text(bytes: &[u8], file: &Path) -> Result<String> {
+    let f = file.display();
+    let encoding =
+        if bytes.starts_with(&[0xFF, 0xFE, 0, 0]) || bytes.starts_with(&[0, 0, 0xFE, 0xFF]) {
+            Some("UTF-32")
+        } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+            Some("UTF-16")
+        } else {
+            None
+        };
+    if let Some(enc) = encoding {
+        bail!(
+            "{f}: the list file is {enc} (it starts with a {enc} byte-order mark): expected UTF-8 \
+             text; convert it, e.g. `iconv -f {enc} -t UTF-8`"
+        );
+    }
+    let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    let line_of = |pos: usize| bytes[..pos].iter().filter(|&&b| b == b'\n').count() + 1;
+    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
+        bail!(
+            "{f}:{}: NUL byte in the list file (UTF-16 or UTF-32 without a byte-order mark?): \
+             expected UTF-8 text `<path> <label>` per line",
+            line_of(pos)
+        );
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_string()),
+        Err(e) => {
+            let pos = e.valid_up_to();
+            bail!(
+                "{f}:{}: invalid UTF-8 (byte 0x{:02X} at offset {pos}): expected UTF-8 text; \
+                 re-save the list as UTF-8",
+                line_of(pos),
+                bytes[pos]
+            )
+        }
+    }
+}
+
+/// Reads and parses one list file (see [`list_text`] and [`parse_list`]).
 pub fn read_list(list_file: &Path, num_classes: usize) -> Result<Vec<ListEntry>> {
-    let text = std::fs::read_to_string(list_file).with_context(|| {
+    let bytes = std::fs::read(list_file).with_context(|| {
         format!(
             "cannot read list file {} (expected a UTF-8 text file `<path> <label>` per line)",
             list_file.display()
         )
     })?;
-    parse_list(&text, list_file, num_classes)
+    parse_list(&list_text(&bytes, list_file)?, list_file, num_classes)
+}
+
+/// The splits whose images are trained on (a test image may be in none of them).
+pub const TRAIN_SPLITS: [&str; 3] = ["train800", "val200", "train800val200"];
+
+/// Sets of distinct image files (different normalised paths) with identical bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdenticalContent {
+    /// Number of sets; each holds at least two distinct files.
+    pub groups: usize,
+    /// Number of files in those sets.
+    pub files: usize,
+    /// Up to 3 sets, each as up to 3 `` `path` (<task>/<split>.txt:line) `` places.
+    pub examples: Vec<Vec<String>>,
+}
+
+/// What [`read_task`] found that is allowed but worth knowing; recorded in dataset.json
+/// and logged as warnings (see [`TaskChecks::warnings`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskChecks {
+    /// Lines listed over the loaded splits.
+    pub listed_images: usize,
+    /// Distinct files over the loaded splits (a file in train800 and train800val200 counts once).
+    pub unique_images: usize,
+    /// True when train800, val200 and train800val200 were all loaded and train800val200 was
+    /// found to list exactly the images (and labels) of train800 + val200.
+    pub train800val200_is_union: bool,
+    /// Distinct files with identical bytes, over all loaded splits (synthetic tasks can
+    /// render identical images legitimately).
+    pub identical_content: IdenticalContent,
+    /// The subset of `identical_content` sets that hold both a test image and a training
+    /// image (train800, val200 or train800val200): the same picture on both sides.
+    pub test_train_identical_content: IdenticalContent,
+    /// PNG files with 16 bits per sample; they decode as PIL's `convert("RGB")` does
+    /// (gray clipped to 255, colour reduced to the high byte: docs/vtab.md).
+    pub png16_images: usize,
+    /// Up to 3 of them (path relative to the task folder).
+    pub png16_examples: Vec<String>,
+}
+
+impl TaskChecks {
+    /// One line per finding that deserves a warning for task `task` (none when clean).
+    pub fn warnings(&self, task: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let ex = |c: &IdenticalContent| {
+            c.examples
+                .iter()
+                .map(|g| g.join(" = "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if self.identical_content.groups > 0 {
+            out.push(format!(
+                "task `{task}`: {} images in {} sets have identical bytes under different names \
+                 (e.g. {})",
+                self.identical_content.files,
+                self.identical_content.groups,
+                ex(&self.identical_content)
+            ));
+        }
+        if self.test_train_identical_content.groups > 0 {
+            out.push(format!(
+                "task `{task}`: {} sets of identical bytes hold both a test and a training image \
+                 ({} images; e.g. {})",
+                self.test_train_identical_content.groups,
+                self.test_train_identical_content.files,
+                ex(&self.test_train_identical_content)
+            ));
+        }
+        if self.png16_images > 0 {
+            out.push(format!(
+                "task `{task}`: {} 16-bit PNG images (e.g. {}), decoded as PIL does: 16-bit gray \
+                 clipped to 255, 16-bit colour reduced to its high byte",
+                self.png16_images,
+                self.png16_examples.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// `list:line` of entry `e` of list `l`.
+fn place(l: &SplitList, e: &ListEntry) -> String {
+    format!("{}:{}", l.list_file.display(), e.line)
+}
+
+/// `` `path` (list:line) ``, the path escaped ([`escape_invisible`]).
+fn at(l: &SplitList, e: &ListEntry) -> String {
+    format!("`{}` ({})", escape_invisible(&e.path), place(l, e))
+}
+
+/// `` `path` (<task>/<split>.txt:line) ``: [`at`] with the list named relative to the
+/// dataset root, for what is recorded in dataset.json (no machine-specific paths).
+fn rel_at(l: &SplitList, e: &ListEntry) -> String {
+    let task = l
+        .list_file
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "`{}` ({task}/{}.txt:{})",
+        escape_invisible(&e.path),
+        l.name,
+        e.line
+    )
+}
+
+/// Cross-split integrity: no file twice in a split, no test file in a training split,
+/// train800 and val200 disjoint, and (when all three are loaded) train800val200 lists
+/// exactly train800 + val200 with the same labels. Paths are already normalised, so "the
+/// same file" means the same normalised path. Returns whether the union was checked.
+fn check_splits(lists: &[SplitList]) -> Result<bool> {
+    for l in lists {
+        let mut seen: HashMap<&str, &ListEntry> = HashMap::new();
+        for e in &l.entries {
+            if let Some(first) = seen.insert(&e.path, e) {
+                bail!(
+                    "{} and {}: `{}` is listed twice in split `{}` (the same file, however its \
+                     path is spelled): expected each image once per split",
+                    place(l, first),
+                    place(l, e),
+                    escape_invisible(&e.path),
+                    l.name
+                );
+            }
+        }
+    }
+    let get = |n: &str| lists.iter().find(|l| l.name == n);
+    let disjoint = |a: &SplitList, b: &SplitList, why: &str| -> Result<()> {
+        let index: HashMap<&str, &ListEntry> =
+            a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        for e in &b.entries {
+            if let Some(x) = index.get(e.path.as_str()) {
+                bail!(
+                    "{} and {}: `{}` is in split `{}` and in split `{}`: {why}",
+                    place(a, x),
+                    place(b, e),
+                    escape_invisible(&e.path),
+                    a.name,
+                    b.name
+                );
+            }
+        }
+        Ok(())
+    };
+    if let Some(test) = get("test") {
+        for s in TRAIN_SPLITS {
+            if let Some(l) = get(s) {
+                disjoint(
+                    test,
+                    l,
+                    "expected test images apart from train800, val200 and train800val200",
+                )?;
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (get("train800"), get("val200")) {
+        disjoint(a, b, "expected train800 and val200 disjoint")?;
+    }
+    let (Some(a), Some(b), Some(c)) = (get("train800"), get("val200"), get("train800val200"))
+    else {
+        return Ok(false);
+    };
+    let parts: HashMap<&str, (&SplitList, &ListEntry)> = a
+        .entries
+        .iter()
+        .map(|e| (a, e))
+        .chain(b.entries.iter().map(|e| (b, e)))
+        .map(|(l, e)| (e.path.as_str(), (l, e)))
+        .collect();
+    let union: HashMap<&str, &ListEntry> = c.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut extra = Vec::new();
+    for e in &c.entries {
+        match parts.get(e.path.as_str()) {
+            None => extra.push(at(c, e)),
+            Some((l, x)) if x.label != e.label => bail!(
+                "{} and {}: `{}` has label {} in split `{}` but {} in split `{}`: expected one \
+                 label per image",
+                place(l, x),
+                place(c, e),
+                escape_invisible(&e.path),
+                x.label,
+                l.name,
+                e.label,
+                c.name
+            ),
+            Some(_) => {}
+        }
+    }
+    let missing: Vec<String> = a
+        .entries
+        .iter()
+        .map(|e| (a, e))
+        .chain(b.entries.iter().map(|e| (b, e)))
+        .filter(|(_, e)| !union.contains_key(e.path.as_str()))
+        .map(|(l, e)| at(l, e))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        let first = |v: &[String]| v.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+        let mut what = Vec::new();
+        if !missing.is_empty() {
+            what.push(format!(
+                "{} images of train800/val200 are not in it (e.g. {})",
+                missing.len(),
+                first(&missing)
+            ));
+        }
+        if !extra.is_empty() {
+            what.push(format!(
+                "{} images in it are in neither train800 nor val200 (e.g. {})",
+                extra.len(),
+                first(&extra)
+            ));
+        }
+        bail!(
+            "{}: train800val200 is not train800 + val200: {}: expected exactly the images of \
+             {} and {} (in any order)",
+            c.list_file.display(),
+            what.join("; "),
+            a.list_file.display(),
+            b.list_file.display()
+        );
+    }
+    Ok(true)
+}
+
+/// What hashing one listed file found.
+struct FileInfo {
+    hash: [u8; 32],
+    png16: bool,
 }
 
 /// Reads and validates `splits` of the task `spec` under `root`: list files present and
-/// well-formed, labels in range, sizes as expected, every listed image present. Computes
-/// the task's content hash (list files + image bytes, hashed in parallel).
+/// well-formed (UTF-8, BOM dropped), labels in range, sizes as expected, no file twice in a
+/// split, test apart from the training splits, train800val200 = train800 + val200, every
+/// listed image present. Computes the task's content hash (list files + image bytes, each
+/// distinct file read once, in parallel) and the [`TaskChecks`].
 pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> {
     let dir = root.join(&spec.name);
     if !dir.is_dir() {
@@ -286,10 +665,7 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
             SPLITS.map(|s| format!("{s}.txt")).join(", ")
         );
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(spec.name.as_bytes());
-    hasher.update(&(spec.num_classes as u64).to_le_bytes());
-    let mut out = BTreeMap::new();
+    let mut lists = Vec::with_capacity(splits.len());
     for &split in splits {
         let list_file = dir.join(format!("{split}.txt"));
         if !list_file.is_file() {
@@ -312,41 +688,118 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
         if entries.is_empty() {
             bail!("{}: no images listed", list_file.display());
         }
-        let hashes: Vec<[u8; 32]> = entries
-            .par_iter()
-            .map(|e| hash_image(&dir, e, &list_file))
-            .collect::<Result<_>>()?;
-        hasher.update(split.as_bytes());
-        for (e, h) in entries.iter().zip(&hashes) {
+        lists.push(SplitList {
+            name: split.to_string(),
+            list_file,
+            entries,
+        });
+    }
+    let union_checked = check_splits(&lists)?;
+
+    // Each distinct file once, at its first place.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut unique = Vec::new();
+    for l in &lists {
+        for e in &l.entries {
+            if seen.insert(&e.path) {
+                unique.push((l, e));
+            }
+        }
+    }
+    let infos: Vec<FileInfo> = unique
+        .par_iter()
+        .map(|(l, e)| hash_image(&dir, e, &l.list_file))
+        .collect::<Result<_>>()?;
+    let info: HashMap<&str, &FileInfo> = unique
+        .iter()
+        .zip(&infos)
+        .map(|((_, e), i)| (e.path.as_str(), i))
+        .collect();
+
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(spec.name.as_bytes());
+    hasher.update(&(spec.num_classes as u64).to_le_bytes());
+    for l in &lists {
+        hasher.update(l.name.as_bytes());
+        for e in &l.entries {
             hasher.update(e.path.as_bytes());
             hasher.update(&e.label.to_le_bytes());
-            hasher.update(h);
+            hasher.update(&info[e.path.as_str()].hash);
         }
-        out.insert(
-            split.to_string(),
-            SplitList {
-                name: split.to_string(),
-                list_file,
-                entries,
-            },
-        );
     }
+
+    let in_test: HashSet<&str> = lists
+        .iter()
+        .filter(|l| l.name == "test")
+        .flat_map(|l| l.entries.iter().map(|e| e.path.as_str()))
+        .collect();
+    let mut by_hash: BTreeMap<[u8; 32], Vec<(&SplitList, &ListEntry)>> = BTreeMap::new();
+    for ((l, e), i) in unique.iter().zip(&infos) {
+        by_hash.entry(i.hash).or_default().push((l, e));
+    }
+    let mut identical = IdenticalContent::default();
+    let mut cross = IdenticalContent::default();
+    for group in by_hash.values().filter(|g| g.len() > 1) {
+        let example = || {
+            group
+                .iter()
+                .take(3)
+                .map(|(l, e)| rel_at(l, e))
+                .collect::<Vec<_>>()
+        };
+        let tests = group
+            .iter()
+            .filter(|(_, e)| in_test.contains(e.path.as_str()))
+            .count();
+        for (c, applies) in [
+            (&mut identical, true),
+            (&mut cross, tests > 0 && tests < group.len()),
+        ] {
+            if applies {
+                c.groups += 1;
+                c.files += group.len();
+                if c.examples.len() < 3 {
+                    c.examples.push(example());
+                }
+            }
+        }
+    }
+    let png16: Vec<&str> = unique
+        .iter()
+        .zip(&infos)
+        .filter(|(_, i)| i.png16)
+        .map(|((_, e), _)| e.path.as_str())
+        .collect();
+    let checks = TaskChecks {
+        listed_images: lists.iter().map(|l| l.entries.len()).sum(),
+        unique_images: unique.len(),
+        train800val200_is_union: union_checked,
+        identical_content: identical,
+        test_train_identical_content: cross,
+        png16_images: png16.len(),
+        png16_examples: png16.iter().take(3).map(|p| escape_invisible(p)).collect(),
+    };
+    let out = lists.into_iter().map(|l| (l.name.clone(), l)).collect();
     Ok(Task {
         spec: spec.clone(),
         dir,
         splits: out,
         content_hash: hasher.finalize().to_hex().to_string(),
+        checks,
     })
 }
 
-fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<[u8; 32]> {
+/// Hashes one listed file (blake3 of its bytes) and notes whether it is a 16-bit PNG.
+fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     let p = dir.join(&e.path);
+    let shown = || escape_invisible(&p.display().to_string());
     let mut f = std::fs::File::open(&p).map_err(|err| {
         anyhow::anyhow!(
-            "{}:{}: image {} listed but not readable ({err}): expected an image file",
+            "{}:{}: image {} listed but not readable ({err}): expected an image file{}",
             list_file.display(),
             e.line,
-            p.display()
+            shown(),
+            invisible_note(&e.path)
         )
     })?;
     if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -354,19 +807,27 @@ fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<[u8; 32]> {
             "{}:{}: {} is not a regular file: expected an image file",
             list_file.display(),
             e.line,
-            p.display()
+            shown()
         );
     }
     let mut h = blake3::Hasher::new();
-    let mut buf = [0u8; 64 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = Vec::with_capacity(32);
     loop {
         let n = f
             .read(&mut buf)
-            .with_context(|| format!("reading {}", p.display()))?;
+            .with_context(|| format!("reading {}", shown()))?;
         if n == 0 {
             break;
         }
+        if head.len() < 32 {
+            let take = (32 - head.len()).min(n);
+            head.extend_from_slice(&buf[..take]);
+        }
         h.update(&buf[..n]);
     }
-    Ok(*h.finalize().as_bytes())
+    Ok(FileInfo {
+        hash: *h.finalize().as_bytes(),
+        png16: crate::data::image::png_bit_depth(&head) == Some(16),
+    })
 }

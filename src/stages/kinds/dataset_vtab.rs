@@ -26,7 +26,9 @@ pub struct DatasetVtab;
 impl StageKind for DatasetVtab {
     type Params = Params;
     const NAME: &'static str = "dataset/vtab1k";
-    const VERSION: u32 = 1;
+    /// 2: dataset checks (duplicates, train800val200 = train800 + val200, test apart from
+    /// training) and their findings in the manifest.
+    const VERSION: u32 = 2;
     const NON_OUTPUT_PARAMS: &'static [&'static str] = &["hub_endpoint"];
     const SUMMARY: &'static str =
         "VTAB-1K from a folder, an archive URL or the HF hub, validated into a manifest";
@@ -75,6 +77,10 @@ impl StageKind for DatasetVtab {
             manifest.tasks.len(),
             manifest.root.display()
         ));
+        for w in manifest.warnings() {
+            tracing::warn!("{w}");
+            ctx.log(format!("warning: {w}"));
+        }
         let mut m = manifest;
         if let Ok(rel) = m.root.strip_prefix(&ctx.out_dir) {
             m.root = rel.to_path_buf();
