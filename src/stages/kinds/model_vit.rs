@@ -130,7 +130,8 @@ pub struct ModelVit;
 impl StageKind for ModelVit {
     type Params = Params;
     const NAME: &'static str = "model/vit";
-    const VERSION: u32 = 1;
+    // 2: non-finite weights are refused; entries committed before that are checked again.
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "A frozen ViT backbone from a preset and a weights source, checked and stored in timm names";
 
     /// A local weights file is keyed by its content.
