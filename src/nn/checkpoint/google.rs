@@ -79,120 +79,44 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         ));
     }
     // Each working key's name in the file (split scanned blocks keep their stacked key).
-    let mut origin: BTreeMap<String, String> = w
+    let origin: BTreeMap<String, String> = w
         .keys()
         .map(|k| (k.clone(), format!("{prefix}{k}")))
         .collect();
-    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    let take = |w: &mut BTreeMap<String, Tensor>,
-                out: &mut BTreeMap<String, Tensor>,
-                origin: &BTreeMap<String, String>,
-                sources: &mut BTreeMap<String, Vec<String>>,
-                from: &str,
-                to: &str,
-                f: &dyn Fn(Tensor) -> Result<Tensor>|
-     -> Result<()> {
-        if let Some(t) = w.remove(from) {
-            let converted = f(t).with_context(|| format!("converting {prefix}{from} to {to}"))?;
-            out.insert(to.to_string(), converted);
-            if let Some(o) = origin.get(from) {
-                sources.entry(to.to_string()).or_default().push(o.clone());
-            }
-        }
-        Ok(())
+    let mut c = Work {
+        prefix,
+        w,
+        origin,
+        out: BTreeMap::new(),
+        sources: BTreeMap::new(),
     };
     let id = |t: Tensor| Ok(t);
     let transpose2 = |t: Tensor| Ok(t.t()?.contiguous()?);
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
+    c.take(
         "embedding/kernel",
         "patch_embed.proj.weight",
         &|t: Tensor| Ok(t.permute((3, 2, 0, 1))?.contiguous()?),
     )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "embedding/bias",
-        "patch_embed.proj.bias",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "cls",
-        "cls_token",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "Transformer/posembed_input/pos_embedding",
-        "pos_embed",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "pos_embedding",
-        "pos_embed",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "Transformer/encoder_norm/scale",
-        "norm.weight",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "Transformer/encoder_norm/bias",
-        "norm.bias",
-        &id,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "head/kernel",
-        "head.weight",
-        &transpose2,
-    )?;
-    take(
-        &mut w,
-        &mut out,
-        &origin,
-        &mut sources,
-        "head/bias",
-        "head.bias",
-        &id,
-    )?;
+    for (from, to) in [
+        ("embedding/bias", "patch_embed.proj.bias"),
+        ("cls", "cls_token"),
+        ("Transformer/posembed_input/pos_embedding", "pos_embed"),
+        ("pos_embedding", "pos_embed"),
+        ("Transformer/encoder_norm/scale", "norm.weight"),
+        ("Transformer/encoder_norm/bias", "norm.bias"),
+        ("head/bias", "head.bias"),
+    ] {
+        c.take(from, to, &id)?;
+    }
+    c.take("head/kernel", "head.weight", &transpose2)?;
 
     // Scanned big_vision blocks: split the leading layer axis into per-block keys.
     let scanned_prefix = "Transformer/encoderblock/";
-    let scanned: Vec<String> = w
-        .keys()
-        .filter(|k| k.starts_with(scanned_prefix))
-        .cloned()
-        .collect();
+    let scanned: Vec<String> =
+        c.w.keys()
+            .filter(|k| k.starts_with(scanned_prefix))
+            .cloned()
+            .collect();
     let (mha, mlp, ln1, ln2) = if scanned.is_empty() {
         (
             "MultiHeadDotProductAttention_1",
@@ -209,7 +133,7 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         )
     };
     for k in scanned {
-        let t = w.remove(&k).expect("key listed above");
+        let t = c.w.remove(&k).expect("key listed above");
         let rest = &k[scanned_prefix.len()..];
         let layers = t.dims().first().copied().unwrap_or(0);
         if layers == 0 || layers > 1000 {
@@ -220,13 +144,14 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         }
         for i in 0..layers {
             let split = format!("Transformer/encoderblock_{i}/{rest}");
-            origin.insert(split.clone(), format!("{prefix}{k}"));
-            w.insert(split, t.get(i)?);
+            c.origin.insert(split.clone(), format!("{prefix}{k}"));
+            c.w.insert(split, t.get(i)?);
         }
     }
 
     let mut depth = 0;
-    while w
+    while c
+        .w
         .keys()
         .any(|k| k.starts_with(&format!("Transformer/encoderblock_{depth}/")))
     {
@@ -236,77 +161,25 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         let b = format!("Transformer/encoderblock_{i}/");
         let t = format!("blocks.{i}.");
         for (ln, norm) in [(ln1, "norm1"), (ln2, "norm2")] {
-            take(
-                &mut w,
-                &mut out,
-                &origin,
-                &mut sources,
-                &format!("{b}{ln}/scale"),
-                &format!("{t}{norm}.weight"),
-                &id,
-            )?;
-            take(
-                &mut w,
-                &mut out,
-                &origin,
-                &mut sources,
-                &format!("{b}{ln}/bias"),
-                &format!("{t}{norm}.bias"),
-                &id,
-            )?;
+            c.take(&format!("{b}{ln}/scale"), &format!("{t}{norm}.weight"), &id)?;
+            c.take(&format!("{b}{ln}/bias"), &format!("{t}{norm}.bias"), &id)?;
         }
         let a = format!("{b}{mha}/");
         // q, k, v kernels [D, H, Dh] -> reshape(D, H*Dh).T, concatenated along rows.
-        let qkv_k: Vec<String> = ["query", "key", "value"]
-            .iter()
-            .map(|n| format!("{a}{n}/kernel"))
-            .collect();
-        if qkv_k.iter().all(|k| w.contains_key(k)) {
-            let parts = qkv_k
-                .iter()
-                .map(|k| {
-                    let t = w.remove(k).expect("checked");
-                    let d = t.dims().first().copied().unwrap_or(0);
-                    Ok(t.reshape((d, ()))?.t()?)
-                })
-                .collect::<Result<Vec<_>>>()
-                .with_context(|| format!("converting {prefix}{a}{{query,key,value}}/kernel"))?;
-            out.insert(
-                format!("{t}attn.qkv.weight"),
-                Tensor::cat(&parts, 0)?.contiguous()?,
-            );
-            sources.insert(
-                format!("{t}attn.qkv.weight"),
-                qkv_k
-                    .iter()
-                    .filter_map(|k| origin.get(k).cloned())
-                    .collect(),
-            );
-        }
-        let qkv_b: Vec<String> = ["query", "key", "value"]
-            .iter()
-            .map(|n| format!("{a}{n}/bias"))
-            .collect();
-        if qkv_b.iter().all(|k| w.contains_key(k)) {
-            let parts = qkv_b
-                .iter()
-                .map(|k| Ok(w.remove(k).expect("checked").flatten_all()?))
-                .collect::<Result<Vec<_>>>()?;
-            out.insert(format!("{t}attn.qkv.bias"), Tensor::cat(&parts, 0)?);
-            sources.insert(
-                format!("{t}attn.qkv.bias"),
-                qkv_b
-                    .iter()
-                    .filter_map(|k| origin.get(k).cloned())
-                    .collect(),
-            );
-        }
+        c.take_qkv(
+            &a,
+            "kernel",
+            &format!("{t}attn.qkv.weight"),
+            &|t: Tensor| {
+                let d = t.dims().first().copied().unwrap_or(0);
+                Ok(t.reshape((d, ()))?.t()?)
+            },
+        )?;
+        c.take_qkv(&a, "bias", &format!("{t}attn.qkv.bias"), &|t: Tensor| {
+            Ok(t.flatten_all()?)
+        })?;
         // out kernel [H, Dh, D] -> transpose(2, 0, 1) -> [D, H*Dh].
-        take(
-            &mut w,
-            &mut out,
-            &origin,
-            &mut sources,
+        c.take(
             &format!("{a}out/kernel"),
             &format!("{t}attn.proj.weight"),
             &|k: Tensor| {
@@ -320,36 +193,23 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
                 Ok(k.permute((2, 0, 1))?.contiguous()?.reshape((d, ()))?)
             },
         )?;
-        take(
-            &mut w,
-            &mut out,
-            &origin,
-            &mut sources,
-            &format!("{a}out/bias"),
-            &format!("{t}attn.proj.bias"),
-            &id,
-        )?;
+        c.take(&format!("{a}out/bias"), &format!("{t}attn.proj.bias"), &id)?;
         for (dense, fc) in [("Dense_0", "fc1"), ("Dense_1", "fc2")] {
-            take(
-                &mut w,
-                &mut out,
-                &origin,
-                &mut sources,
-                &format!("{b}{mlp}/{dense}/kernel"),
+            let from = format!("{b}{mlp}/{dense}");
+            c.take(
+                &format!("{from}/kernel"),
                 &format!("{t}mlp.{fc}.weight"),
                 &transpose2,
             )?;
-            take(
-                &mut w,
-                &mut out,
-                &origin,
-                &mut sources,
-                &format!("{b}{mlp}/{dense}/bias"),
-                &format!("{t}mlp.{fc}.bias"),
-                &id,
-            )?;
+            c.take(&format!("{from}/bias"), &format!("{t}mlp.{fc}.bias"), &id)?;
         }
     }
+    let Work {
+        w,
+        out,
+        mut sources,
+        ..
+    } = c;
     let unused = w
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
@@ -363,4 +223,67 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         sources,
         notes,
     })
+}
+
+/// A conversion in progress: Google keys (prefix removed) still to convert, the timm
+/// tensors made so far, and which file keys each came from.
+struct Work<'a> {
+    prefix: &'a str,
+    w: BTreeMap<String, Tensor>,
+    /// Working key -> the file's own key (a split scanned block keeps its stacked key).
+    origin: BTreeMap<String, String>,
+    out: BTreeMap<String, Tensor>,
+    sources: BTreeMap<String, Vec<String>>,
+}
+
+impl Work<'_> {
+    /// Move `from` (when present) to timm name `to` through the layout change `f`.
+    fn take(&mut self, from: &str, to: &str, f: &dyn Fn(Tensor) -> Result<Tensor>) -> Result<()> {
+        if let Some(t) = self.w.remove(from) {
+            let converted =
+                f(t).with_context(|| format!("converting {}{from} to {to}", self.prefix))?;
+            self.out.insert(to.to_string(), converted);
+            if let Some(o) = self.origin.get(from) {
+                self.sources
+                    .entry(to.to_string())
+                    .or_default()
+                    .push(o.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The separate query/key/value `part` (`kernel` or `bias`) under `attn` made one timm
+    /// qkv tensor `to`: each through `f`, concatenated along rows. Nothing happens unless
+    /// all three are present (the missing ones are then reported by the caller's checks).
+    fn take_qkv(
+        &mut self,
+        attn: &str,
+        part: &str,
+        to: &str,
+        f: &dyn Fn(Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let keys: Vec<String> = ["query", "key", "value"]
+            .iter()
+            .map(|n| format!("{attn}{n}/{part}"))
+            .collect();
+        if !keys.iter().all(|k| self.w.contains_key(k)) {
+            return Ok(());
+        }
+        let parts = keys
+            .iter()
+            .map(|k| f(self.w.remove(k).expect("checked")))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| {
+                format!("converting {}{attn}{{query,key,value}}/{part}", self.prefix)
+            })?;
+        self.out
+            .insert(to.to_string(), Tensor::cat(&parts, 0)?.contiguous()?);
+        let from: Vec<String> = keys
+            .iter()
+            .filter_map(|k| self.origin.get(k).cloned())
+            .collect();
+        self.sources.insert(to.to_string(), from);
+        Ok(())
+    }
 }
