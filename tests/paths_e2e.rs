@@ -36,6 +36,11 @@ fn run_paths(cwd: &Path, cache: &Path, root: &str, weights: &str) -> std::proces
     )
 }
 
+/// `paths.yaml` with its own relative defaults, run in the workspace.
+fn run_from_workspace(w: &Work, cache: &Path) -> std::process::Output {
+    run_paths(w.path(), cache, "vtab-1k", "student.safetensors")
+}
+
 fn dataset_root(cache: &Path) -> String {
     let e = entries(cache)
         .into_iter()
@@ -62,12 +67,7 @@ fn relative_paths_resolve_against_the_working_directory() {
     let cache = w.path().join("cache");
     // The pipeline's own defaults (`vtab-1k`, `student.safetensors`) are relative: run from
     // the workspace, the pipeline file lying elsewhere.
-    ok(&run_paths(
-        w.path(),
-        &cache,
-        "vtab-1k",
-        "student.safetensors",
-    ));
+    ok(&run_from_workspace(&w, &cache));
     assert_eq!(
         dataset_root(&cache),
         w.root().display().to_string(),
@@ -187,12 +187,7 @@ fn a_symlinked_images_folder_is_hashed_by_its_content() {
     std::fs::rename(task.join("images"), disk.join("images")).unwrap();
     std::os::unix::fs::symlink(disk.join("images"), task.join("images")).unwrap();
     let cache = w.path().join("cache");
-    ok(&run_paths(
-        w.path(),
-        &cache,
-        "vtab-1k",
-        "student.safetensors",
-    ));
+    ok(&run_from_workspace(&w, &cache));
     let sets = ["params.root=vtab-1k".to_string()];
     assert!(plan(w.path(), &cache, &sets).contains("3 cached, 0 will run"));
 
