@@ -5,7 +5,8 @@
 //! `config` (parse, override, expand) -> `graph` (DAG of instances) -> `cache`
 //! (content-addressed entries) -> `exec` (run the misses) -> `stages` (what each
 //! `uses:` kind does), built on `nn` (ViT, adapters, losses, optimiser, checkpoints),
-//! `data` (VTAB-1K, images, the embedded mini benchmark), `train` and `report`.
+//! `data` (VTAB-1K, images, the embedded mini benchmark), `train` and `report`; `text`
+//! shows untrusted names with invisible characters escaped.
 
 pub mod alloc;
 pub mod bench;
@@ -19,4 +20,5 @@ pub mod infer;
 pub mod nn;
 pub mod report;
 pub mod stages;
+pub mod text;
 pub mod train;

@@ -100,6 +100,20 @@ fn relative_paths_resolve_against_the_working_directory() {
     ));
     assert_eq!(dataset_root(&cache), w.root().display().to_string());
 
+    // `.` (the folder above `vtab-1k/`, which also holds the cache and the run records):
+    // only the task folder is hashed, so a second plan finds everything cached.
+    let dot = w.path().join("cache-dot");
+    ok(&run_paths(w.path(), &dot, ".", "student.safetensors"));
+    let p = plan(
+        w.path(),
+        &dot,
+        &[
+            "params.root=.".into(),
+            "params.weights=student.safetensors".into(),
+        ],
+    );
+    assert!(p.contains("3 cached, 0 will run"), "{p}");
+
     // From another folder the same relative text names another (missing) folder: the
     // error names the absolute path it looked for.
     let o = run_paths(&sub, &cache, "vtab-1k", "../student.safetensors");

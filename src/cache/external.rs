@@ -6,6 +6,7 @@
 //! its size, mtime (ns) and blake3; a file whose size and mtime are unchanged is not
 //! re-read. Touching a file (new mtime, same bytes) re-reads it and yields the same hash.
 use super::store::hash_file;
+use crate::text::show_path;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +20,11 @@ use std::time::UNIX_EPOCH;
 struct MemoEntry {
     size: u64,
     mtime_ns: u128,
+    /// Device and inode of the file read (0 in memos written before they were kept).
+    #[serde(default)]
+    dev: u64,
+    #[serde(default)]
+    ino: u64,
     blake3: String,
 }
 
@@ -53,20 +59,21 @@ struct Item(PathBuf, fs::Metadata);
 
 /// Collect every regular file under `dir`, following symlinks (the user's dataset folders
 /// often link `images/` to another disk). `ancestors` holds the canonical folders on the way
-/// down, so a link back to one of them is a loop, reported instead of followed.
+/// down: a link whose target is one of them, or holds one, would walk in circles, and is
+/// reported (naming the link) instead of followed.
 fn walk(
     base: &Path,
     dir: &Path,
     ancestors: &mut Vec<PathBuf>,
     out: &mut Vec<(String, Item)>,
 ) -> Result<()> {
-    let rd = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let rd = fs::read_dir(dir).with_context(|| format!("reading {}", show_path(dir)))?;
     for e in rd {
-        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let e = e.with_context(|| format!("reading {}", show_path(dir)))?;
         let p = e.path();
         let ft = e
             .file_type()
-            .with_context(|| format!("reading {}", p.display()))?;
+            .with_context(|| format!("reading {}", show_path(&p)))?;
         let rel = p
             .strip_prefix(base)
             .unwrap_or(&p)
@@ -78,17 +85,21 @@ fn walk(
             follow(&p)?
         } else {
             e.metadata()
-                .with_context(|| format!("reading {}", p.display()))?
+                .with_context(|| format!("reading {}", show_path(&p)))?
         };
         if meta.is_dir() {
-            let canon = fs::canonicalize(&p).with_context(|| format!("reading {}", p.display()))?;
-            if ancestors.contains(&canon) {
-                bail!(
-                    "symlink loop: {} points to {}, a folder that contains it; remove or \
-                     replace the link",
-                    p.display(),
-                    canon.display()
-                );
+            let canon =
+                fs::canonicalize(&p).with_context(|| format!("reading {}", show_path(&p)))?;
+            if ft.is_symlink() {
+                if let Some(a) = ancestors.iter().find(|a| a.starts_with(&canon)) {
+                    bail!(
+                        "symlink loop: {} -> {} leads back to {}, a folder that contains \
+                         the link; remove or replace that link",
+                        show_path(&p),
+                        show_path(&fs::read_link(&p).unwrap_or_default()),
+                        show_path(a)
+                    );
+                }
             }
             ancestors.push(canon);
             walk(base, &p, ancestors, out)?;
@@ -104,22 +115,35 @@ fn walk(
 /// The metadata of what the symlink `p` points to; a dangling link or a chain of links
 /// that never ends is an error naming the link and its target.
 fn follow(p: &Path) -> Result<fs::Metadata> {
-    let target = fs::read_link(p).with_context(|| format!("reading symlink {}", p.display()))?;
+    let target = fs::read_link(p).with_context(|| format!("reading symlink {}", show_path(p)))?;
     fs::metadata(p).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             anyhow::anyhow!(
                 "dangling symlink: {} -> {} (the target does not exist)",
-                p.display(),
-                target.display()
+                show_path(p),
+                show_path(&target)
             )
         } else {
             anyhow::anyhow!(
                 "symlink {} -> {} cannot be followed: {e} (a link loop?)",
-                p.display(),
-                target.display()
+                show_path(p),
+                show_path(&target)
             )
         }
     })
+}
+
+/// A file's identity on disk beyond size and mtime: pointing a link at another file of the
+/// same size and mtime, or renaming another file over it, changes it.
+#[cfg(unix)]
+fn file_id(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -138,6 +162,9 @@ fn memo_path(cache_root: &Path, root: &Path) -> PathBuf {
 /// archives never reach here: their extraction refuses links, `data/archive.rs`.)
 /// `cache_root` holds the memo.
 pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        follow(path).with_context(|| format!("external input {}", show_path(path)))?;
+    }
     let root = fs::canonicalize(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             " (relative paths in a pipeline are resolved against the working directory: \
@@ -145,20 +172,20 @@ pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
         } else {
             ""
         };
-        anyhow::anyhow!("external input {}: cannot open: {e}{hint}", path.display())
+        anyhow::anyhow!("external input {}: cannot open: {e}{hint}", show_path(path))
     })?;
     let meta = fs::metadata(&root)
-        .with_context(|| format!("external input {}: cannot open", path.display()))?;
+        .with_context(|| format!("external input {}: cannot open", show_path(path)))?;
     let mut items = Vec::new();
     if meta.is_dir() {
         walk(&root, &root, &mut vec![root.clone()], &mut items)
-            .with_context(|| format!("external input {}", path.display()))?;
+            .with_context(|| format!("external input {}", show_path(path)))?;
     } else if meta.is_file() {
         items.push((String::new(), Item(root.clone(), meta)));
     } else {
         bail!(
             "external input {}: not a regular file or folder",
-            path.display()
+            show_path(path)
         );
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -177,15 +204,20 @@ pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
     for (rel, Item(p, m)) in &items {
         let size = m.len();
         let mt = mtime_ns(m);
+        let (dev, ino) = file_id(m);
         let entry = match old.files.get(rel) {
-            Some(e) if e.size == size && e.mtime_ns == mt => e.clone(),
+            Some(e) if e.size == size && e.mtime_ns == mt && (e.dev, e.ino) == (dev, ino) => {
+                e.clone()
+            }
             _ => {
                 read += 1;
                 let (n, b) =
-                    hash_file(p).with_context(|| format!("external input {}", path.display()))?;
+                    hash_file(p).with_context(|| format!("external input {}", show_path(path)))?;
                 MemoEntry {
                     size: n,
                     mtime_ns: mt,
+                    dev,
+                    ino,
                     blake3: b,
                 }
             }
@@ -389,5 +421,90 @@ mod tests {
             e.contains("cannot be followed") && e.contains("images/"),
             "{e}"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_pointed_at_another_file_of_the_same_size_and_mtime_is_noticed() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("A.png"), t.path().join("B.png"));
+        fs::write(&a, b"aaaa").unwrap();
+        fs::write(&b, b"bbbb").unwrap();
+        set_mtime(&a, 1_600_000_000);
+        set_mtime(&b, 1_600_000_000);
+        let data = t.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        symlink(&a, data.join("img.png")).unwrap();
+        let h1 = hash_external(&t.path().join("c"), &data).unwrap();
+        fs::remove_file(data.join("img.png")).unwrap();
+        symlink(&b, data.join("img.png")).unwrap();
+        let h2 = hash_external(&t.path().join("c"), &data).unwrap();
+        assert_eq!(h2.read, 1, "another file behind the link is read again");
+        assert_ne!(h2.hash, h1.hash);
+        // A file renamed over another (same size, same mtime) is another inode too.
+        let real = t.path().join("real");
+        fs::create_dir_all(&real).unwrap();
+        fs::copy(&a, real.join("x")).unwrap();
+        fs::copy(&b, t.path().join("y")).unwrap();
+        set_mtime(&real.join("x"), 5);
+        set_mtime(&t.path().join("y"), 5);
+        let h3 = hash_external(&t.path().join("c"), &real).unwrap();
+        fs::rename(t.path().join("y"), real.join("x")).unwrap();
+        assert_ne!(
+            hash_external(&t.path().join("c"), &real).unwrap().hash,
+            h3.hash
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_named_path_itself_dangling_or_looping_is_named_as_a_link() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("rootdang");
+        symlink(t.path().join("unmounted/vtab-1k"), &root).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &root).unwrap_err());
+        assert!(
+            e.contains("dangling symlink") && e.contains("rootdang") && e.contains("unmounted"),
+            "{e}"
+        );
+        let me = t.path().join("self.safetensors");
+        symlink(&me, &me).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &me).unwrap_err());
+        assert!(
+            e.contains("cannot be followed") && e.contains("a link loop"),
+            "{e}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_loop_through_two_links_names_the_link_that_closes_it() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        // images -> other/images; other/images/test/up2 -> ../.. (= other, which holds images).
+        let other = t.path().join("other");
+        fs::create_dir_all(other.join("images/test")).unwrap();
+        fs::write(other.join("images/test/a.png"), b"a").unwrap();
+        symlink("../..", other.join("images/test/up2")).unwrap();
+        let data = t.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        symlink(other.join("images"), data.join("images")).unwrap();
+        let e = format!("{:#}", hash_external(t.path(), &data).unwrap_err());
+        assert!(e.contains("symlink loop"), "{e}");
+        assert!(
+            e.contains("images/test/up2 -> ../.. leads back to"),
+            "names the link itself: {e}"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_in_a_missing_input_are_shown_escaped() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("student.safetensors"), b"x").unwrap();
+        let typo = t.path().join("student\u{200b}.safetensors");
+        let e = format!("{:#}", hash_external(t.path(), &typo).unwrap_err());
+        assert!(e.contains("student\\u{200b}.safetensors"), "{e}");
     }
 }

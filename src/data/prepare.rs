@@ -226,6 +226,25 @@ pub fn validate(root: &Path, tasks: &[TaskSpec], splits: &[String]) -> Result<Ma
     })
 }
 
+/// The task folders of a local dataset whose root is `path` (as [`resolve_root`] finds
+/// them: the root itself or a folder up to two levels down), the external inputs of its
+/// cache key. Only the requested tasks: editing another task, or a cache or run folder that
+/// lives beside them, changes nothing. Empty when the tasks are not found (the stage then
+/// says where it looked).
+pub fn local_task_dirs(path: &Path, tasks: &[TaskSpec]) -> Vec<PathBuf> {
+    let Some(first) = tasks.first() else {
+        return Vec::new();
+    };
+    let Ok(root) = find_root(path, &first.name) else {
+        return Vec::new();
+    };
+    tasks
+        .iter()
+        .map(|t| root.join(&t.name))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
 /// Finds the folder holding the task folders: `dir` itself, or a descendant up to two levels
 /// down (archives often wrap everything in `vtab-1k/`).
 pub fn find_root(dir: &Path, first_task: &str) -> Result<PathBuf> {

@@ -270,32 +270,7 @@ pub fn normalize_list_path(path: &str) -> std::result::Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// True for characters that print as nothing or as a plain space and so hide in a path:
-/// C0/C1 controls and DEL, the byte-order mark U+FEFF, zero-width and other format
-/// characters (U+200B..U+200F, U+2060..U+206F, U+00AD soft hyphen, bidi controls), and
-/// non-ASCII spaces (U+00A0 no-break space, U+2000..U+200A, U+202F, U+205F, U+3000, ...).
-pub fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{00A0}' | '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}'
-            | '\u{1680}' | '\u{180E}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}'
-            | '\u{205F}'..='\u{206F}' | '\u{3000}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
-            | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
-}
-
-/// `s` with every [`is_invisible`] character written as a Rust escape (`\u{feff}`), so a
-/// path that differs from the file on disk only by an invisible character shows it.
-pub fn escape_invisible(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if is_invisible(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use crate::text::{escape_invisible, is_invisible};
 
 /// A note for an error about `s` when it holds invisible characters (empty otherwise).
 fn invisible_note(s: &str) -> String {

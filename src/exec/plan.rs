@@ -256,12 +256,29 @@ mod tests {
             json!({"source": {"kind": "local", "path": root}, "tasks": ["cifar100"]}),
         );
         assert_eq!(external_paths(&v, &reg), vec![t.path().join("cifar")]);
-        // None of them exists: the root (its absence is reported by the hash).
+        // None of them exists: nothing (the stage says where it looked, commits nothing);
+        // never the root, which may hold the cache and runs folders.
         let v = inst(
             "dataset/vtab1k",
             json!({"source": {"kind": "local", "path": root}, "tasks": ["dtd"]}),
         );
-        assert_eq!(external_paths(&v, &reg), vec![t.path().to_path_buf()]);
+        assert!(external_paths(&v, &reg).is_empty());
+        // A root one or two levels above the task folders (an unpacked `vtab-1k/vtab-1k/`):
+        // the task folders where the stage finds them, not the folder above.
+        let up = t.path().join("up");
+        std::fs::create_dir_all(up.join("vtab-1k/vtab-1k/dtd")).unwrap();
+        std::fs::create_dir_all(up.join("vtab-1k/vtab-1k/eurosat")).unwrap();
+        let v = inst(
+            "dataset/vtab1k",
+            json!({"source": {"kind": "local", "path": up}, "tasks": ["eurosat", "dtd"]}),
+        );
+        assert_eq!(
+            external_paths(&v, &reg),
+            vec![
+                up.join("vtab-1k/vtab-1k/eurosat"),
+                up.join("vtab-1k/vtab-1k/dtd")
+            ]
+        );
         // A weights file; an upstream output path is not external.
         let m = |path: &str| {
             inst(

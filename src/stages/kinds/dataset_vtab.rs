@@ -2,7 +2,7 @@
 //! resumable, extracted atomically) or an HF hub dataset repo; every task folder is
 //! validated and a manifest is written.
 use super::decode::MANIFEST_FILE;
-use crate::data::prepare::{prepare, vtab_specs, PrepareOptions, VtabSource};
+use crate::data::prepare::{local_task_dirs, prepare, vtab_specs, PrepareOptions, VtabSource};
 use crate::data::vtab::TASKS;
 use crate::stages::{StageContext, StageKind};
 use anyhow::Result;
@@ -34,8 +34,8 @@ impl StageKind for DatasetVtab {
         "VTAB-1K from a folder, an archive URL or the HF hub, validated into a manifest";
 
     /// A local dataset is keyed by the content of the requested task folders (every
-    /// file, recursively); the whole root when none of them exists (the stage then says
-    /// which folder is missing).
+    /// file, recursively, through symlinks), found as the stage finds them; nothing when
+    /// none is found (the stage then says where it looked, and commits nothing).
     fn external_inputs(p: &Params) -> Vec<std::path::PathBuf> {
         let VtabSource::Local { path } = &p.source else {
             return Vec::new();
@@ -45,17 +45,9 @@ impl StageKind for DatasetVtab {
         } else {
             p.tasks.clone()
         };
-        let dirs: Vec<std::path::PathBuf> = vtab_specs(&names)
-            .map(|specs| specs.iter().map(|s| path.join(&s.name)).collect::<Vec<_>>())
+        vtab_specs(&names)
+            .map(|specs| local_task_dirs(path, &specs))
             .unwrap_or_default()
-            .into_iter()
-            .filter(|d: &std::path::PathBuf| d.is_dir())
-            .collect();
-        if dirs.is_empty() {
-            vec![path.clone()]
-        } else {
-            dirs
-        }
     }
 
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
