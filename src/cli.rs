@@ -11,6 +11,7 @@ use crate::graph::Graph;
 use crate::stages::Registry;
 // Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
 // no colour (a pipe, a file, NO_COLOR), so redirected output is plain text.
+use crate::config::paths::cli_path;
 use anstream::{eprintln, print, println};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -40,7 +41,7 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     /// Cache directory (default `.idat` in the working directory).
-    #[arg(long, global = true, env = "IDAT_CACHE_DIR")]
+    #[arg(long, global = true, env = "IDAT_CACHE_DIR", value_parser = cli_path)]
     cache_dir: Option<PathBuf>,
 }
 
@@ -48,6 +49,7 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 struct PipelineArgs {
     /// Pipeline file.
+    #[arg(value_parser = cli_path)]
     file: PathBuf,
     /// Override a value: `--set params.lr=0.01`, `--set stages.tune.matrix.seed=[1,2]`.
     #[arg(long = "set", value_name = "PATH=VALUE")]
@@ -74,7 +76,7 @@ struct RunArgs {
     #[arg(long, value_name = "STAGE")]
     force: Vec<String>,
     /// Where run records go.
-    #[arg(long, default_value = "runs")]
+    #[arg(long, default_value = "runs", value_parser = cli_path)]
     runs_dir: PathBuf,
     /// Device handed to stages: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -93,7 +95,7 @@ enum Command {
     Run(RunArgs),
     /// Check pipeline files (schema + semantics); every error with file:line:column.
     Validate {
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = cli_path)]
         files: Vec<PathBuf>,
         #[arg(long = "set", value_name = "PATH=VALUE")]
         set: Vec<String>,
@@ -134,7 +136,7 @@ enum Command {
         #[arg(long)]
         instance: String,
         /// Log file (default: `<cache>/logs/<instance>.log`).
-        #[arg(long)]
+        #[arg(long, value_parser = cli_path)]
         log: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: String,

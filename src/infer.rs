@@ -4,6 +4,7 @@
 //!
 //! Preprocessing is the training one: decode to RGB, bicubic resize to the model's
 //! `img_size`, `(x / 255 - mean) / std` (mean = std = 0.5 unless configured).
+use crate::config::paths::cli_path;
 use crate::data::image::{decode_rgb, resize_bicubic, Normalize};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions};
@@ -384,19 +385,19 @@ pub struct InferArgs {
     #[arg(long)]
     pub model: String,
     /// Backbone weights (timm .safetensors or Google .npz); its `head.*` is used without --adapter.
-    #[arg(long)]
+    #[arg(long, value_parser = cli_path)]
     pub weights: PathBuf,
     /// A training entry's student.safetensors (adapter + head, with `adapter`/`config` metadata).
-    #[arg(long)]
+    #[arg(long, value_parser = cli_path)]
     pub adapter: Option<PathBuf>,
     /// A directory of .jpg/.jpeg/.png images, or a text file listing image paths.
-    #[arg(long, required_unless_present = "tensor", conflicts_with = "tensor")]
+    #[arg(long, required_unless_present = "tensor", conflicts_with = "tensor", value_parser = cli_path)]
     pub images: Option<PathBuf>,
     /// Instead of images: `FILE.safetensors[:NAME]`, a normalised [B,C,H,W] tensor (NAME default `input`).
     #[arg(long, value_name = "FILE[:NAME]")]
     pub tensor: Option<String>,
     /// Output CSV: source, label, logit_0..logit_{C-1}.
-    #[arg(long)]
+    #[arg(long, value_parser = cli_path)]
     pub out: PathBuf,
     /// Number of classes (default: the adapter's or the weights' head).
     #[arg(long)]
@@ -424,7 +425,7 @@ pub fn cmd(a: InferArgs) -> Result<std::process::ExitCode> {
                 _ => (t.as_str(), "input"),
             };
             InferInput::Tensor {
-                file: PathBuf::from(file),
+                file: crate::config::paths::cli_path(file).map_err(anyhow::Error::msg)?,
                 name: name.to_string(),
             }
         }

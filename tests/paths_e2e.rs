@@ -229,3 +229,53 @@ fn a_symlinked_images_folder_is_hashed_by_its_content() {
         "{all}"
     );
 }
+
+#[test]
+fn command_line_paths_expand_the_home_folder_and_never_create_a_tilde_folder() {
+    // `--cache-dir=~/x` reaches the program unexpanded (the shell expands `~` only at the
+    // start of a word), as does `IDAT_CACHE_DIR='~/x'`.
+    let w = Work::new(&[]);
+    let home = w.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = bin(
+            w.path(),
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        c.env("HOME", &home);
+        if let Some(v) = env {
+            c.env("IDAT_CACHE_DIR", v);
+        }
+        c.output().unwrap()
+    };
+    let (out, _) = ok(&run(&["status", "--cache-dir=~/flag-cache"], None));
+    assert!(
+        out.contains(&home.join("flag-cache").display().to_string()),
+        "{out}"
+    );
+    let (out, _) = ok(&run(&["status"], Some("~/env-cache")));
+    assert!(
+        out.contains(&home.join("env-cache").display().to_string()),
+        "{out}"
+    );
+    let o = run(
+        &[
+            "run",
+            &pipeline("paths.yaml"),
+            "-q",
+            "--cache-dir=~/c",
+            "--runs-dir=~/runs",
+            "--set",
+            "params.root=~/nowhere",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        !w.path().join("~").exists(),
+        "no folder named `~` in the working directory"
+    );
+    assert!(home.join("runs").is_dir() || home.join("c").is_dir());
+    let (_, err) = text(&run(&["status", "--cache-dir=~bob/c"], None));
+    assert!(err.contains("only `~` and `~/...`"), "{err}");
+}

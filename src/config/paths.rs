@@ -20,19 +20,35 @@ pub const PATH_FORMAT: &str = "path";
 /// Errors: `~user` forms (only the current user's home is expanded), and `~` when no home
 /// is known.
 pub fn absolute(base: &Path, home: Option<&Path>, p: &str) -> Result<PathBuf, String> {
-    let joined = if p == "~" || p.starts_with("~/") {
+    Ok(normalise(&base.join(expand_home(home, p)?)))
+}
+
+/// `p` with a leading `~` or `~/` replaced by `home`; other paths unchanged (relative ones
+/// stay relative). Errors: `~user`, and `~` when no home is known.
+pub fn expand_home(home: Option<&Path>, p: &str) -> Result<PathBuf, String> {
+    if p == "~" || p.starts_with("~/") {
         let home = home.ok_or_else(|| {
             format!("`{p}` starts with `~` but HOME is not set: give an absolute path")
         })?;
-        home.join(p.trim_start_matches('~').trim_start_matches('/'))
+        Ok(home.join(p.trim_start_matches('~').trim_start_matches('/')))
     } else if p.starts_with('~') {
-        return Err(format!(
+        Err(format!(
             "`{p}`: only `~` and `~/...` (your own home) are expanded; give an absolute path"
-        ));
+        ))
     } else {
-        base.join(p)
-    };
-    Ok(normalise(&joined))
+        Ok(PathBuf::from(p))
+    }
+}
+
+/// The value parser of every path argument and path variable of the command line
+/// (`--cache-dir`, `IDAT_CACHE_DIR`, `--runs-dir`, `infer --weights`, ...): `~` expanded
+/// as in pipelines, so `--cache-dir=~/x` (where the shell does not expand it) never makes
+/// a folder named `~`; relative paths stay relative to the working directory.
+pub fn cli_path(s: &str) -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    expand_home(home.as_deref(), s)
 }
 
 /// Lexical normalisation of an absolute path: `.` removed, `x/..` collapsed.
@@ -226,6 +242,10 @@ mod tests {
         assert!(e.contains("only `~` and `~/...`"), "{e}");
         let e = absolute(Path::new("/w"), None, "~/x").unwrap_err();
         assert!(e.contains("HOME is not set"), "{e}");
+        let h = Some(Path::new("/home/ann"));
+        assert_eq!(expand_home(h, "~/c").unwrap(), Path::new("/home/ann/c"));
+        assert_eq!(expand_home(h, "rel/x").unwrap(), Path::new("rel/x"));
+        assert_eq!(expand_home(h, "a/~/b").unwrap(), Path::new("a/~/b"));
     }
 
     #[test]
