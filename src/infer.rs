@@ -181,6 +181,50 @@ fn head_classes(t: &BTreeMap<String, Tensor>) -> Option<usize> {
     t.get("head.weight").map(|w| w.dims()[0])
 }
 
+/// Whether the checkpoint's own head can give this model's logits: it must exist with
+/// `classes` rows, must not read a representation layer the model lacks (`pre_logits`,
+/// dropped on load: its logits would be computed on the wrong features), and must not be
+/// all zeros (the original ImageNet-21K release ships its head zeroed: every image would
+/// get label 0). Each refusal says what to pass instead.
+fn check_usable_head(
+    weights: &Path,
+    head: &BTreeMap<String, Tensor>,
+    classes: usize,
+    had_pre_logits: bool,
+) -> Result<()> {
+    let w = weights.display();
+    match head_classes(head) {
+        Some(c) if c == classes => {}
+        Some(c) => bail!(
+            "{w}: its head has {c} classes, not {classes}, and there is no --adapter \
+             checkpoint: the classifier would be random (pass --num-classes {c}, or --adapter)"
+        ),
+        None => bail!("{w}: no head and no --adapter checkpoint: the classifier would be random"),
+    }
+    if had_pre_logits {
+        bail!(
+            "{w}: its head reads the output of a pre-logits (representation) layer, which \
+             ViT models here do not have (timm drops it too): logits computed with this head \
+             would be wrong. Pass --adapter with a trained student (a training entry's \
+             student.safetensors) instead"
+        );
+    }
+    let zero = head
+        .values()
+        .map(|t| Ok(t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0))
+        .collect::<Result<Vec<bool>>>()?
+        .into_iter()
+        .all(|z| z);
+    if zero {
+        bail!(
+            "{w}: its head is all zeros (the original ImageNet-21K release ships its head \
+             zeroed): every image would get label 0. Pass --adapter with a trained student \
+             instead"
+        );
+    }
+    Ok(())
+}
+
 /// Builds the model (backbone, head, adapter) described by `opts`.
 pub fn build_model(opts: &InferOptions) -> Result<Vit> {
     let mut cfg = resolve_model(&opts.model)?;
@@ -259,13 +303,7 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
     let values = match trained {
         Some(t) => t,
         None => {
-            if head_classes(&head) != Some(classes) {
-                bail!(
-                    "{}: no head with {classes} classes and no --adapter checkpoint: the \
-                     classifier would be random",
-                    opts.weights.display()
-                );
-            }
+            check_usable_head(&opts.weights, &head, classes, loaded.had_pre_logits)?;
             head
         }
     };

@@ -3,7 +3,7 @@
 mod nn_util;
 
 use assert_cmd::Command;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize};
 use idat_pipe::nn::adapters::{AdapterConfig, SeqAdapterConfig};
 use idat_pipe::nn::checkpoint::save_tensors;
@@ -434,24 +434,66 @@ fn google_npz_head_is_used_and_gives_the_safetensors_logits() {
             );
         }
     }
-    // The optimizer-wrapped f16 file with pre_logits loads too (f16-rounded weights),
-    // saying what it dropped; so does the big_vision layout.
-    for f in ["tiny_vit_opt_target_f16.npz", "tiny_vit_big_vision_f16.npz"] {
-        let (got, err) = infer_tensor(dir.path(), &ckpt_fixture(f), true);
-        assert_eq!(got.len(), 4, "{f}");
-        for (g, w) in got.iter().zip(&want) {
-            for (a, b) in g.2.iter().zip(&w.2) {
-                assert!(
-                    (a - b).abs() <= 0.05 * (1.0 + b.abs()),
-                    "{f} {}: {a} vs {b}",
-                    g.0
-                );
-            }
-        }
-        if f.contains("opt_target") {
-            assert!(err.contains("pre-logits"), "{err}");
+    // The big_vision layout gives the same logits (f16-rounded weights).
+    let f = "tiny_vit_big_vision_f16.npz";
+    let (got, _) = infer_tensor(dir.path(), &ckpt_fixture(f), true);
+    assert_eq!(got.len(), 4, "{f}");
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.2.iter().zip(&w.2) {
+            assert!(
+                (a - b).abs() <= 0.05 * (1.0 + b.abs()),
+                "{f} {}: {a} vs {b}",
+                g.0
+            );
         }
     }
+    // The optimizer-wrapped file carries a pre-logits layer: its head reads that layer's
+    // output, which the model does not have, so its head is refused (the backbone alone
+    // loads, with a note, for training: tests/numerics_checkpoint.rs).
+    let (_, err) = infer_tensor(
+        dir.path(),
+        &ckpt_fixture("tiny_vit_opt_target_f16.npz"),
+        false,
+    );
+    assert!(
+        err.contains("pre-logits (representation) layer") && err.contains("--adapter"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_head_that_cannot_give_the_logits_is_refused_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = idat_pipe::nn::checkpoint::load_tensors(
+        &ckpt_fixture("tiny_vit.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let write = |name: &str, m: &BTreeMap<String, Tensor>| {
+        let p = dir.path().join(name);
+        save_tensors(&p, m, &BTreeMap::new()).unwrap();
+        p
+    };
+    // The original ImageNet-21K release ships its head zeroed: all logits 0, label 0.
+    let mut zero = m.clone();
+    for k in ["head.weight", "head.bias"] {
+        zero.insert(k.into(), m[k].zeros_like().unwrap());
+    }
+    let (_, err) = infer_tensor(dir.path(), &write("zero.safetensors", &zero), false);
+    assert!(err.contains("head is all zeros"), "{err}");
+    // An old-timm representation layer before the head (pre_logits.fc.*).
+    let mut pre = m.clone();
+    let d = m["head.weight"].dims()[1];
+    pre.insert(
+        "pre_logits.fc.weight".into(),
+        Tensor::ones((d, d), DType::F32, &Device::Cpu).unwrap(),
+    );
+    pre.insert(
+        "pre_logits.fc.bias".into(),
+        Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let (_, err) = infer_tensor(dir.path(), &write("pre.safetensors", &pre), false);
+    assert!(err.contains("pre-logits (representation) layer"), "{err}");
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct Converted {
     pub sources: BTreeMap<String, Vec<String>>,
     /// What was set aside (optimizer entries outside the prefix, `pre_logits/*`).
     pub notes: Vec<String>,
+    /// The file had a representation layer (`pre_logits/*`, dropped): its head reads that
+    /// layer's output, not the features.
+    pub had_pre_logits: bool,
 }
 
 /// Keys of the Google layouts with which a prefix is probed (as timm does).
@@ -222,6 +225,7 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         unused,
         sources,
         notes,
+        had_pre_logits: !pre_logits.is_empty(),
     })
 }
 

@@ -65,6 +65,10 @@ pub struct LoadedWeights {
     pub extra: BTreeMap<String, Tensor>,
     /// What was adapted or tolerated (resampling, stripped prefixes, ignored/dropped/missing tensors).
     pub notes: Vec<String>,
+    /// The checkpoint had a representation layer before its head (`pre_logits`, dropped as
+    /// timm drops it): a head passed through in [`Self::extra`] reads that layer's output,
+    /// so it cannot be used on the features.
+    pub had_pre_logits: bool,
 }
 
 /// Counts of non-finite values in one float tensor.
@@ -179,7 +183,8 @@ fn fmt_shape(s: &[usize]) -> String {
 /// Reads a Google `.npz` and converts it to timm names. Non-float entries and
 /// optimizer entries are set aside with notes; any non-finite float array is an
 /// error naming the file's key and the timm tensor made from it.
-fn read_google_npz(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
+/// The arrays under timm names, the notes, and whether a `pre_logits` layer was dropped.
+fn read_google_npz(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>, bool)> {
     let contents = npz::read(path)?;
     let mut notes = Vec::new();
     if !contents.skipped.is_empty() {
@@ -241,7 +246,7 @@ fn read_google_npz(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>
     for (k, v) in conv.unused {
         all.insert(k, v);
     }
-    Ok((all, notes))
+    Ok((all, notes, conv.had_pre_logits))
 }
 
 /// Reads a safetensors file for [`load_backbone`]: tensors that are not floats and
@@ -352,8 +357,11 @@ pub fn load_backbone(
     opts: &LoadOptions,
     device: &Device,
 ) -> Result<LoadedWeights> {
-    let (mut found, mut notes) = match sniff(path)? {
-        Format::Safetensors => read_timm_safetensors(path, expected)?,
+    let (mut found, mut notes, npz_pre_logits) = match sniff(path)? {
+        Format::Safetensors => {
+            let (found, notes) = read_timm_safetensors(path, expected)?;
+            (found, notes, false)
+        }
         Format::Npz => read_google_npz(path)?,
     };
     if let Some(prefix) = detect_prefix(&found, expected) {
@@ -383,6 +391,10 @@ pub fn load_backbone(
             );
         }
     }
+    let had_pre_logits = npz_pre_logits
+        || found
+            .keys()
+            .any(|k| k.starts_with("pre_logits.") && !expected.iter().any(|(n, _)| n == k));
     let (tensors, extra, notes) = match_expected(found, expected, opts, notes)
         .with_context(|| format!("checkpoint {} does not match the model", path.display()))?;
     let to_f32 = |map: BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
@@ -419,6 +431,7 @@ pub fn load_backbone(
         tensors: to_f32(tensors)?,
         extra: to_f32(extra)?,
         notes,
+        had_pre_logits,
     })
 }
 
