@@ -355,23 +355,18 @@ fn clip8(v: i64) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes 8-bit RGB to `width x height` exactly as PIL's `Image.resize(size, BICUBIC)`:
-/// separable convolution (horizontal pass, then vertical), kernel support widened by the
-/// downscale factor (antialias), 8-bit fixed-point weights and rounding, u8 intermediate.
-pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (iw, ih) = (img.width() as usize, img.height() as usize);
-    let (ow, oh) = (width as usize, height as usize);
-    let src = img.as_raw();
+/// One separable pass over interleaved 8-bit RGB `src` of `w x h` pixels along one axis
+/// (`horizontal`: each row from `w` to `out` pixels; else each column from `h` to `out`),
+/// with PIL's fixed-point weights, rounding and u8 clipping (`ImagingResampleHorizontal_8bpc`
+/// / `ImagingResampleVertical_8bpc`). Returns the new buffer.
+fn resample_pass(src: &[u8], w: usize, h: usize, out: usize, horizontal: bool) -> Vec<u8> {
     let round = 1i64 << (PRECISION_BITS - 1);
-    // Horizontal pass: ih rows of ow pixels.
-    let horiz: Vec<u8> = if ow == iw {
-        src.clone()
-    } else {
-        let c = coeffs(iw, ow);
-        let mut out = vec![0u8; ih * ow * 3];
-        for y in 0..ih {
-            let row = &src[y * iw * 3..(y + 1) * iw * 3];
-            for x in 0..ow {
+    if horizontal {
+        let c = coeffs(w, out);
+        let mut dst = vec![0u8; h * out * 3];
+        for y in 0..h {
+            let row = &src[y * w * 3..(y + 1) * w * 3];
+            for x in 0..out {
                 let (xmin, n) = c.bounds[x];
                 let k = &c.weights[x];
                 let mut acc = [round; 3];
@@ -382,30 +377,62 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
                     }
                 }
                 for ch in 0..3 {
-                    out[(y * ow + x) * 3 + ch] = clip8(acc[ch]);
+                    dst[(y * out + x) * 3 + ch] = clip8(acc[ch]);
                 }
             }
         }
-        out
-    };
-    // Vertical pass: oh rows of ow pixels.
-    let data = if oh == ih {
-        horiz
+        dst
     } else {
-        let c = coeffs(ih, oh);
-        let mut out = vec![0u8; oh * ow * 3];
-        for y in 0..oh {
+        let c = coeffs(h, out);
+        let mut dst = vec![0u8; out * w * 3];
+        for y in 0..out {
             let (ymin, n) = c.bounds[y];
             let k = &c.weights[y];
-            for x in 0..ow * 3 {
+            for x in 0..w * 3 {
                 let mut acc = round;
                 for i in 0..n {
-                    acc += horiz[(ymin + i) * ow * 3 + x] as i64 * k[i] as i64;
+                    acc += src[(ymin + i) * w * 3 + x] as i64 * k[i] as i64;
                 }
-                out[y * ow * 3 + x] = clip8(acc);
+                dst[y * w * 3 + x] = clip8(acc);
             }
         }
-        out
+        dst
+    }
+}
+
+/// Whether Pillow runs the vertical pass before the horizontal one for `iw x ih` to
+/// `ow x oh` (both passes needed): when the image shrinks vertically and
+/// `2 * (iw - ow) < ih - oh`. The passes round to 8 bits in between, so the order changes
+/// pixels (up to 14 levels). Measured against Pillow 13.0.0's `Image.resize(.., BICUBIC)`
+/// over every shape pair in 1..90 for several targets (scripts/pil_resize_grid.py keeps a
+/// grid of them as fixtures).
+fn vertical_first(iw: usize, ih: usize, ow: usize, oh: usize) -> bool {
+    ih > oh && 2 * (iw as i64 - ow as i64) < (ih - oh) as i64
+}
+
+/// Resizes 8-bit RGB (`width x height` pixels out) exactly as PIL's
+/// `Image.resize((width, height), BICUBIC)` (Pillow 13): separable convolution, kernel
+/// support widened by the downscale factor (antialias), 8-bit fixed-point weights and
+/// rounding, u8 intermediate; an axis whose size does not change is not resampled; the pass
+/// order is Pillow's (see [`vertical_first`]). Gray images are resized as their RGB
+/// conversion (equal to PIL's mode `L` resize, converted). Panics only if a size is 0.
+pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let (ow, oh) = (width as usize, height as usize);
+    let src = img.as_raw();
+    let (need_h, need_v) = (ow != iw, oh != ih);
+    let data = match (need_h, need_v) {
+        (false, false) => src.clone(),
+        (true, false) => resample_pass(src, iw, ih, ow, true),
+        (false, true) => resample_pass(src, iw, ih, oh, false),
+        (true, true) if vertical_first(iw, ih, ow, oh) => {
+            let tmp = resample_pass(src, iw, ih, oh, false);
+            resample_pass(&tmp, iw, oh, ow, true)
+        }
+        (true, true) => {
+            let tmp = resample_pass(src, iw, ih, ow, true);
+            resample_pass(&tmp, ow, ih, oh, false)
+        }
     };
     RgbImage::from_raw(width, height, data).expect("buffer size matches dimensions")
 }
