@@ -100,6 +100,80 @@ fn png_chunks_complete(bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// A PNG decoder error as plain text: `corrupt PNG: CRC mismatch in IDAT chunk (stored
+/// 0x.., computed 0x..)`, `corrupt PNG: corrupt deflate stream (invalid block type)`,
+/// `unsupported PNG: ..`, `PNG exceeds the decoder limits: ..`. The `png` crate writes chunk
+/// types and some causes as Rust debug structs; those become their plain names.
+fn png_error(e: image::ImageError) -> anyhow::Error {
+    use image::ImageError as E;
+    let inner = |e: &E| {
+        std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string())
+    };
+    let text = match &e {
+        E::Decoding(_) | E::IoError(_) | E::Parameter(_) => {
+            format!("corrupt PNG: {}", plain_png_text(&inner(&e)))
+        }
+        E::Unsupported(_) => format!("unsupported PNG: {}", plain_png_text(&e.to_string())),
+        E::Limits(_) => format!(
+            "PNG exceeds the decoder limits ({}): expected at most {MAX_IMAGE_SIDE} pixels a side",
+            plain_png_text(&e.to_string())
+        ),
+        E::Encoding(_) => format!("PNG error: {}", plain_png_text(&e.to_string())),
+    };
+    anyhow::anyhow!(text)
+}
+
+/// Rewrites the `png` crate's messages as plain text: `ChunkType { type: IDAT, .. }` becomes
+/// `IDAT`, its CRC message becomes `CRC mismatch in <chunk> chunk (stored .., computed ..)`,
+/// a deflate error's `CamelCase` cause becomes words, and the first letter is lower-cased.
+fn plain_png_text(msg: &str) -> String {
+    // Chunk types.
+    let mut s = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("ChunkType {") {
+        s.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let end = after.find('}').map(|j| j + 1).unwrap_or(after.len());
+        let name = after[..end]
+            .split_once("type: ")
+            .and_then(|(_, t)| t.split(',').next())
+            .unwrap_or("?")
+            .trim();
+        s.push_str(name);
+        rest = &after[end..];
+    }
+    s.push_str(rest);
+    // CRC: "CRC error: expected 0x1 have 0x2 while decoding IDAT chunk."
+    if let Some(r) = s.strip_prefix("CRC error: expected ") {
+        let words: Vec<&str> = r.split_whitespace().collect();
+        if let [stored, "have", computed, "while", "decoding", chunk, ..] = words.as_slice() {
+            return format!(
+                "CRC mismatch in {chunk} chunk (stored {stored}, computed {computed}): the file \
+                 is damaged"
+            );
+        }
+    }
+    // Deflate: "Corrupt deflate stream. InvalidBlockType"
+    if let Some(cause) = s.strip_prefix("Corrupt deflate stream. ") {
+        let mut words = String::new();
+        for c in cause.chars() {
+            if c.is_ascii_uppercase() && !words.is_empty() {
+                words.push(' ');
+            }
+            words.push(c.to_ascii_lowercase());
+        }
+        return format!("corrupt deflate stream ({words}): the file is damaged");
+    }
+    let s = s.trim_end_matches('.').to_string();
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => s,
+    }
+}
+
 fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
     png_chunks_complete(bytes)?;
     let mut reader =
@@ -108,14 +182,12 @@ fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits.clone());
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (w, h) = reader.into_dimensions().map_err(png_error)?;
     check_size(w as u64, h as u64)?;
     let mut reader =
         image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let img = reader.decode().map_err(png_error)?;
     // Gray (color type 0) stays gray in PIL even when a tRNS chunk made it gray+alpha here.
     let gray = bytes.get(25) == Some(&0);
     let clip = |v: u16| v.min(255) as u8;
