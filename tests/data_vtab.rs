@@ -720,3 +720,88 @@ fn the_same_file_through_a_link_is_a_duplicate() {
     std::fs::copy(t.join("train800/000000.jpg"), t.join("test/000000.jpg")).unwrap();
     read_task(d.path(), &spec("toy", 3), &SPLITS).unwrap();
 }
+
+/// A list line spelled in NFD for a file stored NFC (or the reverse, or a folder so
+/// spelled) is still an error (PIL would not open it either) that names both spellings.
+#[test]
+fn a_name_differing_only_by_unicode_normalisation_is_named_in_the_error() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let t = d.path().join("toy");
+    let nfc = "caf\u{e9}.png";
+    let nfd = "cafe\u{301}.png";
+    for (on_disk, listed, disk_form, list_form) in [
+        (nfc, nfd, "NFC, composed", "NFD, decomposed"),
+        (nfd, nfc, "NFD, decomposed", "NFC, composed"),
+    ] {
+        let _ = std::fs::remove_file(t.join("images/val200").join(nfc));
+        let _ = std::fs::remove_file(t.join("images/val200").join(nfd));
+        std::fs::copy(
+            t.join("images/val200/000001.png"),
+            t.join("images/val200").join(on_disk),
+        )
+        .unwrap();
+        write_list(
+            d.path(),
+            "toy",
+            "val200",
+            &format!("images/val200/000000.jpg 0\nimages/val200/{listed} 1\n"),
+        );
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+        let esc = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii() {
+                        c.to_string()
+                    } else {
+                        format!("\\u{{{:x}}}", c as u32)
+                    }
+                })
+                .collect::<String>()
+        };
+        assert!(
+            e.contains("toy/val200.txt:2: image ")
+                && e.contains("listed but not readable")
+                && e.contains(&format!(
+                    "the list spells the name `{}` ({list_form})",
+                    esc(listed)
+                ))
+                && e.contains(&format!(
+                    "the folder holds `{}` ({disk_form})",
+                    esc(on_disk)
+                )),
+            "{e}"
+        );
+    }
+    // A folder spelled the other way.
+    let folder = "r\u{e9}sum\u{e9}";
+    std::fs::create_dir_all(t.join("images").join(folder)).unwrap();
+    std::fs::copy(
+        t.join("images/val200/000001.png"),
+        t.join("images").join(folder).join("a.png"),
+    )
+    .unwrap();
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\nimages/re\u{301}sume\u{301}/a.png 1\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("the folder holds `r\\u{e9}sum\\u{e9}` (NFC, composed)"),
+        "{e}"
+    );
+    // No such note for a plainly missing file.
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\nimages/val200/nope.png 1\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("listed but not readable") && !e.contains("normalisation"),
+        "{e}"
+    );
+}

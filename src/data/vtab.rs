@@ -894,17 +894,78 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
     })
 }
 
+/// `s` with every non-ASCII character written as a Rust escape (`caf\u{e9}`), so two
+/// Unicode spellings of one name can be told apart.
+fn escape_non_ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c.to_string()
+            } else {
+                format!("\\u{{{:x}}}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// For a listed path `rel` (under `dir`) that cannot be opened: a note naming a file or
+/// folder on disk whose name differs from the listed one only by Unicode normalisation
+/// (NFC `é` vs NFD `e` + U+0301, as macOS writes names), both spellings escaped; empty
+/// when there is none. Such a file is NOT opened in its place (PIL would not open it either).
+fn normalization_note(dir: &Path, rel: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut at = dir.to_path_buf();
+    for part in rel.split('/') {
+        let next = at.join(part);
+        if std::fs::symlink_metadata(&next).is_ok() {
+            at = next;
+            continue;
+        }
+        let want: String = part.nfc().collect();
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            return String::new();
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name != part && name.nfc().collect::<String>() == want {
+                let form = |s: &str| {
+                    if unicode_normalization::is_nfc(s) {
+                        "NFC, composed"
+                    } else if unicode_normalization::is_nfd(s) {
+                        "NFD, decomposed"
+                    } else {
+                        "mixed"
+                    }
+                };
+                return format!(
+                    " [the list spells the name `{}` ({}) but the folder holds `{}` ({}): the \
+                     same text under Unicode normalisation, different bytes; write the list \
+                     line as the file is named, e.g. normalise the list or the file names to NFC]",
+                    escape_non_ascii(part),
+                    form(part),
+                    escape_non_ascii(name),
+                    form(name)
+                );
+            }
+        }
+        return String::new();
+    }
+    String::new()
+}
+
 /// Hashes one listed file (blake3 of its bytes) and notes whether it is a 16-bit PNG.
 fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     let p = dir.join(&e.path);
     let shown = || escape_invisible(&p.display().to_string());
     let mut f = std::fs::File::open(&p).map_err(|err| {
         anyhow::anyhow!(
-            "{}:{}: image {} listed but not readable ({err}): expected an image file{}",
+            "{}:{}: image {} listed but not readable ({err}): expected an image file{}{}",
             list_file.display(),
             e.line,
             shown(),
-            invisible_note(&e.path)
+            invisible_note(&e.path),
+            normalization_note(dir, &e.path)
         )
     })?;
     let meta = f.metadata().ok();
