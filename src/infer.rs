@@ -101,7 +101,10 @@ fn validate_arch(cfg: &VitConfig) -> Result<()> {
 
 /// The image files of `--images`: a directory (its jpg/jpeg/png files, sorted by name)
 /// or a text file with one path per line (relative to the list's folder; blank lines and
-/// `#` comments skipped).
+/// `#` comments skipped). A VTAB/NOAH list (`<path> <label>` per line, e.g. a task's
+/// `test.txt`) is read too: when the whole line names no file but the line ends in a
+/// non-negative integer label, the path before it is taken and the label ignored.
+/// Errors: a listed image missing (naming list file, line and the paths tried).
 pub fn list_images(spec: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(spec)
         .with_context(|| format!("--images {}: no such file or directory", spec.display()))?;
@@ -130,15 +133,35 @@ pub fn list_images(spec: &Path) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let p = base.join(line);
-            if !p.is_file() {
-                bail!(
-                    "{}:{}: image `{line}` not found (looked at {})",
+            if p.is_file() {
+                v.push(p);
+                continue;
+            }
+            // A VTAB/NOAH list line `<path> <label>`: the path, the label ignored.
+            let labelled = line
+                .rsplit_once(char::is_whitespace)
+                .filter(|(_, label)| label.parse::<u32>().is_ok())
+                .map(|(path, _)| base.join(path.trim_end()));
+            match labelled {
+                Some(q) if q.is_file() => v.push(q),
+                Some(q) => bail!(
+                    "{}:{}: image `{}` not found (read as a `<path> <label>` list line; looked \
+                     at {} and {})",
+                    spec.display(),
+                    i + 1,
+                    line.rsplit_once(char::is_whitespace)
+                        .map_or(line, |(a, _)| a.trim_end()),
+                    q.display(),
+                    p.display()
+                ),
+                None => bail!(
+                    "{}:{}: image `{line}` not found (looked at {}): expected one image path per \
+                     line, or `<path> <label>` as in a VTAB list, relative to the list's folder",
                     spec.display(),
                     i + 1,
                     p.display()
-                );
+                ),
             }
-            v.push(p);
         }
         v
     };
@@ -428,7 +451,8 @@ pub struct InferArgs {
     /// A training entry's student.safetensors (adapter + head, with `adapter`/`config` metadata).
     #[arg(long, value_parser = cli_path)]
     pub adapter: Option<PathBuf>,
-    /// A directory of .jpg/.jpeg/.png images, or a text file listing image paths.
+    /// A directory of .jpg/.jpeg/.png images, or a text file listing image paths (one per
+    /// line, or `<path> <label>` as in a VTAB list; relative to the list's folder).
     #[arg(long, required_unless_present = "tensor", conflicts_with = "tensor", value_parser = cli_path)]
     pub images: Option<PathBuf>,
     /// Instead of images: `FILE.safetensors[:NAME]`, a normalised [B,C,H,W] tensor (NAME default `input`).

@@ -321,3 +321,143 @@ fn a_png_truncated_in_idat_or_without_iend_is_refused() {
         assert!(err.contains(name) && err.contains(what), "{name}: {err}");
     }
 }
+
+/// The synthetic source of scripts/pil_resize_grid.py: pixel (y, x, c) is the high byte of
+/// `(x * 7919 + y * 104729 + c * 1299709 + 12345) * 2654435761 mod 2^32`; gray when
+/// `channels == 1` (replicated to RGB, as PIL's `convert("RGB")`).
+fn grid_source(h: u32, w: u32, channels: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let v = |c: u64| {
+            let t = (x as u64 * 7919 + y as u64 * 104729 + c * 1299709 + 12345)
+                .wrapping_mul(2654435761)
+                & 0xFFFF_FFFF;
+            (t >> 24) as u8
+        };
+        if channels == 1 {
+            image::Rgb([v(0); 3])
+        } else {
+            image::Rgb([v(0), v(1), v(2)])
+        }
+    })
+}
+
+/// Every shape pair of the grid (down, up and equal in each axis, 1-pixel sides, odd targets,
+/// both sides of Pillow's pass-order switch, a few 224 targets; RGB and gray) against
+/// Pillow 13's `Image.resize(.., BICUBIC)`: bit-exact.
+#[test]
+fn resize_matches_pil_exactly_over_a_grid_of_shapes() {
+    let dir = fixture("resize_grid");
+    let mut n = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        // <h>x<w>_to_<oh>x<ow>_<mode>
+        let parts: Vec<&str> = name.split('_').collect();
+        let dims = |s: &str| -> (u32, u32) {
+            let (a, b) = s.split_once('x').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        };
+        let ((h, w), (oh, ow)) = (dims(parts[0]), dims(parts[2]));
+        let channels = if parts[3] == "l" { 1 } else { 3 };
+        let want = decode_rgb(&path).unwrap();
+        assert_eq!(want.dimensions(), (ow, oh), "{name}");
+        let got = resize_bicubic(&grid_source(h, w, channels), ow, oh);
+        let (_, max) = diff(&got, &want);
+        if max != 0 {
+            failures.push(format!("{name}: max diff {max}"));
+        }
+        n += 1;
+    }
+    assert!(n >= 150, "only {n} fixtures in {}", dir.display());
+    assert!(failures.is_empty(), "not bit-exact: {failures:?}");
+}
+
+/// CRC-32 of PNG chunks (type + data).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// (offset of the chunk's length field, data length) of the first chunk `kind`.
+fn find_chunk(png: &[u8], kind: &[u8; 4]) -> (usize, usize) {
+    let mut pos = 8;
+    loop {
+        let n = u32::from_be_bytes(png[pos..pos + 4].try_into().unwrap()) as usize;
+        if &png[pos + 4..pos + 8] == kind {
+            return (pos, n);
+        }
+        pos += 12 + n;
+    }
+}
+
+/// Every PNG decode error reads as plain text naming the file: no Rust debug structs.
+#[test]
+fn png_decode_errors_are_plain_text_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("rgb64x48.png")).unwrap();
+    let plain = |err: &str| {
+        for bad in ["ChunkType", "critical:", "{", "}", "Format error"] {
+            assert!(!err.contains(bad), "debug text `{bad}` in: {err}");
+        }
+    };
+    for kind in [b"IDAT", b"IHDR"] {
+        let mut png = good.clone();
+        let (pos, n) = find_chunk(&png, kind);
+        png[pos + 8 + n] ^= 0xFF; // first CRC byte
+        let f = dir
+            .path()
+            .join(format!("crc_{}.png", std::str::from_utf8(kind).unwrap()));
+        std::fs::write(&f, &png).unwrap();
+        let err = must_fail(decode_rgb(&f));
+        let want = format!(
+            "corrupt PNG: CRC mismatch in {} chunk",
+            std::str::from_utf8(kind).unwrap()
+        );
+        assert!(
+            err.contains(&want) && err.contains(f.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        plain(&err);
+    }
+    // Damaged deflate data with a correct CRC: the zlib header of IDAT.
+    let mut png = good.clone();
+    let (pos, n) = find_chunk(&png, b"IDAT");
+    png[pos + 8] = 0x00;
+    png[pos + 9] = 0x00;
+    let crc = crc32(&png[pos + 4..pos + 8 + n]);
+    png[pos + 8 + n..pos + 12 + n].copy_from_slice(&crc.to_be_bytes());
+    let f = dir.path().join("deflate.png");
+    std::fs::write(&f, &png).unwrap();
+    let err = must_fail(decode_rgb(&f));
+    assert!(
+        err.contains("deflate.png")
+            && err.contains("corrupt PNG: corrupt deflate stream (bad zlib header)"),
+        "{err}"
+    );
+    plain(&err);
+    // A bad colour type in IHDR (CRC fixed): plain words too.
+    let mut png = good.clone();
+    let (pos, n) = find_chunk(&png, b"IHDR");
+    png[pos + 8 + 9] = 5;
+    let crc = crc32(&png[pos + 4..pos + 8 + n]);
+    png[pos + 8 + n..pos + 12 + n].copy_from_slice(&crc.to_be_bytes());
+    let f = dir.path().join("colortype.png");
+    std::fs::write(&f, &png).unwrap();
+    let err = must_fail(decode_rgb(&f));
+    assert!(
+        err.contains("colortype.png") && err.contains("corrupt PNG: invalid color type 5"),
+        "{err}"
+    );
+    plain(&err);
+}

@@ -558,3 +558,250 @@ fn sixteen_bit_pngs_are_counted_and_old_manifests_still_load() {
     assert_eq!(back.task("toy").unwrap().checks, Default::default());
     assert!(back.warnings().is_empty());
 }
+
+/// `images/x.png 3 7` is an extra column, not a file `images/x.png 3`; names with spaces
+/// (even ending in a number, when that file exists) still read whole.
+#[test]
+fn an_extra_column_after_the_label_is_a_malformed_line() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let dir = d.path().join("toy/images/val200");
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\nimages/val200/000001.png 2 7\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("toy/val200.txt:2: malformed list line `images/val200/000001.png 2 7`: an extra column (3 columns")
+            && e.contains("expected `<path> <label>`"),
+        "{e}"
+    );
+    // Decimal extra columns too.
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0.5 1\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("toy/val200.txt:1: malformed list line") && e.contains("extra column"),
+        "{e}"
+    );
+    // Names with spaces work, also one whose last word is a number when it exists.
+    std::fs::copy(dir.join("000000.jpg"), dir.join("my pic.jpg")).unwrap();
+    std::fs::copy(dir.join("000001.png"), dir.join("take 2")).unwrap();
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/my pic.jpg 0\nimages/val200/take 2 1\n",
+    );
+    let t = read_task(d.path(), &spec("toy", 3), &["val200"]).unwrap();
+    let got: Vec<(&str, u32)> = t
+        .split("val200")
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.label))
+        .collect();
+    assert_eq!(
+        got,
+        [("images/val200/my pic.jpg", 0), ("images/val200/take 2", 1)]
+    );
+}
+
+/// A set of identical bytes with several training images before the test one still shows
+/// the test image and a training image in its example (warning and dataset.json).
+#[test]
+fn test_train_identical_examples_show_the_test_image() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let img = |p: &str| d.path().join("toy").join(p);
+    for p in [
+        "images/train800/000002.jpg",
+        "images/val200/000000.jpg",
+        "images/val200/000001.png",
+        "images/test/000004.jpg",
+    ] {
+        std::fs::copy(img("images/train800/000000.jpg"), img(p)).unwrap();
+    }
+    // train800 lists 000002.jpg? No: it lists 000002.png; rewrite that line to the copy.
+    let t8 = std::fs::read_to_string(img("train800.txt")).unwrap();
+    let t8 = t8.replace("images/train800/000002.png", "images/train800/000002.jpg");
+    std::fs::write(img("train800.txt"), &t8).unwrap();
+    let tv = std::fs::read_to_string(img("train800val200.txt")).unwrap();
+    std::fs::write(
+        img("train800val200.txt"),
+        tv.replace("images/train800/000002.png", "images/train800/000002.jpg"),
+    )
+    .unwrap();
+    let splits: Vec<String> = SPLITS.iter().map(|s| s.to_string()).collect();
+    let m = validate(d.path(), &[spec("toy", 3)], &splits).unwrap();
+    let c = &m.task("toy").unwrap().checks;
+    assert_eq!(
+        (
+            c.test_train_identical_content.groups,
+            c.test_train_identical_content.files
+        ),
+        (1, 5)
+    );
+    let ex = &c.test_train_identical_content.examples[0];
+    assert_eq!(ex[0], "`images/test/000004.jpg` (toy/test.txt:5)", "{ex:?}");
+    assert_eq!(
+        ex[1], "`images/train800/000000.jpg` (toy/train800.txt:1)",
+        "{ex:?}"
+    );
+    let w = m.warnings().join("\n");
+    assert!(
+        w.contains("`images/test/000004.jpg` (toy/test.txt:5) = `images/train800/000000.jpg` (toy/train800.txt:1)"),
+        "{w}"
+    );
+    let f = d.path().join("dataset.json");
+    m.save(&f).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+    assert_eq!(
+        json["tasks"][0]["checks"]["test_train_identical_content"]["examples"][0][0],
+        "`images/test/000004.jpg` (toy/test.txt:5)"
+    );
+}
+
+/// The same file on disk (symlink or hard link: same device and inode) under two list
+/// paths is the error a same-path duplicate is.
+#[cfg(unix)]
+#[test]
+fn the_same_file_through_a_link_is_a_duplicate() {
+    let fresh = || {
+        let d = tempfile::tempdir().unwrap();
+        write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+        d
+    };
+    // Test image a symlink to a train800 image.
+    let d = fresh();
+    let t = d.path().join("toy/images");
+    std::fs::remove_file(t.join("test/000000.jpg")).unwrap();
+    std::os::unix::fs::symlink("../train800/000000.jpg", t.join("test/000000.jpg")).unwrap();
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &SPLITS));
+    assert!(
+        e.contains("toy/train800.txt:1 and ")
+            && e.contains("toy/test.txt:1: `images/train800/000000.jpg` and `images/test/000000.jpg` are the same file on disk")
+            && e.contains("expected test images apart from train800"),
+        "{e}"
+    );
+    // Test image a hard link to a val200 image.
+    let d = fresh();
+    let t = d.path().join("toy/images");
+    std::fs::remove_file(t.join("test/000001.png")).unwrap();
+    std::fs::hard_link(t.join("val200/000001.png"), t.join("test/000001.png")).unwrap();
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200", "test"]));
+    assert!(
+        e.contains("toy/val200.txt:2 and ")
+            && e.contains("toy/test.txt:2: ")
+            && e.contains("same file on disk"),
+        "{e}"
+    );
+    // The same file twice in one split.
+    let d = fresh();
+    let t = d.path().join("toy/images");
+    std::fs::remove_file(t.join("test/000003.png")).unwrap();
+    std::fs::hard_link(t.join("test/000001.png"), t.join("test/000003.png")).unwrap();
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["test"]));
+    assert!(
+        e.contains("toy/test.txt:2 and ")
+            && e.contains("toy/test.txt:4: ")
+            && e.contains("listed twice in split `test`"),
+        "{e}"
+    );
+    // Identical bytes in two separate files stay a warning (not this error).
+    let d = fresh();
+    let t = d.path().join("toy/images");
+    std::fs::copy(t.join("train800/000000.jpg"), t.join("test/000000.jpg")).unwrap();
+    read_task(d.path(), &spec("toy", 3), &SPLITS).unwrap();
+}
+
+/// A list line spelled in NFD for a file stored NFC (or the reverse, or a folder so
+/// spelled) is still an error (PIL would not open it either) that names both spellings.
+#[test]
+fn a_name_differing_only_by_unicode_normalisation_is_named_in_the_error() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    let t = d.path().join("toy");
+    let nfc = "caf\u{e9}.png";
+    let nfd = "cafe\u{301}.png";
+    for (on_disk, listed, disk_form, list_form) in [
+        (nfc, nfd, "NFC, composed", "NFD, decomposed"),
+        (nfd, nfc, "NFD, decomposed", "NFC, composed"),
+    ] {
+        let _ = std::fs::remove_file(t.join("images/val200").join(nfc));
+        let _ = std::fs::remove_file(t.join("images/val200").join(nfd));
+        std::fs::copy(
+            t.join("images/val200/000001.png"),
+            t.join("images/val200").join(on_disk),
+        )
+        .unwrap();
+        write_list(
+            d.path(),
+            "toy",
+            "val200",
+            &format!("images/val200/000000.jpg 0\nimages/val200/{listed} 1\n"),
+        );
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+        let esc = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii() {
+                        c.to_string()
+                    } else {
+                        format!("\\u{{{:x}}}", c as u32)
+                    }
+                })
+                .collect::<String>()
+        };
+        assert!(
+            e.contains("toy/val200.txt:2: image ")
+                && e.contains("listed but not readable")
+                && e.contains(&format!(
+                    "the list spells the name `{}` ({list_form})",
+                    esc(listed)
+                ))
+                && e.contains(&format!(
+                    "the folder holds `{}` ({disk_form})",
+                    esc(on_disk)
+                )),
+            "{e}"
+        );
+    }
+    // A folder spelled the other way.
+    let folder = "r\u{e9}sum\u{e9}";
+    std::fs::create_dir_all(t.join("images").join(folder)).unwrap();
+    std::fs::copy(
+        t.join("images/val200/000001.png"),
+        t.join("images").join(folder).join("a.png"),
+    )
+    .unwrap();
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\nimages/re\u{301}sume\u{301}/a.png 1\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("the folder holds `r\\u{e9}sum\\u{e9}` (NFC, composed)"),
+        "{e}"
+    );
+    // No such note for a plainly missing file.
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\nimages/val200/nope.png 1\n",
+    );
+    let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+    assert!(
+        e.contains("listed but not readable") && !e.contains("normalisation"),
+        "{e}"
+    );
+}

@@ -532,3 +532,47 @@ fn non_finite_outputs_and_inputs_never_become_labels() {
         "{err}"
     );
 }
+
+/// `--images` reads a VTAB/NOAH list (`<path> <label>`, relative to the list's folder) as
+/// well as plain path lists; names with spaces still work; a missing image names the line.
+#[test]
+fn image_list_reads_vtab_lines_with_labels() {
+    use idat_pipe::infer::list_images;
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task");
+    std::fs::create_dir_all(task.join("images/test")).unwrap();
+    for n in ["00000.jpg", "00001.png", "with space 7.png"] {
+        std::fs::write(task.join("images/test").join(n), b"x").unwrap();
+    }
+    let list = task.join("test.txt");
+    std::fs::write(
+        &list,
+        "images/test/00000.jpg 0\r\nimages/test/00001.png 12\nimages/test/with space 7.png\nimages/test/with space 7.png 3\n",
+    )
+    .unwrap();
+    let got = list_images(&list).unwrap();
+    let want: Vec<PathBuf> = [
+        "00000.jpg",
+        "00001.png",
+        "with space 7.png",
+        "with space 7.png",
+    ]
+    .iter()
+    .map(|n| task.join("images/test").join(n))
+    .collect();
+    assert_eq!(got, want);
+    std::fs::write(&list, "images/test/00000.jpg 0\nimages/test/gone.jpg 4\n").unwrap();
+    let e = format!("{:#}", list_images(&list).unwrap_err());
+    assert!(
+        e.contains("test.txt:2: image `images/test/gone.jpg` not found")
+            && e.contains("`<path> <label>`"),
+        "{e}"
+    );
+    std::fs::write(&list, "images/test/nothing.jpg\n").unwrap();
+    let e = format!("{:#}", list_images(&list).unwrap_err());
+    assert!(
+        e.contains("test.txt:1: image `images/test/nothing.jpg` not found")
+            && e.contains("or `<path> <label>` as in a VTAB list"),
+        "{e}"
+    );
+}

@@ -305,7 +305,10 @@ fn list_lines(text: &str) -> Vec<&str> {
 /// Parses list text (`<path> <label>` per line; blank lines ignored; lines may end in
 /// `\n`, `\r\n`, or `\r` in a file without `\n`; whitespace around the path, a stray `\r`
 /// included, is trimmed). `file` names the list in errors; labels must be `< num_classes`.
-/// Paths are stored normalised ([`normalize_list_path`]).
+/// Paths are stored normalised ([`normalize_list_path`]). The label is the last column and
+/// the path everything before it, spaces included; a path whose last word is a number
+/// (`images/x.png 3 7`) is a malformed line (an extra column) unless a file of that whole
+/// name exists next to the list file.
 pub fn parse_list(text: &str, file: &Path, num_classes: usize) -> Result<Vec<ListEntry>> {
     let mut out = Vec::new();
     for (i, raw) in list_lines(text).into_iter().enumerate() {
@@ -327,15 +330,36 @@ pub fn parse_list(text: &str, file: &Path, num_classes: usize) -> Result<Vec<Lis
                 escape_invisible(label)
             )
         })?;
+        let path = normalize_list_path(path).map_err(|e| {
+            anyhow::anyhow!("{loc}: image path {e}: expected a path relative to the task folder")
+        })?;
+        // A path may hold spaces, so `images/x.png 3 7` reads as path `images/x.png 3`: an
+        // extra numeric column unless a file of that very name exists.
+        if let Some((head, tail)) = path.rsplit_once(char::is_whitespace) {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            if !head.trim().is_empty()
+                && tail.parse::<f64>().is_ok()
+                && std::fs::symlink_metadata(dir.join(&path)).is_err()
+            {
+                let cols: Vec<String> = l
+                    .split_whitespace()
+                    .map(|c| format!("`{}`", escape_invisible(c)))
+                    .collect();
+                bail!(
+                    "{loc}: malformed list line `{shown}`: an extra column ({} columns: {}): \
+                     expected `<path> <label>` (a path may hold spaces, but no file `{}` exists)",
+                    cols.len(),
+                    cols.join(" "),
+                    escape_invisible(&path)
+                );
+            }
+        }
         if label as usize >= num_classes {
             bail!(
                 "{loc}: label {label} out of range: expected 0..={} ({num_classes} classes)",
                 num_classes.saturating_sub(1)
             );
         }
-        let path = normalize_list_path(path).map_err(|e| {
-            anyhow::anyhow!("{loc}: image path {e}: expected a path relative to the task folder")
-        })?;
         out.push(ListEntry { path, label, line });
     }
     Ok(out)
@@ -623,6 +647,79 @@ fn check_splits(lists: &[SplitList]) -> Result<bool> {
 struct FileInfo {
     hash: [u8; 32],
     png16: bool,
+    /// (device, inode) of the file after following links (None off Unix).
+    id: Option<(u64, u64)>,
+}
+
+/// (device, inode) of an open file.
+fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        None
+    }
+}
+
+/// The same FILE (device + inode, after following symlinks; hard links too) under two
+/// different list paths: an error where the same path would be one — twice in one split,
+/// in test and a training split, in train800 and val200.
+fn check_same_files(lists: &[SplitList], id_of: &HashMap<&str, Option<(u64, u64)>>) -> Result<()> {
+    let mut by_id: BTreeMap<(u64, u64), Vec<(&SplitList, &ListEntry)>> = BTreeMap::new();
+    for l in lists {
+        for e in &l.entries {
+            if let Some(Some(id)) = id_of.get(e.path.as_str()) {
+                by_id.entry(*id).or_default().push((l, e));
+            }
+        }
+    }
+    let training = |n: &str| TRAIN_SPLITS.contains(&n);
+    for places in by_id.values().filter(|v| v.len() > 1) {
+        for (i, (la, a)) in places.iter().enumerate() {
+            for (lb, b) in &places[i + 1..] {
+                if a.path == b.path {
+                    continue; // the same path: check_splits' business
+                }
+                let why = if la.name == lb.name {
+                    format!(
+                        "listed twice in split `{}`: expected each image once per split",
+                        la.name
+                    )
+                } else if (la.name == "test" && training(&lb.name))
+                    || (lb.name == "test" && training(&la.name))
+                {
+                    format!(
+                        "in split `{}` and in split `{}`: expected test images apart from \
+                         train800, val200 and train800val200",
+                        la.name, lb.name
+                    )
+                } else if matches!(
+                    (la.name.as_str(), lb.name.as_str()),
+                    ("train800", "val200") | ("val200", "train800")
+                ) {
+                    format!(
+                        "in split `{}` and in split `{}`: expected train800 and val200 disjoint",
+                        la.name, lb.name
+                    )
+                } else {
+                    continue;
+                };
+                bail!(
+                    "{} and {}: `{}` and `{}` are the same file on disk (a symlink or hard link: \
+                     same device and inode), {why}",
+                    place(la, a),
+                    place(lb, b),
+                    escape_invisible(&a.path),
+                    escape_invisible(&b.path)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads and validates `splits` of the task `spec` under `root`: list files present and
@@ -690,6 +787,7 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
         .zip(&infos)
         .map(|((_, e), i)| (e.path.as_str(), i))
         .collect();
+    check_same_files(&lists, &info.iter().map(|(p, i)| (*p, i.id)).collect())?;
 
     let mut hasher = blake3::Hasher::new();
     hasher.update(spec.name.as_bytes());
@@ -715,21 +813,28 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
     let mut identical = IdenticalContent::default();
     let mut cross = IdenticalContent::default();
     for group in by_hash.values().filter(|g| g.len() > 1) {
+        let is_test = |e: &ListEntry| in_test.contains(e.path.as_str());
+        let tests = group.iter().filter(|(_, e)| is_test(e)).count();
+        let has_cross = tests > 0 && tests < group.len();
+        // Up to 3 places; a set with test and training images shows one of each first.
         let example = || {
-            group
+            let mut order: Vec<&(&SplitList, &ListEntry)> = Vec::with_capacity(group.len());
+            if has_cross {
+                order.extend(group.iter().find(|(_, e)| is_test(e)));
+                order.extend(group.iter().find(|(_, e)| !is_test(e)));
+            }
+            for g in group {
+                if !order.iter().any(|o| std::ptr::eq(*o, g)) {
+                    order.push(g);
+                }
+            }
+            order
                 .iter()
                 .take(3)
                 .map(|(l, e)| rel_at(l, e))
                 .collect::<Vec<_>>()
         };
-        let tests = group
-            .iter()
-            .filter(|(_, e)| in_test.contains(e.path.as_str()))
-            .count();
-        for (c, applies) in [
-            (&mut identical, true),
-            (&mut cross, tests > 0 && tests < group.len()),
-        ] {
+        for (c, applies) in [(&mut identical, true), (&mut cross, has_cross)] {
             if applies {
                 c.groups += 1;
                 c.files += group.len();
@@ -764,20 +869,82 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
     })
 }
 
+/// `s` with every non-ASCII character written as a Rust escape (`caf\u{e9}`), so two
+/// Unicode spellings of one name can be told apart.
+fn escape_non_ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c.to_string()
+            } else {
+                format!("\\u{{{:x}}}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// For a listed path `rel` (under `dir`) that cannot be opened: a note naming a file or
+/// folder on disk whose name differs from the listed one only by Unicode normalisation
+/// (NFC `é` vs NFD `e` + U+0301, as macOS writes names), both spellings escaped; empty
+/// when there is none. Such a file is NOT opened in its place (PIL would not open it either).
+fn normalization_note(dir: &Path, rel: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut at = dir.to_path_buf();
+    for part in rel.split('/') {
+        let next = at.join(part);
+        if std::fs::symlink_metadata(&next).is_ok() {
+            at = next;
+            continue;
+        }
+        let want: String = part.nfc().collect();
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            return String::new();
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name != part && name.nfc().collect::<String>() == want {
+                let form = |s: &str| {
+                    if unicode_normalization::is_nfc(s) {
+                        "NFC, composed"
+                    } else if unicode_normalization::is_nfd(s) {
+                        "NFD, decomposed"
+                    } else {
+                        "mixed"
+                    }
+                };
+                return format!(
+                    " [the list spells the name `{}` ({}) but the folder holds `{}` ({}): the \
+                     same text under Unicode normalisation, different bytes; write the list \
+                     line as the file is named, e.g. normalise the list or the file names to NFC]",
+                    escape_non_ascii(part),
+                    form(part),
+                    escape_non_ascii(name),
+                    form(name)
+                );
+            }
+        }
+        return String::new();
+    }
+    String::new()
+}
+
 /// Hashes one listed file (blake3 of its bytes) and notes whether it is a 16-bit PNG.
 fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     let p = dir.join(&e.path);
     let shown = || escape_invisible(&p.display().to_string());
     let mut f = std::fs::File::open(&p).map_err(|err| {
         anyhow::anyhow!(
-            "{}:{}: image {} listed but not readable ({err}): expected an image file{}",
+            "{}:{}: image {} listed but not readable ({err}): expected an image file{}{}",
             list_file.display(),
             e.line,
             shown(),
-            invisible_note(&e.path)
+            invisible_note(&e.path),
+            normalization_note(dir, &e.path)
         )
     })?;
-    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+    let meta = f.metadata().ok();
+    if !meta.as_ref().is_some_and(|m| m.is_file()) {
         bail!(
             "{}:{}: {} is not a regular file: expected an image file",
             list_file.display(),
@@ -804,5 +971,6 @@ fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     Ok(FileInfo {
         hash: *h.finalize().as_bytes(),
         png16: crate::data::image::png_bit_depth(&head) == Some(16),
+        id: meta.as_ref().and_then(file_id),
     })
 }
