@@ -364,8 +364,8 @@ pub fn load_str(
         if let (Some(kind), false) = (kind, had_errs) {
             if let Some(s) = schema::kind_params(registry, kind.name()) {
                 if check_schema(&mut cx, &s, &checked, &wpath) {
-                    if let Err(m) = kind.check_params(&checked) {
-                        cx.err(&wpath, m);
+                    if let Err(e) = kind.check_params(&checked) {
+                        cx.err(join(&wpath, &e.path), e.message);
                     }
                 }
             }
