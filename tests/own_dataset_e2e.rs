@@ -101,6 +101,17 @@ fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
         }
         a
     };
+    ok(&cmd(
+        dir,
+        &[
+            "validate",
+            &pipe,
+            "--set",
+            "params.images=my-images",
+            "--set",
+            "params.name=toys",
+        ],
+    ));
     ok(&bin(dir, &with_sets(&["validate", &pipe])).output().unwrap());
     ok(&bin(dir, &with_sets(&["run", &pipe, "-q"]))
         .output()
@@ -165,6 +176,15 @@ fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
     }
     assert!(rep.join("report.md").is_file());
     assert!(rep.join("idat-mse-vs-at").is_dir());
+
+    // The adapter statistics of student and teacher.
+    let stats = entry_of(dir, "stats");
+    assert!(stats.join("adapter-stats.md").is_file());
+    let models = read_json(&stats.join("models.json"));
+    assert_eq!(
+        models,
+        serde_json::json!(["dim16-depth2-heads2", "dim32-depth2-heads2"])
+    );
 
     // infer with the trained student prints and writes the class names.
     let student = entry_of(dir, "student");
