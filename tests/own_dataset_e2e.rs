@@ -460,6 +460,18 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
         "{e}"
     );
 
+    // A class folder that is a link to another disk is followed; a link loop is an error.
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::rename(root.join("train/emu"), d.path().join("emu-elsewhere")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("emu-elsewhere"), root.join("train/emu")).unwrap();
+    let t = read_imagefolder(&root, &o()).unwrap();
+    assert_eq!(t.class_names.as_deref().unwrap(), ["cat", "dog", "emu"]);
+    assert_eq!(t.splits["train800val200"].count, 42);
+    std::os::unix::fs::symlink(root.join("train/dog"), root.join("train/dog/loop")).unwrap();
+    let e = err(&root, o());
+    assert!(e.contains("nested deeper than 16 levels"), "{e}");
+
     // The same picture in test and train is found and recorded (as for NOAH tasks).
     let d = fresh();
     let root = d.path().join("imgs");

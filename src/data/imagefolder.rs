@@ -2,8 +2,9 @@
 //! task as a NOAH-layout task, so that decode, training and evaluation need no special case.
 //!
 //! Layout: `<root>/<split>/<class name>/<image>` (class folders may nest subfolders), splits
-//! `train` and `test`, optionally `val`. Classes are the sorted folder names of `train`
-//! (code-point order, as torchvision's `sorted()`); label `i` is `classes[i]`. Image files
+//! `train` and `test`, optionally `val`; links to folders or files are followed. Classes are
+//! the sorted folder names of `train` (code-point order, as torchvision's `sorted()`); label
+//! `i` is `classes[i]`. Image files
 //! are those with torchvision's extensions (case-insensitive); other files are skipped and
 //! counted. Of torchvision's extensions only JPEG and PNG decode here: a `.bmp`, `.webp`,
 //! `.tif(f)`, `.ppm` or `.pgm` file is an error naming it.
@@ -149,7 +150,7 @@ fn utf8_name(dir: &Path, name: &std::ffi::OsStr) -> Result<String> {
     })
 }
 
-/// Files under `dir` (recursively, folder symlinks not followed), as paths relative to
+/// Files under `dir` (recursively, links followed), as paths relative to
 /// `rel` joined with `/`, sorted; non-image files go to `skipped`.
 fn walk(
     dir: &Path,
@@ -173,9 +174,12 @@ fn walk(
     entries.sort();
     for (name, path) in entries {
         let r = format!("{rel}/{name}");
-        let lmeta = std::fs::symlink_metadata(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if lmeta.is_dir() {
+        // Links are followed (as torchvision's os.walk(followlinks=True)); a link loop
+        // ends at MAX_DEPTH with an error.
+        if std::fs::metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
             walk(&path, &r, depth + 1, files, skipped)?;
             continue;
         }
@@ -219,7 +223,10 @@ fn read_split_folder(
     for e in rd {
         let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = utf8_name(&dir, &e.file_name())?;
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+        if std::fs::metadata(e.path())
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
             let mut files = Vec::new();
             walk(
                 &e.path(),

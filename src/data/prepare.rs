@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Where the VTAB-1K folders come from.
+/// Where a dataset comes from (`dataset/vtab1k`: NOAH layout; `dataset/imagefolder`:
+/// ImageFolder layout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VtabSource {
-    /// A local folder in the NOAH layout (`<path>/<task>/train800.txt`, ...).
+    /// A local folder: NOAH layout (`<path>/<task>/train800.txt`, ...) or, for
+    /// `dataset/imagefolder`, `<path>/{train,test}/<class>/...` (or one or two levels above).
     Local {
         /// The dataset root; relative paths are resolved against the working directory
         /// (docs/pipeline-dsl.md, "Paths").
