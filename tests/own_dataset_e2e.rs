@@ -331,6 +331,28 @@ fn vtab1k_takes_a_custom_task_with_class_count_and_names() {
     );
     let e = bad("[{name: ../up, num_classes: 3}]");
     assert!(e.contains("not a plain folder name"), "{e}");
+
+    // The same check on every matrix cell, naming the cell.
+    let m = "version: 1
+name: m
+params:
+  names: [toys, pets]
+stages:
+  data:
+    uses: dataset/imagefolder
+    matrix: {n: \"${params.names}\"}
+    with:
+      source: {kind: local, path: imgs}
+      name: \"${matrix.n}\"
+";
+    std::fs::write(dir.join("m.yaml"), m).unwrap();
+    let o = cmd(dir, &["validate", "m.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    let e = text(&o).1;
+    assert!(
+        e.contains("m.yaml:11:13: at `stages.data.with.name`: in `data[n=pets]`: task name `pets` is the VTAB-1K task `oxford_iiit_pet`"),
+        "{e}"
+    );
 }
 
 #[test]
