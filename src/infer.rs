@@ -51,6 +51,9 @@ pub struct Prediction {
     pub source: String,
     /// Arg-max of the logits (first index on ties).
     pub label: usize,
+    /// The label's class name, when the adapter checkpoint carries the task's class names
+    /// (metadata `class_names`, written by `train/adapt` and `train/idat`).
+    pub class_name: Option<String>,
     pub logits: Vec<f32>,
 }
 
@@ -250,6 +253,13 @@ fn check_usable_head(
 
 /// Builds the model (backbone, head, adapter) described by `opts`.
 pub fn build_model(opts: &InferOptions) -> Result<Vit> {
+    build_model_with_classes(opts).map(|(v, _)| v)
+}
+
+/// [`build_model`], with the class names the adapter checkpoint carries (metadata
+/// `class_names`: a JSON array with one name per class), if any.
+pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<String>>)> {
+    let mut class_names: Option<Vec<String>> = None;
     let mut cfg = resolve_model(&opts.model)?;
     let (trained, adapter_cfg) = match &opts.adapter {
         Some(p) => {
@@ -279,6 +289,15 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
                         cfg.embed_dim, cfg.depth, cfg.patch_size
                     );
                 }
+            }
+            if let Some(c) = meta.get(crate::stages::kinds::train::CLASS_NAMES_META) {
+                let names: Vec<String> = serde_json::from_str(c).with_context(|| {
+                    format!(
+                        "{}: metadata `class_names` is not a JSON array of strings",
+                        p.display()
+                    )
+                })?;
+                class_names = Some(names);
             }
             (Some(t), a)
         }
@@ -322,6 +341,16 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
             )
             })?;
     cfg.num_classes = classes;
+    if let (Some(p), Some(names)) = (&opts.adapter, &class_names) {
+        if names.len() != classes {
+            bail!(
+                "{}: metadata `class_names` has {} names for {classes} classes: expected one \
+                 per class",
+                p.display(),
+                names.len()
+            );
+        }
+    }
     let vit = Vit::new(&cfg, &adapter_cfg, backbone, &opts.device, 0)?;
     let values = match trained {
         Some(t) => t,
@@ -339,7 +368,7 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
             Some(p) => format!("{} does not fit --model {}", p.display(), opts.model),
             None => format!("{}: head does not fit", opts.weights.display()),
         })?;
-    Ok(vit)
+    Ok((vit, class_names))
 }
 
 /// Runs the model over the input in batches.
@@ -347,7 +376,7 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
     if opts.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let vit = build_model(opts)?;
+    let (vit, class_names) = build_model_with_classes(opts)?;
     let cfg = vit.config().clone();
     let mut rows = Vec::new();
     let mut push = |sources: Vec<String>, x: &Tensor| -> Result<()> {
@@ -373,6 +402,7 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
             rows.push(Prediction {
                 source: s,
                 label,
+                class_name: class_names.as_ref().map(|n| n[label].clone()),
                 logits: l,
             });
         }
@@ -421,16 +451,24 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
     Ok(rows)
 }
 
-/// Writes `source,label,logit_0,...` rows.
+/// Writes `source,label,logit_0,...` rows; with a `class_name` column after `label` when
+/// the model carries class names.
 pub fn write_csv(path: &Path, rows: &[Prediction]) -> Result<()> {
     let mut w =
         csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
     let classes = rows.first().map_or(0, |r| r.logits.len());
+    let named = rows.iter().any(|r| r.class_name.is_some());
     let mut header = vec!["source".to_string(), "label".to_string()];
+    if named {
+        header.push("class_name".to_string());
+    }
     header.extend((0..classes).map(|i| format!("logit_{i}")));
     w.write_record(&header)?;
     for r in rows {
         let mut rec = vec![r.source.clone(), r.label.to_string()];
+        if named {
+            rec.push(r.class_name.clone().unwrap_or_default());
+        }
         rec.extend(r.logits.iter().map(|v| format!("{v:e}")));
         w.write_record(&rec)?;
     }
@@ -458,7 +496,8 @@ pub struct InferArgs {
     /// Instead of images: `FILE.safetensors[:NAME]`, a normalised [B,C,H,W] tensor (NAME default `input`).
     #[arg(long, value_name = "FILE[:NAME]")]
     pub tensor: Option<String>,
-    /// Output CSV: source, label, logit_0..logit_{C-1}.
+    /// Output CSV: source, label, [class_name,] logit_0..logit_{C-1} (class_name when the
+    /// --adapter checkpoint carries the task's class names).
     #[arg(long, value_parser = cli_path)]
     pub out: PathBuf,
     /// Number of classes (default: the adapter's or the weights' head).
@@ -509,6 +548,16 @@ pub fn cmd(a: InferArgs) -> Result<std::process::ExitCode> {
     };
     let rows = infer(&opts)?;
     write_csv(&a.out, &rows)?;
+    if rows.iter().any(|r| r.class_name.is_some()) {
+        for r in &rows {
+            println!(
+                "{}\t{}\t{}",
+                r.source,
+                r.label,
+                r.class_name.as_deref().unwrap_or("")
+            );
+        }
+    }
     eprintln!("{} predictions written to {}", rows.len(), a.out.display());
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -447,7 +447,12 @@ fn reduced_demo_runs_and_reruns_nothing() {
 fn shipped_pipelines_validate() {
     let d = tempfile::tempdir().unwrap();
     let mut args = vec!["validate".to_string()];
-    for p in ["demo.yaml", "vtab.yaml", "vtab-adapters.yaml"] {
+    for p in [
+        "demo.yaml",
+        "vtab.yaml",
+        "vtab-adapters.yaml",
+        "own-imagefolder.yaml",
+    ] {
         args.push(shipped(p));
     }
     for p in ["stages_vtab.yaml", "stages_resume.yaml", "stages_data.yaml"] {

@@ -364,8 +364,8 @@ pub fn load_str(
         if let (Some(kind), false) = (kind, had_errs) {
             if let Some(s) = schema::kind_params(registry, kind.name()) {
                 if check_schema(&mut cx, &s, &checked, &wpath) {
-                    if let Err(m) = kind.check_params(&checked) {
-                        cx.err(&wpath, m);
+                    if let Err(e) = kind.check_params(&checked) {
+                        cx.err(join(&wpath, &e.path), e.message);
                     }
                 }
             }
@@ -446,7 +446,8 @@ fn resolve_instance_paths(
     }
 }
 
-/// Type-check `with:` in every matrix cell (the first cell was checked already);
+/// Type-check `with:` in every matrix cell, and run the kind's semantic check
+/// ([`crate::stages::StageKind::check`]) on it (the first cell was checked already);
 /// reports the first bad cell of a stage with its instance id.
 fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Instance]) {
     let Some(schema) = schema::kind_params(registry, &spec.uses) else {
@@ -469,6 +470,10 @@ fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Ins
                 pointer_to_path(&e.instance_path().to_string()),
                 e.to_string(),
             )
+        });
+        let first = first.or_else(|| {
+            let kind = registry.get(&spec.uses)?;
+            kind.check_params(&with).err().map(|e| (e.path, e.message))
         });
         if let Some((ptr, msg)) = first {
             cx.err(

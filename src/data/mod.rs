@@ -9,6 +9,7 @@ pub mod decoded_file;
 pub mod download;
 pub mod hub;
 pub mod image;
+pub mod imagefolder;
 pub mod loader;
 pub mod mini;
 pub mod prepare;

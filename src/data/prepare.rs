@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Where the VTAB-1K folders come from.
+/// Where a dataset comes from (`dataset/vtab1k`: NOAH layout; `dataset/imagefolder`:
+/// ImageFolder layout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VtabSource {
-    /// A local folder in the NOAH layout (`<path>/<task>/train800.txt`, ...).
+    /// A local folder: NOAH layout (`<path>/<task>/train800.txt`, ...) or, for
+    /// `dataset/imagefolder`, `<path>/{train,test}/<class>/...` (or one or two levels above).
     Local {
         /// The dataset root; relative paths are resolved against the working directory
         /// (docs/pipeline-dsl.md, "Paths").
@@ -95,6 +97,56 @@ pub struct TaskManifest {
     /// manifests written before the checks existed.
     #[serde(default)]
     pub checks: TaskChecks,
+    /// Class names by label (`class_names[label]`), when known: custom `dataset/vtab1k`
+    /// entries that give them, and every `dataset/imagefolder` task (its sorted folder names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+    /// The task folder relative to the root when it is not `<root>/<name>`; `.` for an
+    /// ImageFolder task, whose image paths are relative to the ImageFolder root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// How an ImageFolder task was read: split folders, files skipped, few-shot sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imagefolder: Option<super::imagefolder::ImageFolderRecord>,
+}
+
+impl TaskManifest {
+    /// The manifest entry of a validated task (no ImageFolder record, default folder).
+    pub fn from_task(task: Task) -> Self {
+        let name = task.spec.name.clone();
+        let splits = task
+            .splits
+            .iter()
+            .map(|(s, l)| {
+                let m = SplitManifest {
+                    list_file: format!("{name}/{s}.txt"),
+                    count: l.entries.len(),
+                    images: l.entries.clone(),
+                };
+                (s.clone(), m)
+            })
+            .collect();
+        TaskManifest {
+            name,
+            group: task.spec.group.clone(),
+            num_classes: task.spec.num_classes,
+            content_hash: task.content_hash,
+            splits,
+            checks: task.checks,
+            class_names: task.spec.class_names.clone(),
+            dir: None,
+            imagefolder: None,
+        }
+    }
+
+    /// The task folder under `root` (list paths are relative to it).
+    pub fn dir_under(&self, root: &Path) -> PathBuf {
+        match self.dir.as_deref() {
+            None => root.join(&self.name),
+            Some(".") | Some("") => root.to_path_buf(),
+            Some(d) => root.join(d),
+        }
+    }
 }
 
 /// The validated dataset: root folder and, per task, splits with their images.
@@ -125,7 +177,7 @@ impl Manifest {
     /// Rebuilds the validated [`Task`] of `name` from the manifest (no file is read).
     pub fn load_task(&self, name: &str) -> Result<Task> {
         let t = self.task(name)?;
-        let dir = self.root.join(&t.name);
+        let dir = t.dir_under(&self.root);
         let splits = t
             .splits
             .iter()
@@ -144,6 +196,7 @@ impl Manifest {
                 group: t.group.clone(),
                 num_classes: t.num_classes,
                 expected_sizes: BTreeMap::new(),
+                class_names: t.class_names.clone(),
             },
             dir,
             splits,
@@ -190,7 +243,138 @@ pub fn vtab_specs(names: &[String]) -> Result<Vec<TaskSpec>> {
     names.iter().map(|n| TaskSpec::vtab(n)).collect()
 }
 
-/// Validates `tasks` under `root` (see [`read_task`]) and builds the manifest.
+/// The groups a task may be in (`report/vtab` groups its tables by them).
+pub const TASK_GROUPS: [&str; 3] = super::vtab::GROUPS;
+
+/// One entry of `dataset/vtab1k`'s `tasks:`: a VTAB-1K task by name, or a task of one's
+/// own in the NOAH layout with its class count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TaskEntry {
+    /// A VTAB-1K task folder name or alias (`dtd`, `cifar100`, ...); split sizes enforced.
+    Vtab(String),
+    /// A task of one's own: `<root>/<name>/{train800val200,test,...}.txt`; no split size
+    /// is enforced.
+    Custom(CustomTask),
+}
+
+/// A NOAH-layout task that is not one of the 19 (`{name: fashion, num_classes: 10}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomTask {
+    /// Folder name under the dataset root (one path component).
+    pub name: String,
+    /// Number of classes (at least 2); labels in the lists are `0..num_classes`.
+    pub num_classes: usize,
+    /// Class names in label order (`class_names[label]`), carried into decoded.json,
+    /// eval.json and the trained student; as many as `num_classes`.
+    #[serde(default)]
+    pub class_names: Option<Vec<String>>,
+    /// `natural` (default), `specialized` or `structured`: the group `report/vtab` puts
+    /// the task in.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// Checks a task name given for a task of one's own: one plain path component.
+pub fn check_task_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(super::vtab::is_invisible);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "task name `{}` is not a plain folder name: expected one path component \
+             (no `/`, `\\`, `..`, invisible characters)",
+            super::vtab::escape_invisible(name)
+        ))
+    }
+}
+
+/// Checks a group given for a task of one's own.
+pub fn check_group(group: &str) -> std::result::Result<(), String> {
+    if TASK_GROUPS.contains(&group) {
+        Ok(())
+    } else {
+        Err(format!(
+            "group `{group}`: expected one of {} (report/vtab groups tasks by them)",
+            TASK_GROUPS.join(", ")
+        ))
+    }
+}
+
+impl TaskEntry {
+    /// The task's name as written.
+    pub fn name(&self) -> &str {
+        match self {
+            TaskEntry::Vtab(n) => n,
+            TaskEntry::Custom(c) => &c.name,
+        }
+    }
+
+    /// The reader's spec; the error (text) says what is wrong with this entry.
+    pub fn spec(&self) -> std::result::Result<TaskSpec, String> {
+        match self {
+            TaskEntry::Vtab(n) => TaskSpec::vtab(n).map_err(|e| {
+                format!(
+                    "{e:#}: `{{name: {n}, num_classes: N}}` (optionally `class_names`, `group`)"
+                )
+            }),
+            TaskEntry::Custom(c) => {
+                check_task_name(&c.name)?;
+                if let Some(info) = super::vtab::task_info(&c.name) {
+                    return Err(format!(
+                        "`{}` is the VTAB-1K task `{}` ({} classes, split sizes enforced): \
+                         give it as a plain name, or name your own task differently",
+                        c.name, info.name, info.num_classes
+                    ));
+                }
+                if c.num_classes < 2 {
+                    return Err(format!(
+                        "task `{}`: num_classes {}: expected at least 2",
+                        c.name, c.num_classes
+                    ));
+                }
+                let group = c.group.as_deref().unwrap_or("natural");
+                check_group(group).map_err(|e| format!("task `{}`: {e}", c.name))?;
+                let spec = TaskSpec::custom(&c.name, group, c.num_classes);
+                match &c.class_names {
+                    Some(names) => spec
+                        .with_class_names(names.clone())
+                        .map_err(|e| format!("{e:#}")),
+                    None => Ok(spec),
+                }
+            }
+        }
+    }
+}
+
+/// Specs of `tasks:` entries, in order; the error is (index of the entry, message). Two
+/// entries for the same folder (aliases resolved) are an error.
+pub fn task_specs(entries: &[TaskEntry]) -> std::result::Result<Vec<TaskSpec>, (usize, String)> {
+    let mut out: Vec<TaskSpec> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let spec = e.spec().map_err(|m| (i, m))?;
+        if let Some(j) = out.iter().position(|s| s.name == spec.name) {
+            return Err((
+                i,
+                format!(
+                    "task `{}` is listed twice (entries {j} and {i}): expected each task once",
+                    spec.name
+                ),
+            ));
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// Validates `tasks` under `root` (see [`read_task`]) and builds the manifest. Every
+/// split in `splits` is read; for a task of one's own `train800` and `val200` only when
+/// their list files exist.
 pub fn validate(root: &Path, tasks: &[TaskSpec], splits: &[String]) -> Result<Manifest> {
     if tasks.is_empty() {
         bail!("no tasks requested: expected at least one task name");
@@ -198,27 +382,14 @@ pub fn validate(root: &Path, tasks: &[TaskSpec], splits: &[String]) -> Result<Ma
     let splits: Vec<&str> = splits.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(tasks.len());
     for spec in tasks {
-        let task = read_task(root, spec, &splits)?;
-        let splits = task
-            .splits
+        // A task of one's own may leave out train800/val200 ([`TaskSpec::requires`]).
+        let dir = root.join(&spec.name);
+        let splits: Vec<&str> = splits
             .iter()
-            .map(|(s, l)| {
-                let m = SplitManifest {
-                    list_file: format!("{}/{s}.txt", spec.name),
-                    count: l.entries.len(),
-                    images: l.entries.clone(),
-                };
-                (s.clone(), m)
-            })
+            .copied()
+            .filter(|s| spec.requires(s) || dir.join(format!("{s}.txt")).exists())
             .collect();
-        out.push(TaskManifest {
-            name: spec.name.clone(),
-            group: spec.group.clone(),
-            num_classes: spec.num_classes,
-            content_hash: task.content_hash,
-            splits,
-            checks: task.checks,
-        });
+        out.push(TaskManifest::from_task(read_task(root, spec, &splits)?));
     }
     Ok(Manifest {
         root: root.to_path_buf(),
@@ -284,6 +455,22 @@ pub fn resolve_root(
     let first = tasks
         .first()
         .context("no tasks requested: expected at least one task name")?;
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    resolve_source(source, &names, cache_dir, opts, &|d: &Path| {
+        find_root(d, &first.name)
+    })
+}
+
+/// Resolves `source` to a local folder and finds the dataset root in it with `find`
+/// (NOAH: [`find_root`]; ImageFolder: `imagefolder::find_imagefolder_root`). `names`
+/// are the NOAH task folders wanted from a hub repository; empty: every file.
+pub fn resolve_source(
+    source: &VtabSource,
+    names: &[&str],
+    cache_dir: &Path,
+    opts: &PrepareOptions,
+    find: &dyn Fn(&Path) -> Result<PathBuf>,
+) -> Result<PathBuf> {
     match source {
         VtabSource::Local { path } => {
             // Pipelines hand over absolute paths (config/paths.rs); a caller of this
@@ -294,12 +481,13 @@ pub fn resolve_root(
                     .map_err(anyhow::Error::msg)?;
             if !path.is_dir() {
                 bail!(
-                    "dataset folder {} not found: expected a folder in the NOAH layout \
-                     (relative paths in a pipeline are resolved against the working directory)",
+                    "dataset folder {} not found: expected a folder in the NOAH or ImageFolder \
+                     layout (relative paths in a pipeline are resolved against the working \
+                     directory)",
                     path.display()
                 );
             }
-            find_root(&path, &first.name)
+            find(&path)
         }
         VtabSource::Archive { url, sha256 } => {
             let sha = parse_sha256(sha256)?;
@@ -311,29 +499,32 @@ pub fn resolve_root(
                     .with_context(|| format!("extracting the archive from {url}"))?;
                 let _ = std::fs::remove_file(&file);
             }
-            find_root(&extracted, &first.name)
+            find(&extracted)
         }
         VtabSource::Hub { repo, revision } => {
             let endpoint = hub::endpoint(opts.hub_endpoint.as_deref());
-            let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
             let lists: Vec<String> = opts.splits.iter().map(|s| format!("{s}.txt")).collect();
-            let select = |path: &str| hub_wanted(path, &names, &lists);
+            let select = |path: &str| hub_wanted(path, names, &lists);
             let snap = hub::fetch_dataset(
                 repo,
                 revision,
                 &endpoint,
                 &cache_dir.join("hub"),
-                Some(&select),
+                if names.is_empty() {
+                    None
+                } else {
+                    Some(&select)
+                },
             )?;
-            if find_root(&snap.dir, &first.name).is_ok() {
-                return find_root(&snap.dir, &first.name);
+            if let Ok(root) = find(&snap.dir) {
+                return Ok(root);
             }
             let extracted = cache_dir.join("hub-extracted").join(&snap.commit);
             if !extracted.is_dir() {
                 let staging = super::archive::unique_temp_dir(cache_dir, ".hub-extract-")?;
                 let res = (|| -> Result<()> {
                     for f in snap.files.iter().filter(|f| archive_stem(f).is_some()) {
-                        extract_hub_archive(&snap.dir.join(f), f, &staging, &names, opts)
+                        extract_hub_archive(&snap.dir.join(f), f, &staging, names, opts)
                             .with_context(|| format!("extracting `{f}` from dataset {repo}"))?;
                     }
                     std::fs::create_dir_all(extracted.parent().unwrap_or(cache_dir))?;
@@ -345,7 +536,7 @@ pub fn resolve_root(
                     return Err(e);
                 }
             }
-            find_root(&extracted, &first.name)
+            find(&extracted)
         }
     }
 }

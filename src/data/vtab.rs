@@ -120,6 +120,9 @@ pub struct TaskSpec {
     pub num_classes: usize,
     /// Expected number of lines per split; splits absent here are not size-checked.
     pub expected_sizes: BTreeMap<String, usize>,
+    /// Class names by label (`class_names[label]`), when known (custom and ImageFolder tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 impl TaskSpec {
@@ -143,6 +146,7 @@ impl TaskSpec {
             group: info.group.to_string(),
             num_classes: info.num_classes,
             expected_sizes,
+            class_names: None,
         })
     }
 
@@ -154,8 +158,51 @@ impl TaskSpec {
             group: group.to_string(),
             num_classes,
             expected_sizes: BTreeMap::new(),
+            class_names: None,
         }
     }
+
+    /// Whether split `split` must have a list file: every requested split of a VTAB-1K
+    /// task (one with expected sizes); for a task of one's own only `train800val200` (what
+    /// training reads) and `test`, while `train800` and `val200` are read when present.
+    pub fn requires(&self, split: &str) -> bool {
+        !self.expected_sizes.is_empty() || !matches!(split, "train800" | "val200")
+    }
+
+    /// [`TaskSpec::custom`] with class names (`class_names[label]`); their count must be
+    /// `num_classes`, each non-empty and distinct.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self> {
+        check_class_names(&names, self.num_classes)
+            .map_err(|e| anyhow::anyhow!("task `{}`: {e}", self.name))?;
+        self.class_names = Some(names);
+        Ok(self)
+    }
+}
+
+/// Checks class names against a class count: `num_classes` of them, none empty, no two
+/// equal. The error is text for the caller to prefix with where the names came from.
+pub fn check_class_names(names: &[String], num_classes: usize) -> std::result::Result<(), String> {
+    if names.len() != num_classes {
+        return Err(format!(
+            "{} class names given for {num_classes} classes: expected one name per class, \
+             in label order",
+            names.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        if n.trim().is_empty() {
+            return Err(format!(
+                "class name {i} is empty: expected a non-empty name"
+            ));
+        }
+        if !seen.insert(n.as_str()) {
+            return Err(format!(
+                "class name `{n}` is given twice (again for label {i}): expected distinct names"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One parsed list line.
@@ -507,19 +554,20 @@ fn at(l: &SplitList, e: &ListEntry) -> String {
     format!("`{}` ({})", escape_invisible(&e.path), place(l, e))
 }
 
-/// `` `path` (<task>/<split>.txt:line) ``: [`at`] with the list named relative to the
-/// dataset root, for what is recorded in dataset.json (no machine-specific paths).
+/// `` `path` (<task>/<split>.txt:line) ``: [`at`] with the list named by its last two
+/// path components, for what is recorded in dataset.json (no machine-specific paths).
+/// For an ImageFolder task the "list" is the split folder (`<root name>/train:line`).
 fn rel_at(l: &SplitList, e: &ListEntry) -> String {
-    let task = l
-        .list_file
-        .parent()
-        .and_then(|d| d.file_name())
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = |p: Option<&Path>| {
+        p.and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     format!(
-        "`{}` ({task}/{}.txt:{})",
+        "`{}` ({}/{}:{})",
         escape_invisible(&e.path),
-        l.name,
+        name(l.list_file.parent()),
+        name(Some(&l.list_file)),
         e.line
     )
 }
@@ -766,6 +814,14 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
             entries,
         });
     }
+    check_task(spec, dir, lists)
+}
+
+/// The checks and hashing of [`read_task`] on lists already read (from list files, or
+/// built from an ImageFolder tree): no file twice in a split, test apart from the training
+/// splits, train800val200 = train800 + val200 when all three are given, every listed image
+/// a readable regular file under `dir`; the content hash and the [`TaskChecks`].
+pub fn check_task(spec: &TaskSpec, dir: PathBuf, lists: Vec<SplitList>) -> Result<Task> {
     let union_checked = check_splits(&lists)?;
 
     // Each distinct file once, at its first place.
@@ -792,6 +848,12 @@ pub fn read_task(root: &Path, spec: &TaskSpec, splits: &[&str]) -> Result<Task> 
     let mut hasher = blake3::Hasher::new();
     hasher.update(spec.name.as_bytes());
     hasher.update(&(spec.num_classes as u64).to_le_bytes());
+    if let Some(names) = &spec.class_names {
+        for n in names {
+            hasher.update(&(n.len() as u64).to_le_bytes());
+            hasher.update(n.as_bytes());
+        }
+    }
     for l in &lists {
         hasher.update(l.name.as_bytes());
         for e in &l.entries {

@@ -12,6 +12,24 @@ mod registry;
 pub use context::{Input, NoProgress, Progress, StageContext};
 pub use registry::{DynStage, Registry};
 
+/// A semantic error in `with:` ([`StageKind::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// Dotted path below `with`, e.g. `tasks.2` (empty: the whole `with:`).
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// What a `uses:` name does.
 pub trait StageKind: Send + Sync + 'static {
     /// Typed `with:` parameters. Unknown fields should be refused (`deny_unknown_fields`).
@@ -32,6 +50,13 @@ pub trait StageKind: Send + Sync + 'static {
     /// Paths that hold a `${stages...}` reference are upstream outputs and are skipped.
     fn external_inputs(_params: &Self::Params) -> Vec<std::path::PathBuf> {
         Vec::new()
+    }
+
+    /// Checks of `with:` beyond its types, run by `validate` (and before `run`): an error
+    /// names the offending field as a dotted path below `with` (`tasks.2`; empty for the
+    /// whole `with:`), so the message points at its line in the pipeline file.
+    fn check(_params: &Self::Params) -> Result<(), ParamError> {
+        Ok(())
     }
 
     /// Produce the outputs in `ctx.out_dir`. Long stages checkpoint into

@@ -1,5 +1,5 @@
 //! The map from `uses:` names to stage kinds, type-erased.
-use super::{StageContext, StageKind};
+use super::{ParamError, StageContext, StageKind};
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -14,8 +14,9 @@ pub trait DynStage: Send + Sync {
     fn non_output_params(&self) -> &'static [&'static str];
     /// JSON Schema of `with:` (subschemas go to the generator's definitions).
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
-    /// Deserialize `with:` into the typed params; the error names the field.
-    fn check_params(&self, with: &Value) -> Result<(), String>;
+    /// Deserialize `with:` into the typed params and run [`StageKind::check`]; the error
+    /// names the field (`path` below `with`, empty when serde's message names it).
+    fn check_params(&self, with: &Value) -> Result<(), ParamError>;
     /// The params that determine the output: `with:` less the non-output fields.
     fn key_params(&self, with: &Value) -> Value;
     /// [`StageKind::external_inputs`] of `with:` (none when `with:` does not parse).
@@ -41,8 +42,9 @@ impl<K: StageKind> DynStage for Erased<K> {
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
         generator.subschema_for::<K::Params>()
     }
-    fn check_params(&self, with: &Value) -> Result<(), String> {
-        parse::<K::Params>(with).map(|_| ())
+    fn check_params(&self, with: &Value) -> Result<(), ParamError> {
+        let p = parse::<K::Params>(with).map_err(|m| ParamError::at("", m))?;
+        K::check(&p)
     }
     fn key_params(&self, with: &Value) -> Value {
         let mut v = with.clone();
@@ -60,6 +62,10 @@ impl<K: StageKind> DynStage for Erased<K> {
     }
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = parse::<K::Params>(with).map_err(anyhow::Error::msg)?;
+        K::check(&params).map_err(|e| match e.path.as_str() {
+            "" => anyhow::anyhow!("{}", e.message),
+            p => anyhow::anyhow!("at `with.{p}`: {}", e.message),
+        })?;
         K::run(params, ctx)
     }
 }

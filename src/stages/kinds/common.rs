@@ -120,6 +120,9 @@ pub struct DecodedInfo {
     /// split name -> images skipped (`skip_bad_images`).
     #[serde(default)]
     pub skipped: BTreeMap<String, usize>,
+    /// Class names by label, when the dataset has them (own and ImageFolder tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 /// A decoded split from a `data/decode` entry.

@@ -2,9 +2,11 @@
 //! resumable, extracted atomically) or an HF hub dataset repo; every task folder is
 //! validated and a manifest is written.
 use super::decode::MANIFEST_FILE;
-use crate::data::prepare::{local_task_dirs, prepare, vtab_specs, PrepareOptions, VtabSource};
-use crate::data::vtab::TASKS;
-use crate::stages::{StageContext, StageKind};
+use crate::data::prepare::{
+    local_task_dirs, prepare, task_specs, PrepareOptions, TaskEntry, VtabSource,
+};
+use crate::data::vtab::{TaskSpec, TASKS};
+use crate::stages::{ParamError, StageContext, StageKind};
 use anyhow::Result;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -13,9 +15,10 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub source: VtabSource,
-    /// Task folders (aliases allowed); default: all 19.
+    /// Tasks: VTAB-1K folder names (aliases allowed), or tasks of one's own in the NOAH
+    /// layout as `{name, num_classes, class_names?, group?}`; default: all 19.
     #[serde(default)]
-    pub tasks: Vec<String>,
+    pub tasks: Vec<TaskEntry>,
     /// HF hub endpoint (default: `HF_ENDPOINT`, else huggingface.co).
     #[serde(default)]
     pub hub_endpoint: Option<String>,
@@ -40,23 +43,19 @@ impl StageKind for DatasetVtab {
         let VtabSource::Local { path } = &p.source else {
             return Vec::new();
         };
-        let names: Vec<String> = if p.tasks.is_empty() {
-            TASKS.iter().map(|t| t.name.to_string()).collect()
-        } else {
-            p.tasks.clone()
-        };
-        vtab_specs(&names)
+        specs(p)
             .map(|specs| local_task_dirs(path, &specs))
             .unwrap_or_default()
     }
 
+    fn check(p: &Params) -> Result<(), ParamError> {
+        task_specs(&p.tasks)
+            .map(|_| ())
+            .map_err(|(i, m)| ParamError::at(format!("tasks.{i}"), m))
+    }
+
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
-        let names: Vec<String> = if p.tasks.is_empty() {
-            TASKS.iter().map(|t| t.name.to_string()).collect()
-        } else {
-            p.tasks.clone()
-        };
-        let specs = vtab_specs(&names)?;
+        let specs = specs(&p)?;
         let opts = PrepareOptions {
             hub_endpoint: p.hub_endpoint.clone(),
             ..PrepareOptions::default()
@@ -79,4 +78,12 @@ impl StageKind for DatasetVtab {
         }
         m.save(&ctx.out_dir.join(MANIFEST_FILE))
     }
+}
+
+/// The specs of `tasks:` (all 19 VTAB-1K tasks when empty).
+fn specs(p: &Params) -> Result<Vec<TaskSpec>> {
+    if p.tasks.is_empty() {
+        return TASKS.iter().map(|t| TaskSpec::vtab(t.name)).collect();
+    }
+    task_specs(&p.tasks).map_err(|(i, m)| anyhow::anyhow!("tasks[{i}]: {m}"))
 }

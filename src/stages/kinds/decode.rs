@@ -14,9 +14,10 @@ pub const MANIFEST_FILE: &str = "dataset.json";
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// The dataset stage (`dataset/vtab1k` or `dataset/mini`) to read; must be in `needs`.
+    /// The dataset stage (`dataset/vtab1k`, `dataset/imagefolder` or `dataset/mini`) to
+    /// read; must be in `needs`.
     pub dataset: String,
-    /// Task folder name, e.g. `dtd`.
+    /// Task name, e.g. `dtd` (a `dataset/imagefolder` task: its `name:`).
     pub task: String,
     /// Side length images are resized to (the model's `img_size`).
     pub size: usize,
@@ -65,6 +66,7 @@ impl StageKind for Decode {
             size: p.size,
             splits: BTreeMap::new(),
             skipped: BTreeMap::new(),
+            class_names: tm.class_names.clone(),
         };
         for split in &p.splits {
             ctx.check_cancel()?;

@@ -56,6 +56,9 @@ pub struct EvalRecord {
     pub teacher_top1_final: Option<f64>,
     pub trainable_params: usize,
     pub images: usize,
+    /// Class names by label, when the task has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 pub struct Eval;
@@ -104,6 +107,7 @@ impl StageKind for Eval {
             teacher_top1_final: summary.final_teacher_top1,
             trainable_params: summary.trainable_student,
             images: r.images,
+            class_names: info.class_names.clone(),
         };
         // The learning curves travel with the result, for the report.
         std::fs::copy(train_dir.join(METRICS_FILE), ctx.out_dir.join(METRICS_FILE))

@@ -1,6 +1,7 @@
 //! The ML stage kinds the product ships, one file per kind (see docs/stages.md).
 pub mod analysis;
 pub mod common;
+pub mod dataset_imagefolder;
 pub mod dataset_mini;
 pub mod dataset_vtab;
 pub mod decode;
@@ -16,6 +17,7 @@ use super::Registry;
 pub fn register_all(r: &mut Registry) {
     r.register::<dataset_vtab::DatasetVtab>()
         .register::<dataset_mini::DatasetMini>()
+        .register::<dataset_imagefolder::DatasetImageFolder>()
         .register::<decode::Decode>()
         .register::<model_vit::ModelVit>()
         .register::<model_pretrain::ModelPretrain>()

@@ -21,6 +21,9 @@ pub const STUDENT_FILE: &str = "student.safetensors";
 pub const TEACHER_FILE: &str = "teacher.safetensors";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const METRICS_FILE: &str = "metrics.csv";
+/// Metadata key of the saved weights holding the task's class names (a JSON array in label
+/// order), when the task has them; `idat-pipe infer` prints them beside the labels.
+pub const CLASS_NAMES_META: &str = "class_names";
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -237,6 +240,9 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("adapter".into(), serde_json::to_string(m.vit.adapter())?);
         meta.insert("config".into(), serde_json::to_string(m.vit.config())?);
+        if let Some(names) = &info.class_names {
+            meta.insert(CLASS_NAMES_META.into(), serde_json::to_string(names)?);
+        }
         crate::nn::checkpoint::save_tensors(&ctx.out_dir.join(file), &t, &meta)
     };
     save(&members[0], STUDENT_FILE)?;

@@ -1,0 +1,512 @@
+//! One's own dataset: `dataset/imagefolder` (torchvision layout, few-shot sampling, class
+//! names) and custom NOAH-layout tasks in `dataset/vtab1k`, through the real binary, following
+//! docs/own-dataset.md command by command; plus the reader's errors on bad trees.
+mod stages_support;
+
+use idat_pipe::data::imagefolder::{
+    read_imagefolder, sample_counts, ImageFolderOptions, SampleMethod,
+};
+use stages_support::*;
+use std::path::Path;
+
+/// Class folders of the generated ImageFolder tree and their train / test image counts.
+const CLASSES: [(&str, usize, usize); 3] = [("cat", 20, 6), ("dog", 14, 6), ("emu", 8, 6)];
+
+/// A learnable 12x12 image of class `c` (colour by class, a little noise), its first two
+/// pixels encoding `i` so that no two generated images are alike.
+fn image(c: usize, i: usize) -> image::RgbImage {
+    let base = [
+        (c * 90 % 256) as u8,
+        (c * 37 % 256) as u8,
+        (200 - c * 60) as u8,
+    ];
+    image::RgbImage::from_fn(SIDE, SIDE, |x, y| match (x, y) {
+        (0, 0) => image::Rgb([(i % 256) as u8, (i / 256) as u8, 0]),
+        _ => {
+            let noise = ((i as u32 * 13 + x * 7 + y * 3) % 23) as u8;
+            image::Rgb(base.map(|b| b.wrapping_add(noise)))
+        }
+    })
+}
+
+/// Writes `<root>/{train,test}/<class>/<i>.{png,jpg}` (every fourth a JPEG), one image of
+/// `dog` in a nested folder, and a `notes.txt` that must be skipped.
+fn write_imagefolder(root: &Path) {
+    for (c, (name, n_train, n_test)) in CLASSES.iter().enumerate() {
+        for (split, n, offset) in [("train", *n_train, 0), ("test", *n_test, 1000)] {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let ext = if i % 4 == 0 { "jpg" } else { "png" };
+                image(c, i + offset)
+                    .save(dir.join(format!("{i:03}.{ext}")))
+                    .unwrap();
+            }
+        }
+    }
+    let nested = root.join("train/dog/more");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::rename(root.join("train/dog/013.png"), nested.join("013.png")).unwrap();
+    std::fs::write(root.join("train/cat/notes.txt"), "not an image").unwrap();
+}
+
+/// The `--set`s of the small CPU run in docs/own-dataset.md.
+const SMALL: [&str; 12] = [
+    "params.name=toys",
+    "params.n_train=30",
+    "params.img=16",
+    "params.epochs=2",
+    "params.cooldown=0",
+    "params.warmup=1",
+    "params.lr=0.01",
+    "params.batch=10",
+    "params.student_arch={img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 32, depth: 2, num_heads: 2}",
+    "params.teacher_arch={img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 16, depth: 2, num_heads: 2}",
+    "params.student_weights={from: random, seed: 1}",
+    "params.teacher_weights={from: random, seed: 2}",
+];
+
+fn cmd(dir: &Path, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    bin(dir, &args).output().unwrap()
+}
+
+/// `.idat/entries/<key>` of instance `id` in the last run record under `<dir>/runs`
+/// (the tutorial's `grep '^id,' runs/*/trace.csv`).
+fn entry_of(dir: &Path, id: &str) -> std::path::PathBuf {
+    let run = sorted_dir(&dir.join("runs")).pop().expect("a run record");
+    let trace = std::fs::read_to_string(run.join("trace.csv")).unwrap();
+    let key = trace
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{id},")))
+        .unwrap_or_else(|| panic!("no `{id}` in trace.csv:\n{trace}"))
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    dir.join(".idat/entries").join(key)
+}
+
+#[test]
+fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    write_imagefolder(&dir.join("my-images"));
+    let pipe = shipped("own-imagefolder.yaml");
+    let with_sets = |first: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+        for s in SMALL {
+            a.push("--set".into());
+            a.push(s.into());
+        }
+        a
+    };
+    ok(&cmd(
+        dir,
+        &[
+            "validate",
+            &pipe,
+            "--set",
+            "params.images=my-images",
+            "--set",
+            "params.name=toys",
+        ],
+    ));
+    ok(&bin(dir, &with_sets(&["validate", &pipe])).output().unwrap());
+    ok(&bin(dir, &with_sets(&["run", &pipe, "-q"]))
+        .output()
+        .unwrap());
+
+    // dataset.json: classes are the sorted folder names; 30 drawn, balanced: emu has only
+    // 8, the other two share the rest; the nested image counts, notes.txt is skipped.
+    let m = read_json(&entry_of(dir, "data").join("dataset.json"));
+    let t = &m["tasks"][0];
+    assert_eq!(t["name"], "toys");
+    assert_eq!(t["group"], "natural");
+    assert_eq!(t["num_classes"], 3);
+    assert_eq!(t["class_names"], serde_json::json!(["cat", "dog", "emu"]));
+    assert_eq!(t["dir"], ".");
+    let r = &t["imagefolder"];
+    assert_eq!(
+        r["sampling"]["per_class"],
+        serde_json::json!({"cat": 11, "dog": 11, "emu": 8})
+    );
+    assert_eq!(r["sampling"]["from_images"], 42);
+    assert_eq!(r["sampling"]["method"], "balanced");
+    assert_eq!(r["sampling"]["seed"], 0);
+    assert_eq!(r["skipped_files"], 1);
+    assert_eq!(
+        r["skipped_examples"],
+        serde_json::json!(["train/cat/notes.txt"])
+    );
+    assert_eq!(
+        r["per_class"]["test"],
+        serde_json::json!({"cat": 6, "dog": 6, "emu": 6})
+    );
+    assert_eq!(t["splits"]["train800val200"]["count"], 30);
+    assert_eq!(t["splits"]["train800val200"]["list_file"], "train");
+    assert_eq!(t["splits"]["test"]["count"], 18);
+    let train = t["splits"]["train800val200"]["images"].as_array().unwrap();
+    assert!(train
+        .iter()
+        .all(|e| e["path"].as_str().unwrap().starts_with("train/")));
+    let emu: Vec<&serde_json::Value> = train.iter().filter(|e| e["label"] == 2).collect();
+    assert_eq!(emu.len(), 8, "every emu image is drawn");
+
+    // decoded.json and eval.json carry the class names; both methods were evaluated on
+    // all 18 test images.
+    let dec = read_json(&entry_of(dir, "decode").join("decoded.json"));
+    assert_eq!(dec["class_names"], serde_json::json!(["cat", "dog", "emu"]));
+    assert_eq!(dec["task"], "toys");
+    for (id, label) in [("eval_at", "at"), ("eval_idat", "idat-mse")] {
+        let e = read_json(&entry_of(dir, id).join("eval.json"));
+        assert_eq!(e["label"], label);
+        assert_eq!(e["task"], "toys");
+        assert_eq!(e["images"], 18);
+        assert_eq!(e["class_names"], serde_json::json!(["cat", "dog", "emu"]));
+        let top1 = e["top1_final"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&top1), "{e}");
+    }
+
+    // The report compares both methods on the task.
+    let rep = entry_of(dir, "report");
+    let summary = std::fs::read_to_string(rep.join("summary.txt")).unwrap();
+    for w in ["AT vs iDAT on toys", "toys", "at", "idat-mse"] {
+        assert!(summary.contains(w), "summary lacks {w}:\n{summary}");
+    }
+    assert!(rep.join("report.md").is_file());
+    assert!(rep.join("idat-mse-vs-at").is_dir());
+
+    // The adapter statistics of student and teacher.
+    let stats = entry_of(dir, "stats");
+    assert!(stats.join("adapter-stats.md").is_file());
+    let models = read_json(&stats.join("models.json"));
+    assert_eq!(
+        models,
+        serde_json::json!(["dim16-depth2-heads2", "dim32-depth2-heads2"])
+    );
+
+    // infer with the trained student prints and writes the class names.
+    let student = entry_of(dir, "student");
+    let at = entry_of(dir, "at");
+    let model = student.join("model.json").display().to_string();
+    let weights = student.join("backbone.safetensors").display().to_string();
+    let adapter = at.join("student.safetensors").display().to_string();
+    let o = cmd(
+        dir,
+        &[
+            "infer",
+            "--model",
+            &model,
+            "--weights",
+            &weights,
+            "--adapter",
+            &adapter,
+            "--images",
+            "my-images/test/emu",
+            "--out",
+            "predictions.csv",
+        ],
+    );
+    let (out, _) = ok(&o);
+    let csv = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "source,label,class_name,logit_0,logit_1,logit_2"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6);
+    let names = ["cat", "dog", "emu"];
+    for r in &rows {
+        let label: usize = r[1].parse().unwrap();
+        assert_eq!(r[2], names[label], "{r:?}");
+        let printed = format!("{}\t{}\t{}", r[0], r[1], r[2]);
+        assert!(out.contains(&printed), "stdout lacks `{printed}`:\n{out}");
+    }
+}
+
+/// A NOAH-layout task of one's own: `<root>/<name>/{train800val200,test}.txt`.
+fn write_noah(root: &Path, name: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let mut lists = [String::new(), String::new()];
+    for i in 0..24 {
+        let label = i % 3;
+        let rel = format!("images/{i:03}.png");
+        image(label, i).save(dir.join(&rel)).unwrap();
+        lists[usize::from(i >= 18)].push_str(&format!("{rel} {label}\n"));
+    }
+    std::fs::write(dir.join("train800val200.txt"), &lists[0]).unwrap();
+    std::fs::write(dir.join("test.txt"), &lists[1]).unwrap();
+}
+
+const NOAH_PIPE: &str = "version: 1
+name: own-noah
+params:
+  root: vtab-1k
+  tasks:
+    - {name: fashion_own, num_classes: 3, class_names: [top, trouser, bag]}
+stages:
+  data:
+    uses: dataset/vtab1k
+    with:
+      source: {kind: local, path: \"${params.root}\"}
+      tasks: \"${params.tasks}\"
+  decode:
+    uses: data/decode
+    needs: [data]
+    with: {dataset: data, task: fashion_own, size: 16}
+";
+
+#[test]
+fn vtab1k_takes_a_custom_task_with_class_count_and_names() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    write_noah(&dir.join("vtab-1k"), "fashion_own");
+    std::fs::write(dir.join("p.yaml"), NOAH_PIPE).unwrap();
+    ok(&cmd(dir, &["validate", "p.yaml"]));
+    ok(&cmd(dir, &["run", "p.yaml", "-q"]));
+    let m = read_json(&entry_of(dir, "data").join("dataset.json"));
+    let t = &m["tasks"][0];
+    assert_eq!(t["name"], "fashion_own");
+    assert_eq!(t["num_classes"], 3);
+    assert_eq!(t["group"], "natural");
+    assert_eq!(
+        t["class_names"],
+        serde_json::json!(["top", "trouser", "bag"])
+    );
+    assert_eq!(t["splits"]["train800val200"]["count"], 18);
+    assert_eq!(t["splits"]["test"]["count"], 6);
+    let dec = read_json(&entry_of(dir, "decode").join("decoded.json"));
+    assert_eq!(
+        dec["class_names"],
+        serde_json::json!(["top", "trouser", "bag"])
+    );
+
+    // Errors at `validate`, at the offending entry's line.
+    let bad = |tasks: &str| -> String {
+        let o = cmd(
+            dir,
+            &[
+                "validate",
+                "p.yaml",
+                "--set",
+                &format!("params.tasks={tasks}"),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+        text(&o).1
+    };
+    let q = NOAH_PIPE.replace(
+        "      tasks: \"${params.tasks}\"",
+        "      tasks:\n        - dtd\n        - fashion_own",
+    );
+    std::fs::write(dir.join("q.yaml"), q).unwrap();
+    let o = cmd(dir, &["validate", "q.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    let err = text(&o).1;
+    assert!(
+        err.contains(
+            "q.yaml:14:11: at `stages.data.with.tasks.1`: unknown VTAB-1K task `fashion_own`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("{name: fashion_own, num_classes: N}"), "{err}");
+
+    let e = bad("[{name: shoes, num_classes: 3, class_names: [a, b]}]");
+    assert!(
+        e.contains("at `stages.data.with.tasks.0`")
+            && e.contains("2 class names given for 3 classes"),
+        "{e}"
+    );
+    let e = bad("[{name: svhn, num_classes: 10}]");
+    assert!(e.contains("is the VTAB-1K task `svhn`"), "{e}");
+    let e = bad("[{name: shoes, num_classes: 3, group: weird}]");
+    assert!(e.contains("group `weird`: expected one of natural"), "{e}");
+    let e = bad("[cifar100, cifar]");
+    assert!(
+        e.contains("at `stages.data.with.tasks.1`") && e.contains("task `cifar` is listed twice"),
+        "{e}"
+    );
+    let e = bad("[{name: ../up, num_classes: 3}]");
+    assert!(e.contains("not a plain folder name"), "{e}");
+
+    // The same check on every matrix cell, naming the cell.
+    let m = "version: 1
+name: m
+params:
+  names: [toys, pets]
+stages:
+  data:
+    uses: dataset/imagefolder
+    matrix: {n: \"${params.names}\"}
+    with:
+      source: {kind: local, path: imgs}
+      name: \"${matrix.n}\"
+";
+    std::fs::write(dir.join("m.yaml"), m).unwrap();
+    let o = cmd(dir, &["validate", "m.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    let e = text(&o).1;
+    assert!(
+        e.contains("m.yaml:11:13: at `stages.data.with.name`: in `data[n=pets]`: task name `pets` is the VTAB-1K task `oxford_iiit_pet`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sampling_counts_balanced_and_stratified() {
+    use SampleMethod::*;
+    assert_eq!(sample_counts(&[20, 14, 8], 30, Balanced), [11, 11, 8]);
+    assert_eq!(sample_counts(&[20, 14, 8], 31, Balanced), [12, 11, 8]);
+    assert_eq!(
+        sample_counts(&[100, 100, 100], 1000 / 4, Balanced),
+        [84, 83, 83]
+    );
+    assert_eq!(sample_counts(&[20, 14, 8], 42, Balanced), [20, 14, 8]);
+    // 21 * 20/42 = 10, 21 * 14/42 = 7, 21 * 8/42 = 4 (remainder 0): exact.
+    assert_eq!(sample_counts(&[20, 14, 8], 21, Stratified), [10, 7, 4]);
+    // 10 * (20, 14, 8) / 42 = 4.76, 3.33, 1.90 -> 4, 3, 1 + largest remainders (0.90, 0.76).
+    assert_eq!(sample_counts(&[20, 14, 8], 10, Stratified), [5, 3, 2]);
+    assert_eq!(
+        sample_counts(&[500, 300, 200], 1000, Stratified),
+        [500, 300, 200]
+    );
+}
+
+fn opts(n_train: Option<usize>, method: SampleMethod, seed: u64) -> ImageFolderOptions {
+    ImageFolderOptions {
+        name: "toys".into(),
+        group: "natural".into(),
+        n_train,
+        method,
+        seed,
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("imgs");
+    write_imagefolder(&root);
+    let paths = |seed: u64, method| -> Vec<String> {
+        let t = read_imagefolder(&root, &opts(Some(12), method, seed)).unwrap();
+        t.splits["train800val200"]
+            .images
+            .iter()
+            .map(|e| e.path.clone())
+            .collect()
+    };
+    let a = paths(7, SampleMethod::Stratified);
+    assert_eq!(
+        a,
+        paths(7, SampleMethod::Stratified),
+        "same seed, same draw"
+    );
+    assert_ne!(
+        a,
+        paths(8, SampleMethod::Stratified),
+        "another seed, another draw"
+    );
+    let t = read_imagefolder(&root, &opts(Some(12), SampleMethod::Stratified, 7)).unwrap();
+    let s = t.imagefolder.unwrap().sampling.unwrap();
+    // 12 * (20, 14, 8) / 42 = 5.71, 4, 2.29 -> 5, 4, 2 + the largest remainder (cat).
+    assert_eq!(s.per_class.values().copied().collect::<Vec<_>>(), [6, 4, 2]);
+    // Without n_train every training image is kept, in sorted order, 1-based positions.
+    let t = read_imagefolder(&root, &opts(None, SampleMethod::Balanced, 0)).unwrap();
+    let train = &t.splits["train800val200"];
+    assert_eq!(train.count, 42);
+    assert_eq!(train.images[0].path, "train/cat/000.jpg");
+    assert_eq!(train.images[0].line, 1);
+    assert!(t.imagefolder.unwrap().sampling.is_none());
+}
+
+#[test]
+fn bad_imagefolder_trees_fail_naming_the_file() {
+    let err = |root: &Path, o: ImageFolderOptions| -> String {
+        format!(
+            "{:#}",
+            read_imagefolder(root, &o).expect_err("expected an error")
+        )
+    };
+    let fresh = || {
+        let d = tempfile::tempdir().unwrap();
+        write_imagefolder(&d.path().join("imgs"));
+        d
+    };
+    let o = || opts(None, SampleMethod::Balanced, 0);
+
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::remove_dir_all(root.join("test")).unwrap();
+    assert!(
+        err(&root, o()).contains("no `test` folder"),
+        "{}",
+        err(&root, o())
+    );
+
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::create_dir_all(root.join("test/yak")).unwrap();
+    let e = err(&root, o());
+    assert!(e.contains("class folder `yak` is not in `train`"), "{e}");
+
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::write(root.join("train/dog/x.bmp"), b"BM").unwrap();
+    let e = err(&root, o());
+    assert!(
+        e.contains("train/dog/x.bmp") && e.contains("expected JPEG or PNG"),
+        "{e}"
+    );
+
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::create_dir_all(root.join("train/yak")).unwrap();
+    let e = err(&root, o());
+    assert!(e.contains("class folder `yak` holds no image"), "{e}");
+
+    let d = fresh();
+    let root = d.path().join("imgs");
+    let e = err(&root, opts(Some(43), SampleMethod::Balanced, 0));
+    assert!(e.contains("n_train 43: expected 1..=42"), "{e}");
+
+    // An image that cannot be read (a dangling link) is named.
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::os::unix::fs::symlink(root.join("nowhere.png"), root.join("test/emu/zz.png")).unwrap();
+    let e = err(&root, o());
+    assert!(
+        e.contains("test/emu/zz.png") && e.contains("not a readable file"),
+        "{e}"
+    );
+
+    // A class folder that is a link to another disk is followed; a link loop is an error.
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::rename(root.join("train/emu"), d.path().join("emu-elsewhere")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("emu-elsewhere"), root.join("train/emu")).unwrap();
+    let t = read_imagefolder(&root, &o()).unwrap();
+    assert_eq!(t.class_names.as_deref().unwrap(), ["cat", "dog", "emu"]);
+    assert_eq!(t.splits["train800val200"].count, 42);
+    std::os::unix::fs::symlink(root.join("train/dog"), root.join("train/dog/loop")).unwrap();
+    let e = err(&root, o());
+    assert!(e.contains("nested deeper than 16 levels"), "{e}");
+
+    // The same picture in test and train is found and recorded (as for NOAH tasks).
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::copy(
+        root.join("train/cat/001.png"),
+        root.join("test/cat/zzz.png"),
+    )
+    .unwrap();
+    let t = read_imagefolder(&root, &o()).unwrap();
+    let c = &t.checks.test_train_identical_content;
+    assert_eq!((c.groups, c.files), (1, 2), "{c:?}");
+    assert!(
+        c.examples[0].iter().any(|x| x.contains("test/cat/zzz.png")),
+        "{c:?}"
+    );
+}
