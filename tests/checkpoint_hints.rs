@@ -78,8 +78,10 @@ fn with_options(text: &str) -> BTreeSet<String> {
             text[i + m.len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
+                .collect::<String>()
         })
+        // `with.{p}` in a format string names no option.
+        .filter(|name| !name.is_empty())
         .collect()
 }
 
@@ -361,6 +363,14 @@ fn every_option_a_message_says_to_set_exists() {
         for line in text.lines().filter(|l| l.contains('"')) {
             let code = line.split("//").next().unwrap_or("");
             for (i, _) in code.match_indices("set ") {
+                // The word `set`, not the end of `dataset` or `reset`.
+                if code[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                {
+                    continue;
+                }
                 let rest = code[i + 4..].trim_start_matches('`');
                 let name: String = rest
                     .chars()

@@ -142,6 +142,76 @@ fn archive_source_downloads_extracts_and_validates() {
 }
 
 #[test]
+fn an_archive_on_this_machine_is_a_file_url_checked_like_a_download() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("vtab-1k");
+    write_task(&root, "toy", 3, SMALL_SPLITS, 8);
+    let tgz = src.path().join("v.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&tgz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        b.append_dir_all("vtab-1k", &root).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let sha = sha_hex(&std::fs::read(&tgz).unwrap());
+    let specs = [TaskSpec::custom("toy", "mini", 3)];
+    let source = |url: String, sha: &str| -> VtabSource {
+        serde_json::from_value(serde_json::json!({"kind": "archive", "url": url, "sha256": sha}))
+            .unwrap()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tgz.display());
+    let m = prepare(
+        &source(url.clone(), &sha),
+        &specs,
+        cache.path(),
+        &PrepareOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(m.task("toy").unwrap().splits["train800val200"].count, 6);
+    // The checksum is checked as for a download.
+    let other = tempfile::tempdir().unwrap();
+    let e = format!(
+        "{:#}",
+        prepare(
+            &source(url, &"0".repeat(64)),
+            &specs,
+            other.path(),
+            &PrepareOptions::default()
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("checksum mismatch"), "{e}");
+    // A relative file URL is refused with the form to use.
+    let e = format!(
+        "{:#}",
+        prepare(
+            &source("file://v.tar.gz".into(), &sha),
+            &specs,
+            other.path(),
+            &PrepareOptions::default()
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("file:///data/vtab-1k.zip"), "{e}");
+    // The archive given as a local folder: the error gives the archive form, which works.
+    let local: VtabSource =
+        serde_json::from_value(serde_json::json!({"kind": "local", "path": tgz})).unwrap();
+    let e = format!(
+        "{:#}",
+        prepare(&local, &specs, other.path(), &PrepareOptions::default()).unwrap_err()
+    );
+    assert!(
+        e.contains("is a file, not a dataset folder")
+            && e.contains(&format!("url: \"file://{}\"", tgz.display())),
+        "{e}"
+    );
+}
+
+#[test]
 fn source_params_reject_unknown_fields() {
     let e = serde_json::from_value::<VtabSource>(serde_json::json!({
         "kind": "local", "path": "/data", "pth": 1

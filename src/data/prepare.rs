@@ -26,7 +26,7 @@ pub enum VtabSource {
     },
     /// A zip or tar.gz archive, downloaded (resumable), sha256-verified, extracted atomically.
     Archive {
-        /// HTTP(S) URL of the archive.
+        /// HTTP(S) URL of the archive, or `file:///absolute/path` for one on this machine.
         url: String,
         /// Expected sha256 of the archive (64 hex digits).
         sha256: String,
@@ -479,6 +479,16 @@ pub fn resolve_source(
             let path =
                 crate::config::paths::absolute(&cwd, home.as_deref(), &path.to_string_lossy())
                     .map_err(anyhow::Error::msg)?;
+            if path.is_file() {
+                bail!(
+                    "{} is a file, not a dataset folder: for an archive (.zip, .tar.gz) on this \
+                     machine give `source: {{kind: archive, url: \"file://{}\", sha256: <its \
+                     sha256>}}` (checked, then extracted into the cache), or extract it and \
+                     give the folder",
+                    path.display(),
+                    path.display()
+                );
+            }
             if !path.is_dir() {
                 bail!(
                     "dataset folder {} not found: expected a folder in the NOAH or ImageFolder \

@@ -134,6 +134,10 @@ pub fn resume_epoch(dir: &Path) -> Result<Option<(usize, PathBuf)>> {
     Ok(Some((epoch + 1, path)))
 }
 
+/// The newest epoch checkpoint in `dir` restored into `members` (weights and optimizer
+/// state), or None when there is none. Errors: an unreadable or mismatched checkpoint, with
+/// the way out (only the newest is kept, so there is nothing older to fall back on: the
+/// same words `plan` prints).
 pub(super) fn load_latest(
     dir: &Path,
     members: &mut [Member],
@@ -142,6 +146,15 @@ pub(super) fn load_latest(
     let Some(path) = latest_path(dir)? else {
         return Ok(None);
     };
+    restore(path, members, dev).map(Some).with_context(|| {
+        format!(
+            "cannot resume from the checkpoint (delete {} to start over)",
+            dir.display()
+        )
+    })
+}
+
+fn restore(path: PathBuf, members: &mut [Member], dev: &Device) -> Result<Saved> {
     let (tensors, meta) = load_tensors(&path, dev)
         .with_context(|| format!("reading epoch checkpoint {}", path.display()))?;
     let epoch: usize = meta
@@ -177,7 +190,7 @@ pub(super) fn load_latest(
             .load_state(&opt)
             .with_context(|| format!("{}: restoring {} optimizer", path.display(), m.name))?;
     }
-    Ok(Some(Saved { epoch, rows, path }))
+    Ok(Saved { epoch, rows, path })
 }
 
 #[cfg(test)]
@@ -258,5 +271,23 @@ mod tests {
             e.contains("3 bytes, too short for a safetensors header"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_unreadable_newest_checkpoint_says_how_to_start_over() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("epoch-0069.safetensors"), [7u8; 1000]).unwrap();
+        let e = match load_latest(t.path(), &mut [], &Device::Cpu) {
+            Ok(_) => panic!("a truncated checkpoint was restored"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains(&format!("delete {} to start over", t.path().display()))
+                && e.contains("epoch-0069.safetensors"),
+            "{e}"
+        );
+        assert!(load_latest(&t.path().join("none"), &mut [], &Device::Cpu)
+            .unwrap()
+            .is_none());
     }
 }
