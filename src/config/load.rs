@@ -407,10 +407,9 @@ fn explain(
                 .unwrap_or("a value")
                 .to_string();
             one(if is_path {
-                format!(
-                    "expected a path string, got null: YAML reads `~` alone (and an empty \
-                     value) as null; write \"~\" in quotes for the home folder"
-                )
+                "expected a path string, got null: YAML reads `~` alone (and an empty value) \
+                 as null; write \"~\" in quotes for the home folder"
+                    .to_string()
             } else {
                 format!(
                     "expected {want}, got null: YAML reads `~` alone (and an empty value) as null"
