@@ -106,27 +106,83 @@ struct Ctx<'a> {
     file: &'a str,
     doc: &'a Located,
     diags: Vec<Diagnostic>,
+    /// (dotted path an override created or replaced, the `--set` text): an error under one
+    /// of them is the override's, reported at `--set`, not at a line of the file.
+    sets: Vec<(String, String)>,
 }
 
 impl Ctx<'_> {
+    /// An error at the node at `path`.
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        let path = path.into();
-        let pos = Some(self.doc.pos(&path));
-        self.diags.push(Diagnostic {
-            file: self.file.to_string(),
-            pos,
-            path,
-            message: message.into(),
-        });
+        self.push(path.into(), message.into(), false);
     }
-}
 
-fn pointer_to_path(ptr: &str) -> String {
-    ptr.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace("~1", "/").replace("~0", "~"))
-        .collect::<Vec<_>>()
-        .join(".")
+    /// An error about the key of the mapping entry at `path` (an unknown field).
+    fn err_key(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.push(path.into(), message.into(), true);
+    }
+
+    /// The `--set` text of the override that made or replaced `path` (or an ancestor).
+    fn set_of(&self, path: &str) -> Option<String> {
+        self.sets
+            .iter()
+            .rev()
+            .find(|(p, _)| {
+                p.is_empty()
+                    || path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
+            .map(|(_, raw)| raw.clone())
+    }
+
+    /// An error at `path` of a stage's `with:` (`rel` inside it; `raw` is the `with:` as
+    /// written): when the value there came through a `${params.P}` that a `--set` changed,
+    /// the error is the override's.
+    fn err_in_with(
+        &mut self,
+        path: String,
+        rel: &[String],
+        raw: &Value,
+        message: String,
+        at_key: bool,
+    ) {
+        if let Some(p) = param_behind(raw, rel) {
+            if let Some(set) = self.set_of(&p) {
+                self.diags.push(Diagnostic {
+                    file: "--set".into(),
+                    pos: None,
+                    path,
+                    message: format!("{message} (at `{p}`, from `--set {set}`)"),
+                });
+                return;
+            }
+        }
+        self.push(path, message, at_key);
+    }
+
+    fn push(&mut self, path: String, message: String, at_key: bool) {
+        let d = match self.set_of(&path) {
+            Some(raw) => Diagnostic {
+                file: "--set".into(),
+                pos: None,
+                path,
+                message: format!("{message} (from `--set {raw}`)"),
+            },
+            None => Diagnostic {
+                file: self.file.to_string(),
+                pos: Some(if at_key {
+                    self.doc.key_pos(&path)
+                } else {
+                    self.doc.pos(&path)
+                }),
+                path,
+                message,
+            },
+        };
+        self.diags.push(d);
+    }
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -137,8 +193,43 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
+/// The param a `with:` field at `rel` comes from, when the `with:` as written (`raw`) has a
+/// whole-string `${params.P}` on the way there: `params.P` and the rest of `rel`.
+fn param_behind(raw: &Value, rel: &[String]) -> Option<String> {
+    let mut v = raw;
+    for (i, seg) in rel.iter().enumerate() {
+        if let Some(p) = v
+            .as_str()
+            .and_then(|t| t.strip_prefix("${params."))
+            .and_then(|t| t.strip_suffix('}'))
+            .filter(|t| !t.contains('$'))
+        {
+            return Some(
+                std::iter::once(format!("params.{p}"))
+                    .chain(rel[i..].iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+        v = value_at(v, std::slice::from_ref(seg))?;
+    }
+    let p = v.as_str()?.strip_prefix("${params.")?.strip_suffix('}')?;
+    (!p.contains('$')).then(|| format!("params.{p}"))
+}
+
 /// Validate `value` (found at `base`) against `schema`; every error is recorded. True if valid.
+/// `raw`: the `with:` as written, when `value` is a stage's `with:` after substitution.
 fn check_schema(cx: &mut Ctx, schema: &Value, value: &Value, base: &str) -> bool {
+    check_schema_with(cx, schema, value, base, None)
+}
+
+fn check_schema_with(
+    cx: &mut Ctx,
+    schema: &Value,
+    value: &Value,
+    base: &str,
+    raw: Option<&Value>,
+) -> bool {
     let validator = match jsonschema::validator_for(schema) {
         Ok(v) => v,
         Err(e) => {
@@ -149,19 +240,335 @@ fn check_schema(cx: &mut Ctx, schema: &Value, value: &Value, base: &str) -> bool
     let mut ok = true;
     for e in validator.iter_errors(value) {
         ok = false;
-        let mut path = join(base, &pointer_to_path(&e.instance_path().to_string()));
-        let msg = e.to_string();
-        // Point at the unexpected key itself when there is exactly one.
-        if let Some(rest) = msg.split("('").nth(1) {
-            if let Some(key) = rest.strip_suffix("' was unexpected)") {
-                if !key.contains('\'') {
-                    path = join(&path, key);
+        for x in explain(schema, value, &e, None) {
+            let path = join(base, &x.path);
+            match raw {
+                Some(raw) => {
+                    let rel: Vec<String> = x
+                        .path
+                        .split('.')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    cx.err_in_with(path, &rel, raw, x.message, x.at_key);
+                }
+                None => cx.push(path, x.message, x.at_key),
+            }
+        }
+    }
+    ok
+}
+
+/// One schema error in the user's terms.
+struct Explained {
+    /// Dotted path inside the checked value.
+    path: String,
+    message: String,
+    /// The error is about the key at `path` (an unknown field), not its value.
+    at_key: bool,
+}
+
+fn segments(ptr: &str) -> Vec<String> {
+    ptr.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+/// The value at `segs` under `v`.
+fn value_at<'v>(v: &'v Value, segs: &[String]) -> Option<&'v Value> {
+    segs.iter().try_fold(v, |v, s| match v {
+        Value::Object(m) => m.get(s),
+        Value::Array(a) => s.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// `s` with its `$ref` followed and, while it is a `oneOf`/`anyOf` of which exactly one
+/// branch describes `v` (the variant its tag selects, or the one its type admits), that branch.
+fn settle<'s>(root: &'s Value, s: &'s Value, v: &Value) -> &'s Value {
+    let mut s = paths::deref(root, s);
+    loop {
+        let branches = s
+            .get("oneOf")
+            .or_else(|| s.get("anyOf"))
+            .and_then(Value::as_array);
+        let Some(branches) = branches else { return s };
+        let mut selected = branches
+            .iter()
+            .filter(|b| paths::branch_selects(root, b, v));
+        match (selected.next(), selected.next()) {
+            (Some(b), None) => s = paths::deref(root, b),
+            _ => return s,
+        }
+    }
+}
+
+/// The schema written for the value at `segs` of `value` (tagged variants on the way
+/// followed; the last one as written, not settled).
+fn schema_at<'s>(root: &'s Value, value: &Value, segs: &[String]) -> Option<&'s Value> {
+    let mut s = root;
+    let mut v = value;
+    for seg in segs {
+        let here = settle(root, s, v);
+        s = match v {
+            Value::Object(_) => here
+                .get("properties")
+                .and_then(|p| p.get(seg))
+                .or_else(|| here.get("additionalProperties").filter(|a| a.is_object())),
+            Value::Array(_) => here.get("items").filter(|i| i.is_object()),
+            _ => None,
+        }?;
+        v = value_at(v, std::slice::from_ref(seg))?;
+    }
+    Some(s)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "map",
+    }
+}
+
+/// A schema error of `value` (checked against `root`) as messages that name the field and
+/// what is expected. `oneOf`/`anyOf` failures report the errors of the branch the value
+/// selects (its tag, e.g. `kind: local`, or its type); an unknown or missing tag is named
+/// with the tags there are.
+///
+/// `branch`: the branch schema (and its path) whose errors these are, when called for a
+/// `oneOf`/`anyOf` branch (its own `oneOf` is the one a nested error at that path refers to).
+fn explain(
+    root: &Value,
+    value: &Value,
+    e: &jsonschema::ValidationError,
+    branch: Option<(&str, &Value)>,
+) -> Vec<Explained> {
+    use jsonschema::error::ValidationErrorKind as K;
+    let segs = segments(&e.instance_path().to_string());
+    let path = segs.join(".");
+    let node = value_at(value, &segs).unwrap_or(&Value::Null);
+    let written = match branch {
+        Some((p, b)) if p == path => Some(b),
+        _ => schema_at(root, value, &segs),
+    };
+    let here = written.map(|w| settle(root, w, node));
+    let one = |message: String| {
+        vec![Explained {
+            path: path.clone(),
+            message,
+            at_key: false,
+        }]
+    };
+    match e.kind() {
+        K::AdditionalProperties { unexpected } => {
+            let expected: Vec<&str> = here
+                .and_then(|s| s.get("properties"))
+                .and_then(Value::as_object)
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            unexpected
+                .iter()
+                .map(|k| {
+                    let mut message = format!("unknown field `{k}`");
+                    if !expected.is_empty() {
+                        message.push_str(&format!(" (expected: {})", expected.join(", ")));
+                        if let Some(m) = super::overrides::did_you_mean(k, expected.iter().copied())
+                        {
+                            message.push_str(&format!("; did you mean `{m}`?"));
+                        }
+                    }
+                    Explained {
+                        path: join(&path, k),
+                        message,
+                        at_key: true,
+                    }
+                })
+                .collect()
+        }
+        K::Required { property } => one(format!(
+            "missing field `{}`",
+            property
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| property.to_string())
+        )),
+        K::Type { .. } if node.is_null() => {
+            let is_path = here.and_then(|s| s.get("format")).and_then(Value::as_str)
+                == Some(paths::PATH_FORMAT);
+            let want = e.to_string();
+            let want = want
+                .split(" is not of type ")
+                .nth(1)
+                .unwrap_or("a value")
+                .to_string();
+            one(if is_path {
+                "expected a path string, got null: YAML reads `~` alone (and an empty value) \
+                 as null; write \"~\" in quotes for the home folder"
+                    .to_string()
+            } else {
+                format!(
+                    "expected {want}, got null: YAML reads `~` alone (and an empty value) as null"
+                )
+            })
+        }
+        K::OneOfNotValid { context } | K::AnyOf { context } => {
+            let raw = paths::deref(root, written.unwrap_or(root));
+            let branches = raw
+                .get("oneOf")
+                .or_else(|| raw.get("anyOf"))
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let picked: Vec<usize> = (0..branches.len())
+                .filter(|&i| paths::branch_selects(root, &branches[i], node))
+                .collect();
+            if let [i] = picked[..] {
+                if let Some(errs) = context.get(i) {
+                    let mut out = Vec::new();
+                    for be in errs {
+                        out.extend(explain(root, value, be, Some((&path, &branches[i]))));
+                    }
+                    if !out.is_empty() {
+                        return out;
+                    }
+                }
+            }
+            if picked.is_empty() {
+                if let Some(m) = untaken_tag(root, branches, node, &path) {
+                    return vec![m];
+                }
+                let types: Vec<String> = branches
+                    .iter()
+                    .filter_map(|b| paths::deref(root, b).get("type"))
+                    .map(|t| match t {
+                        Value::String(t) => t.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                if types.len() == branches.len() && !types.is_empty() {
+                    let mut m = format!(
+                        "expected {}, got {} {}",
+                        types.join(" or "),
+                        type_name(node),
+                        node
+                    );
+                    if node.is_null() {
+                        m.push_str(" (YAML reads `~` alone and an empty value as null)");
+                    }
+                    return one(m);
+                }
+            }
+            one(e.to_string())
+        }
+        K::Pattern { pattern } if pattern == schema::SHA256_PATTERN => {
+            let got = node.as_str().unwrap_or_default();
+            one(format!(
+                "`{got}` is not a sha256: expected 64 hex digits (0-9, a-f; either case), got \
+                 {} characters{}",
+                got.chars().count(),
+                if got.chars().all(|c| c.is_ascii_hexdigit()) {
+                    ""
+                } else {
+                    " with non-hex ones"
+                }
+            ))
+        }
+        _ => one(e.to_string()),
+    }
+}
+
+/// Lower-case, in place, every string that `schema` marks as a sha256
+/// ([`schema::SHA256_PATTERN`]): the one place a digest's case is settled, so the stage, the
+/// plan and the cache key all see the same text (`ABC…` and `abc…` are one key).
+fn lower_case_digests(root: &Value, s: &Value, v: &mut Value) {
+    let s = settle(root, s, v);
+    if s.get("pattern").and_then(Value::as_str) == Some(schema::SHA256_PATTERN) {
+        if let Value::String(t) = v {
+            if !t.starts_with("${") {
+                t.make_ascii_lowercase();
+            }
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let sub = s
+                    .get("properties")
+                    .and_then(|p| p.get(k))
+                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(sub) = sub {
+                    lower_case_digests(root, sub, child);
                 }
             }
         }
-        cx.err(path, msg);
+        Value::Array(items) => {
+            if let Some(sub) = s.get("items").filter(|i| i.is_object()) {
+                for child in items {
+                    lower_case_digests(root, sub, child);
+                }
+            }
+        }
+        _ => {}
     }
-    ok
+}
+
+/// For a map that no tagged variant selects: its tag is missing or not one of the variants'
+/// (`kind: lcoal`), named with the tags there are.
+fn untaken_tag(root: &Value, branches: &[Value], node: &Value, path: &str) -> Option<Explained> {
+    let obj = node.as_object()?;
+    let mut tag: Option<&str> = None;
+    let mut tags: Vec<&Value> = Vec::new();
+    for b in branches {
+        let props = paths::deref(root, b).get("properties")?.as_object()?;
+        let (k, c) = props
+            .iter()
+            .find_map(|(k, p)| p.get("const").map(|c| (k.as_str(), c)))?;
+        if tag.is_some_and(|t| t != k) {
+            return None;
+        }
+        tag = Some(k);
+        tags.push(c);
+    }
+    let tag = tag?;
+    let names: Vec<String> = tags
+        .iter()
+        .map(|t| {
+            t.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| t.to_string())
+        })
+        .collect();
+    let list = names.join(", ");
+    Some(match obj.get(tag) {
+        None => Explained {
+            path: path.to_string(),
+            message: format!("missing field `{tag}` (one of {list})"),
+            at_key: false,
+        },
+        Some(got) => {
+            let shown = got
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| got.to_string());
+            let mut message = format!("{tag}: `{shown}` is not one of {list}");
+            if let Some(m) = got
+                .as_str()
+                .and_then(|g| super::overrides::did_you_mean(g, names.iter().map(String::as_str)))
+            {
+                message.push_str(&format!("; did you mean `{m}`?"));
+            }
+            Explained {
+                path: join(path, tag),
+                message,
+                at_key: false,
+            }
+        }
+    })
 }
 
 fn valid_id(s: &str) -> bool {
@@ -185,14 +592,31 @@ pub fn load_str(
             message: format!("invalid YAML: {}", e.message),
         }]
     })?;
+    let top_schema = schema::top_level();
+    let top_fields: Vec<&str> = top_schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     let mut over_diags = Vec::new();
+    let mut sets = Vec::new();
     for o in overrides {
-        match parse_override(o).and_then(|ov| apply(&mut doc.value, &ov)) {
-            Ok(()) => {}
+        match parse_override(o).and_then(|ov| apply(&mut doc.value, &ov, &top_fields)) {
+            Ok(made) => {
+                // The file's positions under what the override replaced no longer apply.
+                doc.forget(&made);
+                sets.push((made, o.clone()));
+            }
             Err(m) => over_diags.push(Diagnostic {
                 file: "--set".into(),
                 pos: None,
-                path: o.split('=').next().unwrap_or_default().to_string(),
+                path: o
+                    .split('=')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches('+')
+                    .to_string(),
                 message: m,
             }),
         }
@@ -204,8 +628,9 @@ pub fn load_str(
         file,
         doc: &doc,
         diags: Vec::new(),
+        sets,
     };
-    if !check_schema(&mut cx, &schema::top_level(), &doc.value, "") {
+    if !check_schema(&mut cx, &top_schema, &doc.value, "") {
         return Err(cx.diags);
     }
     let top: Pipeline = match serde_json::from_value(doc.value.clone()) {
@@ -363,7 +788,7 @@ pub fn load_str(
         }
         if let (Some(kind), false) = (kind, had_errs) {
             if let Some(s) = schema::kind_params(registry, kind.name()) {
-                if check_schema(&mut cx, &s, &checked, &wpath) {
+                if check_schema_with(&mut cx, &s, &checked, &wpath, Some(&spec.with)) {
                     if let Err(e) = kind.check_params(&checked) {
                         cx.err(join(&wpath, &e.path), e.message);
                     }
@@ -425,8 +850,8 @@ pub fn load_str(
     })
 }
 
-/// Apply the path rule (`config/paths.rs`) to each instance's `with:`; an error (a `~user`
-/// path) is reported once per stage at the field's position.
+/// Lower-case each instance's sha256 fields, then apply the path rule (`config/paths.rs`) to
+/// its `with:`; an error (a `~user` path) is reported once per stage at the field's position.
 fn resolve_instance_paths(
     cx: &mut Ctx,
     registry: &Registry,
@@ -437,6 +862,9 @@ fn resolve_instance_paths(
     let Some(schema) = schema::kind_params(registry, &spec.uses) else {
         return;
     };
+    for inst in cells.iter_mut() {
+        lower_case_digests(&schema, &schema, &mut inst.with);
+    }
     for inst in cells {
         let errs = paths::resolve_paths(&schema, &mut inst.with, cwd, home.as_deref());
         if let Some((p, m)) = errs.into_iter().next() {
@@ -465,21 +893,26 @@ fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Ins
         if !seen.insert(with.to_string()) {
             continue;
         }
-        let first = validator.iter_errors(&with).next().map(|e| {
-            (
-                pointer_to_path(&e.instance_path().to_string()),
-                e.to_string(),
-            )
-        });
-        let first = first.or_else(|| {
-            let kind = registry.get(&spec.uses)?;
-            kind.check_params(&with).err().map(|e| (e.path, e.message))
-        });
-        if let Some((ptr, msg)) = first {
-            cx.err(
-                join(&format!("stages.{}.with", inst.stage), &ptr),
-                format!("in `{}`: {msg}", inst.id),
-            );
+        let first = validator
+            .iter_errors(&with)
+            .next()
+            .and_then(|e| explain(&schema, &with, &e, None).into_iter().next())
+            .or_else(|| {
+                let kind = registry.get(&spec.uses)?;
+                kind.check_params(&with).err().map(|e| Explained {
+                    path: e.path,
+                    message: e.message,
+                    at_key: false,
+                })
+            });
+        if let Some(x) = first {
+            let path = join(&format!("stages.{}.with", inst.stage), &x.path);
+            let message = format!("in `{}`: {}", inst.id, x.message);
+            if x.at_key {
+                cx.err_key(path, message);
+            } else {
+                cx.err(path, message);
+            }
             return;
         }
     }

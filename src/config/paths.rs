@@ -94,7 +94,7 @@ pub fn resolve_paths(
     errs
 }
 
-fn deref<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
+pub(crate) fn deref<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
     match s.get("$ref").and_then(Value::as_str) {
         Some(r) => r
             .strip_prefix("#/$defs/")
@@ -174,7 +174,7 @@ fn walk(
 
 /// Whether a `oneOf`/`anyOf` branch describes `v`: its `type` admits it and every
 /// property fixed by `const` (or a one-value `enum`), the tag of a serde enum, matches.
-fn branch_selects(root: &Value, b: &Value, v: &Value) -> bool {
+pub(crate) fn branch_selects(root: &Value, b: &Value, v: &Value) -> bool {
     let b = deref(root, b);
     if let Some(t) = b.get("type") {
         let admits = |t: &str| match t {

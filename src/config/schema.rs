@@ -4,6 +4,12 @@ use crate::stages::Registry;
 use schemars::{generate::SchemaSettings, JsonSchema, SchemaGenerator};
 use serde_json::{json, Value};
 
+/// The `pattern` of every sha256 field of a kind's params (`#[schemars(extend("pattern" =
+/// SHA256_PATTERN))]`): 64 hex digits, either case. It is also the marker by which loading
+/// lower-cases the value ([`crate::config::load`]), so the case of a digest never changes a
+/// cache key.
+pub const SHA256_PATTERN: &str = "^[0-9a-fA-F]{64}$";
+
 fn generator() -> SchemaGenerator {
     SchemaGenerator::new(SchemaSettings::draft2020_12())
 }

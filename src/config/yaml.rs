@@ -22,9 +22,28 @@ pub struct Pos {
 pub struct Located {
     pub value: Value,
     pub positions: HashMap<String, Pos>,
+    /// Where the key of each mapping entry is, by the same dotted path (an unknown key is
+    /// reported at the key, not at its value, which may be on another line).
+    pub key_positions: HashMap<String, Pos>,
 }
 
 impl Located {
+    /// Position of the key of the mapping entry at `path`, or [`Located::pos`] when `path`
+    /// is not a mapping entry (a list item, the root, or a node an override made).
+    pub fn key_pos(&self, path: &str) -> Pos {
+        self.key_positions
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.pos(path))
+    }
+
+    /// Forget the positions of `path` and everything under it (an override replaced it).
+    pub fn forget(&mut self, path: &str) {
+        let under = format!("{path}.");
+        let gone = |k: &String| path.is_empty() || k == path || k.starts_with(&under);
+        self.positions.retain(|k, _| !gone(k));
+        self.key_positions.retain(|k, _| !gone(k));
+    }
     /// Position of `path`, or of its nearest located ancestor.
     pub fn pos(&self, path: &str) -> Pos {
         let mut p = path;
@@ -49,7 +68,7 @@ impl Located {
 enum Kind {
     Scalar(Value),
     Seq(Vec<Spanned<Node>>),
-    Map(Vec<(String, Spanned<Node>)>),
+    Map(Vec<(String, Pos, Spanned<Node>)>),
 }
 
 struct Node(Kind);
@@ -105,18 +124,22 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node(Kind::Seq(v)))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut v: Vec<(String, Spanned<Node>)> = Vec::new();
+        let mut v: Vec<(String, Pos, Spanned<Node>)> = Vec::new();
         while let Some(k) = map.next_key::<Spanned<KeyString>>()? {
             let key = k.value.0;
-            if v.iter().any(|(existing, _)| *existing == key) {
+            if v.iter().any(|(existing, _, _)| *existing == key) {
                 return Err(de::Error::custom(format!(
                     "duplicate key `{key}` at line {} column {}",
                     k.referenced.line(),
                     k.referenced.column()
                 )));
             }
+            let at = Pos {
+                line: k.referenced.line(),
+                col: k.referenced.column(),
+            };
             let val = map.next_value::<Spanned<Node>>()?;
-            v.push((key, val));
+            v.push((key, at, val));
         }
         Ok(Node(Kind::Map(v)))
     }
@@ -136,7 +159,12 @@ impl<'de> Deserialize<'de> for KeyString {
     }
 }
 
-fn flatten(node: Spanned<Node>, path: String, out: &mut HashMap<String, Pos>) -> Value {
+fn flatten(
+    node: Spanned<Node>,
+    path: String,
+    out: &mut HashMap<String, Pos>,
+    keys: &mut HashMap<String, Pos>,
+) -> Value {
     out.insert(
         path.clone(),
         Pos {
@@ -157,13 +185,14 @@ fn flatten(node: Spanned<Node>, path: String, out: &mut HashMap<String, Pos>) ->
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, n)| flatten(n, join(&i.to_string()), out))
+                .map(|(i, n)| flatten(n, join(&i.to_string()), out, keys))
                 .collect(),
         ),
         Kind::Map(entries) => {
             let mut m = serde_json::Map::new();
-            for (k, n) in entries {
-                let v = flatten(n, join(&k), out);
+            for (k, at, n) in entries {
+                keys.insert(join(&k), at);
+                let v = flatten(n, join(&k), out, keys);
                 m.insert(k, v);
             }
             Value::Object(m)
@@ -239,7 +268,8 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
         }
     })?;
     let mut positions = HashMap::new();
-    let value = flatten(node, String::new(), &mut positions);
+    let mut key_positions = HashMap::new();
+    let value = flatten(node, String::new(), &mut positions, &mut key_positions);
     if value.is_null() {
         return Err(SyntaxError {
             pos: Some(Pos { line: 1, col: 1 }),
@@ -247,7 +277,11 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
                 .into(),
         });
     }
-    Ok(Located { value, positions })
+    Ok(Located {
+        value,
+        positions,
+        key_positions,
+    })
 }
 
 /// The message for a tab in the indentation of a line.
@@ -384,6 +418,27 @@ mod tests {
         assert_eq!(doc.pos("a.b").line, 2);
         assert_eq!(doc.pos("a.c.0.x"), Pos { line: 4, col: 10 });
         assert_eq!(doc.pos("a.c.0.x.missing").line, 4);
+    }
+
+    #[test]
+    fn keys_have_their_own_positions() {
+        // A block value on the next line: the key is on line 2, its value on line 3.
+        let mut doc = parse(
+            "a: 1
+stagess:
+  x: {}
+l: [1]
+",
+        )
+        .unwrap();
+        assert_eq!(doc.key_pos("stagess"), Pos { line: 2, col: 1 });
+        assert_eq!(doc.pos("stagess"), Pos { line: 3, col: 3 });
+        assert_eq!(doc.key_pos("stagess.x"), Pos { line: 3, col: 3 });
+        // A list item has no key: its own position.
+        assert_eq!(doc.key_pos("l.0"), doc.pos("l.0"));
+        doc.forget("stagess");
+        assert_eq!(doc.pos("stagess.x"), Pos { line: 1, col: 1 });
+        assert_eq!(doc.key_pos("a"), Pos { line: 1, col: 1 });
     }
 
     #[test]

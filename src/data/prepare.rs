@@ -29,6 +29,7 @@ pub enum VtabSource {
         /// HTTP(S) URL of the archive, or `file:///absolute/path` for one on this machine.
         url: String,
         /// Expected sha256 of the archive (64 hex digits).
+        #[schemars(extend("pattern" = crate::config::schema::SHA256_PATTERN))]
         sha256: String,
     },
     /// A dataset repository on the Hugging Face hub (endpoint from `HF_ENDPOINT` or the options).

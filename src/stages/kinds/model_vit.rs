@@ -22,6 +22,7 @@ pub enum Weights {
         path: PathBuf,
         /// Expected sha256 of the file (hex); checked before use when given.
         #[serde(default)]
+        #[schemars(extend("pattern" = crate::config::schema::SHA256_PATTERN))]
         sha256: Option<String>,
     },
     /// A file of a model repo on the HF hub (endpoint from `HF_ENDPOINT`).
@@ -32,6 +33,7 @@ pub enum Weights {
         #[serde(default = "model_file")]
         file: String,
         #[serde(default)]
+        #[schemars(extend("pattern" = crate::config::schema::SHA256_PATTERN))]
         sha256: Option<String>,
     },
 }

@@ -1,0 +1,181 @@
+//! `--set` overrides and schema messages of `config::load_str`: a typo is refused with a
+//! suggestion, `+` adds, a broken flow value is an error, an error a `--set` value causes is
+//! reported at `--set`, tagged-enum errors name the field, sha256 fields are checked and
+//! lower-cased.
+use idat_pipe::config::{load_str, Diagnostic, Loaded};
+use idat_pipe::stages::Registry;
+
+const P: &str = "version: 1
+name: p
+params:
+  root: vtab-1k
+  weights: student.safetensors
+  student: {img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 32, depth: 2, num_heads: 2}
+  sha: \"ABCDEF0000000000000000000000000000000000000000000000000000000000\"
+stages:
+  data:
+    uses: dataset/vtab1k
+    with:
+      source: {kind: local, path: \"${params.root}\"}
+      tasks: [eurosat]
+  student:
+    uses: model/vit
+    with:
+      arch: \"${params.student}\"
+      weights: {from: file, path: \"${params.weights}\", sha256: \"${params.sha}\"}
+";
+
+fn load(sets: &[&str]) -> Result<Loaded, Vec<Diagnostic>> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    load_str("p.yaml", P, &sets, &Registry::builtin())
+}
+
+/// The one error of a load, as printed.
+fn error(sets: &[&str]) -> String {
+    let e = load(sets).expect_err("must fail");
+    assert_eq!(e.len(), 1, "{e:?}");
+    e[0].to_string()
+}
+
+#[test]
+fn a_set_of_a_param_the_file_lacks_is_an_error_with_a_suggestion() {
+    assert_eq!(
+        error(&["params.rot=../data/vtab-1k"]),
+        "--set: at `params.rot`: --set params.rot=../data/vtab-1k: the pipeline has no param \
+         `rot` (params: root, weights, student, sha); did you mean `root`?; to add it, write \
+         `--set +params.rot=../data/vtab-1k`"
+    );
+    assert_eq!(
+        error(&["stages.dta.with.tasks=[dtd]"]),
+        "--set: at `stages.dta.with.tasks`: --set stages.dta.with.tasks=[dtd]: the pipeline \
+         has no stage `dta` (stages: data, student); did you mean `data`?; to add it, write \
+         `--set +stages.dta.with.tasks=[dtd]`"
+    );
+    // `+` adds a param; the same `+` of an existing one is refused.
+    let l = load(&["+params.extra=1"]).unwrap();
+    assert_eq!(l.resolved["params"]["extra"], 1);
+    assert!(error(&["+params.root=x"]).contains("`params.root` exists already"));
+    // Inside a stage, a field its `with:` lacks may be set (the kind's schema checks it).
+    let l = load(&[
+        "stages.data.with.tasks=[dtd]",
+        "stages.data.with.revision=main",
+    ]);
+    assert!(
+        l.is_err(),
+        "the kind's schema still checks a field set in `with:`"
+    );
+    let l = load(&[
+        "stages.data.with.tasks=[dtd]",
+        "+stages.student.needs=[data]",
+    ]);
+    assert!(l.is_ok(), "{l:?}");
+}
+
+#[test]
+fn a_broken_flow_value_is_an_error() {
+    assert_eq!(
+        error(&["params.student={img_size: 16, patch_size: 8"]),
+        "--set: at `params.student`: --set `params.student={img_size: 16, patch_size: 8`: the \
+         value starts with `{` but is not valid as a YAML flow mapping: unclosed bracket '{' \
+         (quote the whole value in the shell, e.g. --set 'PATH={a: 1, b: 2}')"
+    );
+}
+
+#[test]
+fn an_error_a_set_value_causes_is_reported_at_the_set() {
+    let e: Vec<String> = load(&["stages.data.with.source={kind: local, pth: x}"])
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        e,
+        [
+            "--set: at `stages.data.with.source`: missing field `path` (from \
+             `--set stages.data.with.source={kind: local, pth: x}`)",
+            "--set: at `stages.data.with.source.pth`: unknown field `pth` (expected: kind, \
+             path); did you mean `path`? (from `--set stages.data.with.source={kind: local, \
+             pth: x}`)"
+        ]
+    );
+    assert_eq!(
+        error(&["+stages.dta.with.tasks=[dtd]"]),
+        "--set: at `stages.dta`: missing field `uses` (from `--set +stages.dta.with.tasks=[dtd]`)"
+    );
+    // A param set by `--set` and used through a reference: the error is the override's.
+    assert_eq!(
+        error(&["params.student.embed_dim=abc"]),
+        "--set: at `stages.student.with.arch.embed_dim`: \"abc\" is not of type \"integer\" \
+         (at `params.student.embed_dim`, from `--set params.student.embed_dim=abc`)"
+    );
+    // The same bad value written in the file: at the reference in the file.
+    let text = P.replace("embed_dim: 32", "embed_dim: abc");
+    let e = load_str("p.yaml", &text, &[], &Registry::builtin()).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "p.yaml:17:13: at `stages.student.with.arch.embed_dim`: \"abc\" is not of type \"integer\""
+    );
+}
+
+#[test]
+fn tagged_enum_errors_name_the_field_of_the_selected_variant() {
+    assert_eq!(
+        error(&["stages.student.with.weights={from: hub}"]),
+        "--set: at `stages.student.with.weights`: missing field `repo` (from \
+         `--set stages.student.with.weights={from: hub}`)"
+    );
+    assert_eq!(
+        error(&["stages.data.with.source={kind: lcoal, path: x}"]),
+        "--set: at `stages.data.with.source.kind`: kind: `lcoal` is not one of local, archive, \
+         hub; did you mean `local`? (from `--set stages.data.with.source={kind: lcoal, path: x}`)"
+    );
+    assert_eq!(
+        error(&["stages.data.with.source={path: x}"]),
+        "--set: at `stages.data.with.source`: missing field `kind` (one of local, archive, hub) \
+         (from `--set stages.data.with.source={path: x}`)"
+    );
+}
+
+#[test]
+fn sha256_is_checked_at_load_and_lower_cased() {
+    assert_eq!(
+        error(&["params.sha=abc"]),
+        "--set: at `stages.student.with.weights.sha256`: `abc` is not a sha256: expected 64 hex \
+         digits (0-9, a-f; either case), got 3 characters (at `params.sha`, from \
+         `--set params.sha=abc`)"
+    );
+    let text = P.replace("${params.sha}", "abc");
+    let e = load_str("p.yaml", &text, &[], &Registry::builtin()).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "p.yaml:18:64: at `stages.student.with.weights.sha256`: `abc` is not a sha256: expected \
+         64 hex digits (0-9, a-f; either case), got 3 characters"
+    );
+    let l = load(&[]).unwrap();
+    let inst = l.instances.iter().find(|i| i.stage == "student").unwrap();
+    assert_eq!(
+        inst.with["weights"]["sha256"],
+        "abcdef0000000000000000000000000000000000000000000000000000000000"
+    );
+    // A case-only change is the same `with:` (the cache key's input).
+    let lower =
+        load(&["params.sha=abcdef0000000000000000000000000000000000000000000000000000000000"])
+            .unwrap();
+    let inst2 = lower
+        .instances
+        .iter()
+        .find(|i| i.stage == "student")
+        .unwrap();
+    assert_eq!(inst.with, inst2.with);
+}
+
+#[test]
+fn an_unknown_top_level_key_is_reported_at_the_key() {
+    let text = "version: 1\nname: p\nstagse:\n  a: {uses: eval}\nstages: {}\n";
+    let e = load_str("q.yaml", text, &[], &Registry::builtin()).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "q.yaml:3:1: at `stagse`: unknown field `stagse` (expected: version, name, params, \
+         stages); did you mean `stages`?"
+    );
+}
