@@ -324,7 +324,8 @@ fn schema_at<'s>(root: &'s Value, value: &Value, segs: &[String]) -> Option<&'s 
     Some(s)
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// The YAML word for a value's type (`map`, `list`, ...), for messages.
+pub(super) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

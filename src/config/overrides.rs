@@ -211,23 +211,12 @@ fn apply_in(doc: &mut Value, o: &Override, top_fields: &[&str]) -> Result<String
                     "--set {}: `{}` is a {}, not a map or list",
                     o.raw,
                     o.path[..i].join("."),
-                    kind_name(other)
+                    super::load::type_name(other)
                 ))
             }
         };
     }
     Ok(o.path[..=made.unwrap_or(n - 1)].join("."))
-}
-
-fn kind_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "map",
-    }
 }
 
 #[cfg(test)]

@@ -105,24 +105,9 @@ pub struct ImageFolderOptions {
 /// Finds the ImageFolder root: `dir` itself or a descendant up to two levels down that
 /// holds a `train` and a `test` folder (archives often wrap everything in one folder).
 pub fn find_imagefolder_root(dir: &Path) -> Result<PathBuf> {
-    let mut level = vec![dir.to_path_buf()];
-    for _ in 0..3 {
-        let mut next = Vec::new();
-        for d in &level {
-            if d.join("train").is_dir() && d.join("test").is_dir() {
-                return Ok(d.clone());
-            }
-            if let Ok(rd) = std::fs::read_dir(d) {
-                let mut subs: Vec<PathBuf> = rd
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                    .map(|e| e.path())
-                    .collect();
-                subs.sort();
-                next.extend(subs);
-            }
-        }
-        level = next;
+    let is_root = |d: &Path| d.join("train").is_dir() && d.join("test").is_dir();
+    if let Some(root) = super::prepare::find_wrapped_root(dir, &is_root) {
+        return Ok(root);
     }
     bail!(
         "no ImageFolder layout found in {} (searched two levels down): expected \

@@ -417,15 +417,16 @@ pub fn local_task_dirs(path: &Path, tasks: &[TaskSpec]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Finds the folder holding the task folders: `dir` itself, or a descendant up to two levels
-/// down (archives often wrap everything in `vtab-1k/`).
-pub fn find_root(dir: &Path, first_task: &str) -> Result<PathBuf> {
+/// The first folder, in breadth-first sorted order, among `dir` and its descendants up to two
+/// levels down for which `is_root` holds (archives often wrap everything in one or two
+/// folders, e.g. `vtab-1k/vtab-1k/`).
+pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
     let mut level = vec![dir.to_path_buf()];
     for _ in 0..3 {
         let mut next = Vec::new();
         for d in &level {
-            if d.join(first_task).is_dir() {
-                return Ok(d.clone());
+            if is_root(d) {
+                return Some(d.clone());
             }
             if let Ok(rd) = std::fs::read_dir(d) {
                 let mut subs: Vec<PathBuf> = rd
@@ -438,6 +439,15 @@ pub fn find_root(dir: &Path, first_task: &str) -> Result<PathBuf> {
             }
         }
         level = next;
+    }
+    None
+}
+
+/// Finds the folder holding the task folders: `dir` itself, or a descendant up to two levels
+/// down (archives often wrap everything in `vtab-1k/`).
+pub fn find_root(dir: &Path, first_task: &str) -> Result<PathBuf> {
+    if let Some(root) = find_wrapped_root(dir, &|d| d.join(first_task).is_dir()) {
+        return Ok(root);
     }
     bail!(
         "no folder `{first_task}` found in {} (searched two levels down): expected the NOAH layout `<root>/{first_task}/train800.txt`",
