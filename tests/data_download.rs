@@ -106,22 +106,25 @@ fn wrong_checksum_404_and_size_bound() {
     assert!(e.contains("expected 64 hexadecimal digits"), "{e}");
 }
 
+/// `dir/vtab.tar.gz`: a tiny dataset (task `toy`, 3 classes) wrapped in `vtab-1k/`.
+fn tiny_vtab_tgz(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("vtab-1k");
+    write_task(&root, "toy", 3, SMALL_SPLITS, 8);
+    let tgz = dir.join("vtab.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&tgz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut b = tar::Builder::new(gz);
+    b.append_dir_all("vtab-1k", &root).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    tgz
+}
+
 #[test]
 fn archive_source_downloads_extracts_and_validates() {
-    // Build a tar.gz of a tiny dataset wrapped in `vtab-1k/`.
     let src = tempfile::tempdir().unwrap();
-    let root = src.path().join("vtab-1k");
-    write_task(&root, "toy", 3, SMALL_SPLITS, 8);
-    let tgz = src.path().join("vtab.tar.gz");
-    {
-        let gz = flate2::write::GzEncoder::new(
-            std::fs::File::create(&tgz).unwrap(),
-            flate2::Compression::fast(),
-        );
-        let mut b = tar::Builder::new(gz);
-        b.append_dir_all("vtab-1k", &root).unwrap();
-        b.into_inner().unwrap().finish().unwrap();
-    }
+    let tgz = tiny_vtab_tgz(src.path());
     let bytes = std::fs::read(&tgz).unwrap();
     let sha = sha_hex(&bytes);
     let (url, log) = serve(4, Duration::from_secs(30), move |req| ranged(req, &bytes));
@@ -144,18 +147,7 @@ fn archive_source_downloads_extracts_and_validates() {
 #[test]
 fn an_archive_on_this_machine_is_a_file_url_checked_like_a_download() {
     let src = tempfile::tempdir().unwrap();
-    let root = src.path().join("vtab-1k");
-    write_task(&root, "toy", 3, SMALL_SPLITS, 8);
-    let tgz = src.path().join("v.tar.gz");
-    {
-        let gz = flate2::write::GzEncoder::new(
-            std::fs::File::create(&tgz).unwrap(),
-            flate2::Compression::fast(),
-        );
-        let mut b = tar::Builder::new(gz);
-        b.append_dir_all("vtab-1k", &root).unwrap();
-        b.into_inner().unwrap().finish().unwrap();
-    }
+    let tgz = tiny_vtab_tgz(src.path());
     let sha = sha_hex(&std::fs::read(&tgz).unwrap());
     let specs = [TaskSpec::custom("toy", "mini", 3)];
     let source = |url: String, sha: &str| -> VtabSource {

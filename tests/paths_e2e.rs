@@ -155,34 +155,18 @@ fn shipped_vtab_pipeline_reads_vtab_1k_in_the_working_directory() {
     let w = Work::new(&[("dtd", 47)]);
     let vtab = shipped("vtab.yaml");
     let cache = w.path().join(".idat");
-    let set_tasks = "params.tasks=[dtd]";
-    ok(&cli(
-        w.path(),
-        &cache,
-        &[
-            "exec-stage",
-            &vtab,
-            "--instance",
-            "data",
-            "--set",
-            set_tasks,
-        ],
-    ));
+    // One instance of the shipped pipeline, restricted to the task the workspace has.
+    let exec = |instance: &str, extra: &[&str]| {
+        let mut args = vec!["exec-stage", &vtab, "--instance", instance];
+        args.extend(["--set", "params.tasks=[dtd]"]);
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        ok(&cli(w.path(), &cache, &args));
+    };
+    exec("data", &[]);
     assert_eq!(dataset_root(&cache), w.root().display().to_string());
-    ok(&cli(
-        w.path(),
-        &cache,
-        &[
-            "exec-stage",
-            &vtab,
-            "--instance",
-            "decode[task=dtd]",
-            "--set",
-            set_tasks,
-            "--set",
-            "stages.decode.with.splits=[test]",
-        ],
-    ));
+    exec("decode[task=dtd]", &["stages.decode.with.splits=[test]"]);
     let decoded = entries(&cache)
         .into_iter()
         .filter(|e| e.join("test.safetensors").is_file())
