@@ -102,29 +102,54 @@ fn validate_arch(cfg: &VitConfig) -> Result<()> {
     c.validate()
 }
 
-/// The image files of `--images`: a directory (its jpg/jpeg/png files, sorted by name)
-/// or a text file with one path per line (relative to the list's folder; blank lines and
-/// `#` comments skipped). A VTAB/NOAH list (`<path> <label>` per line, e.g. a task's
+/// Image files under `dir`, recursively (links followed, at most 16 folders deep).
+fn images_under(
+    dir: &Path,
+    is_image: &dyn Fn(&Path) -> bool,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if depth > 16 {
+        bail!(
+            "{}: folders nested deeper than 16 levels (a link loop?)",
+            dir.display()
+        );
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        if p.is_dir() {
+            images_under(&p, is_image, depth + 1, out)?;
+        } else if p.is_file() && is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The image files of `--images`: a directory (its jpg/jpeg/png files, recursively, sorted
+/// by path), one image file, or a text file with one path per line (relative to the list's
+/// folder; blank lines and `#` comments skipped). A VTAB/NOAH list (`<path> <label>` per line, e.g. a task's
 /// `test.txt`) is read too: when the whole line names no file but the line ends in a
 /// non-negative integer label, the path before it is taken and the label ignored.
 /// Errors: a listed image missing (naming list file, line and the paths tried).
 pub fn list_images(spec: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(spec)
         .with_context(|| format!("--images {}: no such file or directory", spec.display()))?;
+    let is_image = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    };
     let files: Vec<PathBuf> = if meta.is_dir() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(spec)
-            .with_context(|| format!("listing {}", spec.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-            })
-            .collect();
+        // Recursively, as an ImageFolder split (`test/<class>/<sub>/<image>`) is laid out.
+        let mut v = Vec::new();
+        images_under(spec, &is_image, 0, &mut v)?;
         v.sort();
         v
+    } else if is_image(spec) {
+        vec![spec.to_path_buf()]
     } else {
         let text = std::fs::read_to_string(spec)
             .with_context(|| format!("reading image list {}", spec.display()))?;
@@ -489,8 +514,9 @@ pub struct InferArgs {
     /// A training entry's student.safetensors (adapter + head, with `adapter`/`config` metadata).
     #[arg(long, value_parser = cli_path)]
     pub adapter: Option<PathBuf>,
-    /// A directory of .jpg/.jpeg/.png images, or a text file listing image paths (one per
-    /// line, or `<path> <label>` as in a VTAB list; relative to the list's folder).
+    /// A directory of .jpg/.jpeg/.png images (searched recursively), one image, or a text
+    /// file listing image paths (one per line, or `<path> <label>` as in a VTAB list;
+    /// relative to the list's folder).
     #[arg(long, required_unless_present = "tensor", conflicts_with = "tensor", value_parser = cli_path)]
     pub images: Option<PathBuf>,
     /// Instead of images: `FILE.safetensors[:NAME]`, a normalised [B,C,H,W] tensor (NAME default `input`).

@@ -576,3 +576,30 @@ fn image_list_reads_vtab_lines_with_labels() {
         "{e}"
     );
 }
+
+#[test]
+fn images_are_one_file_or_every_image_below_a_folder() {
+    use idat_pipe::infer::list_images;
+    let dir = tempfile::tempdir().unwrap();
+    // An ImageFolder split: class folders, one with a sub-folder.
+    let test = dir.path().join("my-images/test");
+    for f in [
+        "kitty/000.jpg",
+        "kitty/sub/001.png",
+        "pup/002.PNG",
+        "pup/notes.txt",
+    ] {
+        let p = test.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+    }
+    let got = list_images(&test).unwrap();
+    let want: Vec<PathBuf> = ["kitty/000.jpg", "kitty/sub/001.png", "pup/002.PNG"]
+        .iter()
+        .map(|f| test.join(f))
+        .collect();
+    assert_eq!(got, want);
+    // One image file is that image, not a list to read as text.
+    let one = test.join("kitty/000.jpg");
+    assert_eq!(list_images(&one).unwrap(), vec![one.clone()]);
+}

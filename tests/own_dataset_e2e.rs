@@ -4,7 +4,7 @@
 mod stages_support;
 
 use idat_pipe::data::imagefolder::{
-    read_imagefolder, sample_counts, ImageFolderOptions, SampleMethod,
+    find_imagefolder_root, read_imagefolder, sample_counts, ImageFolderOptions, SampleMethod,
 };
 use stages_support::*;
 use std::path::Path;
@@ -467,6 +467,19 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
     let e = err(&root, o());
     assert!(e.contains("class folder `yak` holds no image"), "{e}");
 
+    // An empty class folder in `test` (the class would never be evaluated).
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::create_dir_all(root.join("test/cat")).unwrap();
+    for f in std::fs::read_dir(root.join("test/cat")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let e = err(&root, o());
+    assert!(
+        e.contains("test/cat") && e.contains("class folder `cat` holds no image"),
+        "{e}"
+    );
+
     let d = fresh();
     let root = d.path().join("imgs");
     let e = err(&root, opts(Some(43), SampleMethod::Balanced, 0));
@@ -509,4 +522,41 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
         c.examples[0].iter().any(|x| x.contains("test/cat/zzz.png")),
         "{c:?}"
     );
+}
+
+#[test]
+fn a_dataset_root_is_never_picked_silently_among_several() {
+    // Two complete ImageFolder layouts at the same depth below the given root.
+    let d = tempfile::tempdir().unwrap();
+    write_imagefolder(&d.path().join("R/inner/zz"));
+    assert_eq!(
+        find_imagefolder_root(&d.path().join("R")).unwrap(),
+        d.path().join("R/inner/zz")
+    );
+    write_imagefolder(&d.path().join("R/inner/aa"));
+    let e = format!(
+        "{:#}",
+        find_imagefolder_root(&d.path().join("R")).unwrap_err()
+    );
+    assert!(
+        e.contains("2 dataset roots at the same depth")
+            && e.contains("inner/aa")
+            && e.contains("inner/zz"),
+        "{e}"
+    );
+    // A root with `train/` but no `test/` is the root (its missing `test` is reported), not
+    // a complete layout below it.
+    let q = d.path().join("Q");
+    write_imagefolder(&q.join("sub"));
+    std::fs::create_dir_all(q.join("train/cat")).unwrap();
+    assert_eq!(find_imagefolder_root(&q).unwrap(), q);
+    // The NOAH layout: two copies of the task one level down.
+    let v = d.path().join("V");
+    std::fs::create_dir_all(v.join("copy1/eurosat")).unwrap();
+    std::fs::create_dir_all(v.join("copy2/eurosat")).unwrap();
+    let e = format!(
+        "{:#}",
+        idat_pipe::data::prepare::find_root(&v, "eurosat").unwrap_err()
+    );
+    assert!(e.contains("copy1") && e.contains("copy2"), "{e}");
 }

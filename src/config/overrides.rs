@@ -35,6 +35,10 @@ pub fn parse_override(s: &str) -> Result<Override, String> {
     }
     let value = if val.trim().is_empty() {
         Value::String(String::new())
+    } else if matches!(val.trim(), "null" | "Null" | "NULL" | "~") {
+        // YAML 1.2's null, as in the file (the document parser wants a non-null root):
+        // `--set stages.data.with.n_train=null` asks for the default.
+        Value::Null
     } else {
         match super::yaml::parse(val) {
             Ok(doc) => doc.value,
@@ -338,5 +342,18 @@ mod tests {
         assert!(e.contains("`params.a` is a number"), "{e}");
         let e = set(&mut d, "params.l.5=1").unwrap_err();
         assert!(e.contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn null_and_tilde_are_yaml_null_as_in_the_file() {
+        for v in ["null", "Null", "NULL", "~", " null "] {
+            let o = parse_override(&format!("params.n={v}")).unwrap();
+            assert_eq!(o.value, Value::Null, "{v}");
+        }
+        // Quoted, or part of a longer text, they stay strings.
+        let o = parse_override("params.n='null'").unwrap();
+        assert_eq!(o.value, json!("null"));
+        let o = parse_override("params.n=~/x").unwrap();
+        assert_eq!(o.value, json!("~/x"));
     }
 }

@@ -105,8 +105,10 @@ pub struct ImageFolderOptions {
 /// Finds the ImageFolder root: `dir` itself or a descendant up to two levels down that
 /// holds a `train` and a `test` folder (archives often wrap everything in one folder).
 pub fn find_imagefolder_root(dir: &Path) -> Result<PathBuf> {
-    let is_root = |d: &Path| d.join("train").is_dir() && d.join("test").is_dir();
-    if let Some(root) = super::prepare::find_wrapped_root(dir, &is_root) {
+    // A folder with either split is the root (a missing `test/` is then said, rather than
+    // a complete layout further down being taken silently).
+    let is_root = |d: &Path| d.join("train").is_dir() || d.join("test").is_dir();
+    if let Some(root) = super::prepare::find_wrapped_root(dir, &is_root)? {
         return Ok(root);
     }
     bail!(
@@ -316,12 +318,6 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
             classes.len()
         );
     }
-    if let Some((c, _)) = train.iter().find(|(_, f)| f.is_empty()) {
-        bail!(
-            "{}: class folder `{c}` holds no image (.jpg, .jpeg or .png): expected at least one",
-            root.join("train").join(c).display()
-        );
-    }
     for (folder, split) in &folders {
         if let Some(c) = split.keys().find(|c| !train.contains_key(*c)) {
             bail!(
@@ -329,6 +325,15 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
                  of `train`",
                 root.join(folder).display(),
                 classes.join(", ")
+            );
+        }
+    }
+    for (folder, split) in &folders {
+        if let Some((c, _)) = split.iter().find(|(_, f)| f.is_empty()) {
+            bail!(
+                "{}: class folder `{c}` holds no image (.jpg, .jpeg or .png): expected at least \
+                 one (an empty `test` class would never be evaluated)",
+                root.join(folder).join(c).display()
             );
         }
     }

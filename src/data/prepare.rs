@@ -417,17 +417,31 @@ pub fn local_task_dirs(path: &Path, tasks: &[TaskSpec]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The first folder, in breadth-first sorted order, among `dir` and its descendants up to two
-/// levels down for which `is_root` holds (archives often wrap everything in one or two
-/// folders, e.g. `vtab-1k/vtab-1k/`).
-pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+/// The folder among `dir` and its descendants up to two levels down for which `is_root`
+/// holds (archives often wrap everything in one or two folders, e.g. `vtab-1k/vtab-1k/`),
+/// searched level by level. None when there is none. Errors: two or more at the first level
+/// that has one (two copies of a dataset under the given root): which one is meant is the
+/// user's to say, never a silent pick that could change when a folder is added.
+pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Result<Option<PathBuf>> {
     let mut level = vec![dir.to_path_buf()];
     for _ in 0..3 {
+        let found: Vec<&PathBuf> = level.iter().filter(|d| is_root(d)).collect();
+        match found.as_slice() {
+            [] => {}
+            [one] => return Ok(Some((*one).clone())),
+            many => bail!(
+                "{} holds {} dataset roots at the same depth: {}; give the one you mean as \
+                 the path",
+                dir.display(),
+                many.len(),
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
         let mut next = Vec::new();
         for d in &level {
-            if is_root(d) {
-                return Some(d.clone());
-            }
             if let Ok(rd) = std::fs::read_dir(d) {
                 let mut subs: Vec<PathBuf> = rd
                     .filter_map(|e| e.ok())
@@ -440,13 +454,13 @@ pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Option<
         }
         level = next;
     }
-    None
+    Ok(None)
 }
 
 /// Finds the folder holding the task folders: `dir` itself, or a descendant up to two levels
 /// down (archives often wrap everything in `vtab-1k/`).
 pub fn find_root(dir: &Path, first_task: &str) -> Result<PathBuf> {
-    if let Some(root) = find_wrapped_root(dir, &|d| d.join(first_task).is_dir()) {
+    if let Some(root) = find_wrapped_root(dir, &|d| d.join(first_task).is_dir())? {
         return Ok(root);
     }
     bail!(
