@@ -133,17 +133,21 @@ fn follow(p: &Path) -> Result<fs::Metadata> {
     })
 }
 
-/// A file's identity on disk beyond size and mtime: pointing a link at another file of the
-/// same size and mtime, or renaming another file over it, changes it.
-#[cfg(unix)]
-fn file_id(m: &fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-#[cfg(not(unix))]
-fn file_id(_: &fs::Metadata) -> (u64, u64) {
-    (0, 0)
+/// A file's identity on disk, (device, inode) of the metadata given (after following links
+/// when it came from `fs::metadata`); None off Unix. Pointing a link at another file of the
+/// same size and mtime, or renaming another file over it, changes it; so does a hard link
+/// or symlink being the same file as another path (the dataset checks use that).
+pub fn file_id(m: &fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        None
+    }
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -204,7 +208,7 @@ pub fn hash_external(cache_root: &Path, path: &Path) -> Result<ExternalHash> {
     for (rel, Item(p, m)) in &items {
         let size = m.len();
         let mt = mtime_ns(m);
-        let (dev, ino) = file_id(m);
+        let (dev, ino) = file_id(m).unwrap_or((0, 0));
         let entry = match old.files.get(rel) {
             Some(e) if e.size == size && e.mtime_ns == mt && (e.dev, e.ino) == (dev, ino) => {
                 e.clone()

@@ -486,36 +486,14 @@ fn explain(
 /// Lower-case, in place, every string that `schema` marks as a sha256
 /// ([`schema::SHA256_PATTERN`]): the one place a digest's case is settled, so the stage, the
 /// plan and the cache key all see the same text (`ABC…` and `abc…` are one key).
-fn lower_case_digests(root: &Value, s: &Value, v: &mut Value) {
-    let s = settle(root, s, v);
-    if s.get("pattern").and_then(Value::as_str) == Some(schema::SHA256_PATTERN) {
-        if let Value::String(t) = v {
-            if !t.starts_with("${") {
-                t.make_ascii_lowercase();
-            }
+fn lower_case_digests(schema: &Value, v: &mut Value) {
+    let is_digest =
+        |s: &Value| s.get("pattern").and_then(Value::as_str) == Some(schema::SHA256_PATTERN);
+    paths::for_each_marked_string(schema, v, &is_digest, &mut |_, t| {
+        if !t.starts_with("${") {
+            t.make_ascii_lowercase();
         }
-    }
-    match v {
-        Value::Object(m) => {
-            for (k, child) in m.iter_mut() {
-                let sub = s
-                    .get("properties")
-                    .and_then(|p| p.get(k))
-                    .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
-                if let Some(sub) = sub {
-                    lower_case_digests(root, sub, child);
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(sub) = s.get("items").filter(|i| i.is_object()) {
-                for child in items {
-                    lower_case_digests(root, sub, child);
-                }
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// For a map that no tagged variant selects: its tag is missing or not one of the variants'
@@ -864,7 +842,7 @@ fn resolve_instance_paths(
         return;
     };
     for inst in cells.iter_mut() {
-        lower_case_digests(&schema, &schema, &mut inst.with);
+        lower_case_digests(&schema, &mut inst.with);
     }
     for inst in cells {
         let errs = paths::resolve_paths(&schema, &mut inst.with, cwd, home.as_deref());

@@ -90,8 +90,35 @@ pub fn resolve_paths(
     home: Option<&Path>,
 ) -> Vec<(String, String)> {
     let mut errs = Vec::new();
-    walk(schema, schema, value, base, home, "", &mut errs);
+    let is_path = |s: &Value| s.get("format").and_then(Value::as_str) == Some(PATH_FORMAT);
+    for_each_marked_string(schema, value, &is_path, &mut |at, text| {
+        if text.trim().is_empty() {
+            errs.push((
+                at.to_string(),
+                "empty path: expected a file or folder".into(),
+            ));
+        } else if !text.starts_with("${") {
+            match absolute(base, home, text) {
+                Ok(p) => *text = p.to_string_lossy().into_owned(),
+                Err(m) => errs.push((at.to_string(), m)),
+            }
+        }
+    });
     errs
+}
+
+/// Call `f(dotted path, text)` for every string of `value` whose schema node (in `schema`,
+/// self-contained with its `$defs`) satisfies `marked`: the one walk over a `with:` by its
+/// schema, for the load-time normalisations (the path rule here, sha256 case in `load.rs`).
+/// `allOf` branches all apply; of a `oneOf`/`anyOf`, the branches the value selects
+/// ([`branch_selects`]: the variant its tag names, or the one its type admits).
+pub(crate) fn for_each_marked_string(
+    schema: &Value,
+    value: &mut Value,
+    marked: &dyn Fn(&Value) -> bool,
+    f: &mut dyn FnMut(&str, &mut String),
+) {
+    walk(schema, schema, value, "", marked, f);
 }
 
 pub(crate) fn deref<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
@@ -113,25 +140,14 @@ fn walk(
     root: &Value,
     s: &Value,
     v: &mut Value,
-    base: &Path,
-    home: Option<&Path>,
     at: &str,
-    errs: &mut Vec<(String, String)>,
+    marked: &dyn Fn(&Value) -> bool,
+    f: &mut dyn FnMut(&str, &mut String),
 ) {
     let s = deref(root, s);
-    if s.get("format").and_then(Value::as_str) == Some(PATH_FORMAT) {
+    if marked(s) {
         if let Value::String(text) = v {
-            if text.trim().is_empty() {
-                errs.push((
-                    at.to_string(),
-                    "empty path: expected a file or folder".into(),
-                ));
-            } else if !text.starts_with("${") {
-                match absolute(base, home, text) {
-                    Ok(p) => *text = p.to_string_lossy().into_owned(),
-                    Err(m) => errs.push((at.to_string(), m)),
-                }
-            }
+            f(at, text);
         }
     }
     for key in ["allOf", "oneOf", "anyOf"] {
@@ -139,7 +155,7 @@ fn walk(
             for b in branches {
                 // Tagged enums: only the variant this value selects applies.
                 if key == "allOf" || branch_selects(root, b, v) {
-                    walk(root, b, v, base, home, at, errs);
+                    walk(root, b, v, at, marked, f);
                 }
             }
         }
@@ -157,14 +173,14 @@ fn walk(
                     } else {
                         format!("{at}.{k}")
                     };
-                    walk(root, sub, child, base, home, &here, errs);
+                    walk(root, sub, child, &here, marked, f);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(sub) = s.get("items").filter(|i| i.is_object()) {
                 for (i, child) in items.iter_mut().enumerate() {
-                    walk(root, sub, child, base, home, &format!("{at}.{i}"), errs);
+                    walk(root, sub, child, &format!("{at}.{i}"), marked, f);
                 }
             }
         }

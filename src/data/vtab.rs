@@ -699,20 +699,6 @@ struct FileInfo {
     id: Option<(u64, u64)>,
 }
 
-/// (device, inode) of an open file.
-fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Some((m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = m;
-        None
-    }
-}
-
 /// The same FILE (device + inode, after following symlinks; hard links too) under two
 /// different list paths: an error where the same path would be one — twice in one split,
 /// in test and a training split, in train800 and val200.
@@ -994,7 +980,7 @@ fn normalization_note(dir: &Path, rel: &str) -> String {
 /// Hashes one listed file (blake3 of its bytes) and notes whether it is a 16-bit PNG.
 fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     let p = dir.join(&e.path);
-    let shown = || escape_invisible(&p.display().to_string());
+    let shown = || crate::text::show_path(&p);
     let mut f = std::fs::File::open(&p).map_err(|err| {
         anyhow::anyhow!(
             "{}:{}: image {} listed but not readable ({err}): expected an image file{}{}",
@@ -1033,6 +1019,6 @@ fn hash_image(dir: &Path, e: &ListEntry, list_file: &Path) -> Result<FileInfo> {
     Ok(FileInfo {
         hash: *h.finalize().as_bytes(),
         png16: crate::data::image::png_bit_depth(&head) == Some(16),
-        id: meta.as_ref().and_then(file_id),
+        id: meta.as_ref().and_then(crate::cache::external::file_id),
     })
 }
