@@ -244,9 +244,6 @@ pub fn vtab_specs(names: &[String]) -> Result<Vec<TaskSpec>> {
     names.iter().map(|n| TaskSpec::vtab(n)).collect()
 }
 
-/// The groups a task may be in (`report/vtab` groups its tables by them).
-pub const TASK_GROUPS: [&str; 3] = super::vtab::GROUPS;
-
 /// One entry of `dataset/vtab1k`'s `tasks:`: a VTAB-1K task by name, or a task of one's
 /// own in the NOAH layout with its class count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -297,12 +294,12 @@ pub fn check_task_name(name: &str) -> std::result::Result<(), String> {
 
 /// Checks a group given for a task of one's own.
 pub fn check_group(group: &str) -> std::result::Result<(), String> {
-    if TASK_GROUPS.contains(&group) {
+    if super::vtab::GROUPS.contains(&group) {
         Ok(())
     } else {
         Err(format!(
             "group `{group}`: expected one of {} (report/vtab groups tasks by them)",
-            TASK_GROUPS.join(", ")
+            super::vtab::GROUPS.join(", ")
         ))
     }
 }
