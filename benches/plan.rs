@@ -7,7 +7,7 @@ use idat_pipe::config::load_str;
 use idat_pipe::exec::plan::{key_parts, upstream_parts};
 use idat_pipe::exec::{plan, Decision};
 use idat_pipe::graph::Graph;
-use idat_pipe::stages::{Registry, StageContext, StageKind};
+use idat_pipe::stages::{StageContext, StageKind};
 use std::time::Instant;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -69,7 +69,7 @@ stages:
 
 fn main() {
     let text = pipeline_text();
-    let mut reg = Registry::builtin();
+    let mut reg = idat_pipe::builtin_registry();
     reg.register::<K>();
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = Cache::open(dir.path()).expect("cache");

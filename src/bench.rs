@@ -291,7 +291,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             .num_threads(t)
             .build_global();
     }
-    let dev = crate::stages::kinds::common::device(&a.device)?;
+    let dev = crate::kinds::common::device(&a.device)?;
     let resolve = |s: &str, flag: &str| -> Result<VitConfig> {
         let mut c = crate::infer::resolve_model(s).with_context(|| format!("--{flag}"))?;
         c.num_classes = a.classes;

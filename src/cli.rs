@@ -166,7 +166,7 @@ pub fn detect_gpus() -> usize {
 
 /// The product binary: built-in stage kinds.
 pub fn main() -> ExitCode {
-    main_with(Registry::builtin(), std::env::args_os().collect())
+    main_with(crate::builtin_registry(), std::env::args_os().collect())
 }
 
 /// The CLI with a given registry (tests register test-only kinds and call this).

@@ -315,7 +315,7 @@ pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<
                     );
                 }
             }
-            if let Some(c) = meta.get(crate::stages::kinds::train::CLASS_NAMES_META) {
+            if let Some(c) = meta.get(crate::kinds::train::CLASS_NAMES_META) {
                 let names: Vec<String> = serde_json::from_str(c).with_context(|| {
                     format!(
                         "{}: metadata `class_names` is not a JSON array of strings",
@@ -543,7 +543,7 @@ pub struct InferArgs {
 /// Runs `idat-pipe infer`.
 pub fn cmd(a: InferArgs) -> Result<std::process::ExitCode> {
     use crate::data::image::NormalizeKind;
-    let device = crate::stages::kinds::common::device(&a.device)?;
+    let device = crate::kinds::common::device(&a.device)?;
     let input = match (&a.images, &a.tensor) {
         (Some(p), _) => InferInput::Images(list_images(p)?),
         (None, Some(t)) => {

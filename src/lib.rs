@@ -1,24 +1,22 @@
 //! idat-pipe: a declarative, cached pipeline runner for iDAT (inverse Distillation
 //! Adapter-Tuning) on VTAB-1K.
 //!
-//! The module tree follows the flow of one run (see docs/architecture.md):
-//! `config` (parse, override, expand) -> `graph` (DAG of instances) -> `cache`
-//! (content-addressed entries) -> `exec` (run the misses) -> `stages` (what each
-//! `uses:` kind does), built on `nn` (ViT, adapters, losses, optimiser, checkpoints),
-//! `data` (VTAB-1K, images, the embedded mini benchmark), `train` and `report`; `text`
-//! shows untrusted names with invisible characters escaped.
+//! Three crates (see docs/architecture.md): the engine (`idat_engine`: config, graph,
+//! cache, exec, the stage-kind trait), the domain (`idat_domain`: nn, data, train, report
+//! and the stage kinds) and this thin binary crate, which wires the domain's kinds into the
+//! engine's registry ([`builtin_registry`]) and adds the `infer` and `bench` commands.
+//! The modules are re-exported here under their own names, so `idat_pipe::cache` is
+//! `idat_engine::cache` and `idat_pipe::nn` is `idat_domain::nn`.
 
 pub mod alloc;
 pub mod bench;
-pub mod cache;
 pub mod cli;
-pub mod config;
-pub mod data;
-pub mod exec;
-pub mod graph;
 pub mod infer;
-pub mod nn;
-pub mod report;
-pub mod stages;
-pub mod text;
-pub mod train;
+
+pub use idat_domain::{data, kinds, nn, report, train};
+pub use idat_engine::{cache, config, exec, graph, stages, text};
+
+/// The engine's registry with every stage kind the product ships.
+pub fn builtin_registry() -> stages::Registry {
+    kinds::registry()
+}

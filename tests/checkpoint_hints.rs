@@ -1,12 +1,12 @@
 //! `model/vit` on the checkpoint layouts found in the field, and the rule that every fix
 //! an error suggests exists: the `with.NAME` options named by checkpoint errors (produced
-//! here, and written anywhere in src/) are checked against the generated schema, and the
+//! here, and written anywhere in the crates' sources) are checked against the generated schema, and the
 //! `--flags` named by `infer`'s messages against its command line.
 
 use candle_core::{DType, Device, Tensor};
 use idat_pipe::config::schema;
 use idat_pipe::nn::checkpoint::{load_tensors, save_tensors};
-use idat_pipe::stages::{Registry, StageContext};
+use idat_pipe::stages::StageContext;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -37,7 +37,7 @@ fn model_vit(with: Value) -> anyhow::Result<Vec<String>> {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let mut ctx = StageContext::new("student", out.clone(), dir.path().join("ckpt"));
-    Registry::builtin()
+    idat_pipe::builtin_registry()
         .get("model/vit")
         .unwrap()
         .run(&with, &mut ctx)?;
@@ -105,7 +105,7 @@ fn props(v: &Value, defs: &Value, out: &mut BTreeSet<String>) {
 /// The `with:` options of `kind`, from its params schema and, the same, from the
 /// pipeline schema `idat-pipe schema` prints.
 fn schema_options(kind: &str) -> BTreeSet<String> {
-    let reg = Registry::builtin();
+    let reg = idat_pipe::builtin_registry();
     let k = schema::kind_params(&reg, kind).unwrap_or_else(|| panic!("no kind {kind}"));
     let mut from_kind = BTreeSet::new();
     props(&k, &k["$defs"], &mut from_kind);
@@ -264,20 +264,20 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The `with.NAME` options written anywhere in src/: a stage kind's file may only name
+/// The `with.NAME` options written anywhere in the crates' sources: a stage kind's file may only name
 /// its own options, other files an option of some kind.
 #[test]
 fn every_with_option_named_in_src_is_in_the_schema() {
-    let reg = Registry::builtin();
+    let reg = idat_pipe::builtin_registry();
     let all: BTreeSet<String> = reg
         .names()
         .flat_map(|k| schema_options(k).into_iter())
         .collect();
     let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for d in ["src", "crates/engine/src", "crates/domain/src"] {
+        rust_files(&root.join(d), &mut files);
+    }
     let mut checked = 0;
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
@@ -346,14 +346,14 @@ fn every_flag_named_by_infer_exists() {
 /// in the messages of the stage kinds and the data layer are options of some kind.
 #[test]
 fn every_option_a_message_says_to_set_exists() {
-    let reg = Registry::builtin();
+    let reg = idat_pipe::builtin_registry();
     let all: BTreeSet<String> = reg
         .names()
         .flat_map(|k| schema_options(k).into_iter())
         .collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/domain/src");
     let mut files = Vec::new();
-    for d in ["stages", "data", "nn/checkpoint"] {
+    for d in ["kinds", "data", "nn/checkpoint"] {
         rust_files(&root.join(d), &mut files);
     }
     let mut checked = 0;

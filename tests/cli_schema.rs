@@ -27,7 +27,7 @@ fn committed_schema_equals_generated() {
 #[test]
 fn schema_has_one_variant_per_kind() {
     // With test kinds registered, stages.* is a oneOf with `uses: {const: NAME}`.
-    let mut r = idat_pipe::stages::Registry::builtin();
+    let mut r = idat_pipe::builtin_registry();
     #[derive(serde::Deserialize, schemars::JsonSchema)]
     struct P {
         #[allow(dead_code)]

@@ -3,7 +3,6 @@
 //! reported at `--set`, tagged-enum errors name the field, sha256 fields are checked and
 //! lower-cased.
 use idat_pipe::config::{load_str, Diagnostic, Loaded};
-use idat_pipe::stages::Registry;
 
 const P: &str = "version: 1
 name: p
@@ -27,7 +26,7 @@ stages:
 
 fn load(sets: &[&str]) -> Result<Loaded, Vec<Diagnostic>> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    load_str("p.yaml", P, &sets, &Registry::builtin())
+    load_str("p.yaml", P, &sets, &idat_pipe::builtin_registry())
 }
 
 /// The one error of a load, as printed.
@@ -110,7 +109,7 @@ fn an_error_a_set_value_causes_is_reported_at_the_set() {
     );
     // The same bad value written in the file: at the reference in the file.
     let text = P.replace("embed_dim: 32", "embed_dim: abc");
-    let e = load_str("p.yaml", &text, &[], &Registry::builtin()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "p.yaml:17:13: at `stages.student.with.arch.embed_dim`: \"abc\" is not of type \"integer\""
@@ -145,7 +144,7 @@ fn sha256_is_checked_at_load_and_lower_cased() {
          `--set params.sha=abc`)"
     );
     let text = P.replace("${params.sha}", "abc");
-    let e = load_str("p.yaml", &text, &[], &Registry::builtin()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "p.yaml:18:64: at `stages.student.with.weights.sha256`: `abc` is not a sha256: expected \
@@ -172,7 +171,7 @@ fn sha256_is_checked_at_load_and_lower_cased() {
 #[test]
 fn an_unknown_top_level_key_is_reported_at_the_key() {
     let text = "version: 1\nname: p\nstagse:\n  a: {uses: eval}\nstages: {}\n";
-    let e = load_str("q.yaml", text, &[], &Registry::builtin()).unwrap_err();
+    let e = load_str("q.yaml", text, &[], &idat_pipe::builtin_registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "q.yaml:3:1: at `stagse`: unknown field `stagse` (expected: version, name, params, \

@@ -1,5 +1,5 @@
 //! Test-only stage kinds. They are registered by the test binaries, never by
-//! `Registry::builtin()`, so users never see them.
+//! `idat_pipe::builtin_registry()`, so users never see them.
 use idat_pipe::stages::{Registry, StageContext, StageKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -199,7 +199,7 @@ impl StageKind for ReadDir {
 
 /// The registry of the test binary: built-in kinds plus the test kinds.
 pub fn registry() -> Registry {
-    let mut r = Registry::builtin();
+    let mut r = idat_pipe::builtin_registry();
     r.register::<Write_>()
         .register::<Concat>()
         .register::<Steps>()

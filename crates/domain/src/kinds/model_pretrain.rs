@@ -1,0 +1,124 @@
+//! `model/pretrain`: train a ViT from scratch (every weight trainable) on a source task
+//! and store it as a timm-named safetensors backbone, so downstream stages load it
+//! through the same checkpoint path as real pretrained weights. Reports label such
+//! models "in-pipeline pretrained toy backbone".
+use super::common::{
+    device, input_dir, read_split, write_csv, write_json, write_model, Arch, ModelInfo,
+};
+use crate::data::image::{Normalize, NormalizeKind};
+use crate::nn::adapters::AdapterConfig;
+use crate::nn::optim::{AdamW, AdamWConfig};
+use crate::nn::vit::Vit;
+use crate::train::{self, Member, OptimConfig};
+use anyhow::Result;
+use idat_engine::stages::{StageContext, StageKind};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Architecture; `num_classes` is taken from the source task.
+    pub arch: Arch,
+    /// The `data/decode` stage of the source task; must be in `needs`.
+    pub data: String,
+    #[serde(default = "default_optim")]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub drop_path: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub normalize: NormalizeKind,
+    #[serde(default = "default_label")]
+    pub label: String,
+}
+
+fn default_optim() -> OptimConfig {
+    OptimConfig {
+        lr: 1e-3,
+        weight_decay: 0.05,
+        epochs: 30,
+        cooldown_epochs: 0,
+        warmup_epochs: 3,
+        warmup_lr: 1e-6,
+        min_lr: 1e-5,
+        batch_size: 64,
+        ..OptimConfig::default()
+    }
+}
+
+fn default_label() -> String {
+    "in-pipeline pretrained toy backbone".into()
+}
+
+pub struct ModelPretrain;
+
+impl StageKind for ModelPretrain {
+    type Params = Params;
+    const NAME: &'static str = "model/pretrain";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str =
+        "Train a ViT from scratch on a source task; store it as a timm-named backbone";
+
+    fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
+        crate::train::resume_point(checkpoint_dir)
+    }
+
+    fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
+        let dev = device(&ctx.device)?;
+        let dir = input_dir(ctx, &p.data)?.to_path_buf();
+        let (info, train_split) = read_split(&dir, "train800val200")?;
+        let (_, test_split) = read_split(&dir, "test")?;
+        let mut cfg = p.arch.resolve()?;
+        cfg.num_classes = info.num_classes;
+        cfg.img_size = info.size;
+        cfg.drop_path_rate = p.drop_path;
+        let backbone = Vit::random_backbone(&cfg, &dev, p.seed)?;
+        let vit = Vit::new(&cfg, &AdapterConfig::Full, backbone, &dev, p.seed)?;
+        let opt = AdamW::new(
+            vit.trainable(),
+            AdamWConfig {
+                beta1: p.optim.beta1,
+                beta2: p.optim.beta2,
+                eps: p.optim.eps,
+                weight_decay: p.optim.weight_decay,
+            },
+        )?;
+        let mut members = vec![Member {
+            name: "model".into(),
+            vit,
+            opt,
+        }];
+        let data = train::cotrain::TrainData {
+            train: &train_split,
+            test: &test_split,
+            normalize: Normalize::from_kind(p.normalize),
+            device: &dev,
+        };
+        let eval_every = p.optim.total_epochs().max(1);
+        let out = train::train(&mut members, None, &p.optim, &data, p.seed, eval_every, ctx)?;
+        write_csv(&ctx.out_dir.join("metrics.csv"), &out.rows)?;
+        ctx.log(format!(
+            "source task `{}`: test top-1 {:.2}",
+            info.task, out.final_eval.top1
+        ));
+        let mut cfg_out = cfg.clone();
+        cfg_out.drop_path_rate = 0.0;
+        let model_info = ModelInfo {
+            config: cfg_out,
+            source: format!(
+                "trained from scratch on `{}` ({} classes, {} epochs, seed {}): test top-1 {:.2}%",
+                info.task,
+                info.num_classes,
+                p.optim.total_epochs(),
+                p.seed,
+                out.final_eval.top1
+            ),
+            label: p.label,
+            notes: vec![],
+        };
+        write_model(&ctx.out_dir, &model_info, &members[0].vit.export_backbone())?;
+        write_json(&ctx.out_dir.join("pretrain.json"), &out.final_eval)
+    }
+}

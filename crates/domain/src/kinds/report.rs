@@ -1,0 +1,144 @@
+//! `report/vtab`: every `eval` result it needs, as a task x method table (CSV, Markdown),
+//! group means, mean of group means, plain mean, mean ± std over seeds, published numbers
+//! beside ours where the setting matches, plots; with `compare`, the paired AT vs iDAT
+//! analysis and a plain verdict (the demo report).
+use super::common::{read_json, write_json};
+use super::eval::{EvalRecord, EVAL_FILE};
+use super::train::METRICS_FILE;
+use crate::report::vtab::{EpochRow, Epochs, Group, RunResult, TaskMeta};
+use crate::report::writers::{write_demo_report, write_vtab_report};
+use crate::train::EpochRow as TrainRow;
+use anyhow::{bail, Context, Result};
+use idat_engine::stages::{StageContext, StageKind};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// File the runner prints at the end of a run (and the report's path).
+pub const SUMMARY_TXT: &str = "summary.txt";
+pub const REPORT_MD: &str = "report.md";
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    /// Label of the baseline runs, e.g. `at`.
+    pub baseline: String,
+    /// Label of the treatment runs, e.g. `idat-mse`.
+    pub treatment: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The `eval` stages whose results to collect (every instance); must be in `needs`.
+    pub evals: Vec<String>,
+    /// Report title.
+    #[serde(default = "title")]
+    pub title: String,
+    /// The results are real VTAB-1K with the official recipe: show published numbers beside ours.
+    #[serde(default)]
+    pub vtab1k: bool,
+    /// Our label -> published method name (see docs/report.md), e.g. `at: Adapter (d=8)`.
+    #[serde(default)]
+    pub published_as: BTreeMap<String, String>,
+    /// Paired comparisons (baseline vs treatment), each in its own sub-report.
+    #[serde(default)]
+    pub compare: Vec<Compare>,
+}
+
+fn title() -> String {
+    "VTAB results".into()
+}
+
+fn group_of(name: &str) -> Result<Group> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "natural" => Group::Natural,
+        "specialized" => Group::Specialized,
+        "structured" => Group::Structured,
+        other => {
+            bail!("unknown task group `{other}` (expected natural, specialized or structured)")
+        }
+    })
+}
+
+fn curves(dir: &Path) -> Result<Vec<EpochRow>> {
+    let path = dir.join(METRICS_FILE);
+    let mut r =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for row in r.deserialize::<TrainRow>() {
+        let row = row.with_context(|| format!("{}: bad row", path.display()))?;
+        rows.push(EpochRow {
+            epoch: row.epoch.saturating_sub(1),
+            train_loss: Some(row.loss),
+            test_top1: row.test_top1_student,
+            lr: Some(row.lr),
+        });
+    }
+    Ok(rows)
+}
+
+pub struct ReportVtab;
+
+impl StageKind for ReportVtab {
+    type Params = Params;
+    const NAME: &'static str = "report/vtab";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "Tables, group means, spread over seeds, published numbers, plots; optional AT vs iDAT verdict";
+
+    fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
+        let mut results = Vec::new();
+        let mut tasks: BTreeMap<String, TaskMeta> = BTreeMap::new();
+        for id in &p.evals {
+            let inputs = ctx.inputs_of(id);
+            if inputs.is_empty() {
+                bail!("no results from stage `{id}`: add it to `needs`");
+            }
+            for inp in inputs {
+                let rec: EvalRecord = read_json(&inp.dir.join(EVAL_FILE))?;
+                tasks.entry(rec.task.clone()).or_insert(TaskMeta {
+                    name: rec.task.clone(),
+                    group: group_of(&rec.group)?,
+                    vtab1k: p.vtab1k,
+                });
+                results.push(RunResult {
+                    task: rec.task.clone(),
+                    method: rec.label.clone(),
+                    seed: rec.seed,
+                    top1_best: rec.top1_best_epoch,
+                    top1_final: rec.top1_final,
+                    top5_final: Some(rec.top5_final),
+                    epochs: Some(Epochs::Rows(curves(&inp.dir)?)),
+                });
+            }
+        }
+        // Table order: by group, then name.
+        let mut tasks: Vec<TaskMeta> = tasks.into_values().collect();
+        tasks.sort_by_key(|t| {
+            (
+                Group::ALL.iter().position(|g| *g == t.group),
+                t.name.clone(),
+            )
+        });
+
+        let mut summary = String::new();
+        let main = write_vtab_report(&results, &tasks, &p.published_as, &ctx.out_dir)?;
+        summary.push_str(&format!("{}\n\n{}", p.title, main.summary));
+        for c in &p.compare {
+            let sub = ctx
+                .out_dir
+                .join(format!("{}-vs-{}", c.treatment, c.baseline));
+            let w = write_demo_report(&results, &tasks, &c.baseline, &c.treatment, &sub)?;
+            summary.push_str(&format!(
+                "\n{} vs {}\n{}",
+                c.treatment, c.baseline, w.summary
+            ));
+        }
+        write_json(&ctx.out_dir.join("results.json"), &results)?;
+        let summary = idat_engine::exec::record::plain_text(&summary);
+        std::fs::write(ctx.out_dir.join(SUMMARY_TXT), &summary)?;
+        ctx.log(summary);
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! `train/adapt` (the AT baseline: one adapter-tuned model) and `train/idat` (a small
+//! teacher and a large student co-trained with online distillation; the student is kept).
+//!
+//! Both checkpoint every epoch into the instance's checkpoint directory, so a killed run
+//! resumes from its last epoch and ends with the same metrics as an uninterrupted one.
+use super::common::{device, input_dir, read_model, read_split, write_csv, write_json};
+use crate::data::image::{Normalize, NormalizeKind};
+use crate::nn::adapters::AdapterConfig;
+use crate::nn::optim::{AdamW, AdamWConfig};
+use crate::nn::vit::{Vit, VitConfig};
+use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use idat_engine::stages::{StageContext, StageKind};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Trainable weights of the kept model, in an entry.
+pub const STUDENT_FILE: &str = "student.safetensors";
+pub const TEACHER_FILE: &str = "teacher.safetensors";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const METRICS_FILE: &str = "metrics.csv";
+/// Metadata key of the saved weights holding the task's class names (a JSON array in label
+/// order), when the task has them; `idat-pipe infer` prints them beside the labels.
+pub const CLASS_NAMES_META: &str = "class_names";
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptParams {
+    /// Task folder name (for labels; the data comes from `data`).
+    pub task: String,
+    /// The `data/decode` stage of this task; must be in `needs`.
+    pub data: String,
+    /// The `model/vit` or `model/pretrain` stage of the backbone; must be in `needs`.
+    pub model: String,
+    #[serde(default)]
+    pub adapter: AdapterConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Maximum stochastic-depth rate (per task in the official recipe).
+    #[serde(default)]
+    pub drop_path: f64,
+    /// Take lr, weight decay and drop-path from the official per-task iDAT/SSF recipe
+    /// (docs/vtab.md) for `task`, overriding `optim.lr`, `optim.weight_decay`, `drop_path`.
+    #[serde(default)]
+    pub official_recipe: bool,
+    #[serde(default)]
+    pub seed: u64,
+    /// Evaluate on test every N epochs (the last epoch always).
+    #[serde(default = "one")]
+    pub eval_every: usize,
+    #[serde(default)]
+    pub normalize: NormalizeKind,
+    /// Row label in reports (default `at`).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdatParams {
+    pub task: String,
+    /// The `data/decode` stage of this task; must be in `needs`.
+    pub data: String,
+    /// Backbone stage of the LARGE model (kept and evaluated).
+    pub student: String,
+    /// Backbone stage of the SMALL model (exists only during training).
+    pub teacher: String,
+    /// Adapter method of both models.
+    #[serde(default)]
+    pub adapter: AdapterConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub drop_path: f64,
+    /// Take lr, weight decay and drop-path from the official per-task iDAT/SSF recipe
+    /// (docs/vtab.md) for `task`, overriding `optim.lr`, `optim.weight_decay`, `drop_path`.
+    #[serde(default)]
+    pub official_recipe: bool,
+    pub distill: DistillConfig,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "one")]
+    pub eval_every: usize,
+    #[serde(default)]
+    pub normalize: NormalizeKind,
+    /// Row label in reports (default `idat-<mse|kl>`).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The optimiser settings and drop-path rate to use, after the official recipe if asked.
+fn recipe(
+    task: &str,
+    optim: &OptimConfig,
+    drop_path: f64,
+    official: bool,
+) -> Result<(OptimConfig, f64)> {
+    if !official {
+        return Ok((optim.clone(), drop_path));
+    }
+    let info = crate::data::vtab::task_info(task).with_context(|| {
+        format!("`official_recipe: true` but `{task}` is not a VTAB-1K task (set optim.lr, optim.weight_decay and drop_path instead)")
+    })?;
+    let mut o = optim.clone();
+    o.lr = info.lr;
+    o.weight_decay = info.weight_decay;
+    Ok((o, info.drop_path))
+}
+
+/// `summary.json` of a training entry: what the eval and report stages read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub task: String,
+    pub label: String,
+    pub seed: u64,
+    pub adapter: AdapterConfig,
+    pub student_config: VitConfig,
+    pub teacher_config: Option<VitConfig>,
+    pub student_model: String,
+    pub teacher_model: Option<String>,
+    pub trainable_student: usize,
+    pub trainable_teacher: Option<usize>,
+    pub epochs: usize,
+    pub best_top1: f64,
+    pub best_epoch: usize,
+    pub final_top1: f64,
+    pub final_top5: f64,
+    pub final_teacher_top1: Option<f64>,
+    pub resumed_from_epoch: Option<usize>,
+    pub train_seconds: f64,
+}
+
+/// Everything one training run needs besides the context.
+struct Job<'a> {
+    task: &'a str,
+    /// The `data/decode` stage id.
+    data: &'a str,
+    /// (member name, model stage id); the first is the kept (large) model.
+    members: Vec<(&'static str, &'a str)>,
+    adapter: &'a AdapterConfig,
+    optim: OptimConfig,
+    drop_path: f64,
+    distill: Option<&'a DistillConfig>,
+    seed: u64,
+    eval_every: usize,
+    normalize: NormalizeKind,
+    label: String,
+}
+
+fn member(
+    job: &Job<'_>,
+    name: &str,
+    model_dir: &Path,
+    num_classes: usize,
+    seed: u64,
+    dev: &Device,
+) -> Result<(Member, String)> {
+    let (cfg, info, backbone) = read_model(model_dir, num_classes, job.drop_path, dev)?;
+    let vit = Vit::new(&cfg, job.adapter, backbone, dev, seed)
+        .with_context(|| format!("building the {name} from {}", model_dir.display()))?;
+    let o = &job.optim;
+    let opt = AdamW::new(
+        vit.trainable(),
+        AdamWConfig {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        },
+    )?;
+    Ok((
+        Member {
+            name: name.into(),
+            vit,
+            opt,
+        },
+        info.label,
+    ))
+}
+
+fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
+    let dev = device(&ctx.device)?;
+    let data_dir = input_dir(ctx, job.data)?.to_path_buf();
+    let (info, train_split) = read_split(&data_dir, "train800val200")?;
+    let (_, test_split) = read_split(&data_dir, "test")?;
+    let task = job.task;
+    if info.task != task && crate::data::vtab::canonical_name(task) != info.task {
+        bail!(
+            "`task: {task}` but the `{}` input holds task `{}`",
+            job.data,
+            info.task
+        );
+    }
+    let mut members = Vec::new();
+    let mut model_labels = Vec::new();
+    for (i, (name, stage)) in job.members.iter().enumerate() {
+        let dir = input_dir(ctx, stage)?.to_path_buf();
+        // Teacher and student get different init streams from the same seed.
+        let seed = job.seed.wrapping_add(i as u64 * 1_000_003);
+        let (m, l) = member(&job, name, &dir, info.num_classes, seed, &dev)?;
+        ctx.log(format!(
+            "{name}: {} trainable parameters ({l})",
+            m.vit.num_trainable()
+        ));
+        members.push(m);
+        model_labels.push(l);
+    }
+    let t0 = std::time::Instant::now();
+    let data = train::cotrain::TrainData {
+        train: &train_split,
+        test: &test_split,
+        normalize: Normalize::from_kind(job.normalize),
+        device: &dev,
+    };
+    let out: TrainOutcome = train::train(
+        &mut members,
+        job.distill,
+        &job.optim,
+        &data,
+        job.seed,
+        job.eval_every,
+        ctx,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+
+    write_csv(&ctx.out_dir.join(METRICS_FILE), &out.rows)?;
+    let save = |m: &Member, file: &str| -> Result<()> {
+        let t = m
+            .vit
+            .trainable()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("adapter".into(), serde_json::to_string(m.vit.adapter())?);
+        meta.insert("config".into(), serde_json::to_string(m.vit.config())?);
+        if let Some(names) = &info.class_names {
+            meta.insert(CLASS_NAMES_META.into(), serde_json::to_string(names)?);
+        }
+        crate::nn::checkpoint::save_tensors(&ctx.out_dir.join(file), &t, &meta)
+    };
+    save(&members[0], STUDENT_FILE)?;
+    if let Some(t) = members.get(1) {
+        save(t, TEACHER_FILE)?;
+    }
+    let summary = TrainSummary {
+        task: task.to_string(),
+        label: job.label.clone(),
+        seed: job.seed,
+        adapter: job.adapter.clone(),
+        student_config: members[0].vit.config().clone(),
+        teacher_config: members.get(1).map(|m| m.vit.config().clone()),
+        student_model: model_labels[0].clone(),
+        teacher_model: model_labels.get(1).cloned(),
+        trainable_student: members[0].vit.num_trainable(),
+        trainable_teacher: members.get(1).map(|m| m.vit.num_trainable()),
+        epochs: job.optim.total_epochs(),
+        best_top1: out.best_top1,
+        best_epoch: out.best_epoch,
+        final_top1: out.final_eval.top1,
+        final_top5: out.final_eval.top5,
+        final_teacher_top1: out.final_teacher_top1,
+        resumed_from_epoch: out.resumed_from_epoch,
+        train_seconds: secs,
+    };
+    ctx.log(format!(
+        "done: final top-1 {:.2} (best {:.2} at epoch {})",
+        summary.final_top1, summary.best_top1, summary.best_epoch
+    ));
+    write_json(&ctx.out_dir.join(SUMMARY_FILE), &summary)
+}
+
+pub struct TrainAdapt;
+
+impl StageKind for TrainAdapt {
+    type Params = AdaptParams;
+    const NAME: &'static str = "train/adapt";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str =
+        "Adapter-tuning of one frozen model (the AT baseline), any adapter method";
+
+    fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
+        crate::train::resume_point(checkpoint_dir)
+    }
+
+    fn run(p: AdaptParams, ctx: &mut StageContext) -> Result<()> {
+        let label = p.label.clone().unwrap_or_else(|| "at".into());
+        let (optim, drop_path) = recipe(&p.task, &p.optim, p.drop_path, p.official_recipe)?;
+        run_training(
+            ctx,
+            Job {
+                task: &p.task,
+                data: &p.data,
+                members: vec![("student", &p.model)],
+                adapter: &p.adapter,
+                optim,
+                drop_path,
+                distill: None,
+                seed: p.seed,
+                eval_every: p.eval_every,
+                normalize: p.normalize,
+                label,
+            },
+        )
+    }
+}
+
+pub struct TrainIdat;
+
+impl StageKind for TrainIdat {
+    type Params = IdatParams;
+    const NAME: &'static str = "train/idat";
+    const VERSION: u32 = 2;
+    const SUMMARY: &'static str = "iDAT: co-train a small teacher and a large student with online distillation; keep the student";
+
+    fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
+        crate::train::resume_point(checkpoint_dir)
+    }
+
+    fn run(p: IdatParams, ctx: &mut StageContext) -> Result<()> {
+        let kind = match p.distill.kind {
+            train::DistillKind::Mse => "mse",
+            train::DistillKind::Kl => "kl",
+        };
+        let label = p.label.clone().unwrap_or_else(|| format!("idat-{kind}"));
+        let (optim, drop_path) = recipe(&p.task, &p.optim, p.drop_path, p.official_recipe)?;
+        run_training(
+            ctx,
+            Job {
+                task: &p.task,
+                data: &p.data,
+                members: vec![("student", &p.student), ("teacher", &p.teacher)],
+                adapter: &p.adapter,
+                optim,
+                drop_path,
+                distill: Some(&p.distill),
+                seed: p.seed,
+                eval_every: p.eval_every,
+                normalize: p.normalize,
+                label,
+            },
+        )
+    }
+}

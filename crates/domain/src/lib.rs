@@ -1,0 +1,13 @@
+//! iDAT (inverse Distillation Adapter-Tuning) on VTAB-1K, as stage kinds of the idat-pipe
+//! engine.
+//!
+//! `nn` (ViT, adapters, losses, AdamW, checkpoints), `data` (VTAB-1K, images, the embedded
+//! mini benchmark), `train` (one loop for AT and iDAT), `report` (tables, statistics, plots)
+//! and `kinds`, the stage kinds that run them (one file each), with the formats of the
+//! entries they write. Depends on the engine (`idat_engine`); the engine never on this.
+
+pub mod data;
+pub mod kinds;
+pub mod nn;
+pub mod report;
+pub mod train;

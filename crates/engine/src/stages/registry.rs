@@ -1,0 +1,111 @@
+//! The map from `uses:` names to stage kinds, type-erased.
+use super::{ParamError, StageContext, StageKind};
+use schemars::{Schema, SchemaGenerator};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// A stage kind with its parameter type erased, as the runner sees it.
+pub trait DynStage: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn summary(&self) -> &'static str;
+    fn non_output_params(&self) -> &'static [&'static str];
+    /// JSON Schema of `with:` (subschemas go to the generator's definitions).
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
+    /// Deserialize `with:` into the typed params and run [`StageKind::check`]; the error
+    /// names the field (`path` below `with`, empty when serde's message names it).
+    fn check_params(&self, with: &Value) -> Result<(), ParamError>;
+    /// The params that determine the output: `with:` less the non-output fields.
+    fn key_params(&self, with: &Value) -> Value;
+    /// [`StageKind::external_inputs`] of `with:` (none when `with:` does not parse).
+    fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf>;
+    /// [`StageKind::resume_point`].
+    fn resume_point(&self, checkpoint_dir: &std::path::Path) -> anyhow::Result<Option<String>>;
+    fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+struct Erased<K>(PhantomData<fn() -> K>);
+
+impl<K: StageKind> DynStage for Erased<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn version(&self) -> u32 {
+        K::VERSION
+    }
+    fn summary(&self) -> &'static str {
+        K::SUMMARY
+    }
+    fn non_output_params(&self) -> &'static [&'static str] {
+        K::NON_OUTPUT_PARAMS
+    }
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<K::Params>()
+    }
+    fn check_params(&self, with: &Value) -> Result<(), ParamError> {
+        let p = parse::<K::Params>(with).map_err(|m| ParamError::at("", m))?;
+        K::check(&p)
+    }
+    fn key_params(&self, with: &Value) -> Value {
+        let mut v = with.clone();
+        if let Value::Object(map) = &mut v {
+            for k in K::NON_OUTPUT_PARAMS {
+                map.remove(*k);
+            }
+        }
+        v
+    }
+    fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf> {
+        parse::<K::Params>(with)
+            .map(|p| K::external_inputs(&p))
+            .unwrap_or_default()
+    }
+    fn resume_point(&self, checkpoint_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
+        K::resume_point(checkpoint_dir)
+    }
+    fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let params = parse::<K::Params>(with).map_err(anyhow::Error::msg)?;
+        K::check(&params).map_err(|e| match e.path.as_str() {
+            "" => anyhow::anyhow!("{}", e.message),
+            p => anyhow::anyhow!("at `with.{p}`: {}", e.message),
+        })?;
+        K::run(params, ctx)
+    }
+}
+
+fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, String> {
+    P::deserialize(with).map_err(|e| e.to_string())
+}
+
+/// `uses:` name -> kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
+}
+
+impl Registry {
+    /// An empty registry: the binary registers the domain's kinds, tests their own.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    pub fn register<K: StageKind>(&mut self) -> &mut Self {
+        self.kinds
+            .insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynStage>> {
+        self.kinds.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynStage>> {
+        self.kinds.values()
+    }
+}
