@@ -6,7 +6,7 @@ use crate::cache::Cache;
 use crate::config::{load, Diagnostic, Loaded};
 use crate::exec::progress::reporter;
 use crate::exec::record::RunRecord;
-use crate::exec::{plan, run_local, Decision, LocalOptions};
+use crate::exec::{plan, Decision, LocalExecutor, RunContext, RunOptions};
 use crate::graph::Graph;
 use crate::stages::Registry;
 // Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
@@ -449,14 +449,24 @@ fn cmd_run(
             .map(|i| (i.id.as_str(), i.uses.as_str()))
             .collect();
         let rep = reporter(&ids, a.jobs, quiet);
-        let opts = LocalOptions {
-            jobs: a.jobs,
-            gpus: a.gpus.unwrap_or_else(detect_gpus),
+        let options = RunOptions {
             keep_going: a.keep_going,
             forced: f,
             device: a.device.clone(),
         };
-        let s = run_local(&g, registry, &cache, &record, &opts, cancel, rep.clone());
+        let gpus = a.gpus.unwrap_or_else(detect_gpus);
+        let mut executor = LocalExecutor::new(a.jobs, gpus, cancel.clone());
+        let run = RunContext {
+            graph: &g,
+            registry,
+            cache: &cache,
+            record: &record,
+            options: &options,
+            cancel: &cancel,
+            reporter: rep.clone(),
+        };
+        let s = crate::exec::schedule(&run, &mut executor);
+        drop(run);
         drop(rep);
         record.write_trace(&s.trace)?;
         // Results first (stdout), the tally last (stderr).
@@ -555,7 +565,7 @@ fn cmd_exec_stage(
     log: Option<PathBuf>,
     device: String,
 ) -> anyhow::Result<ExitCode> {
-    use crate::exec::plan::{key_parts, upstream_parts};
+    use crate::exec::{build_job, exec_stage, Committed, JobSettings, Outcome};
     with_loaded(registry, p, |l| {
         let g = Graph::build(l);
         let Some(i) = g.instances.iter().position(|x| x.id == instance) else {
@@ -563,58 +573,31 @@ fn cmd_exec_stage(
             return Ok(ExitCode::from(EXIT_INVALID));
         };
         let cache = Cache::open(cache_dir)?;
-        let decisions = plan(&g, &cache, registry, &vec![false; g.instances.len()]);
-        let hashes: Vec<Option<String>> = decisions
-            .iter()
-            .map(|d| match d {
-                Decision::Cached { content_hash, .. } => Some(content_hash.clone()),
-                _ => None,
-            })
-            .collect();
-        let Some(up) = upstream_parts(&g, i, &hashes) else {
-            anyhow::bail!("{instance}: its upstream instances are not all cached; run them first");
-        };
-        let inputs = g.deps[i]
-            .iter()
-            .map(|(need, u)| {
-                let key = match &decisions[*u] {
-                    Decision::Cached { key, .. } => key.clone(),
-                    _ => String::new(),
-                };
-                crate::stages::Input {
-                    stage: need.clone(),
-                    instance: g.instances[*u].id.clone(),
-                    matrix: g.instances[*u].cell_map(),
-                    dir: cache.entry_dir(&key),
-                }
-            })
-            .collect();
-        let inst = &g.instances[i];
-        let job = crate::exec::StageJob {
-            cache: cache.clone(),
-            instance: inst.clone(),
-            kind: registry
-                .get(&inst.uses)
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("unknown kind"))?,
-            parts: key_parts(inst, registry, &cache, up).map_err(anyhow::Error::msg)?,
-            inputs,
+        let committed: Vec<Option<Committed>> =
+            plan(&g, &cache, registry, &vec![false; g.instances.len()])
+                .into_iter()
+                .map(|d| match d {
+                    Decision::Cached { key, content_hash } => Some(Committed { key, content_hash }),
+                    Decision::Run { .. } => None,
+                })
+                .collect();
+        let settings = JobSettings {
             log_path: log.unwrap_or_else(|| {
                 cache
                     .root
                     .join("logs")
                     .join(format!("{}.log", crate::cache::store::sanitize(instance)))
             }),
-            cancel: cancel_flag(),
-            progress: Arc::new(crate::stages::NoProgress),
             device,
             threads: default_jobs(),
             force: false,
         };
-        match crate::exec::exec_stage(&job) {
-            crate::exec::Outcome::Cached(m) => println!("cached {instance} {}", m.key),
-            crate::exec::Outcome::Ran(m) => println!("ran {instance} {}", m.key),
-            crate::exec::Outcome::Failed(e) => {
+        let job = build_job(&g, i, registry, &cache, &committed, settings)
+            .map_err(|e| anyhow::anyhow!("{instance}: {e}"))?;
+        match exec_stage(&job, Arc::new(crate::stages::NoProgress), cancel_flag()) {
+            Outcome::Cached(m) => println!("cached {instance} {}", m.key),
+            Outcome::Ran(m) => println!("ran {instance} {}", m.key),
+            Outcome::Failed(e) => {
                 eprintln!("FAILED {instance}: {e}\n  log: {}", job.log_path.display());
                 return Ok(ExitCode::from(EXIT_FAILED));
             }

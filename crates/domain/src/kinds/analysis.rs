@@ -8,7 +8,7 @@ use crate::nn::checkpoint::load_tensors;
 use crate::report::adapter_stats::{analyze, blocks_from_named, plot_kde, BlockWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Training stages (`train/adapt` or `train/idat`) whose adapters to compare; in `needs`.
-    pub runs: Vec<String>,
+    pub runs: Vec<StageRef>,
     /// Also take the teacher of `train/idat` runs (a second model size from one run).
     #[serde(default = "yes")]
     pub include_teachers: bool,

@@ -4,7 +4,7 @@ use super::common::{input_dir, write_json, DecodedInfo, DECODED_INFO_FILE};
 use crate::data::loader::decode_task_split;
 use crate::data::prepare::Manifest;
 use anyhow::{bail, Result};
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ pub const MANIFEST_FILE: &str = "dataset.json";
 pub struct Params {
     /// The dataset stage (`dataset/vtab1k`, `dataset/imagefolder` or `dataset/mini`) to
     /// read; must be in `needs`.
-    pub dataset: String,
+    pub dataset: StageRef,
     /// Task name, e.g. `dtd` (a `dataset/imagefolder` task: its `name:`).
     pub task: String,
     /// Side length images are resized to (the model's `img_size`).

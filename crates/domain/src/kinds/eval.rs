@@ -9,7 +9,7 @@ use crate::nn::checkpoint::load_tensors;
 use crate::nn::vit::Vit;
 use crate::train::evaluate;
 use anyhow::{Context, Result};
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +19,11 @@ pub const EVAL_FILE: &str = "eval.json";
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The training stage (`train/adapt` or `train/idat`); must be in `needs`.
-    pub train: String,
+    pub train: StageRef,
     /// The `data/decode` stage of the task; must be in `needs`.
-    pub data: String,
+    pub data: StageRef,
     /// The backbone stage of the student; must be in `needs`.
-    pub model: String,
+    pub model: StageRef,
     #[serde(default = "test_split")]
     pub split: String,
     #[serde(default)]

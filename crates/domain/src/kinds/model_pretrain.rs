@@ -11,7 +11,7 @@ use crate::nn::optim::{AdamW, AdamWConfig};
 use crate::nn::vit::Vit;
 use crate::train::{self, Member, OptimConfig};
 use anyhow::Result;
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -21,7 +21,7 @@ pub struct Params {
     /// Architecture; `num_classes` is taken from the source task.
     pub arch: Arch,
     /// The `data/decode` stage of the source task; must be in `needs`.
-    pub data: String,
+    pub data: StageRef,
     #[serde(default = "default_optim")]
     pub optim: OptimConfig,
     #[serde(default)]

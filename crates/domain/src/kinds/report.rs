@@ -9,7 +9,7 @@ use crate::report::vtab::{EpochRow, Epochs, Group, RunResult, TaskMeta};
 use crate::report::writers::{write_demo_report, write_vtab_report};
 use crate::train::EpochRow as TrainRow;
 use anyhow::{bail, Context, Result};
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ pub struct Compare {
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The `eval` stages whose results to collect (every instance); must be in `needs`.
-    pub evals: Vec<String>,
+    pub evals: Vec<StageRef>,
     /// Report title.
     #[serde(default = "title")]
     pub title: String,

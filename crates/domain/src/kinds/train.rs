@@ -11,7 +11,7 @@ use crate::nn::vit::{Vit, VitConfig};
 use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use idat_engine::stages::{StageContext, StageKind};
+use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -31,9 +31,9 @@ pub struct AdaptParams {
     /// Task folder name (for labels; the data comes from `data`).
     pub task: String,
     /// The `data/decode` stage of this task; must be in `needs`.
-    pub data: String,
+    pub data: StageRef,
     /// The `model/vit` or `model/pretrain` stage of the backbone; must be in `needs`.
-    pub model: String,
+    pub model: StageRef,
     #[serde(default)]
     pub adapter: AdapterConfig,
     #[serde(default)]
@@ -62,11 +62,11 @@ pub struct AdaptParams {
 pub struct IdatParams {
     pub task: String,
     /// The `data/decode` stage of this task; must be in `needs`.
-    pub data: String,
+    pub data: StageRef,
     /// Backbone stage of the LARGE model (kept and evaluated).
-    pub student: String,
+    pub student: StageRef,
     /// Backbone stage of the SMALL model (exists only during training).
-    pub teacher: String,
+    pub teacher: StageRef,
     /// Adapter method of both models.
     #[serde(default)]
     pub adapter: AdapterConfig,

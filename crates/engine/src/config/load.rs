@@ -6,7 +6,7 @@ use super::paths;
 use super::refs::{lookup, substitute, Ref};
 use super::schema;
 use super::yaml::{parse, Located, Pos};
-use crate::stages::Registry;
+use crate::stages::{DynStage, Registry, STAGE_REF_FORMAT};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -572,210 +572,24 @@ pub fn load_str(
         }]
     })?;
     let top_schema = schema::top_level();
-    let top_fields: Vec<&str> = top_schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| p.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    let mut over_diags = Vec::new();
-    let mut sets = Vec::new();
-    for o in overrides {
-        match parse_override(o).and_then(|ov| apply(&mut doc.value, &ov, &top_fields)) {
-            Ok(made) => {
-                // The file's positions under what the override replaced no longer apply.
-                doc.forget(&made);
-                sets.push((made, o.clone()));
-            }
-            Err(m) => over_diags.push(Diagnostic {
-                file: "--set".into(),
-                pos: None,
-                path: o
-                    .split('=')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .trim_start_matches('+')
-                    .to_string(),
-                message: m,
-            }),
-        }
-    }
-    if !over_diags.is_empty() {
-        return Err(over_diags);
-    }
+    let sets = apply_overrides(&mut doc, overrides, &top_schema)?;
     let mut cx = Ctx {
         file,
         doc: &doc,
         diags: Vec::new(),
         sets,
     };
-    if !check_schema(&mut cx, &top_schema, &doc.value, "") {
+    let Some(top) = read_top(&mut cx, &top_schema) else {
         return Err(cx.diags);
-    }
-    let top: Pipeline = match serde_json::from_value(doc.value.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            cx.err("", e.to_string());
-            return Err(cx.diags);
-        }
     };
-    if top.version != DSL_VERSION {
-        cx.err(
-            "version",
-            format!(
-                "unsupported version {}: this build reads version {DSL_VERSION}",
-                top.version
-            ),
-        );
-    }
     let params = Value::Object(top.params.clone());
-    let common = schema::stage_common();
-    let stage_ids: Vec<String> = top.stages.keys().cloned().collect();
     let mut stages: Vec<(String, StageSpec)> = Vec::new();
-    let mut axes_of: HashMap<String, Vec<(String, Vec<Value>)>> = HashMap::new();
+    let mut axes_of: HashMap<String, Vec<Axis>> = HashMap::new();
     for (id, v) in &top.stages {
-        let base = format!("stages.{id}");
-        if !valid_id(id) {
-            cx.err(
-                &base,
-                format!("stage id `{id}`: use only letters, digits, `_` and `-`"),
-            );
+        if let Some((spec, axes)) = check_stage(&mut cx, registry, &top, &params, id, v) {
+            axes_of.insert(id.clone(), axes);
+            stages.push((id.clone(), spec));
         }
-        if !check_schema(&mut cx, &common, v, &base) {
-            continue;
-        }
-        let spec: StageSpec = match serde_json::from_value(v.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                cx.err(&base, e.to_string());
-                continue;
-            }
-        };
-        let kind = registry.get(&spec.uses).cloned();
-        if kind.is_none() {
-            let known: Vec<&str> = registry.names().collect();
-            cx.err(
-                format!("{base}.uses"),
-                format!(
-                    "unknown stage kind `{}` (known kinds: {})",
-                    spec.uses,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
-        for (i, n) in spec.needs.iter().enumerate() {
-            if n == id {
-                cx.err(
-                    format!("{base}.needs.{i}"),
-                    format!("stage `{id}` needs itself"),
-                );
-            } else if !top.stages.contains_key(n) {
-                cx.err(
-                    format!("{base}.needs.{i}"),
-                    format!(
-                        "unknown stage `{n}` in needs (stages: {})",
-                        stage_ids.join(", ")
-                    ),
-                );
-            }
-        }
-        if spec.needs.iter().collect::<HashSet<_>>().len() != spec.needs.len() {
-            cx.err(format!("{base}.needs"), "a stage is listed twice in needs");
-        }
-        // Matrix axes: a non-empty list of distinct scalars, or a `${params.X}` reference to one.
-        let mut axes = Vec::new();
-        for (axis, raw) in &spec.matrix {
-            let apath = format!("{base}.matrix.{axis}");
-            if !valid_id(axis) {
-                cx.err(
-                    &apath,
-                    format!("matrix axis `{axis}`: use only letters, digits, `_` and `-`"),
-                );
-                continue;
-            }
-            let (val, errs) = substitute(raw, &mut |r| match r {
-                Ref::Params(p) => lookup(&params, p)
-                    .cloned()
-                    .map(Some)
-                    .ok_or_else(|| unresolved_param(p, &params)),
-                other => Err(format!(
-                    "`{}` cannot be used in a matrix axis: only `${{params.NAME}}`",
-                    super::refs::render(other)
-                )),
-            });
-            let had_errs = !errs.is_empty();
-            for (p, m) in errs {
-                cx.err(join(&apath, &p), m);
-            }
-            if had_errs {
-                continue;
-            }
-            match val {
-                Value::Array(items) if !items.is_empty() => {
-                    let mut seen = HashSet::new();
-                    let mut ok = true;
-                    for (i, it) in items.iter().enumerate() {
-                        if it.is_array() || it.is_object() {
-                            cx.err(
-                                format!("{apath}.{i}"),
-                                "matrix values must be scalars (string, number, boolean)",
-                            );
-                            ok = false;
-                        } else if !seen.insert(it.to_string()) {
-                            cx.err(
-                                format!("{apath}.{i}"),
-                                format!("duplicate matrix value {it}"),
-                            );
-                            ok = false;
-                        }
-                    }
-                    if ok {
-                        axes.push((axis.clone(), items));
-                    }
-                }
-                Value::Array(_) => cx.err(
-                    &apath,
-                    format!("matrix axis `{axis}` is empty: give at least one value"),
-                ),
-                other => cx.err(
-                    &apath,
-                    format!("matrix axis `{axis}` must be a list, got {other}"),
-                ),
-            }
-        }
-        let cells: usize = axes.iter().map(|(_, v)| v.len()).product();
-        if cells > MAX_INSTANCES {
-            cx.err(
-                format!("{base}.matrix"),
-                format!("matrix has {cells} cells; at most {MAX_INSTANCES} are allowed"),
-            );
-            continue;
-        }
-        // References in `with:`, checked with the first cell; then the typed check.
-        let wpath = format!("{base}.with");
-        let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
-        let (checked, errs) = substitute(&spec.with, &mut |r| {
-            resolve_for_check(r, &params, &first, &spec.needs)
-        });
-        let had_errs = !errs.is_empty();
-        for (p, m) in errs {
-            cx.err(join(&wpath, &p), m);
-        }
-        if let (Some(kind), false) = (kind, had_errs) {
-            if let Some(s) = schema::kind_params(registry, kind.name()) {
-                if check_schema_with(&mut cx, &s, &checked, &wpath, Some(&spec.with)) {
-                    if let Err(e) = kind.check_params(&checked) {
-                        cx.err(join(&wpath, &e.path), e.message);
-                    }
-                }
-            }
-        }
-        axes_of.insert(id.clone(), axes);
-        stages.push((id.clone(), spec));
     }
     if let Some(cycle) = find_cycle(&stages) {
         let first = cycle[0].clone();
@@ -789,36 +603,7 @@ pub fn load_str(
         d.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)));
         return Err(d);
     }
-    let bases = match paths::process_bases() {
-        Ok(b) => b,
-        Err(m) => {
-            cx.err("", m);
-            return Err(cx.diags);
-        }
-    };
-    let mut instances = Vec::new();
-    let mut total = 0usize;
-    for (id, spec) in &stages {
-        let axes = &axes_of[id];
-        total += axes.iter().map(|(_, v)| v.len()).product::<usize>();
-        if total > MAX_INSTANCES {
-            return Err(vec![Diagnostic {
-                file: file.into(),
-                pos: Some(doc.pos("stages")),
-                path: "stages".into(),
-                message: format!("the pipeline expands to more than {MAX_INSTANCES} instances"),
-            }]);
-        }
-        let first = instances.len();
-        expand(id, spec, axes, &params, &mut instances);
-        resolve_instance_paths(&mut cx, registry, spec, &bases, &mut instances[first..]);
-        if !axes.is_empty() && spec.with.to_string().contains("${matrix.") {
-            check_cells(&mut cx, registry, spec, &instances[first..]);
-        }
-    }
-    if !cx.diags.is_empty() {
-        return Err(cx.diags);
-    }
+    let instances = expand_all(&mut cx, registry, &stages, &axes_of, &params)?;
     Ok(Loaded {
         file: PathBuf::from(file),
         name: top.name,
@@ -827,6 +612,359 @@ pub fn load_str(
         stages,
         instances,
     })
+}
+
+/// One matrix axis: its name and its values.
+type Axis = (String, Vec<Value>);
+
+/// Apply the `--set` overrides to the document; returns (dotted path made, `--set` text) for
+/// each, or the errors of those that do not apply (reported at `--set`).
+fn apply_overrides(
+    doc: &mut Located,
+    overrides: &[String],
+    top_schema: &Value,
+) -> Result<Vec<(String, String)>, Vec<Diagnostic>> {
+    let top_fields: Vec<&str> = top_schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut diags = Vec::new();
+    let mut sets = Vec::new();
+    for o in overrides {
+        match parse_override(o).and_then(|ov| apply(&mut doc.value, &ov, &top_fields)) {
+            Ok(made) => {
+                // The file's positions under what the override replaced no longer apply.
+                doc.forget(&made);
+                sets.push((made, o.clone()));
+            }
+            Err(m) => diags.push(Diagnostic {
+                file: "--set".into(),
+                pos: None,
+                path: o
+                    .split('=')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches('+')
+                    .to_string(),
+                message: m,
+            }),
+        }
+    }
+    if diags.is_empty() {
+        Ok(sets)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The top level checked against its schema and read, with its `version` checked.
+fn read_top(cx: &mut Ctx, top_schema: &Value) -> Option<Pipeline> {
+    if !check_schema(cx, top_schema, &cx.doc.value, "") {
+        return None;
+    }
+    let top: Pipeline = match serde_json::from_value(cx.doc.value.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            cx.err("", e.to_string());
+            return None;
+        }
+    };
+    if top.version != DSL_VERSION {
+        cx.err(
+            "version",
+            format!(
+                "unsupported version {}: this build reads version {DSL_VERSION}",
+                top.version
+            ),
+        );
+    }
+    Some(top)
+}
+
+/// Check one stage (`stages.ID`): its id, common fields, kind, needs, matrix and `with:`.
+/// None when it cannot be read far enough to expand (its errors are in `cx`).
+fn check_stage(
+    cx: &mut Ctx,
+    registry: &Registry,
+    top: &Pipeline,
+    params: &Value,
+    id: &str,
+    v: &Value,
+) -> Option<(StageSpec, Vec<Axis>)> {
+    let base = format!("stages.{id}");
+    if !valid_id(id) {
+        cx.err(
+            &base,
+            format!("stage id `{id}`: use only letters, digits, `_` and `-`"),
+        );
+    }
+    if !check_schema(cx, &schema::stage_common(), v, &base) {
+        return None;
+    }
+    let spec: StageSpec = match serde_json::from_value(v.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            cx.err(&base, e.to_string());
+            return None;
+        }
+    };
+    let kind = registry.get(&spec.uses).cloned();
+    if kind.is_none() {
+        let known: Vec<&str> = registry.names().collect();
+        cx.err(
+            format!("{base}.uses"),
+            format!(
+                "unknown stage kind `{}` (known kinds: {})",
+                spec.uses,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+    check_needs(cx, top, id, &spec);
+    let axes = check_matrix(cx, &base, &spec, params);
+    let cells: usize = axes.iter().map(|(_, v)| v.len()).product();
+    if cells > MAX_INSTANCES {
+        cx.err(
+            format!("{base}.matrix"),
+            format!("matrix has {cells} cells; at most {MAX_INSTANCES} are allowed"),
+        );
+        return None;
+    }
+    if let Some(kind) = kind {
+        check_with(
+            cx,
+            registry,
+            kind.as_ref(),
+            top,
+            &base,
+            &spec,
+            params,
+            &axes,
+        );
+    }
+    Some((spec, axes))
+}
+
+/// Every id in `needs` is another stage of the pipeline, listed once.
+fn check_needs(cx: &mut Ctx, top: &Pipeline, id: &str, spec: &StageSpec) {
+    let base = format!("stages.{id}");
+    for (i, n) in spec.needs.iter().enumerate() {
+        if n == id {
+            cx.err(
+                format!("{base}.needs.{i}"),
+                format!("stage `{id}` needs itself"),
+            );
+        } else if !top.stages.contains_key(n) {
+            let ids: Vec<&str> = top.stages.keys().map(String::as_str).collect();
+            cx.err(
+                format!("{base}.needs.{i}"),
+                format!("unknown stage `{n}` in needs (stages: {})", ids.join(", ")),
+            );
+        }
+    }
+    if spec.needs.iter().collect::<HashSet<_>>().len() != spec.needs.len() {
+        cx.err(format!("{base}.needs"), "a stage is listed twice in needs");
+    }
+}
+
+/// Matrix axes: a non-empty list of distinct scalars, or a `${params.X}` reference to one.
+/// The axes that are valid, in declared order.
+fn check_matrix(cx: &mut Ctx, base: &str, spec: &StageSpec, params: &Value) -> Vec<Axis> {
+    let mut axes = Vec::new();
+    for (axis, raw) in &spec.matrix {
+        let apath = format!("{base}.matrix.{axis}");
+        if !valid_id(axis) {
+            cx.err(
+                &apath,
+                format!("matrix axis `{axis}`: use only letters, digits, `_` and `-`"),
+            );
+            continue;
+        }
+        let (val, errs) = substitute(raw, &mut |r| match r {
+            Ref::Params(p) => lookup(params, p)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| unresolved_param(p, params)),
+            other => Err(format!(
+                "`{}` cannot be used in a matrix axis: only `${{params.NAME}}`",
+                super::refs::render(other)
+            )),
+        });
+        let had_errs = !errs.is_empty();
+        for (p, m) in errs {
+            cx.err(join(&apath, &p), m);
+        }
+        if !had_errs {
+            if let Some(values) = check_axis_values(cx, &apath, axis, val) {
+                axes.push((axis.clone(), values));
+            }
+        }
+    }
+    axes
+}
+
+/// The values of matrix axis `axis` (at `apath`), when they are a non-empty list of
+/// distinct scalars.
+fn check_axis_values(cx: &mut Ctx, apath: &str, axis: &str, val: Value) -> Option<Vec<Value>> {
+    match val {
+        Value::Array(items) if !items.is_empty() => {
+            let mut seen = HashSet::new();
+            let mut ok = true;
+            for (i, it) in items.iter().enumerate() {
+                if it.is_array() || it.is_object() {
+                    cx.err(
+                        format!("{apath}.{i}"),
+                        "matrix values must be scalars (string, number, boolean)",
+                    );
+                    ok = false;
+                } else if !seen.insert(it.to_string()) {
+                    cx.err(
+                        format!("{apath}.{i}"),
+                        format!("duplicate matrix value {it}"),
+                    );
+                    ok = false;
+                }
+            }
+            ok.then_some(items)
+        }
+        Value::Array(_) => {
+            cx.err(
+                apath,
+                format!("matrix axis `{axis}` is empty: give at least one value"),
+            );
+            None
+        }
+        other => {
+            cx.err(
+                apath,
+                format!("matrix axis `{axis}` must be a list, got {other}"),
+            );
+            None
+        }
+    }
+}
+
+/// References in `with:`, checked with the first matrix cell; then the kind's schema, the
+/// stages its stage-reference fields name ([`check_stage_refs`]) and the kind's own check.
+#[allow(clippy::too_many_arguments)]
+fn check_with(
+    cx: &mut Ctx,
+    registry: &Registry,
+    kind: &dyn DynStage,
+    top: &Pipeline,
+    base: &str,
+    spec: &StageSpec,
+    params: &Value,
+    axes: &[Axis],
+) {
+    let wpath = format!("{base}.with");
+    let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
+    let (checked, errs) = substitute(&spec.with, &mut |r| {
+        resolve_for_check(r, params, &first, &spec.needs)
+    });
+    if !errs.is_empty() {
+        for (p, m) in errs {
+            cx.err(join(&wpath, &p), m);
+        }
+        return;
+    }
+    let Some(s) = schema::kind_params(registry, kind.name()) else {
+        return;
+    };
+    if !check_schema_with(cx, &s, &checked, &wpath, Some(&spec.with)) {
+        return;
+    }
+    if check_stage_refs(cx, &s, &checked, &wpath, top, spec) {
+        if let Err(e) = kind.check_params(&checked) {
+            cx.err(join(&wpath, &e.path), e.message);
+        }
+    }
+}
+
+/// Every `with:` field the kind's schema marks as a stage reference
+/// ([`crate::stages::StageRef`]) names a stage in this stage's `needs`. An error names the
+/// stages in `needs` (and the closest one to a misspelling). False when there were errors.
+fn check_stage_refs(
+    cx: &mut Ctx,
+    schema: &Value,
+    with: &Value,
+    wpath: &str,
+    top: &Pipeline,
+    spec: &StageSpec,
+) -> bool {
+    let is_ref = |s: &Value| s.get("format").and_then(Value::as_str) == Some(STAGE_REF_FORMAT);
+    let mut bad: Vec<(String, String)> = Vec::new();
+    let mut with = with.clone();
+    paths::for_each_marked_string(schema, &mut with, &is_ref, &mut |at, name| {
+        if !spec.needs.iter().any(|n| n == name) {
+            bad.push((at.to_string(), name.clone()));
+        }
+    });
+    let needs = if spec.needs.is_empty() {
+        "this stage has no `needs`".to_string()
+    } else {
+        format!("needs: {}", spec.needs.join(", "))
+    };
+    for (at, name) in &bad {
+        let mut message = if top.stages.contains_key(name) {
+            format!("stage `{name}` is not in this stage's `needs` ({needs}); add it to `needs`")
+        } else {
+            format!("`{name}` is not a stage in `needs` ({needs})")
+        };
+        if let Some(m) = super::overrides::did_you_mean(name, spec.needs.iter().map(String::as_str))
+        {
+            message.push_str(&format!("; did you mean `{m}`?"));
+        }
+        cx.err(join(wpath, at), message);
+    }
+    bad.is_empty()
+}
+
+/// Expand every stage's matrix into instances, with paths resolved and each cell checked.
+fn expand_all(
+    cx: &mut Ctx,
+    registry: &Registry,
+    stages: &[(String, StageSpec)],
+    axes_of: &HashMap<String, Vec<Axis>>,
+    params: &Value,
+) -> Result<Vec<Instance>, Vec<Diagnostic>> {
+    let bases = match paths::process_bases() {
+        Ok(b) => b,
+        Err(m) => {
+            cx.err("", m);
+            return Err(std::mem::take(&mut cx.diags));
+        }
+    };
+    let mut instances = Vec::new();
+    let mut total = 0usize;
+    for (id, spec) in stages {
+        let axes = &axes_of[id];
+        total += axes.iter().map(|(_, v)| v.len()).product::<usize>();
+        if total > MAX_INSTANCES {
+            return Err(vec![Diagnostic {
+                file: cx.file.into(),
+                pos: Some(cx.doc.pos("stages")),
+                path: "stages".into(),
+                message: format!("the pipeline expands to more than {MAX_INSTANCES} instances"),
+            }]);
+        }
+        let first = instances.len();
+        expand(id, spec, axes, params, &mut instances);
+        resolve_instance_paths(cx, registry, spec, &bases, &mut instances[first..]);
+        if !axes.is_empty() && spec.with.to_string().contains("${matrix.") {
+            check_cells(cx, registry, spec, &instances[first..]);
+        }
+    }
+    if !cx.diags.is_empty() {
+        return Err(std::mem::take(&mut cx.diags));
+    }
+    Ok(instances)
 }
 
 /// Lower-case each instance's sha256 fields, then apply the path rule (`config/paths.rs`) to

@@ -1,31 +1,15 @@
 //! The one entry point that runs a stage instance: [`exec_stage`]. The local executor
 //! calls it on a thread; `idat-pipe exec-stage` calls it in its own process.
-use crate::cache::{Cache, InstanceRecord, KeyParts, Lookup, Manifest};
+use super::job::StageJob;
+use crate::cache::{Cache, InstanceRecord, Lookup, Manifest};
 use crate::config::refs::{substitute, Ref};
-use crate::config::Instance;
-use crate::stages::{DynStage, Input, Progress, StageContext};
+use crate::stages::{Input, Progress, StageContext};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Everything needed to run one instance.
-pub struct StageJob {
-    pub cache: Cache,
-    pub instance: Instance,
-    pub kind: Arc<dyn DynStage>,
-    pub parts: KeyParts,
-    pub inputs: Vec<Input>,
-    pub log_path: PathBuf,
-    pub cancel: Arc<AtomicBool>,
-    pub progress: Arc<dyn Progress>,
-    pub device: String,
-    pub threads: usize,
-    /// Recompute even when a valid entry exists (`--force`).
-    pub force: bool,
-}
 
 /// How an instance ended.
 #[derive(Debug)]
@@ -82,22 +66,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Run one instance through the cache: reuse a verified entry, else take the key's lock,
 /// check again (a concurrent run may have committed it), run the stage into a fresh
 /// temporary directory with its checkpoint directory, and commit. Never commits on error.
-pub fn exec_stage(job: &StageJob) -> Outcome {
+/// The stage reports to `progress` and stops when `cancel` is set.
+pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<AtomicBool>) -> Outcome {
     let key = job.parts.key();
     let cache = &job.cache;
-    let mut ctx = StageContext::new(job.instance.id.clone(), PathBuf::new(), PathBuf::new());
-    if let Some(dir) = job.log_path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    ctx = match ctx.with_log_file(&job.log_path) {
+    let mut ctx = match open_context(job, progress, cancel.clone()) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
     };
-    ctx = ctx.with_cancel(job.cancel.clone());
-    ctx.inputs = job.inputs.clone();
-    ctx.device = job.device.clone();
-    ctx.threads = job.threads;
-    ctx.progress = job.progress.clone();
     // A first look without the lock: a verified entry is reused at once.
     if !job.force {
         if let Lookup::Hit(m) = cache.lookup(&key) {
@@ -129,61 +105,97 @@ pub fn exec_stage(job: &StageJob) -> Outcome {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
     };
-    let result = (|| -> anyhow::Result<Manifest> {
-        let out = tmp.join("out");
-        std::fs::create_dir_all(&out)?;
-        ctx.out_dir = out.clone();
-        ctx.checkpoint_dir = cache.checkpoint_dir(&key)?;
-        let with = resolve_outputs(&job.instance.with, &job.inputs).map_err(anyhow::Error::msg)?;
-        ctx.log(format!(
-            "== {} ({}) key {key}",
-            job.instance.id, job.instance.uses
-        ));
-        let t0 = Instant::now();
-        // The instance's CPU slots bound its kernels' threads: its own rayon pool, so
-        // concurrent instances do not hand every small op to one shared pool.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(job.threads.max(1))
-            .thread_name(|i| format!("idat-kernel-{i}"))
-            .build()?;
-        let r = pool.install(|| catch_unwind(AssertUnwindSafe(|| job.kind.run(&with, &mut ctx))));
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(p) => anyhow::bail!("stage panicked: {}", panic_message(&*p)),
-        }
-        ctx.check_cancel()?;
-        let secs = t0.elapsed().as_secs_f64();
-        let m = cache.commit(&out, &job.instance.id, &job.parts, secs)?;
-        ctx.log(format!("== committed {key} in {secs:.2}s"));
-        Ok(m)
-    })();
+    let result = run_and_commit(job, &mut ctx, &tmp);
     // Committed or failed, the scratch directory is not needed any more (a failed instance's
     // partial outputs are never read; its log and checkpoints live elsewhere).
     let _ = crate::cache::store::remove_tree(&tmp);
+    let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
+    record_outcome(job, &ctx, result, interrupted)
+}
+
+/// The context the stage sees, logging to the job's log file.
+fn open_context(
+    job: &StageJob,
+    progress: Arc<dyn Progress>,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<StageContext> {
+    if let Some(dir) = job.log_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut ctx = StageContext::new(job.instance.id.clone(), PathBuf::new(), PathBuf::new())
+        .with_log_file(&job.log_path)?
+        .with_cancel(cancel);
+    ctx.inputs = job.inputs.clone();
+    ctx.device = job.device.clone();
+    ctx.threads = job.threads;
+    ctx.progress = progress;
+    Ok(ctx)
+}
+
+/// Run the stage into `tmp/out` (checkpoints in the key's checkpoint directory) and commit
+/// the output as the key's entry.
+fn run_and_commit(
+    job: &StageJob,
+    ctx: &mut StageContext,
+    tmp: &std::path::Path,
+) -> anyhow::Result<Manifest> {
+    let key = job.parts.key();
+    let cache = &job.cache;
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out)?;
+    ctx.out_dir = out.clone();
+    ctx.checkpoint_dir = cache.checkpoint_dir(&key)?;
+    let with = resolve_outputs(&job.instance.with, &job.inputs).map_err(anyhow::Error::msg)?;
+    ctx.log(format!(
+        "== {} ({}) key {key}",
+        job.instance.id, job.instance.uses
+    ));
+    let t0 = Instant::now();
+    // The instance's CPU slots bound its kernels' threads: its own rayon pool, so
+    // concurrent instances do not hand every small op to one shared pool.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(job.threads.max(1))
+        .thread_name(|i| format!("idat-kernel-{i}"))
+        .build()?;
+    let r = pool.install(|| catch_unwind(AssertUnwindSafe(|| job.kind.run(&with, ctx))));
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(p) => anyhow::bail!("stage panicked: {}", panic_message(&*p)),
+    }
+    ctx.check_cancel()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let m = cache.commit(&out, &job.instance.id, &job.parts, secs)?;
+    ctx.log(format!("== committed {key} in {secs:.2}s"));
+    Ok(m)
+}
+
+/// The instance's record in the cache (`plan` reads it: "failed before: ...") and its
+/// outcome. An interrupted run records nothing: it did not fail.
+fn record_outcome(
+    job: &StageJob,
+    ctx: &StageContext,
+    result: anyhow::Result<Manifest>,
+    interrupted: bool,
+) -> Outcome {
+    let record = |status: &str, error: Option<String>| InstanceRecord {
+        instance: job.instance.id.clone(),
+        key: job.parts.key(),
+        parts: job.parts.clone(),
+        status: status.into(),
+        error,
+    };
     match result {
         Ok(m) => {
-            let _ = cache.write_record(&InstanceRecord {
-                instance: job.instance.id.clone(),
-                key: key.clone(),
-                parts: job.parts.clone(),
-                status: "ok".into(),
-                error: None,
-            });
+            let _ = job.cache.write_record(&record("ok", None));
             Outcome::Ran(Box::new(m))
         }
         Err(e) => {
             let msg = format!("{e:#}");
             ctx.log(format!("error: {msg}"));
-            let interrupted = job.cancel.load(std::sync::atomic::Ordering::Relaxed);
             if !interrupted {
-                let _ = cache.write_record(&InstanceRecord {
-                    instance: job.instance.id.clone(),
-                    key,
-                    parts: job.parts.clone(),
-                    status: "failed".into(),
-                    error: Some(msg.lines().next().unwrap_or_default().to_string()),
-                });
+                let first = msg.lines().next().unwrap_or_default().to_string();
+                let _ = job.cache.write_record(&record("failed", Some(first)));
             }
             Outcome::Failed(msg)
         }

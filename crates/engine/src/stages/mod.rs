@@ -8,9 +8,11 @@
 
 mod context;
 mod registry;
+mod stage_ref;
 
 pub use context::{Input, NoProgress, Progress, StageContext};
 pub use registry::{DynStage, Registry};
+pub use stage_ref::{StageRef, STAGE_REF_FORMAT};
 
 /// The file a kind may write into its `out_dir` to have `run` print it at the end of a run
 /// (with the paths of the entry's Markdown files): report and analysis stages do.

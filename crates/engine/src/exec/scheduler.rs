@@ -1,0 +1,342 @@
+//! The scheduler: which instance runs when, on any [`Executor`]. It owns readiness (every
+//! upstream committed), skips below failures, resource slots, `--keep-going`, Ctrl-C, the
+//! failure report and the trace; executors only start jobs and report what became of them.
+use super::executor::{Event, Executor, Finished, ProgressUpdate};
+use super::job::{build_job, Committed, JobSettings};
+use super::progress::Reporter;
+use super::record::{tail, unix_now, RunRecord, TraceRow};
+use super::stage::{record_hit, Outcome};
+use crate::cache::Cache;
+use crate::graph::Graph;
+use crate::stages::{Progress, Registry};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the scheduler looks at Ctrl-C while it waits for news.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Options of a run that do not depend on the executor.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Go on with independent instances after a failure (`--keep-going`).
+    pub keep_going: bool,
+    /// `forced[i]`: recompute instance `i` (`--force`).
+    pub forced: Vec<bool>,
+    /// `cpu`, `cuda` or `cuda:N` (`--device`).
+    pub device: String,
+}
+
+/// A failed instance, for the failure report.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub instance: String,
+    pub error: String,
+    /// Its log file (empty when it failed before it started).
+    pub log: std::path::PathBuf,
+    /// The last lines of its log.
+    pub log_tail: Vec<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub ran: usize,
+    pub cached: usize,
+    pub failed: Vec<Failure>,
+    pub skipped: usize,
+    pub interrupted: bool,
+    pub trace: Vec<TraceRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// What the scheduler works with, borrowed for one run.
+pub struct RunContext<'a> {
+    pub graph: &'a Graph,
+    pub registry: &'a Registry,
+    pub cache: &'a Cache,
+    pub record: &'a RunRecord,
+    pub options: &'a RunOptions,
+    /// Set by Ctrl-C.
+    pub cancel: &'a AtomicBool,
+    pub reporter: Arc<dyn Reporter>,
+}
+
+/// Run every instance of the graph on `executor` (cached ones are verified and reused).
+pub fn schedule(run: &RunContext, executor: &mut dyn Executor) -> RunSummary {
+    let mut s = Scheduler::new(run, executor.capacity().cpus);
+    loop {
+        if run.cancel.load(Ordering::Relaxed) && !s.summary.interrupted {
+            s.summary.interrupted = true;
+            s.stop_launching = true;
+            executor.cancel();
+            run.reporter
+                .line("interrupted: stopping running instances (no partial entry is committed)");
+        }
+        s.skip_below_failures();
+        if !s.stop_launching {
+            s.launch_ready(executor);
+        }
+        if s.running == 0 {
+            break;
+        }
+        for event in executor.poll(POLL) {
+            s.on_event(event);
+        }
+    }
+    s.finish()
+}
+
+struct Scheduler<'r, 'a> {
+    run: &'r RunContext<'a>,
+    state: Vec<State>,
+    committed: Vec<Option<Committed>>,
+    /// Cache key of each submitted instance.
+    keys: Vec<String>,
+    progress: Vec<Option<Arc<dyn Progress>>>,
+    cpu_slots: usize,
+    cpu_used: usize,
+    gpu_used: usize,
+    running: usize,
+    stop_launching: bool,
+    summary: RunSummary,
+}
+
+impl<'r, 'a> Scheduler<'r, 'a> {
+    fn new(run: &'r RunContext<'a>, cpu_slots: usize) -> Self {
+        let n = run.graph.instances.len();
+        Self {
+            run,
+            state: vec![State::Waiting; n],
+            committed: vec![None; n],
+            keys: vec![String::new(); n],
+            progress: vec![None; n],
+            cpu_slots: cpu_slots.max(1),
+            cpu_used: 0,
+            gpu_used: 0,
+            running: 0,
+            stop_launching: false,
+            summary: RunSummary::default(),
+        }
+    }
+
+    /// CPU slots of instance `i`: its `resources.cpus`, at least 1, at most the executor's.
+    fn cpus(&self, i: usize) -> usize {
+        (self.run.graph.instances[i].resources.cpus as usize).clamp(1, self.cpu_slots)
+    }
+
+    fn gpus(&self, i: usize) -> usize {
+        self.run.graph.instances[i].resources.gpus as usize
+    }
+
+    /// Instances whose upstream failed or was skipped are skipped.
+    fn skip_below_failures(&mut self) {
+        for &i in &self.run.graph.order {
+            if self.state[i] == State::Waiting
+                && self.run.graph.deps[i]
+                    .iter()
+                    .any(|(_, u)| matches!(self.state[*u], State::Failed | State::Skipped))
+            {
+                self.state[i] = State::Skipped;
+            }
+        }
+    }
+
+    /// Submit every waiting instance whose upstreams are committed and that fits the free
+    /// slots, in graph order.
+    fn launch_ready(&mut self, executor: &mut dyn Executor) {
+        let cap = executor.capacity();
+        for &i in &self.run.graph.order {
+            if self.stop_launching {
+                break;
+            }
+            let ready = self.state[i] == State::Waiting
+                && self.run.graph.deps[i]
+                    .iter()
+                    .all(|(_, u)| self.committed[*u].is_some());
+            if !ready {
+                continue;
+            }
+            let inst = &self.run.graph.instances[i];
+            if let Err(why) = executor.admits(&inst.resources) {
+                self.fail_before_start(i, why);
+                continue;
+            }
+            let fits = self.running < cap.jobs
+                && self.cpu_used + self.cpus(i) <= cap.cpus.max(1)
+                && self.gpu_used + self.gpus(i) <= cap.gpus;
+            if fits {
+                self.launch(i, executor);
+            }
+        }
+    }
+
+    /// Build instance `i`'s job and submit it.
+    fn launch(&mut self, i: usize, executor: &mut dyn Executor) {
+        let run = self.run;
+        let inst = &run.graph.instances[i];
+        let settings = JobSettings {
+            log_path: run.record.log_path(&inst.id),
+            device: run.options.device.clone(),
+            threads: self.cpus(i),
+            force: run.options.forced[i],
+        };
+        let job = match build_job(
+            run.graph,
+            i,
+            run.registry,
+            run.cache,
+            &self.committed,
+            settings,
+        ) {
+            Ok(job) => job,
+            // An unreadable external input: the instance fails before it starts.
+            Err(why) => return self.fail_before_start(i, why),
+        };
+        // What `plan` would say about a checkpoint a killed run left: said here too.
+        let key = job.parts.key();
+        if let Some(why) = super::plan::resume_reason(run.cache, &key, Some(job.kind.as_ref())) {
+            run.reporter.line(&format!("{}: {why}", inst.id));
+        }
+        self.state[i] = State::Running;
+        self.cpu_used += self.cpus(i);
+        self.gpu_used += self.gpus(i);
+        self.running += 1;
+        self.keys[i] = key;
+        self.progress[i] = Some(run.reporter.started(&inst.id));
+        if let Err(why) = executor.submit(i, job) {
+            // Reported like any failed instance, with its log (no key: nothing ran).
+            self.keys[i].clear();
+            let now = unix_now();
+            self.on_finished(Finished {
+                index: i,
+                outcome: Outcome::Failed(why),
+                start: now,
+                end: now,
+            });
+        }
+    }
+
+    /// An instance that failed before it could start (no log, no key): reported as
+    /// finished-failed (progress and ETA count it) and recorded in the failure report and
+    /// the trace.
+    fn fail_before_start(&mut self, i: usize, error: String) {
+        let id = self.run.graph.instances[i].id.clone();
+        self.state[i] = State::Failed;
+        self.run.reporter.finished(&id, "failed", 0.0);
+        let now = unix_now();
+        self.summary.failed.push(Failure {
+            instance: id.clone(),
+            error,
+            log: Default::default(),
+            log_tail: vec![],
+        });
+        self.summary
+            .trace
+            .push(trace_row(id, String::new(), "failed", now, now));
+        if !self.run.options.keep_going {
+            self.stop_launching = true;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Progress { index, update } => {
+                if let Some(p) = &self.progress[index] {
+                    match update {
+                        ProgressUpdate::Total(t) => p.set_total(t),
+                        ProgressUpdate::Position(n) => p.set_position(n),
+                        ProgressUpdate::Message(m) => p.set_message(&m),
+                    }
+                }
+            }
+            Event::Finished(f) => self.on_finished(f),
+        }
+    }
+
+    /// Free the instance's slots, record its outcome and report it.
+    fn on_finished(&mut self, f: Finished) {
+        let run = self.run;
+        let i = f.index;
+        let inst = &run.graph.instances[i];
+        self.running -= 1;
+        self.cpu_used -= self.cpus(i);
+        self.gpu_used -= self.gpus(i);
+        self.progress[i] = None;
+        let status = match f.outcome {
+            Outcome::Cached(m) => {
+                record_hit(run.cache, &inst.id, &m);
+                self.commit(i, &m.content_hash);
+                self.summary.cached += 1;
+                "cached"
+            }
+            Outcome::Ran(m) => {
+                self.commit(i, &m.content_hash);
+                self.summary.ran += 1;
+                "ran"
+            }
+            Outcome::Failed(error) => {
+                self.state[i] = State::Failed;
+                let log = run.record.log_path(&inst.id);
+                self.summary.failed.push(Failure {
+                    instance: inst.id.clone(),
+                    error,
+                    log_tail: tail(&log, 20),
+                    log,
+                });
+                if !run.options.keep_going {
+                    self.stop_launching = true;
+                }
+                "failed"
+            }
+        };
+        run.reporter.finished(&inst.id, status, f.end - f.start);
+        let key = self.keys[i].clone();
+        self.summary
+            .trace
+            .push(trace_row(inst.id.clone(), key, status, f.start, f.end));
+    }
+
+    /// Instance `i` has a committed entry under the key it was submitted with.
+    fn commit(&mut self, i: usize, content_hash: &str) {
+        self.state[i] = State::Done;
+        self.committed[i] = Some(Committed {
+            key: self.keys[i].clone(),
+            content_hash: content_hash.to_string(),
+        });
+    }
+
+    /// Count and trace what never ran (below a failure, or not launched after one).
+    fn finish(mut self) -> RunSummary {
+        for &i in &self.run.graph.order {
+            if matches!(self.state[i], State::Waiting | State::Skipped) {
+                self.summary.skipped += 1;
+                let now = unix_now();
+                let id = self.run.graph.instances[i].id.clone();
+                self.summary
+                    .trace
+                    .push(trace_row(id, String::new(), "skipped", now, now));
+            }
+        }
+        self.summary
+    }
+}
+
+fn trace_row(instance: String, key: String, status: &str, start: f64, end: f64) -> TraceRow {
+    TraceRow {
+        instance,
+        key,
+        status: status.into(),
+        start,
+        end,
+        seconds: end - start,
+    }
+}
