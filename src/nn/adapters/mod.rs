@@ -100,11 +100,6 @@ impl AdapterConfig {
         self.method().name()
     }
 
-    /// The halves of a block the method's hooks reach into.
-    pub fn halves(&self) -> Halves {
-        self.method().halves()
-    }
-
     /// Checks the hyperparameters, naming each bad field.
     pub fn validate(&self, cfg: &VitConfig) -> anyhow::Result<()> {
         let _ = cfg;
