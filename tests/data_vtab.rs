@@ -18,7 +18,7 @@ fn err_of<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
 #[test]
 fn task_table_has_19_tasks_and_aliases() {
     assert_eq!(TASKS.len(), 19);
-    let per_group = |g: &str| TASKS.iter().filter(|t| t.group == g).count();
+    let per_group = |g: &str| TASKS.iter().filter(|t| t.group.name() == g).count();
     assert_eq!(
         (
             per_group("natural"),

@@ -11,29 +11,22 @@ use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
 use nn_util::*;
 use std::collections::BTreeMap;
 
+/// Every registered method at its defaults ([`registry`]), then variants the defaults do
+/// not reach: LoRA on q and v only with alpha, deep VPT with trunc-normal prompts.
 fn all_methods() -> Vec<AdapterConfig> {
-    vec![
-        AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
-        AdapterConfig::Adaptformer(AdaptformerConfig::default()),
-        AdapterConfig::AdaptformerOriginal(AdaptformerOriginalConfig::default()),
-        AdapterConfig::SharedParAdapter(SharedParConfig::default()),
-        AdapterConfig::Houlsby(HoulsbyConfig::default()),
-        AdapterConfig::Lora(LoraConfig::default()),
+    let mut methods = registry();
+    methods.extend([
         AdapterConfig::Lora(LoraConfig {
             rank: 2,
             alpha: Some(4.0),
             targets: vec![QkvTarget::Q, QkvTarget::V],
         }),
-        AdapterConfig::VptShallow(VptConfig::default()),
         AdapterConfig::VptDeep(VptConfig {
             length: 3,
             init: PromptInit::TruncNormal,
         }),
-        AdapterConfig::Bitfit,
-        AdapterConfig::Ssf,
-        AdapterConfig::Linear,
-        AdapterConfig::Full,
-    ]
+    ]);
+    methods
 }
 
 #[test]
@@ -48,14 +41,16 @@ fn vit_base_counts_follow_the_formulas() {
         ("shared_par_adapter", 82_992),
         ("houlsby", 156_768),
         ("lora", 12 * 3 * 2 * 8 * 768),
-        ("lora", 12 * 2 * 2 * 2 * 768),
         ("vpt_shallow", 10 * 768),
-        ("vpt_deep", 12 * 3 * 768),
+        ("vpt_deep", 12 * 10 * 768),
         ("bitfit", 102_912),
         ("ssf", 205_824),
         ("linear", 0),
         ("full", 85_798_656),
+        ("lora", 12 * 2 * 2 * 2 * 768),
+        ("vpt_deep", 12 * 3 * 768),
     ];
+    assert_eq!(all_methods().len(), expect.len());
     for (m, (name, n)) in all_methods().iter().zip(expect) {
         assert_eq!(m.name(), name);
         assert_eq!(m.count_method(&cfg), n, "{name}");

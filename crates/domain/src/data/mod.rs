@@ -2,7 +2,8 @@
 //! ([`image`]), decoded splits and batching ([`loader`], large splits streamed
 //! through [`decoded_file`]), sources and the validated manifest
 //! ([`prepare`]), verified downloads ([`download`]), safe archive extraction ([`archive`]),
-//! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]).
+//! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]). The one VTAB-1K
+//! task table (groups, classes, recipe, split sizes) is [`vtab_tasks`].
 
 pub mod archive;
 pub mod decoded_file;
@@ -14,3 +15,4 @@ pub mod loader;
 pub mod mini;
 pub mod prepare;
 pub mod vtab;
+pub mod vtab_tasks;

@@ -1,5 +1,5 @@
-//! VTAB-1K on disk in the NOAH layout: the task table, list-file parsing and
-//! validation with precise errors (`file:line: what was expected`).
+//! VTAB-1K on disk in the NOAH layout: list-file parsing and validation with precise errors
+//! (`file:line: what was expected`). The task table is [`super::vtab_tasks`], re-exported here.
 //!
 //! Layout: `<root>/<task>/{train800,val200,train800val200,test}.txt`, each line
 //! `<relative image path> <0-based label>`, image paths relative to `<root>/<task>`.
@@ -11,103 +11,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-/// The four list files of a VTAB-1K task, in canonical order.
-pub const SPLITS: [&str; 4] = ["train800", "val200", "train800val200", "test"];
-
-/// The three VTAB task groups.
-pub const GROUPS: [&str; 3] = ["natural", "specialized", "structured"];
-
-/// One row of the VTAB-1K task table (classes and the iDAT/SSF per-task recipe).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TaskInfo {
-    /// Folder name in the NOAH layout.
-    pub name: &'static str,
-    /// `natural`, `specialized` or `structured`.
-    pub group: &'static str,
-    /// Number of classes; labels are `0..num_classes`.
-    pub num_classes: usize,
-    /// Test-split size from the VPT appendix (unverified; the list file is authoritative).
-    pub test_size: usize,
-    /// Learning rate of the per-task recipe.
-    pub lr: f64,
-    /// Weight decay of the per-task recipe.
-    pub weight_decay: f64,
-    /// Drop-path rate of the per-task recipe.
-    pub drop_path: f64,
-}
-
-const fn t(
-    name: &'static str,
-    group: &'static str,
-    num_classes: usize,
-    test_size: usize,
-    lr: f64,
-    weight_decay: f64,
-    drop_path: f64,
-) -> TaskInfo {
-    TaskInfo {
-        name,
-        group,
-        num_classes,
-        test_size,
-        lr,
-        weight_decay,
-        drop_path,
-    }
-}
-
-/// The 19 VTAB-1K tasks (docs/vtab.md).
-pub const TASKS: &[TaskInfo] = &[
-    t("cifar", "natural", 100, 10_000, 5e-3, 5e-5, 0.0),
-    t("caltech101", "natural", 102, 6_084, 1e-3, 5e-2, 0.1),
-    t("dtd", "natural", 47, 1_880, 5e-3, 5e-5, 0.0),
-    t("oxford_flowers102", "natural", 102, 6_149, 5e-3, 5e-5, 0.0),
-    t("oxford_iiit_pet", "natural", 37, 3_669, 5e-3, 5e-5, 0.0),
-    t("svhn", "natural", 10, 26_032, 1e-2, 5e-5, 0.0),
-    t("sun397", "natural", 397, 21_750, 5e-3, 5e-5, 0.0),
-    t("patch_camelyon", "specialized", 2, 32_768, 5e-3, 5e-5, 0.0),
-    t("eurosat", "specialized", 10, 5_400, 3e-3, 5e-2, 0.2),
-    t("resisc45", "specialized", 45, 6_300, 2e-3, 5e-5, 0.1),
-    t(
-        "diabetic_retinopathy",
-        "specialized",
-        5,
-        42_670,
-        5e-3,
-        5e-5,
-        0.2,
-    ),
-    t("clevr_count", "structured", 8, 15_000, 2e-3, 5e-2, 0.1),
-    t("clevr_dist", "structured", 6, 15_000, 5e-2, 5e-2, 0.1),
-    t("dmlab", "structured", 6, 22_735, 5e-3, 5e-5, 0.1),
-    t("kitti", "structured", 4, 711, 1e-2, 5e-5, 0.0),
-    t("dsprites_loc", "structured", 16, 73_728, 1e-2, 5e-5, 0.0),
-    t("dsprites_ori", "structured", 16, 73_728, 5e-3, 5e-5, 0.2),
-    t("smallnorb_azi", "structured", 18, 12_150, 2e-2, 5e-5, 0.1),
-    t("smallnorb_ele", "structured", 9, 12_150, 5e-3, 5e-2, 0.2),
-];
-
-/// Folder-name aliases used by the iDAT scripts.
-pub const ALIASES: &[(&str, &str)] = &[
-    ("cifar100", "cifar"),
-    ("flowers102", "oxford_flowers102"),
-    ("pets", "oxford_iiit_pet"),
-];
-
-/// Maps an alias (`cifar100`, `flowers102`, `pets`) to its folder name; other names pass through.
-pub fn canonical_name(name: &str) -> &str {
-    ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == name)
-        .map(|(_, folder)| *folder)
-        .unwrap_or(name)
-}
-
-/// Looks a task up in [`TASKS`] by folder name or alias.
-pub fn task_info(name: &str) -> Option<&'static TaskInfo> {
-    let name = canonical_name(name);
-    TASKS.iter().find(|t| t.name == name)
-}
+pub use super::vtab_tasks::{
+    canonical_name, task_info, TaskInfo, ALIASES, GROUPS, SPLITS, SPLIT_SIZES, TASKS,
+};
 
 /// What the reader needs to know about one task: folder, classes and the split sizes to enforce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,13 +43,13 @@ impl TaskSpec {
                 ALIASES.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")
             )
         })?;
-        let expected_sizes = [("train800", 800), ("val200", 200), ("train800val200", 1000)]
+        let expected_sizes = SPLIT_SIZES
             .into_iter()
             .map(|(s, n)| (s.to_string(), n))
             .collect();
         Ok(Self {
             name: info.name.to_string(),
-            group: info.group.to_string(),
+            group: info.group.name().to_string(),
             num_classes: info.num_classes,
             expected_sizes,
             class_names: None,

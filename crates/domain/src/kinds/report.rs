@@ -51,14 +51,11 @@ fn title() -> String {
     "VTAB results".into()
 }
 
+/// The group an `eval.json` names (any case), from the task table's group names.
 fn group_of(name: &str) -> Result<Group> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "natural" => Group::Natural,
-        "specialized" => Group::Specialized,
-        "structured" => Group::Structured,
-        other => {
-            bail!("unknown task group `{other}` (expected natural, specialized or structured)")
-        }
+    let name = name.to_ascii_lowercase();
+    Group::from_name(&name).with_context(|| {
+        format!("unknown task group `{name}` (expected natural, specialized or structured)")
     })
 }
 

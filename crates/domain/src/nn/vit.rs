@@ -13,7 +13,7 @@
 //! The patch embedding (a Conv2d with kernel = stride = patch) is computed as the
 //! equivalent unfold + matmul with the timm weight `[D, C, p, p]` viewed as `[D, C*p*p]`.
 
-use crate::nn::adapters::{self, AdapterConfig};
+use crate::nn::adapters::{AdapterConfig, AdapterMethod};
 use crate::nn::init::{self, Init};
 use crate::nn::masks::Masks;
 use crate::nn::ops::{self, Half, OpsImpl, Tokens};
@@ -277,6 +277,8 @@ impl Fwd<'_> {
 pub struct Vit {
     cfg: VitConfig,
     adapter: AdapterConfig,
+    /// The method behind `adapter`: its hooks and the block halves they reach into.
+    method: Box<dyn AdapterMethod>,
     params: ParamStore,
     ops: OpsImpl,
     precision: Precision,
@@ -352,10 +354,12 @@ impl Vit {
             "head.bias",
             &Tensor::zeros(cfg.num_classes, DType::F32, device)?,
         )?;
-        adapters::add_params(adapter, cfg, &mut params, seed, device)?;
+        let method = adapter.method();
+        method.add_params(cfg, &mut params, seed, device)?;
         Ok(Vit {
             cfg: cfg.clone(),
             adapter: adapter.clone(),
+            method,
             params,
             ops: OpsImpl::default(),
             precision: Precision::F32,
@@ -590,13 +594,13 @@ impl Vit {
             ops::frozen_linear(&patches, pe_w, Some(pe_b), f.ops)?
         };
         let tokens = tokens.reshape((b, g * g, d))?;
-        let tokens = adapters::ssf::apply(f, &self.adapter, "patch_embed", &tokens)?;
+        let tokens = self.method.at_site(f, "patch_embed", &tokens)?;
         let cls = f.p.get("cls_token")?.broadcast_as((b, 1, d))?;
         let mut x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(f.p.get("pos_embed")?)?;
         x = f.masks.dropout(&x, c.drop_rate)?;
-        x = adapters::vpt::insert(f, &self.adapter, &x)?;
+        x = self.method.after_embed(f, &x)?;
         for i in 0..c.depth {
-            x = adapters::vpt::replace(f, &self.adapter, i, &x)?;
+            x = self.method.before_block(f, i, &x)?;
             let tokens = if self.last_block_cls_only && i + 1 == c.depth {
                 Tokens::Cls
             } else {
@@ -605,7 +609,7 @@ impl Vit {
             x = self.block(i, &x, f, tokens)?;
         }
         let x = f.layer_norm(&x, "norm")?;
-        let x = adapters::ssf::apply(f, &self.adapter, "norm", &x)?;
+        let x = self.method.at_site(f, "norm", &x)?;
         x.i((.., 0))?.contiguous()
     }
 
@@ -615,10 +619,10 @@ impl Vit {
         let c = &self.cfg;
         let pre = format!("blocks.{i}.attn");
         let mut qkv = f.linear(x, &format!("{pre}.qkv"))?;
-        if let Some(delta) = adapters::lora::qkv_delta(f, &self.adapter, i, x)? {
+        if let Some(delta) = self.method.qkv_delta(f, i, x)? {
             qkv = (qkv + delta)?;
         }
-        let qkv = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.qkv"), &qkv)?;
+        let qkv = self.method.at_site(f, &format!("{pre}.qkv"), &qkv)?;
         let o = ops::attention(
             &qkv,
             c.num_heads,
@@ -629,18 +633,18 @@ impl Vit {
             tokens,
         )?;
         let o = f.linear(&o, &format!("{pre}.proj"))?;
-        let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.proj"), &o)?;
+        let o = self.method.at_site(f, &format!("{pre}.proj"), &o)?;
         f.masks.dropout(&o, c.drop_rate)
     }
 
     fn mlp(&self, i: usize, x: &Tensor, f: &mut Fwd) -> Result<Tensor> {
         let pre = format!("blocks.{i}.mlp");
         let hdn = f.linear(x, &format!("{pre}.fc1"))?;
-        let hdn = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.fc1"), &hdn)?;
+        let hdn = self.method.at_site(f, &format!("{pre}.fc1"), &hdn)?;
         let hdn = ops::gelu(&hdn, f.ops)?;
         let hdn = f.masks.dropout(&hdn, self.cfg.drop_rate)?;
         let o = f.linear(&hdn, &format!("{pre}.fc2"))?;
-        let o = adapters::ssf::apply(f, &self.adapter, &format!("{pre}.fc2"), &o)?;
+        let o = self.method.at_site(f, &format!("{pre}.fc2"), &o)?;
         f.masks.dropout(&o, self.cfg.drop_rate)
     }
 
@@ -660,10 +664,10 @@ impl Vit {
                     .all(|t| !f.p.is_trainable(&format!("blocks.{i}.{part}.{t}")))
             })
         };
-        let a = &self.adapter;
+        let hooked = self.method.halves();
         (
-            !adapters::hooks_attn_half(a) && frozen(HALF_ATTN),
-            !adapters::hooks_mlp_half(a) && frozen(HALF_MLP),
+            !hooked.attn && frozen(HALF_ATTN),
+            !hooked.mlp && frozen(HALF_MLP),
         )
     }
 
@@ -697,7 +701,7 @@ impl Vit {
     /// with [`Tokens::Cls`], where everything after the attention runs on that row only.
     fn block(&self, i: usize, x: &Tensor, f: &mut Fwd, tokens: Tokens) -> Result<Tensor> {
         let dp = self.cfg.drop_path_at(i);
-        let a = &self.adapter;
+        let a = &self.method;
         let (fuse_attn, fuse_mlp) = self.fusable_halves(i, x, f);
         // The residual stream from here on: every token, or the class token's row.
         let x_out = match tokens {
@@ -712,27 +716,27 @@ impl Vit {
             self.frozen_half(i, x, f, HALF_ATTN, half)?
         } else {
             let n1 = f.layer_norm(x, &format!("blocks.{i}.norm1"))?;
-            let n1 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm1"), &n1)?;
+            let n1 = a.at_site(f, &format!("blocks.{i}.norm1"), &n1)?;
             let att = self.attention(i, &n1, f, tokens)?;
             (&x_out + f.masks.drop_path(&att, dp)?)?
         };
-        if let Some(side) = adapters::parallel_attn(f, a, i, &x_out)? {
+        if let Some(side) = a.parallel_attn(f, i, &x_out)? {
             h = (h + side)?;
         }
         let mut y = if fuse_mlp {
             self.frozen_half(i, &h, f, HALF_MLP, Half::Mlp)?
         } else {
             let n2 = f.layer_norm(&h, &format!("blocks.{i}.norm2"))?;
-            let n2 = adapters::ssf::apply(f, a, &format!("blocks.{i}.norm2"), &n2)?;
+            let n2 = a.at_site(f, &format!("blocks.{i}.norm2"), &n2)?;
             let m = self.mlp(i, &n2, f)?;
             let m = f.masks.drop_path(&m, dp)?;
-            let m = adapters::houlsby::apply(f, a, i, &m)?;
+            let m = a.mlp_branch(f, i, &m)?;
             (&h + m)?
         };
-        if let Some(side) = adapters::parallel_mlp(f, a, i, &h)? {
+        if let Some(side) = a.parallel_mlp(f, i, &h)? {
             y = (y + side)?;
         }
-        adapters::seq_adapter::apply(f, a, i, &y)
+        a.after_block(f, i, &y)
     }
 }
 

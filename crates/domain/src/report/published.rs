@@ -1,42 +1,10 @@
 //! The published VTAB-1K top-1 numbers of docs/vtab.md (ViT-B/16, ImageNet-21K; collected in the
-//! V-PETL Bench README from the original papers), with the task order, groups and method aliases.
+//! V-PETL Bench README from the original papers), with the method aliases. The task order and
+//! groups are those of the task table, [`crate::data::vtab_tasks::TASKS`].
 //!
 //! Only the per-task numbers are stored; group means are computed from them (and checked in the
 //! tests against the group-mean table of vtab.md).
-use super::vtab::Group;
-
-/// The 19 VTAB-1K task folder names (NOAH layout), in the column order of the published table.
-pub const VTAB_TASKS: [&str; 19] = [
-    "cifar",
-    "caltech101",
-    "dtd",
-    "oxford_flowers102",
-    "oxford_iiit_pet",
-    "svhn",
-    "sun397",
-    "patch_camelyon",
-    "eurosat",
-    "resisc45",
-    "diabetic_retinopathy",
-    "clevr_count",
-    "clevr_dist",
-    "dmlab",
-    "kitti",
-    "dsprites_loc",
-    "dsprites_ori",
-    "smallnorb_azi",
-    "smallnorb_ele",
-];
-
-/// The group of a real VTAB-1K task folder name; `None` for any other name.
-pub fn vtab_group(task: &str) -> Option<Group> {
-    let i = VTAB_TASKS.iter().position(|t| *t == task)?;
-    Some(match i {
-        0..=6 => Group::Natural,
-        7..=10 => Group::Specialized,
-        _ => Group::Structured,
-    })
-}
+use crate::data::vtab_tasks;
 
 /// One published method row.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,17 +13,14 @@ pub struct PublishedMethod {
     pub name: &'static str,
     /// Trainable parameters as published, e.g. `0.16M`.
     pub params: &'static str,
-    /// Top-1 % per task, in the order of [`VTAB_TASKS`].
+    /// Top-1 % per task, in the order of [`vtab_tasks::TASKS`].
     pub top1: [f64; 19],
 }
 
 impl PublishedMethod {
     /// Published top-1 % of a real VTAB-1K task folder name; `None` for other names.
     pub fn task(&self, task: &str) -> Option<f64> {
-        VTAB_TASKS
-            .iter()
-            .position(|t| *t == task)
-            .map(|i| self.top1[i])
+        vtab_tasks::column(task).map(|i| self.top1[i])
     }
 }
 
@@ -202,6 +167,7 @@ static PUBLISHED: [PublishedMethod; 12] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::vtab_tasks::{Group, TASKS};
 
     /// The group-mean table of vtab.md: Natural, Specialized, Structured, mean of 19, mean of group means.
     const DOC_GROUP_MEANS: [(&str, [f64; 5]); 12] = [
@@ -223,9 +189,20 @@ mod tests {
     fn computed_group_means_match_vtab_md() {
         for (name, want) in DOC_GROUP_MEANS {
             let m = find_published(name).unwrap();
-            let nat = m.top1[0..7].iter().sum::<f64>() / 7.0;
-            let spe = m.top1[7..11].iter().sum::<f64>() / 4.0;
-            let stru = m.top1[11..19].iter().sum::<f64>() / 8.0;
+            // Group means over the table's groups: they match vtab.md only if the table's
+            // task order is the published column order.
+            let group_mean = |g: Group| {
+                let v: Vec<f64> = TASKS
+                    .iter()
+                    .zip(m.top1)
+                    .filter(|(t, _)| t.group == g)
+                    .map(|(_, v)| v)
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let nat = group_mean(Group::Natural);
+            let spe = group_mean(Group::Specialized);
+            let stru = group_mean(Group::Structured);
             let all = m.top1.iter().sum::<f64>() / 19.0;
             let gm = (nat + spe + stru) / 3.0;
             for (got, w) in [nat, spe, stru, all, gm].into_iter().zip(want) {
@@ -244,10 +221,10 @@ mod tests {
         assert!(find_published("idat").is_none());
         assert_eq!(find_published("ssf").unwrap().task("dtd"), Some(75.1));
         assert_eq!(find_published("ssf").unwrap().task("mini_dtd"), None);
-        assert_eq!(vtab_group("kitti"), Some(Group::Structured));
-        assert_eq!(vtab_group("eurosat"), Some(Group::Specialized));
-        assert_eq!(vtab_group("cifar"), Some(Group::Natural));
-        assert_eq!(vtab_group("cifar100"), None);
+        assert_eq!(
+            find_published("ssf").unwrap().task("smallnorb_ele"),
+            Some(37.9)
+        );
         assert_eq!(published().len(), 12);
         assert_eq!(published_names().len(), 24);
     }

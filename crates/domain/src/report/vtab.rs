@@ -5,7 +5,7 @@
 //! Accuracies are percentages in [0, 100]. Rules for summaries (see docs/report.md):
 //! a summary of a method is given only when the method has results for every task of its scope;
 //! its spread is the std over seeds of the per-seed summary, over the seeds that are complete.
-use super::published::{find_published, published_names, vtab_group, PublishedMethod};
+use super::published::{find_published, published_names, PublishedMethod};
 use super::stats::{mean, sample_std};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,42 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// VTAB task group.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Group {
-    /// Natural images (7 VTAB tasks).
-    Natural,
-    /// Specialized: medical and remote sensing (4 tasks).
-    Specialized,
-    /// Structured: counting, distance, orientation (8 tasks).
-    Structured,
-}
-
-impl Group {
-    /// All groups in table order.
-    pub const ALL: [Group; 3] = [Group::Natural, Group::Specialized, Group::Structured];
-    /// Display name.
-    pub fn label(self) -> &'static str {
-        match self {
-            Group::Natural => "Natural",
-            Group::Specialized => "Specialized",
-            Group::Structured => "Structured",
-        }
-    }
-}
+pub use crate::data::vtab_tasks::Group;
 
 /// A task of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -262,7 +227,7 @@ pub fn build_table(
             bail!("task `{}` is listed twice", t.name);
         }
         if t.vtab1k {
-            match vtab_group(&t.name) {
+            match crate::data::vtab_tasks::by_folder(&t.name).map(|v| v.group) {
                 None => bail!(
                     "task `{}` is marked vtab1k but is not a VTAB-1K folder name",
                     t.name

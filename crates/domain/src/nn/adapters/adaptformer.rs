@@ -9,7 +9,11 @@
 //!
 //! Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{Activation, Spec, WeightInit};
+use super::bottleneck::{self, Activation, Spec, WeightInit};
+use super::{check_finite, check_positive, check_rate, AdapterMethod, Halves};
+use crate::nn::params::ParamStore;
+use crate::nn::vit::{Fwd, VitConfig};
+use candle_core::{Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -131,5 +135,84 @@ impl AdaptformerOriginalConfig {
             down_init: self.down_init,
             up_init: self.up_init,
         }
+    }
+}
+
+/// Checks the fields both variants share, in this order: hidden, scale, dropout.
+fn validate(method: &str, hidden: usize, scale: f64, dropout: f64) -> anyhow::Result<()> {
+    check_positive(method, "hidden", hidden)?;
+    check_finite(method, "scale", scale)?;
+    check_rate(method, "dropout", dropout)
+}
+
+/// `s * A(h)` of block `i`, fed with the block's intermediate `h`.
+fn parallel(f: &mut Fwd, i: usize, h: &Tensor, spec: &Spec, scale: f64) -> Result<Option<Tensor>> {
+    let prefix = format!("blocks.{i}.adapter");
+    bottleneck::apply(f, &prefix, h, spec.act, spec.dropout, scale, false).map(Some)
+}
+
+impl AdapterMethod for AdaptformerConfig {
+    fn name(&self) -> &'static str {
+        "adaptformer"
+    }
+
+    /// A side branch added after the MLP half: no hook inside a half.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        bottleneck::count_blocks(cfg, self.hidden)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        validate(self.name(), self.hidden, self.scale, self.dropout)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
+    }
+
+    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
+        parallel(f, i, h, &self.spec(), self.scale)
+    }
+}
+
+impl AdapterMethod for AdaptformerOriginalConfig {
+    fn name(&self) -> &'static str {
+        "adaptformer_original"
+    }
+
+    /// A side branch added after the MLP half: no hook inside a half.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        bottleneck::count_blocks(cfg, self.hidden)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        validate(self.name(), self.hidden, self.scale, self.dropout)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
+    }
+
+    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
+        parallel(f, i, h, &self.spec(), self.scale)
     }
 }

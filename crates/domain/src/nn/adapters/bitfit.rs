@@ -3,9 +3,10 @@
 //! `mlp.fc1.bias`, `mlp.fc2.bias`, and the final `norm.bias` (LayerNorm biases included,
 //! LayerNorm weights not). Names are timm's.
 
+use super::{AdapterMethod, Halves};
 use crate::nn::params::ParamStore;
 use crate::nn::vit::VitConfig;
-use candle_core::Result;
+use candle_core::{Device, Result};
 
 /// The timm names of the biases BitFit trains.
 pub fn bias_names(cfg: &VitConfig) -> Vec<String> {
@@ -23,9 +24,34 @@ pub fn count(cfg: &VitConfig) -> usize {
     d + cfg.depth * (d + qkv + d + d + h + d) + d
 }
 
-pub(crate) fn add(cfg: &VitConfig, store: &mut ParamStore) -> Result<()> {
-    for n in bias_names(cfg) {
-        store.make_trainable(&n)?;
+/// The `bitfit` method (no hyperparameters).
+#[derive(Clone, Copy, Debug)]
+pub struct Bitfit;
+
+impl AdapterMethod for Bitfit {
+    fn name(&self) -> &'static str {
+        "bitfit"
     }
-    Ok(())
+
+    /// No hook at all; a half whose biases train is not fused because they are trainable.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        count(cfg)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        _: u64,
+        _: &Device,
+    ) -> Result<()> {
+        for n in bias_names(cfg) {
+            store.make_trainable(&n)?;
+        }
+        Ok(())
+    }
 }

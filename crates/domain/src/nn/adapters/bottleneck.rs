@@ -5,7 +5,7 @@
 use crate::nn::init::{self, Init};
 use crate::nn::ops;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::Fwd;
+use crate::nn::vit::{Fwd, VitConfig};
 use candle_core::{DType, Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,32 @@ pub fn add(
         format!("{prefix}.fc2.bias"),
         &Tensor::zeros(dim, DType::F32, dev)?,
     )?;
+    Ok(())
+}
+
+/// Trainable scalars of one bottleneck per block (`blocks.{i}.adapter`), on width `D`.
+pub fn count_blocks(cfg: &VitConfig, hidden: usize) -> usize {
+    cfg.depth * count(cfg.embed_dim, hidden)
+}
+
+/// Creates one bottleneck per block, under `blocks.{i}.adapter`, for `i` in `0..depth`.
+pub fn add_blocks(
+    store: &mut ParamStore,
+    cfg: &VitConfig,
+    spec: &Spec,
+    seed: u64,
+    dev: &Device,
+) -> Result<()> {
+    for i in 0..cfg.depth {
+        add(
+            store,
+            &format!("blocks.{i}.adapter"),
+            cfg.embed_dim,
+            spec,
+            seed,
+            dev,
+        )?;
+    }
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 //! (starts as identity), zero biases. Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
 use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::AdapterConfig;
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::{check_positive, AdapterMethod, Halves};
+use crate::nn::params::ParamStore;
+use crate::nn::vit::{Fwd, VitConfig};
+use candle_core::{Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -51,13 +52,37 @@ impl HoulsbyConfig {
     }
 }
 
-/// `m + A(m)` for `houlsby`, identity otherwise.
-pub(crate) fn apply(f: &mut Fwd, a: &AdapterConfig, i: usize, m: &Tensor) -> Result<Tensor> {
-    match a {
-        AdapterConfig::Houlsby(c) => {
-            let prefix = format!("blocks.{i}.adapter");
-            bottleneck::apply(f, &prefix, m, c.activation, 0.0, 1.0, true)
-        }
-        _ => Ok(m.clone()),
+impl AdapterMethod for HoulsbyConfig {
+    fn name(&self) -> &'static str {
+        "houlsby"
+    }
+
+    /// On the MLP branch before its residual add: inside the MLP half.
+    fn halves(&self) -> Halves {
+        Halves::MLP
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        bottleneck::count_blocks(cfg, self.hidden)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_positive(self.name(), "hidden", self.hidden)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
+    }
+
+    /// `m + A(m)`.
+    fn mlp_branch(&self, f: &mut Fwd, i: usize, m: &Tensor) -> Result<Tensor> {
+        let prefix = format!("blocks.{i}.adapter");
+        bottleneck::apply(f, &prefix, m, self.activation, 0.0, 1.0, true)
     }
 }

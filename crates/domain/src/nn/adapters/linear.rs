@@ -1,6 +1,28 @@
 //! `linear` (linear probing): only the new head is trained; the backbone is frozen.
 
+use super::{AdapterMethod, Halves};
+use crate::nn::vit::VitConfig;
+
 /// Trainable scalars besides the head: none.
 pub fn count() -> usize {
     0
+}
+
+/// The `linear` method (no hyperparameters, no parameters, no hooks).
+#[derive(Clone, Copy, Debug)]
+pub struct Linear;
+
+impl AdapterMethod for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    /// No hook at all.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, _: &VitConfig) -> usize {
+        count()
+    }
 }

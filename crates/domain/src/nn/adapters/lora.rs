@@ -3,7 +3,7 @@
 //! B `[D, r]` zero. `scaling = alpha / r` when `alpha` is set, 1 when it is not (the NOAH
 //! variant, the default). Parameters `blocks.{i}.attn.lora_{q,k,v}.a` / `.b`.
 
-use super::AdapterConfig;
+use super::{check_finite, check_positive, AdapterMethod, Halves};
 use crate::nn::init::{self, Init};
 use crate::nn::params::ParamStore;
 use crate::nn::vit::{Fwd, VitConfig};
@@ -84,8 +84,35 @@ impl LoraConfig {
         let targets = QkvTarget::ALL.iter().filter(|t| self.has(**t)).count();
         cfg.depth * targets * 2 * self.rank * cfg.embed_dim
     }
+}
 
-    pub(crate) fn add(
+impl AdapterMethod for LoraConfig {
+    fn name(&self) -> &'static str {
+        "lora"
+    }
+
+    /// An update of qkv: inside the attention half.
+    fn halves(&self) -> Halves {
+        Halves::ATTN
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        LoraConfig::count(self, cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_positive(self.name(), "rank", self.rank)?;
+        if let Some(a) = self.alpha {
+            check_finite(self.name(), "alpha", a)?;
+        }
+        anyhow::ensure!(
+            !self.targets.is_empty(),
+            "adapter `lora`: `targets` must name at least one of q, k, v"
+        );
+        Ok(())
+    }
+
+    fn add_params(
         &self,
         cfg: &VitConfig,
         store: &mut ParamStore,
@@ -112,29 +139,21 @@ impl LoraConfig {
         }
         Ok(())
     }
-}
 
-/// The update added to `qkv(x)` (`[.., 3D]`), or `None` when the method is not LoRA.
-pub(crate) fn qkv_delta(
-    f: &mut Fwd,
-    a: &AdapterConfig,
-    i: usize,
-    x: &Tensor,
-) -> Result<Option<Tensor>> {
-    let AdapterConfig::Lora(c) = a else {
-        return Ok(None);
-    };
-    let mut parts = Vec::with_capacity(3);
-    for t in QkvTarget::ALL {
-        let part = if c.has(t) {
-            let pre = format!("blocks.{i}.attn.lora_{}", t.letter());
-            let h = crate::nn::ops::linear(x, f.p.get(&format!("{pre}.a"))?, None)?;
-            let u = crate::nn::ops::linear(&h, f.p.get(&format!("{pre}.b"))?, None)?;
-            (u * c.scaling())?
-        } else {
-            x.zeros_like()?
-        };
-        parts.push(part);
+    /// `scaling * [B_q A_q x | B_k A_k x | B_v A_v x]`, zeros for targets not chosen.
+    fn qkv_delta(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Option<Tensor>> {
+        let mut parts = Vec::with_capacity(3);
+        for t in QkvTarget::ALL {
+            let part = if self.has(t) {
+                let pre = format!("blocks.{i}.attn.lora_{}", t.letter());
+                let h = crate::nn::ops::linear(x, f.p.get(&format!("{pre}.a"))?, None)?;
+                let u = crate::nn::ops::linear(&h, f.p.get(&format!("{pre}.b"))?, None)?;
+                (u * self.scaling())?
+            } else {
+                x.zeros_like()?
+            };
+            parts.push(part);
+        }
+        Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
     }
-    Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
 }

@@ -1,6 +1,7 @@
 //! Adapter methods, selected by name (`method:`) with their hyperparameters. Each method
-//! is its own module; this one holds the tagged config, the trainable-parameter formulas
-//! and the hooks the ViT calls.
+//! is its own module implementing `AdapterMethod` (parameters, count formula, the hooks
+//! the ViT calls, and the block halves those hooks reach into); this one holds the tagged
+//! config, the trait and the [`registry`] of all methods.
 //!
 //! Trainable tensor names (timm names where a timm tensor exists):
 //! | method | tensors (besides `head.weight [C, D]`, `head.bias [C]`) |
@@ -75,195 +76,232 @@ impl Default for AdapterConfig {
 }
 
 impl AdapterConfig {
+    /// The method behind this config: the one place a config variant meets its
+    /// [`AdapterMethod`] implementation.
+    pub(crate) fn method(&self) -> Box<dyn AdapterMethod> {
+        match self.clone() {
+            AdapterConfig::SeqAdapter(c) => Box::new(c),
+            AdapterConfig::Adaptformer(c) => Box::new(c),
+            AdapterConfig::AdaptformerOriginal(c) => Box::new(c),
+            AdapterConfig::SharedParAdapter(c) => Box::new(c),
+            AdapterConfig::Houlsby(c) => Box::new(c),
+            AdapterConfig::Lora(c) => Box::new(c),
+            AdapterConfig::VptShallow(c) => Box::new(vpt::Vpt::shallow(c)),
+            AdapterConfig::VptDeep(c) => Box::new(vpt::Vpt::deep(c)),
+            AdapterConfig::Bitfit => Box::new(bitfit::Bitfit),
+            AdapterConfig::Ssf => Box::new(ssf::Ssf),
+            AdapterConfig::Linear => Box::new(linear::Linear),
+            AdapterConfig::Full => Box::new(full::Full),
+        }
+    }
+
     /// The method name as written in configs.
     pub fn name(&self) -> &'static str {
-        match self {
-            AdapterConfig::SeqAdapter(_) => "seq_adapter",
-            AdapterConfig::Adaptformer(_) => "adaptformer",
-            AdapterConfig::AdaptformerOriginal(_) => "adaptformer_original",
-            AdapterConfig::SharedParAdapter(_) => "shared_par_adapter",
-            AdapterConfig::Houlsby(_) => "houlsby",
-            AdapterConfig::Lora(_) => "lora",
-            AdapterConfig::VptShallow(_) => "vpt_shallow",
-            AdapterConfig::VptDeep(_) => "vpt_deep",
-            AdapterConfig::Bitfit => "bitfit",
-            AdapterConfig::Ssf => "ssf",
-            AdapterConfig::Linear => "linear",
-            AdapterConfig::Full => "full",
-        }
+        self.method().name()
     }
 
     /// Checks the hyperparameters, naming each bad field.
     pub fn validate(&self, cfg: &VitConfig) -> anyhow::Result<()> {
-        let m = self.name();
-        let positive = |field: &str, v: usize| -> anyhow::Result<()> {
-            anyhow::ensure!(v > 0, "adapter `{m}`: `{field}` must be > 0");
-            Ok(())
-        };
-        let rate = |field: &str, v: f64| -> anyhow::Result<()> {
-            anyhow::ensure!(
-                (0.0..1.0).contains(&v),
-                "adapter `{m}`: `{field}` must be in [0, 1) (got {v})"
-            );
-            Ok(())
-        };
-        let finite = |field: &str, v: f64| -> anyhow::Result<()> {
-            anyhow::ensure!(
-                v.is_finite(),
-                "adapter `{m}`: `{field}` must be finite (got {v})"
-            );
-            Ok(())
-        };
-        match self {
-            AdapterConfig::SeqAdapter(c) => positive("hidden", c.hidden)?,
-            AdapterConfig::Adaptformer(c) => {
-                positive("hidden", c.hidden)?;
-                finite("scale", c.scale)?;
-                rate("dropout", c.dropout)?;
-            }
-            AdapterConfig::AdaptformerOriginal(c) => {
-                positive("hidden", c.hidden)?;
-                finite("scale", c.scale)?;
-                rate("dropout", c.dropout)?;
-            }
-            AdapterConfig::SharedParAdapter(c) => {
-                positive("hidden", c.hidden)?;
-                finite("scale", c.scale)?;
-            }
-            AdapterConfig::Houlsby(c) => positive("hidden", c.hidden)?,
-            AdapterConfig::Lora(c) => {
-                positive("rank", c.rank)?;
-                if let Some(a) = c.alpha {
-                    finite("alpha", a)?;
-                }
-                anyhow::ensure!(
-                    !c.targets.is_empty(),
-                    "adapter `lora`: `targets` must name at least one of q, k, v"
-                );
-            }
-            AdapterConfig::VptShallow(c) | AdapterConfig::VptDeep(c) => {
-                positive("length", c.length)?
-            }
-            AdapterConfig::Bitfit
-            | AdapterConfig::Ssf
-            | AdapterConfig::Linear
-            | AdapterConfig::Full => {}
-        }
         let _ = cfg;
-        Ok(())
+        self.method().validate()
     }
 
     /// Trainable scalars of the method itself (head excluded), from the config alone.
     pub fn count_method(&self, cfg: &VitConfig) -> usize {
-        let d = cfg.embed_dim;
-        match self {
-            AdapterConfig::SeqAdapter(c) => cfg.depth * bottleneck::count(d, c.hidden),
-            AdapterConfig::Adaptformer(c) => cfg.depth * bottleneck::count(d, c.hidden),
-            AdapterConfig::AdaptformerOriginal(c) => cfg.depth * bottleneck::count(d, c.hidden),
-            AdapterConfig::SharedParAdapter(c) => cfg.depth * bottleneck::count(d, c.hidden),
-            AdapterConfig::Houlsby(c) => cfg.depth * bottleneck::count(d, c.hidden),
-            AdapterConfig::Lora(c) => c.count(cfg),
-            AdapterConfig::VptShallow(c) => c.length * d,
-            AdapterConfig::VptDeep(c) => cfg.depth * c.length * d,
-            AdapterConfig::Bitfit => bitfit::count(cfg),
-            AdapterConfig::Ssf => ssf::count(cfg),
-            AdapterConfig::Linear => linear::count(),
-            AdapterConfig::Full => full::count(cfg),
-        }
+        self.method().count(cfg)
     }
 
     /// All trainable scalars: the method's plus the head's `(D + 1) * classes`.
     pub fn count_trainable(&self, cfg: &VitConfig) -> usize {
         self.count_method(cfg) + (cfg.embed_dim + 1) * cfg.num_classes
     }
-
-    fn bottleneck_spec(&self) -> Option<bottleneck::Spec> {
-        match self {
-            AdapterConfig::SeqAdapter(c) => Some(c.spec()),
-            AdapterConfig::Adaptformer(c) => Some(c.spec()),
-            AdapterConfig::AdaptformerOriginal(c) => Some(c.spec()),
-            AdapterConfig::SharedParAdapter(c) => Some(c.spec()),
-            AdapterConfig::Houlsby(c) => Some(c.spec()),
-            _ => None,
-        }
-    }
 }
 
-/// Creates the method's parameters in `store` (which already holds the frozen backbone).
-pub(crate) fn add_params(
-    a: &AdapterConfig,
-    cfg: &VitConfig,
-    store: &mut ParamStore,
-    seed: u64,
-    dev: &Device,
-) -> Result<()> {
-    if let Some(spec) = a.bottleneck_spec() {
-        for i in 0..cfg.depth {
-            bottleneck::add(
-                store,
-                &format!("blocks.{i}.adapter"),
-                cfg.embed_dim,
-                &spec,
-                seed,
-                dev,
-            )?;
-        }
-        return Ok(());
-    }
-    match a {
-        AdapterConfig::Lora(c) => c.add(cfg, store, seed, dev),
-        AdapterConfig::VptShallow(c) => c.add(cfg, false, store, seed, dev),
-        AdapterConfig::VptDeep(c) => c.add(cfg, true, store, seed, dev),
-        AdapterConfig::Bitfit => bitfit::add(cfg, store),
-        AdapterConfig::Ssf => ssf::add(cfg, store, seed, dev),
-        AdapterConfig::Full => full::add(cfg, store),
-        _ => Ok(()),
-    }
+/// Every adapter method at its default hyperparameters, one per [`AdapterConfig`] variant,
+/// in declaration order. The tests run every method through it (fused == composed,
+/// gradients, parameter counts); a unit test checks it against the `method` names the
+/// config schema accepts, so a method missing here fails that test.
+pub fn registry() -> Vec<AdapterConfig> {
+    vec![
+        AdapterConfig::SeqAdapter(SeqAdapterConfig::default()),
+        AdapterConfig::Adaptformer(AdaptformerConfig::default()),
+        AdapterConfig::AdaptformerOriginal(AdaptformerOriginalConfig::default()),
+        AdapterConfig::SharedParAdapter(SharedParConfig::default()),
+        AdapterConfig::Houlsby(HoulsbyConfig::default()),
+        AdapterConfig::Lora(LoraConfig::default()),
+        AdapterConfig::VptShallow(VptConfig::default()),
+        AdapterConfig::VptDeep(VptConfig::default()),
+        AdapterConfig::Bitfit,
+        AdapterConfig::Ssf,
+        AdapterConfig::Linear,
+        AdapterConfig::Full,
+    ]
 }
 
-/// Whether the method hooks into a block's attention half (LayerNorm 1, qkv, attention,
-/// proj), so that half cannot run as one frozen op.
-pub(crate) fn hooks_attn_half(a: &AdapterConfig) -> bool {
-    matches!(a, AdapterConfig::Ssf | AdapterConfig::Lora(_))
+/// Which halves of a transformer block a method's hooks reach into. A half that is
+/// reached never runs as the fused frozen-residual op ([`crate::nn::ops::frozen_residual`]),
+/// which has no hook inside; one that is not reached may, and then the method's hooks
+/// inside it are not called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Halves {
+    /// The attention half: LayerNorm 1, qkv, attention, proj (hooks `at_site` at `norm1`,
+    /// `attn.qkv`, `attn.proj`, and `qkv_delta`).
+    pub attn: bool,
+    /// The MLP half: LayerNorm 2, fc1, GELU, fc2 and the branch before its residual add
+    /// (hooks `at_site` at `norm2`, `mlp.fc1`, `mlp.fc2`, and `mlp_branch`).
+    pub mlp: bool,
 }
 
-/// Whether the method hooks into a block's MLP half (LayerNorm 2, fc1, GELU, fc2, the
-/// branch before its residual add).
-pub(crate) fn hooks_mlp_half(a: &AdapterConfig) -> bool {
-    matches!(a, AdapterConfig::Ssf | AdapterConfig::Houlsby(_))
-}
-
-/// Side branch added to `h` after attention: `s * A(x)` for `shared_par_adapter`.
-pub(crate) fn parallel_attn(
-    f: &mut Fwd,
-    a: &AdapterConfig,
-    i: usize,
-    x: &Tensor,
-) -> Result<Option<Tensor>> {
-    match a {
-        AdapterConfig::SharedParAdapter(c) => {
-            let prefix = format!("blocks.{i}.adapter");
-            let act = bottleneck::Activation::Gelu;
-            bottleneck::apply(f, &prefix, x, act, 0.0, c.scale, false).map(Some)
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Side branch added to the block output, fed with `h`: `s * A(h)` for the AdaptFormer
-/// variants and `shared_par_adapter`.
-pub(crate) fn parallel_mlp(
-    f: &mut Fwd,
-    a: &AdapterConfig,
-    i: usize,
-    h: &Tensor,
-) -> Result<Option<Tensor>> {
-    let (scale, act, dropout) = match a {
-        AdapterConfig::Adaptformer(c) => (c.scale, c.activation, c.dropout),
-        AdapterConfig::AdaptformerOriginal(c) => (c.scale, c.activation, c.dropout),
-        AdapterConfig::SharedParAdapter(c) => (c.scale, bottleneck::Activation::Gelu, 0.0),
-        _ => return Ok(None),
+impl Halves {
+    /// Hooks only outside both halves (or none at all).
+    pub const NONE: Halves = Halves {
+        attn: false,
+        mlp: false,
     };
-    let prefix = format!("blocks.{i}.adapter");
-    bottleneck::apply(f, &prefix, h, act, dropout, scale, false).map(Some)
+    /// Hooks inside the attention half.
+    pub const ATTN: Halves = Halves {
+        attn: true,
+        mlp: false,
+    };
+    /// Hooks inside the MLP half.
+    pub const MLP: Halves = Halves {
+        attn: false,
+        mlp: true,
+    };
+    /// Hooks inside both halves.
+    pub const BOTH: Halves = Halves {
+        attn: true,
+        mlp: true,
+    };
+}
+
+/// One adapter method: its name, parameters and the hooks the ViT forward calls
+/// (`crate::nn::vit`). Every hook is the identity (or no side branch) unless the method
+/// overrides it. [`AdapterMethod::halves`] has no default: a method must say which block
+/// halves its hooks reach into, or the fused frozen half would run without them.
+///
+/// To add a method: a config type (or unit struct) implementing this trait in its own
+/// module, a variant of [`AdapterConfig`], its arm in [`AdapterConfig::method`] and its
+/// entry in [`registry`].
+pub(crate) trait AdapterMethod: std::fmt::Debug + Send + Sync {
+    /// The method name as written in configs (`method:`).
+    fn name(&self) -> &'static str;
+
+    /// The block halves the hooks reach into (required: see [`Halves`]).
+    fn halves(&self) -> Halves;
+
+    /// Trainable scalars of the method itself (head excluded).
+    fn count(&self, cfg: &VitConfig) -> usize;
+
+    /// Checks the hyperparameters; errors name the method and the field.
+    fn validate(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Creates the method's parameters in `store` (which already holds the frozen
+    /// backbone), or makes backbone tensors trainable.
+    fn add_params(
+        &self,
+        _cfg: &VitConfig,
+        _store: &mut ParamStore,
+        _seed: u64,
+        _dev: &Device,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// After the op at `site` (timm module name: `patch_embed`, `blocks.{i}.norm1`,
+    /// `blocks.{i}.attn.qkv`, ..., `norm`) on its output `x [.., C]`.
+    fn at_site(&self, _f: &Fwd, _site: &str, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    /// On the tokens `x [B, N, D]` after the position embedding, before block 0.
+    fn after_embed(&self, _f: &mut Fwd, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    /// On the tokens `x [B, N, D]` entering block `i`.
+    fn before_block(&self, _f: &mut Fwd, _i: usize, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    /// An update added to `qkv(x)` (`[.., 3D]`) of block `i`, from its normed input `x`
+    /// (attention half).
+    fn qkv_delta(&self, _f: &mut Fwd, _i: usize, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// A side branch added after the attention half of block `i`, fed with its input `x`.
+    fn parallel_attn(&self, _f: &mut Fwd, _i: usize, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// On the MLP branch `m` of block `i` after drop path, before its residual add (MLP
+    /// half).
+    fn mlp_branch(&self, _f: &mut Fwd, _i: usize, m: &Tensor) -> Result<Tensor> {
+        Ok(m.clone())
+    }
+
+    /// A side branch added after the MLP half of block `i`, fed with its input `h`.
+    fn parallel_mlp(&self, _f: &mut Fwd, _i: usize, _h: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// On the output `y` of block `i`.
+    fn after_block(&self, _f: &mut Fwd, _i: usize, y: &Tensor) -> Result<Tensor> {
+        Ok(y.clone())
+    }
+}
+
+/// `adapter `{method}`: `{field}` must be > 0` unless `v > 0`.
+pub(crate) fn check_positive(method: &str, field: &str, v: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(v > 0, "adapter `{method}`: `{field}` must be > 0");
+    Ok(())
+}
+
+/// An error unless `v` is in [0, 1), naming the method and field.
+pub(crate) fn check_rate(method: &str, field: &str, v: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&v),
+        "adapter `{method}`: `{field}` must be in [0, 1) (got {v})"
+    );
+    Ok(())
+}
+
+/// An error unless `v` is finite, naming the method and field.
+pub(crate) fn check_finite(method: &str, field: &str, v: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        v.is_finite(),
+        "adapter `{method}`: `{field}` must be finite (got {v})"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry holds every method the config schema accepts, once, in schema order,
+    /// and each method's name is its serde tag.
+    #[test]
+    fn registry_holds_every_method_of_the_schema() {
+        let schema = schemars::schema_for!(AdapterConfig);
+        let tags: Vec<String> = schema.as_value()["oneOf"]
+            .as_array()
+            .expect("AdapterConfig schema is a oneOf")
+            .iter()
+            .map(|v| {
+                v["properties"]["method"]["const"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let names: Vec<&str> = registry().iter().map(|a| a.name()).collect();
+        assert_eq!(names, tags);
+        for a in registry() {
+            assert_eq!(serde_json::to_value(&a).unwrap()["method"], a.name());
+        }
+    }
 }

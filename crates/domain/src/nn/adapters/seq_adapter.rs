@@ -3,9 +3,10 @@
 //! (up projection NOT zero), zero biases. Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
 use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::AdapterConfig;
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::{check_positive, AdapterMethod, Halves};
+use crate::nn::params::ParamStore;
+use crate::nn::vit::{Fwd, VitConfig};
+use candle_core::{Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -43,13 +44,37 @@ impl SeqAdapterConfig {
     }
 }
 
-/// `y + A(y)` for `seq_adapter`, identity otherwise.
-pub(crate) fn apply(f: &mut Fwd, a: &AdapterConfig, i: usize, y: &Tensor) -> Result<Tensor> {
-    match a {
-        AdapterConfig::SeqAdapter(_) => {
-            let prefix = format!("blocks.{i}.adapter");
-            bottleneck::apply(f, &prefix, y, Activation::Gelu, 0.0, 1.0, true)
-        }
-        _ => Ok(y.clone()),
+impl AdapterMethod for SeqAdapterConfig {
+    fn name(&self) -> &'static str {
+        "seq_adapter"
+    }
+
+    /// After the whole block: no hook inside a half.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        bottleneck::count_blocks(cfg, self.hidden)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_positive(self.name(), "hidden", self.hidden)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
+    }
+
+    /// `y + A(y)`.
+    fn after_block(&self, f: &mut Fwd, i: usize, y: &Tensor) -> Result<Tensor> {
+        let prefix = format!("blocks.{i}.adapter");
+        bottleneck::apply(f, &prefix, y, Activation::Gelu, 0.0, 1.0, true)
     }
 }

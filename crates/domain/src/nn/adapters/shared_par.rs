@@ -4,7 +4,11 @@
 //! GELU, hidden 4, s = 0.1, trunc-normal(0.02) weights, zero biases.
 //! Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{Activation, Spec, WeightInit};
+use super::bottleneck::{self, Activation, Spec, WeightInit};
+use super::{check_finite, check_positive, AdapterMethod, Halves};
+use crate::nn::params::ParamStore;
+use crate::nn::vit::{Fwd, VitConfig};
+use candle_core::{Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -46,5 +50,49 @@ impl SharedParConfig {
             down_init: WeightInit::TruncNormal,
             up_init: WeightInit::TruncNormal,
         }
+    }
+}
+
+impl AdapterMethod for SharedParConfig {
+    fn name(&self) -> &'static str {
+        "shared_par_adapter"
+    }
+
+    /// Side branches added after each half: no hook inside a half.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        bottleneck::count_blocks(cfg, self.hidden)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_positive(self.name(), "hidden", self.hidden)?;
+        check_finite(self.name(), "scale", self.scale)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
+    }
+
+    /// `s * A(x)`, fed with the block input.
+    fn parallel_attn(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Option<Tensor>> {
+        let prefix = format!("blocks.{i}.adapter");
+        let act = Activation::Gelu;
+        bottleneck::apply(f, &prefix, x, act, 0.0, self.scale, false).map(Some)
+    }
+
+    /// `s * A(h)`, fed with the block's intermediate `h`.
+    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
+        let prefix = format!("blocks.{i}.adapter");
+        let act = Activation::Gelu;
+        bottleneck::apply(f, &prefix, h, act, 0.0, self.scale, false).map(Some)
     }
 }

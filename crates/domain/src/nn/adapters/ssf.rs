@@ -5,7 +5,7 @@
 //! N(0, 0.02²). Parameters `{site}.ssf_scale` / `{site}.ssf_shift` with site = the timm
 //! module name (`patch_embed`, `blocks.{i}.attn.qkv`, `norm`, ...).
 
-use super::AdapterConfig;
+use super::{AdapterMethod, Halves};
 use crate::nn::init::{self, Init};
 use crate::nn::params::ParamStore;
 use crate::nn::vit::{Fwd, VitConfig};
@@ -36,7 +36,43 @@ pub fn count(cfg: &VitConfig) -> usize {
     2 * sites(cfg).iter().map(|(_, c)| c).sum::<usize>()
 }
 
-pub(crate) fn add(cfg: &VitConfig, store: &mut ParamStore, seed: u64, dev: &Device) -> Result<()> {
+/// The `ssf` method (no hyperparameters).
+#[derive(Clone, Copy, Debug)]
+pub struct Ssf;
+
+impl AdapterMethod for Ssf {
+    fn name(&self) -> &'static str {
+        "ssf"
+    }
+
+    /// Scale and shift after ops inside both halves.
+    fn halves(&self) -> Halves {
+        Halves::BOTH
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        count(cfg)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        add(cfg, store, seed, dev)
+    }
+
+    /// `x * scale + shift` at `site`.
+    fn at_site(&self, f: &Fwd, site: &str, x: &Tensor) -> Result<Tensor> {
+        let scale = f.p.get(&format!("{site}.ssf_scale"))?;
+        let shift = f.p.get(&format!("{site}.ssf_shift"))?;
+        x.broadcast_mul(scale)?.broadcast_add(shift)
+    }
+}
+
+fn add(cfg: &VitConfig, store: &mut ParamStore, seed: u64, dev: &Device) -> Result<()> {
     for (site, c) in sites(cfg) {
         let n = format!("{site}.ssf_scale");
         store.insert_trainable(
@@ -68,14 +104,4 @@ pub(crate) fn add(cfg: &VitConfig, store: &mut ParamStore, seed: u64, dev: &Devi
         )?;
     }
     Ok(())
-}
-
-/// `x * scale + shift` at `site` for `ssf`, identity otherwise.
-pub(crate) fn apply(f: &Fwd, a: &AdapterConfig, site: &str, x: &Tensor) -> Result<Tensor> {
-    if !matches!(a, AdapterConfig::Ssf) {
-        return Ok(x.clone());
-    }
-    let scale = f.p.get(&format!("{site}.ssf_scale"))?;
-    let shift = f.p.get(&format!("{site}.ssf_shift"))?;
-    x.broadcast_mul(scale)?.broadcast_add(shift)
 }

@@ -6,7 +6,7 @@
 //! dropout is not applied. Parameters: shallow `prompt_embed [1, L, D]`, deep
 //! `blocks.{i}.prompt_embed [1, L, D]`.
 
-use super::AdapterConfig;
+use super::{check_positive, AdapterMethod, Halves};
 use crate::nn::init::{self, Init};
 use crate::nn::params::ParamStore;
 use crate::nn::vit::{Fwd, VitConfig};
@@ -53,7 +53,7 @@ impl Default for VptConfig {
 }
 
 impl VptConfig {
-    pub(crate) fn add(
+    fn add(
         &self,
         cfg: &VitConfig,
         deep: bool,
@@ -94,31 +94,90 @@ fn prompts(f: &Fwd, name: &str, b: usize) -> Result<Tensor> {
     p.broadcast_as((b, l, d))
 }
 
-/// Inserts the prompts after the class token (VPT methods only).
-pub(crate) fn insert(f: &mut Fwd, a: &AdapterConfig, x: &Tensor) -> Result<Tensor> {
-    let name = match a {
-        AdapterConfig::VptShallow(_) => "prompt_embed",
-        AdapterConfig::VptDeep(_) => "blocks.0.prompt_embed",
-        _ => return Ok(x.clone()),
-    };
-    let (b, n, _) = x.dims3()?;
-    let p = prompts(f, name, b)?;
-    Tensor::cat(&[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1, n - 1)?], 1)
+/// `vpt_shallow` or `vpt_deep` with its hyperparameters.
+#[derive(Clone, Debug)]
+pub struct Vpt {
+    /// Prompt length and init.
+    pub config: VptConfig,
+    /// `vpt_deep`: every block has its own prompts.
+    pub deep: bool,
 }
 
-/// Before block `i > 0` of `vpt_deep`, replaces the prompt tokens by block i's.
-pub(crate) fn replace(f: &mut Fwd, a: &AdapterConfig, i: usize, x: &Tensor) -> Result<Tensor> {
-    let AdapterConfig::VptDeep(c) = a else {
-        return Ok(x.clone());
-    };
-    if i == 0 {
-        return Ok(x.clone());
+impl Vpt {
+    /// `vpt_shallow`.
+    pub fn shallow(config: VptConfig) -> Self {
+        Vpt {
+            config,
+            deep: false,
+        }
     }
-    let (b, n, _) = x.dims3()?;
-    let l = c.length;
-    let p = prompts(f, &format!("blocks.{i}.prompt_embed"), b)?;
-    Tensor::cat(
-        &[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1 + l, n - 1 - l)?],
-        1,
-    )
+
+    /// `vpt_deep`.
+    pub fn deep(config: VptConfig) -> Self {
+        Vpt { config, deep: true }
+    }
+}
+
+impl AdapterMethod for Vpt {
+    fn name(&self) -> &'static str {
+        if self.deep {
+            "vpt_deep"
+        } else {
+            "vpt_shallow"
+        }
+    }
+
+    /// Tokens added or replaced between blocks: no hook inside a half.
+    fn halves(&self) -> Halves {
+        Halves::NONE
+    }
+
+    fn count(&self, cfg: &VitConfig) -> usize {
+        let per_insertion = self.config.length * cfg.embed_dim;
+        if self.deep {
+            cfg.depth * per_insertion
+        } else {
+            per_insertion
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_positive(self.name(), "length", self.config.length)
+    }
+
+    fn add_params(
+        &self,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<()> {
+        self.config.add(cfg, self.deep, store, seed, dev)
+    }
+
+    /// Inserts the prompts (block 0's for `vpt_deep`) after the class token.
+    fn after_embed(&self, f: &mut Fwd, x: &Tensor) -> Result<Tensor> {
+        let name = if self.deep {
+            "blocks.0.prompt_embed"
+        } else {
+            "prompt_embed"
+        };
+        let (b, n, _) = x.dims3()?;
+        let p = prompts(f, name, b)?;
+        Tensor::cat(&[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1, n - 1)?], 1)
+    }
+
+    /// Before block `i > 0` of `vpt_deep`, replaces the prompt tokens by block i's.
+    fn before_block(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Tensor> {
+        if !self.deep || i == 0 {
+            return Ok(x.clone());
+        }
+        let (b, n, _) = x.dims3()?;
+        let l = self.config.length;
+        let p = prompts(f, &format!("blocks.{i}.prompt_embed"), b)?;
+        Tensor::cat(
+            &[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1 + l, n - 1 - l)?],
+            1,
+        )
+    }
 }
