@@ -6,7 +6,7 @@ use crate::cache::Cache;
 use crate::config::{load, Diagnostic, Loaded};
 use crate::exec::progress::reporter;
 use crate::exec::record::RunRecord;
-use crate::exec::{plan, Decision, LocalExecutor, RunContext, RunOptions};
+use crate::exec::{plan, Decision, LocalExecutor, RunContext, RunOptions, RunSummary};
 use crate::graph::Graph;
 use crate::stages::Registry;
 // Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
@@ -472,39 +472,43 @@ fn cmd_run(
         // Results first (stdout), the tally last (stderr).
         let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
         print!("{}", crate::exec::summaries::render(&summaries));
-        if !quiet {
-            eprintln!(
-                "{} ran, {} cached, {} failed, {} skipped; run record {}",
-                s.ran,
-                s.cached,
-                s.failed.len(),
-                s.skipped,
-                record.dir.display()
-            );
-        }
-        for fl in &s.failed {
-            eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
-            if !fl.log_tail.is_empty() {
-                eprintln!("  last {} log lines:", fl.log_tail.len());
-                for line in &fl.log_tail {
-                    eprintln!("    | {line}");
-                }
-            }
-            if !fl.log.as_os_str().is_empty() {
-                eprintln!("  log: {}", fl.log.display());
-            }
-        }
-        if s.interrupted || !s.failed.is_empty() {
-            if s.interrupted {
-                eprintln!(
-                    "\ninterrupted: committed entries are kept; nothing partial was committed."
-                );
-            }
-            eprintln!("resume with: {resume}");
-            return Ok(ExitCode::from(EXIT_FAILED));
-        }
-        Ok(ExitCode::SUCCESS)
+        Ok(report_run(&s, &record.dir, quiet, resume))
     })
+}
+
+/// The tally, then every failure with its error, log tail and log path, and how to resume;
+/// the exit code of the run.
+fn report_run(s: &RunSummary, record_dir: &Path, quiet: bool, resume: &str) -> ExitCode {
+    if !quiet {
+        eprintln!(
+            "{} ran, {} cached, {} failed, {} skipped; run record {}",
+            s.ran,
+            s.cached,
+            s.failed.len(),
+            s.skipped,
+            record_dir.display()
+        );
+    }
+    for fl in &s.failed {
+        eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
+        if !fl.log_tail.is_empty() {
+            eprintln!("  last {} log lines:", fl.log_tail.len());
+            for line in &fl.log_tail {
+                eprintln!("    | {line}");
+            }
+        }
+        if !fl.log.as_os_str().is_empty() {
+            eprintln!("  log: {}", fl.log.display());
+        }
+    }
+    if s.interrupted || !s.failed.is_empty() {
+        if s.interrupted {
+            eprintln!("\ninterrupted: committed entries are kept; nothing partial was committed.");
+        }
+        eprintln!("resume with: {resume}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    ExitCode::SUCCESS
 }
 
 fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {

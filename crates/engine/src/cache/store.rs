@@ -466,6 +466,18 @@ pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, Stri
         Ok(f) => f.into_iter().filter(|f| f != MANIFEST).collect(),
         Err(e) => return Err(fail(&name, vec![format!("{e:#}")])),
     };
+    let problems = file_differences(dir, &m, &on_disk);
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(fail(&name, problems))
+    }
+}
+
+/// What differs between the manifest `m` and the files `on_disk` of entry `dir` (each
+/// listed file re-hashed), then, when the files match, between the manifest's content hash
+/// and its file list's.
+fn file_differences(dir: &Path, m: &Manifest, on_disk: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     let on_disk_set: std::collections::BTreeSet<&str> =
         on_disk.iter().map(String::as_str).collect();
@@ -495,7 +507,7 @@ pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, Stri
             Ok(_) => {}
         }
     }
-    for f in &on_disk {
+    for f in on_disk {
         if !listed.contains(f.as_str()) {
             problems.push(format!("file `{f}` is not in the manifest (extra file)"));
         }
@@ -511,11 +523,7 @@ pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, Stri
             ));
         }
     }
-    if problems.is_empty() {
-        Ok(m)
-    } else {
-        Err(fail(&name, problems))
-    }
+    problems
 }
 
 /// Total size in bytes of the regular files under `dir`.

@@ -366,31 +366,7 @@ fn explain(
         }]
     };
     match e.kind() {
-        K::AdditionalProperties { unexpected } => {
-            let expected: Vec<&str> = here
-                .and_then(|s| s.get("properties"))
-                .and_then(Value::as_object)
-                .map(|p| p.keys().map(String::as_str).collect())
-                .unwrap_or_default();
-            unexpected
-                .iter()
-                .map(|k| {
-                    let mut message = format!("unknown field `{k}`");
-                    if !expected.is_empty() {
-                        message.push_str(&format!(" (expected: {})", expected.join(", ")));
-                        if let Some(m) = super::overrides::did_you_mean(k, expected.iter().copied())
-                        {
-                            message.push_str(&format!("; did you mean `{m}`?"));
-                        }
-                    }
-                    Explained {
-                        path: join(&path, k),
-                        message,
-                        at_key: true,
-                    }
-                })
-                .collect()
-        }
+        K::AdditionalProperties { unexpected } => unknown_fields(here, &path, unexpected),
         K::Required { property } => one(format!(
             "missing field `{}`",
             property
@@ -398,25 +374,7 @@ fn explain(
                 .map(str::to_string)
                 .unwrap_or_else(|| property.to_string())
         )),
-        K::Type { .. } if node.is_null() => {
-            let is_path = here.and_then(|s| s.get("format")).and_then(Value::as_str)
-                == Some(paths::PATH_FORMAT);
-            let want = e.to_string();
-            let want = want
-                .split(" is not of type ")
-                .nth(1)
-                .unwrap_or("a value")
-                .to_string();
-            one(if is_path {
-                "expected a path string, got null: YAML reads `~` alone (and an empty value) \
-                 as null; write \"~\" in quotes for the home folder"
-                    .to_string()
-            } else {
-                format!(
-                    "expected {want}, got null: YAML reads `~` alone (and an empty value) as null"
-                )
-            })
-        }
+        K::Type { .. } if node.is_null() => one(null_message(here, e)),
         K::OneOfNotValid { context } | K::AnyOf { context } => {
             let raw = paths::deref(root, written.unwrap_or(root));
             let branches = raw
@@ -425,62 +383,125 @@ fn explain(
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let picked: Vec<usize> = (0..branches.len())
-                .filter(|&i| paths::branch_selects(root, &branches[i], node))
-                .collect();
-            if let [i] = picked[..] {
-                if let Some(errs) = context.get(i) {
-                    let mut out = Vec::new();
-                    for be in errs {
-                        out.extend(explain(root, value, be, Some((&path, &branches[i]))));
-                    }
-                    if !out.is_empty() {
-                        return out;
-                    }
-                }
-            }
-            if picked.is_empty() {
-                if let Some(m) = untaken_tag(root, branches, node, &path) {
-                    return vec![m];
-                }
-                let types: Vec<String> = branches
-                    .iter()
-                    .filter_map(|b| paths::deref(root, b).get("type"))
-                    .map(|t| match t {
-                        Value::String(t) => t.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect();
-                if types.len() == branches.len() && !types.is_empty() {
-                    let mut m = format!(
-                        "expected {}, got {} {}",
-                        types.join(" or "),
-                        type_name(node),
-                        node
-                    );
-                    if node.is_null() {
-                        m.push_str(" (YAML reads `~` alone and an empty value as null)");
-                    }
-                    return one(m);
-                }
-            }
-            one(e.to_string())
+            explain_branches(root, value, node, &path, branches, context)
+                .unwrap_or_else(|| one(e.to_string()))
         }
         K::Pattern { pattern } if pattern == schema::SHA256_PATTERN => {
-            let got = node.as_str().unwrap_or_default();
-            one(format!(
-                "`{got}` is not a sha256: expected 64 hex digits (0-9, a-f; either case), got \
-                 {} characters{}",
-                got.chars().count(),
-                if got.chars().all(|c| c.is_ascii_hexdigit()) {
-                    ""
-                } else {
-                    " with non-hex ones"
-                }
-            ))
+            one(not_a_sha256(node.as_str().unwrap_or_default()))
         }
         _ => one(e.to_string()),
     }
+}
+
+/// `unknown field `k`` for each unexpected key of the map at `path`, with the fields its
+/// schema (`here`) has and the closest one.
+fn unknown_fields(here: Option<&Value>, path: &str, unexpected: &[String]) -> Vec<Explained> {
+    let expected: Vec<&str> = here
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    unexpected
+        .iter()
+        .map(|k| {
+            let mut message = format!("unknown field `{k}`");
+            if !expected.is_empty() {
+                message.push_str(&format!(" (expected: {})", expected.join(", ")));
+                if let Some(m) = super::overrides::did_you_mean(k, expected.iter().copied()) {
+                    message.push_str(&format!("; did you mean `{m}`?"));
+                }
+            }
+            Explained {
+                path: join(path, k),
+                message,
+                at_key: true,
+            }
+        })
+        .collect()
+}
+
+/// A null where the schema (`here`) wants another type: YAML's `~` and empty values.
+fn null_message(here: Option<&Value>, e: &jsonschema::ValidationError) -> String {
+    let is_path =
+        here.and_then(|s| s.get("format")).and_then(Value::as_str) == Some(paths::PATH_FORMAT);
+    if is_path {
+        return "expected a path string, got null: YAML reads `~` alone (and an empty value) \
+                as null; write \"~\" in quotes for the home folder"
+            .to_string();
+    }
+    let want = e.to_string();
+    let want = want.split(" is not of type ").nth(1).unwrap_or("a value");
+    format!("expected {want}, got null: YAML reads `~` alone (and an empty value) as null")
+}
+
+/// The errors of a failed `oneOf`/`anyOf` at `path`: those of the one branch the value
+/// selects, else its untaken tag, else the types the branches admit. None: nothing better
+/// than the validator's own message.
+fn explain_branches(
+    root: &Value,
+    value: &Value,
+    node: &Value,
+    path: &str,
+    branches: &[Value],
+    context: &[Vec<jsonschema::ValidationError>],
+) -> Option<Vec<Explained>> {
+    let picked: Vec<usize> = (0..branches.len())
+        .filter(|&i| paths::branch_selects(root, &branches[i], node))
+        .collect();
+    if let [i] = picked[..] {
+        let mut out = Vec::new();
+        for be in context.get(i).map(Vec::as_slice).unwrap_or_default() {
+            out.extend(explain(root, value, be, Some((path, &branches[i]))));
+        }
+        if !out.is_empty() {
+            return Some(out);
+        }
+    }
+    if !picked.is_empty() {
+        return None;
+    }
+    if let Some(m) = untaken_tag(root, branches, node, path) {
+        return Some(vec![m]);
+    }
+    let types: Vec<String> = branches
+        .iter()
+        .filter_map(|b| paths::deref(root, b).get("type"))
+        .map(|t| match t {
+            Value::String(t) => t.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    if types.len() != branches.len() || types.is_empty() {
+        return None;
+    }
+    let mut m = format!(
+        "expected {}, got {} {}",
+        types.join(" or "),
+        type_name(node),
+        node
+    );
+    if node.is_null() {
+        m.push_str(" (YAML reads `~` alone and an empty value as null)");
+    }
+    Some(vec![Explained {
+        path: path.to_string(),
+        message: m,
+        at_key: false,
+    }])
+}
+
+/// Why `got` is not a sha256.
+fn not_a_sha256(got: &str) -> String {
+    format!(
+        "`{got}` is not a sha256: expected 64 hex digits (0-9, a-f; either case), got {} \
+         characters{}",
+        got.chars().count(),
+        if got.chars().all(|c| c.is_ascii_hexdigit()) {
+            ""
+        } else {
+            " with non-hex ones"
+        }
+    )
 }
 
 /// Lower-case, in place, every string that `schema` marks as a sha256
