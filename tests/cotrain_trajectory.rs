@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex};
 /// to 128 terms, softmaxes) loses about one more decimal in the gradients, AdamW passes that
 /// relative error on to its update (size ~lr, at most 5.5e-3 here), and `w - update` rounds
 /// to 0.5 ulp of w: a few 1e-7 of the tensor's scale per step. Measured over the 5 steps:
-/// 6.0e-7 (MSE) and 1.5e-6 (KL); PyTorch's own float32 run of the fixture script differs from
+/// 6.0e-7 (MSE) and 1.5e-6 (KL) with OpenBLAS, 7.2e-7 and 9.9e-7 with the `gemm` crate
+/// (`IDAT_BLAS=off`); PyTorch's own float32 run of the fixture script differs from
 /// its float64 run by 8.5e-7 and 1.2e-6, the same level. 1e-5 leaves a factor ~7 over that.
 /// A wrong loop moves weights by far more: already the first step's update is lr = 1e-4 per
 /// scalar, 2e-4 to 5e-3 of the tensors' scales (0.02 to 0.5).
