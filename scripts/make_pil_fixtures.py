@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the decoder-parity fixtures under tests/fixtures/image/decode/ (committed; tests never
-run this). tests/data_image.rs decodes every source file with src/data/image.rs and compares it
+run this). tests/data_image.rs decodes every source file with crates/domain/src/data/image.rs and compares it
 with PIL's `Image.open(f).convert("RGB")`, which is what the official timm/VTAB loader does.
 
 How they were made:

@@ -4,7 +4,7 @@ synthetic images over a grid of shapes (committed; tests never run this).
 
 Pillow runs the two separable passes in an order that depends on the shapes (vertical first
 when the image shrinks vertically and is not much wider than the target, see
-src/data/image.rs `resize_bicubic`); with 8-bit rounding between the passes the order changes
+crates/domain/src/data/image.rs `resize_bicubic`); with 8-bit rounding between the passes the order changes
 the pixels, so every down/up/equal combination per axis, 1-pixel sides and odd targets are
 covered here. tests/data_image.rs rebuilds each source with the same formula (`source` below)
 and asserts a maximum difference of 0.
