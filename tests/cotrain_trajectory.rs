@@ -17,7 +17,7 @@
 //! Every trainable tensor and every loss is compared after every step (bounds below).
 //! Breaking the loop makes this test fail: the distillation term detached from the teacher,
 //! the learning rate of the next epoch used (off by one), or D weighted 0.5 instead of 1 (all
-//! three were tried on `src/train/cotrain.rs`).
+//! three were tried on `crates/domain/src/train/cotrain.rs`).
 
 use candle_core::{DType, Device, Tensor, Var};
 use idat_pipe::data::image::{Normalize, NormalizeKind};
