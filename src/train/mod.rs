@@ -9,6 +9,6 @@ pub mod evaluate;
 mod state;
 
 pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
-pub use cotrain::{train, EpochRow, Member, TrainOutcome};
+pub use cotrain::{train, train_step, EpochRow, Member, StepAt, StepLoss, TrainOutcome};
 pub use evaluate::{evaluate, EvalResult};
 pub use state::resume_epoch;
