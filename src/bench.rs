@@ -1,8 +1,11 @@
 //! `idat-pipe bench`: throughput and peak memory of one real training step.
 //!
+//! Both modes time [`crate::train::train_step`], the step function the training stages run:
+//!
 //! - `idat`: the iDAT co-training step: small teacher + large student (frozen random
 //!   backbones, `seq_adapter` + head trainable), loss `CE_s + CE_t + MSE(z_s, z_t)` (the
-//!   teacher is not detached, as in iDAT), one backward, one AdamW step per model.
+//!   teacher is not detached, as in iDAT), one backward, one AdamW step per model
+//!   (weight decay 0.05, as `benches/pytorch_step.py`).
 //! - `at`: the adapter-tuning baseline step of the large model alone (CE, backward, AdamW).
 //!
 //! Peak memory is the process's `VmHWM` (peak resident set) from `/proc/self/status`, so
@@ -12,11 +15,13 @@
 //! the value before the models were built (so the CUDA context itself is not counted).
 //! `benches/pytorch_step.py` reports the same measure for PyTorch.
 use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
-use crate::nn::loss::{cross_entropy, mse_logits};
+use crate::nn::bench::median;
 use crate::nn::ops::GEMM_BACKEND_ENV;
-use crate::nn::optim::{AdamW, AdamWConfig};
 use crate::nn::precision::Precision;
-use crate::nn::vit::{Mode, Vit, VitConfig};
+use crate::nn::vit::{Vit, VitConfig};
+use crate::train::{
+    train_step, DistillConfig, DistillDirection, DistillKind, Member, OptimConfig, StepAt,
+};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -80,6 +85,9 @@ pub struct StepReport {
     /// The `--full-last-block` ablation was on.
     #[serde(default)]
     pub full_last_block: bool,
+    /// How the products ran (`f32 products`, the bf16 kernel, or why bf16 fell back).
+    #[serde(default)]
+    pub products: String,
 }
 
 /// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
@@ -101,12 +109,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// The optimiser settings of the benchmark (AdamW, weight decay 0.05 as
+/// `benches/pytorch_step.py`) in `precision`.
+fn bench_optim(precision: Precision) -> OptimConfig {
+    OptimConfig {
+        weight_decay: 0.05,
+        precision,
+        ..OptimConfig::default()
+    }
 }
 
-fn model(cfg: &VitConfig, dev: &Device, seed: u64, b: &StepBench) -> Result<(Vit, AdamW)> {
+/// A random-backbone model of `cfg` with `seq_adapter` as a training member.
+fn member(name: &str, cfg: &VitConfig, dev: &Device, seed: u64, b: &StepBench) -> Result<Member> {
     let backbone = Vit::random_backbone(cfg, dev, seed)?;
     let mut vit = Vit::new(
         cfg,
@@ -115,13 +129,14 @@ fn model(cfg: &VitConfig, dev: &Device, seed: u64, b: &StepBench) -> Result<(Vit
         dev,
         seed,
     )?;
-    vit.set_precision(b.precision)?;
     vit.set_last_block_cls_only(!b.full_last_block);
-    let opt = AdamW::new(vit.trainable(), AdamWConfig::default())?;
-    Ok((vit, opt))
+    let optim = bench_optim(b.precision);
+    // As `train` does before its first step.
+    vit.set_precision(optim.precision)?;
+    Member::new(name, vit, &optim)
 }
 
-/// Builds the models and times `warmup + steps` training steps on one random batch.
+/// Builds the models and times `warmup + steps` calls of [`train_step`] on one random batch.
 pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     if b.steps == 0 || b.batch == 0 {
         bail!("bench: --steps and --batch must be at least 1");
@@ -139,11 +154,20 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     }
     let mem_base = device_used_bytes(dev);
     let mut mem_peak = mem_base;
-    let (mut student, mut opt_s) = model(&b.large, dev, 1, b)?;
-    let mut teacher = match b.kind {
-        StepKind::Idat => Some(model(&b.small, dev, 2, b)?),
-        StepKind::At => None,
+    let mut members = vec![member("student", &b.large, dev, 1, b)?];
+    if b.kind == StepKind::Idat {
+        members.push(member("teacher", &b.small, dev, 2, b)?);
+    }
+    // iDAT: CE_s + CE_t + MSE(z_s, z_t), the teacher not detached.
+    let distill = DistillConfig {
+        kind: DistillKind::Mse,
+        weight: 1.0,
+        temperature: 5.0,
+        t2_factor: false,
+        detach_teacher: false,
+        direction: DistillDirection::SmallToLarge,
     };
+    let distill = (b.kind == StepKind::Idat).then_some(&distill);
     let cfg = &b.large;
     let x = Tensor::randn(
         0f32,
@@ -154,26 +178,18 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     let labels: Vec<u32> = (0..b.batch).map(|i| (i % cfg.num_classes) as u32).collect();
     let y = Tensor::new(labels.as_slice(), dev)?;
     let mut times = Vec::new();
-    for step in 0..b.warmup + b.steps {
+    let total = b.warmup + b.steps;
+    for step in 0..total {
         let t0 = Instant::now();
-        let zs = student.forward(&x, Mode::Train { seed: step as u64 })?;
-        let mut loss = cross_entropy(&zs, &y)?;
-        if let Some((t, _)) = &teacher {
-            let zt = t.forward(
-                &x,
-                Mode::Train {
-                    seed: step as u64 + 1,
-                },
-            )?;
-            loss = ((loss + cross_entropy(&zt, &y)?)? + mse_logits(&zs, &zt)?)?;
-        }
-        let grads = loss.backward()?;
-        opt_s.step(&grads, 1e-3)?;
-        if let Some((_, o)) = &mut teacher {
-            o.step(&grads, 1e-3)?;
-        }
-        // Wait for the device (CUDA is asynchronous) by reading the loss back.
-        let _ = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let at = StepAt {
+            seed: 0,
+            epoch: 0,
+            step,
+            steps: total,
+        };
+        train_step(&mut members, distill, &x, &y, at, 1e-3)?;
+        // Wait for the device (CUDA is asynchronous; the optimiser step is queued).
+        dev.synchronize()?;
         mem_peak = mem_peak.max(device_used_bytes(dev));
         if step >= b.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -181,11 +197,10 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     }
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut times);
-    let trainable =
-        student.num_trainable() + teacher.as_ref().map_or(0, |(t, _)| t.num_trainable());
-    // Keep the models alive until here so the peak covers the whole run.
-    drop(teacher);
-    let _ = &mut student;
+    let trainable = members.iter().map(|m| m.vit.num_trainable()).sum();
+    let products = members[0].vit.bf16_products().to_string();
+    // The models stay alive until here so the peak covers the whole run.
+    drop(members);
     Ok(StepReport {
         kind: b.kind,
         device: format!("{dev:?}"),
@@ -210,6 +225,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
             _ => String::new(),
         },
         full_last_block: b.full_last_block,
+        products,
     })
 }
 
@@ -269,7 +285,9 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// `f32`, or `bf16` mixed precision (frozen-backbone products in bfloat16; for CUDA).
+    /// `f32`, or `bf16` mixed precision (frozen-backbone and attention products on bf16
+    /// inputs: CUDA, or a CPU with AVX512-BF16 and an OpenBLAS with `cblas_sbgemm`; other
+    /// CPUs fall back to f32 and the output says why).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Ablation: compute every token in the last block, as timm does (default: only the
@@ -374,6 +392,9 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
         }
         if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
             println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
+        }
+        if let Some(r) = reports.first() {
+            println!("precision {}: {}", r.precision, r.products);
         }
         println!("{TABLE_HEADER}");
         for r in &reports {

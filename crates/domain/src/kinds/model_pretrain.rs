@@ -7,7 +7,6 @@ use super::common::{
 };
 use crate::data::image::{Normalize, NormalizeKind};
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::optim::{AdamW, AdamWConfig};
 use crate::nn::vit::Vit;
 use crate::train::{self, Member, OptimConfig};
 use anyhow::Result;
@@ -76,20 +75,7 @@ impl StageKind for ModelPretrain {
         cfg.drop_path_rate = p.drop_path;
         let backbone = Vit::random_backbone(&cfg, &dev, p.seed)?;
         let vit = Vit::new(&cfg, &AdapterConfig::Full, backbone, &dev, p.seed)?;
-        let opt = AdamW::new(
-            vit.trainable(),
-            AdamWConfig {
-                beta1: p.optim.beta1,
-                beta2: p.optim.beta2,
-                eps: p.optim.eps,
-                weight_decay: p.optim.weight_decay,
-            },
-        )?;
-        let mut members = vec![Member {
-            name: "model".into(),
-            vit,
-            opt,
-        }];
+        let mut members = vec![Member::new("model", vit, &p.optim)?];
         let data = train::cotrain::TrainData {
             train: &train_split,
             test: &test_split,

@@ -6,7 +6,6 @@
 use super::common::{device, input_dir, read_model, read_split, write_csv, write_json};
 use crate::data::image::{Normalize, NormalizeKind};
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::optim::{AdamW, AdamWConfig};
 use crate::nn::vit::{Vit, VitConfig};
 use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
 use anyhow::{bail, Context, Result};
@@ -164,24 +163,7 @@ fn member(
     let (cfg, info, backbone) = read_model(model_dir, num_classes, job.drop_path, dev)?;
     let vit = Vit::new(&cfg, job.adapter, backbone, dev, seed)
         .with_context(|| format!("building the {name} from {}", model_dir.display()))?;
-    let o = &job.optim;
-    let opt = AdamW::new(
-        vit.trainable(),
-        AdamWConfig {
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-            weight_decay: o.weight_decay,
-        },
-    )?;
-    Ok((
-        Member {
-            name: name.into(),
-            vit,
-            opt,
-        },
-        info.label,
-    ))
+    Ok((Member::new(name, vit, &job.optim)?, info.label))
 }
 
 fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {

@@ -3,9 +3,10 @@
 //! the composed and fused op implementations.
 
 use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
+use crate::nn::loss::cross_entropy;
 use crate::nn::ops::OpsImpl;
 use crate::nn::vit::{Mode, Vit, VitConfig};
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 /// Timings of [`bench_step`], in milliseconds.
@@ -19,17 +20,13 @@ pub struct StepTimes {
     pub forward_median_ms: f64,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The median of timings: the upper middle value for an even count (sorts `v`).
+///
+/// # Panics
+/// If `v` is empty.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Mean cross-entropy from differentiable ops.
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let max = logits.detach().max_keepdim(D::Minus1)?;
-    let z = logits.broadcast_sub(&max)?;
-    let logp = z.broadcast_sub(&z.exp()?.sum_keepdim(D::Minus1)?.log()?)?;
-    logp.gather(&labels.unsqueeze(1)?, 1)?.mean_all()?.neg()
 }
 
 /// Runs `warmup + steps` training steps of a random-weight ViT of `cfg` with `seq_adapter`

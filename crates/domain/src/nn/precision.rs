@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 /// qkv, attention output projection, MLP) and the two attention products run in bfloat16 on
 /// bf16 copies of the frozen weights. LayerNorm, softmax, GELU, the residual stream, the
 /// adapters, the head, the losses, the gradients of trainable tensors and the optimizer
-/// state stay f32. It pays off on CUDA (tensor cores); on CPU candle widens bf16 products
-/// to f32, so it only costs conversions there.
+/// state stay f32. On CUDA candle's bf16 ops run the products (tensor cores). On CPU the
+/// fused ops run them with bf16 inputs and f32 accumulation through OpenBLAS's
+/// `cblas_sbgemm` where the CPU has AVX512-BF16 (see [`crate::nn::ops::cpu_bf16`]); without
+/// it the model keeps f32 products ([`crate::nn::vit::Vit::bf16_products`] says why).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -241,8 +241,11 @@ pub(crate) struct Fwd<'a> {
     pub masks: Masks,
     /// Low-precision copies of frozen matrix weights (bf16 mixed precision; else empty).
     pub low: &'a BTreeMap<String, Tensor>,
-    /// The dtype of those copies.
+    /// The dtype of those copies, where products run through candle's ops in it (CUDA,
+    /// and the composed reference ops on CPU); `None` otherwise.
     pub low_dtype: Option<DType>,
+    /// CPU bf16 mixed precision through the fused ops: the kernel of their bf16 products.
+    pub cpu_bf16: Option<ops::Bf16Kernel>,
 }
 
 impl Fwd<'_> {
@@ -257,11 +260,26 @@ impl Fwd<'_> {
         if self.p.is_trainable(&wname) {
             return ops::linear(x, w, b);
         }
-        let w = self.low.get(&wname).unwrap_or(w);
-        let y = ops::frozen_linear(x, w, if b_trainable { None } else { b }, self.ops)?;
+        let y = self.frozen_linear(x, &wname, w, if b_trainable { None } else { b })?;
         match (b, b_trainable) {
             (Some(b), true) => y.broadcast_add(b),
             _ => Ok(y),
+        }
+    }
+
+    /// The frozen linear `x w^T (+ b)` of the weight named `wname` in this pass's precision:
+    /// on its bf16 copy through the CPU kernel or candle's bf16 ops, else in f32.
+    fn frozen_linear(
+        &self,
+        x: &Tensor,
+        wname: &str,
+        w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match (self.low.get(wname), self.cpu_bf16) {
+            (Some(wl), Some(k)) => ops::frozen_linear_bf16(x, w, wl, k, b, self.ops),
+            (Some(wl), None) => ops::frozen_linear(x, wl, b, self.ops),
+            (None, _) => ops::frozen_linear(x, w, b, self.ops),
         }
     }
 
@@ -270,6 +288,33 @@ impl Fwd<'_> {
         let w = self.p.get(&format!("{prefix}.weight"))?;
         let b = self.p.get(&format!("{prefix}.bias"))?;
         ops::layer_norm(x, w, b, LN_EPS, self.ops)
+    }
+}
+
+/// How `precision: bf16` runs on a model ([`Vit::bf16_products`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bf16Products {
+    /// f32 precision: no bf16 products.
+    Off,
+    /// candle's bf16 ops on bf16 weight copies (CUDA).
+    Candle,
+    /// CPU: the fused ops' products on bf16 inputs with f32 accumulation through this
+    /// kernel (the composed reference ops use candle's bf16 ops).
+    Cpu(ops::Bf16Kernel),
+    /// CPU without a usable bf16 kernel (the reason): every product stays f32.
+    CpuFallback(String),
+}
+
+impl std::fmt::Display for Bf16Products {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bf16Products::Off => write!(f, "f32 products"),
+            Bf16Products::Candle => write!(f, "bf16 products through candle's bf16 ops"),
+            Bf16Products::Cpu(k) => write!(f, "bf16 products (f32 accumulation) through {k}"),
+            Bf16Products::CpuFallback(why) => {
+                write!(f, "f32 products: no bf16 kernel on this machine ({why})")
+            }
+        }
     }
 }
 
@@ -284,6 +329,8 @@ pub struct Vit {
     precision: Precision,
     /// Low-precision copies of the frozen matrix weights (see [`Vit::set_precision`]).
     low: BTreeMap<String, Tensor>,
+    /// How the bf16 precision runs here (`Off` for f32).
+    bf16: Bf16Products,
     /// Whether the last block computes only the class token's output (see
     /// [`Vit::set_last_block_cls_only`]).
     last_block_cls_only: bool,
@@ -364,6 +411,7 @@ impl Vit {
             ops: OpsImpl::default(),
             precision: Precision::F32,
             low: BTreeMap::new(),
+            bf16: Bf16Products::Off,
             last_block_cls_only: true,
         })
     }
@@ -439,10 +487,34 @@ impl Vit {
     /// Selects f32 or bf16 mixed precision for the forward / backward pass (default f32).
     /// bf16 keeps bf16 copies of the frozen matrix weights (patch embedding, qkv, proj,
     /// fc1, fc2) beside the f32 originals, which stay untouched (exports and checkpoints
-    /// are f32); see [`Precision`].
+    /// are f32); see [`Precision`]. On the CPU the products run through
+    /// [`ops::cpu_bf16`]'s kernel; without one (no AVX512-BF16, no `cblas_sbgemm`) the
+    /// model keeps f32 products and [`Vit::bf16_products`] says why.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let cpu = self.params.get("cls_token")?.device().is_cpu();
+        let kernel = (cpu && precision == Precision::Bf16).then(ops::cpu_bf16);
+        self.set_precision_with(precision, kernel)
+    }
+
+    /// [`Vit::set_precision`] with the CPU bf16 kernel given: `Some(Ok(kernel))` uses it,
+    /// `Some(Err(why))` falls back to f32 products, `None` means not on the CPU (candle's
+    /// bf16 ops). Tests pass [`ops::Bf16Kernel::Emulated`] to check the CPU bf16 path on
+    /// any machine.
+    pub fn set_precision_with(
+        &mut self,
+        precision: Precision,
+        cpu_kernel: Option<std::result::Result<ops::Bf16Kernel, String>>,
+    ) -> Result<()> {
+        let bf16 = match (precision, cpu_kernel) {
+            (Precision::F32, _) => Bf16Products::Off,
+            (Precision::Bf16, None) => Bf16Products::Candle,
+            (Precision::Bf16, Some(Ok(k))) => Bf16Products::Cpu(k),
+            (Precision::Bf16, Some(Err(why))) => Bf16Products::CpuFallback(why),
+        };
         let mut low = BTreeMap::new();
-        if let Some(dt) = precision.low_dtype() {
+        if let (Some(dt), Bf16Products::Candle | Bf16Products::Cpu(_)) =
+            (precision.low_dtype(), &bf16)
+        {
             let c = &self.cfg;
             for (name, p) in self.params.iter() {
                 let Param::Frozen(t) = p else { continue };
@@ -462,7 +534,13 @@ impl Vit {
         }
         self.low = low;
         self.precision = precision;
+        self.bf16 = bf16;
         Ok(())
+    }
+
+    /// How the products of this model run under its precision (see [`Bf16Products`]).
+    pub fn bf16_products(&self) -> &Bf16Products {
+        &self.bf16
     }
 
     /// The precision set by [`Vit::set_precision`].
@@ -554,12 +632,20 @@ impl Vit {
             Mode::Eval => Masks::eval(),
             Mode::Train { seed } => Masks::train(seed),
         };
+        // The fused CPU ops take the kernel; the composed reference ops and CUDA run
+        // candle's bf16 ops; the CPU fallback runs f32.
+        let (low_dtype, cpu_bf16) = match &self.bf16 {
+            Bf16Products::Cpu(k) if self.ops == OpsImpl::Fused => (None, Some(*k)),
+            Bf16Products::Cpu(_) | Bf16Products::Candle => (self.precision.low_dtype(), None),
+            Bf16Products::Off | Bf16Products::CpuFallback(_) => (None, None),
+        };
         Fwd {
             p: &self.params,
             ops: self.ops,
             masks,
             low: &self.low,
-            low_dtype: self.precision.low_dtype(),
+            low_dtype,
+            cpu_bf16,
         }
     }
 
@@ -585,13 +671,14 @@ impl Vit {
             f.p.get("patch_embed.proj.weight")?
                 .reshape((d, ch * p * p))?;
         let pe_b = f.p.get("patch_embed.proj.bias")?;
-        let pe_w = f.low.get("patch_embed.proj.weight").unwrap_or(&pe_w);
-        let tokens = if f.p.is_trainable("patch_embed.proj.weight") {
-            ops::linear(&patches, pe_w, Some(pe_b))?
+        let pe = "patch_embed.proj.weight";
+        let tokens = if f.p.is_trainable(pe) {
+            ops::linear(&patches, &pe_w, Some(pe_b))?
         } else if f.p.is_trainable("patch_embed.proj.bias") {
-            ops::frozen_linear(&patches, pe_w, None, f.ops)?.broadcast_add(pe_b)?
+            f.frozen_linear(&patches, pe, &pe_w, None)?
+                .broadcast_add(pe_b)?
         } else {
-            ops::frozen_linear(&patches, pe_w, Some(pe_b), f.ops)?
+            f.frozen_linear(&patches, pe, &pe_w, Some(pe_b))?
         };
         let tokens = tokens.reshape((b, g * g, d))?;
         let tokens = self.method.at_site(f, "patch_embed", &tokens)?;
@@ -623,13 +710,14 @@ impl Vit {
             qkv = (qkv + delta)?;
         }
         let qkv = self.method.at_site(f, &format!("{pre}.qkv"), &qkv)?;
-        let o = ops::attention(
+        let o = ops::attention_bf16(
             &qkv,
             c.num_heads,
             c.attn_drop_rate,
             &mut f.masks,
             f.ops,
             f.low_dtype,
+            f.cpu_bf16,
             tokens,
         )?;
         let o = f.linear(&o, &format!("{pre}.proj"))?;
@@ -693,6 +781,18 @@ impl Vit {
             b1: opt(parts[1]),
             w2: get(parts[2], "weight")?,
             b2: opt(parts[2]),
+            low: match f.cpu_bf16 {
+                Some(k) => {
+                    let low = |part: &str| {
+                        let n = name(part, "weight");
+                        f.low.get(&n).cloned().ok_or_else(|| {
+                            candle_core::Error::Msg(format!("no bf16 copy of `{n}`"))
+                        })
+                    };
+                    Some((low(parts[1])?, low(parts[2])?, k))
+                }
+                None => None,
+            },
         };
         ops::frozen_residual(x, &w, half, LN_EPS, scale)
     }

@@ -1,4 +1,5 @@
 //! Training hyper-parameters, as they appear under `with:` of the training stages.
+use crate::nn::optim::AdamWConfig;
 use crate::nn::precision::Precision;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,16 @@ impl Default for OptimConfig {
 impl OptimConfig {
     pub fn total_epochs(&self) -> usize {
         self.epochs + self.cooldown_epochs
+    }
+
+    /// The AdamW settings of this configuration (betas, eps, decoupled weight decay).
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
     }
 }
 

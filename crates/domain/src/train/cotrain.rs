@@ -26,6 +26,19 @@ pub struct Member {
     pub opt: AdamW,
 }
 
+impl Member {
+    /// `vit` with an AdamW over its trainable tensors, set from `optim`. Errors: AdamW's
+    /// range checks on `optim`'s betas, eps and weight decay.
+    pub fn new(name: &str, vit: Vit, optim: &OptimConfig) -> Result<Member> {
+        let opt = AdamW::new(vit.trainable(), optim.adamw())?;
+        Ok(Member {
+            name: name.into(),
+            vit,
+            opt,
+        })
+    }
+}
+
 /// One line of `metrics.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRow {
@@ -135,24 +148,14 @@ pub fn train(
                 .train
                 .to_batch(idx, &data.normalize, data.device)
                 .context("building a training batch")?;
-            let parts = step_loss(members, distill, &x, &y, seed, epoch, step)?;
-            let loss_v = parts
-                .total
-                .to_dtype(candle_core::DType::F32)?
-                .to_scalar::<f32>()?;
-            if !loss_v.is_finite() {
-                bail!(
-                    "loss is {loss_v} at epoch {} step {} (of {steps}); lr {lr:.3e}. \
-                     Lower the learning rate or check the data.",
-                    epoch + 1,
-                    step + 1
-                );
-            }
-            let grads = parts.total.backward()?;
-            for m in members.iter_mut() {
-                m.opt.step(&grads, lr)?;
-            }
-            sums.add(&parts, loss_v as f64, &y)?;
+            let at = StepAt {
+                seed,
+                epoch,
+                step,
+                steps,
+            };
+            let parts = train_step(members, distill, &x, &y, at, lr)?;
+            sums.add(&parts, &y)?;
             let done = (epoch * steps + step + 1) as u64;
             ctx.set_position(done);
             ctx.set_message(&format!(
@@ -228,12 +231,64 @@ pub fn train(
     })
 }
 
-struct StepLoss {
-    total: Tensor,
-    ce_s: Tensor,
-    ce_t: Option<Tensor>,
-    d: Option<Tensor>,
-    logits_s: Tensor,
+/// The losses of one [`train_step`] (scalars, except the logits).
+pub struct StepLoss {
+    /// `CE_s`, or `CE_s + CE_t + weight * D` with two members.
+    pub total: Tensor,
+    /// `total` read back (finite: [`train_step`] checks).
+    pub loss: f32,
+    /// The student's (first member's) cross-entropy.
+    pub ce_s: Tensor,
+    /// The teacher's cross-entropy (two members).
+    pub ce_t: Option<Tensor>,
+    /// The distillation term D (two members).
+    pub d: Option<Tensor>,
+    /// The student's logits `[B, C]`.
+    pub logits_s: Tensor,
+}
+
+/// Where a step is in the schedule: its dropout / DropPath masks are drawn from
+/// (`seed`, member, `epoch`, `step`); `steps` (per epoch) is for messages.
+#[derive(Clone, Copy, Debug)]
+pub struct StepAt {
+    pub seed: u64,
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+}
+
+/// One training step on the batch `x [B, C, H, W]`, `y [B]` (u32 labels): the members'
+/// forward passes (each in its model's precision), the loss `CE_s` (one member, AT) or
+/// `CE_s + CE_t + weight * D` (two, iDAT; `distill` required), one backward, one AdamW
+/// step per member at learning rate `lr`. This is what [`train`] runs for every batch
+/// and what `idat-pipe bench` times.
+///
+/// Errors: a non-finite loss (named with its epoch and step, counted from 1, and `lr`),
+/// two members without `distill`, and any error of the ops or the optimiser.
+pub fn train_step(
+    members: &mut [Member],
+    distill: Option<&DistillConfig>,
+    x: &Tensor,
+    y: &Tensor,
+    at: StepAt,
+    lr: f64,
+) -> Result<StepLoss> {
+    let parts = step_loss(members, distill, x, y, at)?;
+    if !parts.loss.is_finite() {
+        bail!(
+            "loss is {} at epoch {} step {} (of {}); lr {lr:.3e}. \
+             Lower the learning rate or check the data.",
+            parts.loss,
+            at.epoch + 1,
+            at.step + 1,
+            at.steps
+        );
+    }
+    let grads = parts.total.backward()?;
+    for m in members.iter_mut() {
+        m.opt.step(&grads, lr)?;
+    }
+    Ok(parts)
 }
 
 fn mask_seed(seed: u64, member: usize, epoch: usize, step: usize) -> u64 {
@@ -250,10 +305,14 @@ fn step_loss(
     distill: Option<&DistillConfig>,
     x: &Tensor,
     y: &Tensor,
-    seed: u64,
-    epoch: usize,
-    step: usize,
+    at: StepAt,
 ) -> Result<StepLoss> {
+    let StepAt {
+        seed, epoch, step, ..
+    } = at;
+    let read = |t: &Tensor| -> Result<f32> {
+        Ok(t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
+    };
     let zs = members[0].vit.forward(
         x,
         Mode::Train {
@@ -263,6 +322,7 @@ fn step_loss(
     let ce_s = loss::cross_entropy(&zs, y)?;
     let Some(teacher) = members.get(1) else {
         return Ok(StepLoss {
+            loss: read(&ce_s)?,
             total: ce_s.clone(),
             ce_s,
             ce_t: None,
@@ -270,7 +330,7 @@ fn step_loss(
             logits_s: zs,
         });
     };
-    let cfg = distill.expect("checked by train()");
+    let cfg = distill.context("two models need a `distill` configuration")?;
     let zt = teacher.vit.forward(
         x,
         Mode::Train {
@@ -294,6 +354,7 @@ fn step_loss(
     };
     let total = ((&ce_s + &ce_t)? + (&d * cfg.weight)?)?;
     Ok(StepLoss {
+        loss: read(&total)?,
         total,
         ce_s,
         ce_t: Some(ce_t),
@@ -313,11 +374,11 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, p: &StepLoss, loss: f64, y: &Tensor) -> Result<()> {
+    fn add(&mut self, p: &StepLoss, y: &Tensor) -> Result<()> {
         let scalar = |t: &Tensor| -> Result<f64> {
             Ok(t.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64)
         };
-        self.loss += loss;
+        self.loss += p.loss as f64;
         self.steps += 1;
         self.ce_s += scalar(&p.ce_s)?;
         if let Some(t) = &p.ce_t {

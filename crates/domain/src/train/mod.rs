@@ -10,7 +10,7 @@ mod hooks;
 mod state;
 
 pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
-pub use cotrain::{train, EpochRow, Member, TrainOutcome};
+pub use cotrain::{train, train_step, EpochRow, Member, StepAt, StepLoss, TrainOutcome};
 pub use evaluate::{evaluate, EvalResult};
 pub use hooks::TrainHooks;
 pub use state::{resume_epoch, resume_point};

@@ -11,9 +11,14 @@
 //! With [`Tokens::Cls`] only the class token (row 0 of every sample) queries: the output is
 //! `[B, 1, D]`, every product shrinks to one query row, and the backward still reaches the
 //! keys and values of every token. A CLS-pooled ViT's last block needs nothing more.
+//!
+//! With a [`Bf16Kernel`] (CPU `precision: bf16`) the seven per-head products take bf16
+//! inputs (q, k, v, the probabilities and the gradients rounded once per sample or head)
+//! and accumulate in f32; the softmax and its backward stay f32, as under PyTorch's autocast.
 
+use super::bf16::{mm_any, Bf16Kernel, Operand};
 use super::cpu::{slice, with_slice};
-use super::gemm::{mm, View};
+use super::gemm::View;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -46,6 +51,8 @@ pub(crate) struct AttentionOp {
     pub tokens: Tokens,
     /// Probabilities kept by the forward for the backward (as a graph op; see [`Self::new`]).
     kept: Option<Mutex<Option<Vec<f32>>>>,
+    /// The kernel of bf16 products; `None`: f32 products.
+    kernel: Option<Bf16Kernel>,
 }
 
 pub(crate) struct Dims {
@@ -75,7 +82,14 @@ impl AttentionOp {
             heads,
             tokens,
             kept: graph.then(|| Mutex::new(None)),
+            kernel: None,
         }
+    }
+
+    /// The same op with its products on bf16 inputs through `kernel` (`None`: f32).
+    pub(crate) fn with_kernel(mut self, kernel: Option<Bf16Kernel>) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// `out [B, Nq, D]` = attention over `qkv [B, N, 3D]` (one rayon task per sample). With
@@ -110,25 +124,27 @@ impl AttentionOp {
         let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
         let size = nq * n;
         let per_head = p.len() > size;
+        let kernel = self.kernel;
+        let xs = Operand::new(x, kernel);
         for h in 0..self.heads {
             let p = if per_head {
                 &mut p[h * size..(h + 1) * size]
             } else {
                 &mut p[..]
             };
-            probs(x, h, dm, p);
+            probs(&xs, kernel, h, dm, p);
+            let pb = Operand::new(&p[..size], kernel);
             let v = View::new(2 * d + h * dh, 3 * d, 1);
-            mm(
+            mm_any(
+                kernel,
                 o,
                 View::new(h * dh, d, 1),
                 false,
-                p,
+                pb.mat(),
                 View::new(0, n, 1),
-                x,
+                xs.mat(),
                 v,
-                nq,
-                dh,
-                n,
+                (nq, dh, n),
                 1.0,
             );
         }
@@ -170,6 +186,8 @@ impl AttentionOp {
     ) {
         let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
         let size = nq * n;
+        let kernel = self.kernel;
+        let (xs, gs) = (Operand::new(x, kernel), Operand::new(g, kernel));
         let mut scratch = vec![0f32; if kept.is_some() { 0 } else { size }];
         let mut dp = vec![0f32; size];
         // A query-by-key matrix (Nq x N).
@@ -178,18 +196,31 @@ impl AttentionOp {
             let p: &[f32] = match kept {
                 Some(all) => &all[h * size..(h + 1) * size],
                 None => {
-                    probs(x, h, dm, &mut scratch);
+                    probs(&xs, kernel, h, dm, &mut scratch);
                     &scratch
                 }
             };
+            let pb = Operand::new(p, kernel);
             let q = View::new(h * dh, 3 * d, 1);
             let k = View::new(d + h * dh, 3 * d, 1);
             let v = View::new(2 * d + h * dh, 3 * d, 1);
             let go = View::new(h * dh, d, 1);
+            let (x, g, pm) = (xs.mat(), gs.mat(), pb.mat());
             // dV = P^T dO
-            mm(dxs, v, false, p, nn.t(), g, go, n, dh, nq, 1.0);
+            mm_any(kernel, dxs, v, false, pm, nn.t(), g, go, (n, dh, nq), 1.0);
             // dP = dO V^T
-            mm(&mut dp, nn, false, g, go, x, v.t(), nq, n, dh, 1.0);
+            mm_any(
+                kernel,
+                &mut dp,
+                nn,
+                false,
+                g,
+                go,
+                x,
+                v.t(),
+                (nq, n, dh),
+                1.0,
+            );
             // dS = P * (dP - rowsum(dP * P))
             for (dpr, pr) in dp.chunks_mut(n).zip(p.chunks(n)) {
                 let dot = super::fastmath::dot(dpr, pr);
@@ -197,9 +228,22 @@ impl AttentionOp {
                     .zip(pr)
                     .for_each(|(a, &b)| *a = b * (*a - dot));
             }
+            let dsb = Operand::new(&dp, kernel);
+            let ds = dsb.mat();
             // dQ = scale dS K ; dK = scale dS^T Q
-            mm(dxs, q, false, &dp, nn, x, k, nq, dh, n, dm.scale);
-            mm(dxs, k, false, &dp, nn.t(), x, q, n, dh, nq, dm.scale);
+            mm_any(kernel, dxs, q, false, ds, nn, x, k, (nq, dh, n), dm.scale);
+            mm_any(
+                kernel,
+                dxs,
+                k,
+                false,
+                ds,
+                nn.t(),
+                x,
+                q,
+                (n, dh, nq),
+                dm.scale,
+            );
         }
     }
 
@@ -229,21 +273,21 @@ impl AttentionOp {
 }
 
 /// Scores of head `h` of one sample into `p` (Nq x N), then row softmax in place.
-fn probs(qkv: &[f32], h: usize, dm: &Dims, p: &mut [f32]) {
+fn probs(qkv: &Operand, kernel: Option<Bf16Kernel>, h: usize, dm: &Dims, p: &mut [f32]) {
     let (n, nq, d, dh) = (dm.n, dm.nq, dm.d, dm.dh);
     let q = View::new(h * dh, 3 * d, 1);
     let k = View::new(d + h * dh, 3 * d, 1);
-    mm(
+    let x = qkv.mat();
+    mm_any(
+        kernel,
         p,
         View::new(0, n, 1),
         false,
-        qkv,
+        x,
         q,
-        qkv,
+        x,
         k.t(),
-        nq,
-        n,
-        dh,
+        (nq, n, dh),
         dm.scale,
     );
     for row in p[..nq * n].chunks_mut(n) {

@@ -5,8 +5,12 @@
 //! are switched off on load: every call runs single-threaded and the caller splits the
 //! rows over its rayon pool, so a pipeline instance still uses exactly its `resources.cpus`
 //! threads and concurrent instances do not oversubscribe the cores.
+//!
+//! Where the library exports `cblas_sbgemm` (OpenBLAS built with `BUILD_BFLOAT16=1`) it
+//! also runs the bf16 products of [`super::bf16`]: bf16 inputs, f32 accumulation and output.
 
-use super::gemm::{Product, WLayout};
+use super::gemm::{Product, View, WLayout};
+use half::bf16;
 use libloading::Library;
 use std::ffi::{c_char, CStr};
 use std::fmt;
@@ -31,12 +35,34 @@ type CblasSgemm = unsafe extern "C" fn(
     c: *mut f32,
     ldc: i32,
 );
+/// `cblas_sbgemm`: the `cblas_sgemm` interface with `bfloat16` (`uint16_t`) `a` and `b`.
+type CblasSbgemm = unsafe extern "C" fn(
+    layout: i32,
+    trans_a: i32,
+    trans_b: i32,
+    m: i32,
+    n: i32,
+    k: i32,
+    alpha: f32,
+    a: *const u16,
+    lda: i32,
+    b: *const u16,
+    ldb: i32,
+    beta: f32,
+    c: *mut f32,
+    ldc: i32,
+);
 type SetNumThreads = unsafe extern "C" fn(n: i32);
 type GetConfig = unsafe extern "C" fn() -> *const c_char;
 
 /// A loaded OpenBLAS, set to one thread per call.
 pub struct OpenBlas {
     sgemm: CblasSgemm,
+    /// `cblas_sbgemm`, where the library was built with bfloat16 support.
+    sbgemm: Option<CblasSbgemm>,
+    /// `openblas_get_corename()`: the kernel family chosen for this CPU (e.g. "Haswell",
+    /// "Cooperlake"); empty where the library does not say.
+    core: String,
     /// The name or path it was loaded from.
     source: String,
     /// `openblas_get_config()`, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64".
@@ -60,7 +86,7 @@ impl OpenBlas {
         let lib = unsafe { Library::new(name) }
             .map_err(|e| format!("cannot load {name}: {}", why(&e)))?;
         // SAFETY: the symbols are looked up with OpenBLAS's documented C signatures.
-        let (sgemm, set_threads, config) = unsafe {
+        let (sgemm, sbgemm, set_threads, config, core) = unsafe {
             let sgemm = *lib
                 .get::<CblasSgemm>(b"cblas_sgemm\0")
                 .map_err(|e| format!("{name} has no cblas_sgemm: {}", why(&e)))?;
@@ -76,27 +102,95 @@ impl OpenBlas {
                 .get::<GetConfig>(b"openblas_get_config\0")
                 .ok()
                 .map(|f| *f);
-            (sgemm, set_threads, config)
+            let core = lib
+                .get::<GetConfig>(b"openblas_get_corename\0")
+                .ok()
+                .map(|f| *f);
+            let sbgemm = lib.get::<CblasSbgemm>(b"cblas_sbgemm\0").ok().map(|f| *f);
+            (sgemm, sbgemm, set_threads, config, core)
         };
         // SAFETY: sets OpenBLAS's thread count; no product of this library is running yet.
         unsafe { set_threads(1) };
-        let config = config
-            // SAFETY: openblas_get_config returns a static NUL-terminated string.
-            .map(|f| unsafe { f() })
-            .filter(|p| !p.is_null())
-            .map(|p| {
-                unsafe { CStr::from_ptr(p) }
-                    .to_string_lossy()
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_else(|| "OpenBLAS".to_string());
+        let text = |f: Option<GetConfig>| {
+            f
+                // SAFETY: openblas_get_config / _corename return static NUL-terminated strings.
+                .map(|f| unsafe { f() })
+                .filter(|p| !p.is_null())
+                .map(|p| {
+                    unsafe { CStr::from_ptr(p) }
+                        .to_string_lossy()
+                        .trim()
+                        .to_string()
+                })
+        };
+        let config = text(config).unwrap_or_else(|| "OpenBLAS".to_string());
+        let core = text(core).unwrap_or_default();
         Ok(OpenBlas {
             sgemm,
+            sbgemm,
+            core,
             source: name.to_string(),
             config,
             _lib: lib,
         })
+    }
+
+    /// Whether the library exports `cblas_sbgemm`.
+    pub fn has_sbgemm(&self) -> bool {
+        self.sbgemm.is_some()
+    }
+
+    /// The kernel family OpenBLAS chose for this CPU (`openblas_get_corename`, e.g.
+    /// "Haswell", "Cooperlake", "SapphireRapids"; `OPENBLAS_CORETYPE` overrides its choice);
+    /// empty where the library does not say.
+    pub fn core(&self) -> &str {
+        &self.core
+    }
+
+    /// One single-threaded bf16 product `dst (m x n) = [dst +] alpha * lhs (m x k) * rhs
+    /// (k x n)` on strided views, f32 accumulation and output. The caller ([`super::bf16`])
+    /// has bounds-checked the views and checked that this library has `cblas_sbgemm`;
+    /// `dst`'s view must have unit column stride.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sbgemm_views(
+        &self,
+        dst: &mut [f32],
+        d: View,
+        acc: bool,
+        lhs: &[bf16],
+        l: View,
+        rhs: &[bf16],
+        r: View,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+    ) {
+        let sbgemm = self.sbgemm.expect("sbgemm_views: checked by the caller");
+        let (ta, lda) = l.cblas(m, k).expect("sbgemm: lhs view has no unit stride");
+        let (tb, ldb) = r.cblas(k, n).expect("sbgemm: rhs view has no unit stride");
+        let (td, ldc) = d.cblas(m, n).expect("sbgemm: dst view has no unit stride");
+        assert!(!td, "sbgemm: dst must be row-major");
+        let trans = |t: bool| if t { TRANS } else { NO_TRANS };
+        // SAFETY: the views were bounds-checked against the slices (`View::check`) and
+        // `cblas` gave leading dimensions that read exactly those elements; `dst` is a
+        // unique borrow that does not alias `lhs` or `rhs`; bf16 is a transparent u16.
+        unsafe {
+            sbgemm(
+                ROW_MAJOR,
+                trans(ta),
+                trans(tb),
+                int(m),
+                int(n),
+                int(k),
+                alpha,
+                lhs.as_ptr().add(l.offset()).cast::<u16>(),
+                int(lda),
+                rhs.as_ptr().add(r.offset()).cast::<u16>(),
+                int(ldb),
+                if acc { 1.0 } else { 0.0 },
+                dst.as_mut_ptr().add(d.offset()),
+                int(ldc),
+            )
+        }
     }
 
     /// One single-threaded `dst (+)= lhs * w` (sizes checked by `gemm::gemm_w`).

@@ -25,6 +25,22 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> 
     }
 }
 
+/// Runs `f` on the contiguous bf16 data of a CPU bf16 tensor (a frozen weight's bf16 copy).
+pub(crate) fn with_bf16_slice<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[half::bf16]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("fused op: expected a CPU bf16 tensor")
+    };
+    let data = cpu.as_slice::<half::bf16>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => f(&data[start..end]),
+        None => bail!("fused op: expected a contiguous bf16 tensor"),
+    }
+}
+
 /// Minimum number of rows per rayon task: keeps tiny tensors on one thread.
 pub(crate) fn min_rows(row_len: usize) -> usize {
     (4096 / row_len.max(1)).max(1)

@@ -19,8 +19,10 @@
 //! every token through the keys and values.
 
 use super::attention::{AttentionOp, Tokens};
-use super::cpu::slice;
+use super::bf16::Bf16Kernel;
+use super::cpu::{slice, with_bf16_slice};
 use super::frozen_linear::{input_grad, linear_rows};
+use super::gemm::Weight;
 use super::{gelu, layer_norm};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -47,6 +49,11 @@ pub(crate) struct HalfWeights {
     pub b1: Option<Tensor>,
     pub w2: Tensor,
     pub b2: Option<Tensor>,
+    /// bf16 mixed precision on the CPU: contiguous bf16 copies of `w1` and `w2` and the
+    /// kernel for them. The half's products (both linears and the attention's per-head
+    /// products, forward and backward) then take bf16 inputs with f32 accumulation;
+    /// LayerNorm, softmax, GELU and the residual stay f32.
+    pub low: Option<(Tensor, Tensor, Bf16Kernel)>,
 }
 
 /// One residual half as a custom op on `x [B, N, D]`.
@@ -97,9 +104,9 @@ impl Sizes {
 struct W<'a> {
     nw: &'a [f32],
     nb: &'a [f32],
-    w1: &'a [f32],
+    w1: Weight<'a>,
     b1: Option<&'a [f32]>,
-    w2: &'a [f32],
+    w2: Weight<'a>,
     b2: Option<&'a [f32]>,
 }
 
@@ -114,6 +121,10 @@ impl HalfWeights {
             b1: self.b1.as_ref().map(c).transpose()?,
             w2: c(&self.w2)?,
             b2: self.b2.as_ref().map(c).transpose()?,
+            low: match &self.low {
+                Some((l1, l2, k)) => Some((l1.contiguous()?, l2.contiguous()?, *k)),
+                None => None,
+            },
         })
     }
 }
@@ -137,12 +148,28 @@ impl ResidualHalfOp {
         let w = W {
             nw: s[0],
             nb: s[1],
-            w1: s[2],
+            w1: Weight::F32(s[2]),
             b1: hw.b1.as_ref().and_then(|_| rest.next()),
-            w2: s[3],
+            w2: Weight::F32(s[3]),
             b2: hw.b2.as_ref().and_then(|_| rest.next()),
         };
-        f(&w)
+        match &hw.low {
+            None => f(&w),
+            Some((l1, l2, kernel)) => with_bf16_slice(l1, |l1| {
+                with_bf16_slice(l2, |l2| {
+                    f(&W {
+                        w1: Weight::Bf16(l1, *kernel),
+                        w2: Weight::Bf16(l2, *kernel),
+                        ..w
+                    })
+                })
+            }),
+        }
+    }
+
+    /// The kernel of the bf16 products; `None`: f32.
+    fn kernel(&self) -> Option<Bf16Kernel> {
+        self.weights.low.as_ref().map(|l| l.2)
     }
 
     /// The sizes for input dims `[B, N, D]`, checking the weight shapes.
@@ -195,7 +222,7 @@ impl ResidualHalfOp {
         let Half::Attn { heads, tokens } = self.half else {
             bail!("frozen block: not an attention half")
         };
-        let op = AttentionOp::new(heads, tokens, false);
+        let op = AttentionOp::new(heads, tokens, false).with_kernel(self.kernel());
         let (_, dm) = op.dims(&[z.b, z.n, 3 * z.d])?;
         Ok((op, dm))
     }

@@ -2,12 +2,15 @@
 //! weight-gradient GEMM that candle's matmul backward always computes is skipped and no
 //! gradient buffer is allocated for the frozen weight.
 //!
-//! CPU f32 runs one [`super::gemm`] product with the bias fused in. Every other case (bf16 on CPU, any
+//! CPU f32 runs one [`super::gemm`] product with the bias fused in; with a bf16 copy of the
+//! weight and a [`Bf16Kernel`] (CPU `precision: bf16`) that product and the input gradient's
+//! take bf16 inputs and accumulate in f32, while the input, output and bias stay f32. Every other case (bf16 on CPU, any
 //! dtype on CUDA) runs the backend's own matmul on the storage ([`backend_xwt`]); the bias
 //! is then added outside the op by the caller.
 
-use super::cpu::{slice, with_slice};
-use super::gemm::{gemm_w, Product, WLayout};
+use super::bf16::Bf16Kernel;
+use super::cpu::{slice, with_bf16_slice, with_slice};
+use super::gemm::{gemm_w, Product, WLayout, Weight};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
@@ -17,6 +20,20 @@ pub(crate) struct FrozenLinearOp {
     pub w: Tensor,
     /// Optional contiguous `[N]` bias: CPU f32 only (see the module docs).
     pub b: Option<Tensor>,
+    /// A contiguous bf16 copy of `w` and the kernel for it: the CPU f32 products then take
+    /// bf16 inputs (forward and input gradient).
+    pub low: Option<(Tensor, Bf16Kernel)>,
+}
+
+impl FrozenLinearOp {
+    /// Runs `f` on the weight operand of the CPU f32 products: the bf16 copy where there
+    /// is one, else `w`.
+    fn with_weight<R>(&self, f: impl FnOnce(Weight) -> Result<R>) -> Result<R> {
+        match &self.low {
+            Some((wl, kernel)) => with_bf16_slice(wl, |w| f(Weight::Bf16(w, *kernel))),
+            None => with_slice(&self.w, |w| f(Weight::F32(w))),
+        }
+    }
 }
 
 /// `x [.., K] · w^T` through the backend's matmul, for a contiguous `x` and a contiguous
@@ -48,7 +65,7 @@ fn backend_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Res
 /// them; without a bias it starts zeroed.
 pub(crate) fn linear_rows(
     x: &[f32],
-    w: &[f32],
+    w: Weight,
     b: Option<&[f32]>,
     m: usize,
     n: usize,
@@ -75,7 +92,7 @@ pub(crate) fn linear_rows(
 
 /// A linear layer's input gradient on rows: `g [m, k_out] W` for `W [k_out, n_in]`, a new
 /// `[m, n_in]` buffer.
-pub(crate) fn input_grad(g: &[f32], w: &[f32], m: usize, n_in: usize, k_out: usize) -> Vec<f32> {
+pub(crate) fn input_grad(g: &[f32], w: Weight, m: usize, n_in: usize, k_out: usize) -> Vec<f32> {
     let mut dx = vec![0f32; m * n_in];
     let p = Product {
         m,
@@ -112,7 +129,7 @@ impl CustomOp1 for FrozenLinearOp {
             bail!("frozen_linear: input has {k} features, weight expects {wk}");
         }
         let m = x.len() / k.max(1);
-        let out = with_slice(&self.w, |ws| match &self.b {
+        let out = self.with_weight(|ws| match &self.b {
             Some(b) => with_slice(b, |bs| {
                 if bs.len() != n {
                     bail!(
@@ -148,7 +165,7 @@ impl CustomOp1 for FrozenLinearOp {
         let (n, k) = self.w.dims2()?;
         if grad.device().is_cpu() && grad.dtype() == candle_core::DType::F32 {
             let dx = with_slice(grad, |g| {
-                with_slice(&self.w, |w| Ok(input_grad(g, w, g.len() / n.max(1), k, n)))
+                self.with_weight(|w| Ok(input_grad(g, w, g.len() / n.max(1), k, n)))
             })?;
             return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
         }

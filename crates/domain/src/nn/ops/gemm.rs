@@ -17,6 +17,7 @@
 //! `off` (always the `gemm` crate), `openblas` (OpenBLAS or an error), or the path of a
 //! library that exports OpenBLAS's `cblas_sgemm` and `openblas_set_num_threads`.
 
+use super::bf16::{to_bf16, Bf16Kernel};
 use super::blas::OpenBlas;
 use rayon::prelude::*;
 use std::fmt;
@@ -43,6 +44,23 @@ pub(crate) struct Product {
     pub w: WLayout,
     /// Add to `dst` instead of overwriting it.
     pub accumulate: bool,
+}
+
+/// The frozen weight operand of [`gemm_w`]: f32, or a bf16 copy with the kernel that
+/// multiplies it (the `lhs` rows are then rounded to bf16 per call; f32 accumulation).
+#[derive(Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16], Bf16Kernel),
+}
+
+impl Weight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(w, _) => w.len(),
+        }
+    }
 }
 
 /// Products this small (m * n * k) run on one thread: splitting them costs more than it saves.
@@ -139,12 +157,14 @@ fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
 /// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), the rows split over the
 /// current rayon pool, through this process's backend ([`cpu_gemm`]; the `gemm` crate if
 /// [`ENV`] is invalid, which the CLI has reported before any product runs).
-pub(crate) fn gemm_w(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+/// With a [`Weight::Bf16`] the chunk's `lhs` rows are rounded to bf16 and the product runs
+/// in that weight's kernel.
+pub(crate) fn gemm_w(dst: &mut [f32], lhs: &[f32], w: Weight, p: Product) {
     let backend = cpu_gemm().unwrap_or(&CpuGemm::Rust);
     gemm_w_with(backend, dst, lhs, w, p)
 }
 
-fn gemm_w_with(backend: &CpuGemm, dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
+fn gemm_w_with(backend: &CpuGemm, dst: &mut [f32], lhs: &[f32], w: Weight, p: Product) {
     let Product { m, n, k, .. } = p;
     assert!(
         dst.len() == m * n && lhs.len() == m * k && w.len() == n * k,
@@ -167,20 +187,39 @@ fn gemm_w_with(backend: &CpuGemm, dst: &mut [f32], lhs: &[f32], w: &[f32], p: Pr
                 m: c.len() / n,
                 ..p
             };
-            match backend {
-                CpuGemm::Rust => rust_gemm(c, a, w, chunk),
-                CpuGemm::OpenBlas(b) => b.sgemm(c, a, w, chunk),
+            match (w, backend) {
+                (Weight::F32(w), CpuGemm::Rust) => rust_gemm(c, a, w, chunk),
+                (Weight::F32(w), CpuGemm::OpenBlas(b)) => b.sgemm(c, a, w, chunk),
+                (Weight::Bf16(w, kernel), _) => {
+                    let (m, n, k) = (chunk.m, chunk.n, chunk.k);
+                    kernel.mm(
+                        c,
+                        View::new(0, n, 1),
+                        chunk.accumulate,
+                        &to_bf16(a),
+                        View::new(0, k, 1),
+                        w,
+                        w_view(chunk),
+                        (m, n, k),
+                        1.0,
+                    )
+                }
             }
         });
+}
+
+/// The `k x n` view of the weight operand of `p`.
+fn w_view(p: Product) -> View {
+    match p.w {
+        WLayout::Nk => View::new(0, 1, p.k),
+        WLayout::Kn => View::new(0, p.n, 1),
+    }
 }
 
 /// One single-threaded product through the `gemm` crate (sizes checked by [`gemm_w`]).
 fn rust_gemm(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
     let Product { m, n, k, .. } = p;
-    let w_view = match p.w {
-        WLayout::Nk => View::new(0, 1, k),
-        WLayout::Kn => View::new(0, n, 1),
-    };
+    let w_view = w_view(p);
     mm(
         dst,
         View::new(0, n, 1),
@@ -215,7 +254,24 @@ impl View {
             cs: self.rs,
         }
     }
-    fn check(self, rows: usize, cols: usize, len: usize) {
+    /// The offset of element (0, 0).
+    pub(crate) fn offset(self) -> usize {
+        self.off
+    }
+
+    /// How a row-major CBLAS call reads this view of a `rows x cols` operand:
+    /// `(transposed, leading dimension)`; `None` when neither stride is 1.
+    pub(crate) fn cblas(self, rows: usize, cols: usize) -> Option<(bool, usize)> {
+        if self.cs == 1 && (rows <= 1 || self.rs >= cols) {
+            Some((false, self.rs.max(cols).max(1)))
+        } else if self.rs == 1 && (cols <= 1 || self.cs >= rows) {
+            Some((true, self.cs.max(rows).max(1)))
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn check(self, rows: usize, cols: usize, len: usize) {
         if rows > 0 && cols > 0 {
             let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
             assert!(last < len, "mm: matrix view out of bounds");
@@ -361,7 +417,9 @@ mod tests {
                         let want = reference(&start, &lhs, &w, p);
                         for pool in &pools {
                             let mut got = start.clone();
-                            pool.install(|| gemm_w_with(&backend, &mut got, &lhs, &w, p));
+                            pool.install(|| {
+                                gemm_w_with(&backend, &mut got, &lhs, Weight::F32(&w), p)
+                            });
                             let worst = got
                                 .iter()
                                 .zip(&want)
@@ -392,7 +450,7 @@ mod tests {
                     w: WLayout::Nk,
                     accumulate,
                 };
-                gemm_w_with(&backend, &mut dst, &[], &[], p);
+                gemm_w_with(&backend, &mut dst, &[], Weight::F32(&[]), p);
                 let want = if accumulate { 2.5 } else { 0.0 };
                 assert!(dst.iter().all(|&v| v == want), "{backend}: {dst:?}");
             }

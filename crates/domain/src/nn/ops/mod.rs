@@ -10,6 +10,8 @@
 
 mod attention;
 pub use attention::Tokens;
+mod bf16;
+pub use bf16::{cpu_bf16, cpu_has_avx512_bf16, Bf16Kernel};
 mod blas;
 mod bottleneck;
 pub use blas::OpenBlas;
@@ -87,8 +89,8 @@ pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
 /// `[B, N, D]` (`[B, 1, D]` with [`Tokens::Cls`]: only the class token queries), with
 /// dropout rate `attn_drop` on the attention matrix drawn from `masks`.
 /// Fused (one op, no layout copies) on CPU when no attention dropout is active and `low`
-/// is `None`. With `low` (bf16 mixed precision) the two products run in that dtype and
-/// the softmax in `qkv`'s dtype.
+/// is `None`. With `low` (bf16 mixed precision through candle's ops, as on CUDA) the two
+/// products run in that dtype and the softmax in `qkv`'s dtype.
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
@@ -98,9 +100,25 @@ pub fn attention(
     low: Option<DType>,
     tokens: Tokens,
 ) -> Result<Tensor> {
+    attention_bf16(qkv, heads, attn_drop, masks, imp, low, None, tokens)
+}
+
+/// [`attention`] whose fused CPU op runs its per-head products on bf16 inputs through
+/// `kernel` (CPU bf16 mixed precision, f32 accumulation; `None`: f32).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bf16(
+    qkv: &Tensor,
+    heads: usize,
+    attn_drop: f64,
+    masks: &mut crate::nn::masks::Masks,
+    imp: OpsImpl,
+    low: Option<DType>,
+    kernel: Option<Bf16Kernel>,
+    tokens: Tokens,
+) -> Result<Tensor> {
     let dropout_active = masks.training() && attn_drop > 0.0;
     if imp.fused_for(qkv) && !dropout_active && low.is_none() {
-        let op = attention::AttentionOp::new(heads, tokens, qkv.track_op());
+        let op = attention::AttentionOp::new(heads, tokens, qkv.track_op()).with_kernel(kernel);
         return qkv.contiguous()?.apply_op1(op);
     }
     let (b, n, d3) = qkv.dims3()?;
@@ -222,6 +240,7 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -
         } else {
             None
         },
+        low: None,
     };
     let y = xin.contiguous()?.apply_op1(op)?.to_dtype(out_dtype)?;
     if fuse_bias {
@@ -229,6 +248,37 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -
     } else {
         add_bias(y)
     }
+}
+
+/// [`frozen_linear`] for CPU bf16 mixed precision: `x [.., K]` (f32) times the bf16 copy
+/// `w_bf16 [N, K]` of the frozen `w` through `kernel` (bf16 inputs, f32 accumulation), plus
+/// the frozen bias in f32; the backward's dL/dx product likewise. Where the fused CPU ops do
+/// not apply to `x` (not CPU f32, or `imp` not fused) it is [`frozen_linear`] on `w`.
+pub fn frozen_linear_bf16(
+    x: &Tensor,
+    w: &Tensor,
+    w_bf16: &Tensor,
+    kernel: Bf16Kernel,
+    b: Option<&Tensor>,
+    imp: OpsImpl,
+) -> Result<Tensor> {
+    if imp != OpsImpl::Fused || !imp.fused_for(x) {
+        return frozen_linear(x, w, b, imp);
+    }
+    if w_bf16.dtype() != DType::BF16 || w_bf16.dims() != w.dims() {
+        candle_core::bail!(
+            "frozen_linear_bf16: the bf16 copy is {:?} {:?}, the weight {:?}",
+            w_bf16.dtype(),
+            w_bf16.dims(),
+            w.dims()
+        );
+    }
+    let op = frozen_linear::FrozenLinearOp {
+        w: w.detach().contiguous()?,
+        b: b.map(|b| b.detach().contiguous()).transpose()?,
+        low: Some((w_bf16.detach().contiguous()?, kernel)),
+    };
+    x.contiguous()?.apply_op1(op)
 }
 
 /// One residual half of a pre-norm block with every backbone tensor frozen, as a single
