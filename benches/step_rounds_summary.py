@@ -39,8 +39,15 @@ def main():
             what = rs[0].get("products") or (
                 f"{rs[0].get('dtype')} {rs[0].get('cpu_capability', '')} mkldnn_bf16={rs[0].get('mkldnn_bf16')}"
                 if "dtype" in rs[0] else "")
+            if what.startswith("f32 products: no bf16 kernel"):
+                what = "bf16 asked, f32 products (no bf16 kernel here)"
             gemm = rs[0].get("cpu_gemm", "")
             if gemm:
+                # "OpenBLAS 0.3.21 ... Zen MAX_THREADS=64 (libopenblas.so.0)" -> "OpenBLAS 0.3.21, Zen"
+                words = gemm.split()
+                core = [w for i, w in enumerate(words[:-1]) if words[i + 1].startswith("MAX_THREADS")]
+                if gemm.startswith("OpenBLAS") and len(words) > 1:
+                    gemm = f"OpenBLAS {words[1]}" + (f", {core[0]} kernels" if core else "")
                 what = f"{what}; {gemm}"
             print(f"| {s} | {n} | {statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f}) | "
                   f"{ratio('pytorch-f32')} | {ratio('pytorch-bf16')} | "
