@@ -8,7 +8,8 @@ use idat_pipe::nn::ops::{self, OpsImpl, Tokens};
 use nn_util::{abs_sum, rand_tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
+    let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    (f32(a) - f32(b))
         .unwrap()
         .abs()
         .unwrap()
@@ -312,4 +313,103 @@ fn bottleneck_on_a_constant_input_gives_only_parameter_gradients() {
         assert!(max_abs_diff(f, &c) < 1e-4);
         assert!(abs_sum(f) > 0.0);
     }
+}
+
+/// The devices this machine has: the CPU, and the first CUDA device when there is one.
+fn devices() -> Vec<candle_core::Device> {
+    let mut d = vec![candle_core::Device::Cpu];
+    if let Ok(cuda) = candle_core::Device::new_cuda(0) {
+        d.push(cuda);
+    }
+    d
+}
+
+/// Every fused op, on every device of this machine and every float dtype for which the
+/// kernel table (`ops::has_fused_kernel`) lists a kernel, against its composed reference
+/// (forward and every input gradient); elsewhere the op falls back to the composed one,
+/// which the fused-or-not comparison then also covers. So a CUDA kernel added to the table
+/// is compared on a GPU machine.
+/// `FrozenHalf` is compared per adapter method in tests/nn_adapters.rs (fused vs composed).
+#[test]
+fn every_fused_op_matches_composed_where_the_table_has_a_kernel() {
+    use candle_core::DType;
+    use idat_pipe::nn::masks::Masks;
+    use idat_pipe::nn::ops::{has_fused_kernel, Activation, Bottleneck, FusedOp};
+    let mut compared = 0;
+    for dev in devices() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let to = |t: Tensor| t.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
+            for op in FusedOp::ALL {
+                let (inputs, f): (Vec<Tensor>, Box<dyn Fn(&[Tensor], OpsImpl) -> Tensor>) = match op
+                {
+                    FusedOp::LayerNorm => (
+                        vec![
+                            to(rand_tensor(&[2, 5, 24], 1)),
+                            to(rand_tensor(&[24], 2)),
+                            to(rand_tensor(&[24], 3)),
+                        ],
+                        Box::new(|t, imp| ops::layer_norm(&t[0], &t[1], &t[2], 1e-6, imp).unwrap()),
+                    ),
+                    FusedOp::Softmax => (
+                        vec![to(rand_tensor(&[2, 3, 17], 4))],
+                        Box::new(|t, imp| ops::softmax_last_dim(&t[0], imp).unwrap()),
+                    ),
+                    FusedOp::Gelu => (
+                        vec![to(rand_tensor(&[4, 33], 5))],
+                        Box::new(|t, imp| ops::gelu(&t[0], imp).unwrap()),
+                    ),
+                    FusedOp::Attention => (
+                        vec![to(rand_tensor(&[2, 7, 36], 18))],
+                        Box::new(|t, imp| {
+                            ops::attention(
+                                &t[0],
+                                3,
+                                0.0,
+                                &mut Masks::eval(),
+                                imp,
+                                None,
+                                Tokens::All,
+                            )
+                            .unwrap()
+                        }),
+                    ),
+                    FusedOp::Bottleneck => (
+                        vec![
+                            to(rand_tensor(&[2, 5, 24], 40)),
+                            to(rand_tensor(&[3, 24], 41)),
+                            to(rand_tensor(&[3], 42)),
+                            to(rand_tensor(&[24, 3], 43)),
+                            to(rand_tensor(&[24], 44)),
+                        ],
+                        Box::new(|t, imp| {
+                            let p = Bottleneck {
+                                w1: &t[1],
+                                b1: &t[2],
+                                w2: &t[3],
+                                b2: &t[4],
+                                act: Activation::Gelu,
+                                scale: 1.0,
+                                residual: true,
+                            };
+                            ops::bottleneck(&t[0], &p, imp).unwrap()
+                        }),
+                    ),
+                    // Needs a CPU bf16 kernel (AVX512-BF16); compared in its own tests.
+                    FusedOp::FrozenLinearBf16 | FusedOp::FrozenHalf => continue,
+                };
+                // f32: rounding of a different summation order; bf16: 8-bit mantissas.
+                let tol = if dtype == DType::F32 { 1e-4 } else { 0.1 };
+                compare(
+                    &inputs,
+                    |t, imp| f(t, imp).to_dtype(DType::F32).unwrap(),
+                    tol,
+                );
+                if has_fused_kernel(op, &dev, dtype) {
+                    compared += 1;
+                }
+            }
+        }
+    }
+    // At least the CPU f32 kernels were compared.
+    assert!(compared >= 5, "compared {compared} fused kernels");
 }

@@ -34,7 +34,9 @@ pub fn backbone(all: &HashMap<String, Tensor>) -> BTreeMap<String, Tensor> {
 
 /// sum |t| as f32.
 pub fn abs_sum(t: &Tensor) -> f32 {
-    t.abs()
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .abs()
         .unwrap()
         .sum_all()
         .unwrap()

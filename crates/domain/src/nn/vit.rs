@@ -742,7 +742,11 @@ impl Vit {
     fn fusable_halves(&self, i: usize, x: &Tensor, f: &Fwd) -> (bool, bool) {
         let c = &self.cfg;
         let dropout = f.masks.training() && (c.drop_rate > 0.0 || c.attn_drop_rate > 0.0);
-        if f.ops != OpsImpl::Fused || !f.ops.fused_for(x) || f.low_dtype.is_some() || dropout {
+        if f.ops != OpsImpl::Fused
+            || !f.ops.fused_for(ops::FusedOp::FrozenHalf, x)
+            || f.low_dtype.is_some()
+            || dropout
+        {
             return (false, false);
         }
         let frozen = |parts: [&str; 3]| {

@@ -1,6 +1,7 @@
 //! Elementary ops of the ViT in two interchangeable implementations:
 //!
-//! * [`OpsImpl::Fused`]: on CPU f32 tensors, one-pass custom ops (`CustomOp1/3`) with a
+//! * [`OpsImpl::Fused`]: where [`has_fused_kernel`] lists the op for the tensor's device and
+//!   dtype (today CPU f32), one-pass custom ops (`CustomOp1/3`) with a
 //!   hand-written backward (LayerNorm, softmax, exact GELU) and a frozen linear whose
 //!   backward computes only dL/dx. On other devices / dtypes it falls back to the composed
 //!   version, so the fused path is never a correctness risk (candle's own fused
@@ -46,17 +47,68 @@ pub enum OpsImpl {
     FusedComposedLinear,
 }
 
+/// The ops that have a fused kernel (one pass, hand-written backward) beside their
+/// composed reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedOp {
+    /// [`layer_norm`].
+    LayerNorm,
+    /// [`softmax_last_dim`].
+    Softmax,
+    /// [`gelu`].
+    Gelu,
+    /// [`attention`] (no dropout active).
+    Attention,
+    /// [`bottleneck`], the adapter bottleneck.
+    Bottleneck,
+    /// [`frozen_linear_bf16`]'s bf16 product (the f32 [`frozen_linear`] runs its own op on
+    /// every device).
+    FrozenLinearBf16,
+    /// A whole frozen residual half of a block (`frozen_residual`).
+    FrozenHalf,
+}
+
+impl FusedOp {
+    /// Every fused op.
+    pub const ALL: [FusedOp; 7] = [
+        FusedOp::LayerNorm,
+        FusedOp::Softmax,
+        FusedOp::Gelu,
+        FusedOp::Attention,
+        FusedOp::Bottleneck,
+        FusedOp::FrozenLinearBf16,
+        FusedOp::FrozenHalf,
+    ];
+}
+
+/// Whether `op` has a fused kernel for tensors on `device` in `dtype`: THE table of where
+/// fused kernels exist, read by every op's gate ([`OpsImpl::fused_for`]). Today every fused
+/// op has a CPU f32 kernel and nothing else; a CUDA kernel for an op adds its row here (and
+/// its `cuda_fwd`), and `tests/nn_ops.rs` then compares it with the composed op on that
+/// device.
+pub fn has_fused_kernel(op: FusedOp, device: &candle_core::Device, dtype: DType) -> bool {
+    use FusedOp::*;
+    // One arm per (ops, devices, dtypes) that have kernels; the match is exhaustive over
+    // the ops, so a new fused op must say here where it runs.
+    match op {
+        LayerNorm | Softmax | Gelu | Attention | Bottleneck | FrozenLinearBf16 | FrozenHalf => {
+            device.is_cpu() && dtype == DType::F32
+        }
+    }
+}
+
 impl OpsImpl {
-    /// Whether the fused CPU kernels apply to `x`.
-    pub(crate) fn fused_for(self, x: &Tensor) -> bool {
-        self != OpsImpl::Composed && x.device().is_cpu() && x.dtype() == DType::F32
+    /// Whether `op` runs fused on `x`: this implementation fuses, and the op has a kernel
+    /// for `x`'s device and dtype ([`has_fused_kernel`]).
+    pub(crate) fn fused_for(self, op: FusedOp, x: &Tensor) -> bool {
+        self != OpsImpl::Composed && has_fused_kernel(op, x.device(), x.dtype())
     }
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
 /// Gradients flow to `x`, and to `w` / `b` when they are (or depend on) variables.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) {
+    if !imp.fused_for(FusedOp::LayerNorm, x) {
         return layer_norm_composed(x, w, b, eps);
     }
     let op = layer_norm::LayerNormOp {
@@ -70,7 +122,7 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, imp: OpsImpl) ->
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) {
+    if !imp.fused_for(FusedOp::Softmax, x) {
         return softmax_composed(x);
     }
     x.contiguous()?.apply_op1(softmax::SoftmaxOp)
@@ -78,7 +130,7 @@ pub fn softmax_last_dim(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
 
 /// Exact (erf) GELU.
 pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) {
+    if !imp.fused_for(FusedOp::Gelu, x) {
         return gelu_composed(x);
     }
     x.contiguous()?.apply_op1(gelu::GeluOp)
@@ -117,7 +169,7 @@ pub fn attention_bf16(
     tokens: Tokens,
 ) -> Result<Tensor> {
     let dropout_active = masks.training() && attn_drop > 0.0;
-    if imp.fused_for(qkv) && !dropout_active && low.is_none() {
+    if imp.fused_for(FusedOp::Attention, qkv) && !dropout_active && low.is_none() {
         let op = attention::AttentionOp::new(heads, tokens, qkv.track_op()).with_kernel(kernel);
         return qkv.contiguous()?.apply_op1(op);
     }
@@ -162,7 +214,7 @@ pub struct Bottleneck<'a> {
 /// `ops/bottleneck.rs`); composed otherwise. No dropout: callers with dropout active use
 /// [`bottleneck_composed`].
 pub fn bottleneck(x: &Tensor, p: &Bottleneck, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(x) {
+    if !imp.fused_for(FusedOp::Bottleneck, x) {
         return bottleneck_composed(x, p, imp, Ok);
     }
     let p1 = Tensor::cat(&[p.w1, &p.b1.unsqueeze(1)?], 1)?;
@@ -262,7 +314,7 @@ pub fn frozen_linear_bf16(
     b: Option<&Tensor>,
     imp: OpsImpl,
 ) -> Result<Tensor> {
-    if imp != OpsImpl::Fused || !imp.fused_for(x) {
+    if imp != OpsImpl::Fused || !imp.fused_for(FusedOp::FrozenLinearBf16, x) {
         return frozen_linear(x, w, b, imp);
     }
     if w_bf16.dtype() != DType::BF16 || w_bf16.dims() != w.dims() {
@@ -285,7 +337,7 @@ pub fn frozen_linear_bf16(
 /// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` for [`Half::Attn`] (only the class
 /// token's row of it with [`Tokens::Cls`]), `x + s * fc2(GELU(fc1(LN(x))))` for
 /// [`Half::Mlp`]; `scale` holds the per-sample drop-path factors `s`. Only dL/dx flows
-/// back. Callers use it where [`OpsImpl::fused_for`] holds.
+/// back. Callers use it where [`OpsImpl::fused_for`] holds for [`FusedOp::FrozenHalf`].
 pub(crate) fn frozen_residual(
     x: &Tensor,
     w: &HalfWeights,
