@@ -9,6 +9,8 @@
 //! The engine names no stage kind: a domain crate implements [`stages::StageKind`] and a
 //! binary registers its kinds in a [`stages::Registry`].
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod config;
 pub mod exec;

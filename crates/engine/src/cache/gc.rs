@@ -7,12 +7,21 @@ use std::fs;
 /// What `gc` removed (or would remove with `dry_run`).
 #[derive(Debug, Default)]
 pub struct GcReport {
+    /// Keys (64 hex digits) of the committed entries removed: no instance record points at
+    /// them and no live run holds their lock.
     pub entries: Vec<String>,
+    /// Temporary output directories (`tmp/<key>.<pid>`) removed: left by writers that died,
+    /// their key not locked.
     pub tmp: usize,
+    /// Checkpoint directories (`pending/<key>`) removed: their key is not locked, and no
+    /// instance record points at it or its entry exists.
     pub pending: usize,
+    /// Quarantined corrupt entries (`corrupt/<key>.<time>.<pid>`) removed.
     pub corrupt: usize,
     /// External-input hash memos whose input is gone (or unreadable memos).
     pub external: usize,
+    /// Bytes freed (or that would be freed under `dry_run`): the sizes of the files of
+    /// everything counted above.
     pub bytes: u64,
 }
 
@@ -84,12 +93,23 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
 /// Summary for `idat-pipe status`.
 #[derive(Debug, Default)]
 pub struct Status {
+    /// Committed entries under `entries/`.
     pub entries: usize,
+    /// Total size of those entries in bytes (their files, manifests included).
     pub entry_bytes: u64,
+    /// Instance records under `instances/`: one per instance id, written when it ran, failed
+    /// or was found cached.
     pub instances: usize,
+    /// (instance id, error) of every instance whose last outcome was a failure, sorted; the
+    /// error is the first line of its message (empty when none was recorded).
     pub failed: Vec<(String, String)>,
+    /// Checkpoint directories under `pending/`: computations that failed, were killed or
+    /// crashed, or are running now.
     pub pending: usize,
+    /// Keys whose lock a live process holds now: entries being computed by a `run` or
+    /// `exec-stage`.
     pub locked: usize,
+    /// Entries quarantined under `corrupt/` after failing verification (`gc` removes them).
     pub corrupt: usize,
     /// Per stage id (the instance id before `[`): instance records by outcome.
     pub per_stage: std::collections::BTreeMap<String, StageCounts>,
@@ -100,6 +120,7 @@ pub struct Status {
 pub struct StageCounts {
     /// Last outcome ok and the entry is present.
     pub ok: usize,
+    /// Last outcome failed.
     pub failed: usize,
     /// Last outcome ok but the entry is gone (removed by gc or by hand).
     pub missing: usize,

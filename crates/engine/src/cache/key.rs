@@ -8,8 +8,12 @@ pub const CACHE_FORMAT: u32 = 1;
 /// What a key is made of. Stored beside entries and per instance, so `plan` can say which part changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyParts {
+    /// [`CACHE_FORMAT`] when the key was made: bumping it makes every older key differ.
     pub format: u32,
+    /// The instance's `uses:` name (its stage kind), e.g. `train/idat`.
     pub kind: String,
+    /// The kind's [`StageKind::VERSION`](crate::stages::StageKind::VERSION) (0 when the kind
+    /// is not registered).
     pub kind_version: u32,
     /// Resolved `with:` less the kind's non-output params; `${stages...}` references stay as text.
     pub params: Value,
@@ -24,15 +28,23 @@ pub struct KeyParts {
 /// One external input in a key: the path as written in `with:` and its content hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalPart {
+    /// The path the kind lists for it (as written in `with:`, lossily made UTF-8); `plan`
+    /// names it when its content changes.
     pub path: String,
+    /// blake3 hex of the file's or folder's content
+    /// ([`ExternalHash::hash`](crate::cache::ExternalHash::hash)).
     pub content_hash: String,
 }
 
 /// One upstream entry in a key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamPart {
+    /// The stage id in this instance's `needs` that the upstream instance belongs to.
     pub need: String,
+    /// Upstream instance id, e.g. `tune[task=dtd,seed=1]`.
     pub instance: String,
+    /// The upstream entry's [`Manifest::content_hash`](crate::cache::Manifest::content_hash)
+    /// (blake3 hex over its file list).
     pub content_hash: String,
 }
 

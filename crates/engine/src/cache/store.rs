@@ -28,29 +28,41 @@ const MANIFEST: &str = "manifest.json";
 pub struct FileEntry {
     /// Relative path with `/` separators.
     pub path: String,
+    /// File size in bytes.
     pub size: u64,
+    /// blake3 hex of the file's content; [`verify_entry`] re-hashes the file against it.
     pub blake3: String,
 }
 
 /// What makes a directory a cache entry. Written last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`CACHE_FORMAT`](super::key::CACHE_FORMAT) of the writer.
     pub format: u32,
+    /// The cache key (64 hex digits) the entry was committed under: its directory name.
     pub key: String,
+    /// Id of the instance that computed it (other instances with the same key reuse it).
     pub instance: String,
+    /// What the key is made of ([`KeyParts::key`] of it is `key`).
     pub parts: KeyParts,
+    /// Every output file (`manifest.json` itself excluded), sorted by path.
     pub files: Vec<FileEntry>,
     /// blake3 over the file list (paths, sizes, hashes): what downstream keys use.
     pub content_hash: String,
+    /// When the entry was committed, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// Wall-clock seconds the stage's `run` took (hashing and committing excluded).
     pub seconds: f64,
+    /// Package version of the idat-engine that committed it (`CARGO_PKG_VERSION`), e.g. `0.1.0`.
     pub tool_version: String,
 }
 
 /// Result of looking a key up.
 #[derive(Debug)]
 pub enum Lookup {
+    /// A verified entry: every file matches its manifest.
     Hit(Box<Manifest>),
+    /// No entry directory for the key.
     Missing,
     /// The entry exists but does not match its manifest (or has none).
     Corrupt(String),
@@ -59,12 +71,16 @@ pub enum Lookup {
 /// Last outcome of an instance id (for `plan` reasons).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceRecord {
+    /// The instance id the record is for, e.g. `tune[task=dtd,seed=1]`.
     pub instance: String,
+    /// Cache key (64 hex digits) of its last run or cache hit.
     pub key: String,
+    /// What that key is made of: `plan` diffs it against the current parts to say what changed.
     pub parts: KeyParts,
     /// `ok` or `failed`.
     pub status: String,
     #[serde(default)]
+    /// The first line of the error when `status` is `failed`; `None` when `ok`.
     pub error: Option<String>,
 }
 
@@ -76,6 +92,7 @@ pub struct KeyLock {
 /// A cache directory.
 #[derive(Debug, Clone)]
 pub struct Cache {
+    /// The cache directory, laid out as in this module's docs; [`Cache::open`] creates it.
     pub root: PathBuf,
 }
 
@@ -209,6 +226,8 @@ impl Cache {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR))
     }
 
+    /// The directory of the committed entry of `key`, `<root>/entries/<key>` (whether it
+    /// exists or not).
     pub fn entry_dir(&self, key: &str) -> PathBuf {
         self.root.join("entries").join(key)
     }
@@ -426,12 +445,15 @@ fn short_hash(h: &str) -> String {
 }
 
 /// Verify the entry directory `dir` of `key` against its `manifest.json`, re-hashing every
-/// file. Error: one message naming the entry (`entry <dir> (instance `<id>`)`) followed by
-/// every difference found, each naming its file and the property that differs:
-/// `file `a.txt` listed in the manifest is missing`, `file `b.txt` is not in the manifest
-/// (extra file)`, `file `c.bin`: size differs (expected 10 bytes, found 9 bytes)`,
-/// `file `c.bin`: content hash differs (expected blake3 0123456789ab.., found
-/// ba9876543210..), size matches (10 bytes)`; or what is wrong with the manifest itself.
+/// file.
+///
+/// # Errors
+/// One message naming the entry (``entry <dir> (instance `<id>`)``) followed by every
+/// difference found, each naming its file and the property that differs:
+/// ``file `a.txt` listed in the manifest is missing``, ``file `b.txt` is not in the
+/// manifest (extra file)``, ``file `c.bin`: size differs (expected 10 bytes, found 9
+/// bytes)``, ``file `c.bin`: content hash differs (expected blake3 0123456789ab.., found
+/// ba9876543210..), size matches (10 bytes)``; or what is wrong with the manifest itself.
 pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, String> {
     let mut name = format!("entry {}", dir.display());
     let fail = |name: &str, problems: Vec<String>| -> String {

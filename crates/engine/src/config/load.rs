@@ -18,10 +18,14 @@ pub const MAX_INSTANCES: usize = 1_000_000;
 /// One error in a pipeline file, with where it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnostic {
+    /// The pipeline file as given (its path as displayed), or `--set` for an error in an override.
     pub file: String,
+    /// 1-based line and column of the offending node; `None` when the error has no place in
+    /// the file (e.g. an unreadable or too large file, an error in a `--set` override).
     pub pos: Option<Pos>,
     /// Dotted YAML path, e.g. `stages.tune.with.lr` (empty for the whole file).
     pub path: String,
+    /// What is wrong and what was expected.
     pub message: String,
 }
 
@@ -43,12 +47,15 @@ impl fmt::Display for Diagnostic {
 pub struct Instance {
     /// Readable id: `tune[task=dtd,seed=1]`, or the stage id without a matrix.
     pub id: String,
+    /// The stage id (its key under `stages:`), e.g. `tune`.
     pub stage: String,
+    /// The stage's `uses:` name: the kind that runs it, e.g. `train/idat`.
     pub uses: String,
     /// Matrix cell, axes in declared order.
     pub cell: Vec<(String, Value)>,
     /// `with:` with params and matrix resolved; `${stages...}` references kept as text.
     pub with: Value,
+    /// The stage's `resources:` (CPU slots, GPUs, memory, time limit), the same for every cell.
     pub resources: Resources,
 }
 
@@ -62,13 +69,18 @@ impl Instance {
 /// A valid, expanded pipeline.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// Path of the pipeline file ([`load`]), or the label [`load_str`] was given.
     pub file: PathBuf,
+    /// The pipeline's `name:` (used in run ids and reports).
     pub name: String,
     /// The document after overrides (written to the run record).
     pub resolved: Value,
+    /// The `--set` texts as given, in order (the run record writes them to `overrides.txt`).
     pub overrides: Vec<String>,
     /// Stages in file order.
     pub stages: Vec<(String, StageSpec)>,
+    /// Every stage instance: stages in file order, each stage's matrix cells with the last
+    /// axis varying fastest.
     pub instances: Vec<Instance>,
 }
 

@@ -10,7 +10,10 @@ use serde_json::Value;
 /// One parsed `--set [+]PATH=VALUE`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Override {
+    /// The dotted path split at `.`, e.g. `["params", "lr"]` (a list item by its index, `"0"`).
     pub path: Vec<String>,
+    /// The value read as YAML (`null` or `~` is null, an empty value the empty string; text that
+    /// is not YAML is a string).
     pub value: Value,
     /// The text as given, for messages and the run record.
     pub raw: String,

@@ -10,7 +10,13 @@ pub enum Ref {
     /// `${matrix.AXIS}`: this instance's value on a matrix axis.
     Matrix(String),
     /// `${stages.ID.outputs[.FILE]}`: an upstream entry directory (or a file in it) at run time.
-    Outputs { stage: String, file: Option<String> },
+    Outputs {
+        /// The upstream stage id (it must be in this stage's `needs`).
+        stage: String,
+        /// A file below the entry directory (the rest of the reference, dots kept:
+        /// `report.md`); `None` for the directory itself.
+        file: Option<String>,
+    },
 }
 
 /// Split a string into literal text and references. Errors name the bad reference.
@@ -38,7 +44,9 @@ pub fn parse_refs(s: &str) -> Result<Vec<Piece>, String> {
 /// Literal text or a reference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
+    /// Literal text between references.
     Text(String),
+    /// A `${...}` reference.
     Ref(Ref),
 }
 

@@ -12,7 +12,9 @@ pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// 1-based line and column of a YAML node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {
+    /// Line, counting from 1.
     pub line: u64,
+    /// Column, counting from 1.
     pub col: u64,
 }
 
@@ -20,7 +22,9 @@ pub struct Pos {
 /// keyed by dotted path (`stages.tune.with.lr`, list items as `matrix.seed.0`).
 #[derive(Debug, Clone)]
 pub struct Located {
+    /// The document as JSON (YAML mappings as objects, sequences as arrays).
     pub value: Value,
+    /// Where each node's value starts, by dotted path (the root at the empty path).
     pub positions: HashMap<String, Pos>,
     /// Where the key of each mapping entry is, by the same dotted path (an unknown key is
     /// reported at the key, not at its value, which may be on another line).
@@ -203,7 +207,10 @@ fn flatten(
 /// A YAML syntax error with its position (when the parser knows it).
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
+    /// Where the parser stopped; `None` when there is no place to name (a file over
+    /// [`MAX_FILE_BYTES`]).
     pub pos: Option<Pos>,
+    /// What is wrong, in the parser's words or ours (an empty document, a tab in the indentation).
     pub message: String,
 }
 

@@ -37,9 +37,12 @@ pub enum ProgressUpdate {
 pub struct Finished {
     /// The instance's index in the graph.
     pub index: usize,
+    /// Cached or ran (with the entry's manifest), or failed (with the error message).
     pub outcome: Outcome,
     /// When it started and ended, seconds since the Unix epoch.
     pub start: f64,
+    /// When it ended, seconds since the Unix epoch: `end - start` is the duration the trace
+    /// and the reporter show.
     pub end: f64,
 }
 
@@ -48,7 +51,9 @@ pub struct Finished {
 pub enum Event {
     /// Progress of the instance with graph index `index`.
     Progress {
+        /// Graph index of the instance, as given to [`Executor::submit`].
         index: usize,
+        /// What changed.
         update: ProgressUpdate,
     },
     /// The instance ended (ran, was found cached, or failed).

@@ -12,8 +12,12 @@ use std::sync::Arc;
 /// cancelled are the executor's business ([`super::stage::exec_stage`] takes them).
 #[derive(Clone)]
 pub struct StageJob {
+    /// The cache the entry is looked up in and committed to.
     pub cache: Cache,
+    /// The instance to run: its id, `uses:` name and resolved `with:` (its `${stages...}`
+    /// references are resolved against `inputs` when it runs).
     pub instance: Instance,
+    /// The registered kind of `instance.uses`, which runs it.
     pub kind: Arc<dyn DynStage>,
     /// The key's parts; `parts.key()` is the entry's cache key.
     pub parts: KeyParts,
@@ -41,9 +45,13 @@ pub struct Committed {
 /// Where a job runs and what it may use (the parts of [`StageJob`] not taken from the graph).
 #[derive(Debug, Clone)]
 pub struct JobSettings {
+    /// The instance's log file in the run record (appended to).
     pub log_path: PathBuf,
+    /// `cpu`, `cuda` or `cuda:N` (`--device`).
     pub device: String,
+    /// CPU threads for the instance's kernels (the scheduler gives its CPU slots).
     pub threads: usize,
+    /// Recompute even when a valid entry exists (`--force`).
     pub force: bool,
 }
 

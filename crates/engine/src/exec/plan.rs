@@ -10,8 +10,20 @@ use std::path::PathBuf;
 /// What will happen to one instance.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Cached { key: String, content_hash: String },
-    Run { reasons: Vec<String> },
+    /// A verified entry exists: it is reused.
+    Cached {
+        /// Cache key (64 hex digits): the entry's directory name.
+        key: String,
+        /// The entry's content hash (blake3 hex), which downstream keys are made of.
+        content_hash: String,
+    },
+    /// The instance will be computed (or fail).
+    Run {
+        /// Why, as `plan` prints them, e.g. `new`, `forced (--force)`,
+        /// ``param `lr` changed: 0.1 -> 0.2``, ``upstream `a` will run``, `will fail: ...`,
+        /// or what it resumes from.
+        reasons: Vec<String>,
+    },
 }
 
 /// The key parts of an instance less its external inputs (nothing is read from disk).

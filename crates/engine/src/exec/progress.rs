@@ -216,6 +216,7 @@ static DRAWN_BARS: Mutex<Option<MultiProgress>> = Mutex::new(None);
 /// with `colour` false, escape codes are removed (see `cli::stderr_colour`).
 #[derive(Debug, Clone, Copy)]
 pub struct LogStderr {
+    /// Keep ANSI escape codes (stderr shows colour); `false` removes them before writing.
     pub colour: bool,
 }
 

@@ -7,13 +7,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// One row of `trace.csv`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TraceRow {
+    /// Instance id, e.g. `tune[task=dtd,seed=1]`.
     pub instance: String,
+    /// Cache key (64 hex digits) it was run or found under; empty when it was skipped or
+    /// failed before it started.
     pub key: String,
     /// `cached`, `ran`, `failed` or `skipped`.
     pub status: String,
     /// Unix time, seconds.
     pub start: f64,
+    /// Unix time, seconds, when it ended (equal to `start` when it never ran).
     pub end: f64,
+    /// `end - start`, in seconds.
     pub seconds: f64,
 }
 
@@ -49,6 +54,8 @@ pub fn stamp(unix: u64) -> String {
 
 /// A run's record directory.
 pub struct RunRecord {
+    /// The record directory, `runs/<YYYYMMDD-HHMMSS-mmm>-<short>/`: `config.yaml`,
+    /// `overrides.txt`, `trace.csv` and `logs/<instance>.log`.
     pub dir: PathBuf,
 }
 

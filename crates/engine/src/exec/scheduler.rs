@@ -30,7 +30,9 @@ pub struct RunOptions {
 /// A failed instance, for the failure report.
 #[derive(Debug, Clone)]
 pub struct Failure {
+    /// Id of the failed instance.
     pub instance: String,
+    /// The error message, every line (the instance's cache record keeps only the first).
     pub error: String,
     /// Its log file (empty when it failed before it started).
     pub log: std::path::PathBuf,
@@ -41,11 +43,18 @@ pub struct Failure {
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct RunSummary {
+    /// Instances computed and committed in this run.
     pub ran: usize,
+    /// Instances whose verified entry was reused.
     pub cached: usize,
+    /// Failed instances, in the order they ended.
     pub failed: Vec<Failure>,
+    /// Instances that never started: below a failure, or not launched after a failure
+    /// (without `--keep-going`) or after Ctrl-C.
     pub skipped: usize,
+    /// Ctrl-C stopped the run.
     pub interrupted: bool,
+    /// One row per instance, in the order they ended (skipped ones last): `trace.csv`.
     pub trace: Vec<TraceRow>,
 }
 
@@ -60,13 +69,19 @@ enum State {
 
 /// What the scheduler works with, borrowed for one run.
 pub struct RunContext<'a> {
+    /// The instances to run and their upstream edges.
     pub graph: &'a Graph,
+    /// The stage kinds the instances' `uses:` names resolve to.
     pub registry: &'a Registry,
+    /// Where entries are looked up and committed.
     pub cache: &'a Cache,
+    /// The run record the instances' log files are in.
     pub record: &'a RunRecord,
+    /// `--keep-going`, `--force` and `--device`.
     pub options: &'a RunOptions,
     /// Set by Ctrl-C.
     pub cancel: &'a AtomicBool,
+    /// Shows what starts, progresses and ends (bars, plain lines or nothing).
     pub reporter: Arc<dyn Reporter>,
 }
 

@@ -16,7 +16,9 @@ use std::time::Instant;
 pub enum Outcome {
     /// A valid entry existed (possibly committed meanwhile by a concurrent run).
     Cached(Box<Manifest>),
+    /// The stage ran and its outputs were committed as this entry.
     Ran(Box<Manifest>),
+    /// The error message (causes joined by `: `); nothing was committed.
     Failed(String),
 }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 /// One entry's summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntrySummary {
+    /// The instance whose entry it is.
     pub instance: String,
     /// The committed entry directory.
     pub dir: PathBuf,

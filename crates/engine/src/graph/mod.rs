@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 /// Instances with their upstream edges.
 #[derive(Debug, Clone)]
 pub struct Graph {
+    /// The pipeline's instances in load order ([`Loaded::instances`]): instance `i` of
+    /// `deps`, `order` and `dag` is `instances[i]`.
     pub instances: Vec<Instance>,
     /// For each instance: (need stage, upstream instance index), in `needs` order.
     pub deps: Vec<Vec<(String, usize)>>,

@@ -26,6 +26,7 @@ pub struct Input {
 pub trait Progress: Send + Sync {
     /// Units of work in this instance (e.g. epochs x steps).
     fn set_total(&self, total: u64);
+    /// Units of work done so far (out of the total).
     fn set_position(&self, pos: u64);
     /// Short status, e.g. `epoch 3/10 loss 0.412 acc 81.2%`.
     fn set_message(&self, msg: &str);
@@ -39,6 +40,9 @@ impl Progress for NoProgress {
     fn set_message(&self, _: &str) {}
 }
 
+/// What a running stage instance sees: where to write and checkpoint, its upstream
+/// inputs, device and threads, its log, its progress sink and whether to stop. The runner
+/// builds it ([`crate::exec::exec_stage`]); tests build one with [`StageContext::new`].
 pub struct StageContext {
     /// Readable instance id, e.g. `tune[task=dtd,method=idat,seed=1]`.
     pub instance_id: String,
@@ -52,12 +56,16 @@ pub struct StageContext {
     pub device: String,
     /// CPU threads this instance may use.
     pub threads: usize,
+    /// Where the stage reports progress (a bar, plain lines, or nothing: [`NoProgress`]).
     pub progress: Arc<dyn Progress>,
     log: Option<Mutex<File>>,
     cancel: Arc<AtomicBool>,
 }
 
 impl StageContext {
+    /// A context writing to `out_dir` and checkpointing in `checkpoint_dir`, with no inputs,
+    /// device `cpu`, 1 thread, no progress display, no log file (log lines go to tracing
+    /// only) and nothing to cancel it; the runner sets the rest.
     pub fn new(instance_id: impl Into<String>, out_dir: PathBuf, checkpoint_dir: PathBuf) -> Self {
         Self {
             instance_id: instance_id.into(),
@@ -83,6 +91,8 @@ impl StageContext {
         Ok(self)
     }
 
+    /// Stop when `cancel` becomes true: [`StageContext::check_cancel`] then fails with
+    /// `interrupted`.
     pub fn with_cancel(mut self, cancel: Arc<AtomicBool>) -> Self {
         self.cancel = cancel;
         self

@@ -28,6 +28,7 @@ pub struct ParamError {
 }
 
 impl ParamError {
+    /// An error at `path` (dotted, below `with`; empty for the whole `with:`) saying `message`.
     pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),

@@ -8,9 +8,13 @@ use std::sync::Arc;
 
 /// A stage kind with its parameter type erased, as the runner sees it.
 pub trait DynStage: Send + Sync {
+    /// [`StageKind::NAME`]: the `uses:` name.
     fn name(&self) -> &'static str;
+    /// [`StageKind::VERSION`]: part of every cache key of the kind.
     fn version(&self) -> u32;
+    /// [`StageKind::SUMMARY`]: one line for the schema and docs.
     fn summary(&self) -> &'static str;
+    /// [`StageKind::NON_OUTPUT_PARAMS`]: top-level `with:` fields left out of the cache key.
     fn non_output_params(&self) -> &'static [&'static str];
     /// JSON Schema of `with:` (subschemas go to the generator's definitions).
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
@@ -23,6 +27,12 @@ pub trait DynStage: Send + Sync {
     fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf>;
     /// [`StageKind::resume_point`].
     fn resume_point(&self, checkpoint_dir: &std::path::Path) -> anyhow::Result<Option<String>>;
+    /// Deserialize `with:` (its `${stages...}` references already replaced by paths), run
+    /// [`StageKind::check`], then [`StageKind::run`].
+    ///
+    /// # Errors
+    /// `with:` does not deserialize (serde's message), fails [`StageKind::check`] (the
+    /// message names the field as `with.PATH` when it has one), or the kind's `run` failed.
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()>;
 }
 
@@ -91,20 +101,25 @@ impl Registry {
         Self::default()
     }
 
+    /// Register kind `K` under its [`StageKind::NAME`] (replacing a kind of the same name);
+    /// returns `self` for chaining.
     pub fn register<K: StageKind>(&mut self) -> &mut Self {
         self.kinds
             .insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
         self
     }
 
+    /// The kind registered under the `uses:` name `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn DynStage>> {
         self.kinds.get(name)
     }
 
+    /// The registered `uses:` names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
     }
 
+    /// The registered kinds, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynStage>> {
         self.kinds.values()
     }
