@@ -299,6 +299,19 @@ fn t_cancel() {
     }
     // Only `first` was committed.
     assert_eq!(files(&d.path().join(".idat/entries")).len(), 1);
+    // The job wrote its progress to the instance log, where `run` reads it for its bars.
+    let run = files(&d.path().join("runs")).pop().unwrap();
+    let logs = files(&run.join("logs"));
+    let long = logs
+        .iter()
+        .find(|p| p.to_string_lossy().contains("/long"))
+        .unwrap();
+    let log = lines(long);
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("progress: ") && l.contains("/30")),
+        "{log:?}"
+    );
 }
 
 fn t_kill_resume() {
