@@ -239,6 +239,13 @@ fn t_failure() {
         err.contains("1 ran, 0 cached, 2 failed, 1 skipped"),
         "{err}"
     );
+    // `--gpus` counts local GPUs: refused with the Slurm executor, before anything runs.
+    let o = cli_cmd(d.path(), &["run", &p, "--executor", "slurm", "--gpus", "1"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--gpus counts this machine's GPUs"), "{err}");
 }
 
 /// Start `run` on long.yaml under Slurm and wait until the long stage's job has started.
