@@ -52,7 +52,7 @@ pub struct SlurmExecutor {
     cache: Cache,
     pending: Vec<(usize, StageJob)>,
     tasks: Vec<Tracked>,
-    /// Job ids of every array submitted or adopted (what `cancel` cancels).
+    /// Job ids of every array submitted or adopted (`cancel` cancels those still running).
     arrays: Vec<String>,
     events: Vec<Event>,
     interval: Duration,
@@ -336,7 +336,13 @@ impl Executor for SlurmExecutor {
                 now,
             );
         }
-        let ids = self.arrays.clone();
+        // The arrays with a task not yet seen ending (finished arrays need no scancel).
+        let ids: Vec<String> = self
+            .arrays
+            .iter()
+            .filter(|a| self.tasks.iter().any(|t| &t.task.array == *a))
+            .cloned()
+            .collect();
         self.note = match queue::scancel(&ids) {
             Ok(()) if ids.is_empty() => None,
             Ok(()) => Some(format!(
