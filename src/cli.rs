@@ -3,10 +3,14 @@
 //! (`infer`, `bench`) add a variant and a function.
 use crate::cache::gc::{gc, status};
 use crate::cache::Cache;
+use crate::config::model::ExecutorKind;
 use crate::config::{load, Diagnostic, Loaded};
 use crate::exec::progress::reporter;
 use crate::exec::record::RunRecord;
-use crate::exec::{plan, Decision, LocalExecutor, RunContext, RunOptions, RunSummary};
+use crate::exec::slurm::ExecCommand;
+use crate::exec::{
+    plan, Decision, Executor, LocalExecutor, RunContext, RunOptions, RunSummary, SlurmExecutor,
+};
 use crate::graph::Graph;
 use crate::stages::Registry;
 // Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
@@ -81,6 +85,16 @@ struct RunArgs {
     /// Device handed to stages: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where instances run (default: the file's `executor:`, else local). `slurm` submits
+    /// job arrays (docs/slurm.md).
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -140,6 +154,9 @@ enum Command {
         log: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Recompute even when a valid entry exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -245,7 +262,8 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
             instance,
             log,
             device,
-        } => cmd_exec_stage(&registry, &cache_dir, &p, &instance, log, device),
+            force,
+        } => cmd_exec_stage(&registry, &cache_dir, &p, &instance, log, (device, force)),
     };
     match r {
         Ok(c) => c,
@@ -454,8 +472,13 @@ fn cmd_run(
             forced: f,
             device: a.device.clone(),
         };
-        let gpus = a.gpus.unwrap_or_else(detect_gpus);
-        let mut executor = LocalExecutor::new(a.jobs, gpus, cancel.clone());
+        let mut executor = match make_executor(l, &a, &cache, cancel.clone()) {
+            Ok(e) => e,
+            Err(m) => {
+                eprintln!("error: {m}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        };
         let run = RunContext {
             graph: &g,
             registry,
@@ -465,7 +488,7 @@ fn cmd_run(
             cancel: &cancel,
             reporter: rep.clone(),
         };
-        let s = crate::exec::schedule(&run, &mut executor);
+        let s = crate::exec::schedule(&run, executor.as_mut());
         drop(run);
         drop(rep);
         record.write_trace(&s.trace)?;
@@ -509,6 +532,44 @@ fn report_run(s: &RunSummary, record_dir: &Path, quiet: bool, resume: &str) -> E
         return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS
+}
+
+/// The executor `run` uses: `--executor`, else the file's `executor:`, else local.
+fn make_executor(
+    l: &Loaded,
+    a: &RunArgs,
+    cache: &Cache,
+    cancel: Arc<AtomicBool>,
+) -> Result<Box<dyn Executor>, String> {
+    let slurm = match a.executor {
+        Some(e) => matches!(e, ExecutorArg::Slurm),
+        None => l.executor == Some(ExecutorKind::Slurm),
+    };
+    if !slurm {
+        let gpus = a.gpus.unwrap_or_else(detect_gpus);
+        return Ok(Box::new(LocalExecutor::new(a.jobs, gpus, cancel)));
+    }
+    if a.gpus.is_some() {
+        return Err(
+            "--gpus counts this machine's GPUs for the local executor; with the Slurm \
+                    executor a stage asks for GPUs with `resources.gpus`"
+                .into(),
+        );
+    }
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+    let command = ExecCommand {
+        exe: std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+        pipeline: abs(&a.p.file)?,
+        overrides: a.p.set.clone(),
+        cache_dir: abs(&cache.root)?,
+        device: a.device.clone(),
+    };
+    let cache = Cache::open(&command.cache_dir).map_err(|e| format!("{e:#}"))?;
+    Ok(Box::new(SlurmExecutor::new(
+        l.slurm.clone(),
+        command,
+        cache,
+    )))
 }
 
 fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
@@ -567,7 +628,7 @@ fn cmd_exec_stage(
     p: &PipelineArgs,
     instance: &str,
     log: Option<PathBuf>,
-    device: String,
+    (device, force): (String, bool),
 ) -> anyhow::Result<ExitCode> {
     use crate::exec::{build_job, exec_stage, Committed, JobSettings, Outcome};
     with_loaded(registry, p, |l| {
@@ -593,12 +654,21 @@ fn cmd_exec_stage(
                     .join(format!("{}.log", crate::cache::store::sanitize(instance)))
             }),
             device,
-            threads: default_jobs(),
-            force: false,
+            // Under Slurm, the task's `--cpus-per-task`.
+            threads: std::env::var("SLURM_CPUS_PER_TASK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(default_jobs),
+            force,
         };
         let job = build_job(&g, i, registry, &cache, &committed, settings)
             .map_err(|e| anyhow::anyhow!("{instance}: {e}"))?;
-        match exec_stage(&job, Arc::new(crate::stages::NoProgress), cancel_flag()) {
+        // Progress as `progress: POS/TOTAL MESSAGE` lines in the log (what the Slurm
+        // executor shows as bars).
+        let progress = Arc::new(crate::exec::slurm::progress::LogProgress::new(
+            &job.log_path,
+        ));
+        match exec_stage(&job, progress, cancel_flag()) {
             Outcome::Cached(m) => println!("cached {instance} {}", m.key),
             Outcome::Ran(m) => println!("ran {instance} {}", m.key),
             Outcome::Failed(e) => {

@@ -175,6 +175,6 @@ fn an_unknown_top_level_key_is_reported_at_the_key() {
     assert_eq!(
         e[0].to_string(),
         "q.yaml:3:1: at `stagse`: unknown field `stagse` (expected: version, name, params, \
-         stages); did you mean `stages`?"
+         stages, executor, slurm); did you mean `stages`?"
     );
 }

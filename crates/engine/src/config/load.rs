@@ -1,6 +1,8 @@
 //! Load a pipeline: parse with positions, apply overrides, check against the
 //! schema and the semantic rules (all errors at once), expand matrices to instances.
-use super::model::{Pipeline, Resources, StageSpec, DSL_VERSION};
+use super::model::{
+    ExecutorKind, GpuRequest, Pipeline, Resources, SlurmConfig, StageSpec, DSL_VERSION,
+};
 use super::overrides::{apply, parse_override};
 use super::paths;
 use super::refs::{lookup, substitute, Ref};
@@ -82,6 +84,10 @@ pub struct Loaded {
     /// Every stage instance: stages in file order, each stage's matrix cells with the last
     /// axis varying fastest.
     pub instances: Vec<Instance>,
+    /// `executor:` (None: not set; `run --executor` decides, else local).
+    pub executor: Option<ExecutorKind>,
+    /// The `slurm:` section (defaults when absent).
+    pub slurm: SlurmConfig,
 }
 
 /// Read and check a pipeline file.
@@ -624,6 +630,7 @@ pub fn load_str(
             stages.push((id.clone(), spec));
         }
     }
+    check_executor(&mut cx, &top, &stages);
     if let Some(cycle) = find_cycle(&stages) {
         let first = cycle[0].clone();
         cx.err(
@@ -644,7 +651,30 @@ pub fn load_str(
         overrides: overrides.to_vec(),
         stages,
         instances,
+        executor: top.executor,
+        slurm: top.slurm.unwrap_or_default(),
     })
+}
+
+/// Resources Slurm cannot be asked for: with `executor: slurm` and `slurm.gpu_request:
+/// none`, a stage needing GPUs.
+fn check_executor(cx: &mut Ctx, top: &Pipeline, stages: &[(String, StageSpec)]) {
+    let none = top
+        .slurm
+        .as_ref()
+        .is_some_and(|s| s.gpu_request == GpuRequest::None);
+    if top.executor != Some(ExecutorKind::Slurm) || !none {
+        return;
+    }
+    for (id, spec) in stages.iter().filter(|(_, s)| s.resources.gpus > 0) {
+        cx.err(
+            format!("stages.{id}.resources.gpus"),
+            format!(
+                "needs {} GPU(s) but `slurm.gpu_request` is `none`; set it to `gres` or `gpus`",
+                spec.resources.gpus
+            ),
+        );
+    }
 }
 
 /// One matrix axis: its name and its values.
@@ -743,6 +773,9 @@ fn check_stage(
             return None;
         }
     };
+    for (field, e) in crate::exec::slurm::resources::check(&spec.resources) {
+        cx.err(format!("{base}.resources.{field}"), e);
+    }
     let kind = registry.get(&spec.uses).cloned();
     if kind.is_none() {
         let known: Vec<&str> = registry.names().collect();

@@ -79,4 +79,9 @@ pub trait Executor {
     /// Ask every unfinished instance to stop (no partial entry is committed). Their
     /// [`Event::Finished`] still come through `poll`.
     fn cancel(&mut self);
+    /// A line for the run's "interrupted" message after [`Executor::cancel`] (e.g. the
+    /// Slurm job ids it cancelled); None by default.
+    fn cancel_note(&self) -> Option<String> {
+        None
+    }
 }

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod scheduler;
+pub mod slurm;
 pub mod stage;
 pub mod summaries;
 
@@ -17,4 +18,5 @@ pub use job::{build_job, Committed, JobSettings, StageJob};
 pub use local::LocalExecutor;
 pub use plan::{plan, Decision};
 pub use scheduler::{schedule, Failure, RunContext, RunOptions, RunSummary};
+pub use slurm::SlurmExecutor;
 pub use stage::{exec_stage, Outcome};

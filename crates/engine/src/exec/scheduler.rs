@@ -95,6 +95,9 @@ pub fn schedule(run: &RunContext, executor: &mut dyn Executor) -> RunSummary {
             executor.cancel();
             run.reporter
                 .line("interrupted: stopping running instances (no partial entry is committed)");
+            if let Some(note) = executor.cancel_note() {
+                run.reporter.line(&note);
+            }
         }
         s.skip_below_failures();
         if !s.stop_launching {
