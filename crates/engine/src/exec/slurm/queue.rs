@@ -22,7 +22,9 @@ impl std::fmt::Display for TaskId {
 /// A task listed by `squeue`: its job name and state (`PENDING`, `RUNNING`, ...).
 #[derive(Debug, Clone)]
 pub struct Listed {
+    /// The job's name (`%j`): `idat-<digest of the task keys>` for the arrays `run` submits.
     pub name: String,
+    /// Slurm's job state (`%T`), e.g. `PENDING`, `RUNNING`, `COMPLETING`.
     pub state: String,
 }
 
