@@ -112,6 +112,7 @@ impl StageKind for ModelPretrain {
                 out.final_eval.top1
             ),
             label: p.label,
+            source_top1: Some(out.final_eval.top1),
             notes: vec![],
         };
         write_model(&ctx.out_dir, &model_info, &members[0].vit.export_backbone())?;
