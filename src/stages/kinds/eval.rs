@@ -73,7 +73,7 @@ pub struct Eval;
 impl StageKind for Eval {
     type Params = Params;
     const NAME: &'static str = "eval";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const NON_OUTPUT_PARAMS: &'static [&'static str] = &["batch_size"];
     const SUMMARY: &'static str =
         "Student top-1/top-5 on test: final epoch and best epoch, labelled";

@@ -57,7 +57,7 @@ pub struct ModelPretrain;
 impl StageKind for ModelPretrain {
     type Params = Params;
     const NAME: &'static str = "model/pretrain";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Train a ViT from scratch on a source task; store it as a timm-named backbone";
 

@@ -291,7 +291,7 @@ pub struct TrainAdapt;
 impl StageKind for TrainAdapt {
     type Params = AdaptParams;
     const NAME: &'static str = "train/adapt";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Adapter-tuning of one frozen model (the AT baseline), any adapter method";
 
@@ -322,7 +322,7 @@ pub struct TrainIdat;
 impl StageKind for TrainIdat {
     type Params = IdatParams;
     const NAME: &'static str = "train/idat";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "iDAT: co-train a small teacher and a large student with online distillation; keep the student";
 
     fn run(p: IdatParams, ctx: &mut StageContext) -> Result<()> {
