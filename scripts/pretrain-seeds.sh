@@ -7,12 +7,14 @@
 #
 # Usage: scripts/pretrain-seeds.sh [BINARY]     (default target/release/idat-pipe)
 # Env:   SEEDS="0 1 2"  BACKENDS="off openblas"  DOC=docs/mini-vtab.md
-#        WORK=<folder; default a new /tmp folder>. Rows measured go to WORK/rows.tsv; a rerun with
-#        the same WORK skips the (backbone, seed, backend) rows it has, so the table can be
-#        measured in several sittings.
+#        WORK=<folder; default a new /tmp folder>. Rows measured go to WORK/rows-<hash of
+#        demo.yaml>.tsv; a rerun with the same WORK and pipeline file skips the (backbone, seed,
+#        backend) rows it has, so the table can be measured in several sittings.
 #        CACHE_off=<cache>, CACHE_openblas=<cache>: cache folder per backend (default WORK/<backend>);
 #        point CACHE_openblas at the cache of a demo run to reuse its seed-0 backbones (the row
 #        then says `cached`, not a time).
+#        CACHED_ONLY=1: run nothing; table only the rows measured before and the instances the
+#        caches already hold.
 #
 # Runs one instance at a time (exec-stage, with the machine's core count as threads), from its
 # own cache per backend (cache keys do not include the backend). Needs libopenblas0 for the
@@ -36,14 +38,21 @@ exec_stage() { # backend instance [--set ...]
         | awk -v i="$inst" '($1 == "ran" || $1 == "cached") && $2 == i { print $1, $3 }'
 }
 
-rows=$work/rows.tsv
+# Rows measured with another version of the pipeline file are not reused.
+rows=$work/rows-$(sha256sum "$pipe" | cut -c1-12).tsv
 touch "$rows"
 for b in $backends; do
-    exec_stage "$b" source >/dev/null
-    exec_stage "$b" decode_source >/dev/null
+    if [ -z "${CACHED_ONLY:-}" ]; then
+        exec_stage "$b" source >/dev/null
+        exec_stage "$b" decode_source >/dev/null
+    fi
     for s in $seeds; do
         for m in teacher student; do
             if awk -F'\t' -v m="$m" -v s="$s" -v b="$b" '$1 == m && $2 == s && $3 == b { f = 1 } END { exit !f }' "$rows"; then
+                continue
+            fi
+            if [ -n "${CACHED_ONLY:-}" ] && ! IDAT_BLAS=$b "$bin" plan "$pipe" --cache-dir "$(cache_of "$b")" \
+                --set "stages.pretrain_$m.with.seed=$s" 2>/dev/null | grep -q "^cached  *pretrain_$m\$"; then
                 continue
             fi
             t0=$(date +%s.%N)
@@ -67,7 +76,9 @@ table=$work/table.md
     echo "Source-task test top-1 (%) of the demo's backbones (1,000 test images of \`mini_source\`),"
     echo "per pretraining seed (\`--set stages.pretrain_M.with.seed=S\`) and GEMM backend (\`IDAT_BLAS\`)."
     echo "Commit \`$commit\`, $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), shared with other work;"
-    echo "seconds: wall time of one instance on $(nproc) threads (\`cached\`: the entry of a demo run was reused)."
+    echo "seconds: wall time of one instance on $(nproc) threads; \`cached\`: the entry of an earlier run"
+    echo "of the same stage (same cache key: same code version, parameters and input) was reused."
+    echo "Combinations missing from the table were not measured."
     echo
     echo "| backbone | seed | backend | source top-1 | seconds |"
     echo "|---|---|---|---|---|"
