@@ -11,7 +11,8 @@
 # Usage: scripts/demo-readme.sh [BINARY]        (default target/release/idat-pipe)
 # Env:   JOBS=2 (the demo's default)   WORK=<folder for the cache, runs and logs; default a
 #        new /tmp folder>   FROM=<the WORK folder of an earlier run of this script: only rewrite
-#        the sections from it, run nothing>
+#        the sections from it, run nothing>   BUILD=<how the binary was built, in words, for the
+#        text; default its path>
 # Needs GNU time (/usr/bin/time) for the peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,7 @@ else
         echo "cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
         echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
         echo "binary=$bin"
+        echo "build=${BUILD:-}"
     } >"$work/machine.env"
     for run in 1 2; do
         /usr/bin/time -v -o "$work/time$run.txt" "$bin" -v run pipelines/demo.yaml -j "$jobs" \
@@ -46,9 +48,12 @@ else
     done
 fi
 
-# shellcheck disable=SC1091
-. "$work/machine.env"
-wall() { sed -n 's/.*Elapsed (wall clock) time[^:]*: //p' "$work/time$1.txt"; }
+val() { sed -n "s/^$1=//p" "$work/machine.env"; }
+commit=$(val commit) date=$(val date) cores=$(val cores) cpu=$(val cpu) load=$(val load) binary=$(val binary)
+build=$(val build)
+build=${build:-${BUILD:-}}
+[ -n "$build" ] || build="\`$binary\`"
+wall() { sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time$1.txt"; }
 rss_mib() { awk '/Maximum resident set size/ { printf "%d", $NF / 1024 }' "$work/time$1.txt"; }
 backend=$(sed -n 's/.*CPU GEMM backend: //p' "$work/stderr1.txt" | head -1)
 tally() { grep -o '[0-9]* ran, [0-9]* cached, [0-9]* failed' "$work/stderr$1.txt" | tail -1; }
@@ -62,7 +67,7 @@ section=$work/readme-section.md
     echo "<!-- written by scripts/demo-readme.sh from one run; do not edit by hand -->"
     echo "Produced by \`scripts/demo-readme.sh\` at commit \`$commit\` on $date: $cores cores"
     echo "($cpu), shared with other work (load average $load at the start), CPU GEMM backend"
-    echo "$backend, \`-j $jobs\`, \`$binary\`, empty cache. The whole demo ($(tally 1)) took"
+    echo "$backend, \`-j $jobs\`, $build, empty cache. The whole demo ($(tally 1)) took"
     echo "**$(wall 1)** (h:mm:ss or m:ss) with a peak resident set of $(rss_mib 1) MiB; the rerun"
     echo "($(tally 2)) took $(wall 2). The report's summary, verbatim:"
     echo
@@ -76,8 +81,8 @@ timing=$work/bench-section.md
 {
     echo "<!-- demo-timing:begin -->"
     echo "<!-- written by scripts/demo-readme.sh from one run; do not edit by hand -->"
-    echo "\`scripts/demo-readme.sh\` (\`/usr/bin/time -v $binary run pipelines/demo.yaml -j $jobs\`,"
-    echo "empty cache), commit \`$commit\`, $date, $cores cores ($cpu), shared with other work"
+    echo "\`scripts/demo-readme.sh\` (\`/usr/bin/time -v idat-pipe run pipelines/demo.yaml -j $jobs\`,"
+    echo "empty cache), $build, commit \`$commit\`, $date, $cores cores ($cpu), shared with other work"
     echo "(load average $load at the start), CPU GEMM backend $backend:"
     echo
     echo "| what | measured |"
