@@ -403,6 +403,7 @@ fn reduced_demo_runs_and_reruns_nothing() {
         "params.warmup=1",
         "params.batch=50",
         "params.pretrain_epochs=1",
+        "params.teacher_pretrain_epochs=1",
         "params.pretrain_n_train=300",
         "stages.source.with.n_test=50",
         "params.student={img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 32, depth: 2, num_heads: 4}",
@@ -438,6 +439,67 @@ fn reduced_demo_runs_and_reruns_nothing() {
     for m in ["at", "idat-mse", "idat-kl", "fashion10", "textures"] {
         assert!(summary.contains(m), "summary lacks {m}:\n{summary}");
     }
+    // Each backbone's source top-1, as its pretraining entry recorded it.
+    let json = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let pretrained: Vec<_> = entries(Path::new(&cache))
+        .into_iter()
+        .filter(|e| e.join("pretrain.json").is_file())
+        .collect();
+    assert_eq!(pretrained.len(), 2);
+    for e in &pretrained {
+        let model = json(&e.join("model.json"));
+        let top1 = model["source_top1"]
+            .as_f64()
+            .expect("source_top1 in model.json");
+        assert_eq!(
+            top1,
+            json(&e.join("pretrain.json"))["top1"].as_f64().unwrap()
+        );
+        let source = model["source"].as_str().unwrap();
+        let line = summary
+            .lines()
+            .find(|l| l.contains(source))
+            .unwrap_or_else(|| panic!("summary lacks backbone `{source}`:\n{summary}"));
+        assert!(line.ends_with(&format!("{top1:.2}")), "{line}");
+    }
+    // The teacher's downstream top-1 beside the student's, for every iDAT run (one seed).
+    let mut teachers = 0;
+    for e in entries(Path::new(&cache)) {
+        let Ok(text) = std::fs::read_to_string(e.join("eval.json")) else {
+            continue;
+        };
+        let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let Some(t) = rec["teacher_top1_final"].as_f64() else {
+            assert_eq!(rec["label"], "at");
+            continue;
+        };
+        let (task, label) = (
+            rec["task"].as_str().unwrap(),
+            rec["label"].as_str().unwrap(),
+        );
+        let s = rec["top1_final"].as_f64().unwrap();
+        // Row `task  method  student (n)  teacher (n)  teacher - student`.
+        let want = [
+            task.to_string(),
+            label.to_string(),
+            format!("{s:.2}"),
+            "(1)".into(),
+            format!("{t:.2}"),
+            "(1)".into(),
+            format!("{:.2}", t - s),
+        ];
+        assert!(
+            summary.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.len() == 7 && cells.iter().zip(&want).all(|(a, b)| a == b)
+            }),
+            "no row {want:?} in\n{summary}"
+        );
+        teachers += 1;
+    }
+    assert_eq!(teachers, 4);
     // Rerun: nothing executes.
     let (_, err) = ok(&bin(d.path(), &args(false)).output().unwrap());
     assert!(err.contains("0 ran, 20 cached, 0 failed"), "{err}");

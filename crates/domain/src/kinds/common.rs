@@ -2,6 +2,7 @@
 use crate::data::loader::DecodedSplit;
 use crate::nn::checkpoint::{load_backbone, save_tensors, LoadOptions};
 use crate::nn::vit::VitConfig;
+use crate::report::backbones::Backbone;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use idat_engine::stages::StageContext;
@@ -69,9 +70,24 @@ pub struct ModelInfo {
     pub source: String,
     /// A label for reports, e.g. "in-pipeline pretrained toy backbone".
     pub label: String,
+    /// Test top-1 (%) on the source task, for backbones trained in the pipeline
+    /// (`model/pretrain`); `None` for loaded checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_top1: Option<f64>,
     /// Loader notes (resampled position embeddings, dropped tensors).
     #[serde(default)]
     pub notes: Vec<String>,
+}
+
+impl ModelInfo {
+    /// This backbone as a report lists it, in the given role (`student` or `teacher`).
+    pub fn backbone(&self, role: &str) -> Backbone {
+        Backbone {
+            role: role.into(),
+            source: self.source.clone(),
+            source_top1: self.source_top1,
+        }
+    }
 }
 
 pub fn write_model(dir: &Path, info: &ModelInfo, tensors: &BTreeMap<String, Tensor>) -> Result<()> {

@@ -7,6 +7,7 @@ use super::train::{TrainSummary, METRICS_FILE, STUDENT_FILE, SUMMARY_FILE};
 use crate::data::image::{Normalize, NormalizeKind};
 use crate::nn::checkpoint::load_tensors;
 use crate::nn::vit::Vit;
+use crate::report::backbones::Backbone;
 use crate::train::evaluate;
 use anyhow::{Context, Result};
 use idat_engine::stages::{StageContext, StageKind, StageRef};
@@ -56,6 +57,12 @@ pub struct EvalRecord {
     pub teacher_top1_final: Option<f64>,
     pub trainable_params: usize,
     pub images: usize,
+    /// The student's backbone and its source-task top-1 (from the training entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_backbone: Option<Backbone>,
+    /// The co-trained teacher's backbone (iDAT runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_backbone: Option<Backbone>,
     /// Class names by label, when the task has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_names: Option<Vec<String>>,
@@ -66,7 +73,7 @@ pub struct Eval;
 impl StageKind for Eval {
     type Params = Params;
     const NAME: &'static str = "eval";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const NON_OUTPUT_PARAMS: &'static [&'static str] = &["batch_size"];
     const SUMMARY: &'static str =
         "Student top-1/top-5 on test: final epoch and best epoch, labelled";
@@ -107,6 +114,8 @@ impl StageKind for Eval {
             teacher_top1_final: summary.final_teacher_top1,
             trainable_params: summary.trainable_student,
             images: r.images,
+            student_backbone: summary.student_backbone.clone(),
+            teacher_backbone: summary.teacher_backbone.clone(),
             class_names: info.class_names.clone(),
         };
         // The learning curves travel with the result, for the report.

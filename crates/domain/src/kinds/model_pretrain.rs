@@ -56,7 +56,7 @@ pub struct ModelPretrain;
 impl StageKind for ModelPretrain {
     type Params = Params;
     const NAME: &'static str = "model/pretrain";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Train a ViT from scratch on a source task; store it as a timm-named backbone";
 
@@ -102,6 +102,7 @@ impl StageKind for ModelPretrain {
                 out.final_eval.top1
             ),
             label: p.label,
+            source_top1: Some(out.final_eval.top1),
             notes: vec![],
         };
         write_model(&ctx.out_dir, &model_info, &members[0].vit.export_backbone())?;

@@ -214,6 +214,7 @@ impl StageKind for ModelVit {
             config: cfg,
             source,
             label: p.label.unwrap_or_else(|| "pretrained backbone".into()),
+            source_top1: None,
             notes,
         };
         write_model(&ctx.out_dir, &info, &tensors)

@@ -5,8 +5,9 @@
 use super::common::{read_json, write_json};
 use super::eval::{EvalRecord, EVAL_FILE};
 use super::train::METRICS_FILE;
+use crate::report::backbones::{ModelStrength, TeacherRun};
 use crate::report::vtab::{EpochRow, Epochs, Group, RunResult, TaskMeta};
-use crate::report::writers::{write_demo_report, write_vtab_report};
+use crate::report::writers::{write_demo_report_with, write_vtab_report_with};
 use crate::train::EpochRow as TrainRow;
 use anyhow::{bail, Context, Result};
 use idat_engine::stages::{StageContext, StageKind, StageRef};
@@ -81,11 +82,12 @@ pub struct ReportVtab;
 impl StageKind for ReportVtab {
     type Params = Params;
     const NAME: &'static str = "report/vtab";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "Tables, group means, spread over seeds, published numbers, plots; optional AT vs iDAT verdict";
 
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
         let mut results = Vec::new();
+        let mut strength = ModelStrength::default();
         let mut tasks: BTreeMap<String, TaskMeta> = BTreeMap::new();
         for id in &p.evals {
             let inputs = ctx.inputs_of(id);
@@ -108,6 +110,21 @@ impl StageKind for ReportVtab {
                     top5_final: Some(rec.top5_final),
                     epochs: Some(Epochs::Rows(curves(&inp.dir)?)),
                 });
+                for b in [&rec.student_backbone, &rec.teacher_backbone]
+                    .into_iter()
+                    .flatten()
+                {
+                    strength.add_backbone(b.clone());
+                }
+                if let Some(t) = rec.teacher_top1_final {
+                    strength.teachers.push(TeacherRun {
+                        task: rec.task.clone(),
+                        method: rec.label.clone(),
+                        seed: rec.seed,
+                        student_top1: rec.top1_final,
+                        teacher_top1: t,
+                    });
+                }
             }
         }
         // Table order: by group, then name.
@@ -120,13 +137,21 @@ impl StageKind for ReportVtab {
         });
 
         let mut summary = String::new();
-        let main = write_vtab_report(&results, &tasks, &p.published_as, &ctx.out_dir)?;
+        let main =
+            write_vtab_report_with(&results, &tasks, &p.published_as, &strength, &ctx.out_dir)?;
         summary.push_str(&format!("{}\n\n{}", p.title, main.summary));
         for c in &p.compare {
             let sub = ctx
                 .out_dir
                 .join(format!("{}-vs-{}", c.treatment, c.baseline));
-            let w = write_demo_report(&results, &tasks, &c.baseline, &c.treatment, &sub)?;
+            let w = write_demo_report_with(
+                &results,
+                &tasks,
+                &c.baseline,
+                &c.treatment,
+                &strength.for_method(&c.treatment),
+                &sub,
+            )?;
             summary.push_str(&format!(
                 "\n{} vs {}\n{}",
                 c.treatment, c.baseline, w.summary

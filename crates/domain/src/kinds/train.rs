@@ -3,10 +3,11 @@
 //!
 //! Both checkpoint every epoch into the instance's checkpoint directory, so a killed run
 //! resumes from its last epoch and ends with the same metrics as an uninterrupted one.
-use super::common::{device, input_dir, read_model, read_split, write_csv, write_json};
+use super::common::{device, input_dir, read_model, read_split, write_csv, write_json, ModelInfo};
 use crate::data::image::{Normalize, NormalizeKind};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::vit::{Vit, VitConfig};
+use crate::report::backbones::Backbone;
 use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -133,6 +134,12 @@ pub struct TrainSummary {
     pub final_teacher_top1: Option<f64>,
     pub resumed_from_epoch: Option<usize>,
     pub train_seconds: f64,
+    /// The student's backbone: where it came from, its source-task top-1.
+    #[serde(default)]
+    pub student_backbone: Option<Backbone>,
+    /// The teacher's backbone (iDAT only).
+    #[serde(default)]
+    pub teacher_backbone: Option<Backbone>,
 }
 
 /// Everything one training run needs besides the context.
@@ -159,11 +166,11 @@ fn member(
     num_classes: usize,
     seed: u64,
     dev: &Device,
-) -> Result<(Member, String)> {
+) -> Result<(Member, ModelInfo)> {
     let (cfg, info, backbone) = read_model(model_dir, num_classes, job.drop_path, dev)?;
     let vit = Vit::new(&cfg, job.adapter, backbone, dev, seed)
         .with_context(|| format!("building the {name} from {}", model_dir.display()))?;
-    Ok((Member::new(name, vit, &job.optim)?, info.label))
+    Ok((Member::new(name, vit, &job.optim)?, info))
 }
 
 fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
@@ -180,18 +187,19 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         );
     }
     let mut members = Vec::new();
-    let mut model_labels = Vec::new();
+    let mut model_infos = Vec::new();
     for (i, (name, stage)) in job.members.iter().enumerate() {
         let dir = input_dir(ctx, stage)?.to_path_buf();
         // Teacher and student get different init streams from the same seed.
         let seed = job.seed.wrapping_add(i as u64 * 1_000_003);
-        let (m, l) = member(&job, name, &dir, info.num_classes, seed, &dev)?;
+        let (m, mi) = member(&job, name, &dir, info.num_classes, seed, &dev)?;
         ctx.log(format!(
-            "{name}: {} trainable parameters ({l})",
-            m.vit.num_trainable()
+            "{name}: {} trainable parameters ({})",
+            m.vit.num_trainable(),
+            mi.label
         ));
         members.push(m);
-        model_labels.push(l);
+        model_infos.push(mi);
     }
     let t0 = std::time::Instant::now();
     let data = train::cotrain::TrainData {
@@ -238,8 +246,8 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         adapter: job.adapter.clone(),
         student_config: members[0].vit.config().clone(),
         teacher_config: members.get(1).map(|m| m.vit.config().clone()),
-        student_model: model_labels[0].clone(),
-        teacher_model: model_labels.get(1).cloned(),
+        student_model: model_infos[0].label.clone(),
+        teacher_model: model_infos.get(1).map(|m| m.label.clone()),
         trainable_student: members[0].vit.num_trainable(),
         trainable_teacher: members.get(1).map(|m| m.vit.num_trainable()),
         epochs: job.optim.total_epochs(),
@@ -250,6 +258,8 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         final_teacher_top1: out.final_teacher_top1,
         resumed_from_epoch: out.resumed_from_epoch,
         train_seconds: secs,
+        student_backbone: Some(model_infos[0].backbone("student")),
+        teacher_backbone: model_infos.get(1).map(|m| m.backbone("teacher")),
     };
     ctx.log(format!(
         "done: final top-1 {:.2} (best {:.2} at epoch {})",
@@ -263,7 +273,7 @@ pub struct TrainAdapt;
 impl StageKind for TrainAdapt {
     type Params = AdaptParams;
     const NAME: &'static str = "train/adapt";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Adapter-tuning of one frozen model (the AT baseline), any adapter method";
 
@@ -298,7 +308,7 @@ pub struct TrainIdat;
 impl StageKind for TrainIdat {
     type Params = IdatParams;
     const NAME: &'static str = "train/idat";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str = "iDAT: co-train a small teacher and a large student with online distillation; keep the student";
 
     fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {

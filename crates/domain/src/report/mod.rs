@@ -3,6 +3,7 @@
 //! pipeline stages wrap them. Rules and formats: docs/report.md.
 
 pub mod adapter_stats;
+pub mod backbones;
 pub mod compare;
 pub mod markdown;
 pub mod plot;

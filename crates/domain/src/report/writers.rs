@@ -1,6 +1,7 @@
 //! Whole reports written into a folder: the VTAB results report (`report/vtab`) and the demo
 //! AT vs iDAT report (issue 5). Each writes CSV tables, PNG plots and one `report.md` that links
 //! them by relative paths, and returns the text to print on stdout.
+use super::backbones::ModelStrength;
 use super::compare::{compare, CompareOptions, Comparison};
 use super::markdown::MarkdownReport;
 use super::plot::{render, BarChart, LineChart};
@@ -126,6 +127,18 @@ pub fn write_vtab_report(
     published_as: &BTreeMap<String, String>,
     out: &Path,
 ) -> Result<Written> {
+    write_vtab_report_with(results, tasks, published_as, &ModelStrength::default(), out)
+}
+
+/// [`write_vtab_report`] with a "Backbones and teachers" section ([`ModelStrength`]) in
+/// `report.md` and in the returned summary (nothing when `strength` is empty).
+pub fn write_vtab_report_with(
+    results: &[RunResult],
+    tasks: &[TaskMeta],
+    published_as: &BTreeMap<String, String>,
+    strength: &ModelStrength,
+    out: &Path,
+) -> Result<Written> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = build_table(results, tasks, published_as)?;
     let mut files = Vec::new();
@@ -143,6 +156,7 @@ pub fn write_vtab_report(
          VTAB-1K split with a method mapped to a published row.",
     );
     md.raw(&table.to_markdown());
+    strength_section(strength, &table, &mut md);
     md.heading(2, "Per-task accuracy");
     for (metric, name) in [
         (Metric::Top1Final, "bars_final.png"),
@@ -156,7 +170,7 @@ pub fn write_vtab_report(
     md.write(&out.join("report.md"))?;
     files.push("report.md".into());
     Ok(Written {
-        summary: table.to_terminal(),
+        summary: with_strength(table.to_terminal(), strength, &table),
         table,
         comparison: None,
         files,
@@ -172,6 +186,26 @@ pub fn write_demo_report(
     tasks: &[TaskMeta],
     baseline: &str,
     treatment: &str,
+    out: &Path,
+) -> Result<Written> {
+    write_demo_report_with(
+        results,
+        tasks,
+        baseline,
+        treatment,
+        &ModelStrength::default(),
+        out,
+    )
+}
+
+/// [`write_demo_report`] with a "Backbones and teachers" section ([`ModelStrength`]) in
+/// `report.md` (the summary stays the comparison alone).
+pub fn write_demo_report_with(
+    results: &[RunResult],
+    tasks: &[TaskMeta],
+    baseline: &str,
+    treatment: &str,
+    strength: &ModelStrength,
     out: &Path,
 ) -> Result<Written> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -195,6 +229,7 @@ pub fn write_demo_report(
         &format!("{treatment} - {baseline} per task (final-epoch top-1, %)"),
     );
     md.raw(&cmp.to_markdown());
+    strength_section(strength, &table, &mut md);
     let pair = vec![baseline.to_string(), treatment.to_string()];
     render(
         &bars(&table, Metric::Top1Final, &pair),
@@ -228,6 +263,25 @@ pub fn write_demo_report(
         comparison: Some(cmp),
         files,
     })
+}
+
+/// The "Backbones and teachers" section of a `report.md`, when there is something to show.
+fn strength_section(strength: &ModelStrength, table: &Table, md: &mut MarkdownReport) {
+    let text = strength.to_markdown(&table.tasks);
+    if !text.is_empty() {
+        md.heading(2, "Backbones and teachers");
+        md.raw(&text);
+    }
+}
+
+/// `summary` followed by the strength tables, when there are any.
+fn with_strength(summary: String, strength: &ModelStrength, table: &Table) -> String {
+    let text = strength.to_terminal(&table.tasks);
+    if text.is_empty() {
+        summary
+    } else {
+        format!("{summary}{text}")
+    }
 }
 
 /// `comparison.csv`: one row per task then `all`, columns
