@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 /// adapters, the head, the losses, the gradients of trainable tensors and the optimizer
 /// state stay f32. On CUDA candle's bf16 ops run the products (tensor cores). On CPU the
 /// fused ops run them with bf16 inputs and f32 accumulation through OpenBLAS's
-/// `cblas_sbgemm` where the CPU has AVX512-BF16 (see [`crate::nn::ops::cpu_bf16`]); without
-/// it the model keeps f32 products ([`crate::nn::vit::Vit::bf16_products`] says why).
+/// `cblas_sbgemm` where the CPU has AVX512-BF16 (`idat-pipe bench` says which kernel runs); without
+/// it the model keeps f32 products and `bench` says why.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
