@@ -1,6 +1,7 @@
 //! `model/vit`: a frozen backbone from a preset and a weights source (local safetensors or
 //! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
-use super::common::{device, write_model, Arch, ModelInfo};
+use super::common::{device, Arch};
+use crate::entries::model::{self, ModelInfo};
 use crate::nn::checkpoint::{load_backbone, Hints, LoadOptions, LoadedWeights};
 use crate::nn::vit::Vit;
 use anyhow::{bail, Context, Result};
@@ -216,6 +217,6 @@ impl StageKind for ModelVit {
             label: p.label.unwrap_or_else(|| "pretrained backbone".into()),
             notes,
         };
-        write_model(&ctx.out_dir, &info, &tensors)
+        model::write(&ctx.out_dir, &info, &tensors)
     }
 }
