@@ -47,3 +47,90 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str)
     serde_json::from_str(&text)
         .with_context(|| format!("{}: unexpected content, expected {what}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decoded::{self, DecodedInfo};
+    use super::{eval, training};
+    use crate::data::loader::DecodedSplit;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_decoded_entry_reads_back_what_its_writer_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let split = DecodedSplit {
+            images: (0..2 * 2 * 2 * 3).map(|i| i as u8).collect(),
+            labels: vec![1, 0],
+            size: 2,
+        };
+        let file = decoded::write_split(d.path(), "test", &split).unwrap();
+        assert_eq!(file, "test.safetensors");
+        let info = DecodedInfo {
+            task: "toy".into(),
+            group: "natural".into(),
+            num_classes: 2,
+            size: 2,
+            splits: BTreeMap::from([("test".to_string(), file)]),
+            skipped: BTreeMap::new(),
+            class_names: None,
+        };
+        decoded::write_info(d.path(), &info).unwrap();
+        let (got, s) = decoded::read(d.path(), "test").unwrap();
+        assert_eq!((got.task.as_str(), got.num_classes), ("toy", 2));
+        assert_eq!(s, split);
+        // A split the entry lacks: the error lists the ones it has.
+        let e = format!("{:#}", decoded::read(d.path(), "train").unwrap_err());
+        assert!(
+            e.contains("no split `train`") && e.contains("\"test\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn readers_name_the_file_and_what_they_expected() {
+        let d = tempfile::tempdir().unwrap();
+        // Missing: the path is named.
+        let e = format!("{:#}", training::read_summary(d.path()).unwrap_err());
+        assert!(e.contains("summary.json"), "{e}");
+        // Wrong content: the file and the expected format are named.
+        std::fs::write(d.path().join(eval::EVAL_FILE), "{\"task\": 1}").unwrap();
+        let e = format!("{:#}", eval::read(d.path()).unwrap_err());
+        assert!(
+            e.contains("eval.json") && e.contains("expected an evaluation result"),
+            "{e}"
+        );
+        std::fs::write(d.path().join(decoded::DECODED_INFO_FILE), "[]").unwrap();
+        let e = format!("{:#}", decoded::read_info(d.path()).unwrap_err());
+        assert!(
+            e.contains("decoded.json") && e.contains("as data/decode writes it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_round_trip_and_bad_rows_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let row = crate::train::EpochRow {
+            epoch: 1,
+            lr: 1e-3,
+            loss: 0.5,
+            ce_student: 0.5,
+            ce_teacher: None,
+            distill: None,
+            train_top1_student: 50.0,
+            test_top1_student: Some(40.0),
+            test_top5_student: Some(90.0),
+            test_top1_teacher: None,
+            seconds: 1.5,
+        };
+        training::write_metrics(d.path(), std::slice::from_ref(&row)).unwrap();
+        assert_eq!(training::read_metrics(d.path()).unwrap(), vec![row]);
+        let to = d.path().join("eval");
+        std::fs::create_dir(&to).unwrap();
+        training::copy_metrics(d.path(), &to).unwrap();
+        assert_eq!(training::read_metrics(&to).unwrap().len(), 1);
+        std::fs::write(d.path().join(training::METRICS_FILE), "epoch,lr\nx,1\n").unwrap();
+        let e = format!("{:#}", training::read_metrics(d.path()).unwrap_err());
+        assert!(e.contains("metrics.csv: bad row"), "{e}");
+    }
+}
