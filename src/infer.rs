@@ -289,19 +289,21 @@ pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<
     let (trained, adapter_cfg) = match &opts.adapter {
         Some(p) => {
             let (t, meta) = load_tensors(p, &opts.device)?;
-            let a = meta.get("adapter").with_context(|| {
-                format!(
+            let a = meta
+                .get(crate::entries::training::ADAPTER_META)
+                .with_context(|| {
+                    format!(
                     "{}: no `adapter` metadata (expected a training entry's student.safetensors)",
                     p.display()
                 )
-            })?;
+                })?;
             let a: AdapterConfig = serde_json::from_str(a).with_context(|| {
                 format!(
                     "{}: metadata `adapter` is not an adapter config",
                     p.display()
                 )
             })?;
-            if let Some(c) = meta.get("config") {
+            if let Some(c) = meta.get(crate::entries::training::CONFIG_META) {
                 let c: VitConfig = serde_json::from_str(c).with_context(|| {
                     format!("{}: metadata `config` is not a ViT config", p.display())
                 })?;
@@ -315,7 +317,7 @@ pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<
                     );
                 }
             }
-            if let Some(c) = meta.get(crate::kinds::train::CLASS_NAMES_META) {
+            if let Some(c) = meta.get(crate::entries::training::CLASS_NAMES_META) {
                 let names: Vec<String> = serde_json::from_str(c).with_context(|| {
                     format!(
                         "{}: metadata `class_names` is not a JSON array of strings",

@@ -13,7 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod infer;
 
-pub use idat_domain::{data, kinds, nn, report, train};
+pub use idat_domain::{data, entries, kinds, nn, report, train};
 pub use idat_engine::{cache, config, exec, graph, stages, text};
 
 /// The engine's registry with every stage kind the product ships.

@@ -34,6 +34,15 @@ fn decodes_resizes_and_round_trips_through_safetensors() {
     let f = d.path().join("test.safetensors");
     split.save(&f).unwrap();
     assert_eq!(DecodedSplit::load(&f).unwrap(), split);
+    // A truncated file is refused, naming it, before any image is read.
+    let bytes = std::fs::read(&f).unwrap();
+    let cut = d.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let e = format!("{:#}", DecodedSplit::load(&cut).unwrap_err());
+    assert!(
+        e.contains("cut.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -127,64 +136,4 @@ fn epoch_order_is_a_deterministic_permutation() {
     let b = batches(&a, 32, false);
     assert_eq!((b.len(), b[3].len()), (4, 4));
     assert!(batches(&a, 0, false).is_empty());
-}
-
-#[test]
-fn streamed_file_matches_in_memory_decode_and_serves_batches() {
-    use idat_pipe::data::decoded_file::{decode_split_to_file, DecodedFile};
-    use idat_pipe::data::loader::decode_split;
-    let d = tempfile::tempdir().unwrap();
-    write_task(d.path(), "toy", 3, SMALL_SPLITS, 10);
-    let t = task(d.path());
-    let split = t.split("train800val200").unwrap();
-    let (mem, _) = decode_split(&t.dir, split, 12, false).unwrap();
-    let f = d.path().join("tv.safetensors");
-    // chunk 4 over 6 images: two chunks, the last one short.
-    let report = decode_split_to_file(&t.dir, split, 12, false, &f, 4).unwrap();
-    assert_eq!(report.decoded, 6);
-    assert_eq!(DecodedSplit::load(&f).unwrap(), mem);
-    let file = DecodedFile::open(&f).unwrap();
-    assert_eq!((file.len(), file.size()), (6, 12));
-    assert_eq!(file.load_all().unwrap(), mem);
-    let n = Normalize::default();
-    let (xa, ya) = file.to_batch(&[5, 0, 3], &n, &Device::Cpu).unwrap();
-    let (xb, yb) = mem.to_batch(&[5, 0, 3], &n, &Device::Cpu).unwrap();
-    assert_eq!(ya.to_vec1::<u32>().unwrap(), yb.to_vec1::<u32>().unwrap());
-    let diff = (xa - xb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
-    assert!(file.read_images(&[6]).is_err());
-    // A corrupt image fails the whole file and leaves nothing behind.
-    // Line 2 of train800val200 is train800's second image.
-    let bad = t.dir.join("images/train800/000001.png");
-    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nbroken").unwrap();
-    let f2 = d.path().join("bad.safetensors");
-    let e = format!(
-        "{:#}",
-        decode_split_to_file(&t.dir, split, 12, false, &f2, 4).unwrap_err()
-    );
-    assert!(
-        e.contains("train800val200.txt:2:") && e.contains("000001.png"),
-        "{e}"
-    );
-    assert!(!f2.exists());
-    let names: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(
-        names.iter().all(|n| !n.to_string_lossy().contains(".tmp")),
-        "{names:?}"
-    );
-    // Truncated file: refused at open, before reading images.
-    let bytes = std::fs::read(&f).unwrap();
-    std::fs::write(&f2, &bytes[..bytes.len() - 10]).unwrap();
-    let e = format!("{:#}", DecodedFile::open(&f2).unwrap_err());
-    assert!(e.contains("do not match shapes or the file length"), "{e}");
 }

@@ -3,10 +3,11 @@
 //!
 //! `nn` (ViT, adapters, losses, AdamW, checkpoints), `data` (VTAB-1K, images, the embedded
 //! mini benchmark), `train` (one loop for AT and iDAT), `report` (tables, statistics, plots)
-//! and `kinds`, the stage kinds that run them (one file each), with the formats of the
-//! entries they write. Depends on the engine (`idat_engine`); the engine never on this.
+//! and `kinds`, the stage kinds that run them (one file each); `entries` holds the formats
+//! of the cache entries they write and read (one module each). Depends on the engine (`idat_engine`); the engine never on this.
 
 pub mod data;
+pub mod entries;
 pub mod kinds;
 pub mod nn;
 pub mod report;

@@ -94,7 +94,7 @@ pub fn decode_split(
 
 /// Decodes and resizes `entries` (a slice of `split`'s entries) in parallel; failures carry
 /// the list location.
-pub(crate) fn decode_entries(
+fn decode_entries(
     task_dir: &Path,
     split: &SplitList,
     entries: &[super::vtab::ListEntry],
@@ -117,7 +117,7 @@ pub(crate) fn decode_entries(
 }
 
 /// The error for an image that failed to decode without `skip_bad_images`.
-pub(crate) fn bad_image_error(s: &SkippedImage) -> anyhow::Error {
+fn bad_image_error(s: &SkippedImage) -> anyhow::Error {
     anyhow::anyhow!(
         "{}: {}: expected a decodable JPEG/PNG image (set skip_bad_images: true to skip)",
         s.location,
@@ -126,7 +126,7 @@ pub(crate) fn bad_image_error(s: &SkippedImage) -> anyhow::Error {
 }
 
 /// Converts `B` HWC u8 images of `size x size` to normalised NCHW f32.
-pub fn hwc_to_nchw(images: &[u8], size: usize, normalize: &Normalize) -> Vec<f32> {
+fn hwc_to_nchw(images: &[u8], size: usize, normalize: &Normalize) -> Vec<f32> {
     let plane = size * size;
     let mut x = vec![0f32; images.len()];
     for (img, out) in images

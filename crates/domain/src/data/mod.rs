@@ -1,12 +1,10 @@
 //! VTAB-1K data: the NOAH-layout reader ([`vtab`]), image decoding and PIL-exact resize
-//! ([`image`]), decoded splits and batching ([`loader`], large splits streamed
-//! through [`decoded_file`]), sources and the validated manifest
+//! ([`image`]), decoded splits and batching ([`loader`]), sources and the validated manifest
 //! ([`prepare`]), verified downloads ([`download`]), safe archive extraction ([`archive`]),
 //! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]). The one VTAB-1K
 //! task table (groups, classes, recipe, split sizes) is [`vtab_tasks`].
 
 pub mod archive;
-pub mod decoded_file;
 pub mod download;
 pub mod hub;
 pub mod image;

@@ -239,11 +239,6 @@ impl Manifest {
     }
 }
 
-/// Specs of VTAB-1K tasks by name (aliases allowed); unknown names are an error.
-pub fn vtab_specs(names: &[String]) -> Result<Vec<TaskSpec>> {
-    names.iter().map(|n| TaskSpec::vtab(n)).collect()
-}
-
 /// One entry of `dataset/vtab1k`'s `tasks:`: a VTAB-1K task by name, or a task of one's
 /// own in the NOAH layout with its class count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -2,9 +2,8 @@
 //! different sizes trained on one task, per block: the distributions of the adapter's
 //! down- and up-projection weights (summary statistics, kernel density plots) and the
 //! pairwise 1-D Wasserstein distances between model sizes; a table and plots.
-use super::common::{read_json, write_json};
-use super::train::{TrainSummary, STUDENT_FILE, SUMMARY_FILE, TEACHER_FILE};
-use crate::nn::checkpoint::load_tensors;
+use crate::entries::training::{self, Role};
+use crate::entries::write_json;
 use crate::report::adapter_stats::{analyze, blocks_from_named, plot_kde, BlockWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -46,8 +45,8 @@ fn model_name(cfg: &crate::nn::vit::VitConfig) -> String {
     )
 }
 
-fn read_blocks(file: &Path, down: &str, up: &str) -> Result<Vec<BlockWeights>> {
-    let (tensors, _) = load_tensors(file, &Device::Cpu)?;
+fn read_blocks(dir: &Path, role: Role, down: &str, up: &str) -> Result<Vec<BlockWeights>> {
+    let tensors = training::read_weights(dir, role, &Device::Cpu)?;
     let mut flat = BTreeMap::new();
     for (name, t) in tensors {
         if name.ends_with(down) || name.ends_with(up) {
@@ -58,7 +57,7 @@ fn read_blocks(file: &Path, down: &str, up: &str) -> Result<Vec<BlockWeights>> {
         }
     }
     blocks_from_named(&flat, down, up)
-        .with_context(|| format!("adapter weights in {}", file.display()))
+        .with_context(|| format!("adapter weights in {}", dir.join(role.file()).display()))
 }
 
 pub struct AdapterStats;
@@ -78,8 +77,8 @@ impl StageKind for AdapterStats {
                 bail!("no runs from stage `{id}`: add it to `needs`");
             }
             for inp in inputs {
-                let s: TrainSummary = read_json(&inp.dir.join(SUMMARY_FILE))?;
-                let mut add = |cfg: &crate::nn::vit::VitConfig, file: &str| -> Result<()> {
+                let s = training::read_summary(&inp.dir)?;
+                let mut add = |cfg: &crate::nn::vit::VitConfig, role: Role| -> Result<()> {
                     let name = model_name(cfg);
                     if models.contains_key(&name) {
                         ctx.log(format!(
@@ -90,13 +89,13 @@ impl StageKind for AdapterStats {
                     }
                     models.insert(
                         name,
-                        read_blocks(&inp.dir.join(file), &p.down_suffix, &p.up_suffix)?,
+                        read_blocks(&inp.dir, role, &p.down_suffix, &p.up_suffix)?,
                     );
                     Ok(())
                 };
-                add(&s.student_config, STUDENT_FILE)?;
+                add(&s.student_config, Role::Student)?;
                 if let (true, Some(tc)) = (p.include_teachers, &s.teacher_config) {
-                    add(tc, TEACHER_FILE)?;
+                    add(tc, Role::Teacher)?;
                 }
             }
         }
@@ -113,7 +112,7 @@ impl StageKind for AdapterStats {
             &models.keys().collect::<Vec<_>>(),
         )?;
         std::fs::write(
-            ctx.out_dir.join(super::report::SUMMARY_TXT),
+            ctx.out_dir.join(idat_engine::stages::SUMMARY_FILE),
             idat_engine::exec::record::plain_text(&stats.to_terminal()),
         )?;
         Ok(())

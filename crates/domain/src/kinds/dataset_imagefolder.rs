@@ -2,13 +2,13 @@
 //! (`<root>/{train,test[,val]}/<class name>/<image>`), from a local folder, an archive URL or
 //! an HF hub dataset repo, optionally subsampled VTAB-1K style (`n_train`), validated into
 //! the same manifest as `dataset/vtab1k` (one task, class names stored; docs/own-dataset.md).
-use super::decode::MANIFEST_FILE;
 use crate::data::imagefolder::{
     find_imagefolder_root, read_imagefolder, ImageFolderOptions, SampleMethod, SPLIT_FOLDERS,
 };
 use crate::data::prepare::{
     check_group, check_task_name, resolve_source, Manifest, PrepareOptions, VtabSource,
 };
+use crate::entries::dataset;
 use anyhow::{Context, Result};
 use idat_engine::stages::{ParamError, StageContext, StageKind};
 use schemars::JsonSchema;
@@ -135,7 +135,7 @@ impl StageKind for DatasetImageFolder {
                 seed: p.seed,
             },
         )?;
-        let mut m = Manifest {
+        let m = Manifest {
             root,
             tasks: vec![task],
         };
@@ -164,9 +164,6 @@ impl StageKind for DatasetImageFolder {
             tracing::warn!("{w}");
             ctx.log(format!("warning: {w}"));
         }
-        if let Ok(rel) = m.root.strip_prefix(&ctx.out_dir) {
-            m.root = rel.to_path_buf();
-        }
-        m.save(&ctx.out_dir.join(MANIFEST_FILE))
+        dataset::write(&ctx.out_dir, m)
     }
 }

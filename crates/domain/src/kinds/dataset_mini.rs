@@ -1,10 +1,10 @@
 //! `dataset/mini`: the embedded mini-VTAB (see docs/mini-vtab.md), generated
 //! deterministically from a seed into the NOAH VTAB-1K layout and validated by the same
 //! reader as real VTAB-1K. Nothing is downloaded.
-use super::decode::MANIFEST_FILE;
 use crate::data::mini;
 use crate::data::prepare::validate;
 use crate::data::vtab::TaskSpec;
+use crate::entries::dataset;
 use anyhow::Result;
 use idat_engine::stages::{StageContext, StageKind};
 use schemars::JsonSchema;
@@ -74,6 +74,6 @@ impl StageKind for DatasetMini {
         let mut manifest = validate(&root, &specs, &splits)?;
         // Relative to the entry, which is renamed into the cache after this run.
         manifest.root = PathBuf::from(DATA_DIR);
-        manifest.save(&ctx.out_dir.join(MANIFEST_FILE))
+        dataset::write(&ctx.out_dir, manifest)
     }
 }

@@ -1,11 +1,11 @@
 //! `dataset/vtab1k`: VTAB-1K from a local NOAH-layout folder, an archive URL (sha256,
 //! resumable, extracted atomically) or an HF hub dataset repo; every task folder is
 //! validated and a manifest is written.
-use super::decode::MANIFEST_FILE;
 use crate::data::prepare::{
     local_task_dirs, prepare, task_specs, PrepareOptions, TaskEntry, VtabSource,
 };
 use crate::data::vtab::{TaskSpec, TASKS};
+use crate::entries::dataset;
 use anyhow::Result;
 use idat_engine::stages::{ParamError, StageContext, StageKind};
 use schemars::JsonSchema;
@@ -72,11 +72,7 @@ impl StageKind for DatasetVtab {
             tracing::warn!("{w}");
             ctx.log(format!("warning: {w}"));
         }
-        let mut m = manifest;
-        if let Ok(rel) = m.root.strip_prefix(&ctx.out_dir) {
-            m.root = rel.to_path_buf();
-        }
-        m.save(&ctx.out_dir.join(MANIFEST_FILE))
+        dataset::write(&ctx.out_dir, manifest)
     }
 }
 

@@ -1,15 +1,13 @@
 //! `data/decode`: decode one task's images once, resized to the model size (PIL-exact
 //! bicubic), stored as u8 tensors, so that no epoch ever decodes again.
-use super::common::{input_dir, write_json, DecodedInfo, DECODED_INFO_FILE};
+use super::common::input_dir;
 use crate::data::loader::decode_task_split;
-use crate::data::prepare::Manifest;
+use crate::entries::{dataset, decoded, decoded::DecodedInfo};
 use anyhow::{bail, Result};
 use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-
-pub const MANIFEST_FILE: &str = "dataset.json";
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,15 +31,6 @@ fn default_splits() -> Vec<String> {
     vec!["train800val200".into(), "test".into()]
 }
 
-/// Read a dataset entry's manifest; a relative root is relative to the entry.
-pub fn load_manifest(dir: &std::path::Path) -> Result<Manifest> {
-    let mut m = Manifest::load(&dir.join(MANIFEST_FILE))?;
-    if m.root.is_relative() {
-        m.root = dir.join(&m.root);
-    }
-    Ok(m)
-}
-
 pub struct Decode;
 
 impl StageKind for Decode {
@@ -56,7 +45,7 @@ impl StageKind for Decode {
         if p.size == 0 {
             bail!("`size` must be > 0");
         }
-        let manifest = load_manifest(input_dir(ctx, &p.dataset)?)?;
+        let manifest = dataset::read(input_dir(ctx, &p.dataset)?)?;
         let tm = manifest.task(&p.task)?;
         let task = manifest.load_task(&p.task)?;
         let mut info = DecodedInfo {
@@ -70,21 +59,20 @@ impl StageKind for Decode {
         };
         for split in &p.splits {
             ctx.check_cancel()?;
-            let (decoded, report) = decode_task_split(&task, split, p.size, p.skip_bad_images)?;
+            let (images, report) = decode_task_split(&task, split, p.size, p.skip_bad_images)?;
             for s in &report.skipped {
                 ctx.log(format!("skipped {} ({}): {}", s.path, s.location, s.error));
             }
             ctx.log(format!(
                 "{split}: {} images decoded at {}x{}",
-                decoded.len(),
+                images.len(),
                 p.size,
                 p.size
             ));
-            let file = format!("{split}.safetensors");
-            decoded.save(&ctx.out_dir.join(&file))?;
+            let file = decoded::write_split(&ctx.out_dir, split, &images)?;
             info.splits.insert(split.clone(), file);
             info.skipped.insert(split.clone(), report.skipped.len());
         }
-        write_json(&ctx.out_dir.join(DECODED_INFO_FILE), &info)
+        decoded::write_info(&ctx.out_dir, &info)
     }
 }

@@ -2,10 +2,10 @@
 //! and store it as a timm-named safetensors backbone, so downstream stages load it
 //! through the same checkpoint path as real pretrained weights. Reports label such
 //! models "in-pipeline pretrained toy backbone".
-use super::common::{
-    device, input_dir, read_split, write_csv, write_json, write_model, Arch, ModelInfo,
-};
+use super::common::{device, input_dir, Arch};
 use crate::data::image::{Normalize, NormalizeKind};
+use crate::entries::model::{self, ModelInfo};
+use crate::entries::{decoded, training, write_json};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::vit::Vit;
 use crate::train::{self, Member, OptimConfig};
@@ -67,8 +67,8 @@ impl StageKind for ModelPretrain {
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
         let dev = device(&ctx.device)?;
         let dir = input_dir(ctx, &p.data)?.to_path_buf();
-        let (info, train_split) = read_split(&dir, "train800val200")?;
-        let (_, test_split) = read_split(&dir, "test")?;
+        let (info, train_split) = decoded::read(&dir, "train800val200")?;
+        let (_, test_split) = decoded::read(&dir, "test")?;
         let mut cfg = p.arch.resolve()?;
         cfg.num_classes = info.num_classes;
         cfg.img_size = info.size;
@@ -84,7 +84,7 @@ impl StageKind for ModelPretrain {
         };
         let eval_every = p.optim.total_epochs().max(1);
         let out = train::train(&mut members, None, &p.optim, &data, p.seed, eval_every, ctx)?;
-        write_csv(&ctx.out_dir.join("metrics.csv"), &out.rows)?;
+        training::write_metrics(&ctx.out_dir, &out.rows)?;
         ctx.log(format!(
             "source task `{}`: test top-1 {:.2}",
             info.task, out.final_eval.top1
@@ -105,7 +105,7 @@ impl StageKind for ModelPretrain {
             source_top1: Some(out.final_eval.top1),
             notes: vec![],
         };
-        write_model(&ctx.out_dir, &model_info, &members[0].vit.export_backbone())?;
+        model::write(&ctx.out_dir, &model_info, &members[0].vit.export_backbone())?;
         write_json(&ctx.out_dir.join("pretrain.json"), &out.final_eval)
     }
 }

@@ -1,6 +1,7 @@
 //! `model/vit`: a frozen backbone from a preset and a weights source (local safetensors or
 //! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
-use super::common::{device, write_model, Arch, ModelInfo};
+use super::common::{device, Arch};
+use crate::entries::model::{self, ModelInfo};
 use crate::nn::checkpoint::{load_backbone, Hints, LoadOptions, LoadedWeights};
 use crate::nn::vit::Vit;
 use anyhow::{bail, Context, Result};
@@ -217,6 +218,6 @@ impl StageKind for ModelVit {
             source_top1: None,
             notes,
         };
-        write_model(&ctx.out_dir, &info, &tensors)
+        model::write(&ctx.out_dir, &info, &tensors)
     }
 }

@@ -2,23 +2,16 @@
 //! group means, mean of group means, plain mean, mean ± std over seeds, published numbers
 //! beside ours where the setting matches, plots; with `compare`, the paired AT vs iDAT
 //! analysis and a plain verdict (the demo report).
-use super::common::{read_json, write_json};
-use super::eval::{EvalRecord, EVAL_FILE};
-use super::train::METRICS_FILE;
+use crate::entries::{eval, training, write_json};
 use crate::report::backbones::{ModelStrength, TeacherRun};
 use crate::report::vtab::{EpochRow, Epochs, Group, RunResult, TaskMeta};
 use crate::report::writers::{write_demo_report_with, write_vtab_report_with};
-use crate::train::EpochRow as TrainRow;
 use anyhow::{bail, Context, Result};
 use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// File the runner prints at the end of a run (and the report's path).
-pub const SUMMARY_TXT: &str = "summary.txt";
-pub const REPORT_MD: &str = "report.md";
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -60,21 +53,18 @@ fn group_of(name: &str) -> Result<Group> {
     })
 }
 
+/// The learning curves an eval entry carries (its copy of the training `metrics.csv`).
 fn curves(dir: &Path) -> Result<Vec<EpochRow>> {
-    let path = dir.join(METRICS_FILE);
-    let mut r =
-        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = Vec::new();
-    for row in r.deserialize::<TrainRow>() {
-        let row = row.with_context(|| format!("{}: bad row", path.display()))?;
-        rows.push(EpochRow {
+    let rows = training::read_metrics(dir)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| EpochRow {
             epoch: row.epoch.saturating_sub(1),
             train_loss: Some(row.loss),
             test_top1: row.test_top1_student,
             lr: Some(row.lr),
-        });
-    }
-    Ok(rows)
+        })
+        .collect())
 }
 
 pub struct ReportVtab;
@@ -95,7 +85,7 @@ impl StageKind for ReportVtab {
                 bail!("no results from stage `{id}`: add it to `needs`");
             }
             for inp in inputs {
-                let rec: EvalRecord = read_json(&inp.dir.join(EVAL_FILE))?;
+                let rec = eval::read(&inp.dir)?;
                 tasks.entry(rec.task.clone()).or_insert(TaskMeta {
                     name: rec.task.clone(),
                     group: group_of(&rec.group)?,
@@ -159,7 +149,10 @@ impl StageKind for ReportVtab {
         }
         write_json(&ctx.out_dir.join("results.json"), &results)?;
         let summary = idat_engine::exec::record::plain_text(&summary);
-        std::fs::write(ctx.out_dir.join(SUMMARY_TXT), &summary)?;
+        std::fs::write(
+            ctx.out_dir.join(idat_engine::stages::SUMMARY_FILE),
+            &summary,
+        )?;
         ctx.log(summary);
         Ok(())
     }

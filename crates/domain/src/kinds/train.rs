@@ -3,27 +3,19 @@
 //!
 //! Both checkpoint every epoch into the instance's checkpoint directory, so a killed run
 //! resumes from its last epoch and ends with the same metrics as an uninterrupted one.
-use super::common::{device, input_dir, read_model, read_split, write_csv, write_json, ModelInfo};
+use super::common::{device, input_dir};
 use crate::data::image::{Normalize, NormalizeKind};
+use crate::entries::training::{self, Role, TrainSummary};
+use crate::entries::{decoded, model};
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::vit::{Vit, VitConfig};
-use crate::report::backbones::Backbone;
+use crate::nn::vit::Vit;
 use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::path::Path;
-
-/// Trainable weights of the kept model, in an entry.
-pub const STUDENT_FILE: &str = "student.safetensors";
-pub const TEACHER_FILE: &str = "teacher.safetensors";
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const METRICS_FILE: &str = "metrics.csv";
-/// Metadata key of the saved weights holding the task's class names (a JSON array in label
-/// order), when the task has them; `idat-pipe infer` prints them beside the labels.
-pub const CLASS_NAMES_META: &str = "class_names";
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -113,35 +105,6 @@ fn recipe(
     Ok((o, info.drop_path))
 }
 
-/// `summary.json` of a training entry: what the eval and report stages read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub task: String,
-    pub label: String,
-    pub seed: u64,
-    pub adapter: AdapterConfig,
-    pub student_config: VitConfig,
-    pub teacher_config: Option<VitConfig>,
-    pub student_model: String,
-    pub teacher_model: Option<String>,
-    pub trainable_student: usize,
-    pub trainable_teacher: Option<usize>,
-    pub epochs: usize,
-    pub best_top1: f64,
-    pub best_epoch: usize,
-    pub final_top1: f64,
-    pub final_top5: f64,
-    pub final_teacher_top1: Option<f64>,
-    pub resumed_from_epoch: Option<usize>,
-    pub train_seconds: f64,
-    /// The student's backbone: where it came from, its source-task top-1.
-    #[serde(default)]
-    pub student_backbone: Option<Backbone>,
-    /// The teacher's backbone (iDAT only).
-    #[serde(default)]
-    pub teacher_backbone: Option<Backbone>,
-}
-
 /// Everything one training run needs besides the context.
 struct Job<'a> {
     task: &'a str,
@@ -166,8 +129,8 @@ fn member(
     num_classes: usize,
     seed: u64,
     dev: &Device,
-) -> Result<(Member, ModelInfo)> {
-    let (cfg, info, backbone) = read_model(model_dir, num_classes, job.drop_path, dev)?;
+) -> Result<(Member, model::ModelInfo)> {
+    let (cfg, info, backbone) = model::read(model_dir, num_classes, job.drop_path, dev)?;
     let vit = Vit::new(&cfg, job.adapter, backbone, dev, seed)
         .with_context(|| format!("building the {name} from {}", model_dir.display()))?;
     Ok((Member::new(name, vit, &job.optim)?, info))
@@ -176,8 +139,8 @@ fn member(
 fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
     let dev = device(&ctx.device)?;
     let data_dir = input_dir(ctx, job.data)?.to_path_buf();
-    let (info, train_split) = read_split(&data_dir, "train800val200")?;
-    let (_, test_split) = read_split(&data_dir, "test")?;
+    let (info, train_split) = decoded::read(&data_dir, "train800val200")?;
+    let (_, test_split) = decoded::read(&data_dir, "test")?;
     let task = job.task;
     if info.task != task && crate::data::vtab::canonical_name(task) != info.task {
         bail!(
@@ -219,25 +182,11 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
     )?;
     let secs = t0.elapsed().as_secs_f64();
 
-    write_csv(&ctx.out_dir.join(METRICS_FILE), &out.rows)?;
-    let save = |m: &Member, file: &str| -> Result<()> {
-        let t = m
-            .vit
-            .trainable()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().clone()))
-            .collect();
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert("adapter".into(), serde_json::to_string(m.vit.adapter())?);
-        meta.insert("config".into(), serde_json::to_string(m.vit.config())?);
-        if let Some(names) = &info.class_names {
-            meta.insert(CLASS_NAMES_META.into(), serde_json::to_string(names)?);
-        }
-        crate::nn::checkpoint::save_tensors(&ctx.out_dir.join(file), &t, &meta)
-    };
-    save(&members[0], STUDENT_FILE)?;
+    training::write_metrics(&ctx.out_dir, &out.rows)?;
+    let names = info.class_names.as_deref();
+    training::write_weights(&ctx.out_dir, Role::Student, &members[0].vit, names)?;
     if let Some(t) = members.get(1) {
-        save(t, TEACHER_FILE)?;
+        training::write_weights(&ctx.out_dir, Role::Teacher, &t.vit, names)?;
     }
     let summary = TrainSummary {
         task: task.to_string(),
@@ -265,7 +214,7 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         "done: final top-1 {:.2} (best {:.2} at epoch {})",
         summary.final_top1, summary.best_top1, summary.best_epoch
     ));
-    write_json(&ctx.out_dir.join(SUMMARY_FILE), &summary)
+    training::write_summary(&ctx.out_dir, &summary)
 }
 
 pub struct TrainAdapt;

@@ -41,18 +41,6 @@ pub fn excess_kurtosis(xs: &[f64]) -> Option<f64> {
     Some(m4 / (m2 * m2) - 3.0)
 }
 
-/// `treatment[i] - baseline[i]` for paired observations; an error when the lengths differ.
-pub fn paired_differences(treatment: &[f64], baseline: &[f64]) -> Result<Vec<f64>> {
-    if treatment.len() != baseline.len() {
-        bail!(
-            "paired differences need equally many values: treatment has {}, baseline has {}",
-            treatment.len(),
-            baseline.len()
-        );
-    }
-    Ok(treatment.iter().zip(baseline).map(|(t, b)| t - b).collect())
-}
-
 fn sorted_finite(xs: &[f32], what: &str) -> Result<Vec<f64>> {
     if xs.is_empty() {
         bail!("{what} sample is empty");
@@ -251,16 +239,6 @@ mod tests {
             1e-12
         ));
         assert_eq!(excess_kurtosis(&[3.0, 3.0, 3.0]), None);
-    }
-
-    #[test]
-    fn paired_differences_checks_lengths() {
-        assert_eq!(
-            paired_differences(&[3.0, 5.0], &[1.0, 6.0]).unwrap(),
-            vec![2.0, -1.0]
-        );
-        let e = paired_differences(&[1.0], &[1.0, 2.0]).unwrap_err();
-        assert!(e.to_string().contains("treatment has 1, baseline has 2"));
     }
 
     #[test]

@@ -263,19 +263,6 @@ pub fn generate(
     writer::write_task(&t, gen.as_ref(), root, seed, n_train, n_test)
 }
 
-/// Generates every downstream task (not the source task) under `root`, one after the other.
-pub fn generate_all(
-    root: &Path,
-    seed: u64,
-    n_train: usize,
-    n_test: usize,
-) -> Result<Vec<GenReport>> {
-    tasks()
-        .iter()
-        .map(|t| generate(t.name, root, seed, n_train, n_test))
-        .collect()
-}
-
 fn check_count(t: &MiniTask, field: &str, n: usize, max: Option<usize>) -> Result<()> {
     if n == 0 {
         bail!("mini task `{}`: {field} must be at least 1, got 0", t.name);

@@ -1,0 +1,136 @@
+//! The formats of the cache entries the stage kinds write and read, one module per format,
+//! each with its file names, its fields (with units) and a writer and a reader that the
+//! producing kind and every consuming kind (and `idat-pipe infer`) share:
+//!
+//! - [`dataset`]: `dataset.json`, the validated manifest a `dataset/*` kind writes and
+//!   `data/decode` reads;
+//! - [`decoded`]: `decoded.json` and one `<split>.safetensors` per split, written by
+//!   `data/decode`, read by `model/pretrain`, `train/*` and `eval`;
+//! - [`model`]: `backbone.safetensors` and `model.json`, written by `model/vit` and
+//!   `model/pretrain`, read by `train/*` and `eval`;
+//! - [`training`]: `student.safetensors`, `teacher.safetensors`, `summary.json` and
+//!   `metrics.csv`, written by `train/adapt` and `train/idat`, read by `eval`,
+//!   `analysis/adapter-stats` and `idat-pipe infer`;
+//! - [`eval`]: `eval.json` (and a copy of the training `metrics.csv`), written by `eval`,
+//!   read by `report/vtab`.
+//!
+//! An entry is renamed into the cache only after its kind returns, so a reader never sees
+//! a half-written entry; the readers still check every file and name it in their errors.
+
+pub mod dataset;
+pub mod decoded;
+pub mod eval;
+pub mod model;
+pub mod training;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// Writes `v` as pretty JSON with a final newline to `path`.
+///
+/// # Errors
+/// When `v` does not serialize or `path` cannot be written (the error names `path`).
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads JSON written by [`write_json`]; `what` says what the file should hold, e.g.
+/// "a training summary (summary.json of train/adapt or train/idat)".
+///
+/// # Errors
+/// A missing or unreadable file, or content that is not `what`, naming `path` and `what`.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: unexpected content, expected {what}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoded::{self, DecodedInfo};
+    use super::{eval, training};
+    use crate::data::loader::DecodedSplit;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_decoded_entry_reads_back_what_its_writer_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let split = DecodedSplit {
+            images: (0..2 * 2 * 2 * 3).map(|i| i as u8).collect(),
+            labels: vec![1, 0],
+            size: 2,
+        };
+        let file = decoded::write_split(d.path(), "test", &split).unwrap();
+        assert_eq!(file, "test.safetensors");
+        let info = DecodedInfo {
+            task: "toy".into(),
+            group: "natural".into(),
+            num_classes: 2,
+            size: 2,
+            splits: BTreeMap::from([("test".to_string(), file)]),
+            skipped: BTreeMap::new(),
+            class_names: None,
+        };
+        decoded::write_info(d.path(), &info).unwrap();
+        let (got, s) = decoded::read(d.path(), "test").unwrap();
+        assert_eq!((got.task.as_str(), got.num_classes), ("toy", 2));
+        assert_eq!(s, split);
+        // A split the entry lacks: the error lists the ones it has.
+        let e = format!("{:#}", decoded::read(d.path(), "train").unwrap_err());
+        assert!(
+            e.contains("no split `train`") && e.contains("\"test\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn readers_name_the_file_and_what_they_expected() {
+        let d = tempfile::tempdir().unwrap();
+        // Missing: the path is named.
+        let e = format!("{:#}", training::read_summary(d.path()).unwrap_err());
+        assert!(e.contains("summary.json"), "{e}");
+        // Wrong content: the file and the expected format are named.
+        std::fs::write(d.path().join(eval::EVAL_FILE), "{\"task\": 1}").unwrap();
+        let e = format!("{:#}", eval::read(d.path()).unwrap_err());
+        assert!(
+            e.contains("eval.json") && e.contains("expected an evaluation result"),
+            "{e}"
+        );
+        std::fs::write(d.path().join(decoded::DECODED_INFO_FILE), "[]").unwrap();
+        let e = format!("{:#}", decoded::read_info(d.path()).unwrap_err());
+        assert!(
+            e.contains("decoded.json") && e.contains("as data/decode writes it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_round_trip_and_bad_rows_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let row = crate::train::EpochRow {
+            epoch: 1,
+            lr: 1e-3,
+            loss: 0.5,
+            ce_student: 0.5,
+            ce_teacher: None,
+            distill: None,
+            train_top1_student: 50.0,
+            test_top1_student: Some(40.0),
+            test_top5_student: Some(90.0),
+            test_top1_teacher: None,
+            seconds: 1.5,
+        };
+        training::write_metrics(d.path(), std::slice::from_ref(&row)).unwrap();
+        assert_eq!(training::read_metrics(d.path()).unwrap(), vec![row]);
+        let to = d.path().join("eval");
+        std::fs::create_dir(&to).unwrap();
+        training::copy_metrics(d.path(), &to).unwrap();
+        assert_eq!(training::read_metrics(&to).unwrap().len(), 1);
+        std::fs::write(d.path().join(training::METRICS_FILE), "epoch,lr\nx,1\n").unwrap();
+        let e = format!("{:#}", training::read_metrics(d.path()).unwrap_err());
+        assert!(e.contains("metrics.csv: bad row"), "{e}");
+    }
+}

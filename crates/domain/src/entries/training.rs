@@ -1,0 +1,196 @@
+//! The training entry of `train/adapt` and `train/idat`.
+//!
+//! - `student.safetensors`: the trainable weights (adapters and head) of the kept, large
+//!   model under their parameter names, with metadata `adapter` (the [`AdapterConfig`] as
+//!   JSON), `config` (the [`VitConfig`] as JSON) and, when the task has class names,
+//!   `class_names` (a JSON array in label order); `idat-pipe infer --adapter` reads it;
+//! - `teacher.safetensors` (`train/idat` only): the same for the small teacher;
+//! - `summary.json` ([`TrainSummary`]): what the run did and its accuracies (percent);
+//! - `metrics.csv`: one [`EpochRow`] per epoch (1-based epochs, mean training losses, accuracies
+//!   in percent, wall-clock seconds).
+//!
+//! `eval` reads the summary, the student and the metrics; `analysis/adapter-stats` the
+//! summary and both models' weights.
+use super::{read_json, write_json};
+use crate::nn::adapters::AdapterConfig;
+use crate::nn::checkpoint::{load_tensors, save_tensors};
+use crate::nn::vit::{Vit, VitConfig};
+use crate::report::backbones::Backbone;
+use crate::train::EpochRow;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The kept (large) model's trainable weights.
+pub const STUDENT_FILE: &str = "student.safetensors";
+/// The teacher's trainable weights (`train/idat` only).
+pub const TEACHER_FILE: &str = "teacher.safetensors";
+/// The run's [`TrainSummary`].
+pub const SUMMARY_FILE: &str = "summary.json";
+/// The per-epoch [`EpochRow`]s.
+pub const METRICS_FILE: &str = "metrics.csv";
+/// Metadata key of the saved weights holding the adapter config (JSON).
+pub const ADAPTER_META: &str = "adapter";
+/// Metadata key of the saved weights holding the ViT config (JSON).
+pub const CONFIG_META: &str = "config";
+/// Metadata key of the saved weights holding the task's class names (a JSON array in label
+/// order), when the task has them; `idat-pipe infer` prints them beside the labels.
+pub const CLASS_NAMES_META: &str = "class_names";
+
+/// Which of a training entry's models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The kept, large model (`student.safetensors`).
+    Student,
+    /// The small model of `train/idat` (`teacher.safetensors`).
+    Teacher,
+}
+
+impl Role {
+    /// The file of this model in the entry.
+    pub fn file(self) -> &'static str {
+        match self {
+            Role::Student => STUDENT_FILE,
+            Role::Teacher => TEACHER_FILE,
+        }
+    }
+}
+
+/// `summary.json` of a training entry: what the eval and analysis stages read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Task name as the stage was given it.
+    pub task: String,
+    /// Row label in reports, e.g. `at` or `idat-mse`.
+    pub label: String,
+    /// Training seed.
+    pub seed: u64,
+    /// Adapter method of the student (and teacher).
+    pub adapter: AdapterConfig,
+    /// The student's ViT config (its `num_classes` is the task's).
+    pub student_config: VitConfig,
+    /// The teacher's ViT config (`train/idat` only).
+    pub teacher_config: Option<VitConfig>,
+    /// The student backbone's label (`model.json`).
+    pub student_model: String,
+    /// The teacher backbone's label (`train/idat` only).
+    pub teacher_model: Option<String>,
+    /// Trainable parameters of the student (count).
+    pub trainable_student: usize,
+    /// Trainable parameters of the teacher (count, `train/idat` only).
+    pub trainable_teacher: Option<usize>,
+    /// Epochs trained (warm-up and cool-down included).
+    pub epochs: usize,
+    /// Best test top-1 (percent) over evaluated epochs, and its 1-based epoch.
+    pub best_top1: f64,
+    pub best_epoch: usize,
+    /// Test top-1 and top-5 (percent) after the last epoch.
+    pub final_top1: f64,
+    pub final_top5: f64,
+    /// The teacher's test top-1 (percent) after the last epoch (`train/idat` only).
+    pub final_teacher_top1: Option<f64>,
+    /// The epoch checkpoint this run resumed after, if any.
+    pub resumed_from_epoch: Option<usize>,
+    /// Wall-clock training time, in seconds.
+    pub train_seconds: f64,
+    /// The student's backbone: where it came from, its source-task top-1.
+    #[serde(default)]
+    pub student_backbone: Option<Backbone>,
+    /// The teacher's backbone (iDAT only).
+    #[serde(default)]
+    pub teacher_backbone: Option<Backbone>,
+}
+
+/// Writes the trainable weights of `vit` as the `role` model of the entry `dir`, with its
+/// adapter and ViT configs and the task's class names (if any) as metadata.
+///
+/// # Errors
+/// When the configs do not serialize or the file cannot be written (named).
+pub fn write_weights(
+    dir: &Path,
+    role: Role,
+    vit: &Vit,
+    class_names: Option<&[String]>,
+) -> Result<()> {
+    let t = vit
+        .trainable()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert(ADAPTER_META.into(), serde_json::to_string(vit.adapter())?);
+    meta.insert(CONFIG_META.into(), serde_json::to_string(vit.config())?);
+    if let Some(names) = class_names {
+        meta.insert(CLASS_NAMES_META.into(), serde_json::to_string(names)?);
+    }
+    save_tensors(&dir.join(role.file()), &t, &meta)
+}
+
+/// The trainable weights of the `role` model of the entry `dir`, on `dev`, by name.
+///
+/// # Errors
+/// A missing file or one that is not safetensors, naming it.
+pub fn read_weights(dir: &Path, role: Role, dev: &Device) -> Result<BTreeMap<String, Tensor>> {
+    Ok(load_tensors(&dir.join(role.file()), dev)?.0)
+}
+
+/// Writes `summary.json` into the entry `dir`.
+///
+/// # Errors
+/// When the file cannot be written (named).
+pub fn write_summary(dir: &Path, summary: &TrainSummary) -> Result<()> {
+    write_json(&dir.join(SUMMARY_FILE), summary)
+}
+
+/// `summary.json` of the training entry `dir`.
+///
+/// # Errors
+/// A missing file or one that is not a training summary, naming it.
+pub fn read_summary(dir: &Path) -> Result<TrainSummary> {
+    read_json(
+        &dir.join(SUMMARY_FILE),
+        "a training summary (summary.json as train/adapt or train/idat writes it)",
+    )
+}
+
+/// Writes `metrics.csv` (one row per epoch, a header line first) into `dir`.
+///
+/// # Errors
+/// When the file cannot be written (named).
+pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let mut w =
+        csv::Writer::from_path(&path).with_context(|| format!("writing {}", path.display()))?;
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The rows of `metrics.csv` in `dir` (a training entry, or an eval entry's copy).
+///
+/// # Errors
+/// A missing file or a row that is not an epoch row, naming the file.
+pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRow>> {
+    let path = dir.join(METRICS_FILE);
+    let mut r =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize::<EpochRow>()
+        .map(|row| row.with_context(|| format!("{}: bad row", path.display())))
+        .collect()
+}
+
+/// Copies `metrics.csv` of the entry `from` into the folder `to` (the eval entry keeps the
+/// learning curves beside its result).
+///
+/// # Errors
+/// When the file cannot be copied (the error names the source).
+pub fn copy_metrics(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from.join(METRICS_FILE), to.join(METRICS_FILE))
+        .with_context(|| format!("copying {}", from.join(METRICS_FILE).display()))?;
+    Ok(())
+}
