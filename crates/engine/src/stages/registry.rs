@@ -32,7 +32,7 @@ pub trait DynStage: Send + Sync {
     ///
     /// # Errors
     /// `with:` does not deserialize (serde's message), fails [`StageKind::check`] (the
-    /// message names the field as `with.PATH` when it has one), or the kind's `run` failed.
+    /// message names the field by its dotted path below `with` when it has one), or the kind's `run` failed.
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()>;
 }
 
