@@ -315,6 +315,9 @@ fn bottleneck_on_a_constant_input_gives_only_parameter_gradients() {
     }
 }
 
+/// One fused op called on its inputs with an implementation.
+type OpCall = dyn Fn(&[Tensor], OpsImpl) -> Tensor;
+
 /// The devices this machine has: the CPU, and the first CUDA device when there is one.
 fn devices() -> Vec<candle_core::Device> {
     let mut d = vec![candle_core::Device::Cpu];
@@ -340,8 +343,7 @@ fn every_fused_op_matches_composed_where_the_table_has_a_kernel() {
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let to = |t: Tensor| t.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
             for op in FusedOp::ALL {
-                let (inputs, f): (Vec<Tensor>, Box<dyn Fn(&[Tensor], OpsImpl) -> Tensor>) = match op
-                {
+                let (inputs, f): (Vec<Tensor>, Box<OpCall>) = match op {
                     FusedOp::LayerNorm => (
                         vec![
                             to(rand_tensor(&[2, 5, 24], 1)),
