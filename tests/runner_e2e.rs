@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CLI_ENV: &str = "IDAT_TESTKIT_CLI";
+use common::{cli_cmd, pipeline, text, CLI_ENV};
 
 fn main() -> ExitCode {
     if std::env::var_os(CLI_ENV).is_some() {
@@ -78,32 +78,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn pipeline(name: &str) -> String {
-    root()
-        .join("tests/pipelines")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn cli_cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.env(CLI_ENV, "1")
-        .env_remove("IDAT_CACHE_DIR")
-        .current_dir(dir)
-        .args(args);
-    c
-}
-
 fn cli(dir: &Path, args: &[&str]) -> Output {
     cli_cmd(dir, args).output().unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn ok(o: &Output) -> (String, String) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CLI_ENV: &str = "IDAT_TESTKIT_CLI";
+use common::{cli_cmd, pipeline, text, CLI_ENV};
 /// Poll Slurm often in tests (the default is every 2 s).
 const FAST: &str = "slurm.poll_interval=0.5";
 /// The long stage takes 30 x 300 ms: long enough to kill or cancel it while it runs.
@@ -70,28 +70,6 @@ fn slurm_ready() -> bool {
         .args(["-h", "-o", "%T"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("idle"))
-}
-
-fn pipeline(name: &str) -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    root.join("tests/pipelines")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-fn cli_cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.env(CLI_ENV, "1")
-        .env_remove("IDAT_CACHE_DIR")
-        .current_dir(dir)
-        .args(args);
-    c
-}
-
-fn text(o: &Output) -> (String, String) {
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (s(&o.stdout), s(&o.stderr))
 }
 
 fn ok(o: Output) -> (String, String) {
