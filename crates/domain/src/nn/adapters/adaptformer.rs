@@ -11,9 +11,8 @@
 
 use super::bottleneck::{self, Activation, Spec, WeightInit};
 use super::{check_finite, check_positive, check_rate, AdapterMethod, Halves};
-use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
-use candle_core::{Device, Result, Tensor};
+use crate::nn::vit::Fwd;
+use candle_core::{Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -161,22 +160,12 @@ impl AdapterMethod for AdaptformerConfig {
         Halves::NONE
     }
 
-    fn count(&self, cfg: &VitConfig) -> usize {
-        bottleneck::count_blocks(cfg, self.hidden)
+    fn block_bottleneck(&self) -> Option<Spec> {
+        Some(self.spec())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         validate(self.name(), self.hidden, self.scale, self.dropout)
-    }
-
-    fn add_params(
-        &self,
-        cfg: &VitConfig,
-        store: &mut ParamStore,
-        seed: u64,
-        dev: &Device,
-    ) -> Result<()> {
-        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
     }
 
     fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
@@ -194,22 +183,12 @@ impl AdapterMethod for AdaptformerOriginalConfig {
         Halves::NONE
     }
 
-    fn count(&self, cfg: &VitConfig) -> usize {
-        bottleneck::count_blocks(cfg, self.hidden)
+    fn block_bottleneck(&self) -> Option<Spec> {
+        Some(self.spec())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         validate(self.name(), self.hidden, self.scale, self.dropout)
-    }
-
-    fn add_params(
-        &self,
-        cfg: &VitConfig,
-        store: &mut ParamStore,
-        seed: u64,
-        dev: &Device,
-    ) -> Result<()> {
-        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
     }
 
     fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {

@@ -190,8 +190,20 @@ pub(crate) trait AdapterMethod: std::fmt::Debug + Send + Sync {
     /// The block halves the hooks reach into (required: see [`Halves`]).
     fn halves(&self) -> Halves;
 
-    /// Trainable scalars of the method itself (head excluded).
-    fn count(&self, cfg: &VitConfig) -> usize;
+    /// The spec of the method's one bottleneck per block (`blocks.{i}.adapter`), for the
+    /// methods built from one (Houlsby, the sequential adapter, AdaptFormer, ...): the
+    /// default [`AdapterMethod::count`] and [`AdapterMethod::add_params`] then create and
+    /// count them. None: the method has no per-block bottleneck.
+    fn block_bottleneck(&self) -> Option<bottleneck::Spec> {
+        None
+    }
+
+    /// Trainable scalars of the method itself (head excluded); by default those of its
+    /// per-block bottlenecks ([`AdapterMethod::block_bottleneck`]), else none.
+    fn count(&self, cfg: &VitConfig) -> usize {
+        self.block_bottleneck()
+            .map_or(0, |spec| bottleneck::count_blocks(cfg, spec.hidden))
+    }
 
     /// Checks the hyperparameters; errors name the method and the field.
     fn validate(&self) -> anyhow::Result<()> {
@@ -199,15 +211,19 @@ pub(crate) trait AdapterMethod: std::fmt::Debug + Send + Sync {
     }
 
     /// Creates the method's parameters in `store` (which already holds the frozen
-    /// backbone), or makes backbone tensors trainable.
+    /// backbone), or makes backbone tensors trainable; by default its per-block
+    /// bottlenecks ([`AdapterMethod::block_bottleneck`]), else nothing.
     fn add_params(
         &self,
-        _cfg: &VitConfig,
-        _store: &mut ParamStore,
-        _seed: u64,
-        _dev: &Device,
+        cfg: &VitConfig,
+        store: &mut ParamStore,
+        seed: u64,
+        dev: &Device,
     ) -> Result<()> {
-        Ok(())
+        match self.block_bottleneck() {
+            Some(spec) => bottleneck::add_blocks(store, cfg, &spec, seed, dev),
+            None => Ok(()),
+        }
     }
 
     /// After the op at `site` (timm module name: `patch_embed`, `blocks.{i}.norm1`,

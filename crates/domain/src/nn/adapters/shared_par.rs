@@ -6,9 +6,8 @@
 
 use super::bottleneck::{self, Activation, Spec, WeightInit};
 use super::{check_finite, check_positive, AdapterMethod, Halves};
-use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
-use candle_core::{Device, Result, Tensor};
+use crate::nn::vit::Fwd;
+use candle_core::{Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -63,23 +62,13 @@ impl AdapterMethod for SharedParConfig {
         Halves::NONE
     }
 
-    fn count(&self, cfg: &VitConfig) -> usize {
-        bottleneck::count_blocks(cfg, self.hidden)
+    fn block_bottleneck(&self) -> Option<Spec> {
+        Some(self.spec())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         check_positive(self.name(), "hidden", self.hidden)?;
         check_finite(self.name(), "scale", self.scale)
-    }
-
-    fn add_params(
-        &self,
-        cfg: &VitConfig,
-        store: &mut ParamStore,
-        seed: u64,
-        dev: &Device,
-    ) -> Result<()> {
-        bottleneck::add_blocks(store, cfg, &self.spec(), seed, dev)
     }
 
     /// `s * A(x)`, fed with the block input.
