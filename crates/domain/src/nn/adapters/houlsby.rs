@@ -38,19 +38,6 @@ impl Default for HoulsbyConfig {
     }
 }
 
-impl HoulsbyConfig {
-    /// The bottleneck spec.
-    pub fn spec(&self) -> Spec {
-        Spec {
-            hidden: self.hidden,
-            act: self.activation,
-            dropout: 0.0,
-            down_init: WeightInit::XavierUniform,
-            up_init: WeightInit::Zeros,
-        }
-    }
-}
-
 impl AdapterMethod for HoulsbyConfig {
     fn name(&self) -> &'static str {
         "houlsby"
@@ -62,7 +49,13 @@ impl AdapterMethod for HoulsbyConfig {
     }
 
     fn block_bottleneck(&self) -> Option<Spec> {
-        Some(self.spec())
+        Some(Spec {
+            hidden: self.hidden,
+            act: self.activation,
+            dropout: 0.0,
+            down_init: WeightInit::XavierUniform,
+            up_init: WeightInit::Zeros,
+        })
     }
 
     fn validate(&self) -> anyhow::Result<()> {

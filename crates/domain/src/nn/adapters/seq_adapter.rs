@@ -30,19 +30,6 @@ impl Default for SeqAdapterConfig {
     }
 }
 
-impl SeqAdapterConfig {
-    /// The bottleneck spec.
-    pub fn spec(&self) -> Spec {
-        Spec {
-            hidden: self.hidden,
-            act: Activation::Gelu,
-            dropout: 0.0,
-            down_init: WeightInit::TruncNormal,
-            up_init: WeightInit::TruncNormal,
-        }
-    }
-}
-
 impl AdapterMethod for SeqAdapterConfig {
     fn name(&self) -> &'static str {
         "seq_adapter"
@@ -54,7 +41,13 @@ impl AdapterMethod for SeqAdapterConfig {
     }
 
     fn block_bottleneck(&self) -> Option<Spec> {
-        Some(self.spec())
+        Some(Spec {
+            hidden: self.hidden,
+            act: Activation::Gelu,
+            dropout: 0.0,
+            down_init: WeightInit::TruncNormal,
+            up_init: WeightInit::TruncNormal,
+        })
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -39,19 +39,6 @@ impl Default for SharedParConfig {
     }
 }
 
-impl SharedParConfig {
-    /// The bottleneck spec.
-    pub fn spec(&self) -> Spec {
-        Spec {
-            hidden: self.hidden,
-            act: Activation::Gelu,
-            dropout: 0.0,
-            down_init: WeightInit::TruncNormal,
-            up_init: WeightInit::TruncNormal,
-        }
-    }
-}
-
 impl AdapterMethod for SharedParConfig {
     fn name(&self) -> &'static str {
         "shared_par_adapter"
@@ -63,7 +50,13 @@ impl AdapterMethod for SharedParConfig {
     }
 
     fn block_bottleneck(&self) -> Option<Spec> {
-        Some(self.spec())
+        Some(Spec {
+            hidden: self.hidden,
+            act: Activation::Gelu,
+            dropout: 0.0,
+            down_init: WeightInit::TruncNormal,
+            up_init: WeightInit::TruncNormal,
+        })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
