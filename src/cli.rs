@@ -157,6 +157,9 @@ enum Command {
         /// Recompute even when a valid entry exists.
         #[arg(long)]
         force: bool,
+        /// CPU threads of the instance (default: `$SLURM_CPUS_PER_TASK`, else every core).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
     },
 }
 
@@ -263,7 +266,15 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
             log,
             device,
             force,
-        } => cmd_exec_stage(&registry, &cache_dir, &p, &instance, log, (device, force)),
+            threads,
+        } => cmd_exec_stage(
+            &registry,
+            &cache_dir,
+            &p,
+            &instance,
+            log,
+            (device, force, threads),
+        ),
     };
     match r {
         Ok(c) => c,
@@ -628,7 +639,7 @@ fn cmd_exec_stage(
     p: &PipelineArgs,
     instance: &str,
     log: Option<PathBuf>,
-    (device, force): (String, bool),
+    (device, force, threads): (String, bool, Option<u32>),
 ) -> anyhow::Result<ExitCode> {
     use crate::exec::{build_job, exec_stage, Committed, JobSettings, Outcome};
     with_loaded(registry, p, |l| {
@@ -655,10 +666,12 @@ fn cmd_exec_stage(
             }),
             device,
             // Under Slurm, the task's `--cpus-per-task`.
-            threads: std::env::var("SLURM_CPUS_PER_TASK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(default_jobs),
+            threads: threads.map(|t| t as usize).unwrap_or_else(|| {
+                std::env::var("SLURM_CPUS_PER_TASK")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(default_jobs)
+            }),
             force,
         };
         let job = build_job(&g, i, registry, &cache, &committed, settings)

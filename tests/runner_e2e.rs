@@ -701,8 +701,31 @@ fn t_exec_stage() {
     let o = cli(d.path(), &["exec-stage", &p, "--instance", "data[task=a]"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("not all cached"), "{}", text(&o).1);
-    let (out, _) = ok(&cli(d.path(), &["exec-stage", &p, "--instance", "prep"]));
+    // --threads sizes the instance's thread pool (default: every core); 0 is refused.
+    let o = cli(
+        d.path(),
+        &["exec-stage", &p, "--instance", "prep", "--threads", "0"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--threads"), "{}", text(&o).1);
+    let log = d.path().join("prep.log");
+    let log_s = log.display().to_string();
+    let (out, _) = ok(&cli(
+        d.path(),
+        &[
+            "exec-stage",
+            &p,
+            "--instance",
+            "prep",
+            "--threads",
+            "3",
+            "--log",
+            &log_s,
+        ],
+    ));
     assert!(out.starts_with("ran prep "), "{out}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("on 3 threads"), "{logged}");
     let (out, _) = ok(&cli(
         d.path(),
         &["exec-stage", &p, "--instance", "data[task=a]"],

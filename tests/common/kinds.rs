@@ -47,7 +47,11 @@ impl StageKind for Write_ {
     const SUMMARY: &'static str = "test: write a text file";
     fn run(p: WriteParams, ctx: &mut StageContext) -> anyhow::Result<()> {
         count(&p.count_file, &format!("{} ran", ctx.instance_id))?;
-        ctx.log(format!("writing {:?}", p.text));
+        ctx.log(format!(
+            "writing {:?} on {} threads",
+            p.text,
+            rayon::current_num_threads()
+        ));
         std::thread::sleep(Duration::from_millis(p.sleep_ms));
         ctx.check_cancel()?;
         std::fs::write(
