@@ -32,7 +32,7 @@ else
     work=${WORK:-$(mktemp -d /tmp/demo-readme.XXXXXX)}
     mkdir -p "$work"
     commit=$(git rev-parse --short HEAD)
-    git diff --quiet HEAD -- src pipelines Cargo.toml Cargo.lock || commit="$commit+dirty"
+    git diff --quiet HEAD -- src crates pipelines Cargo.toml Cargo.lock || commit="$commit+dirty"
     {
         echo "commit=$commit"
         echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -106,13 +106,6 @@ timing=$work/bench-section.md
     echo "<!-- demo-timing:end -->"
 } >"$timing"
 
-splice() { # file marker section
-    awk -v t="$3" -v b="<!-- $2:begin -->" -v e="<!-- $2:end -->" '
-        index($0, b) { while ((getline l < t) > 0) print l; skip = 1; next }
-        index($0, e) { skip = 0; next }
-        !skip { print }' "$1" >"$1.new"
-    mv "$1.new" "$1"
-}
-splice "$readme" demo-results "$section"
-splice "$bench" demo-timing "$timing"
+scripts/splice.sh "$readme" demo-results "$section"
+scripts/splice.sh "$bench" demo-timing "$timing"
 echo "wrote $readme and $bench from $work"

@@ -9,7 +9,9 @@
 #     same GPU (max relative error), (b) `idat-pipe bench --device cuda`, iDAT + AT steps at full
 #     size (ViT-S/16 + ViT-B/16, 224) with batch 64 and 8, (c) benches/pytorch_step.py on the same
 #     card, fp32 and bf16 autocast. Prints a summary table LAST. Outputs go to $OUT (or
-#     ./gpu-check-out). Budget: under 6 minutes (each part has its own timeout).
+#     ./gpu-check-out); section.md there is that table as a docs section (COMMIT=<the commit the
+#     binary was built from> names it), for `scripts/splice.sh docs/benchmarks.md gpu-check
+#     section.md`. Budget: under 6 minutes (each part has its own timeout).
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/cuda/release/idat-pipe}
@@ -34,23 +36,7 @@ WARMUP=${WARMUP:-3}
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG" >&2
 "$PY" -c 'import torch, timm, safetensors' 2>>"$LOG" || { say "FATAL: $PY lacks torch/timm/safetensors"; exit 1; }
 # CUDA runtime libraries from pip's nvidia wheels (torch ships them), if present.
-NV_LIBS=$("$PY" - <<'EOF' 2>/dev/null
-import glob, os
-try:
-    import nvidia
-except ImportError:
-    raise SystemExit(0)
-dirs = set()
-for base in list(getattr(nvidia, "__path__", [])):
-    for so in glob.glob(os.path.join(base, "**", "lib*.so*"), recursive=True):
-        dirs.add(os.path.dirname(so))
-print(":".join(sorted(dirs)))
-EOF
-)
-if [ -n "$NV_LIBS" ]; then
-  export LD_LIBRARY_PATH="$NV_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  say "LD_LIBRARY_PATH += pip nvidia wheel libs ($(echo "$NV_LIBS" | tr ':' '\n' | wc -l) dirs)"
-fi
+PYTHON=$PY . scripts/gpu-env.sh 2>>"$LOG"
 MISSING=$(ldd "$BIN" 2>&1 | grep 'not found' || true)
 if [ -n "$MISSING" ]; then
   say "FATAL: $BIN has unresolved libraries:"; echo "$MISSING" | tee -a "$LOG" >&2
@@ -160,5 +146,20 @@ done
   echo "|---|---|"
   cat "$SUMMARY.tmp"
 } >"$SUMMARY"
+# The same table as a doc section: scripts/splice.sh docs/benchmarks.md gpu-check $OUT/section.md
+{
+  echo "<!-- gpu-check:begin -->"
+  echo "<!-- written by scripts/gpu-check.sh on the GPU machine; do not edit by hand -->"
+  echo "\`scripts/gpu-check.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'), $("$BIN" --version 2>/dev/null) built from commit"
+  echo "\`${COMMIT:-unknown}\` by scripts/cuda-build.sh; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 | sed 's/, / (driver /; s/$/)/');"
+  echo "$(nproc) CPU cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)); PyTorch $("$PY" -c 'import torch, timm; print(torch.__version__, "+ timm", timm.__version__)' 2>/dev/null)."
+  echo "Full size: ViT-S/16 teacher + ViT-B/16 student at 224x224, frozen backbones, seq_adapter"
+  echo "(hidden 4), CE_s + CE_t + MSE, AdamW; $WARMUP warm-up + $STEPS timed steps."
+  echo
+  echo "| check | result |"
+  echo "|---|---|"
+  grep '^| ' "$SUMMARY" | grep -v '^| check |'
+  echo "<!-- gpu-check:end -->"
+} >"$OUTDIR/section.md"
 rm -f "$SUMMARY.tmp"
 cat "$SUMMARY"
