@@ -66,7 +66,7 @@ section=$work/readme-section.md
     echo "<!-- demo-results:begin -->"
     echo "<!-- written by scripts/demo-readme.sh from one run; do not edit by hand -->"
     echo "Produced by \`scripts/demo-readme.sh\` at commit \`$commit\` on $date: $cores cores"
-    echo "($cpu), shared with other work (load average $load at the start), CPU GEMM backend"
+    echo "($cpu), load average $load at the start, CPU GEMM backend"
     echo "$backend, \`-j $jobs\`, $build, empty cache. The whole demo ($(tally 1)) took"
     echo "**$(wall 1)** (h:mm:ss or m:ss) with a peak resident set of $(rss_mib 1) MiB; the rerun"
     echo "($(tally 2)) took $(wall 2). The report's summary, verbatim:"
@@ -82,7 +82,7 @@ timing=$work/bench-section.md
     echo "<!-- demo-timing:begin -->"
     echo "<!-- written by scripts/demo-readme.sh from one run; do not edit by hand -->"
     echo "\`scripts/demo-readme.sh\` (\`/usr/bin/time -v idat-pipe run pipelines/demo.yaml -j $jobs\`,"
-    echo "empty cache), $build, commit \`$commit\`, $date, $cores cores ($cpu), shared with other work"
+    echo "empty cache), $build, commit \`$commit\`, $date, $cores cores ($cpu)"
     echo "(load average $load at the start), CPU GEMM backend $backend:"
     echo
     echo "| what | measured |"
