@@ -652,3 +652,46 @@ fn bf16_training_step_gradients_are_within_a_stated_tolerance_of_f32() {
     let (_, l) = grads_in(&vit, &x, &y, mode);
     assert_eq!(rel_err(&l, &l32), 0.0, "the fallback is f32");
 }
+
+/// Gradients of every method are bitwise the same from run to run on 2 and on 3 threads:
+/// the fused CPU ops sum over fixed parts of rows, never over rayon's work-stealing splits
+/// (which made repeated multi-threaded runs differ). Batch 64 makes those sums span several
+/// parts. (Across thread counts candle's own matmul still sums in different orders.)
+#[test]
+fn gradients_are_bitwise_the_same_from_run_to_run_on_several_threads() {
+    let cfg = tiny_config();
+    let x = rand_tensor(&[64, 3, 16, 16], 11);
+    let labels: Vec<u32> = (0..64).map(|i| i % 5).collect();
+    let y = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for m in all_methods() {
+            let vit = build(&cfg, &m);
+            perturb_zero_tensors(&vit);
+            let run = || -> Vec<(String, Vec<u32>)> {
+                let (grads, _) = pool.install(|| grads_of(&vit, &x, &y));
+                vit.trainable()
+                    .into_iter()
+                    .map(|(name, var)| (name, bits(grads.get(var.as_tensor()).unwrap())))
+                    .collect()
+            };
+            let first = run();
+            for _ in 0..8 {
+                for ((name, a), (_, b)) in first.iter().zip(run()) {
+                    assert!(
+                        *a == b,
+                        "{}: gradient of {name} changed between two runs on {threads} threads",
+                        m.name()
+                    );
+                }
+            }
+        }
+    }
+}

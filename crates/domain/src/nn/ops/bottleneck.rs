@@ -195,7 +195,9 @@ impl CustomOp3 for BottleneckOp {
             let mut dx = vec![0f32; if gx { z.m * d } else { 0 }];
             // Per-task sums: `[r, D + 1]` (as p1) and `[r + 1, D]` (W2's columns, then b2).
             let zero = || (vec![0f32; r * (d + 1)], vec![0f32; (r + 1) * d]);
-            let rows = xs.par_chunks(ROWS * d).zip(gs.par_chunks(ROWS * d));
+            // Fixed parts of rows, summed in order: the same sums on any number of threads.
+            let part = super::cpu::part_rows(z.m, ROWS) * d;
+            let rows = xs.par_chunks(part).zip(gs.par_chunks(part));
             let task = |acc: (Vec<f32>, Vec<f32>), x: &[f32], g: &[f32], dx: &mut [f32]| {
                 let (mut a1, mut a2) = acc;
                 let (mut h, mut a) = (vec![0f32; r], vec![0f32; r]);
@@ -236,14 +238,14 @@ impl CustomOp3 for BottleneckOp {
                 axpy(&mut a2, 1.0, &b2);
                 (a1, a2)
             };
-            let (a1, a2) = if gx {
-                rows.zip(dx.par_chunks_mut(ROWS * d))
-                    .fold(zero, |acc, ((x, g), dx)| task(acc, x, g, dx))
-                    .reduce(zero, add)
+            let parts: Vec<_> = if gx {
+                rows.zip(dx.par_chunks_mut(part))
+                    .map(|((x, g), dx)| task(zero(), x, g, dx))
+                    .collect()
             } else {
-                rows.fold(zero, |acc, (x, g)| task(acc, x, g, &mut []))
-                    .reduce(zero, add)
+                rows.map(|(x, g)| task(zero(), x, g, &mut [])).collect()
             };
+            let (a1, a2) = parts.into_iter().reduce(add).unwrap_or_else(zero);
             // Back to p2's layout `[D, r + 1]`.
             let mut d2 = vec![0f32; d * (r + 1)];
             for (i, row) in d2.chunks_exact_mut(r + 1).enumerate() {

@@ -46,28 +46,41 @@ pub(crate) fn min_rows(row_len: usize) -> usize {
     (4096 / row_len.max(1)).max(1)
 }
 
-/// Sums per-row contributions `f(row_index) -> [len]` over all rows in parallel.
+/// At most this many partial sums per parallel reduction. Fixed, so that how rows are
+/// grouped, and so the order of every float sum, depends on the sizes alone: results are
+/// bitwise the same on any number of threads and from run to run (rayon's own `fold` /
+/// `reduce` split by work stealing, which made them differ between runs).
+pub(crate) const MAX_PARTS: usize = 64;
+
+/// Rows per part when `rows` rows are reduced in parallel: at most [`MAX_PARTS`] parts, each
+/// at least `min` rows.
+pub(crate) fn part_rows(rows: usize, min: usize) -> usize {
+    rows.div_ceil(MAX_PARTS).max(min).max(1)
+}
+
+/// Sums per-row contributions `f(row_index) -> [len]` over all rows, in parallel over
+/// fixed parts of rows ([`part_rows`]) whose partial sums are then added in part order:
+/// the result does not depend on the thread count.
 pub(crate) fn par_row_sum(
     rows: usize,
     len: usize,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
     use rayon::prelude::*;
-    (0..rows)
+    let per = part_rows(rows, min_rows(len));
+    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(per))
         .into_par_iter()
-        .with_min_len(min_rows(len))
-        .fold(
-            || vec![0f32; len],
-            |mut acc, r| {
+        .map(|p| {
+            let mut acc = vec![0f32; len];
+            for r in p * per..((p + 1) * per).min(rows) {
                 f(r, &mut acc);
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; len],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; len];
+    for part in &parts {
+        out.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+    }
+    out
 }
