@@ -27,13 +27,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/idat-pipe}
-seeds=${SEEDS:-0 1 2}
-variants=${VARIANTS:-openblas:1 openblas:2 off:1}
+seeds=${SEEDS-0 1 2}
+variants=${VARIANTS-openblas:1 openblas:2 off:1}
+die() { echo "pretrain-seeds.sh: $*" >&2; exit 2; }
+if [ -z "${TABLE_ONLY:-}" ]; then
+    [ -n "${seeds// /}" ] || die "SEEDS is empty"
+    [ -n "${variants// /}" ] || die "VARIANTS is empty"
+    for s in $seeds; do [[ $s =~ ^[0-9]+$ ]] || die "SEEDS: '$s' is not a seed (a number)"; done
+    for v in $variants; do
+        [[ $v =~ ^(off|openblas|cuda):[1-9][0-9]{0,3}$ ]] \
+            || die "VARIANTS: '$v' is not BACKEND:THREADS (off, openblas or cuda; threads 1-9999)"
+    done
+fi
 doc=${DOC:-docs/mini-vtab.md}
 work=${WORK:-$(mktemp -d /tmp/pretrain-seeds.XXXXXX)}
 mkdir -p "$work"
 pipe=pipelines/demo.yaml
-grep -q '<!-- pretrain-seeds:begin -->' "$doc" || { echo "$doc has no pretrain-seeds markers" >&2; exit 2; }
+for m in begin end; do
+    grep -qxF "<!-- pretrain-seeds:$m -->" "$doc" 2>/dev/null || die "$doc has no <!-- pretrain-seeds:$m --> line"
+done
 [ -n "${TABLE_ONLY:-}" ] || [ -x "$bin" ] || { echo "no binary at $bin: cargo build --release first" >&2; exit 2; }
 
 case " $variants " in *" cuda:"*) PYTHON=${PYTHON:-python3} . scripts/gpu-env.sh ;; esac
@@ -84,6 +96,7 @@ print(next(f["blake3"][:10] for f in json.load(open(sys.argv[1]))["files"] if f[
     done
 done
 
+[ -s "$rows" ] || die "no rows in $rows: nothing to table, $doc left as it is"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "(no git)")
 git diff --quiet HEAD -- src crates pipelines Cargo.toml Cargo.lock 2>/dev/null || commit="$commit+dirty"
 table=$work/table.md

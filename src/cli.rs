@@ -157,8 +157,10 @@ enum Command {
         /// Recompute even when a valid entry exists.
         #[arg(long)]
         force: bool,
-        /// CPU threads of the instance (default: `$SLURM_CPUS_PER_TASK`, else every core).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        /// CPU threads of the instance, 1 to 1024 (default: `$SLURM_CPUS_PER_TASK`, else every
+        /// core). Every thread is started up front, so the bound keeps a typo from spawning
+        /// tens of thousands of OS threads.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         threads: Option<u32>,
     },
 }
