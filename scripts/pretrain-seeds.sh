@@ -66,6 +66,11 @@ exec_stage() { # backend threads instance [--set ...]
         | awk -v i="$inst" '($1 == "ran" || $1 == "cached") && $2 == i { print $1, $3 }'
 }
 
+# The commit of the code that measures (COMMIT=... where there is no git, e.g. on a GPU
+# machine given a copy of the tree); every row records it.
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+[ -n "${COMMIT:-}" ] || git diff --quiet HEAD -- src crates pipelines Cargo.toml Cargo.lock 2>/dev/null \
+    || commit="$commit+dirty"
 # Rows measured with another version of the pipeline file are not reused.
 rows=$work/rows-$(sha256sum "$pipe" | cut -c1-12).tsv
 touch "$rows"
@@ -90,15 +95,13 @@ print(next(f["blake3"][:10] for f in json.load(open(sys.argv[1]))["files"] if f[
                 "$entry/manifest.json")
             secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }')
             [ "$how" = ran ] || secs="cached"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$s" "$b" "$t" "$top1" "$secs" "$hash" \
-                "$(machine_of "$b")" | tee -a "$rows"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$m" "$s" "$b" "$t" "$top1" "$secs" "$hash" \
+                "$(machine_of "$b")" "$commit" | tee -a "$rows"
         done
     done
 done
 
 [ -s "$rows" ] || die "no rows in $rows: nothing to table, $doc left as it is"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "(no git)")
-git diff --quiet HEAD -- src crates pipelines Cargo.toml Cargo.lock 2>/dev/null || commit="$commit+dirty"
 table=$work/table.md
 {
     echo "<!-- pretrain-seeds:begin -->"
@@ -107,15 +110,15 @@ table=$work/table.md
     echo "per pretraining seed (\`--set stages.pretrain_M.with.seed=S\`), GEMM backend (\`off\`: the"
     echo "\`gemm\` crate, \`openblas\`: OpenBLAS, both on the CPU through \`IDAT_BLAS\`; \`cuda\`: cuBLAS,"
     echo "\`--device cuda\`) and CPU threads (\`exec-stage --threads\`; the demo runs each pretraining"
-    echo "on 1). Commit \`$commit\`, $(date -u +%Y-%m-%d). Seconds: wall time of the instance, one at a"
+    echo "on 1); commit: the code that measured the row. Tabled $(date -u +%Y-%m-%d). Seconds: wall time of the instance, one at a"
     echo "time, on a machine possibly shared with other work; \`cached\`: an earlier entry of the same"
     echo "stage was reused. blake3: the first hex digits of the stored backbone's hash (equal digits:"
     echo "bitwise-identical weights). Combinations missing from the table were not measured."
     echo
-    echo "| backbone | seed | backend | threads | source top-1 | seconds | blake3 | machine |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| backbone | seed | backend | threads | source top-1 | seconds | blake3 | machine | commit |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     sort -t$'\t' -k1,1r -k2,2n -k3,3 -k4,4n "$rows" \
-        | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }'
+        | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
     awk -F'\t' '
         { n[$1]++; s[$1] += $5; if (!($1 in lo) || $5 < lo[$1]) lo[$1] = $5; if ($5 > hi[$1]) hi[$1] = $5 }
         { t = ($1 == "teacher") ? 85 : 95; ok[$1] += ($5 >= t); target[$1] = t }
