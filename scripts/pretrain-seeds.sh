@@ -20,10 +20,10 @@
 #        TABLE_ONLY=1: run nothing, table the rows WORK holds.
 #
 # Runs one instance at a time, each variant from its own cache (cache keys include neither the
-# backend nor the thread count). Why threads: pretraining trains every weight, so its products
-# are candle's (not the frozen-linear GEMM that IDAT_BLAS selects), but the thread count
-# changes how candle splits and sums them. The table's blake3 column shows which runs gave
-# bitwise-identical backbones.
+# backend nor the thread count). Why threads and backends: they are what could change the order
+# of the float sums. Pretraining trains every weight, so its products are candle's, not the
+# frozen-linear GEMM that IDAT_BLAS selects; the CPU ops' own sums use fixed parts of rows. The
+# table's blake3 column and its summary lines show which runs gave bitwise-identical backbones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/idat-pipe}
@@ -129,6 +129,12 @@ table=$work/table.md
         END { for (kb in hash) { split(kb, f, SUBSEP); k = f[1] SUBSEP f[2] SUBSEP f[3]; b = f[4]
                 if (b != "openblas" && ((k, "openblas") in hash)) { n[b]++; same[b] += (hash[kb] == hash[k, "openblas"]) } }
               for (b in n) printf "`%s` runs bitwise identical to the `openblas` run of the same backbone, seed and threads: %d of %d.  \n", b, same[b], n[b] }' "$rows" | sort
+    # Runs on several threads against the 1-thread run of the same backbone, seed and backend.
+    awk -F'\t' '
+        $3 != "cuda" { hash[$1 SUBSEP $2 SUBSEP $3, $4] = $7 }
+        END { for (kt in hash) { split(kt, f, SUBSEP); k = f[1] SUBSEP f[2] SUBSEP f[3]; t = f[4]
+                if (t != 1 && ((k, 1) in hash)) { n[t]++; same[t] += (hash[kt] == hash[k, 1]) } }
+              for (t in n) printf "Runs on %d threads bitwise identical to the 1-thread run of the same backbone, seed and backend: %d of %d.  \n", t, same[t], n[t] }' "$rows" | sort
     echo "<!-- pretrain-seeds:end -->"
 } >"$table"
 scripts/splice.sh "$doc" pretrain-seeds "$table"
