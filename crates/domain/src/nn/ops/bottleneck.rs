@@ -193,13 +193,13 @@ impl CustomOp3 for BottleneckOp {
             let p = self.params(slice(p1s, p1l)?, slice(p2s, p2l)?, &z);
             let (d, r, s) = (z.d, z.r, self.scale);
             let mut dx = vec![0f32; if gx { z.m * d } else { 0 }];
-            // Per-task sums: `[r, D + 1]` (as p1) and `[r + 1, D]` (W2's columns, then b2).
+            // Per-part sums: `[r, D + 1]` (as p1) and `[r + 1, D]` (W2's columns, then b2).
             let zero = || (vec![0f32; r * (d + 1)], vec![0f32; (r + 1) * d]);
             // Fixed parts of rows, summed in order: the same sums on any number of threads.
             let part = super::cpu::part_rows(z.m, ROWS) * d;
             let rows = xs.par_chunks(part).zip(gs.par_chunks(part));
-            let task = |acc: (Vec<f32>, Vec<f32>), x: &[f32], g: &[f32], dx: &mut [f32]| {
-                let (mut a1, mut a2) = acc;
+            let task = |x: &[f32], g: &[f32], dx: &mut [f32]| {
+                let (mut a1, mut a2) = zero();
                 let (mut h, mut a) = (vec![0f32; r], vec![0f32; r]);
                 let mut gh = vec![0f32; r];
                 for (i, (x, g)) in x.chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
@@ -240,10 +240,10 @@ impl CustomOp3 for BottleneckOp {
             };
             let parts: Vec<_> = if gx {
                 rows.zip(dx.par_chunks_mut(part))
-                    .map(|((x, g), dx)| task(zero(), x, g, dx))
+                    .map(|((x, g), dx)| task(x, g, dx))
                     .collect()
             } else {
-                rows.map(|(x, g)| task(zero(), x, g, &mut [])).collect()
+                rows.map(|(x, g)| task(x, g, &mut [])).collect()
             };
             let (a1, a2) = parts.into_iter().reduce(add).unwrap_or_else(zero);
             // Back to p2's layout `[D, r + 1]`.
