@@ -71,6 +71,17 @@ exec_stage() { # backend threads instance [--set ...]
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 [ -n "${COMMIT:-}" ] || git diff --quiet HEAD -- src crates pipelines Cargo.toml Cargo.lock 2>/dev/null \
     || commit="$commit+dirty"
+# identical COL REF WHAT: rows that differ from a row holding REF in column COL (3: backend,
+# 4: threads) in that column alone; per value of COL, how many stored the same backbone (blake3).
+identical() {
+    awk -F'\t' -v c="$1" -v ref="$2" -v what="$3" '
+        { v = $c; $c = "*"; key[NR] = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4; val[NR] = v; h[NR] = $7
+          if (v == ref) refh[key[NR]] = $7 }
+        END { for (i = 1; i <= NR; i++) if (val[i] != ref && (key[i] in refh)) {
+                  n[val[i]]++; same[val[i]] += (h[i] == refh[key[i]]) }
+              for (v in n) printf what ": %d of %d.  \n", v, same[v], n[v] }' "$rows" | sort
+}
+
 # Rows measured with another version of the pipeline file are not reused.
 rows=$work/rows-$(sha256sum "$pipe" | cut -c1-12).tsv
 touch "$rows"
@@ -123,18 +134,8 @@ table=$work/table.md
         { n[$1]++; s[$1] += $5; if (!($1 in lo) || $5 < lo[$1]) lo[$1] = $5; if ($5 > hi[$1]) hi[$1] = $5 }
         { t = ($1 == "teacher") ? 85 : 95; ok[$1] += ($5 >= t); target[$1] = t }
         END { printf "\n"; for (m in n) printf "%s: mean %.2f, min %.2f, max %.2f over %d runs; %d of them at or above the %d%% target (issue 16).  \n", m, s[m] / n[m], lo[m], hi[m], n[m], ok[m], target[m] }' "$rows" | sort
-    # Runs that differ from an `openblas` run only in the backend: bitwise-identical weights?
-    awk -F'\t' '
-        { k = $1 SUBSEP $2 SUBSEP $4; hash[k, $3] = $7; seen[$3]++ }
-        END { for (kb in hash) { split(kb, f, SUBSEP); k = f[1] SUBSEP f[2] SUBSEP f[3]; b = f[4]
-                if (b != "openblas" && ((k, "openblas") in hash)) { n[b]++; same[b] += (hash[kb] == hash[k, "openblas"]) } }
-              for (b in n) printf "`%s` runs bitwise identical to the `openblas` run of the same backbone, seed and threads: %d of %d.  \n", b, same[b], n[b] }' "$rows" | sort
-    # Runs on several threads against the 1-thread run of the same backbone, seed and backend.
-    awk -F'\t' '
-        $3 != "cuda" { hash[$1 SUBSEP $2 SUBSEP $3, $4] = $7 }
-        END { for (kt in hash) { split(kt, f, SUBSEP); k = f[1] SUBSEP f[2] SUBSEP f[3]; t = f[4]
-                if (t != 1 && ((k, 1) in hash)) { n[t]++; same[t] += (hash[kt] == hash[k, 1]) } }
-              for (t in n) printf "Runs on %d threads bitwise identical to the 1-thread run of the same backbone, seed and backend: %d of %d.  \n", t, same[t], n[t] }' "$rows" | sort
+    identical 3 openblas '`%s` runs bitwise identical to the `openblas` run of the same backbone, seed and threads'
+    identical 4 1 'Runs on %s threads bitwise identical to the 1-thread run of the same backbone, seed and backend'
     echo "<!-- pretrain-seeds:end -->"
 } >"$table"
 scripts/splice.sh "$doc" pretrain-seeds "$table"
