@@ -9,10 +9,16 @@
 //! A rerun finds tasks still queued or running by job name (`idat-<digest of the keys>`)
 //! and the array's task table under `<cache>/slurm/arrays/`, and waits for them instead of
 //! submitting the same keys again; a committed entry is reused without a job.
+//!
+//! More instances than the cluster's `MaxArraySize` go out as several arrays. A task that
+//! Slurm requeues (preemption, a failed node, `scontrol requeue`) is waited for, not failed;
+//! one that Slurm ends (`TIMEOUT`, `OUT_OF_MEMORY`, `CANCELLED`, `NODE_FAIL`, ...) or has
+//! already forgotten fails naming the state, reason, job ids and logs (`states`).
 pub mod progress;
 pub mod queue;
 pub mod resources;
 pub mod script;
+pub mod states;
 
 use super::executor::{Capacity, Event, Executor, Finished};
 use super::job::StageJob;
@@ -21,7 +27,7 @@ use super::stage::Outcome;
 use crate::cache::{Cache, Lookup};
 use crate::config::model::{Resources, SlurmConfig};
 use progress::LogTail;
-use queue::{Listed, TaskId};
+use queue::{Listed, Slurm, TaskId};
 use script::{TaskRow, NAME_PREFIX};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,6 +37,9 @@ pub use script::Command as ExecCommand;
 /// Default seconds between two `squeue` calls.
 pub const DEFAULT_POLL_SECONDS: f64 = 2.0;
 
+/// Slurm's default `MaxArraySize`, used when `scontrol show config` does not give one.
+pub const DEFAULT_MAX_ARRAY_SIZE: usize = 1001;
+
 /// A submitted (or adopted) array task the executor watches.
 struct Tracked {
     index: usize,
@@ -39,14 +48,25 @@ struct Tracked {
     task: TaskId,
     tail: LogTail,
     start: f64,
-    /// Submitted by an earlier run of the same pipeline (its log is named in a failure).
+    /// Submitted by an earlier run of the same pipeline.
     adopted: bool,
     /// When the task was first seen gone from the queue without a sentinel.
     gone_since: Option<Instant>,
+    /// The stage's `resources.mem` and `resources.time` as written (named in hints).
+    mem: Option<String>,
+    time: Option<String>,
+    /// Seen running; seen waiting again after that (requeued).
+    ran: bool,
+    requeued: bool,
+    /// The last queue state shown as its progress message.
+    shown: Option<String>,
 }
 
 /// Runs instances as Slurm job arrays. See the module documentation.
 pub struct SlurmExecutor {
+    slurm: Box<dyn Slurm>,
+    /// The cluster's `MaxArraySize`, read at the first submission.
+    max_array: Option<usize>,
     config: SlurmConfig,
     command: ExecCommand,
     cache: Cache,
@@ -56,6 +76,9 @@ pub struct SlurmExecutor {
     arrays: Vec<String>,
     events: Vec<Event>,
     interval: Duration,
+    /// How long a task may be gone from the queue, unknown to Slurm or ended without a
+    /// sentinel before it fails (a sentinel may show up late on a network filesystem).
+    grace: Duration,
     last_sweep: Option<Instant>,
     cancelled: bool,
     note: Option<String>,
@@ -66,11 +89,24 @@ impl SlurmExecutor {
     /// An executor submitting `command` (absolute paths) with the `slurm:` settings `config`,
     /// against `cache` (the directory in `command.cache_dir`).
     pub fn new(config: SlurmConfig, command: ExecCommand, cache: Cache) -> Self {
+        Self::with_slurm(Box::new(queue::Cli), config, command, cache)
+    }
+
+    /// The same, talking to `slurm` instead of the Slurm commands on `PATH` (tests script a
+    /// queue with it).
+    pub fn with_slurm(
+        slurm: Box<dyn Slurm>,
+        config: SlurmConfig,
+        command: ExecCommand,
+        cache: Cache,
+    ) -> Self {
         let secs = config
             .poll_interval
             .unwrap_or(DEFAULT_POLL_SECONDS)
             .max(0.2);
         Self {
+            slurm,
+            max_array: None,
             config,
             command,
             cache,
@@ -79,6 +115,7 @@ impl SlurmExecutor {
             arrays: Vec::new(),
             events: Vec::new(),
             interval: Duration::from_secs_f64(secs),
+            grace: watch::GRACE.max(Duration::from_secs_f64(secs * 5.0)),
             last_sweep: None,
             cancelled: false,
             note: None,
@@ -97,7 +134,7 @@ impl SlurmExecutor {
 
     /// `squeue`, logging a failure once per streak (None while it fails).
     fn squeue(&mut self) -> Option<HashMap<TaskId, Listed>> {
-        match queue::squeue(NAME_PREFIX) {
+        match self.slurm.squeue(NAME_PREFIX) {
             Ok(q) => {
                 self.squeue_failing = false;
                 Some(q)
@@ -171,7 +208,13 @@ impl SlurmExecutor {
                 if !self.arrays.contains(&task.array) {
                     self.arrays.push(task.array.clone());
                 }
-                self.track(index, row.clone(), task.clone(), true);
+                self.track(
+                    index,
+                    row.clone(),
+                    task.clone(),
+                    true,
+                    &job.instance.resources,
+                );
                 continue;
             }
             let log = std::path::absolute(&job.log_path).unwrap_or(job.log_path.clone());
@@ -185,28 +228,64 @@ impl SlurmExecutor {
             ));
             members.push((index, job.instance.resources.clone()));
         }
-        let Some((_, resources)) = members.first().cloned() else {
-            return;
-        };
-        match self.sbatch_array(stage, &rows, &resources) {
-            Ok(array) => {
-                for (t, ((row, _), (index, _))) in rows.into_iter().zip(members).enumerate() {
-                    let task = TaskId {
-                        array: array.clone(),
-                        task: t as u32,
-                    };
-                    self.track(index, row, task, false);
-                }
+        let size = self.max_array_size();
+        let mut members = members.into_iter();
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<(TaskRow, bool)> = rows.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                break;
             }
-            Err(e) => {
-                for (index, _) in members {
-                    self.finished(index, Outcome::Failed(e.clone()), now);
+            let who: Vec<(usize, Resources)> = members.by_ref().take(chunk.len()).collect();
+            let resources = who[0].1.clone();
+            match self.sbatch_array(stage, &chunk, &resources) {
+                Ok(array) => {
+                    for (t, ((row, _), (index, _))) in chunk.into_iter().zip(who).enumerate() {
+                        let task = TaskId {
+                            array: array.clone(),
+                            task: t as u32,
+                        };
+                        self.track(index, row, task, false, &resources);
+                    }
+                }
+                Err(e) => {
+                    // The same text for every instance: the failure report shows it once.
+                    let e = format!("submitting stage {stage} to Slurm: {e}");
+                    for (index, _) in who {
+                        self.finished(index, Outcome::Failed(e.clone()), now);
+                    }
                 }
             }
         }
     }
 
-    fn track(&mut self, index: usize, row: TaskRow, task: TaskId, adopted: bool) {
+    /// The cluster's `MaxArraySize` (read once; Slurm's default when unreadable).
+    fn max_array_size(&mut self) -> usize {
+        if let Some(n) = self.max_array {
+            return n;
+        }
+        let n = match self.slurm.max_array_size() {
+            Ok(n) if n > 0 => n,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    "could not read MaxArraySize from `scontrol show config`; \
+                     assuming Slurm's default {DEFAULT_MAX_ARRAY_SIZE}"
+                );
+                DEFAULT_MAX_ARRAY_SIZE
+            }
+        };
+        self.max_array = Some(n);
+        n
+    }
+
+    fn track(
+        &mut self,
+        index: usize,
+        row: TaskRow,
+        task: TaskId,
+        adopted: bool,
+        resources: &Resources,
+    ) {
         self.tasks.push(Tracked {
             index,
             tail: LogTail::at_end(&row.log),
@@ -216,6 +295,11 @@ impl SlurmExecutor {
             start: unix_now(),
             adopted,
             gone_since: None,
+            mem: resources.mem.clone(),
+            time: resources.time.clone(),
+            ran: false,
+            requeued: false,
+            shown: None,
         });
     }
 
@@ -242,7 +326,7 @@ impl SlurmExecutor {
         let text = script::batch_script(&self.command, stage, rows);
         script::write_atomic(&path, text.as_bytes()).map_err(io)?;
         let args = self.sbatch_args(&name, stage, rows.len(), resources)?;
-        let id = queue::sbatch(&args, &path)?;
+        let id = self.slurm.sbatch(&args, &path)?;
         tracing::info!(
             "stage {stage}: Slurm job array {id} ({} task(s))",
             rows.len()
@@ -269,6 +353,8 @@ impl SlurmExecutor {
             format!("--job-name={name}"),
             format!("--array=0-{}{throttle}", n - 1),
             format!("--output={}", out.display()),
+            // A requeued task's attempts all stay in its output file.
+            "--open-mode=append".into(),
             format!("--comment=idat-pipe stage {stage}"),
         ];
         for (flag, v) in [
@@ -280,8 +366,7 @@ impl SlurmExecutor {
                 a.push(format!("--{flag}={v}"));
             }
         }
-        let opts = resources::sbatch_options(resources, c.gpu_request)
-            .map_err(|e| format!("stage {stage}: {e}"))?;
+        let opts = resources::sbatch_options(resources, c.gpu_request)?;
         a.extend(opts);
         a.extend(c.sbatch_args.iter().cloned());
         Ok(a)
@@ -289,6 +374,9 @@ impl SlurmExecutor {
 }
 
 mod watch;
+
+#[cfg(test)]
+mod tests;
 
 impl Executor for SlurmExecutor {
     fn capacity(&self) -> Capacity {
@@ -343,7 +431,7 @@ impl Executor for SlurmExecutor {
             .filter(|a| self.tasks.iter().any(|t| &t.task.array == *a))
             .cloned()
             .collect();
-        self.note = match queue::scancel(&ids) {
+        self.note = match self.slurm.scancel(&ids) {
             Ok(()) if ids.is_empty() => None,
             Ok(()) => Some(format!(
                 "scancel: cancelled Slurm job(s) {}",

@@ -1,7 +1,9 @@
 //! The files of one job array: its task table (`<cache>/slurm/arrays/<name>.tsv`: key,
 //! instance and log per task index, written before `sbatch` so a later run can always map a
 //! queued task back to its cache key), its batch script, and the exit-code sentinels the
-//! tasks write (`<cache>/slurm/exit/<key>.exit`: `<code> <ran|cached|-> <array>_<task>`).
+//! tasks write (`<cache>/slurm/exit/<key>.exit`: `<code> <ran|cached|-> <array>_<task>
+//! <restarts>`). A task that Slurm requeued removes its earlier attempt's sentinel when it
+//! starts again.
 use std::path::{Path, PathBuf};
 
 /// Prefix of every job name idat-pipe gives Slurm (`idat-<16 hex digits>`).
@@ -134,21 +136,51 @@ pub fn batch_script(cmd: &Command, stage: &str, rows: &[(TaskRow, bool)]) -> Str
         call += &format!(" --set {}", quote(o));
     }
     let exit_dir = q(&slurm_dir(&cmd.cache_dir).join("exit"));
+    // Each attempt starts with a marker line in the output file (appended to: a requeued
+    // task's attempts all stay there), and removes an earlier attempt's sentinel, which is
+    // not this attempt's outcome.
+    let marker = super::states::ATTEMPT_MARKER;
     s += &format!(
-        "OUT=$({call})\nRC=$?\nprintf '%s\\n' \"$OUT\"\nW=${{OUT%% *}}; [ -n \"$W\" ] || W=-\n\
-         EXIT={exit_dir}; TMP=\"$EXIT/.$KEY.exit.$SLURM_JOB_ID\"\n\
-         printf '%s %s %s_%s\\n' \"$RC\" \"$W\" \"$SLURM_ARRAY_JOB_ID\" \"$SLURM_ARRAY_TASK_ID\" \
-         >\"$TMP\" && mv -f \"$TMP\" \"$EXIT/$KEY.exit\"\nexit $RC\n"
+        "echo \"{marker}${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} (job id $SLURM_JOB_ID), \
+         attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) on $(hostname)\"\n\
+         EXIT={exit_dir}; rm -f \"$EXIT/$KEY.exit\"\nOUT=$({call})\nRC=$?\n\
+         printf '%s\\n' \"$OUT\"\nW=${{OUT%% *}}; [ -n \"$W\" ] || W=-\n\
+         TMP=\"$EXIT/.$KEY.exit.$SLURM_JOB_ID\"\n\
+         printf '%s %s %s_%s %s\\n' \"$RC\" \"$W\" \"$SLURM_ARRAY_JOB_ID\" \"$SLURM_ARRAY_TASK_ID\" \
+         \"${{SLURM_RESTART_COUNT:-0}}\" >\"$TMP\" && mv -f \"$TMP\" \"$EXIT/$KEY.exit\"\nexit $RC\n"
     );
     s
 }
 
-/// A sentinel's content: exit code, `ran`/`cached`/`-`, and the task that wrote it.
-pub fn read_sentinel(path: &Path) -> Option<(i32, String, String)> {
+/// What a task wrote to its sentinel when `exec-stage` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// exec-stage's exit code.
+    pub rc: i32,
+    /// The first word exec-stage printed: `ran`, `cached`, or `-`.
+    pub word: String,
+    /// The task that wrote it, `<array>_<task>`.
+    pub task: String,
+    /// Slurm's restart count of the attempt that wrote it (0: the first attempt).
+    pub restarts: u32,
+}
+
+/// A sentinel's content (None when missing or not in the format the script writes; the
+/// restart count is absent in sentinels of earlier versions).
+pub fn read_sentinel(path: &Path) -> Option<Sentinel> {
     let text = std::fs::read_to_string(path).ok()?;
     let f: Vec<&str> = text.split_whitespace().collect();
-    let [rc, word, task] = f[..] else { return None };
-    Some((rc.parse().ok()?, word.to_string(), task.to_string()))
+    let (rc, word, task, restarts) = match f[..] {
+        [rc, word, task] => (rc, word, task, "0"),
+        [rc, word, task, restarts] => (rc, word, task, restarts),
+        _ => return None,
+    };
+    Some(Sentinel {
+        rc: rc.parse().ok()?,
+        word: word.to_string(),
+        task: task.to_string(),
+        restarts: restarts.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -187,10 +219,39 @@ mod tests {
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("--instance a[x='1']") && out.contains("--set params.a=b c"));
         assert!(out.contains(" --force --device cpu"), "{out}");
-        assert_eq!(
-            read_sentinel(&sentinel(&cache, "k1")).unwrap(),
-            (0, "--cache-dir".to_string(), "7_0".to_string())
-        );
+        let want = Sentinel {
+            rc: 0,
+            word: "--cache-dir".into(),
+            task: "7_0".into(),
+            restarts: 0,
+        };
+        assert_eq!(read_sentinel(&sentinel(&cache, "k1")).unwrap(), want);
+        // A requeued attempt removes the earlier attempt's sentinel before it runs (the
+        // stand-in fails if it still sees one), and writes its restart count.
+        let fake = d.path().join("fake.sh");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ntest -e \"$SENT\" && { echo stale; exit 9; }\necho ran x\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let cmd = Command { exe: fake, ..cmd };
+        std::fs::write(&script, batch_script(&cmd, "a", &forced)).unwrap();
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .env("SENT", sentinel(&cache, "k1"))
+            .env("SLURM_ARRAY_TASK_ID", "0")
+            .env("SLURM_ARRAY_JOB_ID", "7")
+            .env("SLURM_JOB_ID", "8")
+            .env("SLURM_RESTART_COUNT", "2")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let s = read_sentinel(&sentinel(&cache, "k1")).unwrap();
+        assert_eq!((s.rc, s.word.as_str(), s.restarts), (0, "ran", 2));
+        std::fs::write(sentinel(&cache, "k1"), "1 - 7_0\n").unwrap();
+        assert_eq!(read_sentinel(&sentinel(&cache, "k1")).unwrap().restarts, 0);
         write_table(&cache, "n", &rows).unwrap();
         assert_eq!(read_table(&cache, "n").unwrap(), rows);
         assert!(job_name(&rows).starts_with(NAME_PREFIX));
