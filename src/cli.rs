@@ -9,7 +9,8 @@ use crate::exec::progress::reporter;
 use crate::exec::record::RunRecord;
 use crate::exec::slurm::ExecCommand;
 use crate::exec::{
-    plan, Decision, Executor, LocalExecutor, RunContext, RunOptions, RunSummary, SlurmExecutor,
+    plan, Decision, Executor, Failure, LocalExecutor, RunContext, RunOptions, RunSummary,
+    SlurmExecutor,
 };
 use crate::graph::Graph;
 use crate::stages::Registry;
@@ -525,16 +526,37 @@ fn report_run(s: &RunSummary, record_dir: &Path, quiet: bool, resume: &str) -> E
             record_dir.display()
         );
     }
-    for fl in &s.failed {
-        eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
+    for group in failure_groups(&s.failed) {
+        let fl = group[0];
+        if group.len() == 1 {
+            eprintln!("\nFAILED {}\n  error: {}", fl.instance, fl.error);
+        } else {
+            eprintln!(
+                "\nFAILED {} instances with the same error: {}\n  error: {}",
+                group.len(),
+                instance_list(&group),
+                fl.error
+            );
+        }
         if !fl.log_tail.is_empty() {
-            eprintln!("  last {} log lines:", fl.log_tail.len());
+            let of = if group.len() > 1 {
+                format!(" of {}", fl.instance)
+            } else {
+                String::new()
+            };
+            eprintln!("  last {} log lines{of}:", fl.log_tail.len());
             for line in &fl.log_tail {
                 eprintln!("    | {line}");
             }
         }
         if !fl.log.as_os_str().is_empty() {
-            eprintln!("  log: {}", fl.log.display());
+            match group.len() {
+                1 => eprintln!("  log: {}", fl.log.display()),
+                _ => eprintln!(
+                    "  logs: {}",
+                    fl.log.parent().unwrap_or(Path::new(".")).display()
+                ),
+            }
         }
     }
     if s.interrupted || !s.failed.is_empty() {
@@ -545,6 +567,36 @@ fn report_run(s: &RunSummary, record_dir: &Path, quiet: bool, resume: &str) -> E
         return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS
+}
+
+/// Failures grouped by their error text, in the order each text first failed: a whole
+/// array refused by sbatch is one message, not one per instance.
+fn failure_groups(failed: &[Failure]) -> Vec<Vec<&Failure>> {
+    let mut groups: Vec<Vec<&Failure>> = Vec::new();
+    for f in failed {
+        match groups.iter_mut().find(|g| g[0].error == f.error) {
+            Some(g) => g.push(f),
+            None => groups.push(vec![f]),
+        }
+    }
+    groups
+}
+
+/// `a, b, c and 997 more (all in trace.csv)`.
+fn instance_list(group: &[&Failure]) -> String {
+    const SHOWN: usize = 3;
+    let names: Vec<&str> = group
+        .iter()
+        .take(SHOWN)
+        .map(|f| f.instance.as_str())
+        .collect();
+    match group.len().saturating_sub(SHOWN) {
+        0 => names.join(", "),
+        more => format!(
+            "{} and {more} more (the run record's trace.csv lists them all)",
+            names.join(", ")
+        ),
+    }
 }
 
 /// The executor `run` uses: `--executor`, else the file's `executor:`, else local.
