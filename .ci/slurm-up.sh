@@ -5,6 +5,12 @@
 # daemons in the background and writes their PIDs to $SLURM_PIDS (default
 # /run/idat-slurm.pids) for slurm-down.sh. Idempotent: when a node is already idle it does
 # nothing. Needs root (or sudo).
+# Beyond ../shared/docs/slurm-local.md, for tests/slurm_e2e.rs:
+# - MaxArraySize=4: small, so a matrix larger than the cluster's limit (split into several
+#   arrays) is a few instances, not a thousand;
+# - --mem enforced without cgroups: memory is a consumable resource (CR_Core_Memory, 1000 MB
+#   per CPU by default) and jobacct_gather/linux kills a step above its limit
+#   (OverMemoryKill, sampled every second).
 set -euo pipefail
 PIDS=${SLURM_PIDS:-/run/idat-slurm.pids}
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,11 +36,15 @@ CredType=cred/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+MaxArraySize=4
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd

@@ -103,12 +103,15 @@ pub struct StepsParams {
     pub step_ms: u64,
     #[serde(default)]
     pub count_file: Option<String>,
+    /// Megabytes to allocate, touch and hold while stepping (a memory limit's test).
+    #[serde(default)]
+    pub alloc_mb: usize,
 }
 impl StageKind for Steps {
     type Params = StepsParams;
     const NAME: &'static str = "test/steps";
     const VERSION: u32 = 1;
-    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["step_ms", "count_file"];
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["step_ms", "count_file", "alloc_mb"];
     const SUMMARY: &'static str = "test: a long stage that checkpoints every step";
     fn run(p: StepsParams, ctx: &mut StageContext) -> anyhow::Result<()> {
         let ck = ctx.checkpoint_dir.join("step");
@@ -118,6 +121,8 @@ impl StageKind for Steps {
             .unwrap_or(0);
         count(&p.count_file, &format!("{} start={start}", ctx.instance_id))?;
         ctx.log(format!("resuming at step {start}"));
+        // Touched page by page, so the memory is resident, not only reserved.
+        let held = vec![1u8; p.alloc_mb << 20];
         ctx.progress.set_total(p.steps as u64);
         for s in start..p.steps {
             ctx.check_cancel()?;
@@ -132,6 +137,7 @@ impl StageKind for Steps {
             ctx.out_dir.join("out.txt"),
             format!("steps={} resumed_from={start}", p.steps),
         )?;
+        drop(std::hint::black_box(held));
         Ok(())
     }
 }
