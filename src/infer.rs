@@ -32,7 +32,8 @@ pub enum InferInput {
 pub struct InferOptions {
     /// A preset name, or a JSON/YAML file holding a `VitConfig` or a model entry's `model.json`.
     pub model: String,
-    /// Backbone weights (timm `.safetensors` or Google `.npz`); a `head.*` is used when present.
+    /// Backbone weights (timm or transformers ViT `.safetensors`, a sharded checkpoint's index
+    /// or its folder, or Google `.npz`; docs/checkpoints.md); a `head.*` is used when present.
     pub weights: PathBuf,
     /// Trained trainable tensors (adapter + head) with `adapter` / `config` metadata.
     pub adapter: Option<PathBuf>,
@@ -510,7 +511,9 @@ pub struct InferArgs {
     /// A preset (`vit_base_patch16_224`), or a JSON/YAML ViT config, or a model entry's model.json.
     #[arg(long)]
     pub model: String,
-    /// Backbone weights (timm .safetensors or Google .npz); its `head.*` is used without --adapter.
+    /// Backbone weights: timm or Hugging Face transformers ViT .safetensors, a sharded
+    /// checkpoint's model.safetensors.index.json (or its folder), or a Google .npz (see
+    /// docs/checkpoints.md); its `head.*` is used without --adapter.
     #[arg(long, value_parser = cli_path)]
     pub weights: PathBuf,
     /// A training entry's student.safetensors (adapter + head, with `adapter`/`config` metadata).

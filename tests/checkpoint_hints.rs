@@ -253,6 +253,92 @@ fn published_and_wrapped_layouts_load_and_every_suggested_option_exists() {
     }
 }
 
+/// The layouts of issue 22 through `model/vit`: a transformers ViT, a sharded folder (keyed by
+/// the index and every shard), a PyTorch pickle (refused with the command converting it) and a
+/// backbone inside a larger model (its fix, `with.ignore`, exists and works).
+#[test]
+fn model_vit_reads_transformers_and_sharded_files_and_refuses_pickles_with_fixes_that_exist() {
+    let known = schema_options("model/vit");
+    let dir = tempfile::tempdir().unwrap();
+    let mut errors = Vec::new();
+
+    let notes = model_vit(with_file(&fixture("hf_vit/model.safetensors"), json!({}))).unwrap();
+    let notes = notes.join("\n");
+    assert!(
+        notes.contains("converted 38 tensors from the Hugging Face transformers ViT layout"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("dropped the pooler") && notes.contains("layer_norm_eps 1e-12"),
+        "{notes}"
+    );
+    assert!(!notes.contains("wrapped"), "{notes}");
+
+    let sharded = fixture("hf_vit_sharded");
+    let small = json!({"embed_dim": 8, "depth": 1, "img_size": 16});
+    let w = json!({"arch": arch(small.clone()), "weights": {"from": "file", "path": sharded}});
+    let notes = model_vit(w.clone()).unwrap().join("\n");
+    assert!(notes.contains("from the 3 shards listed by"), "{notes}");
+    let inputs = idat_pipe::builtin_registry()
+        .get("model/vit")
+        .unwrap()
+        .external_inputs(&w);
+    let names: Vec<String> = inputs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "model.safetensors.index.json",
+            "model-00001-of-00003.safetensors",
+            "model-00002-of-00003.safetensors",
+            "model-00003-of-00003.safetensors"
+        ],
+        "the cache key covers the index and every shard"
+    );
+
+    let e = format!(
+        "{:#}",
+        model_vit(with_file(&fixture("torch_zip.pth"), json!({}))).unwrap_err()
+    );
+    assert!(
+        e.contains("refused, because reading it means unpickling") && e.contains("python -c"),
+        "{e}"
+    );
+
+    let mut dino: BTreeMap<String, Tensor> = reference()
+        .into_iter()
+        .map(|(k, v)| (format!("module.backbone.{k}"), v))
+        .collect();
+    dino.insert(
+        "module.head.mlp.0.weight".into(),
+        Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let p = save(dir.path(), "dino.safetensors", &dino);
+    let e = format!("{:#}", model_vit(with_file(&p, json!({}))).unwrap_err());
+    assert!(
+        e.contains("do not carry that prefix") && with_options(&e).contains("ignore"),
+        "{e}"
+    );
+    errors.push(e);
+    let notes = model_vit(with_file(&p, json!({"ignore": ["module.head."]}))).unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("removed the prefix `module.backbone.` that all")),
+        "{notes:?}"
+    );
+    for e in &errors {
+        for o in with_options(e) {
+            assert!(
+                known.contains(&o),
+                "`with.{o}` is not a model/vit option: {e}"
+            );
+        }
+    }
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();

@@ -249,3 +249,110 @@ fn hub_checksum_mismatch_unsafe_names_and_missing_repo_are_errors() {
         "{e}"
     );
 }
+
+/// A model repo `owner/vit` serving `files` (LFS sha256 etags; `corrupt` gets a wrong one).
+fn model_hub(files: BTreeMap<String, Vec<u8>>, corrupt: &'static str) -> (String, Log) {
+    serve(200, Duration::from_secs(60), move |req| {
+        let Some(name) = req.path.strip_prefix("/owner/vit/resolve/main/") else {
+            return Response::new(404, b"Repository not found".to_vec());
+        };
+        let Some(body) = files.get(name) else {
+            return Response::new(404, b"Entry not found".to_vec());
+        };
+        let sha = if name == corrupt {
+            "f".repeat(64)
+        } else {
+            sha_of(body)
+        };
+        ranged(req, body)
+            .header("X-Repo-Commit", COMMIT)
+            .header("X-Linked-Etag", &format!("\"{sha}\""))
+            .header("ETag", "\"weak\"")
+    })
+}
+
+#[test]
+fn a_sharded_model_on_the_hub_is_fetched_with_its_shards_and_loads() {
+    use idat_pipe::data::hub::fetch_model_file;
+    use idat_pipe::nn::checkpoint::{load_backbone, load_tensors, LoadOptions};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ckpt");
+    let files = files_of(&fixture.join("hf_vit_sharded"));
+    assert_eq!(files.len(), 4);
+    let (url, log) = model_hub(files.clone(), "");
+    let cache = tempfile::tempdir().unwrap();
+    let index = fetch_model_file(
+        "owner/vit",
+        "main",
+        "model.safetensors.index.json",
+        &url,
+        cache.path(),
+    )
+    .unwrap();
+    let fetched: Vec<String> = log.lock().unwrap().iter().map(|r| r.path.clone()).collect();
+    for name in files.keys() {
+        assert!(
+            fetched.iter().any(|p| p.ends_with(name.as_str())),
+            "{name} not fetched: {fetched:?}"
+        );
+    }
+    // The hub cache links snapshots/<commit>/ to blobs/: the loader follows those links.
+    let cfg = idat_pipe::nn::vit::VitConfig::preset("vit_tiny_patch16_224").unwrap();
+    let cfg = idat_pipe::nn::vit::VitConfig {
+        img_size: 16,
+        patch_size: 8,
+        embed_dim: 8,
+        depth: 1,
+        num_heads: 2,
+        ..cfg
+    };
+    let exp: Vec<(String, Vec<usize>)> = cfg
+        .expected_tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect();
+    let r = load_backbone(
+        &index,
+        &exp,
+        &LoadOptions::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let want = load_tensors(
+        &fixture.join("hf_vit_sharded_timm.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        r.tensors.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+
+    // A shard whose bytes do not match its sha256 is an error naming it.
+    let (url, _l) = model_hub(files, "model-00002-of-00003.safetensors");
+    let cache = tempfile::tempdir().unwrap();
+    let e = format!(
+        "{:#}",
+        fetch_model_file(
+            "owner/vit",
+            "main",
+            "model.safetensors.index.json",
+            &url,
+            cache.path()
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("checksum mismatch for hub file `model-00002-of-00003.safetensors`"),
+        "{e}"
+    );
+    // The default file missing from a sharded repo: the error says what to fetch instead.
+    let e = format!(
+        "{:#}",
+        fetch_model_file("owner/vit", "main", "model.safetensors", &url, cache.path()).unwrap_err()
+    );
+    assert!(
+        e.contains("holds `model.safetensors.index.json` instead"),
+        "{e}"
+    );
+}

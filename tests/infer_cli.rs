@@ -603,3 +603,123 @@ fn images_are_one_file_or_every_image_below_a_folder() {
     let one = test.join("kitty/000.jpg");
     assert_eq!(list_images(&one).unwrap(), vec![one.clone()]);
 }
+
+/// tiny_vit.safetensors (timm names, 10-class head) in the names `ViTForImageClassification`
+/// writes: `vit.` + transformers names, q/k/v split, `classifier.*`.
+fn as_transformers_classifier(m: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, t: &Tensor| out.insert(k.to_string(), t.clone());
+    for (timm, hf) in [
+        ("cls_token", "vit.embeddings.cls_token"),
+        ("pos_embed", "vit.embeddings.position_embeddings"),
+        (
+            "patch_embed.proj.weight",
+            "vit.embeddings.patch_embeddings.projection.weight",
+        ),
+        (
+            "patch_embed.proj.bias",
+            "vit.embeddings.patch_embeddings.projection.bias",
+        ),
+        ("norm.weight", "vit.layernorm.weight"),
+        ("norm.bias", "vit.layernorm.bias"),
+        ("head.weight", "classifier.weight"),
+        ("head.bias", "classifier.bias"),
+    ] {
+        put(hf, &m[timm]);
+    }
+    for i in 0..2 {
+        let (b, l) = (format!("blocks.{i}."), format!("vit.encoder.layer.{i}."));
+        for p in ["weight", "bias"] {
+            for (timm, hf) in [
+                ("norm1", "layernorm_before"),
+                ("norm2", "layernorm_after"),
+                ("attn.proj", "attention.output.dense"),
+                ("mlp.fc1", "intermediate.dense"),
+                ("mlp.fc2", "output.dense"),
+            ] {
+                put(&format!("{l}{hf}.{p}"), &m[&format!("{b}{timm}.{p}")]);
+            }
+            let qkv = &m[&format!("{b}attn.qkv.{p}")];
+            for (j, part) in ["query", "key", "value"].iter().enumerate() {
+                put(
+                    &format!("{l}attention.attention.{part}.{p}"),
+                    &qkv.narrow(0, j * 32, 32).unwrap().contiguous().unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn transformers_classifier_files_single_or_sharded_give_the_timm_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (want, _) = infer_tensor(dir.path(), &ckpt_fixture("tiny_vit.safetensors"), true);
+    let (m, _) = idat_pipe::nn::checkpoint::load_tensors(
+        &ckpt_fixture("tiny_vit.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let hf = as_transformers_classifier(&m);
+    // The names are the ones transformers writes (recorded by scripts/foreign_ckpt_fixtures.py).
+    let text = std::fs::read_to_string(ckpt_fixture("hf_vit_layouts.json")).unwrap();
+    let layouts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let l = &layouts["vit_for_image_classification"];
+    let mut recorded: Vec<String> = l["rename"]
+        .as_object()
+        .unwrap()
+        .values()
+        .chain(l["added"].as_array().unwrap())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    recorded.sort();
+    assert_eq!(hf.keys().cloned().collect::<Vec<_>>(), recorded);
+    let single = dir.path().join("model.safetensors");
+    save_tensors(&single, &hf, &BTreeMap::new()).unwrap();
+    // The same tensors in two shards with their index, passed as the folder.
+    let sharded = dir.path().join("sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    let mut map = serde_json::Map::new();
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    for (i, (k, v)) in hf.iter().enumerate() {
+        let shard = if i % 2 == 0 { &mut a } else { &mut b };
+        shard.insert(k.clone(), v.clone());
+        let name = format!("model-0000{}-of-00002.safetensors", 1 + i % 2);
+        map.insert(k.clone(), name.into());
+    }
+    save_tensors(
+        &sharded.join("model-00001-of-00002.safetensors"),
+        &a,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    save_tensors(
+        &sharded.join("model-00002-of-00002.safetensors"),
+        &b,
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    for weights in [single, sharded] {
+        let (got, err) = infer_tensor(dir.path(), &weights, true);
+        assert!(
+            err.contains("Hugging Face transformers ViT layout"),
+            "{err}"
+        );
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.1, w.1, "label of {}", g.0);
+            for (x, y) in g.2.iter().zip(&w.2) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{}: {x} vs {y}",
+                    weights.display()
+                );
+            }
+        }
+    }
+}

@@ -727,12 +727,12 @@ fn an_integer_array_at_a_parameter_key_is_an_error_naming_it() {
 fn wrapped_state_dicts_lose_their_common_prefix_with_a_note() {
     let dir = tempfile::tempdir().unwrap();
     let want = reference();
-    for prefix in [
-        "module.",
-        "model.",
-        "backbone.",
-        "module.model.",
-        "_orig_mod.encoder.",
+    for (prefix, wrapper) in [
+        ("module.", "DDP / DataParallel"),
+        ("model.", "a Lightning module or training wrapper"),
+        ("backbone.", "a model holding the ViT as a submodule"),
+        ("module.model.", "DDP / DataParallel"),
+        ("_orig_mod.encoder.", "torch.compile"),
     ] {
         let prefixed: BTreeMap<String, Tensor> = want
             .iter()
@@ -751,8 +751,8 @@ fn wrapped_state_dicts_lose_their_common_prefix_with_a_note() {
         assert_eq!(
             r.notes,
             vec![format!(
-                "removed the prefix `{prefix}` that all of the {} tensor names carry (a wrapped \
-                 state dict: DDP, Lightning, ...), as timm's clean_state_dict does",
+                "removed the prefix `{prefix}` that all {} tensor names carry (a wrapped \
+                 state dict: {wrapper}), as timm's clean_state_dict does",
                 want.len()
             )]
         );
@@ -1065,4 +1065,747 @@ fn non_float_and_pre_logits_safetensors_entries_are_dropped_with_notes() {
         err.contains("tensor norm.bias has dtype I64, not a float type"),
         "{err}"
     );
+}
+
+// ---- Layouts from the field: transformers ViT, sharded checkpoints, foreign formats ----
+// Fixtures: scripts/foreign_ckpt_fixtures.py (transformers, timm and torch).
+
+use idat_pipe::nn::adapters::AdapterConfig;
+use idat_pipe::nn::checkpoint::{TORCHSCRIPT_TO_SAFETENSORS, TORCH_TO_SAFETENSORS};
+use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
+
+/// A ViT config of the given size (patch 8, MLP 4x, qkv bias), one class.
+fn vit_cfg(dim: usize, depth: usize, heads: usize, img: usize) -> VitConfig {
+    VitConfig {
+        img_size: img,
+        patch_size: 8,
+        in_chans: 3,
+        num_classes: 1,
+        embed_dim: dim,
+        depth,
+        num_heads: heads,
+        mlp_ratio: 4.0,
+        qkv_bias: true,
+        drop_rate: 0.0,
+        attn_drop_rate: 0.0,
+        drop_path_rate: 0.0,
+    }
+}
+
+/// The backbone tensors (no head) of `cfg`.
+fn backbone_of(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
+    cfg.expected_tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("head."))
+        .collect()
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = vals(&(a - b).unwrap());
+    let scale = vals(b).iter().fold(0f32, |m, v| m.max(v.abs()));
+    d.iter().fold(0f32, |m, v| m.max(v.abs())) / scale
+}
+
+fn err_of(r: anyhow::Result<LoadedWeights>) -> String {
+    match r {
+        Ok(l) => panic!("loaded, notes: {:?}", l.notes),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn transformers_vit_model_gives_the_features_of_timm_and_of_transformers() {
+    // A real ViTModel.save_pretrained (f16, pooler, config.json with layer_norm_eps 1e-12).
+    let cfg = vit_cfg(32, 2, 2, 32);
+    let p = fixture("hf_vit/model.safetensors");
+    let r = load_backbone(
+        &p,
+        &backbone_of(&cfg),
+        &LoadOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let notes = r.notes.join("\n");
+    assert!(
+        notes.contains("converted 38 tensors from the Hugging Face transformers ViT layout"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("dropped the pooler (pooler.dense.bias, pooler.dense.weight"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("config.json sets layer_norm_eps 1e-12; this model uses timm's 1e-6"),
+        "{notes}"
+    );
+    assert!(!notes.contains("wrapped"), "no prefix was removed: {notes}");
+    assert!(
+        r.had_pre_logits,
+        "the pooler is the in21k representation layer"
+    );
+    let vit = Vit::new(&cfg, &AdapterConfig::Linear, r.tensors, &Device::Cpu, 0).unwrap();
+    let io = load_tensors(&fixture("hf_vit_io.safetensors"), &Device::Cpu)
+        .unwrap()
+        .0;
+    let f = vit.forward_features(&io["input"], Mode::Eval).unwrap();
+    let (to_timm, to_hf6, to_hf) = (
+        rel_err(&f, &io["timm"]),
+        rel_err(&f, &io["hf_eps6"]),
+        rel_err(&f, &io["hf"]),
+    );
+    // transformers with its own eps (1e-12) differs from eps 1e-6 by this much, no more.
+    let eps_gap = rel_err(&io["hf_eps6"], &io["hf"]);
+    println!("timm {to_timm:.2e}, transformers eps 1e-6 {to_hf6:.2e}, eps 1e-12 {to_hf:.2e} (gap {eps_gap:.2e})");
+    assert!(to_timm < 1e-5, "features vs timm: rel err {to_timm}");
+    assert!(
+        to_hf6 < 1e-5,
+        "features vs transformers (eps 1e-6): {to_hf6}"
+    );
+    assert!(to_hf < eps_gap + 1e-5, "features vs transformers: {to_hf}");
+}
+
+/// The tensors of the transformers fixture under the names of one of the other layouts
+/// transformers writes (recorded by the script), `wrap` in front; classifier tensors made here.
+fn hf_layout(variant: &str, wrap: &str) -> (BTreeMap<String, Tensor>, bool) {
+    let base = load_tensors(&fixture("hf_vit/model.safetensors"), &Device::Cpu)
+        .unwrap()
+        .0;
+    let text = std::fs::read_to_string(fixture("hf_vit_layouts.json")).unwrap();
+    let layouts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let l = &layouts[variant];
+    let mut m = BTreeMap::new();
+    for (src, dst) in l["rename"].as_object().unwrap() {
+        m.insert(
+            format!("{wrap}{}", dst.as_str().unwrap()),
+            base[src].clone(),
+        );
+    }
+    let added: Vec<&str> = l["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for a in &added {
+        let t = match *a {
+            "classifier.weight" => Tensor::arange(0f32, 160., &Device::Cpu)
+                .unwrap()
+                .reshape((5, 32))
+                .unwrap(),
+            "classifier.bias" => Tensor::new(&[1f32, 2., 3., 4., 5.], &Device::Cpu).unwrap(),
+            other => panic!("the script recorded an unknown added tensor {other}"),
+        };
+        m.insert(format!("{wrap}{a}"), t);
+    }
+    (m, !added.is_empty())
+}
+
+#[test]
+fn every_layout_transformers_writes_loads_to_the_same_tensors() {
+    let cfg = vit_cfg(32, 2, 2, 32);
+    let exp = backbone_of(&cfg);
+    let want = load_backbone(
+        &fixture("hf_vit/model.safetensors"),
+        &exp,
+        &LoadOptions::default(),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .tensors;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        pass_through: vec!["head.".into()],
+        ..Default::default()
+    };
+    for (variant, wrap) in [
+        ("vit_for_image_classification", ""),
+        ("vit_model_v5", ""),
+        ("vit_for_image_classification_v5", ""),
+        ("vit_for_image_classification", "module."),
+        ("vit_model_v5", "_orig_mod."),
+    ] {
+        let what = format!("{wrap}{variant}");
+        let (m, has_head) = hf_layout(variant, wrap);
+        let p = dir.path().join(format!("{what}.safetensors"));
+        save_tensors(&p, &m, &BTreeMap::new()).unwrap();
+        let r = load_backbone(&p, &exp, &opts, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert_same(&r.tensors, &want, false, &what);
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains("from the Hugging Face transformers ViT layout"),
+            "{what}: {notes}"
+        );
+        assert_eq!(
+            notes.contains("removed the prefix"),
+            !wrap.is_empty(),
+            "{what}: {notes}"
+        );
+        if has_head {
+            assert_eq!(
+                vals(&r.extra["head.weight"]),
+                vals(&m[&format!("{wrap}classifier.weight")])
+            );
+            assert_eq!(vals(&r.extra["head.bias"]), [1., 2., 3., 4., 5.]);
+            assert!(notes.contains("classifier as head"), "{what}: {notes}");
+        }
+    }
+}
+
+/// Expected tensors of the sharded fixture's model (dim 8, 1 block, img 16).
+fn sharded_expected() -> Vec<(String, Vec<usize>)> {
+    backbone_of(&vit_cfg(8, 1, 2, 16))
+}
+
+#[test]
+fn sharded_checkpoints_load_through_their_index_or_its_folder() {
+    let want = load_tensors(&fixture("hf_vit_sharded_timm.safetensors"), &Device::Cpu)
+        .unwrap()
+        .0;
+    let dir = fixture("hf_vit_sharded");
+    for p in [dir.join("model.safetensors.index.json"), dir.clone()] {
+        let r = load_backbone(
+            &p,
+            &sharded_expected(),
+            &LoadOptions::default(),
+            &Device::Cpu,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        assert_same(&r.tensors, &want, false, &p.display().to_string());
+        let notes = r.notes.join("\n");
+        assert!(
+            notes.contains("read 24 tensors from the 3 shards listed by")
+                && notes.contains("model.safetensors.index.json"),
+            "{notes}"
+        );
+    }
+    // A shard passed alone names the index beside it.
+    let shard = dir.join("model-00001-of-00003.safetensors");
+    let e = err_of(load_backbone(
+        &shard,
+        &sharded_expected(),
+        &LoadOptions::default(),
+        &Device::Cpu,
+    ));
+    assert!(
+        e.contains(
+            "model-00001-of-00003.safetensors: one shard of the 3-shard checkpoint indexed by"
+        ) && e.contains("pass the index (or its folder) instead"),
+        "{e}"
+    );
+    // Without an index beside it, the mismatch report says what the name tells.
+    let tmp = tempfile::tempdir().unwrap();
+    let alone = tmp.path().join("model-00002-of-00003.safetensors");
+    std::fs::copy(dir.join("model-00002-of-00003.safetensors"), &alone).unwrap();
+    let e = err_of(load_backbone(
+        &alone,
+        &sharded_expected(),
+        &LoadOptions::default(),
+        &Device::Cpu,
+    ));
+    assert!(
+        e.contains("missing tensor(s)") && e.contains("shard 2 of 3"),
+        "{e}"
+    );
+}
+
+/// A copy of the sharded fixture folder in `dir`, with its index's weight_map.
+fn sharded_copy(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let d = dir.join("ckpt");
+    std::fs::create_dir_all(&d).unwrap();
+    for e in std::fs::read_dir(fixture("hf_vit_sharded")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(d.join("model.safetensors.index.json")).unwrap();
+    (d, serde_json::from_str(&text).unwrap())
+}
+
+fn write_index(d: &Path, index: &serde_json::Value) -> PathBuf {
+    let p = d.join("model.safetensors.index.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(index).unwrap()).unwrap();
+    p
+}
+
+fn load_index(p: &Path) -> anyhow::Result<LoadedWeights> {
+    load_backbone(
+        p,
+        &sharded_expected(),
+        &LoadOptions::default(),
+        &Device::Cpu,
+    )
+}
+
+#[test]
+fn untrusted_indexes_stay_in_their_folder_and_must_match_their_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, index) = sharded_copy(tmp.path());
+    let first = "model-00001-of-00003.safetensors";
+    std::fs::copy(d.join(first), tmp.path().join("outside.safetensors")).unwrap();
+    let retarget = |shard: &str| {
+        let mut i = index.clone();
+        for v in i["weight_map"].as_object_mut().unwrap().values_mut() {
+            if v == first {
+                *v = serde_json::Value::from(shard);
+            }
+        }
+        i
+    };
+    for (shard, needle) in [
+        ("../outside.safetensors", "contains `..`"),
+        ("/etc/passwd", "is absolute"),
+        ("a/../../outside.safetensors", "contains `..`"),
+        ("sub\\..\\x.safetensors", "holds `\\`"),
+    ] {
+        let p = write_index(&d, &retarget(shard));
+        let e = err_of(load_index(&p));
+        assert!(
+            e.contains("model.safetensors.index.json: `weight_map` entry")
+                && e.contains(needle)
+                && e.contains("refused"),
+            "{shard}: {e}"
+        );
+    }
+    // A listed shard that is a symlink leaving the folder.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(
+            tmp.path().join("outside.safetensors"),
+            d.join("link.safetensors"),
+        )
+        .unwrap();
+        let p = write_index(&d, &retarget("link.safetensors"));
+        let e = err_of(load_index(&p));
+        assert!(
+            e.contains("shard link.safetensors resolves to")
+                && e.contains("outside the index's folder"),
+            "{e}"
+        );
+        std::fs::remove_file(d.join("link.safetensors")).unwrap();
+    }
+    // A shard that is not there, a tensor not in its shard, pickle shards, no tensors.
+    let p = write_index(&d, &retarget("model-00009-of-00009.safetensors"));
+    let e = err_of(load_index(&p));
+    assert!(
+        e.contains("shard model-00009-of-00009.safetensors (holding")
+            && e.contains("every shard must sit beside the index"),
+        "{e}"
+    );
+    let mut ghost = index.clone();
+    ghost["weight_map"]["ghost.weight"] = first.into();
+    let e = err_of(load_index(&write_index(&d, &ghost)));
+    assert!(
+        e.contains(&format!(
+            "1 tensor(s) the index maps to shard {first} are not in it: ghost.weight"
+        )),
+        "{e}"
+    );
+    let e = err_of(load_index(&write_index(
+        &d,
+        &retarget("pytorch_model-00001-of-00002.bin"),
+    )));
+    assert!(
+        e.contains("not .safetensors files (pytorch_model-00001-of-00002.bin)")
+            && e.contains("PyTorch pickle"),
+        "{e}"
+    );
+    let e = err_of(load_index(&write_index(
+        &d,
+        &serde_json::json!({"weight_map": {}}),
+    )));
+    assert!(e.contains("the `weight_map` lists no tensors"), "{e}");
+    // A shard that is an LFS pointer is named as one.
+    let lfs = d.join("model-00003-of-00003.safetensors");
+    let saved = std::fs::read(&lfs).unwrap();
+    std::fs::write(
+        &lfs,
+        "version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 376\n",
+    )
+    .unwrap();
+    let e = err_of(load_index(&write_index(&d, &index)));
+    assert!(
+        e.contains("shard model-00003-of-00003.safetensors of")
+            && e.contains("a Git LFS pointer file"),
+        "{e}"
+    );
+    std::fs::write(&lfs, saved).unwrap();
+    // Metadata long enough to push `weight_map` past the first kilobyte: the name tells.
+    let mut long = serde_json::json!({"metadata": {"note": "x".repeat(3000)}});
+    long["weight_map"] = index["weight_map"].clone();
+    let r = load_index(&write_index(&d, &long)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.tensors.len(), sharded_expected().len());
+    // Tensors a shard holds that the index does not list, and shards it does not list, are
+    // not loaded, with notes.
+    let mut fewer = index.clone();
+    fewer["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pooler.dense.bias");
+    std::fs::copy(d.join(first), d.join("model-00001-of-00004.safetensors")).unwrap();
+    let r = load_index(&write_index(&d, &fewer)).unwrap();
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("not loaded: 1 tensor(s) in the shards that the index's weight_map does not list: pooler.dense.bias (in model-"), "{notes}");
+    assert!(notes.contains("not read: 1 shard-like file(s) beside the index that it does not list: model-00001-of-00004.safetensors"), "{notes}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_index_in_the_hugging_face_cache_layout_reaches_its_blobs() {
+    // <repo>/snapshots/<commit>/ holds links to <repo>/blobs/, as hf-hub and huggingface_hub write.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models--owner--vit");
+    let (blobs, snap) = (repo.join("blobs"), repo.join("snapshots/0123abc"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    for (i, e) in std::fs::read_dir(fixture("hf_vit_sharded"))
+        .unwrap()
+        .enumerate()
+    {
+        let e = e.unwrap();
+        let blob = blobs.join(format!("{i:064x}"));
+        std::fs::copy(e.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{i:064x}"), snap.join(e.file_name()))
+            .unwrap();
+    }
+    let want = load_tensors(&fixture("hf_vit_sharded_timm.safetensors"), &Device::Cpu)
+        .unwrap()
+        .0;
+    for p in [snap.join("model.safetensors.index.json"), snap.clone()] {
+        let r = load_index(&p).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_same(&r.tensors, &want, false, "hf cache");
+    }
+    // Links out of the repo are still refused.
+    std::fs::copy(
+        fixture("hf_vit_sharded/model-00001-of-00003.safetensors"),
+        tmp.path().join("x"),
+    )
+    .unwrap();
+    std::fs::remove_file(snap.join("model-00001-of-00003.safetensors")).unwrap();
+    std::os::unix::fs::symlink(
+        tmp.path().join("x"),
+        snap.join("model-00001-of-00003.safetensors"),
+    )
+    .unwrap();
+    let e = err_of(load_index(&snap));
+    assert!(e.contains("outside the index's folder"), "{e}");
+}
+
+#[test]
+fn checkpoints_over_the_size_limit_are_refused_unread() {
+    // Sparse files: nothing is allocated on disk.
+    let tmp = tempfile::tempdir().unwrap();
+    let big = |name: &str, len: u64| {
+        let header = br#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let p = tmp.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        p
+    };
+    let p = big("huge.safetensors", 33 << 30);
+    let e = err_of(load_backbone(
+        &p,
+        &sharded_expected(),
+        &LoadOptions::default(),
+        &Device::Cpu,
+    ));
+    assert!(
+        e.contains("huge.safetensors: 35433480192 bytes, more than the 34359738368"),
+        "{e}"
+    );
+    big("a.safetensors", 17 << 30);
+    big("b.safetensors", 17 << 30);
+    let idx = write_index(
+        tmp.path(),
+        &serde_json::json!({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}),
+    );
+    let e = err_of(load_index(&idx));
+    assert!(
+        e.contains("its 2 shards hold 36507222016 bytes, more than the 34359738368"),
+        "{e}"
+    );
+}
+
+/// The two conversion commands, as scripts/foreign_ckpt_fixtures.py ran them.
+fn recorded_snippets() -> (String, String) {
+    let text = std::fs::read_to_string(fixture("torch_convert.txt")).unwrap();
+    let mut l = text.lines();
+    (l.next().unwrap().to_string(), l.next().unwrap().to_string())
+}
+
+/// A zip holding `entries` (name, bytes), stored.
+fn zip_of(p: &Path, entries: &[(&str, &[u8])]) {
+    let mut zw = zip::ZipWriter::new(std::fs::File::create(p).unwrap());
+    for (n, b) in entries {
+        zw.start_file(*n, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(b).unwrap();
+    }
+    zw.finish().unwrap();
+}
+
+#[test]
+fn pytorch_files_are_refused_by_content_with_the_command_that_converts_them() {
+    let (torch_cmd, script_cmd) = recorded_snippets();
+    assert_eq!(
+        TORCH_TO_SAFETENSORS, torch_cmd,
+        "rerun scripts/foreign_ckpt_fixtures.py"
+    );
+    assert_eq!(
+        TORCHSCRIPT_TO_SAFETENSORS, script_cmd,
+        "rerun scripts/foreign_ckpt_fixtures.py"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // Built here, as torch writes them: a zip archive, a protocol-4 legacy stream, a plain
+    // pickle, a TorchScript archive.
+    let built_zip = tmp.path().join("built_zip");
+    zip_of(
+        &built_zip,
+        &[
+            ("archive/data.pkl", b"\x80\x02}q\x00."),
+            ("archive/byteorder", b"little"),
+            ("archive/data/0", &[0; 8]),
+            ("archive/version", b"3\n"),
+            ("archive/.data/serialization_id", b"123"),
+        ],
+    );
+    let framed = tmp.path().join("framed");
+    std::fs::write(&framed, b"\x80\x04\x95\x0c\x00\x00\x00\x00\x00\x00\x00\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.").unwrap();
+    let plain = tmp.path().join("plain");
+    std::fs::write(
+        &plain,
+        b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94.",
+    )
+    .unwrap();
+    let built_ts = tmp.path().join("built_ts");
+    zip_of(
+        &built_ts,
+        &[
+            ("m/data.pkl", b"\x80\x02."),
+            ("m/code/__torch__/m.py", b"class M: pass"),
+            ("m/constants.pkl", b"\x80\x02)."),
+        ],
+    );
+    for (src, what, cmd) in [
+        (
+            fixture("torch_zip.pth"),
+            "written by torch.save (a zip archive holding the pickle `torch_zip/data.pkl`)",
+            &torch_cmd,
+        ),
+        (
+            fixture("torch_legacy.pth"),
+            "in torch.save's legacy format",
+            &torch_cmd,
+        ),
+        (
+            fixture("torchscript.pt"),
+            "a TorchScript archive written by torch.jit.save",
+            &script_cmd,
+        ),
+        (
+            built_zip,
+            "holding the pickle `archive/data.pkl`",
+            &torch_cmd,
+        ),
+        (framed, "in torch.save's legacy format", &torch_cmd),
+        (plain, "a Python pickle stream (protocol 4", &torch_cmd),
+        (built_ts, "a TorchScript archive", &script_cmd),
+    ] {
+        // The content decides, whatever the name.
+        for name in [
+            "vit.pth",
+            "pytorch_model.bin",
+            "last.ckpt",
+            "model.safetensors",
+            "w.npz",
+            "my model's.pt",
+        ] {
+            let p = tmp.path().join(name);
+            std::fs::copy(&src, &p).unwrap();
+            let e = err_of(load_backbone(
+                &p,
+                &sharded_expected(),
+                &LoadOptions::default(),
+                &Device::Cpu,
+            ));
+            let out = if name == "model.safetensors" {
+                tmp.path().join("model.converted.safetensors")
+            } else {
+                p.with_extension("safetensors")
+            };
+            let quote = |q: &Path| {
+                let s = q.display().to_string();
+                if s.contains('\'') || s.contains(' ') {
+                    format!("'{}'", s.replace('\'', r"'\''"))
+                } else {
+                    s
+                }
+            };
+            let full = format!("python -c \"{cmd}\" {} {}", quote(&p), quote(&out));
+            assert!(e.starts_with(&format!("{}: ", p.display())), "{e}");
+            assert!(e.contains(what), "{name} from {}: {e}", src.display());
+            assert!(
+                e.contains(
+                    "refused, because reading it means unpickling, which can run arbitrary code"
+                ),
+                "{e}"
+            );
+            assert!(e.contains(&full), "expected {full} in: {e}");
+            assert!(e.contains(&format!("then pass {}", quote(&out))), "{e}");
+        }
+    }
+}
+
+#[test]
+fn other_formats_users_hold_are_named_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keras = tmp.path().join("k");
+    zip_of(
+        &keras,
+        &[
+            ("metadata.json", b"{}"),
+            ("config.json", b"{}"),
+            ("model.weights.h5", b"\x89HDF\r\n\x1a\n"),
+        ],
+    );
+    let other_zip = tmp.path().join("z");
+    zip_of(
+        &other_zip,
+        &[("vit/README.md", b"weights"), ("vit/notes.txt", b"x")],
+    );
+    let mut tar = vec![0u8; 1024];
+    tar[..8].copy_from_slice(b"vit.pth\0");
+    tar[257..263].copy_from_slice(b"ustar\0");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n";
+    npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    npy.extend_from_slice(h.as_bytes());
+    npy.extend_from_slice(&[0; 4]);
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        ("empty.safetensors", vec![], vec!["empty file (0 bytes)", "Download it again"]),
+        (
+            "lfs.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 346286016\n".to_vec(),
+            vec!["a Git LFS pointer file (134 bytes)", "(346286016 bytes, sha256 4d7a2146", "`git lfs install` then `git lfs pull`"],
+        ),
+        (
+            "vit.pth",
+            b"<!DOCTYPE html>\n<html lang=en><head><title>Sign in - Hugging Face</title></head><body></body></html>".to_vec(),
+            vec!["an HTML page (title \"Sign in - Hugging Face\")", "a failed download", "/resolve/"],
+        ),
+        ("ViT-B_16.npz", b"404: Not Found".to_vec(), vec!["a text file", "it starts with: 404: Not Found"]),
+        (
+            "model.bin",
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code></Error>".to_vec(),
+            vec!["an XML file", "<Code>AccessDenied</Code>"],
+        ),
+        ("w.safetensors", br#"{"model_type": "vit", "hidden_size": 768}"#.to_vec(), vec!["a JSON file", "config.json", "\"model_type\": \"vit\""]),
+        ("tf_model.h5", b"\x89HDF\r\n\x1a\n\0\0\0\0".to_vec(), vec!["an HDF5 file", "model.safetensors", "from_tf=True"]),
+        ("flax_model.msgpack", b"\x81\xa6params\x81\xa3vit\x80".to_vec(), vec!["a Flax msgpack state", "from_flax=True"]),
+        ("pos.npy", npy, vec!["a single NumPy array (.npy)"]),
+        ("vit.tar.gz", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03".to_vec(), vec!["a gzip-compressed file", "tar xzf"]),
+        ("vit.tar.xz", b"\xfd7zXZ\x00\x00\x04".to_vec(), vec!["an xz-compressed file", "xz -d"]),
+        ("vit.tar", tar, vec!["a tar archive", "tar xf"]),
+        ("vit.zip", std::fs::read(&other_zip).unwrap(), vec!["neither a NumPy .npz", "2 entries include vit/README.md, vit/notes.txt", "unzip"]),
+        ("vit.keras", std::fs::read(&keras).unwrap(), vec!["a Keras 3 `.keras` archive"]),
+        ("vit.gguf", b"GGUF\x03\x00\x00\x00".to_vec(), vec!["a GGUF file"]),
+        ("x.bin", vec![0, 1, 2, 3, 0xff, 0xfe, 7, 8, 9, 10], vec!["unknown checkpoint format (first bytes 00010203fffe0708090a)", "a sharded checkpoint's index"]),
+        ("y.safetensors", vec![9, 0, 0, 0, 0, 0, 0, 0, b'x', 0xff], vec!["not a safetensors file: no JSON header after the 8-byte length"]),
+    ];
+    for (name, bytes, needles) in cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = err_of(load_backbone(
+            &p,
+            &sharded_expected(),
+            &LoadOptions::default(),
+            &Device::Cpu,
+        ));
+        assert!(e.starts_with(&format!("{}: ", p.display())), "{name}: {e}");
+        for n in needles {
+            assert!(e.contains(n), "{name}: expected {n:?} in: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_prefix_carried_by_only_part_of_the_file_is_not_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = expected(32, CLASSES);
+    let zeros = || Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    // DINO: the backbone next to its projection head, both under `module.`.
+    let mut dino: BTreeMap<String, Tensor> = reference()
+        .into_iter()
+        .map(|(k, v)| (format!("module.backbone.{k}"), v))
+        .collect();
+    dino.insert("module.head.mlp.0.weight".into(), zeros());
+    dino.insert("module.head.last_layer.weight".into(), zeros());
+    let p = dir.path().join("dino.safetensors");
+    save_tensors(&p, &dino, &BTreeMap::new()).unwrap();
+    let e = err_of(load_backbone(
+        &p,
+        &exp,
+        &LoadOptions::default(),
+        &Device::Cpu,
+    ));
+    assert!(
+        e.contains(&format!(
+            "{} of the {} tensor names are timm names after `module.backbone.`, but 2 names do not carry that prefix (e.g. module.head.last_layer.weight, module.head.mlp.0.weight), so it was not removed",
+            exp.len(),
+            exp.len() + 2
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("removed the prefix"), "{e}");
+    // Ignoring the head by its name in the file makes the rest a wrapped state dict.
+    let opts = LoadOptions {
+        ignore: vec!["module.head.".into()],
+        ..Default::default()
+    };
+    let r = load_backbone(&p, &exp, &opts, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_same(&r.tensors, &reference(), false, "dino");
+    let notes = r.notes.join("\n");
+    assert!(
+        notes.contains("removed the prefix `module.backbone.` that all"),
+        "{notes}"
+    );
+    assert!(notes.contains("ignored 2 checkpoint tensor(s): module.head.last_layer.weight, module.head.mlp.0.weight"), "{notes}");
+    // Two copies (a model and its EMA): which one is the backbone is the user's choice.
+    let mut ema: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (k, v) in reference() {
+        ema.insert(format!("model.{k}"), v.clone());
+        ema.insert(format!("model_ema.{k}"), (v * 0.5).unwrap());
+    }
+    let p = dir.path().join("ema.safetensors");
+    save_tensors(&p, &ema, &BTreeMap::new()).unwrap();
+    let e = err_of(load_backbone(
+        &p,
+        &exp,
+        &LoadOptions::default(),
+        &Device::Cpu,
+    ));
+    assert!(
+        e.contains("do not carry that prefix") && !e.contains("removed the prefix"),
+        "{e}"
+    );
+    for (ignore, scale) in [("model_ema.", 1.0), ("model.", 0.5)] {
+        let opts = LoadOptions {
+            ignore: vec![ignore.into()],
+            ..Default::default()
+        };
+        let r = load_backbone(&p, &exp, &opts, &Device::Cpu).unwrap_or_else(|e| panic!("{e:#}"));
+        let want: BTreeMap<String, Tensor> = reference()
+            .into_iter()
+            .map(|(k, v)| (k, (v * scale).unwrap()))
+            .collect();
+        assert_same(&r.tensors, &want, false, ignore);
+    }
 }

@@ -108,7 +108,9 @@ fn client(endpoint: &str, cache_dir: &Path) -> Result<hf_hub::api::sync::Api> {
 
 /// Fetches one file of the MODEL repository `repo` at `revision` (e.g. the
 /// `model.safetensors` of `timm/vit_base_patch16_224.augreg_in21k`) into `cache_dir`, and
-/// checks LFS files against their sha256. Returns the local path.
+/// checks LFS files against their sha256. A sharded checkpoint's index
+/// (`model.safetensors.index.json`, told by content) brings its shards along, each checked
+/// the same way. Returns the local path (of the index, for a sharded checkpoint).
 pub fn fetch_model_file(
     repo: &str,
     revision: &str,
@@ -127,10 +129,46 @@ pub fn fetch_model_file(
         revision.to_string(),
     ));
     let local = r.get(file).map_err(|e| {
-        anyhow::anyhow!("cannot fetch `{file}` from model {repo}@{revision} on {endpoint}: {e}")
+        let sharded = if file == "model.safetensors" {
+            " (a repo whose weights are sharded holds `model.safetensors.index.json` instead: \
+             give `file: model.safetensors.index.json` in `with.weights`)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "cannot fetch `{file}` from model {repo}@{revision} on {endpoint}: {e}{sharded}"
+        )
     })?;
     verify_blob(&local, file)?;
+    if crate::nn::checkpoint::is_shard_index(&local) {
+        fetch_shards(&r, repo, revision, file, &local)?;
+    }
     Ok(local)
+}
+
+/// Fetches (and verifies) the shards the index `local` (repository path `file`) lists,
+/// from the index's folder in the repository, next to it in the cache.
+fn fetch_shards(
+    r: &hf_hub::api::sync::ApiRepo,
+    repo: &str,
+    revision: &str,
+    file: &str,
+    local: &Path,
+) -> Result<()> {
+    let shards = crate::nn::checkpoint::index_shards(local)
+        .with_context(|| format!("index `{file}` of model {repo}@{revision}"))?;
+    let folder = file.rsplit_once('/').map(|(d, _)| format!("{d}/"));
+    for shard in shards {
+        let name = format!("{}{shard}", folder.as_deref().unwrap_or(""));
+        check_relative_path(&name).map_err(|e| anyhow::anyhow!("hub file `{name}`: {e}"))?;
+        let got = r.get(&name).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot fetch shard `{name}` (listed by `{file}`) from model {repo}@{revision}: {e}"
+            )
+        })?;
+        verify_blob(&got, &name)?;
+    }
+    Ok(())
 }
 
 /// hf-hub names each cached blob by its etag; for LFS files that is the sha256 of the bytes.

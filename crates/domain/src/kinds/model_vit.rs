@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub enum Weights {
     /// timm-style random init (tests, pretraining from scratch).
     Random { seed: u64 },
-    /// A local `.safetensors` (timm names) or Google `.npz` file.
+    /// A local `.safetensors` (timm or Hugging Face transformers ViT names), a sharded
+    /// checkpoint's `*.safetensors.index.json` (or a folder holding it), or a Google `.npz`.
     File {
         /// Relative paths are resolved against the working directory (docs/pipeline-dsl.md).
         #[schemars(extend("format" = "path"))]
@@ -26,7 +27,8 @@ pub enum Weights {
         #[schemars(extend("pattern" = idat_engine::config::schema::SHA256_PATTERN))]
         sha256: Option<String>,
     },
-    /// A file of a model repo on the HF hub (endpoint from `HF_ENDPOINT`).
+    /// A file of a model repo on the HF hub (endpoint from `HF_ENDPOINT`); for an index
+    /// (`model.safetensors.index.json`) its shards are fetched too.
     Hub {
         repo: String,
         #[serde(default = "main_rev")]
@@ -63,9 +65,10 @@ pub struct Params {
     /// all names carry (`module.`, `model.`, ...) is always removed, with a note.
     #[serde(default)]
     pub allow_unexpected: bool,
-    /// Checkpoint tensor name prefixes (timm names, e.g. `dist_token` or `head_dist.`;
-    /// a trailing `*` is allowed) to drop with a note. They must not cover a tensor the
-    /// backbone needs.
+    /// Checkpoint tensor name prefixes to drop with a note (a trailing `*` is allowed):
+    /// timm names (e.g. `dist_token` or `head_dist.`) or names as written in the file
+    /// (e.g. `module.head.`, so that a prefix the rest carries is removed). They must not
+    /// cover a tensor the backbone needs.
     #[serde(default)]
     pub ignore: Vec<String>,
 }
@@ -137,10 +140,10 @@ impl StageKind for ModelVit {
     const VERSION: u32 = 2;
     const SUMMARY: &'static str = "A frozen ViT backbone from a preset and a weights source, checked and stored in timm names";
 
-    /// A local weights file is keyed by its content.
+    /// A local weights file is keyed by its content (an index: with its shards).
     fn external_inputs(p: &Params) -> Vec<PathBuf> {
         match &p.weights {
-            Weights::File { path, .. } => vec![path.clone()],
+            Weights::File { path, .. } => crate::nn::checkpoint::input_files(path),
             _ => Vec::new(),
         }
     }

@@ -1,26 +1,40 @@
-//! Checkpoint I/O: pretrained backbones (timm `.safetensors`, Google `.npz`) into
+//! Checkpoint I/O: pretrained backbones (timm `.safetensors`, Hugging Face transformers
+//! ViT `.safetensors`, sharded safetensors through their index, Google `.npz`) into
 //! timm-named tensors checked against the model's expected names and shapes, and
 //! trainable weights + optimiser state (`.safetensors`) for resume.
 //!
-//! Every float tensor read (f16/bf16/f32/f64, safetensors or npz) is checked for
-//! inf/-inf/NaN, and a file holding any is refused with the tensors named. What
-//! [`load_backbone`] tolerates (wrapped-state-dict prefixes, `pre_logits`, optimizer
-//! and non-float entries) it reports in notes; docs/vtab.md "Checkpoint layouts that
-//! load" lists the layouts.
+//! Formats are told from the bytes ([`sniff`]); files of other formats (PyTorch pickles,
+//! TorchScript, HDF5, archives, saved error pages, LFS pointers, ...) are refused with a
+//! message saying what they are and how to convert them ([`foreign`]); nothing is ever
+//! unpickled. Every float tensor read (f16/bf16/f32/f64, safetensors or npz) is checked
+//! for inf/-inf/NaN, and a file holding any is refused with the tensors named. What
+//! [`load_backbone`] tolerates (wrapped-state-dict prefixes, `pre_logits`, the
+//! transformers pooler, optimizer and non-float entries) it reports in notes;
+//! docs/checkpoints.md lists the layouts and every message.
 
+mod foreign;
 mod google;
+mod hf_vit;
 mod npz;
 mod pos_embed;
+mod prefix;
 mod safetensors_io;
+mod sharded;
+mod sniff;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+pub use foreign::{TORCHSCRIPT_TO_SAFETENSORS, TORCH_TO_SAFETENSORS};
 pub use pos_embed::{bicubic_weights, resample_abs_pos_embed};
+pub use sharded::{input_files, INDEX_SUFFIX};
+
+/// Largest checkpoint read, in bytes: one file, the shards of an index together, or the
+/// arrays of an `.npz` (ViT-g/14 in f32 is about 4 GB; this leaves room for ViT-22B in bf16).
+pub const MAX_CHECKPOINT_BYTES: u64 = 32 << 30;
 
 /// How strictly [`load_backbone`] matches a checkpoint against the model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,8 +44,9 @@ pub struct LoadOptions {
     /// Drop checkpoint tensors the model does not expect (e.g. a 21843-class head).
     pub allow_unexpected: bool,
     /// Names to skip on both sides: an entry matches names starting with it
-    /// (a trailing `*` is ignored, so `head.` and `head.*` are the same). Ignored
-    /// expected tensors are neither loaded nor required.
+    /// (a trailing `*` is ignored, so `head.` and `head.*` are the same), checkpoint names
+    /// both as written in the file (before a wrapper's prefix is removed: `module.head.`)
+    /// and as timm names. Ignored expected tensors are neither loaded nor required.
     pub ignore: Vec<String>,
     /// Checkpoint tensors whose (timm) name starts with one of these are returned
     /// unchecked in [`LoadedWeights::extra`] (e.g. `head.` for a head of unknown size).
@@ -138,34 +153,70 @@ pub fn list_excerpt(items: &[String], sep: &str) -> String {
 enum Format {
     Safetensors,
     Npz,
+    ShardIndex,
 }
 
-fn sniff(path: &Path) -> Result<Format> {
-    let mut head = [0u8; 9];
-    let mut f = std::fs::File::open(path)
-        .with_context(|| format!("opening checkpoint {}", path.display()))?;
-    let n = f
-        .read(&mut head)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if n >= 4 && &head[..4] == b"PK\x03\x04" {
-        return Ok(Format::Npz);
-    }
-    if n == 9 && head[8] == b'{' {
-        return Ok(Format::Safetensors);
-    }
-    let ext = path
+/// The file `path` stands for (a folder: its index or `model.safetensors`) and its format,
+/// told from its bytes. Errors: a format not read (the message says what the file is and
+/// how to convert it), an unreadable or unknown file.
+fn sniff(path: &Path) -> Result<(PathBuf, Format)> {
+    let file = if path.is_dir() {
+        sharded::resolve_dir(path)?
+    } else {
+        path.to_path_buf()
+    };
+    let d = sniff::detect(&file)?;
+    let format = match d {
+        sniff::Detected::Safetensors => Format::Safetensors,
+        sniff::Detected::Npz => Format::Npz,
+        sniff::Detected::ShardIndex => Format::ShardIndex,
+        sniff::Detected::Unknown { head_hex } => bail!(unknown_format(&file, &head_hex)),
+        other => {
+            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            bail!(foreign::refusal(&file, &other, len).expect("every other kind has a message"))
+        }
+    };
+    Ok((file, format))
+}
+
+/// The message for bytes of no known format.
+fn unknown_format(p: &Path, head_hex: &str) -> String {
+    let ext = p
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    match ext.as_str() {
-        "safetensors" => Ok(Format::Safetensors), // the parser reports what is wrong
-        "npz" => bail!("{}: not a .npz file (no zip signature)", path.display()),
-        "pth" | "pt" | "bin" | "ckpt" => bail!(
-            "{}: PyTorch pickle checkpoints are not read (unsafe to unpickle); convert to .safetensors",
-            path.display()
-        ),
-        _ => bail!("{}: unknown checkpoint format (expected .safetensors or a Google .npz)", path.display()),
+    let what = match ext.as_str() {
+        "safetensors" => "not a safetensors file: no JSON header after the 8-byte length",
+        "npz" => "not a .npz file: no zip signature",
+        _ => "unknown checkpoint format",
+    };
+    format!(
+        "{}: {what} (first bytes {head_hex}); expected a .safetensors file (timm or Hugging \
+         Face transformers ViT names), a sharded checkpoint's index (*{INDEX_SUFFIX}) or a \
+         Google ViT .npz",
+        p.display()
+    )
+}
+
+/// The shard names a sharded checkpoint's index lists (relative to its folder), checked as
+/// [`load_backbone`] checks them (plain relative paths of `.safetensors` files): what a
+/// downloader fetches next to the index.
+pub fn index_shards(index: &Path) -> Result<Vec<String>> {
+    Ok(sharded::parse_index(index)?.shards.into_keys().collect())
+}
+
+/// Whether the file at `path` is a sharded checkpoint's index (told by content).
+pub fn is_shard_index(path: &Path) -> bool {
+    matches!(sniff::detect(path), Ok(sniff::Detected::ShardIndex))
+}
+
+/// Refuses a file that is not safetensors (a shard), with the message of what it is.
+fn expect_safetensors(p: &Path) -> Result<()> {
+    match sniff(p)?.1 {
+        Format::Safetensors => Ok(()),
+        Format::Npz => bail!("{}: a .npz file, not a .safetensors shard", p.display()),
+        Format::ShardIndex => bail!("{}: another index, not a .safetensors shard", p.display()),
     }
 }
 
@@ -249,14 +300,14 @@ fn read_google_npz(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<String>
     Ok((all, notes, conv.had_pre_logits))
 }
 
-/// Reads a safetensors file for [`load_backbone`]: tensors that are not floats and
-/// not expected by the model (step counters, `num_batches_tracked`, masks) are set
-/// aside with a note; so are dtypes candle cannot hold.
-fn read_timm_safetensors(
-    path: &Path,
+/// Sets aside, with a note, the tensors that are not floats and not expected by the model
+/// (step counters, `num_batches_tracked`, masks), next to the dtypes candle cannot hold
+/// (`skipped`, already set aside by the reader).
+fn set_aside_non_params(
+    found: &mut BTreeMap<String, Tensor>,
+    mut skipped: Vec<(String, String)>,
     expected: &[(String, Vec<usize>)],
-) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
-    let (mut found, mut skipped) = safetensors_io::read_lenient(path)?;
+) -> Vec<String> {
     let not_params: Vec<String> = found
         .iter()
         .filter(|(k, t)| {
@@ -271,168 +322,217 @@ fn read_timm_safetensors(
         let t = found.remove(&k).expect("listed above");
         skipped.push((k, format!("{:?}", t.dtype())));
     }
-    let mut notes = Vec::new();
-    if !skipped.is_empty() {
-        skipped.sort();
-        let named: Vec<String> = skipped.iter().map(|(k, d)| format!("{k} ({d})")).collect();
-        notes.push(format!(
-            "skipped {} non-parameter tensor(s) (not floats): {}",
-            named.len(),
-            list_excerpt(&named, ", ")
-        ));
+    if skipped.is_empty() {
+        return Vec::new();
     }
-    Ok((found, notes))
+    skipped.sort();
+    let named: Vec<String> = skipped.iter().map(|(k, d)| format!("{k} ({d})")).collect();
+    vec![format!(
+        "skipped {} non-parameter tensor(s) (not floats): {}",
+        named.len(),
+        list_excerpt(&named, ", ")
+    )]
 }
 
-/// The prefix (empty, or ending in `.`) that, removed from checkpoint names, makes the
-/// most expected names match, when that is more than without removing anything: the
-/// `module.` of DDP, `model.` of Lightning, `backbone.`, or nested ones (`module.model.`).
-fn detect_prefix(
-    found: &BTreeMap<String, Tensor>,
+/// Tensors under the file's names (Google `.npz`: already timm's), what was set aside,
+/// and whether a `pre_logits` layer was dropped.
+struct Raw {
+    found: BTreeMap<String, Tensor>,
+    notes: Vec<String>,
+    had_pre_logits: bool,
+}
+
+/// Reads one safetensors file that is not a shard of an index beside it.
+fn read_single_safetensors(file: &Path, expected: &[(String, Vec<usize>)]) -> Result<Raw> {
+    if let Some((index, n)) = sharded::index_listing(file) {
+        bail!(
+            "{}: one shard of the {n}-shard checkpoint indexed by {}: a shard alone lacks the \
+             other shards' tensors; pass the index (or its folder) instead",
+            file.display(),
+            index.display()
+        );
+    }
+    let (mut found, skipped) = safetensors_io::read_lenient(file)?;
+    let mut notes = set_aside_non_params(&mut found, skipped, expected);
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+    if let Some((i, n)) = name.as_deref().and_then(sharded::shard_numbering) {
+        if n > 1 {
+            notes.push(format!(
+                "the file's name says it is shard {i} of {n} of a sharded checkpoint, and no \
+                 index (*{INDEX_SUFFIX}) beside it lists it: a shard holds only part of the \
+                 model; put the index and all {n} shards in one folder and pass the index"
+            ));
+        }
+    }
+    Ok(Raw {
+        found,
+        notes,
+        had_pre_logits: false,
+    })
+}
+
+/// Reads `file` of `format` (see [`Raw`]).
+fn read_raw(file: &Path, format: Format, expected: &[(String, Vec<usize>)]) -> Result<Raw> {
+    match format {
+        Format::Safetensors => read_single_safetensors(file, expected),
+        Format::ShardIndex => {
+            let index = sharded::parse_index(file)?;
+            let ((mut found, skipped), mut notes) =
+                sharded::read(&index, safetensors_io::read_lenient)?;
+            notes.extend(set_aside_non_params(&mut found, skipped, expected));
+            Ok(Raw {
+                found,
+                notes,
+                had_pre_logits: false,
+            })
+        }
+        Format::Npz => {
+            let (found, notes, had_pre_logits) = read_google_npz(file)?;
+            Ok(Raw {
+                found,
+                notes,
+                had_pre_logits,
+            })
+        }
+    }
+}
+
+/// Removes the checkpoint names `opts.ignore` matches as written in the file (before any
+/// prefix is removed): returns them.
+fn take_ignored(found: &mut BTreeMap<String, Tensor>, ignore: &[String]) -> Vec<String> {
+    let names: Vec<String> = found
+        .keys()
+        .filter(|k| is_ignored(k, ignore))
+        .cloned()
+        .collect();
+    for k in &names {
+        found.remove(k);
+    }
+    names
+}
+
+/// Removes a wrapper's prefix when every name carries it ([`prefix`]), with a note; a
+/// prefix that explains only part of the file is kept, with a note saying why.
+fn strip_wrapper(
+    found: BTreeMap<String, Tensor>,
     expected: &[(String, Vec<usize>)],
-) -> Option<String> {
+    notes: &mut Vec<String>,
+    file: &Path,
+) -> Result<BTreeMap<String, Tensor>> {
     let want: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for k in found.keys() {
-        for (i, _) in k.match_indices('.') {
-            let (p, rest) = k.split_at(i + 1);
-            if want.contains(rest) {
-                *counts.entry(p).or_default() += 1;
-            }
+    let p = match prefix::find(found.keys(), &want) {
+        prefix::Prefix::Wrapped(p) => p,
+        other => {
+            notes.extend(prefix::partial_note(&other));
+            return Ok(found);
         }
-    }
-    let plain = found.keys().filter(|k| want.contains(k.as_str())).count();
-    counts
+    };
+    let total = found.len();
+    let stripped: BTreeMap<String, Tensor> = found
         .into_iter()
-        .filter(|&(_, n)| n > plain)
-        .max_by_key(|&(p, n)| (n, std::cmp::Reverse(p.len())))
-        .map(|(p, _)| p.to_string())
-}
-
-/// The longest prefix ending in `.` that every name carries, if any.
-fn common_dot_prefix<'a>(names: impl Iterator<Item = &'a String>) -> Option<String> {
-    let mut prefix: Option<&str> = None;
-    for n in names {
-        let cut = match prefix {
-            None => n.rfind('.').map_or("", |i| &n[..=i]),
-            Some(p) => {
-                let common = p
-                    .char_indices()
-                    .zip(n.chars())
-                    .take_while(|((_, a), b)| a == b)
-                    .last()
-                    .map_or(0, |((i, a), _)| i + a.len_utf8());
-                p[..common].rfind('.').map_or("", |i| &p[..=i])
-            }
-        };
-        if cut.is_empty() {
-            return None;
-        }
-        prefix = Some(cut);
+        .map(|(k, v)| (k.strip_prefix(&p).unwrap_or(&k).to_string(), v))
+        .collect();
+    if stripped.len() != total {
+        bail!(
+            "{}: removing the prefix `{p}` makes {} names collide",
+            file.display(),
+            total - stripped.len()
+        );
     }
-    prefix.map(str::to_string)
+    notes.push(prefix::wrapped_note(&p, total));
+    Ok(stripped)
 }
 
 /// Loads a pretrained backbone and checks it against `expected` (timm names and
 /// shapes, e.g. `VitConfig::expected_tensors`).
 ///
-/// The format is detected from the file's first bytes: safetensors (timm names)
-/// or a Google `.npz` (vit_jax, `opt/target/`-prefixed or big_vision), converted to
-/// timm names and layouts. Floating tensors (f16/bf16/f32/f64) are converted to f32.
+/// `path` is a file or a folder (its `*.safetensors.index.json`, else its
+/// `model.safetensors`). The format is detected from the file's bytes: safetensors
+/// (timm names, or Hugging Face transformers ViT names, converted), a sharded
+/// checkpoint's index (the shards beside it; see [`sharded`]) or a Google `.npz`
+/// (vit_jax, `opt/target/`-prefixed or big_vision), converted to timm names and
+/// layouts. Floating tensors (f16/bf16/f32/f64) are converted to f32.
 ///
-/// Tolerated, with a note in [`LoadedWeights::notes`]: a prefix that all (or most)
-/// names carry in front of the timm names (`module.`, `model.`, `backbone.`, nested),
-/// removed as timm's `clean_state_dict` does; a `pre_logits` layer (dropped, as timm
-/// does when the model has none); npz entries that are not float arrays or lie outside
-/// the parameter prefix (optimizer state).
+/// Tolerated, with a note in [`LoadedWeights::notes`]: a prefix that every name carries
+/// (once names in `opts.ignore` are left out) in front of the timm names (`module.`,
+/// `model.`, `_orig_mod.`, `backbone.`, nested), removed as timm's `clean_state_dict`
+/// does; a `pre_logits` layer or transformers' pooler (dropped, as timm does when the
+/// model has none); npz entries that are not float arrays or lie outside the parameter
+/// prefix (optimizer state); non-float safetensors entries the model does not expect.
 ///
-/// Errors: any float tensor holding inf, -inf or NaN (named: timm name, and for .npz
-/// the file's own key); one error listing the missing, unexpected and mis-shaped
-/// tensors (counts and a few names each) unless `opts` allows it; mis-shaped tensors
-/// are always an error, except `pos_embed` with another grid when
-/// `opts.resample_pos_embed` is set.
+/// Errors: any file of another format (PyTorch pickles and TorchScript, HDF5, archives,
+/// HTML or text, LFS pointers, empty files: each named with how to convert or fetch the
+/// real checkpoint); a file over [`MAX_CHECKPOINT_BYTES`]; a shard passed alone; any float
+/// tensor holding inf, -inf or NaN (named: timm name, and for .npz the file's own key);
+/// one error listing the missing, unexpected and mis-shaped tensors (counts and a few
+/// names each) unless `opts` allows it; mis-shaped tensors are always an error, except
+/// `pos_embed` with another grid when `opts.resample_pos_embed` is set.
 pub fn load_backbone(
     path: &Path,
     expected: &[(String, Vec<usize>)],
     opts: &LoadOptions,
     device: &Device,
 ) -> Result<LoadedWeights> {
-    let (mut found, mut notes, npz_pre_logits) = match sniff(path)? {
-        Format::Safetensors => {
-            let (found, notes) = read_timm_safetensors(path, expected)?;
-            (found, notes, false)
-        }
-        Format::Npz => read_google_npz(path)?,
-    };
-    if let Some(prefix) = detect_prefix(&found, expected) {
-        let total = found.len();
-        let carried = found.keys().filter(|k| k.starts_with(&prefix)).count();
-        found = found
-            .into_iter()
-            .map(|(k, v)| match k.strip_prefix(&prefix) {
-                Some(rest) => (rest.to_string(), v),
-                None => (k, v),
-            })
-            .collect();
-        notes.push(format!(
-            "removed the prefix `{prefix}` that {} of the {total} tensor names carry \
-             (a wrapped state dict: DDP, Lightning, ...), as timm's clean_state_dict does",
-            if carried == total {
-                "all".to_string()
-            } else {
-                carried.to_string()
-            }
-        ));
-        if found.len() != total {
-            bail!(
-                "{}: removing the prefix `{prefix}` makes {} names collide with unprefixed ones",
-                path.display(),
-                total - found.len()
-            );
-        }
+    let (file, format) = sniff(path)?;
+    let Raw {
+        mut found,
+        mut notes,
+        mut had_pre_logits,
+    } = read_raw(&file, format, expected)?;
+    if let Some(hf) = hf_vit::convert(&mut found, &file)? {
+        notes.extend(hf.notes);
+        had_pre_logits |= hf.had_pooler;
     }
-    let had_pre_logits = npz_pre_logits
-        || found
-            .keys()
-            .any(|k| k.starts_with("pre_logits.") && !expected.iter().any(|(n, _)| n == k));
-    let (tensors, extra, notes) = match_expected(found, expected, opts, notes)
-        .with_context(|| format!("checkpoint {} does not match the model", path.display()))?;
-    let to_f32 = |map: BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
-        let mut on_device = BTreeMap::new();
-        for (k, v) in map {
-            let v = match v.dtype() {
-                DType::F32 => v,
-                DType::F64 => {
-                    let f = v.to_dtype(DType::F32)?;
-                    let values = f.flatten_all()?.to_vec1::<f32>()?;
-                    if values.iter().any(|x| !x.is_finite()) {
-                        bail!(
-                            "{}: tensor {k} holds float64 values too large for float32",
-                            path.display()
-                        );
-                    }
-                    f
-                }
-                DType::F16 | DType::BF16 => v.to_dtype(DType::F32)?,
-                other => bail!(
-                    "{}: tensor {k} has dtype {other:?}, not a float type",
-                    path.display()
-                ),
-            };
-            on_device.insert(
-                k.clone(),
-                v.to_device(device)
-                    .with_context(|| format!("moving {k} to {device:?}"))?,
-            );
-        }
-        Ok(on_device)
-    };
+    let ignored = take_ignored(&mut found, &opts.ignore);
+    let found = strip_wrapper(found, expected, &mut notes, &file)?;
+    had_pre_logits |= found
+        .keys()
+        .any(|k| k.starts_with("pre_logits.") && !expected.iter().any(|(n, _)| n == k));
+    let (tensors, extra, notes) = match_expected(found, expected, opts, notes, ignored)
+        .with_context(|| format!("checkpoint {} does not match the model", file.display()))?;
     Ok(LoadedWeights {
-        tensors: to_f32(tensors)?,
-        extra: to_f32(extra)?,
+        tensors: all_to_f32(tensors, &file, device)?,
+        extra: all_to_f32(extra, &file, device)?,
         notes,
         had_pre_logits,
     })
+}
+
+/// Converts every float tensor to f32 on `device`; f64 values beyond f32's range and
+/// non-float tensors are errors naming the tensor.
+fn all_to_f32(
+    map: BTreeMap<String, Tensor>,
+    file: &Path,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut on_device = BTreeMap::new();
+    for (k, v) in map {
+        let v = match v.dtype() {
+            DType::F32 => v,
+            DType::F64 => {
+                let f = v.to_dtype(DType::F32)?;
+                let values = f.flatten_all()?.to_vec1::<f32>()?;
+                if values.iter().any(|x| !x.is_finite()) {
+                    bail!(
+                        "{}: tensor {k} holds float64 values too large for float32",
+                        file.display()
+                    );
+                }
+                f
+            }
+            DType::F16 | DType::BF16 => v.to_dtype(DType::F32)?,
+            other => bail!(
+                "{}: tensor {k} has dtype {other:?}, not a float type",
+                file.display()
+            ),
+        };
+        on_device.insert(
+            k.clone(),
+            v.to_device(device)
+                .with_context(|| format!("moving {k} to {device:?}"))?,
+        );
+    }
+    Ok(on_device)
 }
 
 /// Number of prefix tokens (class, distillation) the model's pos_embed carries.
@@ -454,15 +554,9 @@ fn match_expected(
     expected: &[(String, Vec<usize>)],
     opts: &LoadOptions,
     mut notes: Vec<String>,
+    mut ignored: Vec<String>,
 ) -> Result<Matched> {
-    let ignored: Vec<String> = found
-        .keys()
-        .filter(|k| is_ignored(k, &opts.ignore))
-        .cloned()
-        .collect();
-    for k in &ignored {
-        found.remove(k);
-    }
+    ignored.extend(take_ignored(&mut found, &opts.ignore));
     if !ignored.is_empty() {
         notes.push(format!(
             "ignored {} checkpoint tensor(s): {}",
@@ -562,7 +656,7 @@ fn match_expected(
                 "\nnone of the model's {} tensors is in the checkpoint under its timm name",
                 expected.len()
             ));
-            if let Some(p) = common_dot_prefix(found.keys()) {
+            if let Some(p) = prefix::common_dot_prefix(found.keys()) {
                 msg.push_str(&format!(
                     "; all {} checkpoint names start with `{p}` and no prefix removal makes \
                      them timm names (another architecture?)",

@@ -27,7 +27,7 @@ const MAX_ENTRIES: usize = 100_000;
 /// Largest single array, in bytes of stored data.
 const MAX_ENTRY_BYTES: u64 = 4 << 30;
 /// Largest sum of all arrays, in bytes.
-const MAX_TOTAL_BYTES: u64 = 32 << 30;
+const MAX_TOTAL_BYTES: u64 = super::MAX_CHECKPOINT_BYTES;
 /// Largest `.npy` header text.
 const MAX_HEADER_BYTES: usize = 1 << 16;
 /// Deflate cannot expand data by more than ~1032x; anything claiming more is forged.
@@ -375,7 +375,10 @@ pub fn read(path: &Path) -> Result<NpzContents> {
         let entry_name = entry.name().to_string();
         let ctx = || format!("{}: entry {entry_name}", path.display());
         let Some(key) = entry_name.strip_suffix(".npy") else {
-            bail!("{}: expected a .npy file name", ctx());
+            bail!(
+                "{}: not a .npy entry (an .npz holds only .npy arrays)",
+                ctx()
+            );
         };
         let key = key.to_string();
         let size = entry.size();

@@ -164,16 +164,31 @@ fn parse_inner(bytes: &[u8], origin: &Path, lenient: bool) -> Result<Parsed> {
     Ok((tensors, metadata, skipped))
 }
 
-/// Reads and parses a safetensors file (see [`parse`]).
-pub fn read(path: &Path) -> Result<TensorsAndMetadata> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&bytes, path)
+/// The bytes of the file at `path`, refused when it is larger than
+/// [`super::MAX_CHECKPOINT_BYTES`] (before anything is read).
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > super::MAX_CHECKPOINT_BYTES {
+        bail!(
+            "{}: {len} bytes, more than the {} a checkpoint may have",
+            path.display(),
+            super::MAX_CHECKPOINT_BYTES
+        );
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Reads a safetensors file with [`parse_lenient`].
+/// Reads and parses a safetensors file (see [`parse`]); files over
+/// [`super::MAX_CHECKPOINT_BYTES`] are refused unread.
+pub fn read(path: &Path) -> Result<TensorsAndMetadata> {
+    parse(&read_bounded(path)?, path)
+}
+
+/// Reads a safetensors file with [`parse_lenient`] (bounded as [`read`]).
 pub fn read_lenient(path: &Path) -> Result<TensorsAndSkipped> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_lenient(&bytes, path)
+    parse_lenient(&read_bounded(path)?, path)
 }
 
 /// A tensor already copied to host bytes, for serialisation.
