@@ -5,6 +5,7 @@
 //! Preprocessing is the training one: decode to RGB, bicubic resize to the model's
 //! `img_size`, `(x / 255 - mean) / std` (mean = std = 0.5 unless configured).
 use crate::config::paths::cli_path;
+use crate::data::hidden::{is_hidden_or_os, HiddenEntries};
 use crate::data::image::{decode_rgb, resize_bicubic, Normalize};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions};
@@ -103,12 +104,16 @@ fn validate_arch(cfg: &VitConfig) -> Result<()> {
     c.validate()
 }
 
-/// Image files under `dir`, recursively (links followed, at most 16 folders deep).
+/// Image files under `dir`, recursively (links followed, at most 16 folders deep); hidden
+/// or OS entries (`._x.jpg`, `.ipynb_checkpoints`, `Thumbs.db`, ...) are skipped, not
+/// descended into, and counted in `hidden` (paths relative to the top folder `top`).
 fn images_under(
     dir: &Path,
+    top: &Path,
     is_image: &dyn Fn(&Path) -> bool,
     depth: usize,
     out: &mut Vec<PathBuf>,
+    hidden: &mut HiddenEntries,
 ) -> Result<()> {
     if depth > 16 {
         bail!(
@@ -120,8 +125,14 @@ fn images_under(
         let p = e
             .with_context(|| format!("listing {}", dir.display()))?
             .path();
+        if p.file_name()
+            .is_some_and(|n| is_hidden_or_os(&n.to_string_lossy()))
+        {
+            hidden.add(&p.strip_prefix(top).unwrap_or(&p).to_string_lossy());
+            continue;
+        }
         if p.is_dir() {
-            images_under(&p, is_image, depth + 1, out)?;
+            images_under(&p, top, is_image, depth + 1, out, hidden)?;
         } else if p.is_file() && is_image(&p) {
             out.push(p);
         }
@@ -130,7 +141,7 @@ fn images_under(
 }
 
 /// The image files of `--images`: a directory (its jpg/jpeg/png files, recursively, sorted
-/// by path), one image file, or a text file with one path per line (relative to the list's
+/// by path; hidden or OS entries skipped with one note on stderr), one image file, or a text file with one path per line (relative to the list's
 /// folder; blank lines and `#` comments skipped). A VTAB/NOAH list (`<path> <label>` per line, e.g. a task's
 /// `test.txt`) is read too: when the whole line names no file but the line ends in a
 /// non-negative integer label, the path before it is taken and the label ignored.
@@ -146,7 +157,11 @@ pub fn list_images(spec: &Path) -> Result<Vec<PathBuf>> {
     let files: Vec<PathBuf> = if meta.is_dir() {
         // Recursively, as an ImageFolder split (`test/<class>/<sub>/<image>`) is laid out.
         let mut v = Vec::new();
-        images_under(spec, &is_image, 0, &mut v)?;
+        let mut hidden = HiddenEntries::default();
+        images_under(spec, spec, &is_image, 0, &mut v, &mut hidden)?;
+        if let Some(w) = hidden.warning(&format!("{}/", spec.display())) {
+            eprintln!("note: {w}");
+        }
         v.sort();
         v
     } else if is_image(spec) {

@@ -233,3 +233,54 @@ fn size_and_entry_bounds_and_atomicity() {
     std::fs::write(&junk, b"hello").unwrap();
     refused(&junk, &out, &small, "unknown archive format");
 }
+
+/// The first bytes of a macOS AppleDouble sidecar.
+const APPLEDOUBLE: &[u8] = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ";
+
+/// Zips made on macOS carry `__MACOSX/` (an AppleDouble `._` file per file) and tars made
+/// there carry `._*` files beside each file: neither is written, both are counted.
+#[test]
+fn macos_appledouble_entries_are_not_extracted() {
+    let (d, out) = fresh();
+    let zipf = d.path().join("mac.zip");
+    write_zip(
+        &zipf,
+        &[
+            ZipItem::File("ds/train/cat/001.png", b"png"),
+            ZipItem::File("__MACOSX/ds/train/cat/._001.png", APPLEDOUBLE),
+            ZipItem::File("__MACOSX/._ds", APPLEDOUBLE),
+            ZipItem::File("ds/.DS_Store", b"Bud1"),
+        ],
+    );
+    let r = extract(&zipf, &out, &ArchiveLimits::default()).unwrap();
+    assert_eq!((r.files, r.macos_metadata), (2, 2));
+    assert!(out.join("ds/train/cat/001.png").is_file());
+    assert!(!out.join("__MACOSX").exists());
+    // .DS_Store is kept (the folder walks skip it); only AppleDouble data is left out.
+    assert!(out.join("ds/.DS_Store").is_file());
+
+    let (d, out) = fresh();
+    let tgz = d.path().join("mac.tar.gz");
+    write_tar_gz(
+        &tgz,
+        &[
+            tar_entry(
+                "ds/train/cat/001.png",
+                tar::EntryType::Regular,
+                b"png",
+                None,
+            ),
+            tar_entry(
+                "ds/train/cat/._001.png",
+                tar::EntryType::Regular,
+                APPLEDOUBLE,
+                None,
+            ),
+            tar_entry("./._ds", tar::EntryType::Regular, APPLEDOUBLE, None),
+        ],
+    );
+    let r = extract(&tgz, &out, &ArchiveLimits::default()).unwrap();
+    assert_eq!((r.files, r.macos_metadata), (1, 2));
+    assert!(!out.join("ds/train/cat/._001.png").exists());
+    assert!(!out.join("._ds").exists());
+}

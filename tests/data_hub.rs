@@ -134,7 +134,24 @@ fn hub_archive_in_repo_is_extracted() {
             )
             .unwrap();
             z.write_all(&bytes).unwrap();
+            // As zips made on macOS are: an AppleDouble `._` file per file under
+            // `__MACOSX/` (never extracted), and a `.DS_Store` beside the task folder
+            // (which must not stop the task folder from being unwrapped).
+            let (dir, file) = name
+                .rsplit_once('/')
+                .map_or(("", name.as_str()), |(d, f)| (d, f));
+            let sep = if dir.is_empty() { "" } else { "/" };
+            z.start_file(
+                format!("__MACOSX/toy/{dir}{sep}._{file}"),
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
+            z.write_all(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+                .unwrap();
         }
+        z.start_file(".DS_Store", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(b"\x00\x00\x00\x01Bud1").unwrap();
         z.finish().unwrap();
     }
     let files: BTreeMap<String, Vec<u8>> =

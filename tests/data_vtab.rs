@@ -805,3 +805,47 @@ fn a_name_differing_only_by_unicode_normalisation_is_named_in_the_error() {
         "{e}"
     );
 }
+
+/// A list line naming OS metadata (a macOS `._` sidecar, anything under `__MACOSX/`,
+/// `Thumbs.db`, `.DS_Store`, a Synology `@eaDir/` thumbnail) is an error naming the list
+/// file and line: such a file is never an image. Other dot-names may be listed.
+#[test]
+fn a_list_line_naming_os_metadata_is_an_error_naming_the_line() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 8);
+    for (path, kind) in [
+        ("images/val200/._000000.jpg", "macOS AppleDouble"),
+        ("__MACOSX/images/val200/000000.jpg", "macOS AppleDouble"),
+        ("images/Thumbs.db", "Windows Explorer"),
+        ("images/.DS_Store", "macOS Finder"),
+        ("images/@eaDir/000000.jpg/SYNOPHOTO_THUMB_M.jpg", "Synology"),
+    ] {
+        write_list(
+            d.path(),
+            "toy",
+            "val200",
+            &format!("images/val200/000000.jpg 0\n{path} 1\n"),
+        );
+        let e = err_of(read_task(d.path(), &spec("toy", 3), &["val200"]));
+        assert!(
+            e.contains(&format!("toy/val200.txt:2: `{path}` is a {kind}"))
+                && e.contains("not an image"),
+            "{e}"
+        );
+    }
+    // A dot-folder the user lists on purpose is read.
+    let hidden = d.path().join("toy/.kept");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::copy(
+        d.path().join("toy/images/val200/000000.jpg"),
+        hidden.join("a.jpg"),
+    )
+    .unwrap();
+    write_list(
+        d.path(),
+        "toy",
+        "val200",
+        "images/val200/000000.jpg 0\n.kept/a.jpg 1\n",
+    );
+    read_task(d.path(), &spec("toy", 3), &["val200"]).unwrap();
+}

@@ -578,16 +578,23 @@ fn image_list_reads_vtab_lines_with_labels() {
 }
 
 #[test]
-fn images_are_one_file_or_every_image_below_a_folder() {
+fn images_are_one_file_or_every_image_below_a_folder_but_hidden_ones() {
     use idat_pipe::infer::list_images;
     let dir = tempfile::tempdir().unwrap();
     // An ImageFolder split: class folders, one with a sub-folder.
     let test = dir.path().join("my-images/test");
+    // Hidden and OS entries (macOS sidecars, Jupyter checkpoints, Synology thumbnails,
+    // Windows' Thumbs.db) are skipped, never taken as images.
     for f in [
         "kitty/000.jpg",
         "kitty/sub/001.png",
         "pup/002.PNG",
         "pup/notes.txt",
+        "kitty/._000.jpg",
+        ".ipynb_checkpoints/003-checkpoint.png",
+        "pup/@eaDir/002.PNG/SYNOPHOTO_THUMB_S.jpg",
+        "Thumbs.db",
+        "__MACOSX/kitty/._000.jpg",
     ] {
         let p = test.join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

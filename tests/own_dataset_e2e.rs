@@ -48,6 +48,48 @@ fn write_imagefolder(root: &Path) {
     std::fs::create_dir_all(&nested).unwrap();
     std::fs::rename(root.join("train/dog/013.png"), nested.join("013.png")).unwrap();
     std::fs::write(root.join("train/cat/notes.txt"), "not an image").unwrap();
+    write_os_junk(root);
+}
+
+/// The first bytes of a macOS AppleDouble sidecar (`._<name>`): every one alike.
+const APPLEDOUBLE: &[u8] = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02";
+
+/// What Jupyter, macOS, Windows and a Synology NAS leave in a copied folder, never classes
+/// or images: 6 entries under `train/` (`.DS_Store`, `.ipynb_checkpoints/` holding an image,
+/// `cat/.DS_Store`, `cat/._000.png`, `dog/._001.png`, `emu/@eaDir/` holding a JPEG
+/// thumbnail), 3 under `test/` (`Thumbs.db`, `dog/desktop.ini`, `emu/._000.png`), and a
+/// `__MACOSX/` beside them.
+fn write_os_junk(root: &Path) {
+    let ckpt = root.join("train/.ipynb_checkpoints");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::copy(
+        root.join("train/cat/001.png"),
+        ckpt.join("001-checkpoint.png"),
+    )
+    .unwrap();
+    let thumbs = root.join("train/emu/@eaDir/000.jpg");
+    std::fs::create_dir_all(&thumbs).unwrap();
+    image(2, 0)
+        .save(thumbs.join("SYNOPHOTO_THUMB_S.jpg"))
+        .unwrap();
+    for f in [
+        "train/.DS_Store",
+        "train/cat/.DS_Store",
+        "test/Thumbs.db",
+        "test/dog/desktop.ini",
+    ] {
+        std::fs::write(root.join(f), b"\x00\x00\x00\x01Bud1").unwrap();
+    }
+    for f in [
+        "train/cat/._000.png",
+        "train/dog/._001.png",
+        "test/emu/._000.png",
+    ] {
+        std::fs::write(root.join(f), APPLEDOUBLE).unwrap();
+    }
+    let mac = root.join("__MACOSX/train/cat");
+    std::fs::create_dir_all(&mac).unwrap();
+    std::fs::write(mac.join("._000.png"), APPLEDOUBLE).unwrap();
 }
 
 /// The `--set`s of the small CPU run in docs/own-dataset.md.
@@ -116,6 +158,26 @@ fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
     ok(&bin(dir, &with_sets(&["run", &pipe, "-q"]))
         .output()
         .unwrap());
+    // One warning per split folder that held hidden or OS entries, in the stage's log.
+    let run = sorted_dir(&dir.join("runs")).pop().expect("a run record");
+    let log_file = sorted_dir(&run.join("logs"))
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data-")
+        })
+        .expect("the data stage's log");
+    let log = std::fs::read_to_string(log_file).unwrap();
+    for w in [
+        "warning: skipped 6 hidden or OS entries under train/ (.DS_Store, .ipynb_checkpoints, \
+         cat/.DS_Store, ...)",
+        "warning: skipped 3 hidden or OS entries under test/ (Thumbs.db, dog/desktop.ini, \
+         emu/._000.png)",
+    ] {
+        assert_eq!(log.matches(w).count(), 1, "`{w}` once in:\n{log}");
+    }
 
     // dataset.json: classes are the sorted folder names; 30 drawn, balanced: emu has only
     // 8, the other two share the rest; the nested image counts, notes.txt is skipped.
@@ -139,6 +201,15 @@ fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
         r["skipped_examples"],
         serde_json::json!(["train/cat/notes.txt"])
     );
+    // Hidden and OS entries: never classes or images, counted per split folder, no
+    // identical-content warning for the alike AppleDouble sidecars.
+    assert_eq!(r["hidden"]["train"]["count"], 6);
+    assert_eq!(
+        r["hidden"]["train"]["examples"],
+        serde_json::json!([".DS_Store", ".ipynb_checkpoints", "cat/.DS_Store"])
+    );
+    assert_eq!(r["hidden"]["test"]["count"], 3);
+    assert_eq!(t["checks"]["identical_content"]["groups"], 0);
     assert_eq!(
         r["per_class"]["test"],
         serde_json::json!({"cat": 6, "dog": 6, "emu": 6})
@@ -208,7 +279,11 @@ fn imagefolder_tutorial_runs_to_a_report_with_class_names() {
             "predictions.csv",
         ],
     );
-    let (out, _) = ok(&o);
+    let (out, err) = ok(&o);
+    assert!(
+        err.contains("skipped 1 hidden or OS entry under my-images/test/emu/ (._000.png)"),
+        "{err}"
+    );
     let csv = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(
@@ -450,7 +525,10 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
     let root = d.path().join("imgs");
     std::fs::create_dir_all(root.join("test/yak")).unwrap();
     let e = err(&root, o());
-    assert!(e.contains("class folder `yak` is not in `train`"), "{e}");
+    assert!(
+        e.contains("class folder `yak` of split `test` is not in `train`"),
+        "{e}"
+    );
 
     let d = fresh();
     let root = d.path().join("imgs");
@@ -465,7 +543,18 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
     let root = d.path().join("imgs");
     std::fs::create_dir_all(root.join("train/yak")).unwrap();
     let e = err(&root, o());
-    assert!(e.contains("class folder `yak` holds no image"), "{e}");
+    assert!(
+        e.contains("train/yak: class `yak` of split `train` is empty"),
+        "{e}"
+    );
+    // A class folder with only AppleDouble sidecars in it: empty, and said so.
+    std::fs::write(root.join("train/yak/._a.png"), APPLEDOUBLE).unwrap();
+    let e = err(&root, o());
+    assert!(
+        e.contains("class `yak` of split `train` is empty")
+            && e.contains("it holds only 1 hidden or OS entry"),
+        "{e}"
+    );
 
     // An empty class folder in `test` (the class would never be evaluated).
     let d = fresh();
@@ -476,7 +565,16 @@ fn bad_imagefolder_trees_fail_naming_the_file() {
     }
     let e = err(&root, o());
     assert!(
-        e.contains("test/cat") && e.contains("class folder `cat` holds no image"),
+        e.contains("test/cat: class `cat` of split `test` is empty"),
+        "{e}"
+    );
+    // ... and in `val`.
+    let d = fresh();
+    let root = d.path().join("imgs");
+    std::fs::create_dir_all(root.join("val/dog")).unwrap();
+    let e = err(&root, o());
+    assert!(
+        e.contains("val/dog: class `dog` of split `val` is empty"),
         "{e}"
     );
 
@@ -559,4 +657,113 @@ fn a_dataset_root_is_never_picked_silently_among_several() {
         idat_pipe::data::prepare::find_root(&v, "eurosat").unwrap_err()
     );
     assert!(e.contains("copy1") && e.contains("copy2"), "{e}");
+}
+
+/// Classes are ordered as torchvision's `find_classes` orders them: Python's `sorted()` on
+/// the folder names, i.e. by Unicode code point (digits before upper case before `_`
+/// before lower case, `10` before `9`, accented letters after `z`). The expected order is
+/// Python 3.11's `sorted()` of these names.
+#[test]
+fn classes_are_in_pythons_sorted_order_as_torchvision_numbers_them() {
+    let names = [
+        "Zebra", "apple", "Äpfel", "éclair", "10", "9", "b_c", "b-c", "b c", "B", "a.b", "_x",
+        "~t", "Ω", "z",
+    ];
+    let python_sorted = [
+        "10", "9", "B", "Zebra", "_x", "a.b", "apple", "b c", "b-c", "b_c", "z", "~t", "Äpfel",
+        "éclair", "Ω",
+    ];
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("imgs");
+    for (i, n) in names.iter().enumerate() {
+        for split in ["train", "test"] {
+            let dir = root.join(split).join(n);
+            std::fs::create_dir_all(&dir).unwrap();
+            image(i % 3, i + if split == "test" { 500 } else { 0 })
+                .save(dir.join("0.png"))
+                .unwrap();
+        }
+    }
+    let t = read_imagefolder(&root, &opts(None, SampleMethod::Balanced, 0)).unwrap();
+    assert_eq!(t.class_names.as_deref().unwrap(), python_sorted);
+    // Label i is class_names[i].
+    let by_path: std::collections::BTreeMap<&str, u32> = t.splits["test"]
+        .images
+        .iter()
+        .map(|e| (e.path.as_str(), e.label))
+        .collect();
+    for (label, n) in python_sorted.iter().enumerate() {
+        assert_eq!(
+            by_path[format!("test/{n}/0.png").as_str()],
+            label as u32,
+            "{n}"
+        );
+    }
+}
+
+/// Hidden and OS entries never change what is read: the same classes, images, labels and
+/// few-shot draw as the same tree without them; one record per split folder.
+#[test]
+fn hidden_and_os_entries_change_nothing_but_the_count_of_skipped_entries() {
+    let d = tempfile::tempdir().unwrap();
+    let with = d.path().join("with");
+    write_imagefolder(&with);
+    let without = d.path().join("without");
+    write_imagefolder(&without);
+    for junk in ["train/.ipynb_checkpoints", "train/emu/@eaDir", "__MACOSX"] {
+        std::fs::remove_dir_all(without.join(junk)).unwrap();
+    }
+    for junk in [
+        "train/.DS_Store",
+        "train/cat/.DS_Store",
+        "test/Thumbs.db",
+        "test/dog/desktop.ini",
+        "train/cat/._000.png",
+        "train/dog/._001.png",
+        "test/emu/._000.png",
+    ] {
+        std::fs::remove_file(without.join(junk)).unwrap();
+    }
+    for n_train in [None, Some(12)] {
+        let a = read_imagefolder(&with, &opts(n_train, SampleMethod::Stratified, 7)).unwrap();
+        let b = read_imagefolder(&without, &opts(n_train, SampleMethod::Stratified, 7)).unwrap();
+        assert_eq!(a.class_names, b.class_names);
+        assert_eq!(a.splits, b.splits, "n_train {n_train:?}");
+        assert_eq!(a.checks, b.checks);
+        let (ra, rb) = (a.imagefolder.unwrap(), b.imagefolder.unwrap());
+        assert_eq!(ra.sampling, rb.sampling);
+        assert_eq!(ra.per_class, rb.per_class);
+        assert!(rb.hidden.is_empty() && rb.warnings().is_empty());
+        assert_eq!(ra.hidden["train"].count, 6);
+        assert_eq!(ra.hidden["test"].count, 3);
+        assert_eq!(
+            ra.warnings(),
+            [
+                "skipped 6 hidden or OS entries under train/ (.DS_Store, .ipynb_checkpoints, \
+                 cat/.DS_Store, ...): dot-files and dot-folders, __MACOSX, Thumbs.db, \
+                 desktop.ini and the like are never classes or images",
+                "skipped 3 hidden or OS entries under test/ (Thumbs.db, dog/desktop.ini, \
+                 emu/._000.png): dot-files and dot-folders, __MACOSX, Thumbs.db, desktop.ini \
+                 and the like are never classes or images",
+            ]
+        );
+    }
+}
+
+/// A hidden or OS folder beside the dataset (`__MACOSX/`, a `.snapshot/` copy) is not a
+/// second dataset root.
+#[test]
+fn hidden_folders_are_not_searched_for_the_dataset_root() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().join("R");
+    write_imagefolder(&r.join("imgs"));
+    write_imagefolder(&r.join(".snapshot"));
+    write_imagefolder(&r.join("__MACOSX"));
+    assert_eq!(find_imagefolder_root(&r).unwrap(), r.join("imgs"));
+    std::fs::create_dir_all(r.join("v/eurosat")).unwrap();
+    std::fs::create_dir_all(r.join(".Trash-1000/eurosat")).unwrap();
+    assert_eq!(
+        idat_pipe::data::prepare::find_root(&r, "eurosat").unwrap(),
+        r.join("v")
+    );
 }

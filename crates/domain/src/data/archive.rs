@@ -1,6 +1,9 @@
 //! Safe extraction of zip and tar.gz archives: entries may not leave the destination
 //! (`..`, absolute paths), links and special files are refused, and the entry count and
-//! total uncompressed size are bounded (the bound counts bytes actually written).
+//! total uncompressed size are bounded (the bound counts bytes actually written). macOS
+//! AppleDouble entries (anything under `__MACOSX/`, and `._*` sidecar files: Finder
+//! metadata and resource forks that zips made on macOS carry beside every file, never image
+//! data) are not written; they are counted in [`ExtractReport::macos_metadata`].
 
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
@@ -35,6 +38,15 @@ pub struct ExtractReport {
     pub dirs: u64,
     /// Total bytes written.
     pub bytes: u64,
+    /// macOS AppleDouble entries (`__MACOSX/...`, `._*`) left out.
+    pub macos_metadata: u64,
+}
+
+/// Whether an archive entry name is macOS AppleDouble metadata: a component `__MACOSX`, or
+/// a last component starting with `._`.
+pub fn is_macos_metadata(name: &str) -> bool {
+    let parts: Vec<&str> = name.split(['/', '\\']).filter(|p| !p.is_empty()).collect();
+    parts.contains(&"__MACOSX") || parts.last().is_some_and(|p| p.starts_with("._"))
 }
 
 /// Archive formats recognised by their magic bytes.
@@ -207,6 +219,10 @@ fn extract_zip(w: &mut Writer) -> Result<()> {
             .with_context(|| format!("{}: cannot read entry #{i}", w.archive.display()))?;
         let name = entry.name().to_string();
         w.count_entry(&name)?;
+        if is_macos_metadata(&name) {
+            w.report.macos_metadata += 1;
+            continue;
+        }
         let mode = entry.unix_mode().unwrap_or(0);
         let kind = mode & 0o170000;
         if entry.is_symlink() || kind == 0o120000 {
@@ -243,6 +259,10 @@ fn extract_tar_gz(w: &mut Writer) -> Result<()> {
         let raw = entry.path_bytes();
         let name = String::from_utf8_lossy(&raw).into_owned();
         w.count_entry(&name)?;
+        if is_macos_metadata(&name) {
+            w.report.macos_metadata += 1;
+            continue;
+        }
         let ty = entry.header().entry_type();
         let rel = safe_relative(w.archive, &name)?;
         match ty {

@@ -3,11 +3,14 @@
 //!
 //! Layout: `<root>/<split>/<class name>/<image>` (class folders may nest subfolders), splits
 //! `train` and `test`, optionally `val`; links to folders or files are followed. Classes are
-//! the sorted folder names of `train` (code-point order, as torchvision's `sorted()`); label
-//! `i` is `classes[i]`. Image files
-//! are those with torchvision's extensions (case-insensitive); other files are skipped and
-//! counted. Of torchvision's extensions only JPEG and PNG decode here: a `.bmp`, `.webp`,
-//! `.tif(f)`, `.ppm` or `.pgm` file is an error naming it.
+//! the sorted folder names of `train` (Unicode code-point order, case-sensitive: Python's
+//! `sorted()` on `str`, as torchvision's `find_classes`); label `i` is `classes[i]`. Image
+//! files are those with torchvision's extensions (case-insensitive); other files are skipped
+//! and counted. Of torchvision's extensions only JPEG and PNG decode here: a `.bmp`, `.webp`,
+//! `.tif(f)`, `.ppm` or `.pgm` file is an error naming it. Hidden and OS entries
+//! ([`super::hidden`]: `.ipynb_checkpoints`, `._x.jpg`, `__MACOSX`, `Thumbs.db`, ...) are
+//! never classes or images, anywhere in the tree (torchvision would take a dot-folder as a
+//! class and a `._x.jpg` as an image): they are skipped and counted per split folder.
 //!
 //! Manifest mapping (docs/own-dataset.md): the (optionally subsampled) `train` folder is
 //! stored as split `train800val200` (the split the training stages read, whatever its
@@ -16,6 +19,7 @@
 //! "list file" is its folder: the line number of an image is its 1-based position in the
 //! sorted listing of that split folder.
 
+use super::hidden::{is_hidden_or_os, HiddenEntries};
 use super::prepare::TaskManifest;
 use super::vtab::{check_task, escape_invisible, ListEntry, SplitList, TaskSpec};
 use anyhow::{bail, Context, Result};
@@ -81,12 +85,29 @@ pub struct ImageFolderRecord {
     pub splits: BTreeMap<String, String>,
     /// Images per class name, per manifest split (after sampling).
     pub per_class: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Files without an image extension, skipped as torchvision skips them.
+    /// Files without an image extension, skipped as torchvision skips them (hidden or OS
+    /// files are counted in `hidden` instead).
     pub skipped_files: usize,
     /// Up to 3 of them (relative to the root).
     pub skipped_examples: Vec<String>,
+    /// Per split folder (`train`, `test`, `val`): the hidden or OS entries skipped in it
+    /// (dot-files and dot-folders, `__MACOSX`, `Thumbs.db`, ...; see [`super::hidden`]),
+    /// examples relative to the split folder. Absent: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hidden: BTreeMap<String, HiddenEntries>,
     /// Few-shot subsampling of `train`, when `n_train` was given.
     pub sampling: Option<Sampling>,
+}
+
+impl ImageFolderRecord {
+    /// The warnings of this read: one per split folder that held hidden or OS entries
+    /// (`skipped 7 hidden or OS entries under train/ (...)`), in split-folder order.
+    pub fn warnings(&self) -> Vec<String> {
+        SPLIT_FOLDERS
+            .iter()
+            .filter_map(|(f, _, _)| self.hidden.get(*f)?.warning(&format!("{f}/")))
+            .collect()
+    }
 }
 
 /// Knobs of [`read_imagefolder`].
@@ -137,15 +158,22 @@ fn utf8_name(dir: &Path, name: &std::ffi::OsStr) -> Result<String> {
     })
 }
 
-/// Files under `dir` (recursively, links followed), as paths relative to
-/// `rel` joined with `/`, sorted; non-image files go to `skipped`.
-fn walk(
-    dir: &Path,
-    rel: &str,
-    depth: usize,
-    files: &mut Vec<String>,
-    skipped: &mut Vec<String>,
-) -> Result<()> {
+/// What walking one split folder found besides its images.
+#[derive(Default)]
+struct Walk {
+    /// Image paths of the class being walked, relative to the root.
+    files: Vec<String>,
+    /// Files without an image extension, relative to the root.
+    skipped: Vec<String>,
+    /// Hidden or OS entries, relative to the split folder.
+    hidden: HiddenEntries,
+}
+
+/// Walks `dir` (recursively, links followed, entries in sorted order), whose path relative
+/// to the root is `rel` and relative to its split folder `in_split`: images go to
+/// `w.files`, other files to `w.skipped`, hidden or OS entries (never descended into) to
+/// `w.hidden`.
+fn walk(dir: &Path, rel: &str, in_split: &str, depth: usize, w: &mut Walk) -> Result<()> {
     if depth > MAX_DEPTH {
         bail!(
             "{}: folders nested deeper than {MAX_DEPTH} levels below a class folder",
@@ -161,13 +189,18 @@ fn walk(
     entries.sort();
     for (name, path) in entries {
         let r = format!("{rel}/{name}");
+        let s = format!("{in_split}/{name}");
+        if is_hidden_or_os(&name) {
+            w.hidden.add(&s);
+            continue;
+        }
         // Links are followed (as torchvision's os.walk(followlinks=True)); a link loop
         // ends at MAX_DEPTH with an error.
         if std::fs::metadata(&path)
             .map(|m| m.is_dir())
             .unwrap_or(false)
         {
-            walk(&path, &r, depth + 1, files, skipped)?;
+            walk(&path, &r, &s, depth + 1, w)?;
             continue;
         }
         match extension(&name) {
@@ -190,44 +223,66 @@ fn walk(
                         escape_invisible(&path.display().to_string())
                     );
                 }
-                files.push(r);
+                w.files.push(r);
             }
-            _ => skipped.push(r),
+            _ => w.skipped.push(r),
         }
     }
     Ok(())
 }
 
-/// One split folder: class name -> sorted image paths relative to the root.
-fn read_split_folder(
-    root: &Path,
-    folder: &str,
-    skipped: &mut Vec<String>,
-) -> Result<BTreeMap<String, Vec<String>>> {
+/// One split folder read: its classes and what was skipped in it.
+struct SplitFolder {
+    /// Class name -> sorted image paths relative to the root.
+    classes: BTreeMap<String, Vec<String>>,
+    /// Class name -> hidden or OS entries inside that class folder.
+    hidden_in_class: BTreeMap<String, usize>,
+    /// Hidden or OS entries anywhere in the split folder (relative to it).
+    hidden: HiddenEntries,
+}
+
+/// Reads split folder `folder` of `root`: every folder directly in it that is not hidden is
+/// a class (sorted by name, as torchvision's `find_classes`); files directly in it are
+/// skipped (added to `skipped`).
+fn read_split_folder(root: &Path, folder: &str, skipped: &mut Vec<String>) -> Result<SplitFolder> {
     let dir = root.join(folder);
-    let mut classes = BTreeMap::new();
+    let mut out = SplitFolder {
+        classes: BTreeMap::new(),
+        hidden_in_class: BTreeMap::new(),
+        hidden: HiddenEntries::default(),
+    };
     let rd = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut entries = Vec::new();
     for e in rd {
         let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
-        let name = utf8_name(&dir, &e.file_name())?;
-        if std::fs::metadata(e.path())
+        entries.push((utf8_name(&dir, &e.file_name())?, e.path()));
+    }
+    entries.sort();
+    for (name, path) in entries {
+        if is_hidden_or_os(&name) {
+            out.hidden.add(&name);
+            continue;
+        }
+        if std::fs::metadata(&path)
             .map(|m| m.is_dir())
             .unwrap_or(false)
         {
-            let mut files = Vec::new();
-            walk(
-                &e.path(),
-                &format!("{folder}/{name}"),
-                0,
-                &mut files,
-                skipped,
-            )?;
-            classes.insert(name, files);
+            let mut w = Walk {
+                hidden: std::mem::take(&mut out.hidden),
+                ..Walk::default()
+            };
+            let before = w.hidden.count;
+            walk(&path, &format!("{folder}/{name}"), &name, 0, &mut w)?;
+            out.hidden_in_class
+                .insert(name.clone(), w.hidden.count - before);
+            out.hidden = w.hidden;
+            skipped.extend(w.skipped);
+            out.classes.insert(name, w.files);
         } else {
             skipped.push(format!("{folder}/{name}"));
         }
     }
-    Ok(classes)
+    Ok(out)
 }
 
 /// The RNG that shuffles class `class`'s files: ChaCha8 keyed by blake3 of the class name
@@ -289,17 +344,98 @@ pub fn sample_counts(avail: &[usize], n: usize, method: SampleMethod) -> Vec<usi
     take
 }
 
+/// Draws `n` of the training images (few-shot subsampling, see [`SampleMethod`]): the
+/// chosen paths and the record of the draw.
+fn draw_train(
+    root: &Path,
+    by_class: &BTreeMap<String, Vec<String>>,
+    classes: &[String],
+    n: usize,
+    opts: &ImageFolderOptions,
+) -> Result<(std::collections::HashSet<String>, Sampling)> {
+    let avail: Vec<usize> = classes.iter().map(|c| by_class[c].len()).collect();
+    let total: usize = avail.iter().sum();
+    if n == 0 || n > total {
+        bail!(
+            "n_train {n}: expected 1..={total} (the images in {})",
+            root.join("train").display()
+        );
+    }
+    let counts = sample_counts(&avail, n, opts.method);
+    let mut chosen = std::collections::HashSet::new();
+    for (c, k) in classes.iter().zip(&counts) {
+        let mut files = by_class[c].clone();
+        files.shuffle(&mut class_rng(opts.seed, c));
+        chosen.extend(files.into_iter().take(*k));
+    }
+    let sampling = Sampling {
+        n_train: n,
+        method: opts.method,
+        seed: opts.seed,
+        from_images: total,
+        per_class: classes.iter().cloned().zip(counts).collect(),
+    };
+    Ok((chosen, sampling))
+}
+
+/// The classes (the sorted folder names of `train`) after the checks: at least 2, every
+/// class folder of `test`/`val` also in `train`, no class folder of any split without an
+/// image. The errors name the split and the folder.
+fn check_classes(root: &Path, folders: &BTreeMap<&str, SplitFolder>) -> Result<Vec<String>> {
+    let train = &folders["train"].classes;
+    let classes: Vec<String> = train.keys().cloned().collect();
+    if classes.len() < 2 {
+        bail!(
+            "{}: {} class folder(s) in split `train`: expected at least 2 (one folder per class)",
+            root.join("train").display(),
+            classes.len()
+        );
+    }
+    for (folder, split) in folders {
+        if let Some(c) = split.classes.keys().find(|c| !train.contains_key(*c)) {
+            bail!(
+                "{}: class folder `{c}` of split `{folder}` is not in `train` (classes: {}): \
+                 expected the classes of `train`",
+                root.join(folder).display(),
+                classes.join(", ")
+            );
+        }
+    }
+    for (folder, split) in folders {
+        if let Some((c, _)) = split.classes.iter().find(|(_, f)| f.is_empty()) {
+            let hidden = split.hidden_in_class.get(c).copied().unwrap_or(0);
+            let note = if hidden > 0 {
+                format!(
+                    "; it holds only {hidden} hidden or OS entr{} (dot-files, `._*` sidecars, \
+                     Thumbs.db, ...), which are not images",
+                    if hidden == 1 { "y" } else { "ies" }
+                )
+            } else {
+                String::new()
+            };
+            bail!(
+                "{}: class `{c}` of split `{folder}` is empty: its folder holds no image \
+                 (.jpg, .jpeg or .png){note}: expected at least one image per class in every \
+                 split (an empty `test` class would never be evaluated; remove the folder or \
+                 add images)",
+                root.join(folder).join(c).display()
+            );
+        }
+    }
+    Ok(classes)
+}
+
 /// Reads the ImageFolder tree at `root` into a manifest task (see the module docs): the
 /// classes, the split folders, optional few-shot sampling, and the checks of
 /// [`check_task`] (no file twice, test apart from training, every image readable, identical
 /// contents found and recorded).
 pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskManifest> {
     let mut skipped = Vec::new();
-    let mut folders: BTreeMap<&str, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut split_folders: BTreeMap<&str, SplitFolder> = BTreeMap::new();
     for (folder, _, required) in SPLIT_FOLDERS {
         let dir = root.join(folder);
         if dir.is_dir() {
-            folders.insert(folder, read_split_folder(root, folder, &mut skipped)?);
+            split_folders.insert(folder, read_split_folder(root, folder, &mut skipped)?);
         } else if required {
             bail!(
                 "{}: no `{folder}` folder: expected the ImageFolder layout \
@@ -309,34 +445,11 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
             );
         }
     }
-    let train = &folders["train"];
-    let classes: Vec<String> = train.keys().cloned().collect();
-    if classes.len() < 2 {
-        bail!(
-            "{}: {} class folder(s) in `train`: expected at least 2 (one folder per class)",
-            root.join("train").display(),
-            classes.len()
-        );
-    }
-    for (folder, split) in &folders {
-        if let Some(c) = split.keys().find(|c| !train.contains_key(*c)) {
-            bail!(
-                "{}: class folder `{c}` is not in `train` (classes: {}): expected the classes \
-                 of `train`",
-                root.join(folder).display(),
-                classes.join(", ")
-            );
-        }
-    }
-    for (folder, split) in &folders {
-        if let Some((c, _)) = split.iter().find(|(_, f)| f.is_empty()) {
-            bail!(
-                "{}: class folder `{c}` holds no image (.jpg, .jpeg or .png): expected at least \
-                 one (an empty `test` class would never be evaluated)",
-                root.join(folder).join(c).display()
-            );
-        }
-    }
+    let classes = check_classes(root, &split_folders)?;
+    let folders: BTreeMap<&str, &BTreeMap<String, Vec<String>>> = split_folders
+        .iter()
+        .map(|(f, s)| (*f, &s.classes))
+        .collect();
     let label: BTreeMap<&str, u32> = classes
         .iter()
         .enumerate()
@@ -365,28 +478,8 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
         let mut keep: Option<std::collections::HashSet<String>> = None;
         if folder == "train" {
             if let Some(n) = opts.n_train {
-                let avail: Vec<usize> = classes.iter().map(|c| by_class[c].len()).collect();
-                let total: usize = avail.iter().sum();
-                if n == 0 || n > total {
-                    bail!(
-                        "n_train {n}: expected 1..={total} (the images in {})",
-                        root.join("train").display()
-                    );
-                }
-                let counts = sample_counts(&avail, n, opts.method);
-                let mut chosen = std::collections::HashSet::new();
-                for (c, k) in classes.iter().zip(&counts) {
-                    let mut files = by_class[c].clone();
-                    files.shuffle(&mut class_rng(opts.seed, c));
-                    chosen.extend(files.into_iter().take(*k));
-                }
-                sampling = Some(Sampling {
-                    n_train: n,
-                    method: opts.method,
-                    seed: opts.seed,
-                    from_images: total,
-                    per_class: classes.iter().cloned().zip(counts).collect(),
-                });
+                let (chosen, drawn) = draw_train(root, by_class, &classes, n, opts)?;
+                sampling = Some(drawn);
                 keep = Some(chosen);
             }
         }
@@ -436,6 +529,11 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
         per_class,
         skipped_files: skipped.len(),
         skipped_examples,
+        hidden: split_folders
+            .iter()
+            .filter(|(_, s)| s.hidden.count > 0)
+            .map(|(f, s)| (f.to_string(), s.hidden.clone()))
+            .collect(),
         sampling,
     });
     Ok(m)

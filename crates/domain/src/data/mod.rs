@@ -1,11 +1,13 @@
 //! VTAB-1K data: the NOAH-layout reader ([`vtab`]), image decoding and PIL-exact resize
 //! ([`image`]), decoded splits and batching ([`loader`]), sources and the validated manifest
 //! ([`prepare`]), verified downloads ([`download`]), safe archive extraction ([`archive`]),
-//! HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]). The one VTAB-1K
-//! task table (groups, classes, recipe, split sizes) is [`vtab_tasks`].
+//! the one rule for hidden and OS entries of users' folders ([`hidden`]), HF hub datasets
+//! ([`hub`]) and the embedded mini benchmark ([`mini`]). The one VTAB-1K task table (groups,
+//! classes, recipe, split sizes) is [`vtab_tasks`].
 
 pub mod archive;
 pub mod download;
+pub mod hidden;
 pub mod hub;
 pub mod image;
 pub mod imagefolder;

@@ -3,6 +3,7 @@
 
 use super::archive::{extract_atomic, ArchiveLimits};
 use super::download::{download_verified, parse_sha256, DownloadOptions};
+use super::hidden::is_hidden_or_os;
 use super::hub;
 use super::vtab::{read_task, ListEntry, Task, TaskChecks, TaskSpec, SPLITS};
 use anyhow::{bail, Context, Result};
@@ -413,7 +414,8 @@ pub fn local_task_dirs(path: &Path, tasks: &[TaskSpec]) -> Vec<PathBuf> {
 /// holds (archives often wrap everything in one or two folders, e.g. `vtab-1k/vtab-1k/`),
 /// searched level by level. None when there is none. Errors: two or more at the first level
 /// that has one (two copies of a dataset under the given root): which one is meant is the
-/// user's to say, never a silent pick that could change when a folder is added.
+/// user's to say, never a silent pick that could change when a folder is added. Hidden and
+/// OS folders (`__MACOSX`, `.git`, ...: [`super::hidden`]) are not searched.
 pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Result<Option<PathBuf>> {
     let mut level = vec![dir.to_path_buf()];
     for _ in 0..3 {
@@ -438,6 +440,7 @@ pub fn find_wrapped_root(dir: &Path, is_root: &dyn Fn(&Path) -> bool) -> Result<
                 let mut subs: Vec<PathBuf> = rd
                     .filter_map(|e| e.ok())
                     .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter(|e| !is_hidden_or_os(&e.file_name().to_string_lossy()))
                     .map(|e| e.path())
                     .collect();
                 subs.sort();
@@ -526,8 +529,9 @@ pub fn resolve_source(
             if !extracted.is_dir() {
                 let file = cache_dir.join("downloads").join(format!("{sha}.archive"));
                 download_verified(url, &sha, &file, &opts.download)?;
-                extract_atomic(&file, &extracted, &opts.limits)
+                let report = extract_atomic(&file, &extracted, &opts.limits)
                     .with_context(|| format!("extracting the archive from {url}"))?;
+                warn_macos_metadata(&report, url);
                 let _ = std::fs::remove_file(&file);
             }
             find(&extracted)
@@ -572,6 +576,17 @@ pub fn resolve_source(
     }
 }
 
+/// The one warning for the macOS AppleDouble entries an extraction of `archive` left out.
+fn warn_macos_metadata(report: &super::archive::ExtractReport, archive: &str) {
+    if report.macos_metadata > 0 {
+        tracing::warn!(
+            "{archive}: skipped {} macOS metadata entries (`__MACOSX/...`, `._*`: Finder \
+             attributes and resource forks, never image data)",
+            report.macos_metadata
+        );
+    }
+}
+
 /// The file stem of an archive name (`a/cifar.tar.gz` -> `cifar`), or None for other files.
 fn archive_stem(path: &str) -> Option<&str> {
     let file = path.rsplit('/').next().unwrap_or(path);
@@ -610,13 +625,20 @@ fn extract_hub_archive(
 ) -> Result<()> {
     let stem = archive_stem(name).unwrap_or(name);
     if !tasks.contains(&stem) {
-        super::archive::extract(archive, staging, &opts.limits)?;
+        let report = super::archive::extract(archive, staging, &opts.limits)?;
+        warn_macos_metadata(&report, name);
         return Ok(());
     }
     let dest = staging.join(stem);
-    extract_atomic(archive, &dest, &opts.limits)?;
+    let report = extract_atomic(archive, &dest, &opts.limits)?;
+    warn_macos_metadata(&report, name);
     let nested = dest.join(stem);
-    let only_child = std::fs::read_dir(&dest)?.count() == 1;
+    // Hidden and OS entries beside the task folder (`.DS_Store`) do not count.
+    let only_child = std::fs::read_dir(&dest)?
+        .filter_map(|e| e.ok())
+        .filter(|e| !is_hidden_or_os(&e.file_name().to_string_lossy()))
+        .count()
+        == 1;
     if only_child && nested.is_dir() {
         let tmp = staging.join(format!(".{stem}.unwrap"));
         std::fs::rename(&nested, &tmp)?;

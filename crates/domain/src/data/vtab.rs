@@ -258,7 +258,8 @@ fn list_lines(text: &str) -> Vec<&str> {
 /// Parses list text (`<path> <label>` per line; blank lines ignored; lines may end in
 /// `\n`, `\r\n`, or `\r` in a file without `\n`; whitespace around the path, a stray `\r`
 /// included, is trimmed). `file` names the list in errors; labels must be `< num_classes`.
-/// Paths are stored normalised ([`normalize_list_path`]). The label is the last column and
+/// Paths are stored normalised ([`normalize_list_path`]); a path that names OS metadata
+/// (`._x.jpg`, `__MACOSX/...`, `Thumbs.db`: [`super::hidden::os_metadata_kind`]) is an error. The label is the last column and
 /// the path everything before it, spaces included; a path whose last word is a number
 /// (`images/x.png 3 7`) is a malformed line (an extra column) unless a file of that whole
 /// name exists next to the list file.
@@ -286,6 +287,14 @@ pub fn parse_list(text: &str, file: &Path, num_classes: usize) -> Result<Vec<Lis
         let path = normalize_list_path(path).map_err(|e| {
             anyhow::anyhow!("{loc}: image path {e}: expected a path relative to the task folder")
         })?;
+        if let Some(kind) = super::hidden::os_metadata_kind(&path) {
+            bail!(
+                "{loc}: `{}` is {kind}, not an image (copies made on macOS, Windows or a NAS \
+                 add such files beside the images): expected the path of an image; remove \
+                 the line",
+                escape_invisible(&path)
+            );
+        }
         // A path may hold spaces, so `images/x.png 3 7` reads as path `images/x.png 3`: an
         // extra numeric column unless a file of that very name exists.
         if let Some((head, tail)) = path.rsplit_once(char::is_whitespace) {

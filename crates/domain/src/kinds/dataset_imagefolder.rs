@@ -61,7 +61,9 @@ pub struct DatasetImageFolder;
 impl StageKind for DatasetImageFolder {
     type Params = Params;
     const NAME: &'static str = "dataset/imagefolder";
-    const VERSION: u32 = 1;
+    // 2: hidden and OS entries (`.ipynb_checkpoints`, `._x.jpg`, `__MACOSX`, ...) are no
+    // longer classes or images: an entry made before may hold a wrong class list.
+    const VERSION: u32 = 2;
     const NON_OUTPUT_PARAMS: &'static [&'static str] = &["hub_endpoint"];
     const SUMMARY: &'static str =
         "One's own ImageFolder dataset (train/test/<class>/...), optionally few-shot subsampled, validated into a manifest";
@@ -159,10 +161,12 @@ impl StageKind for DatasetImageFolder {
                     r.skipped_examples.join(", ")
                 ));
             }
+            for w in r.warnings() {
+                ctx.warn(w);
+            }
         }
         for w in m.warnings() {
-            tracing::warn!("{w}");
-            ctx.log(format!("warning: {w}"));
+            ctx.warn(w);
         }
         dataset::write(&ctx.out_dir, m)
     }
