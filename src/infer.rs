@@ -6,7 +6,7 @@
 //! `img_size`, `(x / 255 - mean) / std` (mean = std = 0.5 unless configured).
 use crate::config::paths::cli_path;
 use crate::data::hidden::{is_hidden_or_os, HiddenEntries};
-use crate::data::image::{decode_rgb, resize_bicubic, Normalize};
+use crate::data::image::{decode_rgb_noted, resize_bicubic, Normalize};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions};
 use crate::nn::vit::{Mode, Vit, VitConfig};
@@ -228,7 +228,11 @@ pub fn preprocess(
     let plane = size * size;
     let mut data = vec![0f32; paths.len() * 3 * plane];
     for (b, p) in paths.iter().enumerate() {
-        let img = decode_rgb(p)?;
+        let decoded = decode_rgb_noted(p)?;
+        for n in &decoded.notes {
+            eprintln!("note: {}: {n}", p.display());
+        }
+        let img = decoded.image;
         let img = if img.width() as usize == size && img.height() as usize == size {
             img
         } else {

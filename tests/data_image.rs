@@ -1,7 +1,12 @@
 //! PIL parity of decoding and bicubic resize, against fixtures made by scripts/pil_fixtures.py
-//! (resize) and scripts/make_pil_fixtures.py (decode, under fixtures/image/decode/).
+//! (resize), scripts/make_pil_fixtures.py (decode, under fixtures/image/decode/) and
+//! scripts/make_pil_verdicts.py (which files PIL opens or refuses, under
+//! fixtures/image/verdicts/).
 
-use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize, NormalizeKind};
+use idat_pipe::data::image::{
+    decode_rgb, decode_rgb_noted, resize_bicubic, Normalize, NormalizeKind, MAX_IMAGE_PIXELS,
+    PIL_MAX_IMAGE_PIXELS,
+};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -261,17 +266,20 @@ fn a_truncated_jpeg_is_refused_even_when_an_exif_thumbnail_ends_first() {
         err.contains("prog.jpg") && err.contains("truncated JPEG"),
         "{err}"
     );
-    // Scan data cut and an end marker appended (a "repaired" file): the rest would be gray.
+    // Scan data cut and an end marker appended (a "repaired" file): PIL decodes it, the
+    // rest gray, without a word; so do we, with a note.
     let f = dir.path().join("patched.jpg");
     std::fs::write(
         &f,
         [&bytes[..(main_sos + len) / 2], &[0xFF, 0xD9][..]].concat(),
     )
     .unwrap();
-    let err = must_fail(decode_rgb(&f));
+    let d = decode_rgb_noted(&f).unwrap();
+    assert_eq!(d.image.dimensions(), (128, 96));
     assert!(
-        err.contains("patched.jpg") && err.contains("corrupt JPEG: the scan data stops"),
-        "{err}"
+        d.notes.len() == 1 && d.notes[0].contains("the rest is decoded gray, as PIL does"),
+        "{:?}",
+        d.notes
     );
     // The whole file decodes.
     assert_eq!(
@@ -282,43 +290,40 @@ fn a_truncated_jpeg_is_refused_even_when_an_exif_thumbnail_ends_first() {
     );
 }
 
+/// A PNG cut at every place: refused while the image data is incomplete ("truncated
+/// PNG", naming the file), decoded to the whole file's pixels once the last row is in
+/// (PIL reads no further: CRC, IEND and the rest may be missing).
 #[test]
-fn a_png_truncated_in_idat_or_without_iend_is_refused() {
+fn a_png_cut_before_its_last_row_is_refused_and_after_it_decodes_as_in_pil() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixture("rgb64x48.png")).unwrap();
-    let idat = bytes.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
-    let idat_len = u32::from_be_bytes(bytes[idat..idat + 4].try_into().unwrap()) as usize;
-    for cut in (8..bytes.len()).step_by(97) {
+    let whole = decode_rgb(&fixture("rgb64x48.png")).unwrap();
+    let (idat, idat_len) = find_chunk(&bytes, b"IDAT");
+    let data_end = idat + 8 + idat_len;
+    let cuts = (8..bytes.len()).step_by(53).chain([
+        idat + 8,
+        idat + 9,
+        data_end - 7,
+        data_end - 6,
+        data_end,
+        data_end + 2,
+    ]);
+    for cut in cuts.chain(bytes.len() - 12..bytes.len()) {
         let f = dir.path().join(format!("cut{cut}.png"));
         std::fs::write(&f, &bytes[..cut]).unwrap();
-        let err = must_fail(decode_rgb(&f));
-        assert!(
-            err.contains(&format!("cut{cut}.png")) && err.contains("truncated PNG"),
-            "cut at {cut}: {err}"
-        );
-    }
-    for (name, cut, what) in [
-        (
-            "in_idat.png",
-            idat + 8 + idat_len / 2,
-            "truncated PNG: chunk `IDAT`",
-        ),
-        (
-            "idat_crc.png",
-            idat + 8 + idat_len + 2,
-            "truncated PNG: chunk `IDAT`",
-        ),
-        (
-            "no_iend.png",
-            bytes.len() - 12,
-            "truncated PNG: the file ends at byte",
-        ),
-        ("half_iend.png", bytes.len() - 6, "truncated PNG"),
-    ] {
-        let f = dir.path().join(name);
-        std::fs::write(&f, &bytes[..cut]).unwrap();
-        let err = must_fail(decode_rgb(&f));
-        assert!(err.contains(name) && err.contains(what), "{name}: {err}");
+        let r = decode_rgb(&f);
+        // The zlib stream ends with the final block's end code and the 4-byte checksum:
+        // PIL 13 does not need them. For this file it opens every cut from 6 bytes before
+        // the end of the IDAT data on, and refuses every earlier one (measured).
+        if cut >= data_end - 6 {
+            assert_eq!(r.unwrap(), whole, "cut at {cut} of {}", bytes.len());
+        } else {
+            let err = must_fail(r);
+            assert!(
+                err.contains(&format!("cut{cut}.png")) && err.contains("truncated PNG"),
+                "cut at {cut}: {err}"
+            );
+        }
     }
 }
 
@@ -411,38 +416,34 @@ fn png_decode_errors_are_plain_text_naming_the_file() {
             assert!(!err.contains(bad), "debug text `{bad}` in: {err}");
         }
     };
-    for kind in [b"IDAT", b"IHDR"] {
-        let mut png = good.clone();
-        let (pos, n) = find_chunk(&png, kind);
-        png[pos + 8 + n] ^= 0xFF; // first CRC byte
-        let f = dir
-            .path()
-            .join(format!("crc_{}.png", std::str::from_utf8(kind).unwrap()));
-        std::fs::write(&f, &png).unwrap();
-        let err = must_fail(decode_rgb(&f));
-        let want = format!(
-            "corrupt PNG: CRC mismatch in {} chunk",
-            std::str::from_utf8(kind).unwrap()
-        );
-        assert!(
-            err.contains(&want) && err.contains(f.file_name().unwrap().to_str().unwrap()),
-            "{err}"
-        );
-        plain(&err);
-    }
+    let refix_crc = |png: &mut Vec<u8>, pos: usize, n: usize| {
+        let crc = crc32(&png[pos + 4..pos + 8 + n]);
+        png[pos + 8 + n..pos + 12 + n].copy_from_slice(&crc.to_be_bytes());
+    };
+    // A CRC error in IHDR (before the image data: PIL refuses it).
+    let mut png = good.clone();
+    let (pos, n) = find_chunk(&png, b"IHDR");
+    png[pos + 8 + n] ^= 0xFF;
+    let f = dir.path().join("crc_IHDR.png");
+    std::fs::write(&f, &png).unwrap();
+    let err = must_fail(decode_rgb(&f));
+    assert!(
+        err.contains("crc_IHDR.png") && err.contains("corrupt PNG: CRC mismatch in chunk `IHDR`"),
+        "{err}"
+    );
+    plain(&err);
     // Damaged deflate data with a correct CRC: the zlib header of IDAT.
     let mut png = good.clone();
     let (pos, n) = find_chunk(&png, b"IDAT");
     png[pos + 8] = 0x00;
     png[pos + 9] = 0x00;
-    let crc = crc32(&png[pos + 4..pos + 8 + n]);
-    png[pos + 8 + n..pos + 12 + n].copy_from_slice(&crc.to_be_bytes());
+    refix_crc(&mut png, pos, n);
     let f = dir.path().join("deflate.png");
     std::fs::write(&f, &png).unwrap();
     let err = must_fail(decode_rgb(&f));
     assert!(
         err.contains("deflate.png")
-            && err.contains("corrupt PNG: corrupt deflate stream (bad zlib header)"),
+            && err.contains("corrupt PNG: the compressed image data is damaged"),
         "{err}"
     );
     plain(&err);
@@ -450,14 +451,343 @@ fn png_decode_errors_are_plain_text_naming_the_file() {
     let mut png = good.clone();
     let (pos, n) = find_chunk(&png, b"IHDR");
     png[pos + 8 + 9] = 5;
-    let crc = crc32(&png[pos + 4..pos + 8 + n]);
-    png[pos + 8 + n..pos + 12 + n].copy_from_slice(&crc.to_be_bytes());
+    refix_crc(&mut png, pos, n);
     let f = dir.path().join("colortype.png");
     std::fs::write(&f, &png).unwrap();
     let err = must_fail(decode_rgb(&f));
     assert!(
-        err.contains("colortype.png") && err.contains("corrupt PNG: invalid color type 5"),
+        err.contains("colortype.png")
+            && err.contains("unsupported PNG: bit depth 8 with colour type 5"),
         "{err}"
     );
     plain(&err);
+}
+
+/// One row of fixtures/image/verdicts/verdicts.tsv (scripts/make_pil_verdicts.py): PIL's
+/// verdict on one file.
+struct Verdict {
+    file: String,
+    /// PIL opened it (else refused it).
+    ok: bool,
+    width: u32,
+    height: u32,
+    /// blake3 of PIL's `convert("RGB")` bytes.
+    blake3: String,
+    /// What PIL said.
+    pil: String,
+}
+
+fn verdicts() -> Vec<Verdict> {
+    let text = std::fs::read_to_string(fixture("verdicts/verdicts.tsv")).unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            assert_eq!(c.len(), 6, "{l}");
+            Verdict {
+                file: c[0].to_string(),
+                ok: match c[1] {
+                    "ok" => true,
+                    "refused" => false,
+                    v => panic!("verdict {v}"),
+                },
+                width: c[2].parse().unwrap_or(0),
+                height: c[3].parse().unwrap_or(0),
+                blake3: c[4].to_string(),
+                pil: c[5].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Our verdict on one fixture against PIL's: None when they agree (same pixels when PIL
+/// opens it; refused, naming the file, when PIL refuses it), else what differs.
+fn disagreement(v: &Verdict) -> Option<String> {
+    let path = fixture(&format!("verdicts/{}", v.file));
+    match (decode_rgb(&path), v.ok) {
+        (Ok(img), true) => {
+            let hash = blake3::hash(img.as_raw()).to_hex().to_string();
+            (img.dimensions() != (v.width, v.height) || hash != v.blake3).then(|| {
+                format!(
+                    "{}: decoded {:?}, PIL {}x{}, pixels {}",
+                    v.file,
+                    img.dimensions(),
+                    v.width,
+                    v.height,
+                    if hash == v.blake3 { "equal" } else { "differ" }
+                )
+            })
+        }
+        (Ok(_), false) => Some(format!("{}: decoded, PIL refused it: {}", v.file, v.pil)),
+        (Err(e), true) => Some(format!("{}: refused ({e:#}), PIL opened it", v.file)),
+        (Err(e), false) => {
+            let e = format!("{e:#}");
+            (!e.contains(&v.file)).then(|| format!("{}: error does not name the file: {e}", v.file))
+        }
+    }
+}
+
+/// Every file of the verdict fixtures (PNG and JPEG files damaged or unusual in the ways
+/// files from the field are) gets PIL's verdict: PIL's exact pixels when PIL opens it, an
+/// error naming the file when PIL refuses it.
+#[test]
+fn every_verdict_fixture_is_accepted_or_refused_as_pil_does_with_pils_pixels() {
+    let all = verdicts();
+    assert!(all.len() >= 90, "{} verdicts", all.len());
+    let bad: Vec<String> = all.iter().filter_map(disagreement).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ from PIL:\n{}",
+        bad.len(),
+        all.len(),
+        bad.join("\n")
+    );
+}
+
+/// The verdict row of `file`, and our error text (None when we decode it).
+fn ours(file: &str) -> (Verdict, Option<String>) {
+    let v = verdicts().into_iter().find(|v| v.file == file).unwrap();
+    let r = decode_rgb_noted(&fixture(&format!("verdicts/{file}")));
+    (v, r.err().map(|e| format!("{e:#}")))
+}
+
+/// Checks that each of `files` gets PIL's verdict and, when refused, a message with `want`.
+fn expect(files: &[(&str, &str)]) {
+    for (file, want) in files {
+        let (v, err) = ours(file);
+        assert_eq!(disagreement(&v), None);
+        match err {
+            Some(e) => assert!(!v.ok && e.contains(want) && e.contains(file), "{file}: {e}"),
+            None => assert!(
+                v.ok && want.is_empty(),
+                "{file}: decoded, expected `{want}`"
+            ),
+        }
+    }
+}
+
+/// CRC mismatches: PIL checks the chunks before the image data (IHDR, PLTE, tRNS, text,
+/// private chunks) and refuses a mismatch; it never checks IDAT or the chunks after it.
+#[test]
+fn png_crc_errors_before_the_image_data_are_refused_and_later_ones_ignored_as_in_pil() {
+    let refused = "CRC mismatch in chunk";
+    expect(&[
+        ("crc_ihdr.png", refused),
+        ("crc_plte.png", refused),
+        ("crc_trns.png", refused),
+        ("crc_gama.png", refused),
+        ("crc_text_before_idat.png", refused),
+        ("crc_private_before_idat.png", refused),
+        ("crc_idat.png", ""),
+        ("crc_idat_first_of_3.png", ""),
+        ("crc_idat_last_of_3.png", ""),
+        ("crc_iend.png", ""),
+        ("crc_text_after_idat.png", ""),
+    ]);
+    let (_, e) = ours("crc_ihdr.png");
+    let e = e.unwrap();
+    assert!(e.contains("stored 0x") && e.contains("PIL refuses"), "{e}");
+}
+
+/// Truncated PNGs: refused when the file ends before the last row or inside a chunk that
+/// follows it; decoded when only the checksum, CRC, IEND or the chunk headers after the
+/// image are missing.
+#[test]
+fn png_truncation_is_refused_exactly_where_pil_refuses_it() {
+    let t = "truncated PNG";
+    expect(&[
+        ("trunc_mid_idat.png", t),
+        ("trunc_mid_last_of_3_idat.png", t),
+        ("trunc_in_ihdr.png", t),
+        ("trunc_signature_only.png", t),
+        ("trunc_in_text_before_idat.png", t),
+        ("trunc_in_text_after_idat.png", t),
+        ("adler_in_own_chunk_cut.png", t),
+        ("idat_split_by_text.png", t),
+        ("interlaced_trunc_mid_idat.png", t),
+        ("trunc_idat_last_byte.png", ""),
+        ("trunc_before_idat_crc.png", ""),
+        ("trunc_no_iend.png", ""),
+        ("trunc_half_iend.png", ""),
+        ("trunc_in_chunk_header_after_idat.png", ""),
+        ("trailing_garbage.png", ""),
+    ]);
+}
+
+/// The compressed image data: damage and a wrong adler-32 refused (when PIL sees the
+/// checksum), data that ends at a row end decoded with zero rows and a note, a stream that
+/// ends inside a row refused, extra data ignored.
+#[test]
+fn png_compressed_data_damage_and_early_ends_as_in_pil() {
+    let damaged = "compressed image data is damaged";
+    expect(&[
+        ("adler_bad.png", damaged),
+        ("deflate_corrupt.png", damaged),
+        ("zlib_header_bad.png", damaged),
+        ("filter_type_bad.png", "unknown filter type"),
+        ("stream_short_mid_row.png", "truncated PNG"),
+        ("stream_empty.png", "truncated PNG"),
+        ("interlaced_short_at_row.png", "truncated PNG"),
+        ("adler_missing.png", ""),
+        ("adler_bad_in_own_chunk.png", ""),
+        ("stream_long.png", ""),
+        ("stream_trailing_bytes.png", ""),
+        ("stream_short_at_row.png", ""),
+        ("idat_empty_chunks.png", ""),
+    ]);
+    let d = decode_rgb_noted(&fixture("verdicts/stream_short_at_row.png")).unwrap();
+    assert!(
+        d.notes.len() == 1
+            && d.notes[0].contains("ends after 294 of 588 bytes, at the end of a row"),
+        "{:?}",
+        d.notes
+    );
+    // Rows 6.. are zero, as in PIL.
+    assert!(d
+        .image
+        .rows()
+        .skip(6)
+        .all(|r| r.into_iter().all(|p| p.0 == [0, 0, 0])));
+    assert!(d
+        .image
+        .rows()
+        .take(6)
+        .any(|r| r.into_iter().any(|p| p.0 != [0, 0, 0])));
+}
+
+/// Chunk structure: PIL's handlers refuse a bad chunk type, a missing or short IHDR, a
+/// filter method other than 0, an unknown depth/colour pair, a size of 0, short gAMA,
+/// cHRM, sRGB, pHYs and tRNS chunks (before or after the image data), an unknown zTXt or
+/// iCCP compression method, IEND before IDAT; they skip unknown chunks (critical ones
+/// too), damaged compressed text and an IHDR that is not first.
+#[test]
+fn png_chunk_rules_as_in_pil() {
+    expect(&[
+        (
+            "chunk_type_invalid.png",
+            "has type `a-b!`: expected 4 letters or digits",
+        ),
+        ("ihdr_missing.png", "no IHDR chunk"),
+        ("ihdr_short.png", "holds 10 bytes, expected at least 13"),
+        ("ihdr_filter_method_1.png", "filter method 1"),
+        ("ihdr_depth_rgb4.png", "bit depth 4 with colour type 2"),
+        ("ihdr_width_0.png", "0x12"),
+        ("iend_before_idat.png", "IEND at byte"),
+        ("gama_short.png", "chunk `gAMA`"),
+        ("gama_short_after_idat.png", "chunk `gAMA`"),
+        ("chrm_short.png", "chunk `cHRM`"),
+        ("srgb_empty.png", "chunk `sRGB`"),
+        ("phys_short.png", "chunk `pHYs`"),
+        ("trns_short_rgb.png", "chunk `tRNS`"),
+        (
+            "ztxt_method_1.png",
+            "unknown compression method 1 in the zTXt chunk",
+        ),
+        (
+            "ztxt_method_1_after_idat.png",
+            "unknown compression method 1 in the zTXt chunk",
+        ),
+        (
+            "iccp_method_1.png",
+            "unknown compression method 1 in the iCCP chunk",
+        ),
+        ("chunk_unknown_critical.png", ""),
+        ("ihdr_after_text.png", ""),
+        ("ihdr_compression_method_1.png", ""),
+        ("ihdr_interlace_2.png", ""),
+        ("ztxt_corrupt.png", ""),
+        ("iccp_corrupt.png", ""),
+        ("itxt_corrupt.png", ""),
+    ]);
+}
+
+/// Colour types and layouts PIL reads: palettes (with tRNS, an index beyond the palette,
+/// no palette at all: black), gray with tRNS, 2-bit gray, gray+alpha (8 and 16 bits),
+/// interlaced RGB, RGBA16 and 2-bit palette, an APNG (its first frame).
+#[test]
+fn png_colour_types_palettes_interlacing_and_apng_decode_as_pil() {
+    expect(&[
+        ("png_ok.png", ""),
+        ("palette_trns.png", ""),
+        ("palette_index_beyond_plte.png", ""),
+        ("palette_without_plte.png", ""),
+        ("palette_2bit_interlaced.png", ""),
+        ("gray8_trns.png", ""),
+        ("gray16_trns.png", ""),
+        ("gray2.png", ""),
+        ("graya8.png", ""),
+        ("graya16.png", ""),
+        ("rgb8_interlaced.png", ""),
+        ("rgba16_interlaced.png", ""),
+        ("apng_2_frames.png", ""),
+    ]);
+}
+
+/// EXIF orientation is not applied (PIL's `open`/`convert` do not apply it): a JPEG or PNG
+/// tagged "rotate 90" keeps its stored width and height.
+#[test]
+fn exif_orientation_is_not_applied_as_in_pil() {
+    expect(&[
+        ("jpeg_exif_orientation_6.jpg", ""),
+        ("exif_orientation_6.png", ""),
+    ]);
+    let img = decode_rgb(&fixture("verdicts/jpeg_exif_orientation_6.jpg")).unwrap();
+    assert_eq!(img.dimensions(), (40, 24));
+}
+
+/// No limit on a side (a 20000x8 PNG or JPEG decodes, as in PIL); more than
+/// 2 x PIL's MAX_IMAGE_PIXELS is refused before any image data is read, as PIL's
+/// DecompressionBombError does.
+#[test]
+fn the_size_limit_is_pils_pixel_count_not_a_side() {
+    assert_eq!(PIL_MAX_IMAGE_PIXELS, 1024 * 1024 * 1024 / 4 / 3);
+    assert_eq!(MAX_IMAGE_PIXELS, 178_956_970);
+    let bomb = "expected at most 178956970";
+    expect(&[
+        ("wide_20000x8.png", ""),
+        ("tall_8x20000.png", ""),
+        ("jpeg_wide_20000x8.jpg", ""),
+        ("bomb_13000x13767.png", bomb),
+        ("bomb_100000x100000.png", bomb),
+        ("jpeg_bomb_60000x60000.jpg", bomb),
+    ]);
+    let (_, e) = ours("bomb_13000x13767.png");
+    assert!(e.unwrap().contains("13000x13767 = 178971000 pixels"));
+}
+
+/// JPEGs: truncated ones refused (a missing end marker too), damaged scan data decoded
+/// gray with a note, extraneous bytes and data after the end marker ignored.
+#[test]
+fn jpeg_damage_as_in_pil() {
+    expect(&[
+        ("jpeg_ok.jpg", ""),
+        ("jpeg_cmyk.jpg", ""),
+        ("jpeg_trunc_half.jpg", "truncated JPEG"),
+        ("jpeg_no_eoi.jpg", "truncated JPEG"),
+        ("jpeg_scan_cut_eoi_appended.jpg", ""),
+        ("jpeg_extraneous_bytes.jpg", ""),
+        ("jpeg_trailing_garbage.jpg", ""),
+    ]);
+    let d = decode_rgb_noted(&fixture("verdicts/jpeg_scan_cut_eoi_appended.jpg")).unwrap();
+    assert!(
+        d.notes.iter().any(|n| n.contains("decoded gray")),
+        "{:?}",
+        d.notes
+    );
+    assert!(decode_rgb_noted(&fixture("verdicts/jpeg_ok.jpg"))
+        .unwrap()
+        .notes
+        .is_empty());
+}
+
+/// Files with an image name that are no image: a macOS AppleDouble sidecar (`._x.jpg`), an
+/// empty file, text.
+#[test]
+fn files_that_are_not_images_are_refused_naming_the_file() {
+    expect(&[
+        ("appledouble_sidecar.jpg", "AppleDouble"),
+        ("empty.png", "unknown image format"),
+        ("text_named.png", "unknown image format"),
+    ]);
 }

@@ -137,3 +137,36 @@ fn epoch_order_is_a_deterministic_permutation() {
     assert_eq!((b.len(), b[3].len()), (4, 4));
     assert!(batches(&a, 0, false).is_empty());
 }
+
+/// An image PIL decodes in silence although damaged (a JPEG whose scan data stops early,
+/// the rest gray) is decoded, and the split's report notes it with its list line: one
+/// warning for the split.
+#[test]
+fn damaged_images_pil_accepts_are_decoded_and_noted_with_their_line() {
+    let d = tempfile::tempdir().unwrap();
+    write_task(d.path(), "toy", 3, SMALL_SPLITS, 10);
+    let t = task(d.path());
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image");
+    std::fs::copy(
+        fixtures.join("verdicts/jpeg_scan_cut_eoi_appended.jpg"),
+        t.dir.join("images/test/000004.jpg"),
+    )
+    .unwrap();
+    let (split, report) = decode_task_split(&t, "test", 16, false).unwrap();
+    assert_eq!((split.len(), report.decoded), (5, 5));
+    assert!(report.skipped.is_empty());
+    assert_eq!(report.noted.len(), 1, "{:?}", report.noted);
+    let n = &report.noted[0];
+    assert!(
+        n.location.ends_with("toy/test.txt:5") && n.path.ends_with("000004.jpg"),
+        "{n:?}"
+    );
+    let w = report.noted_warning("test").unwrap();
+    assert!(
+        w.starts_with("test: 1 decoded image(s) with damage PIL passes over")
+            && w.contains("decoded gray, as PIL does"),
+        "{w}"
+    );
+    let (_, clean) = decode_task_split(&t, "train800", 16, false).unwrap();
+    assert!(clean.noted.is_empty() && clean.noted_warning("train800").is_none());
+}

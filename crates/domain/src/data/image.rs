@@ -1,6 +1,7 @@
-//! Image decoding as PIL's `Image.open(f).convert("RGB")` (JPEG through libjpeg-turbo's
-//! decoder, PNG through the `png` crate with PIL's 16-bit rules), PIL-exact bicubic resize
-//! and normalisation.
+//! Image decoding as PIL's `Image.open(f).convert("RGB")`: the same files accepted and
+//! refused, the same pixels (JPEG through libjpeg-turbo's decoder; PNG through PIL's rules
+//! for damaged files, [`super::png_pil`], then the `png` crate with PIL's 16-bit rules), the
+//! same decompression-bomb pixel limit; PIL-exact bicubic resize and normalisation.
 
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, RgbImage};
@@ -8,53 +9,102 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Largest width or height accepted when decoding (guards against decompression bombs).
-pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// PIL's `Image.MAX_IMAGE_PIXELS` (`int(1024 * 1024 * 1024 // 4 // 3)`): above this many
+/// pixels PIL warns (`DecompressionBombWarning`) and still decodes; so do we, with a note
+/// ([`Decoded::notes`]).
+pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 
-/// Largest pixel count accepted (PIL's decompression-bomb error threshold, 2 x 89,478,485).
-pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+/// Largest pixel count decoded: 2 x [`PIL_MAX_IMAGE_PIXELS`]. Above it PIL raises
+/// `DecompressionBombError` before decoding, and we refuse the image the same way, before
+/// any image data is read. There is no limit on the width or height alone (a 20000x8 PNG
+/// decodes, as in PIL).
+pub const MAX_IMAGE_PIXELS: u64 = 2 * PIL_MAX_IMAGE_PIXELS;
+
+/// An image decoded as PIL decodes it, with what PIL passes over (in silence or with a
+/// warning) that a user should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The 8-bit RGB pixels, as PIL's `convert("RGB")`.
+    pub image: RgbImage,
+    /// One sentence each: more pixels than PIL's warning limit; a JPEG whose scan data
+    /// stops early (the rest decodes gray); a PNG whose data ends early at a row end (the
+    /// rest decodes as zeros).
+    pub notes: Vec<String>,
+}
 
 /// Decodes a JPEG or PNG file (format sniffed from its bytes) to 8-bit RGB exactly as PIL's
 /// `Image.open(path).convert("RGB")` (the official timm/VTAB loader); see
 /// [`decode_rgb_bytes`]. Errors name the file (invisible characters escaped).
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let shown = || super::vtab::escape_invisible(&path.display().to_string());
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", shown()))?;
-    decode_rgb_bytes(&bytes).with_context(|| format!("cannot decode image {}", shown()))
+    decode_rgb_noted(path).map(|d| d.image)
 }
 
-/// Decodes JPEG or PNG bytes to 8-bit RGB as PIL 13 does (tests/data_image.rs compares
-/// against PIL's own output, scripts/make_pil_fixtures.py):
+/// [`decode_rgb`] with the notes of [`Decoded`].
+pub fn decode_rgb_noted(path: &Path) -> Result<Decoded> {
+    let shown = || super::vtab::escape_invisible(&path.display().to_string());
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", shown()))?;
+    decode_rgb_bytes_noted(&bytes).with_context(|| format!("cannot decode image {}", shown()))
+}
+
+/// Decodes JPEG or PNG bytes to 8-bit RGB as PIL 13 does, accepting and refusing the same
+/// files (tests/data_image.rs compares with PIL's own output and verdicts,
+/// scripts/make_pil_fixtures.py and scripts/make_pil_verdicts.py):
 /// - JPEG: libjpeg-turbo's decoder (the `mozjpeg` crate; PIL bundles libjpeg-turbo): the
 ///   same IDCT and upsampling, so the pixels are identical. Gray is replicated to three
 ///   channels; CMYK/YCCK is read as Adobe-inverted CMYK and converted with PIL's formula.
-/// - PNG: the `png` crate; 8-bit and lower depths expand as PIL does (palette to colours,
-///   alpha dropped); 16-bit gray is CLIPPED to 255 (PIL's `I;16` to `RGB`), 16-bit
-///   gray+alpha, RGB and RGBA keep the HIGH BYTE of each sample (PIL reads them as 8-bit).
+///   EXIF orientation is not applied (PIL's `open`/`convert` do not apply it either).
+/// - PNG: PIL's rules for damaged files ([`super::png_pil`]: CRCs checked before the image
+///   data only, truncation after the last row allowed, ...), then the `png` crate; 8-bit
+///   and lower depths expand as PIL does (palette to colours, alpha dropped); 16-bit gray
+///   is CLIPPED to 255 (PIL's `I;16` to `RGB`), 16-bit gray+alpha, RGB and RGBA keep the
+///   HIGH BYTE of each sample (PIL reads them as 8-bit). APNG: the first frame.
 ///
-/// Errors: an unknown format; width or height above [`MAX_IMAGE_SIDE`] or more than
-/// [`MAX_IMAGE_PIXELS`] pixels; a truncated file (a JPEG whose main image runs out of data
-/// before its end-of-image marker, as libjpeg itself reports it — an EXIF thumbnail's own
-/// end marker does not count; a PNG whose chunks end before `IEND`); a JPEG whose scan data
-/// stops early (libjpeg's "premature end of data segment", decoded gray by PIL); any other
-/// decoder error.
+/// Errors (each says why, and that PIL refuses the file too): an unknown format (PIL's
+/// other formats, GIF, BMP, WebP, ..., are refused here); more than [`MAX_IMAGE_PIXELS`]
+/// pixels; a truncated file (a JPEG whose main image runs out of data before its
+/// end-of-image marker, as libjpeg itself reports it — an EXIF thumbnail's own end marker
+/// does not count; a PNG whose image data stops before the last row, or that ends inside
+/// a chunk); a PNG CRC mismatch before the image data, damaged compressed data, a bad
+/// filter type; any other decoder error.
 pub fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return jpeg::decode(bytes);
-    }
-    if bytes.starts_with(PNG_SIGNATURE) {
-        return decode_png(bytes);
-    }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot sniff image format")?;
-    match reader.format() {
-        Some(f) => bail!("unsupported image format {f:?}: expected JPEG or PNG"),
-        None => bail!("unknown image format: expected JPEG or PNG"),
-    }
+    decode_rgb_bytes_noted(bytes).map(|d| d.image)
 }
 
-const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+/// [`decode_rgb_bytes`] with the notes of [`Decoded`].
+pub fn decode_rgb_bytes_noted(bytes: &[u8]) -> Result<Decoded> {
+    let (image, mut notes) = if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg::decode(bytes)?
+    } else if bytes.starts_with(PNG_SIGNATURE) {
+        decode_png(bytes)?
+    } else {
+        let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .context("cannot sniff image format")?;
+        match reader.format() {
+            Some(f) => bail!("unsupported image format {f:?}: expected JPEG or PNG"),
+            None if bytes.starts_with(&[0, 5, 0x16, 7]) => bail!(
+                "a macOS AppleDouble metadata file (`._*` sidecar), not an image: expected \
+                 JPEG or PNG"
+            ),
+            None => bail!("unknown image format: expected JPEG or PNG"),
+        }
+    };
+    let pixels = image.width() as u64 * image.height() as u64;
+    if pixels > PIL_MAX_IMAGE_PIXELS {
+        notes.insert(
+            0,
+            format!(
+                "{}x{} is {pixels} pixels, above PIL's MAX_IMAGE_PIXELS ({PIL_MAX_IMAGE_PIXELS}): \
+                 PIL warns (DecompressionBombWarning) and decodes it, and so do we",
+                image.width(),
+                image.height()
+            ),
+        );
+    }
+    Ok(Decoded { image, notes })
+}
+
+const PNG_SIGNATURE: &[u8] = super::png_pil::SIGNATURE;
 
 /// The bit depth from a PNG's header (its first 25 bytes or more), None when `head` is not
 /// the start of a PNG.
@@ -63,136 +113,61 @@ pub fn png_bit_depth(head: &[u8]) -> Option<u8> {
         .then(|| head[24])
 }
 
+/// PIL's decompression-bomb error: more than [`MAX_IMAGE_PIXELS`] pixels (PIL counts a
+/// side of 0 as 1).
 fn check_size(w: u64, h: u64) -> Result<()> {
-    if w > MAX_IMAGE_SIDE as u64 || h > MAX_IMAGE_SIDE as u64 || w * h > MAX_IMAGE_PIXELS {
+    let pixels = w.max(1).saturating_mul(h.max(1));
+    if pixels > MAX_IMAGE_PIXELS {
         bail!(
-            "image is {w}x{h}: expected at most {MAX_IMAGE_SIDE} pixels a side and \
-             {MAX_IMAGE_PIXELS} pixels"
+            "image is {w}x{h} = {pixels} pixels: expected at most {MAX_IMAGE_PIXELS} (2 x PIL's \
+             MAX_IMAGE_PIXELS; PIL refuses it too, with DecompressionBombError)"
         );
     }
     Ok(())
 }
 
-/// Walks the chunks of a PNG up to `IEND`; a file that ends first is truncated.
-fn png_chunks_complete(bytes: &[u8]) -> Result<()> {
-    let len = bytes.len();
-    let mut pos = PNG_SIGNATURE.len();
-    loop {
-        if pos + 8 > len {
-            bail!(
-                "truncated PNG: the file ends at byte {len} without an IEND chunk \
-                 (expected chunks up to IEND)"
-            );
-        }
-        let n = u32::from_be_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let kind = String::from_utf8_lossy(&bytes[pos + 4..pos + 8]).into_owned();
-        let end = pos.saturating_add(12).saturating_add(n);
-        if end > len {
-            bail!(
-                "truncated PNG: chunk `{kind}` at byte {pos} declares {n} data bytes but the \
-                 file ends at byte {len}"
-            );
-        }
-        if kind == "IEND" {
-            return Ok(());
-        }
-        pos = end;
-    }
-}
-
-/// A PNG decoder error as plain text: `corrupt PNG: CRC mismatch in IDAT chunk (stored
-/// 0x.., computed 0x..)`, `corrupt PNG: corrupt deflate stream (invalid block type)`,
-/// `unsupported PNG: ..`, `PNG exceeds the decoder limits: ..`. The `png` crate writes chunk
-/// types and some causes as Rust debug structs; those become their plain names.
+/// A `png` crate error as plain text (the input is already canonical, so this is rare).
 fn png_error(e: image::ImageError) -> anyhow::Error {
     use image::ImageError as E;
-    let inner = |e: &E| {
-        std::error::Error::source(e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| e.to_string())
-    };
-    let text = match &e {
-        E::Decoding(_) | E::IoError(_) | E::Parameter(_) => {
-            format!("corrupt PNG: {}", plain_png_text(&inner(&e)))
-        }
-        E::Unsupported(_) => format!("unsupported PNG: {}", plain_png_text(&e.to_string())),
-        E::Limits(_) => format!(
-            "PNG exceeds the decoder limits ({}): expected at most {MAX_IMAGE_SIDE} pixels a side",
-            plain_png_text(&e.to_string())
-        ),
-        E::Encoding(_) => format!("PNG error: {}", plain_png_text(&e.to_string())),
-    };
-    anyhow::anyhow!(text)
-}
-
-/// Rewrites the `png` crate's messages as plain text: `ChunkType { type: IDAT, .. }` becomes
-/// `IDAT`, its CRC message becomes `CRC mismatch in <chunk> chunk (stored .., computed ..)`,
-/// a deflate error's `CamelCase` cause becomes words, and the first letter is lower-cased.
-fn plain_png_text(msg: &str) -> String {
-    // Chunk types.
-    let mut s = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("ChunkType {") {
-        s.push_str(&rest[..i]);
-        let after = &rest[i..];
-        let end = after.find('}').map(|j| j + 1).unwrap_or(after.len());
-        let name = after[..end]
-            .split_once("type: ")
-            .and_then(|(_, t)| t.split(',').next())
-            .unwrap_or("?")
-            .trim();
-        s.push_str(name);
-        rest = &after[end..];
-    }
-    s.push_str(rest);
-    // CRC: "CRC error: expected 0x1 have 0x2 while decoding IDAT chunk."
-    if let Some(r) = s.strip_prefix("CRC error: expected ") {
-        let words: Vec<&str> = r.split_whitespace().collect();
-        if let [stored, "have", computed, "while", "decoding", chunk, ..] = words.as_slice() {
-            return format!(
-                "CRC mismatch in {chunk} chunk (stored {stored}, computed {computed}): the file \
-                 is damaged"
-            );
-        }
-    }
-    // Deflate: "Corrupt deflate stream. InvalidBlockType"
-    if let Some(cause) = s.strip_prefix("Corrupt deflate stream. ") {
-        let mut words = String::new();
-        for c in cause.chars() {
-            if c.is_ascii_uppercase() && !words.is_empty() {
-                words.push(' ');
-            }
-            words.push(c.to_ascii_lowercase());
-        }
-        return format!("corrupt deflate stream ({words}): the file is damaged");
-    }
-    let s = s.trim_end_matches('.').to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
+    let inner = std::error::Error::source(&e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string());
+    match e {
+        E::Unsupported(_) => anyhow::anyhow!("unsupported PNG: {inner}"),
+        _ => anyhow::anyhow!("corrupt PNG: {inner}"),
     }
 }
 
-fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
-    png_chunks_complete(bytes)?;
-    let mut reader =
-        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(limits.clone());
-    let (w, h) = reader.into_dimensions().map_err(png_error)?;
-    check_size(w as u64, h as u64)?;
-    let mut reader =
-        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
-    reader.limits(limits);
-    let img = reader.decode().map_err(png_error)?;
-    // Gray (color type 0) stays gray in PIL even when a tRNS chunk made it gray+alpha here.
-    let gray = bytes.get(25) == Some(&0);
+/// A PNG as PIL decodes it: [`super::png_pil::read`] applies PIL's rules and gives a
+/// canonical PNG, the `png` crate decodes that, samples become 8-bit RGB as in PIL. A
+/// filter type above 4 is refused here, as by PIL.
+fn decode_png(bytes: &[u8]) -> Result<(RgbImage, Vec<String>)> {
+    let png = super::png_pil::read(bytes, &check_size)?;
+    let (w, h) = (png.width, png.height);
+    let mut reader = image::ImageReader::with_format(
+        std::io::Cursor::new(&png.canonical),
+        image::ImageFormat::Png,
+    );
+    // The pixel count is bounded above; the decoder's own allocation limit would refuse
+    // large 16-bit images PIL opens.
+    reader.limits(image::Limits::no_limits());
+    let img = reader.decode().map_err(|e| {
+        let text = format!("{}", png_error(e));
+        if text.contains("filter") {
+            anyhow::anyhow!(
+                "{text}: a row has an unknown filter type (PIL refuses it too: unrecognized \
+                 data stream contents)"
+            )
+        } else {
+            anyhow::anyhow!(text)
+        }
+    })?;
+    drop(png.canonical);
+    // Gray (color type 0) stays gray in PIL; the canonical PNG has no tRNS.
+    let gray = png.color_type == 0;
     let clip = |v: u16| v.min(255) as u8;
     let high = |v: u16| (v >> 8) as u8;
-    Ok(match img {
+    let rgb = match img {
         DynamicImage::ImageLuma16(g) => {
             RgbImage::from_fn(w, h, |x, y| image::Rgb([clip(g.get_pixel(x, y)[0]); 3]))
         }
@@ -208,7 +183,8 @@ fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
             image::Rgb([high(p[0]), high(p[1]), high(p[2])])
         }),
         other => other.to_rgb8(),
-    })
+    };
+    Ok((rgb, png.note.into_iter().collect()))
 }
 
 /// JPEG through libjpeg-turbo's decoder (vendored by the `mozjpeg` crate), with an error
@@ -323,8 +299,9 @@ mod jpeg {
             .ok_or_else(|| anyhow::anyhow!("decoder returned fewer pixels than {w}x{h}"))
     }
 
-    /// Decodes one JPEG; see [`super::decode_rgb_bytes`].
-    pub(super) fn decode(bytes: &[u8]) -> Result<RgbImage> {
+    /// Decodes one JPEG; see [`super::decode_rgb_bytes`]. The notes: scan data that stops
+    /// early (PIL decodes the rest gray, without a warning).
+    pub(super) fn decode(bytes: &[u8]) -> Result<(RgbImage, Vec<String>)> {
         WARNINGS.with(|w| w.borrow_mut().clear());
         let result = std::panic::catch_unwind(|| decode_inner(bytes));
         let warnings = WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()));
@@ -347,23 +324,23 @@ mod jpeg {
         if let Some((_, msg)) = eof.or(read_error) {
             bail!(
                 "truncated JPEG: the file ends before the main image is complete \
-                 (libjpeg: {msg})"
+                 (libjpeg: {msg}; PIL refuses it too: image file is truncated)"
             );
         }
         if let Some((_, msg)) = fatal {
             bail!("corrupt JPEG: libjpeg: {msg}");
         }
         let img = result.map_err(|_| anyhow::anyhow!("JPEG decoder failed"))??;
-        if let Some((_, msg)) = warnings
+        let notes = warnings
             .iter()
             .find(|(c, _)| *c == ffi::JWRN_HIT_MARKER as c_int)
-        {
-            bail!(
-                "corrupt JPEG: the scan data stops before the image is complete, the rest \
-                 would decode gray (libjpeg: {msg})"
-            );
-        }
-        Ok(img)
+            .map(|(_, msg)| {
+                format!(
+                    "the JPEG scan data stops before the image is complete (libjpeg: {msg}): \
+                     the rest is decoded gray, as PIL does without a warning"
+                )
+            });
+        Ok((img, notes.into_iter().collect()))
     }
 }
 
@@ -554,5 +531,23 @@ impl Normalize {
     #[inline]
     pub fn apply(&self, value: u8, ch: usize) -> f32 {
         (value as f32 / 255.0 - self.mean[ch]) / self.std[ch]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pixel_limit_is_pils_bomb_error_limit_and_no_side_is_limited() {
+        assert_eq!(PIL_MAX_IMAGE_PIXELS, 1024 * 1024 * 1024 / 4 / 3);
+        assert!(check_size(10, MAX_IMAGE_PIXELS / 10).is_ok());
+        assert!(check_size(1, MAX_IMAGE_PIXELS).is_ok());
+        let e = check_size(1, MAX_IMAGE_PIXELS + 1).unwrap_err().to_string();
+        assert!(e.contains("expected at most 178956970"), "{e}");
+        assert!(check_size(u32::MAX as u64, u32::MAX as u64).is_err());
+        assert!(check_size(1_000_000, 8).is_ok());
+        // PIL counts a side of 0 as 1.
+        assert!(check_size(0, MAX_IMAGE_PIXELS).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 //! A split is decoded once (in parallel with rayon) into `u8 [N, size, size, 3]` and saved as
 //! safetensors; training epochs only index into it.
 
-use super::image::{decode_rgb, resize_bicubic, Normalize};
+use super::image::{decode_rgb_noted, resize_bicubic, Normalize};
 use super::vtab::{SplitList, Task};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -38,6 +38,19 @@ pub struct SkippedImage {
     pub error: String,
 }
 
+/// An image that decoded, as PIL decodes it, but with something to know (see
+/// [`super::image::Decoded::notes`]): damaged data PIL passes over, more pixels than PIL's
+/// warning limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotedImage {
+    /// `list_file:line`.
+    pub location: String,
+    /// The image path.
+    pub path: String,
+    /// What was found.
+    pub note: String,
+}
+
 /// What decoding a split did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DecodeReport {
@@ -45,6 +58,32 @@ pub struct DecodeReport {
     pub decoded: usize,
     /// Images skipped (only with `skip_bad_images`).
     pub skipped: Vec<SkippedImage>,
+    /// Decoded images with a note (one entry per note).
+    #[serde(default)]
+    pub noted: Vec<NotedImage>,
+}
+
+impl DecodeReport {
+    /// The one warning for the noted images of split `split` (None when there are none):
+    /// how many, and up to 3 with their notes.
+    pub fn noted_warning(&self, split: &str) -> Option<String> {
+        if self.noted.is_empty() {
+            return None;
+        }
+        let examples: Vec<String> = self
+            .noted
+            .iter()
+            .take(3)
+            .map(|n| format!("{} ({}): {}", n.path, n.location, n.note))
+            .collect();
+        Some(format!(
+            "{split}: {} decoded image(s) with damage PIL passes over or above PIL's pixel \
+             warning limit (decoded as PIL decodes them): {}{}",
+            self.noted.len(),
+            examples.join("; "),
+            if self.noted.len() > 3 { "; ..." } else { "" }
+        ))
+    }
 }
 
 /// Decodes every image of `split` (paths relative to `task_dir`), resizes it to
@@ -66,10 +105,11 @@ pub fn decode_split(
     let mut report = DecodeReport::default();
     for (e, r) in split.entries.iter().zip(results) {
         match r {
-            Ok(px) => {
+            Ok((px, notes)) => {
                 images.extend_from_slice(&px);
                 labels.push(e.label);
                 report.decoded += 1;
+                report.noted.extend(notes);
             }
             Err(s) if skip_bad_images => report.skipped.push(s),
             Err(s) => return Err(bad_image_error(&s)),
@@ -92,24 +132,40 @@ pub fn decode_split(
     ))
 }
 
-/// Decodes and resizes `entries` (a slice of `split`'s entries) in parallel; failures carry
-/// the list location.
+/// One entry decoded and resized (its pixels and notes), or why it was not.
+type EntryResult = std::result::Result<(Vec<u8>, Vec<NotedImage>), SkippedImage>;
+
+/// Decodes and resizes `entries` (a slice of `split`'s entries) in parallel; failures and
+/// notes carry the list location.
 fn decode_entries(
     task_dir: &Path,
     split: &SplitList,
     entries: &[super::vtab::ListEntry],
     size: usize,
-) -> Vec<std::result::Result<Vec<u8>, SkippedImage>> {
+) -> Vec<EntryResult> {
     let side = size as u32;
     entries
         .par_iter()
         .map(|e| {
             let p = task_dir.join(&e.path);
-            decode_rgb(&p)
-                .map(|img| resize_bicubic(&img, side, side).into_raw())
+            let location = format!("{}:{}", split.list_file.display(), e.line);
+            let path = super::vtab::escape_invisible(&p.display().to_string());
+            decode_rgb_noted(&p)
+                .map(|d| {
+                    let notes = d
+                        .notes
+                        .into_iter()
+                        .map(|note| NotedImage {
+                            location: location.clone(),
+                            path: path.clone(),
+                            note,
+                        })
+                        .collect();
+                    (resize_bicubic(&d.image, side, side).into_raw(), notes)
+                })
                 .map_err(|err| SkippedImage {
-                    location: format!("{}:{}", split.list_file.display(), e.line),
-                    path: super::vtab::escape_invisible(&p.display().to_string()),
+                    location: location.clone(),
+                    path: path.clone(),
                     error: format!("{err:#}"),
                 })
         })

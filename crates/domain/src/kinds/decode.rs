@@ -37,7 +37,10 @@ impl StageKind for Decode {
     type Params = Params;
     const NAME: &'static str = "data/decode";
     // 2: JPEGs decode through libjpeg-turbo as PIL does (zune-jpeg differed by up to 4 levels).
-    const VERSION: u32 = 2;
+    // 3: PNG and JPEG files are accepted and refused as PIL does (CRC errors before the image
+    // data refused, in IDAT and later accepted; truncation after the last row accepted;
+    // damaged JPEG scan data decoded gray), and no limit on a side (20000x8 decodes).
+    const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Decode and resize one task's images once (cached u8 tensors per task and size)";
 
@@ -62,6 +65,9 @@ impl StageKind for Decode {
             let (images, report) = decode_task_split(&task, split, p.size, p.skip_bad_images)?;
             for s in &report.skipped {
                 ctx.log(format!("skipped {} ({}): {}", s.path, s.location, s.error));
+            }
+            if let Some(w) = report.noted_warning(split) {
+                ctx.warn(w);
             }
             ctx.log(format!(
                 "{split}: {} images decoded at {}x{}",
