@@ -425,6 +425,44 @@ fn check_classes(root: &Path, folders: &BTreeMap<&str, SplitFolder>) -> Result<V
     Ok(classes)
 }
 
+/// The list entries of split folder `folder`: every image with its label and its 1-based
+/// place in the split's sorted listing, those not in `keep` (when given) left out. Error:
+/// no image in any class folder.
+fn split_entries(
+    root: &Path,
+    folder: &str,
+    by_class: &BTreeMap<String, Vec<String>>,
+    classes: &[String],
+    keep: Option<&std::collections::HashSet<String>>,
+) -> Result<Vec<ListEntry>> {
+    let label: BTreeMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
+    let mut all: Vec<(String, u32)> = by_class
+        .iter()
+        .flat_map(|(c, files)| files.iter().map(|f| (f.clone(), label[c.as_str()])))
+        .collect();
+    all.sort();
+    if all.is_empty() {
+        bail!(
+            "{}: no image (.jpg, .jpeg or .png) in any class folder",
+            root.join(folder).display()
+        );
+    }
+    Ok(all
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (p, _))| keep.is_none_or(|k| k.contains(p)))
+        .map(|(i, (path, label))| ListEntry {
+            path,
+            label,
+            line: i + 1,
+        })
+        .collect())
+}
+
 /// Reads the ImageFolder tree at `root` into a manifest task (see the module docs): the
 /// classes, the split folders, optional few-shot sampling, and the checks of
 /// [`check_task`] (no file twice, test apart from training, every image readable, identical
@@ -450,11 +488,6 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
         .iter()
         .map(|(f, s)| (*f, &s.classes))
         .collect();
-    let label: BTreeMap<&str, u32> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i as u32))
-        .collect();
 
     let mut sampling = None;
     let mut lists = Vec::new();
@@ -463,18 +496,6 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
         let Some(by_class) = folders.get(folder) else {
             continue;
         };
-        // Every image with its label and its 1-based place in the split's sorted listing.
-        let mut all: Vec<(String, u32)> = by_class
-            .iter()
-            .flat_map(|(c, files)| files.iter().map(|f| (f.clone(), label[c.as_str()])))
-            .collect();
-        all.sort();
-        if all.is_empty() {
-            bail!(
-                "{}: no image (.jpg, .jpeg or .png) in any class folder",
-                root.join(folder).display()
-            );
-        }
         let mut keep: Option<std::collections::HashSet<String>> = None;
         if folder == "train" {
             if let Some(n) = opts.n_train {
@@ -483,16 +504,7 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
                 keep = Some(chosen);
             }
         }
-        let entries: Vec<ListEntry> = all
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (p, _))| keep.as_ref().is_none_or(|k| k.contains(p)))
-            .map(|(i, (path, label))| ListEntry {
-                path,
-                label,
-                line: i + 1,
-            })
-            .collect();
+        let entries = split_entries(root, folder, by_class, &classes, keep.as_ref())?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for e in &entries {
             *counts.entry(classes[e.label as usize].clone()).or_default() += 1;
@@ -515,11 +527,6 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
         }
     }
     m.dir = Some(".".to_string());
-    let skipped_examples = skipped
-        .iter()
-        .take(3)
-        .map(|s| escape_invisible(s))
-        .collect();
     m.imagefolder = Some(ImageFolderRecord {
         splits: SPLIT_FOLDERS
             .iter()
@@ -528,7 +535,11 @@ pub fn read_imagefolder(root: &Path, opts: &ImageFolderOptions) -> Result<TaskMa
             .collect(),
         per_class,
         skipped_files: skipped.len(),
-        skipped_examples,
+        skipped_examples: skipped
+            .iter()
+            .take(3)
+            .map(|s| escape_invisible(s))
+            .collect(),
         hidden: split_folders
             .iter()
             .filter(|(_, s)| s.hidden.count > 0)
