@@ -178,3 +178,142 @@ fn an_unknown_top_level_key_is_reported_at_the_key() {
          stages, executor, slurm); did you mean `stages`?"
     );
 }
+
+/// The errors of loading `text` (labelled `r.yaml`) with `sets`, as printed.
+fn errors_of(text: &str, sets: &[&str]) -> Vec<String> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    load_str("r.yaml", text, &sets, &idat_pipe::builtin_registry())
+        .expect_err("must fail")
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
+}
+
+/// The `source.path` of the `data` instance.
+fn data_root(l: &Loaded) -> String {
+    let inst = l.instances.iter().find(|i| i.stage == "data").unwrap();
+    inst.with["source"]["path"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn references_inside_params_resolve_through_chains_and_sets() {
+    // A chain a -> b -> c, inside a longer string, reaching a path field.
+    let text = P.replace(
+        "  root: vtab-1k\n",
+        "  base: /data\n  shared: \"${params.base}/shared\"\n  root: \"${params.shared}/vtab-1k\"\n",
+    );
+    let l = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap();
+    assert_eq!(data_root(&l), "/data/shared/vtab-1k");
+    // A `--set` value holding a reference resolves the same way, in either place.
+    let sets = ["params.base=/mnt/${params.weights}".to_string()];
+    let l = load_str("p.yaml", &text, &sets, &idat_pipe::builtin_registry()).unwrap();
+    assert_eq!(data_root(&l), "/mnt/student.safetensors/shared/vtab-1k");
+    let l = load(&["+params.disk=/scratch", "params.root=${params.disk}/v"]).unwrap();
+    assert_eq!(data_root(&l), "/scratch/v");
+    let l = load(&["stages.data.with.source.path=${params.root}/../x"]).unwrap();
+    assert!(data_root(&l).ends_with("/x"), "{}", data_root(&l));
+}
+
+#[test]
+fn a_cycle_in_params_is_refused_at_load_with_the_cycle_named() {
+    let text = "version: 1\nname: p\nparams: {a: \"${params.b}\", b: \"${params.a}\"}\n\
+                stages:\n  d:\n    uses: dataset/mini\n    \
+                with: {tasks: [\"${params.a}\"], seed: 0, n_train: 10, n_test: 10}\n";
+    // Once, at the param, not again at the stage that uses it.
+    assert_eq!(
+        errors_of(text, &[]),
+        ["r.yaml:3:13: at `params.a`: cycle: params.a -> params.b -> params.a"]
+    );
+    // A cycle made by a `--set` is the override's.
+    assert_eq!(
+        error(&[
+            "params.root=x/${params.weights}",
+            "params.weights=${params.root}"
+        ]),
+        "--set: at `params.root`: cycle: params.root -> params.weights -> params.root (from \
+         `--set params.root=x/${params.weights}`)"
+    );
+    // A reference to a param that does not exist, in a list inside params.
+    let text = P.replace(
+        "  root: vtab-1k\n",
+        "  root: vtab-1k\n  l: [a, \"${params.rot}\"]\n",
+    );
+    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "p.yaml:5:10: at `params.l.1`: unresolved reference `${params.rot}`: no such param \
+         (params: root, l, weights, student, sha)"
+    );
+}
+
+#[test]
+fn environment_variables_are_not_expanded_and_the_error_says_what_to_do() {
+    // `${VAR}` anywhere: not a reference.
+    let e = error(&["stages.data.with.source.path=${IDAT_NO_SUCH_VAR}/vtab"]);
+    assert_eq!(
+        e,
+        "--set: at `stages.data.with.source.path`: `${IDAT_NO_SUCH_VAR}` is not a reference \
+         (those are `${params.NAME}`, `${matrix.AXIS}` and `${stages.ID.outputs[.FILE]}`); \
+         environment variables are not expanded in pipeline files: give the value on the \
+         command line, where your shell expands `$IDAT_NO_SUCH_VAR`: `--set \
+         \"stages.data.with.source.path=${IDAT_NO_SUCH_VAR}/vtab\"`; or write \
+         `$${IDAT_NO_SUCH_VAR}` for the text `${IDAT_NO_SUCH_VAR}` (from `--set \
+         stages.data.with.source.path=${IDAT_NO_SUCH_VAR}/vtab`)"
+    );
+    // `$VAR` in a path field, written in a param: the hint names the param.
+    let text = P.replace("root: vtab-1k", "root: $IDAT_NO_SUCH_VAR/vtab-1k");
+    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "p.yaml:12:35: at `stages.data.with.source.path`: `$IDAT_NO_SUCH_VAR/vtab-1k` holds \
+             `$IDAT_NO_SUCH_VAR`, and no file or folder `{}/$IDAT_NO_SUCH_VAR/vtab-1k` exists; \
+             environment variables are not expanded in pipeline files: give the value on the \
+             command line, where your shell expands `$IDAT_NO_SUCH_VAR`: `--set \
+             \"params.root=$IDAT_NO_SUCH_VAR/vtab-1k\"`",
+            cwd.display()
+        )
+    );
+    // A folder whose name really holds a `$` is a path like any other once it exists.
+    let d = tempfile::tempdir().unwrap();
+    let real = d.path().join("$HOME");
+    std::fs::create_dir(&real).unwrap();
+    let l = load(&[&format!("params.root={}", real.display())]).unwrap();
+    assert_eq!(data_root(&l), real.display().to_string());
+    // `$${` is the escape for a literal `${` (here in a path that exists).
+    let braced = d.path().join("${HOME}");
+    std::fs::create_dir(&braced).unwrap();
+    let l = load(&[&format!("params.root={}/$${{HOME}}", d.path().display())]).unwrap();
+    let inst = l.instances.iter().find(|i| i.stage == "data").unwrap();
+    // Kept escaped until the stage runs (the run-time substitution makes it `${HOME}`).
+    assert_eq!(
+        inst.with["source"]["path"],
+        format!("{}/$${{HOME}}", d.path().display())
+    );
+}
+
+#[test]
+fn a_reference_outside_params_with_and_matrix_is_an_error() {
+    let text = "version: 1\nname: \"${params.n}\"\nparams: {n: x}\nstages:\n  d:\n    \
+                uses: dataset/mini\n    resources: {mem: \"${params.n}\"}\n    \
+                with: {tasks: [fashion10], seed: 0, n_train: 10, n_test: 10}\n";
+    let e = errors_of(text, &[]);
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "r.yaml:2:7: at `name`: references (`${...}`) are resolved only in `params`, a \
+             stage's `with:` and its `matrix:`"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains("at `stages.d.resources.mem`")),
+        "{e:?}"
+    );
+    // Not even escaped: these fields are taken as written.
+    let e = errors_of(
+        &text.replace("name: \"${params.n}\"", "name: \"$${params.n}\""),
+        &[],
+    );
+    assert!(e.iter().any(|e| e.contains("at `name`")), "{e:?}");
+}

@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         ),
         ("plain_mode_prints_progress_with_eta", t_plain_progress),
         ("no_escape_codes_in_files_or_pipes", t_no_escape_codes),
+        (
+            "param_references_resolve_and_escapes_reach_the_stage_as_text",
+            t_param_refs,
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -976,4 +980,75 @@ fn t_no_escape_codes() {
         }
         other => println!("  (no pseudo-terminal check: script(1) unavailable: {other:?})"),
     }
+}
+
+/// References inside params resolve (chains, lists, longer strings, `--set`) before any
+/// stage sees them; `$${` reaches the stage as the text `${`; a cycle is refused by `run`.
+fn t_param_refs() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("refs.yaml");
+    std::fs::write(
+        &p,
+        r#"version: 1
+name: refs
+params:
+  who: world
+  greeting: "hello ${params.who}"
+  words: ["${params.greeting}", plain]
+  note: "$${params.who} is text"
+stages:
+  w:
+    uses: test/write
+    matrix: {t: "${params.words}"}
+    with: {text: "${matrix.t} / ${params.note}"}
+  c:
+    uses: test/concat
+    needs: [w]
+    with: {sep: " | ${params.note} | "}
+"#,
+    )
+    .unwrap();
+    let p = p.display().to_string();
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--quiet"]));
+    let t = trace(d.path());
+    let ids: Vec<&str> = t.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids, ["w[t=hello world]", "w[t=plain]", "c"], "{err}");
+    let out = std::fs::read_to_string(entry_of(d.path(), "c").join("out.txt")).unwrap();
+    assert_eq!(
+        out,
+        "hello world / ${params.who} is text x1 | ${params.who} is text | plain / \
+         ${params.who} is text x1"
+    );
+    // A `--set` value with a reference resolves the same way (in a fresh cache).
+    let d2 = tempfile::tempdir().unwrap();
+    ok(&cli(
+        d2.path(),
+        &[
+            "run",
+            &p,
+            "--quiet",
+            "--set",
+            "+params.other=moon",
+            "--set",
+            "params.who=${params.other}",
+        ],
+    ));
+    let out = std::fs::read_to_string(entry_of(d2.path(), "c").join("out.txt")).unwrap();
+    assert!(
+        out.starts_with("hello moon / ${params.who} is text x1"),
+        "{out}"
+    );
+    // A cycle made on the command line: refused before anything runs.
+    let o = cli(
+        d.path(),
+        &["run", &p, "--set", "params.who=${params.greeting}"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(
+        text(&o)
+            .1
+            .contains("--set: at `params.who`: cycle: params.who -> params.greeting -> params.who"),
+        "{:?}",
+        text(&o)
+    );
 }

@@ -4,8 +4,9 @@ use super::model::{
     ExecutorKind, GpuRequest, Pipeline, Resources, SlurmConfig, StageSpec, DSL_VERSION,
 };
 use super::overrides::{apply, parse_override};
+use super::params::{Params, REPORTED};
 use super::paths;
-use super::refs::{lookup, substitute, Ref};
+use super::refs::{self, escape_value, substitute, substitute_in, Form, Ref};
 use super::schema;
 use super::yaml::{parse, Located, Pos};
 use crate::stages::{DynStage, Registry, STAGE_REF_FORMAT};
@@ -300,6 +301,16 @@ fn value_at<'v>(v: &'v Value, segs: &[String]) -> Option<&'v Value> {
         Value::Array(a) => s.parse::<usize>().ok().and_then(|i| a.get(i)),
         _ => None,
     })
+}
+
+/// The value at dotted path `p` under `v` (`""`: `v` itself).
+fn dotted<'v>(v: &'v Value, p: &str) -> Option<&'v Value> {
+    let segs: Vec<String> = p
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    value_at(v, &segs)
 }
 
 /// `s` with its `$ref` followed and, while it is a `oneOf`/`anyOf` of which exactly one
@@ -621,7 +632,12 @@ pub fn load_str(
     let Some(top) = read_top(&mut cx, &top_schema) else {
         return Err(cx.diags);
     };
-    let params = Value::Object(top.params.clone());
+    let params_value = Value::Object(top.params.clone());
+    let params = Params::new(&params_value);
+    for (p, m) in params.check() {
+        let m = hinted(&p, dotted(&cx.doc.value, &p), m);
+        cx.err(p, m);
+    }
     let mut stages: Vec<(String, StageSpec)> = Vec::new();
     let mut axes_of: HashMap<String, Vec<Axis>> = HashMap::new();
     for (id, v) in &top.stages {
@@ -631,6 +647,7 @@ pub fn load_str(
         }
     }
     check_executor(&mut cx, &top, &stages);
+    check_stray_refs(&mut cx);
     if let Some(cycle) = find_cycle(&stages) {
         let first = cycle[0].clone();
         cx.err(
@@ -752,7 +769,7 @@ fn check_stage(
     cx: &mut Ctx,
     registry: &Registry,
     top: &Pipeline,
-    params: &Value,
+    params: &Params,
     id: &str,
     v: &Value,
 ) -> Option<(StageSpec, Vec<Axis>)> {
@@ -841,7 +858,7 @@ fn check_needs(cx: &mut Ctx, top: &Pipeline, id: &str, spec: &StageSpec) {
 
 /// Matrix axes: a non-empty list of distinct scalars, or a `${params.X}` reference to one.
 /// The axes that are valid, in declared order.
-fn check_matrix(cx: &mut Ctx, base: &str, spec: &StageSpec, params: &Value) -> Vec<Axis> {
+fn check_matrix(cx: &mut Ctx, base: &str, spec: &StageSpec, params: &Params) -> Vec<Axis> {
     let mut axes = Vec::new();
     for (axis, raw) in &spec.matrix {
         let apath = format!("{base}.matrix.{axis}");
@@ -852,20 +869,18 @@ fn check_matrix(cx: &mut Ctx, base: &str, spec: &StageSpec, params: &Value) -> V
             );
             continue;
         }
-        let (val, errs) = substitute(raw, &mut |r| match r {
-            Ref::Params(p) => lookup(params, p)
-                .cloned()
-                .map(Some)
-                .ok_or_else(|| unresolved_param(p, params)),
-            other => Err(format!(
+        let mut not_in_axis = |r: &Ref| {
+            Err(format!(
                 "`{}` cannot be used in a matrix axis: only `${{params.NAME}}`",
-                super::refs::render(other)
-            )),
+                refs::render(r)
+            ))
+        };
+        let (val, errs) = substitute(raw, &mut |r| match r {
+            Ref::Params(p) => params.resolve(p, Form::Literal, &mut not_in_axis).map(Some),
+            other => not_in_axis(other),
         });
         let had_errs = !errs.is_empty();
-        for (p, m) in errs {
-            cx.err(join(&apath, &p), m);
-        }
+        report_ref_errors(cx, &apath, raw, errs);
         if !had_errs {
             if let Some(values) = check_axis_values(cx, &apath, axis, val) {
                 axes.push((axis.clone(), values));
@@ -926,18 +941,18 @@ fn check_with(
     top: &Pipeline,
     base: &str,
     spec: &StageSpec,
-    params: &Value,
+    params: &Params,
     axes: &[Axis],
 ) {
     let wpath = format!("{base}.with");
     let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
-    let (checked, errs) = substitute(&spec.with, &mut |r| {
-        resolve_for_check(r, params, &first, &spec.needs)
+    let mut other = |r: &Ref| resolve_for_check(r, &first, &spec.needs);
+    let (checked, errs) = substitute(&spec.with, &mut |r| match r {
+        Ref::Params(p) => params.resolve(p, Form::Literal, &mut other).map(Some),
+        r => other(r),
     });
     if !errs.is_empty() {
-        for (p, m) in errs {
-            cx.err(join(&wpath, &p), m);
-        }
+        report_ref_errors(cx, &wpath, &spec.with, errs);
         return;
     }
     let Some(s) = schema::kind_params(registry, kind.name()) else {
@@ -998,7 +1013,7 @@ fn expand_all(
     registry: &Registry,
     stages: &[(String, StageSpec)],
     axes_of: &HashMap<String, Vec<Axis>>,
-    params: &Value,
+    params: &Params,
 ) -> Result<Vec<Instance>, Vec<Diagnostic>> {
     let bases = match paths::process_bases() {
         Ok(b) => b,
@@ -1051,7 +1066,18 @@ fn resolve_instance_paths(
     for inst in cells {
         let errs = paths::resolve_paths(&schema, &mut inst.with, cwd, home.as_deref());
         if let Some((p, m)) = errs.into_iter().next() {
-            cx.err(join(&format!("stages.{}.with", inst.stage), &p), m);
+            let field = join(&format!("stages.{}.with", inst.stage), &p);
+            let rel: Vec<String> = p.split('.').map(str::to_string).collect();
+            // The hint names what to `--set`: the param the value came from, else the field.
+            let set = param_behind(&spec.with, &rel).unwrap_or_else(|| field.clone());
+            let m = match dotted(&inst.with, &p)
+                .and_then(Value::as_str)
+                .and_then(|t| refs::env_hint(&set, t))
+            {
+                Some(h) => format!("{m}; {h}"),
+                None => m,
+            };
+            cx.err(field, m);
             return;
         }
     }
@@ -1101,32 +1127,15 @@ fn check_cells(cx: &mut Ctx, registry: &Registry, spec: &StageSpec, cells: &[Ins
     }
 }
 
-fn unresolved_param(p: &str, params: &Value) -> String {
-    let names: Vec<String> = params
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    format!(
-        "unresolved reference `${{params.{p}}}`: no such param (params: {})",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    )
-}
-
+/// The value a reference other than `${params...}` has when `with:` is checked: the
+/// first matrix cell's value, a stand-in path for an upstream's outputs.
 fn resolve_for_check(
     r: &Ref,
-    params: &Value,
     cell: &HashMap<&str, &Value>,
     needs: &[String],
 ) -> Result<Option<Value>, String> {
     match r {
-        Ref::Params(p) => lookup(params, p)
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| unresolved_param(p, params)),
+        Ref::Params(p) => Err(format!("internal: `${{params.{p}}}` not resolved first")),
         Ref::Matrix(a) => cell
             .get(a.as_str())
             .map(|v| Some((*v).clone()))
@@ -1144,10 +1153,77 @@ fn resolve_for_check(
             } else {
                 Err(format!(
                     "unresolved reference `{}`: `{stage}` is not in this stage's `needs`",
-                    super::refs::render(r)
+                    refs::render(r)
                 ))
             }
         }
+    }
+}
+
+/// Report the errors of a substitution in `raw` (found at `base`), except those reported
+/// already at the param they come from; an environment-variable spelling gets its hint.
+fn report_ref_errors(cx: &mut Ctx, base: &str, raw: &Value, errs: Vec<(String, String)>) {
+    for (p, m) in errs {
+        if m == REPORTED {
+            continue;
+        }
+        let field = join(base, &p);
+        let m = hinted(&field, dotted(raw, &p), m);
+        cx.err(field, m);
+    }
+}
+
+/// `m` with the environment-variable hint ([`refs::env_hint`]) when the string `raw` at
+/// `field` holds a `${NAME}` that reads like one.
+fn hinted(field: &str, raw: Option<&Value>, m: String) -> String {
+    match raw
+        .and_then(Value::as_str)
+        .filter(|t| refs::env_var_in(t).is_some_and(|(_, braced)| braced))
+        .and_then(|t| refs::env_hint(field, t))
+    {
+        Some(h) => format!("{m}; {h}"),
+        None => m,
+    }
+}
+
+/// References are resolved in `params`, `with:` and `matrix:` only: a `${` anywhere else
+/// (a name, resources, Slurm settings; its escape `$${` too) would reach a command as
+/// text, so it is an error.
+fn check_stray_refs(cx: &mut Ctx) {
+    fn walk(v: &Value, at: &str, out: &mut Vec<String>) {
+        let skip = at == "params"
+            || at.strip_prefix("stages.").is_some_and(|r| {
+                r.split_once('.')
+                    .is_some_and(|(_, f)| f == "with" || f == "matrix")
+            });
+        if skip {
+            return;
+        }
+        match v {
+            Value::String(s) if s.contains("${") => out.push(at.to_string()),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &join(at, &i.to_string()), out);
+                }
+            }
+            Value::Object(m) => {
+                for (k, x) in m {
+                    walk(x, &join(at, k), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&cx.doc.value, "", &mut found);
+    // A field refused already (an unknown one) is not reported twice.
+    found.retain(|at| !cx.diags.iter().any(|d| d.path == *at));
+    for at in found {
+        cx.err(
+            at,
+            "references (`${...}`) are resolved only in `params`, a stage's `with:` and its \
+             `matrix:`; this field takes its value as written, without `${`",
+        );
     }
 }
 
@@ -1163,11 +1239,13 @@ pub fn instance_id(stage: &str, cell: &[(String, Value)]) -> String {
     format!("{stage}[{}]", parts.join(","))
 }
 
+/// One instance per matrix cell, its `with:` in [`Form::Source`] (params and matrix
+/// resolved; `${stages...}` references and `$${` escapes kept for run time).
 fn expand(
     id: &str,
     spec: &StageSpec,
     axes: &[(String, Vec<Value>)],
-    params: &Value,
+    params: &Params,
     out: &mut Vec<Instance>,
 ) {
     let n: usize = axes.iter().map(|(_, v)| v.len()).product();
@@ -1178,10 +1256,17 @@ fn expand(
             cell[i] = (a.clone(), vals[k % vals.len()].clone());
             k /= vals.len();
         }
-        let (with, _) = substitute(&spec.with, &mut |r| match r {
-            Ref::Params(p) => Ok(lookup(params, p).cloned()),
-            Ref::Matrix(a) => Ok(cell.iter().find(|(x, _)| x == a).map(|(_, v)| v.clone())),
-            Ref::Outputs { .. } => Ok(None),
+        // The cell's values are literal text: escaped where a reference puts them.
+        let mut other = |r: &Ref| match r {
+            Ref::Matrix(a) => Ok(cell
+                .iter()
+                .find(|(x, _)| x == a)
+                .map(|(_, v)| escape_value(v))),
+            _ => Ok(None),
+        };
+        let (with, _) = substitute_in(&spec.with, Form::Source, &mut |r| match r {
+            Ref::Params(p) => params.resolve(p, Form::Source, &mut other).map(Some),
+            r => other(r),
         });
         out.push(Instance {
             id: instance_id(id, &cell),

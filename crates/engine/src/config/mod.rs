@@ -3,6 +3,7 @@
 mod load;
 pub mod model;
 pub mod overrides;
+pub mod params;
 pub mod paths;
 pub mod refs;
 pub mod schema;

@@ -81,8 +81,10 @@ pub fn process_bases() -> Result<(PathBuf, Option<PathBuf>), String> {
 
 /// Resolve, in place, every string of `value` that `schema` (a kind's self-contained
 /// `with:` schema, with its `$defs`) marks `format: "path"`. Strings that are still
-/// `${stages...}` references are left alone; an empty path is an error. Returns the errors as
-/// (dotted path inside `with`, message).
+/// `${stages...}` references are left alone; an empty path is an error, and so is a path
+/// spelled with an environment variable (`$DATA/x`: never expanded) when no such file or
+/// folder exists (the caller adds how to pass the value instead). Returns the errors as
+/// (dotted path inside `with`, message); a path in error is left as written.
 pub fn resolve_paths(
     schema: &Value,
     value: &mut Value,
@@ -99,12 +101,30 @@ pub fn resolve_paths(
             ));
         } else if !text.starts_with("${") {
             match absolute(base, home, text) {
-                Ok(p) => *text = p.to_string_lossy().into_owned(),
+                Ok(p) => match env_var_path(text, &p) {
+                    Some(m) => errs.push((at.to_string(), m)),
+                    None => *text = p.to_string_lossy().into_owned(),
+                },
                 Err(m) => errs.push((at.to_string(), m)),
             }
         }
     });
     errs
+}
+
+/// Why `text` (resolved to `abs`; both in source form, `$${` escapes kept) is refused: it
+/// spells an environment variable (`$NAME`) and names nothing that exists. A file or folder
+/// whose name really holds a `$` is accepted once it exists.
+fn env_var_path(text: &str, abs: &Path) -> Option<String> {
+    let (var, _) = super::refs::env_var_in(text)?;
+    let literal = PathBuf::from(abs.to_string_lossy().replace("$${", "${"));
+    if literal.symlink_metadata().is_ok() {
+        return None;
+    }
+    Some(format!(
+        "`{text}` holds `${var}`, and no file or folder `{}` exists",
+        literal.display()
+    ))
 }
 
 /// Call `f(dotted path, text)` for every string of `value` whose schema node (in `schema`,

@@ -2,9 +2,11 @@
 use crate::cache::{
     hash_external, Cache, ExternalPart, KeyParts, Lookup, UpstreamPart, CACHE_FORMAT,
 };
+use crate::config::refs::{substitute, Ref};
 use crate::config::Instance;
 use crate::graph::Graph;
 use crate::stages::{DynStage, Registry};
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// What will happen to one instance.
@@ -46,14 +48,21 @@ pub fn params_parts(inst: &Instance, registry: &Registry, upstream: Vec<Upstream
 }
 
 /// The external inputs a kind declares for this instance's `with:` (paths that hold a
-/// `${...}` reference are upstream outputs, already keyed by their content hash).
+/// `${stages...}` reference are upstream outputs, already keyed by their content hash).
+/// The kind sees `with:` as it will at run time (a `$${` escape is the text `${`).
 pub fn external_paths(inst: &Instance, registry: &Registry) -> Vec<PathBuf> {
+    // A NUL cannot be in a path: it marks where an upstream's outputs will be.
+    const UPSTREAM: &str = "\0upstream";
+    let (with, _) = substitute(&inst.with, &mut |r| match r {
+        Ref::Outputs { .. } => Ok(Some(Value::String(UPSTREAM.into()))),
+        _ => Ok(None),
+    });
     registry
         .get(&inst.uses)
-        .map(|k| k.external_inputs(&inst.with))
+        .map(|k| k.external_inputs(&with))
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| !p.to_string_lossy().contains("${"))
+        .filter(|p| !p.to_string_lossy().contains('\0'))
         .collect()
 }
 
