@@ -163,19 +163,19 @@ impl<'de> Deserialize<'de> for KeyString {
     }
 }
 
-fn flatten(
-    node: Spanned<Node>,
-    path: String,
-    out: &mut HashMap<String, Pos>,
-    keys: &mut HashMap<String, Pos>,
-) -> Value {
-    out.insert(
-        path.clone(),
-        Pos {
-            line: node.referenced.line(),
-            col: node.referenced.column(),
-        },
-    );
+/// The document's lines and where each node is, filled in by [`flatten`].
+struct Flat<'t> {
+    lines: Vec<&'t str>,
+    positions: HashMap<String, Pos>,
+    keys: HashMap<String, Pos>,
+}
+
+fn flatten(node: Spanned<Node>, path: String, f: &mut Flat) -> Result<Value, SyntaxError> {
+    let pos = Pos {
+        line: node.referenced.line(),
+        col: node.referenced.column(),
+    };
+    f.positions.insert(path.clone(), pos);
     let join = |k: &str| {
         if path.is_empty() {
             k.to_string()
@@ -183,25 +183,86 @@ fn flatten(
             format!("{path}.{k}")
         }
     };
-    match node.value.0 {
+    Ok(match node.value.0 {
+        Kind::Scalar(Value::Number(n)) if n.is_f64() => {
+            // An alias is read where its anchor's node is written.
+            let at = Pos {
+                line: node.defined.line(),
+                col: node.defined.column(),
+            };
+            match decimal_int(&f.lines, at) {
+                None => Value::Number(n),
+                Some(Ok(v)) => v,
+                Some(Err(message)) => {
+                    return Err(SyntaxError {
+                        pos: Some(pos),
+                        message,
+                    })
+                }
+            }
+        }
         Kind::Scalar(v) => v,
         Kind::Seq(items) => Value::Array(
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, n)| flatten(n, join(&i.to_string()), out, keys))
-                .collect(),
+                .map(|(i, n)| flatten(n, join(&i.to_string()), f))
+                .collect::<Result<_, _>>()?,
         ),
         Kind::Map(entries) => {
             let mut m = serde_json::Map::new();
             for (k, at, n) in entries {
-                keys.insert(join(&k), at);
-                let v = flatten(n, join(&k), out, keys);
+                f.keys.insert(join(&k), at);
+                let v = flatten(n, join(&k), f)?;
                 m.insert(k, v);
             }
             Value::Object(m)
         }
+    })
+}
+
+/// The integer written at `at` when it is a plain, untagged YAML 1.2 decimal integer
+/// (`[-+]?[0-9]+`, leading zeros included: `010` is ten, not YAML 1.1's octal eight) that
+/// the parser read as a float (it reads a leading zero, and a value beyond 64 bits, as one).
+/// None: not such a scalar (a float, `!!float 010`, a quoted string). An error: the integer
+/// does not fit in 64 bits.
+fn decimal_int(lines: &[&str], at: Pos) -> Option<Result<Value, String>> {
+    let line = lines.get((at.line.max(1) - 1) as usize)?;
+    let before: String = line.chars().take((at.col.max(1) - 1) as usize).collect();
+    let token: String = line
+        .chars()
+        .skip((at.col.max(1) - 1) as usize)
+        .take_while(|c| !c.is_whitespace() && !",]}#".contains(*c))
+        .collect();
+    let digits = token.strip_prefix(['-', '+']).unwrap_or(&token);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    // Node properties before the scalar on its line: an explicit tag keeps its type.
+    let props = before
+        .split(|c: char| c.is_whitespace() || "[{,".contains(c))
+        .filter(|t| !t.is_empty());
+    for prop in props.rev() {
+        if prop.starts_with('!') {
+            return None;
+        }
+        if !prop.starts_with('&') {
+            break;
+        }
+    }
+    let value = if token.starts_with('-') {
+        token.parse::<i64>().ok().map(Value::from)
+    } else {
+        digits.parse::<u64>().ok().map(Value::from)
+    };
+    Some(value.ok_or_else(|| {
+        format!(
+            "integer {token} does not fit in 64 bits (from {} to {}); write it in quotes if it \
+             is text",
+            i64::MIN,
+            u64::MAX
+        )
+    }))
 }
 
 /// A YAML syntax error with its position (when the parser knows it).
@@ -216,8 +277,12 @@ pub struct SyntaxError {
 
 /// Parse YAML text into a value with node positions. Aliases, depth and node
 /// counts are bounded by serde-saphyr's default budget; size by [`MAX_FILE_BYTES`].
-/// Booleans are YAML 1.2's `true` / `false` only (`yes`, `no`, `on`, `off`, `y`, `n` are
-/// strings).
+/// Scalars follow the YAML 1.2 core schema: booleans are `true` / `false` only (`yes`, `no`,
+/// `on`, `off`, `y`, `n` are strings); `[-+]?[0-9]+` is a decimal integer, leading zeros
+/// included (`010` is 10), as are `0o17` and `0x1F` (the parser also takes YAML 1.1's `0b101`
+/// and `1_000`); an integer beyond 64 bits is an error; `1e3` and `10.0` are floats; `.inf`
+/// and `.nan` are refused (JSON, the form of every cache key, has no such numbers); `~`,
+/// `null` and an empty value are null.
 pub fn parse(text: &str) -> Result<Located, SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
@@ -250,7 +315,7 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
             line: l.line(),
             col: l.column(),
         });
-        let message = clean(&e.to_string());
+        let message = non_finite(clean(&e.to_string()));
         match pos
             .filter(|_| mentions_tab(&message))
             .and_then(|p| culprit_tab(text, p))
@@ -274,9 +339,13 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
             },
         }
     })?;
-    let mut positions = HashMap::new();
-    let mut key_positions = HashMap::new();
-    let value = flatten(node, String::new(), &mut positions, &mut key_positions);
+    let mut flat = Flat {
+        lines: yaml_lines(text),
+        positions: HashMap::new(),
+        keys: HashMap::new(),
+    };
+    let value = flatten(node, String::new(), &mut flat)?;
+    let (positions, key_positions) = (flat.positions, flat.keys);
     if value.is_null() {
         return Err(SyntaxError {
             pos: Some(Pos { line: 1, col: 1 }),
@@ -396,6 +465,23 @@ fn culprit_tab(text: &str, at: Pos) -> Option<(Pos, bool)> {
         }
     }
     None
+}
+
+/// The parser's refusal of `.inf`/`.nan` (`non-finite float `.inf` rejected by the
+/// configured policy`) in the user's terms; other messages unchanged.
+fn non_finite(message: String) -> String {
+    let value = message
+        .strip_prefix("non-finite float `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(v, _)| v.to_string());
+    match value {
+        Some(v) => format!(
+            "`{v}` is not a finite number: pipeline values must be finite (they enter cache \
+             keys as JSON, which has no infinity or NaN); write it in quotes (\"{v}\") if it is \
+             text"
+        ),
+        None => message,
+    }
 }
 
 /// First line of a parser message, without the parser's own `error: line L column C:` prefix.
@@ -587,5 +673,80 @@ l: [1]
             .contains("duplicate"));
         let e = parse("a: [1, 2\n").unwrap_err();
         assert!(e.pos.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn numbers_follow_the_yaml_1_2_core_schema() {
+        let cases: &[(&str, Value)] = &[
+            // Leading zeros: decimal (YAML 1.1 read 010 as octal 8).
+            ("010", json!(10)),
+            ("007", json!(7)),
+            ("-010", json!(-10)),
+            ("+010", json!(10)),
+            ("00", json!(0)),
+            ("+5", json!(5)),
+            ("-0", json!(0)),
+            ("0o17", json!(15)),
+            ("0x1F", json!(31)),
+            // Not YAML 1.2 core, accepted as YAML 1.1 parsers do.
+            ("0b101", json!(5)),
+            ("1_000", json!(1000)),
+            // 1.2 core: hex and octal prefixes are lower case; `0X1F` is text.
+            ("0X1F", json!("0X1F")),
+            ("18446744073709551615", json!(u64::MAX)),
+            ("-9223372036854775808", json!(i64::MIN)),
+            // Floats stay floats.
+            ("1e3", json!(1000.0)),
+            ("1.0", json!(1.0)),
+            ("010.5", json!(10.5)),
+            ("!!float 010", json!(10.0)),
+            // Quoted, tagged as text, or null.
+            ("'010'", json!("010")),
+            ("\"007\"", json!("007")),
+            ("!!str 010", json!("010")),
+            ("~", Value::Null),
+            ("null", Value::Null),
+            ("", Value::Null),
+        ];
+        for (t, want) in cases {
+            let doc = parse(&format!("a: {t}\n")).unwrap_or_else(|e| panic!("{t}: {e:?}"));
+            assert_eq!(&doc.value["a"], want, "{t}");
+            if t.is_empty() {
+                continue;
+            }
+            // In flow and block collections, after an anchor, and through an alias.
+            let doc = parse(&format!("l: [{t}, 1]\nm:\n  - {t} # c\n")).unwrap();
+            assert_eq!(&doc.value["l"][0], want, "[{t}]");
+            assert_eq!(&doc.value["m"][0], want, "- {t}");
+        }
+        let doc = parse("a: &x 010\nb: *x\nc: {d: 0042}\n").unwrap();
+        assert_eq!(doc.value, json!({"a": 10, "b": 10, "c": {"d": 42}}));
+        assert!(doc.value["a"].is_u64());
+        assert!(doc.value["c"]["d"].is_u64());
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_are_refused_at_their_position() {
+        let (line, col, m) = error_at("a: 1\nb: 12345678901234567890123\n");
+        assert_eq!((line, col), (2, 4));
+        assert_eq!(
+            m,
+            "integer 12345678901234567890123 does not fit in 64 bits (from \
+             -9223372036854775808 to 18446744073709551615); write it in quotes if it is text"
+        );
+        for v in [".inf", "-.inf", ".nan", ".NaN", "+.inf"] {
+            let (line, col, m) = error_at(&format!("a:\n  lr: {v}\n"));
+            assert_eq!((line, col), (2, 7), "{v}");
+            assert_eq!(
+                m,
+                format!(
+                    "`{v}` is not a finite number: pipeline values must be finite (they enter \
+                     cache keys as JSON, which has no infinity or NaN); write it in quotes \
+                     (\"{v}\") if it is text"
+                )
+            );
+        }
+        // Quoted, it is text.
+        assert_eq!(parse("a: '.inf'\n").unwrap().value["a"], ".inf");
     }
 }
