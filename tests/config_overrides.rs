@@ -104,7 +104,7 @@ fn an_error_a_set_value_causes_is_reported_at_the_set() {
     // A param set by `--set` and used through a reference: the error is the override's.
     assert_eq!(
         error(&["params.student.embed_dim=abc"]),
-        "--set: at `stages.student.with.arch.embed_dim`: \"abc\" is not of type \"integer\" \
+        "--set: at `stages.student.with.arch.embed_dim`: expected an integer, got \"abc\" \
          (at `params.student.embed_dim`, from `--set params.student.embed_dim=abc`)"
     );
     // The same bad value written in the file: at the reference in the file.
@@ -112,7 +112,7 @@ fn an_error_a_set_value_causes_is_reported_at_the_set() {
     let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "p.yaml:17:13: at `stages.student.with.arch.embed_dim`: \"abc\" is not of type \"integer\""
+        "p.yaml:17:13: at `stages.student.with.arch.embed_dim`: expected an integer, got \"abc\""
     );
 }
 
@@ -316,4 +316,60 @@ fn a_reference_outside_params_with_and_matrix_is_an_error() {
         &[],
     );
     assert!(e.iter().any(|e| e.contains("at `name`")), "{e:?}");
+}
+
+/// A `dataset/mini` stage whose `with:` is `WITH`.
+fn mini(with: &str) -> String {
+    format!("version: 1\nname: n\nstages:\n  d:\n    uses: dataset/mini\n    with: {with}\n")
+}
+
+#[test]
+fn yaml_1_2_integers_are_accepted_and_integral_floats_become_integers() {
+    let load_with = |with: &str, sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let l = load_str("n.yaml", &mini(with), &sets, &idat_pipe::builtin_registry())
+            .unwrap_or_else(|e| panic!("{with}: {e:?}"));
+        l.instances[0].with.clone()
+    };
+    let want = serde_json::json!({"tasks": ["fashion10"], "seed": 7, "n_train": 1000, "n_test": 5});
+    // Leading zeros (decimal in YAML 1.2), `+`, hex and octal, and floats with no fraction.
+    for with in [
+        "{tasks: [fashion10], seed: 007, n_train: 1000, n_test: 5}",
+        "{tasks: [fashion10], seed: +7, n_train: 1e3, n_test: 0o5}",
+        "{tasks: [fashion10], seed: 7.0, n_train: 0x3E8, n_test: 005}",
+    ] {
+        let got = load_with(with, &[]);
+        assert_eq!(got, want, "{with}");
+        // Integers, not floats: the cache key of `7.0` is the key of `7`.
+        assert!(
+            got["seed"].is_u64() && got["n_train"].is_u64(),
+            "{with}: {got}"
+        );
+    }
+    // The same through `--set` and through a param.
+    let with = "{tasks: [fashion10], seed: 1, n_train: \"${params.n}\", n_test: 5}";
+    let text = mini(with).replace("stages:", "params: {n: 010}\nstages:");
+    let l = load_str(
+        "n.yaml",
+        &text,
+        &["stages.d.with.seed=007".into()],
+        &idat_pipe::builtin_registry(),
+    )
+    .unwrap();
+    assert_eq!(l.instances[0].with["seed"], 7);
+    assert_eq!(l.instances[0].with["n_train"], 10);
+    // A fraction is refused at the field, as is a negative count.
+    let e = errors_of(
+        &mini("{tasks: [fashion10], seed: 1, n_train: 2.5, n_test: -1}"),
+        &[],
+    );
+    assert_eq!(
+        e,
+        [
+            "r.yaml:6:50: at `stages.d.with.n_train`: expected an integer, got 2.5 (a number \
+             with a fractional part)",
+            "r.yaml:6:63: at `stages.d.with.n_test`: expected an integer from 0 to \
+             18446744073709551615, got -1"
+        ]
+    );
 }

@@ -8,6 +8,7 @@ use super::params::{Params, REPORTED};
 use super::paths;
 use super::refs::{self, escape_value, substitute, substitute_in, Form, Ref};
 use super::schema;
+use super::types;
 use super::yaml::{parse, Located, Pos};
 use crate::stages::{DynStage, Registry, STAGE_REF_FORMAT};
 use serde_json::Value;
@@ -404,6 +405,15 @@ fn explain(
                 .unwrap_or_else(|| property.to_string())
         )),
         K::Type { .. } if node.is_null() => one(null_message(here, e)),
+        K::Type { .. } => one(here
+            .and_then(|h| types::type_message(h, node))
+            .unwrap_or_else(|| e.to_string())),
+        K::Minimum { .. }
+        | K::Maximum { .. }
+        | K::ExclusiveMinimum { .. }
+        | K::ExclusiveMaximum { .. } => one(here
+            .and_then(|h| types::range_message(h, node))
+            .unwrap_or_else(|| e.to_string())),
         K::OneOfNotValid { context } | K::AnyOf { context } => {
             let raw = paths::deref(root, written.unwrap_or(root));
             let branches = raw
@@ -458,8 +468,9 @@ fn null_message(here: Option<&Value>, e: &jsonschema::ValidationError) -> String
                 as null; write \"~\" in quotes for the home folder"
             .to_string();
     }
-    let want = e.to_string();
-    let want = want.split(" is not of type ").nth(1).unwrap_or("a value");
+    let want = here
+        .and_then(types::expected)
+        .unwrap_or_else(|| e.to_string());
     format!("expected {want}, got null: YAML reads `~` alone (and an empty value) as null")
 }
 
@@ -623,6 +634,7 @@ pub fn load_str(
     })?;
     let top_schema = schema::top_level();
     let sets = apply_overrides(&mut doc, overrides, &top_schema)?;
+    types::integral_floats_to_integers(&top_schema, &mut doc.value);
     let mut cx = Ctx {
         file,
         doc: &doc,
@@ -780,10 +792,13 @@ fn check_stage(
             format!("stage id `{id}`: use only letters, digits, `_` and `-`"),
         );
     }
-    if !check_schema(cx, &schema::stage_common(), v, &base) {
+    let common = schema::stage_common();
+    let mut v = v.clone();
+    types::integral_floats_to_integers(&common, &mut v);
+    if !check_schema(cx, &common, &v, &base) {
         return None;
     }
-    let spec: StageSpec = match serde_json::from_value(v.clone()) {
+    let spec: StageSpec = match serde_json::from_value(v) {
         Ok(s) => s,
         Err(e) => {
             cx.err(&base, e.to_string());
@@ -947,7 +962,7 @@ fn check_with(
     let wpath = format!("{base}.with");
     let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
     let mut other = |r: &Ref| resolve_for_check(r, &first, &spec.needs);
-    let (checked, errs) = substitute(&spec.with, &mut |r| match r {
+    let (mut checked, errs) = substitute(&spec.with, &mut |r| match r {
         Ref::Params(p) => params.resolve(p, Form::Literal, &mut other).map(Some),
         r => other(r),
     });
@@ -958,6 +973,7 @@ fn check_with(
     let Some(s) = schema::kind_params(registry, kind.name()) else {
         return;
     };
+    types::integral_floats_to_integers(&s, &mut checked);
     if !check_schema_with(cx, &s, &checked, &wpath, Some(&spec.with)) {
         return;
     }
@@ -1062,6 +1078,7 @@ fn resolve_instance_paths(
     };
     for inst in cells.iter_mut() {
         lower_case_digests(&schema, &mut inst.with);
+        types::integral_floats_to_integers(&schema, &mut inst.with);
     }
     for inst in cells {
         let errs = paths::resolve_paths(&schema, &mut inst.with, cwd, home.as_deref());

@@ -7,6 +7,7 @@ pub mod params;
 pub mod paths;
 pub mod refs;
 pub mod schema;
+pub mod types;
 pub mod yaml;
 
 pub use load::{instance_id, load, load_str, Diagnostic, Instance, Loaded, MAX_INSTANCES};

@@ -138,6 +138,21 @@ pub(crate) fn for_each_marked_string(
     marked: &dyn Fn(&Value) -> bool,
     f: &mut dyn FnMut(&str, &mut String),
 ) {
+    for_each_marked(schema, value, marked, &mut |at, v| {
+        if let Value::String(text) = v {
+            f(at, text);
+        }
+    });
+}
+
+/// [`for_each_marked_string`] for values of any type: `f(dotted path, value)` for every value
+/// whose schema node satisfies `marked` (the integer rule in `types.rs`).
+pub(crate) fn for_each_marked(
+    schema: &Value,
+    value: &mut Value,
+    marked: &dyn Fn(&Value) -> bool,
+    f: &mut dyn FnMut(&str, &mut Value),
+) {
     walk(schema, schema, value, "", marked, f);
 }
 
@@ -162,13 +177,11 @@ fn walk(
     v: &mut Value,
     at: &str,
     marked: &dyn Fn(&Value) -> bool,
-    f: &mut dyn FnMut(&str, &mut String),
+    f: &mut dyn FnMut(&str, &mut Value),
 ) {
     let s = deref(root, s);
     if marked(s) {
-        if let Value::String(text) = v {
-            f(at, text);
-        }
+        f(at, v);
     }
     for key in ["allOf", "oneOf", "anyOf"] {
         if let Some(branches) = s.get(key).and_then(Value::as_array) {
@@ -218,7 +231,8 @@ pub(crate) fn branch_selects(root: &Value, b: &Value, v: &Value) -> bool {
             "array" => v.is_array(),
             "string" => v.is_string(),
             "number" => v.is_number(),
-            "integer" => v.is_i64() || v.is_u64(),
+            // JSON Schema's integer: a number with no fractional part (`10.0` too).
+            "integer" => v.as_f64().is_some_and(|f| f.fract() == 0.0),
             "boolean" => v.is_boolean(),
             "null" => v.is_null(),
             _ => false,

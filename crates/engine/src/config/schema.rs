@@ -15,7 +15,9 @@ fn generator() -> SchemaGenerator {
 }
 
 fn schema_of<T: JsonSchema>() -> Value {
-    generator().into_root_schema_for::<T>().to_value()
+    let mut s = generator().into_root_schema_for::<T>().to_value();
+    super::types::bound_integers(&mut s);
+    s
 }
 
 /// Schema of the pipeline file without per-kind `with:` checks (stages are free maps).
@@ -39,6 +41,7 @@ pub fn kind_params(registry: &Registry, kind: &str) -> Option<Value> {
             m.insert("$defs".into(), Value::Object(defs));
         }
     }
+    super::types::bound_integers(&mut s);
     Some(s)
 }
 
@@ -108,5 +111,6 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         "description": "A reference: ${params.NAME}, ${matrix.AXIS}, ${stages.ID.outputs[.FILE]}"
     });
     root["title"] = json!("idat-pipe pipeline");
+    super::types::bound_integers(&mut root);
     root
 }

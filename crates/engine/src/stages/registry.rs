@@ -19,7 +19,7 @@ pub trait DynStage: Send + Sync {
     /// JSON Schema of `with:` (subschemas go to the generator's definitions).
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
     /// Deserialize `with:` into the typed params and run [`StageKind::check`]; the error
-    /// names the field (`path` below `with`, empty when serde's message names it).
+    /// names the field (`path` below `with`; empty for the whole `with:`).
     fn check_params(&self, with: &Value) -> Result<(), ParamError>;
     /// The params that determine the output: `with:` less the non-output fields.
     fn key_params(&self, with: &Value) -> Value;
@@ -55,7 +55,7 @@ impl<K: StageKind> DynStage for Erased<K> {
         generator.subschema_for::<K::Params>()
     }
     fn check_params(&self, with: &Value) -> Result<(), ParamError> {
-        let p = parse::<K::Params>(with).map_err(|m| ParamError::at("", m))?;
+        let p = parse::<K::Params>(with)?;
         K::check(&p)
     }
     fn key_params(&self, with: &Value) -> Value {
@@ -76,17 +76,32 @@ impl<K: StageKind> DynStage for Erased<K> {
         K::resume_point(checkpoint_dir)
     }
     fn run(&self, with: &Value, ctx: &mut StageContext) -> anyhow::Result<()> {
-        let params = parse::<K::Params>(with).map_err(anyhow::Error::msg)?;
-        K::check(&params).map_err(|e| match e.path.as_str() {
+        let at = |e: ParamError| match e.path.as_str() {
             "" => anyhow::anyhow!("{}", e.message),
             p => anyhow::anyhow!("at `with.{p}`: {}", e.message),
-        })?;
+        };
+        let params = parse::<K::Params>(with).map_err(at)?;
+        K::check(&params).map_err(at)?;
         K::run(params, ctx)
     }
 }
 
-fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, String> {
-    P::deserialize(with).map_err(|e| e.to_string())
+/// `with:` as the kind's params; an error names the field it is at (dotted below `with`,
+/// list items by index: `tasks.2`), not the whole map.
+fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, ParamError> {
+    serde_path_to_error::deserialize(with).map_err(|e| {
+        use serde_path_to_error::Segment;
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Seq { index } => Some(index.to_string()),
+                Segment::Map { key } => Some(key.clone()),
+                Segment::Enum { .. } | Segment::Unknown => None,
+            })
+            .collect();
+        ParamError::at(path.join("."), e.into_inner().to_string())
+    })
 }
 
 /// `uses:` name -> kind.
@@ -122,5 +137,55 @@ impl Registry {
     /// The registered kinds, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynStage>> {
         self.kinds.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    #[derive(Deserialize, schemars::JsonSchema)]
+    #[allow(dead_code)]
+    struct Optim {
+        epochs: u32,
+    }
+    #[derive(Deserialize, schemars::JsonSchema)]
+    #[allow(dead_code)]
+    struct P {
+        optim: Optim,
+        tasks: Vec<String>,
+    }
+    struct K;
+    impl StageKind for K {
+        type Params = P;
+        const NAME: &'static str = "t/k";
+        const VERSION: u32 = 1;
+        const SUMMARY: &'static str = "test";
+        fn run(_: P, _: &mut StageContext) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_deserialize_is_named_by_its_field() {
+        let mut r = Registry::empty();
+        r.register::<K>();
+        let k = r.get("t/k").unwrap();
+        let e = k
+            .check_params(&json!({"optim": {"epochs": 10.5}, "tasks": []}))
+            .unwrap_err();
+        assert_eq!(e.path, "optim.epochs");
+        assert!(e.message.contains("10.5"), "{e:?}");
+        let e = k
+            .check_params(&json!({"optim": {"epochs": 1}, "tasks": ["a", 7]}))
+            .unwrap_err();
+        assert_eq!(e.path, "tasks.1");
+        let e = k.check_params(&json!({"tasks": []})).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            ("", "missing field `optim`")
+        );
     }
 }
