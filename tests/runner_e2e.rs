@@ -41,6 +41,10 @@ fn main() -> ExitCode {
             "param_references_resolve_and_escapes_reach_the_stage_as_text",
             t_param_refs,
         ),
+        (
+            "cache_with_entries_or_tmp_on_another_filesystem",
+            t_two_filesystems,
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -1051,4 +1055,57 @@ stages:
         "{:?}",
         text(&o)
     );
+}
+
+/// A folder on another filesystem than `near` (a tmpfs at /dev/shm), or None with a notice.
+fn other_filesystem(near: &Path) -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(near).unwrap().dev();
+    let shm = Path::new("/dev/shm");
+    let dir = std::fs::metadata(shm)
+        .ok()
+        .filter(|m| m.is_dir() && m.dev() != dev)
+        .and_then(|_| tempfile::tempdir_in(shm).ok());
+    if dir.is_none() {
+        println!(
+            "  notice: /dev/shm is not a writable second filesystem here: skipped (the \
+             cross-filesystem commit is unit-tested with an injected EXDEV)"
+        );
+    }
+    dir
+}
+
+/// `entries/` or `tmp/` on another filesystem (a link to a tmpfs): every commit works (it
+/// used to fail with `Invalid cross-device link (os error 18)`), reruns are cached, `--force`
+/// replaces entries, and gc finds nothing left aside.
+fn t_two_filesystems() {
+    for linked in ["entries", "tmp"] {
+        let d = tempfile::tempdir().unwrap();
+        let Some(other) = other_filesystem(d.path()) else {
+            return;
+        };
+        std::fs::create_dir_all(d.path().join(".idat")).unwrap();
+        std::fs::create_dir_all(other.path().join(linked)).unwrap();
+        std::os::unix::fs::symlink(
+            other.path().join(linked),
+            d.path().join(".idat").join(linked),
+        )
+        .unwrap();
+        let p = pipeline("five.yaml");
+        let (_, err) = ok(&cli(d.path(), &["run", &p]));
+        assert!(err.contains("10 ran, 0 cached"), "{linked}: {err}");
+        let (_, err) = ok(&cli(d.path(), &["run", &p]));
+        assert!(err.contains("0 ran, 10 cached"), "{linked}: {err}");
+        let (_, err) = ok(&cli(d.path(), &["run", &p, "--force", "report"]));
+        assert!(err.contains("1 ran, 9 cached"), "{linked}: {err}");
+        let (out, _) = ok(&cli(d.path(), &["gc", "--dry-run"]));
+        assert!(
+            out.contains("would remove 0 entries, 0 temporary dirs"),
+            "{linked}: {out}"
+        );
+        let entries = std::fs::read_dir(d.path().join(".idat/entries"))
+            .unwrap()
+            .count();
+        assert_eq!(entries, 10, "{linked}");
+    }
 }

@@ -556,14 +556,20 @@ pub fn resolve_source(
             }
             let extracted = cache_dir.join("hub-extracted").join(&snap.commit);
             if !extracted.is_dir() {
-                let staging = super::archive::unique_temp_dir(cache_dir, ".hub-extract-")?;
+                // Staged next to its destination: one filesystem, so the rename is atomic
+                // even where `hub-extracted` is a link to another disk.
+                let parent = extracted.parent().unwrap_or(cache_dir);
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                let staging = super::archive::unique_temp_dir(parent, ".hub-extract-")?;
                 let res = (|| -> Result<()> {
                     for f in snap.files.iter().filter(|f| archive_stem(f).is_some()) {
                         extract_hub_archive(&snap.dir.join(f), f, &staging, names, opts)
                             .with_context(|| format!("extracting `{f}` from dataset {repo}"))?;
                     }
-                    std::fs::create_dir_all(extracted.parent().unwrap_or(cache_dir))?;
-                    std::fs::rename(&staging, &extracted)?;
+                    std::fs::rename(&staging, &extracted).with_context(|| {
+                        format!("renaming {} to {}", staging.display(), extracted.display())
+                    })?;
                     Ok(())
                 })();
                 if let Err(e) = res {

@@ -10,8 +10,8 @@ pub struct GcReport {
     /// Keys (64 hex digits) of the committed entries removed: no instance record points at
     /// them and no live run holds their lock.
     pub entries: Vec<String>,
-    /// Temporary output directories (`tmp/<key>.<pid>`) removed: left by writers that died,
-    /// their key not locked.
+    /// Temporary output directories (`tmp/<key>.<pid>`, and `entries/.<key>...` moved aside or
+    /// half copied in) removed: left by writers that died, their key not locked.
     pub tmp: usize,
     /// Checkpoint directories (`pending/<key>`) removed: their key is not locked, and no
     /// instance record points at it or its entry exists.
@@ -45,6 +45,17 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
             remove_tree(&d)?;
         }
         rep.entries.push(key);
+    }
+    // Moved aside or half copied in by a process that died (its key's lock is free).
+    for (key, dir) in cache.entries_aside() {
+        let Some(_lock) = cache.try_lock(&key)? else {
+            continue;
+        };
+        rep.bytes += dir_size(&dir);
+        rep.tmp += 1;
+        if !dry_run {
+            remove_tree(&dir)?;
+        }
     }
     for e in fs::read_dir(cache.root.join("tmp"))?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

@@ -2,6 +2,7 @@
 pub mod external;
 pub mod gc;
 pub mod key;
+pub mod move_dir;
 pub mod store;
 
 pub use external::{hash_external, ExternalHash};

@@ -9,6 +9,11 @@
 //! <root>/instances/<id>.json   last key + parts + status of each instance id
 //! <root>/corrupt/<key>.<time>/ entries that failed verification (kept for inspection, removed by gc)
 //! ```
+//!
+//! Each subfolder may be a link to another filesystem: an entry is moved into `entries/` by
+//! [`move_dir`](super::move_dir::move_dir) (a rename, or a copy next to the destination
+//! renamed into place), and what is moved aside inside `entries/` first gets a name starting
+//! with `.`, which is never a key.
 use super::key::KeyParts;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -262,14 +267,27 @@ impl Cache {
     }
 
     /// Move a corrupt entry aside (to `corrupt/`) so that it is recomputed and never used.
+    /// It leaves `entries/<key>` in one rename inside `entries/` (whatever filesystem
+    /// `corrupt/` is on), then moves to `corrupt/`.
     pub fn quarantine(&self, key: &str) -> Result<PathBuf> {
-        let to =
-            self.root
-                .join("corrupt")
-                .join(format!("{key}.{}.{}", now_unix(), std::process::id()));
-        fs::rename(self.entry_dir(key), &to)
-            .with_context(|| format!("moving corrupt entry {key} aside"))?;
+        let name = format!("{key}.{}.{}", now_unix(), std::process::id());
+        let (from, aside) = (self.entry_dir(key), self.aside(&format!("{name}.corrupt")));
+        fs::rename(&from, &aside).with_context(|| {
+            format!(
+                "moving corrupt entry {} aside to {}",
+                from.display(),
+                aside.display()
+            )
+        })?;
+        let to = self.root.join("corrupt").join(name);
+        super::move_dir::move_dir(&aside, &to)?;
         Ok(to)
+    }
+
+    /// A path inside `entries/` that is never an entry (`entries/.<name>`): where an entry is
+    /// moved aside, on the entries' own filesystem.
+    fn aside(&self, name: &str) -> PathBuf {
+        self.root.join("entries").join(format!(".{name}"))
     }
 
     /// Block until this process holds the exclusive lock of `key`.
@@ -353,26 +371,36 @@ impl Cache {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let mpath = tmp.join(MANIFEST);
-        fs::write(&mpath, serde_json::to_vec_pretty(&m)?)?;
-        File::open(&mpath)?.sync_all()?;
+        fs::write(&mpath, serde_json::to_vec_pretty(&m)?)
+            .and_then(|()| File::open(&mpath)?.sync_all())
+            .with_context(|| format!("writing {}", mpath.display()))?;
         for rel in list_files(tmp)? {
             let p = tmp.join(rel);
-            let mut perm = fs::metadata(&p)?.permissions();
-            perm.set_readonly(true);
-            fs::set_permissions(&p, perm)?;
+            fs::metadata(&p)
+                .and_then(|meta| {
+                    let mut perm = meta.permissions();
+                    perm.set_readonly(true);
+                    fs::set_permissions(&p, perm)
+                })
+                .with_context(|| format!("making {} read-only", p.display()))?;
         }
         let dest = self.entry_dir(&key);
+        let what = || format!("committing entry {key}");
         if dest.exists() {
-            // Forced recompute: the old entry goes away only once the new one is complete.
-            let old = self
-                .root
-                .join("tmp")
-                .join(format!("{key}.old.{}", std::process::id()));
-            fs::rename(&dest, &old)?;
-            fs::rename(tmp, &dest)?;
+            // Forced recompute: the old entry goes away only once the new one is complete;
+            // it is moved aside inside `entries/`, so on the entries' filesystem.
+            let old = self.aside(&format!("{key}.old.{}", std::process::id()));
+            fs::rename(&dest, &old)
+                .with_context(|| format!("moving {} aside to {}", dest.display(), old.display()))
+                .with_context(what)?;
+            if let Err(e) = super::move_dir::move_dir(tmp, &dest) {
+                // Put the old entry back: the key keeps its last good result.
+                let _ = fs::rename(&old, &dest);
+                return Err(e.context(what()));
+            }
             remove_tree(&old)?;
         } else {
-            fs::rename(tmp, &dest).with_context(|| format!("committing entry {key}"))?;
+            super::move_dir::move_dir(tmp, &dest).with_context(what)?;
         }
         remove_tree(&self.root.join("pending").join(&key))?;
         Ok(m)
@@ -390,12 +418,17 @@ impl Cache {
         serde_json::from_str(&t).ok()
     }
 
-    /// Replace the record of an instance id (atomically).
+    /// Replace the record of an instance id (atomically: a temporary file in the same
+    /// folder, renamed). Errors name the file.
     pub fn write_record(&self, rec: &InstanceRecord) -> Result<()> {
         let p = self.record_path(&rec.instance);
         let tmp = p.with_extension(format!("json.{}.tmp", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec_pretty(rec)?)?;
-        fs::rename(&tmp, &p)?;
+        fs::write(&tmp, serde_json::to_vec_pretty(rec)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &p).with_context(|| {
+            let _ = fs::remove_file(&tmp);
+            format!("renaming {} to {}", tmp.display(), p.display())
+        })?;
         Ok(())
     }
 
@@ -417,18 +450,43 @@ impl Cache {
         v
     }
 
-    /// Keys of committed entries.
+    /// Keys of committed entries (folders of `entries/` named by a key: 64 hex digits).
     pub fn entry_keys(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.root.join("entries"))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_key(n))
                     .collect()
             })
             .unwrap_or_default();
         v.sort();
         v
     }
+
+    /// Folders of `entries/` that are not entries: moved aside or being copied in (named
+    /// `.<key>...`), with the key each belongs to. Those whose key is not locked were left
+    /// by a process that died; `gc` removes them.
+    pub fn entries_aside(&self) -> Vec<(String, PathBuf)> {
+        let mut v: Vec<(String, PathBuf)> = fs::read_dir(self.root.join("entries"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let key = name.strip_prefix('.')?.split('.').next()?.to_string();
+                        is_key(&key).then(|| (key, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Whether `name` is a cache key: 64 lower-case hex digits.
+fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// At most this many differences are listed in a corruption message (then a count).
@@ -694,5 +752,92 @@ mod tests {
         assert!(c.try_lock("k").unwrap().is_none());
         drop(l);
         assert!(c.try_lock("k").unwrap().is_some());
+    }
+
+    /// A folder on another filesystem than `near`: a tmpfs at /dev/shm where there is one
+    /// (None, with a notice, where there is not: the injected-EXDEV tests in `move_dir.rs`
+    /// still cover the copy).
+    fn other_filesystem(near: &Path) -> Option<tempfile::TempDir> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(near).ok()?.dev();
+        let shm = Path::new("/dev/shm");
+        let other = fs::metadata(shm)
+            .ok()
+            .filter(|m| m.dev() != dev && m.is_dir());
+        let dir = other.and_then(|_| tempfile::tempdir_in(shm).ok());
+        if dir.is_none() {
+            eprintln!(
+                "notice: no second filesystem (a writable /dev/shm on another device than {}): \
+                 the cross-filesystem commit test is skipped",
+                near.display()
+            );
+        }
+        dir
+    }
+
+    #[test]
+    fn commits_work_when_entries_tmp_or_corrupt_are_on_another_filesystem() {
+        for linked in ["entries", "tmp", "corrupt"] {
+            let d = tempfile::tempdir().unwrap();
+            let Some(other) = other_filesystem(d.path()) else {
+                return;
+            };
+            let root = d.path().join("c");
+            fs::create_dir_all(&root).unwrap();
+            fs::create_dir_all(other.path().join(linked)).unwrap();
+            std::os::unix::fs::symlink(other.path().join(linked), root.join(linked)).unwrap();
+            let c = Cache::open(&root).unwrap();
+            let p = parts();
+            let key = p.key();
+            let dir = entry(&c, &p, &[("a.txt", b"alpha")]);
+            assert!(matches!(c.lookup(&key), Lookup::Hit(_)), "{linked}");
+            // Recomputed over an existing entry (`--force`).
+            entry(&c, &p, &[("a.txt", b"alpha2")]);
+            assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"alpha2", "{linked}");
+            // A corrupt entry moves to `corrupt/`.
+            fs::write(dir.join("a.txt"), b"alphX2").unwrap();
+            assert!(matches!(c.lookup(&key), Lookup::Corrupt(_)), "{linked}");
+            let moved = c.quarantine(&key).unwrap();
+            assert!(moved.join("a.txt").is_file(), "{linked}");
+            assert!(matches!(c.lookup(&key), Lookup::Missing), "{linked}");
+            // Nothing is left aside or half copied.
+            assert_eq!(c.entries_aside(), vec![], "{linked}");
+            assert_eq!(
+                fs::read_dir(root.join("tmp")).unwrap().count(),
+                0,
+                "{linked}"
+            );
+        }
+    }
+
+    #[test]
+    fn folders_moved_aside_are_never_entries_and_gc_removes_those_left_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        let p = parts();
+        let key = p.key();
+        entry(&c, &p, &[("a.txt", b"alpha")]);
+        // What a process killed in the middle of a cross-filesystem commit leaves.
+        let half = c.root.join("entries").join(format!(".{key}.incoming.99.0"));
+        fs::create_dir_all(&half).unwrap();
+        fs::write(half.join("a.txt"), b"al").unwrap();
+        assert_eq!(c.entry_keys(), vec![key.clone()]);
+        assert_eq!(c.entries_aside(), vec![(key.clone(), half.clone())]);
+        // Kept while its key is locked (a commit under way), removed once it is not.
+        let l = c.lock(&key).unwrap();
+        let r = super::super::gc::gc(&c, false).unwrap();
+        assert_eq!((r.tmp, half.exists()), (0, true));
+        drop(l);
+        c.write_record(&InstanceRecord {
+            instance: "s".into(),
+            key: key.clone(),
+            parts: p.clone(),
+            status: "ok".into(),
+            error: None,
+        })
+        .unwrap();
+        let r = super::super::gc::gc(&c, false).unwrap();
+        assert_eq!((r.tmp, r.entries.len(), half.exists()), (1, 0, false));
+        assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
     }
 }
