@@ -427,7 +427,8 @@ fn cmd_plan(
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         };
-        let cache = Cache::open(cache_dir)?;
+        // Reading only: `plan` works on a read-only (shared) cache and creates none.
+        let cache = Cache::open_read_only(cache_dir);
         print_plan(&g, &plan(&g, &cache, registry, &f));
         Ok(ExitCode::SUCCESS)
     })
@@ -468,11 +469,12 @@ fn cmd_run(
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
         };
-        let cache = Cache::open(cache_dir)?;
         if a.dry_run {
+            let cache = Cache::open_read_only(cache_dir);
             print_plan(&g, &plan(&g, &cache, registry, &f));
             return Ok(ExitCode::SUCCESS);
         }
+        let cache = Cache::open(cache_dir)?;
         let record = RunRecord::create(&a.runs_dir, &l.resolved, &l.overrides)?;
         let cancel = cancel_flag();
         let ids: Vec<(&str, &str)> = g
@@ -638,9 +640,14 @@ fn make_executor(
 }
 
 fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
-    let cache = Cache::open(cache_dir)?;
+    // Reading only: works on a read-only (shared) cache, and creates none.
+    let cache = Cache::open_read_only(cache_dir);
     let s = status(&cache)?;
-    println!("cache {}", cache.root.display());
+    if cache.root.exists() {
+        println!("cache {}", cache.root.display());
+    } else {
+        println!("cache {} (does not exist yet)", cache.root.display());
+    }
     println!(
         "  entries:   {} ({:.1} MiB)",
         s.entries,
@@ -671,7 +678,12 @@ fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_gc(cache_dir: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let cache = Cache::open(cache_dir)?;
+    // `--dry-run` writes nothing: it works on a read-only cache.
+    let cache = if dry_run {
+        Cache::open_read_only(cache_dir)
+    } else {
+        Cache::open(cache_dir)?
+    };
     let r = gc(&cache, dry_run)?;
     println!(
         "{} {} entries, {} temporary dirs, {} checkpoints, {} corrupt entries, {} stale \

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             "cache_with_entries_or_tmp_on_another_filesystem",
             t_two_filesystems,
         ),
+        ("read_only_cache_serves_every_reading_command", t_read_only),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -1110,4 +1111,161 @@ fn t_two_filesystems() {
             .count();
         assert_eq!(entries, 10, "{linked}");
     }
+}
+
+/// Every file and folder under `dir` with its size and mtime (what a read-only command must
+/// leave as it was).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), m.len(), m.modified().unwrap()));
+        if m.is_dir() {
+            out.extend(snapshot(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Set or clear the write bits of everything under `dir` (and `dir`).
+fn set_writable(dir: &Path, writable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let walk = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let mode = m.permissions().mode();
+        let mode = if writable {
+            mode | 0o200
+        } else {
+            mode & !0o222
+        };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for (p, _, _) in snapshot(dir) {
+        walk(&p);
+    }
+    walk(dir);
+}
+
+/// The user to run the CLI as so that the read-only `cache` really refuses writes: none
+/// (this user) unless this test runs as root, which permissions do not stop; then `nobody`.
+/// `Err` with why when there is no such user here (the test is then skipped).
+fn read_only_user(d: &Path, cache: &Path) -> Result<Option<(u32, u32)>, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let who = if std::fs::metadata(d).unwrap().uid() == 0 {
+        // `nobody` must reach the working directory and write its run records there.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(d.join("runs")).unwrap();
+        std::fs::set_permissions(d.join("runs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        Some((65534, 65534))
+    } else {
+        None
+    };
+    let as_user = |c: &mut Command| {
+        if let Some((u, g)) = who {
+            c.uid(u).gid(g);
+        }
+    };
+    // Writing must fail, and the CLI must start, as that user.
+    let mut probe = Command::new("sh");
+    probe
+        .args(["-c", "touch \"$0/entries/.probe\""])
+        .arg(cache)
+        .current_dir(d)
+        .stderr(Stdio::null());
+    as_user(&mut probe);
+    if probe
+        .status()
+        .map_err(|e| format!("cannot run sh: {e}"))?
+        .success()
+    {
+        return Err("the cache stays writable (a user permissions do not stop)".into());
+    }
+    let mut version = cli_cmd(d, &["--version"]);
+    as_user(&mut version);
+    match version.output() {
+        Ok(o) if o.status.success() => Ok(who),
+        other => Err(format!("the CLI cannot run as uid 65534 here: {other:?}")),
+    }
+}
+
+/// A cache that cannot be written (a shared one): `status`, `plan`, `run` with everything
+/// cached, `run --dry-run`, `gc --dry-run`, `dag` and `validate` work and change nothing in
+/// it; what must write (`run` of an uncached instance, `gc`) fails naming the path. Run as
+/// `nobody` where the test runs as root.
+fn t_read_only() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("five.yaml");
+    ok(&cli(d.path(), &["run", &p, "--quiet"]));
+    // A superseded entry, for `gc --dry-run` to find.
+    ok(&cli(
+        d.path(),
+        &["run", &p, "--quiet", "--set", "stages.report.with.sep=;"],
+    ));
+    let cache = d.path().join(".idat");
+    set_writable(&cache, false);
+    let who = match read_only_user(d.path(), &cache) {
+        Ok(w) => w,
+        Err(why) => {
+            set_writable(&cache, true);
+            println!("  notice: skipped: {why}");
+            return;
+        }
+    };
+    let before = snapshot(&cache);
+    let run_as = |args: &[&str]| {
+        use std::os::unix::process::CommandExt;
+        let mut c = cli_cmd(d.path(), args);
+        if let Some((u, g)) = who {
+            c.uid(u).gid(g);
+        }
+        c.output().unwrap()
+    };
+    let (out, _) = ok(&run_as(&["status"]));
+    assert!(out.contains("entries:   11"), "{out}");
+    assert!(out.contains("running (locked): 0"), "{out}");
+    let (out, _) = ok(&run_as(&["plan", &p, "--set", "stages.report.with.sep=;"]));
+    assert!(out.contains("10 cached, 0 will run"), "{out}");
+    let (_, err) = ok(&run_as(&["run", &p, "--set", "stages.report.with.sep=;"]));
+    assert!(err.contains("0 ran, 10 cached, 0 failed"), "{err}");
+    let (out, _) = ok(&run_as(&["run", &p, "--dry-run"]));
+    assert!(out.contains("10 cached, 0 will run"), "{out}");
+    let (out, _) = ok(&run_as(&["gc", "--dry-run"]));
+    assert!(out.contains("would remove 1 entries"), "{out}");
+    ok(&run_as(&["dag", &p]));
+    ok(&run_as(&["validate", &p]));
+    assert_eq!(
+        snapshot(&cache),
+        before,
+        "a reading command changed the cache"
+    );
+    // What has to write fails, naming the path and why.
+    let o = run_as(&["run", &p, "--set", "stages.report.with.sep=+"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 failed")
+            && err.contains("error: opening lock .idat/locks/")
+            && err.contains(
+                "(the cache .idat is not writable: reading commands and cached \
+                 instances work on it; to compute or remove, give a writable cache with \
+                 --cache-dir): Permission denied"
+            ),
+        "{err}"
+    );
+    let o = run_as(&["gc"]);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("opening lock .idat/locks/"),
+        "{:?}",
+        text(&o)
+    );
+    assert_eq!(snapshot(&cache), before);
+    set_writable(&cache, true);
+    // `status` of a cache that does not exist creates none.
+    let (out, _) = ok(&cli(d.path(), &["status", "--cache-dir", "nowhere"]));
+    assert!(out.contains("nowhere (does not exist yet)"), "{out}");
+    assert!(!d.path().join("nowhere").exists());
 }

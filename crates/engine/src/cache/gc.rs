@@ -1,6 +1,6 @@
 //! `idat-pipe gc` and `idat-pipe status`: what the cache holds and what can go.
-use super::store::{dir_size, remove_tree, Cache};
-use anyhow::Result;
+use super::store::{dir_size, remove_tree, Cache, KeyLock};
+use anyhow::{Context as _, Result};
 use std::collections::HashSet;
 use std::fs;
 
@@ -25,10 +25,31 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// The entries of the cache folder `sub` (none when it is missing: a read-only cache may
+/// lack one). Errors name the folder.
+fn listing(cache: &Cache, sub: &str) -> Result<Vec<fs::DirEntry>> {
+    let dir = cache.root.join(sub);
+    match fs::read_dir(&dir) {
+        Ok(rd) => Ok(rd.flatten().collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// While removing, the lock of `key` if no live run holds it (held until dropped); for a
+/// dry run, whether no live run holds it, found without writing (so a read-only cache can
+/// be inspected). None: a live run holds it, leave its files alone.
+fn unless_locked(cache: &Cache, key: &str, dry_run: bool) -> Result<Option<Option<KeyLock>>> {
+    if dry_run {
+        return Ok((!cache.is_locked(key)?).then_some(None));
+    }
+    Ok(cache.try_lock(key)?.map(Some))
+}
+
 /// Remove entries that no instance record points at (superseded results), temporary
 /// directories and checkpoints whose key is not locked by a live run, quarantined
 /// corrupt entries, and hash memos of external inputs that no longer exist. Entries a
-/// record points at are kept.
+/// record points at are kept. `dry_run` writes nothing (it works on a read-only cache).
 pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
     let live: HashSet<String> = cache.records().into_iter().map(|r| r.key).collect();
     let mut rep = GcReport::default();
@@ -36,7 +57,7 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
         if live.contains(&key) {
             continue;
         }
-        let Some(_lock) = cache.try_lock(&key)? else {
+        let Some(_lock) = unless_locked(cache, &key, dry_run)? else {
             continue;
         };
         let d = cache.entry_dir(&key);
@@ -46,9 +67,17 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
         }
         rep.entries.push(key);
     }
-    // Moved aside or half copied in by a process that died (its key's lock is free).
-    for (key, dir) in cache.entries_aside() {
-        let Some(_lock) = cache.try_lock(&key)? else {
+    // Moved aside or half copied in by a process that died (its key's lock is free), and
+    // temporary output directories of writers that died.
+    let tmp = listing(cache, "tmp")?.into_iter().map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        (
+            name.split('.').next().unwrap_or_default().to_string(),
+            e.path(),
+        )
+    });
+    for (key, dir) in cache.entries_aside().into_iter().chain(tmp) {
+        let Some(_lock) = unless_locked(cache, &key, dry_run)? else {
             continue;
         };
         rep.bytes += dir_size(&dir);
@@ -57,25 +86,13 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
             remove_tree(&dir)?;
         }
     }
-    for e in fs::read_dir(cache.root.join("tmp"))?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let key = name.split('.').next().unwrap_or_default().to_string();
-        let Some(_lock) = cache.try_lock(&key)? else {
-            continue;
-        };
-        rep.bytes += dir_size(&e.path());
-        rep.tmp += 1;
-        if !dry_run {
-            remove_tree(&e.path())?;
-        }
-    }
-    for e in fs::read_dir(cache.root.join("pending"))?.flatten() {
+    for e in listing(cache, "pending")? {
         let key = e.file_name().to_string_lossy().into_owned();
         // A checkpoint is worth keeping while its instance still wants this key and has no entry.
         if live.contains(&key) && !cache.entry_dir(&key).exists() {
             continue;
         }
-        let Some(_lock) = cache.try_lock(&key)? else {
+        let Some(_lock) = unless_locked(cache, &key, dry_run)? else {
             continue;
         };
         rep.bytes += dir_size(&e.path());
@@ -84,7 +101,7 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
             remove_tree(&e.path())?;
         }
     }
-    for e in fs::read_dir(cache.root.join("corrupt"))?.flatten() {
+    for e in listing(cache, "corrupt")? {
         rep.bytes += dir_size(&e.path());
         rep.corrupt += 1;
         if !dry_run {
@@ -95,7 +112,7 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
         rep.bytes += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         rep.external += 1;
         if !dry_run {
-            fs::remove_file(&p)?;
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     Ok(rep)
@@ -137,7 +154,8 @@ pub struct StageCounts {
     pub missing: usize,
 }
 
-/// Count what the cache holds.
+/// Count what the cache holds. Writes nothing: a read-only cache works; a missing folder
+/// counts as empty.
 pub fn status(cache: &Cache) -> Result<Status> {
     let mut s = Status::default();
     for key in cache.entry_keys() {
@@ -160,12 +178,12 @@ pub fn status(cache: &Cache) -> Result<Status> {
         }
     }
     s.failed.sort();
-    s.pending = fs::read_dir(cache.root.join("pending"))?.count();
-    s.corrupt = fs::read_dir(cache.root.join("corrupt"))?.count();
-    for e in fs::read_dir(cache.root.join("locks"))?.flatten() {
+    s.pending = listing(cache, "pending")?.len();
+    s.corrupt = listing(cache, "corrupt")?.len();
+    for e in listing(cache, "locks")? {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(key) = name.strip_suffix(".lock") {
-            if cache.try_lock(key)?.is_none() {
+            if cache.is_locked(key)? {
                 s.locked += 1;
             }
         }

@@ -208,16 +208,43 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether an I/O error says the place is not writable (permissions, a read-only mount).
+pub fn is_not_writable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
 impl Cache {
-    /// Open (creating) a cache directory.
+    /// Open a cache directory for computing: the directory and its folders are created.
+    /// An existing cache that is not writable (a shared, read-only one) opens too: a folder
+    /// that cannot be created is missing from it, which reads as empty, and each write
+    /// fails naming its path (a `run` whose instances are all cached writes nothing there).
+    ///
+    /// # Errors
+    /// A folder cannot be created in a cache that is writable, or the cache directory
+    /// itself does not exist and cannot be created (the error names the path).
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache> {
         let root = root.into();
         for sub in ["entries", "tmp", "pending", "locks", "instances", "corrupt"] {
-            fs::create_dir_all(root.join(sub)).with_context(|| {
-                format!("creating cache directory {}", root.join(sub).display())
-            })?;
+            let dir = root.join(sub);
+            match fs::create_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if is_not_writable(&e) && root.is_dir() => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating cache directory {}", dir.display()))
+                }
+            }
         }
         Ok(Cache { root })
+    }
+
+    /// A cache directory opened for reading only (`status`, `plan`, `gc --dry-run`): nothing
+    /// is created, not even the directory; what is missing reads as empty.
+    pub fn open_read_only(root: impl Into<PathBuf>) -> Cache {
+        Cache { root: root.into() }
     }
 
     /// `--cache-dir`, else `$IDAT_CACHE_DIR`, else `.idat`.
@@ -290,32 +317,71 @@ impl Cache {
         self.root.join("entries").join(format!(".{name}"))
     }
 
-    /// Block until this process holds the exclusive lock of `key`.
-    pub fn lock(&self, key: &str) -> Result<KeyLock> {
-        let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = File::options()
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    /// The lock file of `key`, opened (created) for writing. A cache that is not writable
+    /// says so: only its cached instances can be used.
+    fn open_lock(&self, key: &str) -> Result<File> {
+        let p = self.lock_path(key);
+        File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .with_context(|| format!("opening lock {}", p.display()))?;
+            .map_err(|e| {
+                let hint = if is_not_writable(&e) {
+                    format!(
+                        " (the cache {} is not writable: reading commands and cached \
+                         instances work on it; to compute or remove, give a writable cache \
+                         with --cache-dir)",
+                        self.root.display()
+                    )
+                } else {
+                    String::new()
+                };
+                anyhow::Error::new(e).context(format!("opening lock {}{hint}", p.display()))
+            })
+    }
+
+    /// Block until this process holds the exclusive lock of `key`.
+    pub fn lock(&self, key: &str) -> Result<KeyLock> {
+        let f = self.open_lock(key)?;
         f.lock()
-            .with_context(|| format!("locking {}", p.display()))?;
+            .with_context(|| format!("locking {}", self.lock_path(key).display()))?;
         Ok(KeyLock { _file: f })
     }
 
     /// Take the lock of `key` if free.
     pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>> {
-        let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)?;
+        let f = self.open_lock(key)?;
         match f.try_lock() {
             Ok(()) => Ok(Some(KeyLock { _file: f })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("locking {}", self.lock_path(key).display())))
+            }
+        }
+    }
+
+    /// Whether a live process holds the lock of `key` (a run computing it), found without
+    /// writing: the lock file is opened read-only and a shared lock tried (none is taken
+    /// while another process holds the exclusive one). No lock file: not locked.
+    pub fn is_locked(&self, key: &str) -> Result<bool> {
+        let p = self.lock_path(key);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("opening lock {}", p.display())),
+        };
+        match f.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("probing lock {}", p.display()))
+            }
         }
     }
 
@@ -323,7 +389,8 @@ impl Cache {
     /// writers (the caller holds the key's lock, so nobody else writes them).
     pub fn fresh_tmp(&self, key: &str) -> Result<PathBuf> {
         let tmp = self.root.join("tmp");
-        for e in fs::read_dir(&tmp)?.flatten() {
+        let listed = fs::read_dir(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
+        for e in listed.flatten() {
             if e.file_name()
                 .to_string_lossy()
                 .starts_with(&format!("{key}."))
@@ -332,7 +399,7 @@ impl Cache {
             }
         }
         let d = tmp.join(format!("{key}.{}", std::process::id()));
-        fs::create_dir_all(&d)?;
+        fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         Ok(d)
     }
 
@@ -741,6 +808,23 @@ mod tests {
             )),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_held_lock_is_seen_without_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path()).unwrap();
+        assert!(!c.is_locked("k").unwrap(), "no lock file: not locked");
+        assert!(!c.lock_path("k").exists(), "probing creates nothing");
+        let l = c.lock("k").unwrap();
+        assert!(c.is_locked("k").unwrap());
+        drop(l);
+        assert!(!c.is_locked("k").unwrap());
+        // A read-only lock file is probed all the same.
+        let mut perm = fs::metadata(c.lock_path("k")).unwrap().permissions();
+        perm.set_readonly(true);
+        fs::set_permissions(c.lock_path("k"), perm).unwrap();
+        assert!(!c.is_locked("k").unwrap());
     }
 
     #[test]

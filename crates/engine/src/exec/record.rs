@@ -73,12 +73,16 @@ impl RunRecord {
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let yaml = serde_saphyr::to_string(resolved).unwrap_or_else(|_| resolved.to_string());
-        std::fs::write(dir.join("config.yaml"), yaml)?;
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+        };
+        write("config.yaml", &yaml)?;
         let mut o = overrides.join("\n");
         if !o.is_empty() {
             o.push('\n');
         }
-        std::fs::write(dir.join("overrides.txt"), o)?;
+        write("overrides.txt", &o)?;
         Ok(RunRecord { dir })
     }
 
@@ -91,14 +95,18 @@ impl RunRecord {
 
     /// Write `trace.csv`.
     pub fn write_trace(&self, rows: &[TraceRow]) -> Result<()> {
-        let mut w = csv::Writer::from_path(self.dir.join("trace.csv"))?;
-        for r in rows {
-            let mut r = r.clone();
-            r.instance = plain_text(&r.instance);
-            w.serialize(r)?;
-        }
-        w.flush()?;
-        Ok(())
+        let p = self.dir.join("trace.csv");
+        let write = || -> Result<()> {
+            let mut w = csv::Writer::from_path(&p)?;
+            for r in rows {
+                let mut r = r.clone();
+                r.instance = plain_text(&r.instance);
+                w.serialize(r)?;
+            }
+            w.flush()?;
+            Ok(())
+        };
+        write().with_context(|| format!("writing {}", p.display()))
     }
 }
 

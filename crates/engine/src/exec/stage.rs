@@ -4,6 +4,7 @@ use super::job::StageJob;
 use crate::cache::{Cache, InstanceRecord, Lookup, Manifest};
 use crate::config::refs::{substitute, Ref};
 use crate::stages::{Input, Progress, StageContext};
+use anyhow::Context as _;
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -144,7 +145,7 @@ fn run_and_commit(
     let key = job.parts.key();
     let cache = &job.cache;
     let out = tmp.join("out");
-    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     ctx.out_dir = out.clone();
     ctx.checkpoint_dir = cache.checkpoint_dir(&key)?;
     let with = resolve_outputs(&job.instance.with, &job.inputs).map_err(anyhow::Error::msg)?;

@@ -88,17 +88,22 @@ pub fn read_table(cache_dir: &Path, name: &str) -> Option<Vec<TaskRow>> {
         .collect()
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Write `bytes` to `path` through a temporary file in the same folder (so on the same
+/// filesystem) and a rename. Errors name the file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    let named = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{p}: {e}"))
+    };
+    std::fs::create_dir_all(dir).map_err(named(dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(&tmp, bytes).map_err(named(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(named(path))
 }
 
 /// `s` as one single-quoted shell word.
