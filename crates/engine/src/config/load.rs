@@ -57,7 +57,9 @@ pub struct Instance {
     pub uses: String,
     /// Matrix cell, axes in declared order.
     pub cell: Vec<(String, Value)>,
-    /// `with:` with params and matrix resolved; `${stages...}` references kept as text.
+    /// `with:` with params and matrix resolved, in [`Form::Source`]: `${stages...}`
+    /// references kept as text and a literal `${` still written `$${` (run time resolves
+    /// both: `exec::stage::resolve_outputs`).
     pub with: Value,
     /// The stage's `resources:` (CPU slots, GPUs, memory, time limit), the same for every cell.
     pub resources: Resources,

@@ -24,7 +24,8 @@ pub enum Outcome {
 }
 
 /// Replace `${stages.ID.outputs[.FILE]}` by upstream entry paths (a list when the
-/// need has several matching instances).
+/// need has several matching instances), and `$${` escapes by the `${` they stand for: the
+/// `with:` the stage sees.
 pub fn resolve_outputs(with: &Value, inputs: &[Input]) -> Result<Value, String> {
     let (v, errs) = substitute(with, &mut |r| match r {
         Ref::Outputs { stage, file } => {
