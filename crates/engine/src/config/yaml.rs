@@ -315,7 +315,7 @@ pub fn parse(text: &str) -> Result<Located, SyntaxError> {
             line: l.line(),
             col: l.column(),
         });
-        let message = non_finite(clean(&e.to_string()));
+        let message = in_user_terms(clean(&e.to_string()));
         match pos
             .filter(|_| mentions_tab(&message))
             .and_then(|p| culprit_tab(text, p))
@@ -467,9 +467,15 @@ fn culprit_tab(text: &str, at: Pos) -> Option<(Pos, bool)> {
     None
 }
 
-/// The parser's refusal of `.inf`/`.nan` (`non-finite float `.inf` rejected by the
-/// configured policy`) in the user's terms; other messages unchanged.
-fn non_finite(message: String) -> String {
+/// The parser's messages about numbers in the user's terms: its refusal of `.inf`/`.nan`
+/// (`non-finite float `.inf` rejected by the configured policy`) and of a `!!int` value it
+/// cannot read (`invalid u64`: it reads no leading zero under the tag); others unchanged.
+fn in_user_terms(message: String) -> String {
+    if matches!(message.as_str(), "invalid u64" | "invalid i64") {
+        return "not an integer as `!!int` reads it: decimal digits without leading zeros, \
+                `0o` octal or `0x` hex (without the tag, `010` is the integer 10)"
+            .into();
+    }
     let value = message
         .strip_prefix("non-finite float `")
         .and_then(|r| r.split_once('`'))
@@ -748,5 +754,10 @@ l: [1]
         }
         // Quoted, it is text.
         assert_eq!(parse("a: '.inf'\n").unwrap().value["a"], ".inf");
+        // The parser reads no leading zero under an explicit `!!int` tag: said so.
+        let (line, col, m) = error_at("a: !!int 010\n");
+        assert_eq!((line, col), (1, 10));
+        assert!(m.starts_with("not an integer as `!!int` reads it"), "{m}");
+        assert_eq!(parse("a: !!int 10\n").unwrap().value["a"], 10);
     }
 }
