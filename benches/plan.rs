@@ -2,9 +2,9 @@
 //! 10,000+ instances, build its graph and plan it, first against an empty cache,
 //! then against a cache holding a verified entry for every instance.
 //! Run: `cargo bench --bench plan`. Target: under 2 s (docs/benchmarks.md).
+use idat_pipe::cache::keys::{key_parts, upstream_parts};
 use idat_pipe::cache::Cache;
 use idat_pipe::config::load_str;
-use idat_pipe::exec::plan::{key_parts, upstream_parts};
 use idat_pipe::exec::{plan, Decision};
 use idat_pipe::graph::Graph;
 use idat_pipe::stages::{StageContext, StageKind};

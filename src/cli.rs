@@ -139,6 +139,17 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Re-hash cached entries against their manifests (every entry, or a pipeline's);
+    /// exit 1 when one is corrupt. `plan` and `run` trust a file whose size, times and
+    /// inode are unchanged; this reads every byte.
+    Verify {
+        /// Verify only the entries this pipeline's instances use (default: every entry).
+        #[arg(value_parser = cli_path)]
+        file: Option<PathBuf>,
+        /// Overrides for the pipeline, as for `run`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+    },
     /// Logits and predicted label per image with a backbone (+ a trained adapter checkpoint).
     Infer(crate::infer::InferArgs),
     /// Time one iDAT and one AT training step: images/s and peak memory.
@@ -261,6 +272,7 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         }
         Command::Status => cmd_status(&cache_dir),
         Command::Gc { dry_run } => cmd_gc(&cache_dir, dry_run),
+        Command::Verify { file, set } => cmd_verify(&registry, &cache_dir, file, set, cli.quiet),
         Command::Infer(a) => crate::infer::cmd(a),
         Command::Bench(a) => crate::bench::cmd(a),
         Command::ExecStage {
@@ -399,7 +411,7 @@ fn print_plan(graph: &Graph, decisions: &[Decision]) {
                 c += 1;
                 println!("cached    {}", graph.instances[i].id);
             }
-            Decision::Run { reasons } => {
+            Decision::Run { reasons, .. } => {
                 r += 1;
                 println!(
                     "will run  {}: {}",
@@ -687,13 +699,14 @@ fn cmd_gc(cache_dir: &Path, dry_run: bool) -> anyhow::Result<ExitCode> {
     let r = gc(&cache, dry_run)?;
     println!(
         "{} {} entries, {} temporary dirs, {} checkpoints, {} corrupt entries, {} stale \
-         external-input memos ({:.1} MiB)",
+         external-input memos, {} stale stat records ({:.1} MiB)",
         if dry_run { "would remove" } else { "removed" },
         r.entries.len(),
         r.tmp,
         r.pending,
         r.corrupt,
         r.external,
+        r.stat,
         r.bytes as f64 / (1 << 20) as f64
     );
     Ok(ExitCode::SUCCESS)
@@ -707,7 +720,8 @@ fn cmd_exec_stage(
     log: Option<PathBuf>,
     (device, force, threads): (String, bool, Option<u32>),
 ) -> anyhow::Result<ExitCode> {
-    use crate::exec::{build_job, exec_stage, Committed, JobSettings, Outcome};
+    use crate::exec::job::job_alone;
+    use crate::exec::{exec_stage, JobSettings, Outcome};
     with_loaded(registry, p, |l| {
         let g = Graph::build(l);
         let Some(i) = g.instances.iter().position(|x| x.id == instance) else {
@@ -715,14 +729,6 @@ fn cmd_exec_stage(
             return Ok(ExitCode::from(EXIT_INVALID));
         };
         let cache = Cache::open(cache_dir)?;
-        let committed: Vec<Option<Committed>> =
-            plan(&g, &cache, registry, &vec![false; g.instances.len()])
-                .into_iter()
-                .map(|d| match d {
-                    Decision::Cached { key, content_hash } => Some(Committed { key, content_hash }),
-                    Decision::Run { .. } => None,
-                })
-                .collect();
         let settings = JobSettings {
             log_path: log.unwrap_or_else(|| {
                 cache
@@ -740,7 +746,7 @@ fn cmd_exec_stage(
             }),
             force,
         };
-        let job = build_job(&g, i, registry, &cache, &committed, settings)
+        let job = job_alone(&g, i, registry, &cache, settings)
             .map_err(|e| anyhow::anyhow!("{instance}: {e}"))?;
         // Progress as `progress: POS/TOTAL MESSAGE` lines in the log (what the Slurm
         // executor shows as bars).
@@ -771,4 +777,71 @@ fn single_thread_elementwise() {
         // Set before any tensor op: candle reads it once, when its pool is first used.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+}
+
+/// `verify`: the entries of the pipeline `file` (those `plan` finds, cached or not), else
+/// every entry of the cache, re-hashed.
+fn cmd_verify(
+    registry: &Registry,
+    cache_dir: &Path,
+    file: Option<PathBuf>,
+    set: Vec<String>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    // Reading only (a corrupt entry's stat record is dropped when the cache is writable).
+    let cache = Cache::open_read_only(cache_dir);
+    let keys = match file {
+        None => cache.entry_keys(),
+        Some(file) => {
+            let p = PipelineArgs { file, set };
+            let mut keys = None;
+            let code = with_loaded(registry, &p, |l| {
+                let g = Graph::build(l);
+                let none = vec![false; g.instances.len()];
+                let mut k: Vec<String> = plan(&g, &cache, registry, &none)
+                    .into_iter()
+                    .filter_map(|d| match d {
+                        Decision::Cached { key, .. } => Some(key),
+                        Decision::Run { key, .. } => key,
+                    })
+                    .filter(|k| cache.entry_dir(k).is_dir())
+                    .collect();
+                k.sort();
+                k.dedup();
+                keys = Some(k);
+                Ok(ExitCode::SUCCESS)
+            })?;
+            match keys {
+                Some(k) => k,
+                None => return Ok(code),
+            }
+        }
+    };
+    let n = keys.len();
+    let rep = crate::cache::gc::verify(&cache, &keys, |i| {
+        if !quiet && (i % 50 == 0) && i < n {
+            eprintln!("verified {i}/{n} entries");
+        }
+    });
+    for (_, why) in &rep.corrupt {
+        println!("corrupt {why}");
+    }
+    for key in &rep.missing {
+        println!("missing entry {key} (removed meanwhile)");
+    }
+    println!(
+        "{} entries verified ({:.1} MiB read): {} ok, {} corrupt",
+        n,
+        rep.bytes as f64 / (1 << 20) as f64,
+        rep.ok,
+        rep.corrupt.len()
+    );
+    if rep.corrupt.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "the next `run` moves corrupt entries aside (corrupt/) and recomputes them; \
+         `plan` lists them"
+    );
+    Ok(ExitCode::from(EXIT_FAILED))
 }

@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         ("kill_9_then_resume", t_kill_resume),
         ("concurrent_runs_compute_each_instance_once", t_concurrent),
         ("flipped_byte_is_detected_and_recomputed", t_corrupt),
+        (
+            "flip_that_keeps_the_stat_is_caught_by_the_consumer_and_by_verify",
+            t_silent_flip,
+        ),
         ("failure_report_keep_going_and_failed_before", t_failure),
         ("gpu_slots_never_overlap", t_gpu_slots),
         ("force_reruns_stage_and_downstream", t_force),
@@ -379,6 +383,107 @@ fn entry_of(d: &Path, instance: &str) -> PathBuf {
     panic!("no entry for {instance}");
 }
 
+/// Flip the first byte of an entry file and give its stat record the file's new stat: the
+/// damage no stat can see (bit rot, a change with its stat restored).
+fn flip_silently(entry: &Path, file: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let f = entry.join(file);
+    let mut perm = std::fs::metadata(&f).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&f, perm.clone()).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&f, perm).unwrap();
+    let key = entry.file_name().unwrap().to_string_lossy().into_owned();
+    let rec = entry
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(format!("stat/{key}.json"));
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rec).unwrap()).unwrap();
+    let m = std::fs::metadata(&f).unwrap();
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    r["files"][file] = serde_json::json!({
+        "size": m.size(),
+        "mtime_ns": ns(m.mtime(), m.mtime_nsec()),
+        "ctime_ns": ns(m.ctime(), m.ctime_nsec()),
+        "ino": m.ino(),
+        "dev": m.dev(),
+    });
+    std::fs::write(&rec, serde_json::to_vec(&r).unwrap()).unwrap();
+}
+
+/// `plan` and `run` trust an entry whose stats are unchanged; a byte flipped under an
+/// unchanged stat is caught where it is read (the consumer fails naming the entry and file,
+/// and the entry is moved aside, so the rerun recomputes it) and by `verify`.
+fn t_silent_flip() {
+    let d = tempfile::tempdir().unwrap();
+    let cf = d.path().join("count.txt");
+    let set = format!("params.count_file={}", cf.display());
+    let p = pipeline("five.yaml");
+    ok(&cli(d.path(), &["run", &p, "--set", &set, "--quiet"]));
+    let entry = entry_of(d.path(), "data[task=b]");
+    let key = entry.file_name().unwrap().to_string_lossy().into_owned();
+    flip_silently(&entry, "out.txt");
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("10 cached, 0 will run"),
+        "trusted by stat: {out}"
+    );
+    // `verify` reads every byte: exit 1, the file named.
+    let o = cli(d.path(), &["verify", &p, "--set", &set]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("corrupt entry .idat/entries/{key} (instance `data[task=b]`): file `out.txt`: content hash differs")),
+        "{out}"
+    );
+    assert!(
+        out.contains("10 entries verified") && out.contains("9 ok, 1 corrupt"),
+        "{out}"
+    );
+    // Once verify has seen it, plan sees it too.
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains("will run  data[task=b]: corrupt cache entry"),
+        "{out}"
+    );
+    // The same damage, left to the consumer: recomputing `tune` reads data[task=b].
+    std::fs::remove_dir_all(d.path().join(".idat")).unwrap();
+    ok(&cli(d.path(), &["run", &p, "--set", &set, "--quiet"]));
+    let entry = entry_of(d.path(), "data[task=b]");
+    let key = entry.file_name().unwrap().to_string_lossy().into_owned();
+    flip_silently(&entry, "out.txt");
+    let o = cli(
+        d.path(),
+        &["run", &p, "--set", &set, "--force", "tune", "--keep-going"],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("error: corrupt cache entry .idat/entries/{key} (instance `data[task=b]`): file `out.txt`: content hash differs")),
+        "{err}"
+    );
+    assert!(err.contains("the next run recomputes it"), "{err}");
+    assert!(!entry.exists(), "moved aside");
+    let (out, _) = ok(&cli(d.path(), &["plan", &p, "--set", &set]));
+    assert!(
+        out.contains(
+            "will run  data[task=b]: its entry was found corrupt and moved to .idat/corrupt/"
+        ),
+        "{out}"
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &set]));
+    assert!(err.contains("0 failed"), "{err}");
+    let now = std::fs::read_to_string(entry_of(d.path(), "data[task=b]").join("out.txt")).unwrap();
+    assert_eq!(now, "data b x1");
+}
+
 fn t_corrupt() {
     let d = tempfile::tempdir().unwrap();
     let cf = d.path().join("count.txt");
@@ -709,7 +814,13 @@ fn t_exec_stage() {
     let p = pipeline("five.yaml");
     let o = cli(d.path(), &["exec-stage", &p, "--instance", "data[task=a]"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("not all cached"), "{}", text(&o).1);
+    assert!(
+        text(&o)
+            .1
+            .contains("upstream `prep` is not cached (new); run the pipeline"),
+        "{}",
+        text(&o).1
+    );
     // --threads sizes the instance's thread pool (default: every core); 0 is refused.
     let o = cli(
         d.path(),

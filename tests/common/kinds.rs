@@ -84,7 +84,10 @@ impl StageKind for Concat {
         std::thread::sleep(Duration::from_millis(p.sleep_ms));
         let mut parts = Vec::new();
         for i in &ctx.inputs {
-            parts.push(std::fs::read_to_string(i.dir.join("out.txt"))?);
+            // Checked against the upstream entry's manifest as it is read, as the
+            // product's kinds read theirs.
+            let bytes = idat_pipe::cache::verified::read(&i.dir.join("out.txt"))?;
+            parts.push(String::from_utf8(bytes)?);
         }
         let ids: Vec<&str> = ctx.inputs.iter().map(|i| i.instance.as_str()).collect();
         std::fs::write(ctx.out_dir.join("inputs.txt"), ids.join("\n"))?;

@@ -42,7 +42,9 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
 /// [`decode_rgb`] with the notes of [`Decoded`].
 pub fn decode_rgb_noted(path: &Path) -> Result<Decoded> {
     let shown = || super::vtab::escape_invisible(&path.display().to_string());
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", shown()))?;
+    // An image inside a cache entry (a prepared dataset) is checked as it is read.
+    let bytes = idat_engine::cache::verified::read(path)
+        .with_context(|| format!("cannot read image {}", shown()))?;
     decode_rgb_bytes_noted(&bytes).with_context(|| format!("cannot decode image {}", shown()))
 }
 

@@ -237,7 +237,8 @@ impl DecodedSplit {
     /// Loads a file written by [`DecodedSplit::save`], checking dtypes and shapes
     /// (`images` `[N, S, S, 3]` u8, `labels` `[N]` u32, labels agree on `N`).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
+        // Checked against its entry's manifest as it is read.
+        let bytes = idat_engine::cache::verified::read(path)
             .with_context(|| format!("cannot read decoded split {}", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;

@@ -233,7 +233,7 @@ impl Manifest {
 
     /// Reads a manifest written by [`Manifest::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
+        let bytes = idat_engine::cache::verified::read(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a valid dataset manifest", path.display()))

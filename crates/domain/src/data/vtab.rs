@@ -371,7 +371,7 @@ pub fn list_text(bytes: &[u8], file: &Path) -> Result<String> {
 
 /// Reads and parses one list file (see [`list_text`] and [`parse_list`]).
 pub fn read_list(list_file: &Path, num_classes: usize) -> Result<Vec<ListEntry>> {
-    let bytes = std::fs::read(list_file).with_context(|| {
+    let bytes = idat_engine::cache::verified::read(list_file).with_context(|| {
         format!(
             "cannot read list file {} (expected a UTF-8 text file `<path> <label>` per line)",
             list_file.display()

@@ -16,6 +16,9 @@
 //!
 //! An entry is renamed into the cache only after its kind returns, so a reader never sees
 //! a half-written entry; the readers still check every file and name it in their errors.
+//! Every reader reads through `idat_engine::cache::verified`: the bytes of a file in a
+//! cache entry are checked against the entry's manifest as they are read, and a corrupt
+//! entry fails the reading stage and is moved aside to be recomputed.
 
 pub mod dataset;
 pub mod decoded;
@@ -42,8 +45,10 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 /// # Errors
 /// A missing or unreadable file, or content that is not `what`, naming `path` and `what`.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Checked against the entry's manifest as it is read (a flipped bit fails here).
+    let bytes = idat_engine::cache::verified::read(path)?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{}: not UTF-8, expected {what}", path.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{}: unexpected content, expected {what}", path.display()))
 }

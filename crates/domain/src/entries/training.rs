@@ -177,8 +177,7 @@ pub fn write_metrics(dir: &Path, rows: &[EpochRow]) -> Result<()> {
 /// A missing file or a row that is not an epoch row, naming the file.
 pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRow>> {
     let path = dir.join(METRICS_FILE);
-    let mut r =
-        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut r = csv::Reader::from_reader(idat_engine::cache::verified::open(&path)?);
     r.deserialize::<EpochRow>()
         .map(|row| row.with_context(|| format!("{}: bad row", path.display())))
         .collect()
@@ -190,7 +189,11 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRow>> {
 /// # Errors
 /// When the file cannot be copied (the error names the source).
 pub fn copy_metrics(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from.join(METRICS_FILE), to.join(METRICS_FILE))
+    // Read (and checked against its entry's manifest), then written: a corrupt source is
+    // never copied into a new entry.
+    let bytes = idat_engine::cache::verified::read(&from.join(METRICS_FILE))
         .with_context(|| format!("copying {}", from.join(METRICS_FILE).display()))?;
+    std::fs::write(to.join(METRICS_FILE), bytes)
+        .with_context(|| format!("writing {}", to.join(METRICS_FILE).display()))?;
     Ok(())
 }

@@ -38,9 +38,10 @@ pub fn register_all(r: &mut Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idat_engine::cache::keys::{external_paths, key_parts};
     use idat_engine::cache::Cache;
     use idat_engine::config::Instance;
-    use idat_engine::exec::plan::{external_paths, key_parts, resume_reason};
+    use idat_engine::exec::plan::resume_reason;
     use serde_json::json;
     use std::path::PathBuf;
 

@@ -657,10 +657,10 @@ pub fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
 /// `test_top1`, `lr` (other columns ignored; empty cells are missing values). Errors name the
 /// file, line and column.
 pub fn read_epochs_csv(path: &Path) -> Result<Vec<EpochRow>> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("cannot open epoch log {}", path.display()))?;
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(
+        idat_engine::cache::verified::open(path)
+            .with_context(|| format!("cannot open epoch log {}", path.display()))?,
+    );
     let headers = rdr
         .headers()
         .with_context(|| format!("{}: cannot read the header line", path.display()))?

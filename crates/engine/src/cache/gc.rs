@@ -20,6 +20,8 @@ pub struct GcReport {
     pub corrupt: usize,
     /// External-input hash memos whose input is gone (or unreadable memos).
     pub external: usize,
+    /// Stat records (`stat/<key>.json`, see [`super::freshness`]) whose entry is gone.
+    pub stat: usize,
     /// Bytes freed (or that would be freed under `dry_run`): the sizes of the files of
     /// everything counted above.
     pub bytes: u64,
@@ -108,14 +110,65 @@ pub fn gc(cache: &Cache, dry_run: bool) -> Result<GcReport> {
             remove_tree(&e.path())?;
         }
     }
-    for p in super::external::stale_memos(&cache.root) {
+    let stale = super::external::stale_memos(&cache.root);
+    // Stat records are listed after the entries removed above are gone (a dry run lists
+    // those of the entries it would remove too).
+    let mut stats = cache.stale_stat_records();
+    if dry_run {
+        stats.extend(
+            rep.entries
+                .iter()
+                .map(|k| cache.root.join("stat").join(format!("{k}.json")))
+                .filter(|p| p.exists()),
+        );
+    }
+    let n_stale = stale.len();
+    for (i, p) in stale.into_iter().chain(stats).enumerate() {
         rep.bytes += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        rep.external += 1;
+        if i < n_stale {
+            rep.external += 1;
+        } else {
+            rep.stat += 1;
+        }
         if !dry_run {
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     Ok(rep)
+}
+
+/// What `idat-pipe verify` found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// Entries whose every file matched its manifest.
+    pub ok: usize,
+    /// Bytes re-hashed (the files of every entry verified).
+    pub bytes: u64,
+    /// `(key, message)` of every corrupt entry: the message names the entry, its instance
+    /// and every file that differs, as a corrupt lookup does.
+    pub corrupt: Vec<(String, String)>,
+    /// Keys asked for that have no entry.
+    pub missing: Vec<String>,
+}
+
+/// Re-hash every file of the entries `keys` against their manifests (whatever the recorded
+/// stats say: [`Cache::verify`]). A corrupt entry's stats are forgotten, so the next `plan`
+/// or `run` finds it corrupt too (and `run` moves it aside and recomputes it); nothing is
+/// moved or removed here. `each` is called after every entry (progress).
+pub fn verify(cache: &Cache, keys: &[String], mut each: impl FnMut(usize)) -> VerifyReport {
+    let mut rep = VerifyReport::default();
+    for (i, key) in keys.iter().enumerate() {
+        match cache.verify(key) {
+            super::Lookup::Hit(m) => {
+                rep.ok += 1;
+                rep.bytes += m.files.iter().map(|f| f.size).sum::<u64>();
+            }
+            super::Lookup::Corrupt(why) => rep.corrupt.push((key.clone(), why)),
+            super::Lookup::Missing => rep.missing.push(key.clone()),
+        }
+        each(i + 1);
+    }
+    rep
 }
 
 /// Summary for `idat-pipe status`.

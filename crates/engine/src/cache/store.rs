@@ -8,6 +8,7 @@
 //! <root>/locks/<key>.lock      exclusive advisory lock while computing <key>
 //! <root>/instances/<id>.json   last key + parts + status of each instance id
 //! <root>/corrupt/<key>.<time>/ entries that failed verification (kept for inspection, removed by gc)
+//! <root>/stat/<key>.json       the stats under which an entry last matched its manifest (freshness.rs)
 //! ```
 //!
 //! Each subfolder may be a link to another filesystem: an entry is moved into `entries/` by
@@ -26,7 +27,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const CACHE_DIR_ENV: &str = "IDAT_CACHE_DIR";
 /// Default cache directory, relative to the working directory.
 pub const DEFAULT_CACHE_DIR: &str = ".idat";
-const MANIFEST: &str = "manifest.json";
+/// The file that makes a directory a cache entry ([`Manifest`]).
+pub const MANIFEST: &str = "manifest.json";
 
 /// One output file of an entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,7 +150,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn content_hash(files: &[FileEntry]) -> String {
+pub(crate) fn content_hash(files: &[FileEntry]) -> String {
     let mut h = blake3::Hasher::new();
     for f in files {
         h.update(f.path.as_bytes());
@@ -227,7 +229,15 @@ impl Cache {
     /// itself does not exist and cannot be created (the error names the path).
     pub fn open(root: impl Into<PathBuf>) -> Result<Cache> {
         let root = root.into();
-        for sub in ["entries", "tmp", "pending", "locks", "instances", "corrupt"] {
+        for sub in [
+            "entries",
+            "tmp",
+            "pending",
+            "locks",
+            "instances",
+            "corrupt",
+            "stat",
+        ] {
             let dir = root.join(sub);
             match fs::create_dir_all(&dir) {
                 Ok(()) => {}
@@ -279,24 +289,11 @@ impl Cache {
         rd.next().is_some().then_some(d)
     }
 
-    /// Look a key up and verify the entry against its manifest (every file re-hashed).
-    /// A corrupt entry's message names the entry directory (and its instance when the
-    /// manifest says it) and every property that differs: see [`verify_entry`].
-    pub fn lookup(&self, key: &str) -> Lookup {
-        let dir = self.entry_dir(key);
-        if !dir.exists() {
-            return Lookup::Missing;
-        }
-        match verify_entry(&dir, key) {
-            Ok(m) => Lookup::Hit(Box::new(m)),
-            Err(why) => Lookup::Corrupt(why),
-        }
-    }
-
     /// Move a corrupt entry aside (to `corrupt/`) so that it is recomputed and never used.
     /// It leaves `entries/<key>` in one rename inside `entries/` (whatever filesystem
     /// `corrupt/` is on), then moves to `corrupt/`.
     pub fn quarantine(&self, key: &str) -> Result<PathBuf> {
+        self.forget_stat(key);
         let name = format!("{key}.{}.{}", now_unix(), std::process::id());
         let (from, aside) = (self.entry_dir(key), self.aside(&format!("{name}.corrupt")));
         fs::rename(&from, &aside).with_context(|| {
@@ -309,6 +306,20 @@ impl Cache {
         let to = self.root.join("corrupt").join(name);
         super::move_dir::move_dir(&aside, &to)?;
         Ok(to)
+    }
+
+    /// The newest quarantined copy of `key`'s entry under `corrupt/`, if any.
+    pub fn quarantined(&self, key: &str) -> Option<PathBuf> {
+        let prefix = format!("{key}.");
+        fs::read_dir(self.root.join("corrupt"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .max()
     }
 
     /// A path inside `entries/` that is never an entry (`entries/.<name>`): where an entry is
@@ -469,6 +480,8 @@ impl Cache {
         } else {
             super::move_dir::move_dir(tmp, &dest).with_context(what)?;
         }
+        // From now on a lookup trusts these files while their stats are unchanged.
+        self.record_stat(&key, &m);
         remove_tree(&self.root.join("pending").join(&key))?;
         Ok(m)
     }
@@ -580,45 +593,49 @@ fn short_hash(h: &str) -> String {
 /// bytes)``, ``file `c.bin`: content hash differs (expected blake3 0123456789ab.., found
 /// ba9876543210..), size matches (10 bytes)``; or what is wrong with the manifest itself.
 pub fn verify_entry(dir: &Path, key: &str) -> std::result::Result<Manifest, String> {
-    let mut name = format!("entry {}", dir.display());
-    let fail = |name: &str, problems: Vec<String>| -> String {
-        let n = problems.len();
-        let mut listed: Vec<String> = problems.into_iter().take(MAX_LISTED_DIFFERENCES).collect();
-        if n > MAX_LISTED_DIFFERENCES {
-            listed.push(format!("and {} more", n - MAX_LISTED_DIFFERENCES));
-        }
-        format!("{name}: {}", listed.join("; "))
-    };
-    let text = match fs::read_to_string(dir.join(MANIFEST)) {
-        Ok(t) => t,
-        Err(e) => return Err(fail(&name, vec![format!("no readable {MANIFEST} ({e})")])),
-    };
-    let m: Manifest = match serde_json::from_str(&text) {
-        Ok(m) => m,
-        Err(e) => {
-            return Err(fail(
-                &name,
-                vec![format!("{MANIFEST} does not parse ({e})")],
-            ))
-        }
-    };
-    name.push_str(&format!(" (instance `{}`)", m.instance));
-    if m.key != key {
-        return Err(fail(
-            &name,
-            vec![format!("{MANIFEST} is for key {}, not {key}", m.key)],
-        ));
-    }
+    let m = read_manifest(dir, key)?;
+    let name = format!("entry {} (instance `{}`)", dir.display(), m.instance);
     let on_disk: Vec<String> = match list_files(dir) {
         Ok(f) => f.into_iter().filter(|f| f != MANIFEST).collect(),
-        Err(e) => return Err(fail(&name, vec![format!("{e:#}")])),
+        Err(e) => return Err(listing_failure(&name, vec![format!("{e:#}")])),
     };
     let problems = file_differences(dir, &m, &on_disk);
     if problems.is_empty() {
         Ok(m)
     } else {
-        Err(fail(&name, problems))
+        Err(listing_failure(&name, problems))
     }
+}
+
+/// `NAME: p1; p2; ...` with at most [`MAX_LISTED_DIFFERENCES`] problems listed.
+fn listing_failure(name: &str, problems: Vec<String>) -> String {
+    let n = problems.len();
+    let mut listed: Vec<String> = problems.into_iter().take(MAX_LISTED_DIFFERENCES).collect();
+    if n > MAX_LISTED_DIFFERENCES {
+        listed.push(format!("and {} more", n - MAX_LISTED_DIFFERENCES));
+    }
+    format!("{name}: {}", listed.join("; "))
+}
+
+/// The manifest of the entry directory `dir` of `key` (read and parsed; no file hashed).
+///
+/// # Errors
+/// ``entry <dir>: no readable manifest.json (...)``, ``manifest.json does not parse``, or
+/// ``manifest.json is for key K, not KEY``.
+pub fn read_manifest(dir: &Path, key: &str) -> std::result::Result<Manifest, String> {
+    let name = format!("entry {}", dir.display());
+    let text = fs::read_to_string(dir.join(MANIFEST))
+        .map_err(|e| listing_failure(&name, vec![format!("no readable {MANIFEST} ({e})")]))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| listing_failure(&name, vec![format!("{MANIFEST} does not parse ({e})")]))?;
+    if m.key != key {
+        let name = format!("{name} (instance `{}`)", m.instance);
+        return Err(listing_failure(
+            &name,
+            vec![format!("{MANIFEST} is for key {}, not {key}", m.key)],
+        ));
+    }
+    Ok(m)
 }
 
 /// What differs between the manifest `m` and the files `on_disk` of entry `dir` (each

@@ -1,6 +1,6 @@
 //! One instance made ready to run: [`StageJob`], built by [`build_job`] for the scheduler
 //! and for `idat-pipe exec-stage` alike.
-use super::plan::{key_parts, upstream_parts};
+use crate::cache::keys::{key_parts, upstream_parts};
 use crate::cache::{Cache, KeyParts};
 use crate::config::Instance;
 use crate::graph::Graph;
@@ -103,4 +103,112 @@ pub fn build_job(
         threads: settings.threads,
         force: settings.force,
     })
+}
+
+/// The job of instance `i` run on its own (`idat-pipe exec-stage`): its upstreams must be
+/// cached. Only `i`'s ancestors are looked up ([`super::plan::plan_only`]), so a task of a
+/// sweep never reads or stats its siblings' or unrelated branches' entries.
+///
+/// # Errors
+/// An upstream is not cached (named, with why), or [`build_job`]'s errors.
+pub fn job_alone(
+    graph: &Graph,
+    i: usize,
+    registry: &Registry,
+    cache: &Cache,
+    settings: JobSettings,
+) -> Result<StageJob, String> {
+    let mut only = graph.ancestors(&[i]);
+    only[i] = false;
+    let none = vec![false; graph.instances.len()];
+    let decisions = super::plan::plan_only(graph, cache, registry, &none, &only);
+    let mut committed: Vec<Option<Committed>> = vec![None; graph.instances.len()];
+    for (u, d) in decisions.into_iter().enumerate() {
+        match d {
+            Some(super::plan::Decision::Cached { key, content_hash }) => {
+                committed[u] = Some(Committed { key, content_hash })
+            }
+            Some(super::plan::Decision::Run { reasons, .. })
+                if graph.deps[i].iter().any(|(_, d)| *d == u) =>
+            {
+                return Err(format!(
+                    "upstream `{}` is not cached ({}); run the pipeline, not one instance",
+                    graph.instances[u].id,
+                    reasons.join("; ")
+                ));
+            }
+            _ => {}
+        }
+    }
+    build_job(graph, i, registry, cache, &committed, settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::{StageContext, StageKind};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Instances whose external inputs were asked for (each key computation asks).
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct P {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    struct Counted;
+    impl StageKind for Counted {
+        type Params = P;
+        const NAME: &'static str = "test/counted";
+        const VERSION: u32 = 1;
+        const SUMMARY: &'static str = "counts key computations";
+        fn external_inputs(_: &P) -> Vec<PathBuf> {
+            ASKED.fetch_add(1, Ordering::SeqCst);
+            vec![]
+        }
+        fn run(_: P, ctx: &mut StageContext) -> anyhow::Result<()> {
+            std::fs::write(ctx.out_dir.join("o"), "o")?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_job_alone_looks_only_at_its_ancestors() {
+        // a -> b -> c, and 10 unrelated siblings of b under a.
+        let text = "version: 1\nname: t\nstages:\n  a: {uses: test/counted, with: {n: 0}}\n  \
+                    b: {uses: test/counted, needs: [a], with: {n: 1}}\n  \
+                    c: {uses: test/counted, needs: [b], with: {n: 2}}\n  \
+                    s: {uses: test/counted, needs: [a], matrix: {n: [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}, with: {n: \"${matrix.n}\"}}\n";
+        let mut reg = Registry::empty();
+        reg.register::<Counted>();
+        let l = crate::config::load_str("t.yaml", text, &[], &reg).unwrap();
+        let g = Graph::build(&l);
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path()).unwrap();
+        let id = |s: &str| g.instances.iter().position(|i| i.id == s).unwrap();
+        let settings = || JobSettings {
+            log_path: d.path().join("log"),
+            device: "cpu".into(),
+            threads: 1,
+            force: false,
+        };
+        // Upstream `b` not cached: said, naming it.
+        let e = job_alone(&g, id("c"), &reg, &cache, settings())
+            .err()
+            .unwrap();
+        assert!(e.contains("upstream `b` is not cached"), "{e}");
+        // Commit a and b, then ask for c's job: only a and b (and c) get keys.
+        for name in ["a", "b"] {
+            let job = job_alone(&g, id(name), &reg, &cache, settings()).unwrap();
+            let tmp = cache.fresh_tmp(&job.parts.key()).unwrap();
+            std::fs::write(tmp.join("o"), name).unwrap();
+            cache.commit(&tmp, name, &job.parts, 0.0).unwrap();
+        }
+        ASKED.store(0, Ordering::SeqCst);
+        let job = job_alone(&g, id("c"), &reg, &cache, settings()).unwrap();
+        assert_eq!(job.inputs.len(), 1);
+        assert_eq!(job.inputs[0].instance, "b");
+        assert_eq!(ASKED.load(Ordering::SeqCst), 3, "a, b and c: no sibling");
+    }
 }

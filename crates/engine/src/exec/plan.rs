@@ -1,13 +1,8 @@
 //! `plan` / `run --dry-run`: for every instance, cached or will run, and why.
-use crate::cache::{
-    hash_external, Cache, ExternalPart, KeyParts, Lookup, UpstreamPart, CACHE_FORMAT,
-};
-use crate::config::refs::{substitute, Ref};
-use crate::config::Instance;
+use crate::cache::keys::{key_parts, params_parts, upstream_parts};
+use crate::cache::{Cache, KeyParts, Lookup};
 use crate::graph::Graph;
 use crate::stages::{DynStage, Registry};
-use serde_json::Value;
-use std::path::PathBuf;
 
 /// What will happen to one instance.
 #[derive(Debug, Clone)]
@@ -21,86 +16,13 @@ pub enum Decision {
     },
     /// The instance will be computed (or fail).
     Run {
+        /// Its cache key, when its upstreams' content hashes are known.
+        key: Option<String>,
         /// Why, as `plan` prints them, e.g. `new`, `forced (--force)`,
         /// ``param `lr` changed: 0.1 -> 0.2``, ``upstream `a` will run``, `will fail: ...`,
         /// or what it resumes from.
         reasons: Vec<String>,
     },
-}
-
-/// The key parts of an instance less its external inputs (nothing is read from disk).
-pub fn params_parts(inst: &Instance, registry: &Registry, upstream: Vec<UpstreamPart>) -> KeyParts {
-    let (kind_version, params) = match registry.get(&inst.uses) {
-        Some(k) => (k.version(), k.key_params(&inst.with)),
-        None => (0, inst.with.clone()),
-    };
-    let mut p = KeyParts {
-        format: CACHE_FORMAT,
-        kind: inst.uses.clone(),
-        kind_version,
-        params,
-        upstream,
-        external: Vec::new(),
-    };
-    p.upstream
-        .sort_by(|a, b| (&a.need, &a.instance).cmp(&(&b.need, &b.instance)));
-    p
-}
-
-/// The external inputs a kind declares for this instance's `with:` (paths that hold a
-/// `${stages...}` reference are upstream outputs, already keyed by their content hash).
-/// The kind sees `with:` as it will at run time (a `$${` escape is the text `${`).
-pub fn external_paths(inst: &Instance, registry: &Registry) -> Vec<PathBuf> {
-    // A NUL cannot be in a path: it marks where an upstream's outputs will be.
-    const UPSTREAM: &str = "\0upstream";
-    let (with, _) = substitute(&inst.with, &mut |r| match r {
-        Ref::Outputs { .. } => Ok(Some(Value::String(UPSTREAM.into()))),
-        _ => Ok(None),
-    });
-    registry
-        .get(&inst.uses)
-        .map(|k| k.external_inputs(&with))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| !p.to_string_lossy().contains('\0'))
-        .collect()
-}
-
-/// The full key parts of an instance given its upstreams' content hashes: its external
-/// inputs are hashed (memoised in the cache). Error: an external input cannot be read.
-pub fn key_parts(
-    inst: &Instance,
-    registry: &Registry,
-    cache: &Cache,
-    upstream: Vec<UpstreamPart>,
-) -> Result<KeyParts, String> {
-    let mut p = params_parts(inst, registry, upstream);
-    for path in external_paths(inst, registry) {
-        let h = hash_external(&cache.root, &path).map_err(|e| format!("{e:#}"))?;
-        p.external.push(ExternalPart {
-            path: path.to_string_lossy().into_owned(),
-            content_hash: h.hash,
-        });
-    }
-    Ok(p)
-}
-
-/// Upstream parts of instance `i`, if every upstream's content hash is known.
-pub fn upstream_parts(
-    graph: &Graph,
-    i: usize,
-    hashes: &[Option<String>],
-) -> Option<Vec<UpstreamPart>> {
-    graph.deps[i]
-        .iter()
-        .map(|(need, u)| {
-            hashes[*u].clone().map(|h| UpstreamPart {
-                need: need.clone(),
-                instance: graph.instances[*u].id.clone(),
-                content_hash: h,
-            })
-        })
-        .collect()
 }
 
 /// Why an instance whose key is known must run (it is not a verified hit).
@@ -115,6 +37,11 @@ pub fn miss_reasons(cache: &Cache, id: &str, parts: &KeyParts, lookup: &Lookup) 
         Some(rec) if rec.key == key => {
             if rec.status == "failed" {
                 vec![format!("failed before: {}", rec.error.unwrap_or_default())]
+            } else if let Some(moved) = cache.quarantined(&key) {
+                vec![format!(
+                    "its entry was found corrupt and moved to {}; will recompute",
+                    moved.display()
+                )]
             } else {
                 vec!["entry missing (removed by gc or by hand)".into()]
             }
@@ -160,76 +87,94 @@ fn with_resume(
 
 /// Decide every instance, in graph order. `forced[i]` reruns instance `i` regardless.
 pub fn plan(graph: &Graph, cache: &Cache, registry: &Registry, forced: &[bool]) -> Vec<Decision> {
+    let all = vec![true; graph.instances.len()];
+    plan_only(graph, cache, registry, forced, &all)
+        .into_iter()
+        .map(|d| d.unwrap_or_else(|| run(None, vec!["new".into()])))
+        .collect()
+}
+
+/// Decide the instances marked in `only` (which must hold each marked instance's
+/// upstreams, e.g. [`Graph::ancestors`]), in graph order; the others are not looked at
+/// (None). `exec-stage` decides only its instance's ancestors this way, so a task of a
+/// large sweep never looks at its siblings' entries.
+pub fn plan_only(
+    graph: &Graph,
+    cache: &Cache,
+    registry: &Registry,
+    forced: &[bool],
+    only: &[bool],
+) -> Vec<Option<Decision>> {
     let n = graph.instances.len();
     let mut hashes: Vec<Option<String>> = vec![None; n];
     let mut out: Vec<Option<Decision>> = vec![None; n];
-    for &i in &graph.order {
-        let inst = &graph.instances[i];
-        let kind = registry.get(&inst.uses).map(|k| k.as_ref());
-        let d = match upstream_parts(graph, i, &hashes) {
-            None => {
-                let mut reasons: Vec<String> = graph.deps[i]
-                    .iter()
-                    .filter(|(_, u)| hashes[*u].is_none())
-                    .map(|(_, u)| format!("upstream `{}` will run", graph.instances[*u].id))
-                    .collect();
-                if forced[i] {
-                    reasons.insert(0, "forced (--force)".into());
-                }
-                if let Some(rec) = cache.record(&inst.id) {
-                    let now = params_parts(inst, registry, vec![]);
-                    let mut d = Vec::new();
-                    crate::cache::key::diff_values("", &rec.parts.params, &now.params, &mut d);
-                    reasons.extend(d);
-                } else {
-                    reasons.push("new".into());
-                }
-                Decision::Run { reasons }
-            }
-            Some(up) => match key_parts(inst, registry, cache, up) {
-                Err(e) => Decision::Run {
-                    reasons: vec![format!("will fail: {e}")],
-                },
-                Ok(parts) => {
-                    let key = parts.key();
-                    let lookup = cache.lookup(&key);
-                    match (&lookup, forced[i]) {
-                        (_, true) => Decision::Run {
-                            reasons: with_resume(
-                                cache,
-                                &key,
-                                kind,
-                                vec!["forced (--force)".into()],
-                            ),
-                        },
-                        (Lookup::Hit(m), false) => {
-                            hashes[i] = Some(m.content_hash.clone());
-                            Decision::Cached {
-                                key,
-                                content_hash: m.content_hash.clone(),
-                            }
-                        }
-                        _ => Decision::Run {
-                            reasons: with_resume(
-                                cache,
-                                &key,
-                                kind,
-                                miss_reasons(cache, &inst.id, &parts, &lookup),
-                            ),
-                        },
-                    }
-                }
-            },
-        };
+    for &i in graph.order.iter().filter(|&&i| only[i]) {
+        let d = decide(graph, i, cache, registry, forced[i], &hashes);
+        if let Decision::Cached { content_hash, .. } = &d {
+            hashes[i] = Some(content_hash.clone());
+        }
         out[i] = Some(d);
     }
-    out.into_iter()
-        .map(|d| {
-            d.unwrap_or(Decision::Run {
-                reasons: vec!["new".into()],
-            })
-        })
-        .collect()
+    out
+}
+
+fn run(key: Option<String>, reasons: Vec<String>) -> Decision {
+    Decision::Run { key, reasons }
+}
+
+/// The decision of instance `i`, given the content hashes of its cached upstreams.
+fn decide(
+    graph: &Graph,
+    i: usize,
+    cache: &Cache,
+    registry: &Registry,
+    forced: bool,
+    hashes: &[Option<String>],
+) -> Decision {
+    let inst = &graph.instances[i];
+    let kind = registry.get(&inst.uses).map(|k| k.as_ref());
+    let Some(up) = upstream_parts(graph, i, hashes) else {
+        let mut reasons: Vec<String> = graph.deps[i]
+            .iter()
+            .filter(|(_, u)| hashes[*u].is_none())
+            .map(|(_, u)| format!("upstream `{}` will run", graph.instances[*u].id))
+            .collect();
+        if forced {
+            reasons.insert(0, "forced (--force)".into());
+        }
+        if let Some(rec) = cache.record(&inst.id) {
+            let now = params_parts(inst, registry, vec![]);
+            let mut d = Vec::new();
+            crate::cache::key::diff_values("", &rec.parts.params, &now.params, &mut d);
+            reasons.extend(d);
+        } else {
+            reasons.push("new".into());
+        }
+        return run(None, reasons);
+    };
+    let parts = match key_parts(inst, registry, cache, up) {
+        Ok(p) => p,
+        Err(e) => return run(None, vec![format!("will fail: {e}")]),
+    };
+    let key = parts.key();
+    if forced {
+        let reasons = with_resume(cache, &key, kind, vec!["forced (--force)".into()]);
+        return run(Some(key), reasons);
+    }
+    let lookup = cache.lookup(&key);
+    if let Lookup::Hit(m) = &lookup {
+        return Decision::Cached {
+            key,
+            content_hash: m.content_hash.clone(),
+        };
+    }
+    let reasons = with_resume(
+        cache,
+        &key,
+        kind,
+        miss_reasons(cache, &inst.id, &parts, &lookup),
+    );
+    run(Some(key), reasons)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::job::{build_job, Committed, JobSettings};
 use super::progress::Reporter;
 use super::record::{tail, unix_now, RunRecord, TraceRow};
 use super::stage::{record_hit, Outcome};
-use crate::cache::Cache;
+use crate::cache::{Cache, Lookup};
 use crate::graph::Graph;
 use crate::stages::{Progress, Registry};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -219,10 +219,22 @@ impl<'r, 'a> Scheduler<'r, 'a> {
             // An unreadable external input: the instance fails before it starts.
             Err(why) => return self.fail_before_start(i, why),
         };
-        // What `plan` would say about a checkpoint a killed run left: said here too.
         let key = job.parts.key();
-        if let Some(why) = super::plan::resume_reason(run.cache, &key, Some(job.kind.as_ref())) {
-            run.reporter.line(&format!("{}: {why}", inst.id));
+        // Freshness is decided here, once: a cached instance never reaches the executor.
+        // (`exec_stage` looks again under the key's lock, for runs racing on one cache.)
+        let cached = match job.force {
+            true => None,
+            false => match run.cache.lookup(&key) {
+                Lookup::Hit(m) => Some(m),
+                _ => None,
+            },
+        };
+        // What `plan` would say about a checkpoint a killed run left: said here too.
+        if cached.is_none() {
+            let why = super::plan::resume_reason(run.cache, &key, Some(job.kind.as_ref()));
+            if let Some(why) = why {
+                run.reporter.line(&format!("{}: {why}", inst.id));
+            }
         }
         self.state[i] = State::Running;
         self.cpu_used += self.cpus(i);
@@ -230,6 +242,15 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         self.running += 1;
         self.keys[i] = key;
         self.progress[i] = Some(run.reporter.started(&inst.id));
+        if let Some(m) = cached {
+            let now = unix_now();
+            return self.on_finished(Finished {
+                index: i,
+                outcome: Outcome::Cached(m),
+                start: now,
+                end: now,
+            });
+        }
         if let Err(why) = executor.submit(i, job) {
             // Reported like any failed instance, with its log (no key: nothing ran).
             self.keys[i].clear();

@@ -141,6 +141,21 @@ impl Graph {
         mark
     }
 
+    /// Every instance upstream of (and including) those in `targets`: what must be
+    /// committed before they can run.
+    pub fn ancestors(&self, targets: &[usize]) -> Vec<bool> {
+        let reversed = petgraph::visit::Reversed(&self.dag);
+        let mut mark = vec![false; self.instances.len()];
+        let mut dfs = Dfs::empty(reversed);
+        for &t in targets {
+            dfs.move_to(NodeIndex::new(t));
+            while let Some(n) = dfs.next(reversed) {
+                mark[n.index()] = true;
+            }
+        }
+        mark
+    }
+
     /// Mermaid flowchart of the instances.
     pub fn mermaid(&self) -> String {
         let mut s = String::from("flowchart LR\n");

@@ -177,7 +177,9 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
             super::MAX_CHECKPOINT_BYTES
         );
     }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    // A file of a cache entry (a backbone, trained weights) is checked against the entry's
+    // manifest as it is read; other files are read as they are.
+    idat_engine::cache::verified::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Reads and parses a safetensors file (see [`parse`]); files over

@@ -24,7 +24,7 @@ use super::executor::{Capacity, Event, Executor, Finished};
 use super::job::StageJob;
 use super::record::unix_now;
 use super::stage::Outcome;
-use crate::cache::{Cache, Lookup};
+use crate::cache::Cache;
 use crate::config::model::{Resources, SlurmConfig};
 use progress::LogTail;
 use queue::{Listed, Slurm, TaskId};
@@ -181,8 +181,9 @@ impl SlurmExecutor {
         }
     }
 
-    /// One stage's ready instances: cached ones end at once, ones still queued by an earlier
-    /// run are adopted, the rest go out as one array.
+    /// One stage's ready instances (the scheduler has already found them not cached): ones
+    /// still queued by an earlier run are adopted, the rest go out as one array (several
+    /// beyond `MaxArraySize`).
     fn submit_group(
         &mut self,
         stage: &str,
@@ -194,12 +195,6 @@ impl SlurmExecutor {
         let mut members = Vec::new();
         for (index, job) in jobs {
             let key = job.parts.key();
-            if !job.force {
-                if let Lookup::Hit(m) = self.cache.lookup(&key) {
-                    self.finished(index, Outcome::Cached(m), now);
-                    continue;
-                }
-            }
             if let Some((task, row)) = live.get(&key).filter(|_| !job.force) {
                 tracing::info!(
                     "{}: waiting for Slurm job {task} (queued earlier)",
