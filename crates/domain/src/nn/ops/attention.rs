@@ -18,7 +18,7 @@
 
 use super::bf16::{mm_any, Bf16Kernel, Operand};
 use super::cpu::{slice, with_slice};
-use super::gemm::View;
+use super::view::View;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;

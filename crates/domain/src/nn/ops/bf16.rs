@@ -5,7 +5,7 @@
 //! ([`super::blas`]). It is used only where it runs at the hardware's bf16 speed: the CPU
 //! has AVX512-BF16 (`vdpbf16ps`) and OpenBLAS chose kernels that use it (its Cooperlake or
 //! SapphireRapids families; with `OPENBLAS_CORETYPE=Haswell`, for example, its sbgemm is a
-//! generic C loop). Everywhere else [`cpu_bf16`] says why not and the model keeps its f32
+//! generic C loop). Everywhere else `gemm::cpu_bf16` says why not and the model keeps its f32
 //! products (a clean fallback, no conversions). Why OpenBLAS: the project already loads it
 //! for f32; the `gemm` crate has no bf16 dot-product kernels, and oneDNN has no well-kept
 //! Rust binding.
@@ -15,7 +15,7 @@
 //! mixed-precision path on any machine. It is slower than f32 and never chosen by default.
 
 use super::blas::OpenBlas;
-use super::gemm::{cpu_gemm, mm, CpuGemm, View};
+use super::view::{mm, View};
 use half::bf16;
 use std::fmt;
 
@@ -64,41 +64,6 @@ pub fn cpu_has_avx512_bf16() -> bool {
     {
         false
     }
-}
-
-/// OpenBLAS kernel families whose sbgemm uses AVX512-BF16 (`openblas_get_corename`).
-const BF16_CORES: &[&str] = &["cooperlake", "sapphirerapids"];
-
-/// The bf16 kernel of this process, or every reason why there is none (the caller then
-/// runs f32 products). Needs the OpenBLAS backend of [`cpu_gemm`] with `cblas_sbgemm`,
-/// an AVX512-BF16 CPU, and an OpenBLAS kernel family that uses it.
-pub fn cpu_bf16() -> Result<Bf16Kernel, String> {
-    let mut why = Vec::new();
-    if !cpu_has_avx512_bf16() {
-        why.push("this CPU has no AVX512-BF16".to_string());
-    }
-    match cpu_gemm() {
-        Ok(CpuGemm::OpenBlas(b)) if !b.has_sbgemm() => why.push(format!(
-            "the loaded OpenBLAS ({b}) has no cblas_sbgemm (built without BUILD_BFLOAT16)"
-        )),
-        Ok(CpuGemm::OpenBlas(b))
-            if !BF16_CORES.contains(&b.core().to_ascii_lowercase().as_str()) =>
-        {
-            why.push(format!(
-                "OpenBLAS uses its {:?} kernels, whose sbgemm does not use AVX512-BF16 \
-                 (is OPENBLAS_CORETYPE set?)",
-                b.core()
-            ))
-        }
-        Ok(CpuGemm::OpenBlas(b)) if why.is_empty() => return Ok(Bf16Kernel::Sbgemm(b)),
-        Ok(CpuGemm::OpenBlas(_)) => {}
-        Ok(CpuGemm::Rust) => why.push(format!(
-            "no OpenBLAS is loaded (the gemm crate has no bf16 kernels; see {})",
-            super::gemm::ENV
-        )),
-        Err(e) => why.push(e.clone()),
-    }
-    Err(why.join("; "))
 }
 
 /// `src` rounded to bf16 (to nearest, ties to even; NaN stays NaN).
@@ -242,75 +207,5 @@ mod tests {
             assert_eq!(g.to_bits(), bf16::from_f32(*v).to_bits(), "{v}");
         }
         assert!(to_bf16(&[f32::NAN])[0].is_nan());
-    }
-
-    /// Every kernel this machine has (the emulated one always; sbgemm where usable).
-    fn kernels() -> Vec<Bf16Kernel> {
-        let mut all = vec![Bf16Kernel::Emulated];
-        match cpu_bf16() {
-            Ok(k) => all.push(k),
-            Err(e) => eprintln!("sbgemm not tested here: {e}"),
-        }
-        all
-    }
-
-    /// Every kernel, on strided and transposed views, equals the f64 product of the
-    /// bf16-rounded operands up to f32 summation error.
-    #[test]
-    fn every_kernel_computes_the_product_of_the_rounded_operands() {
-        let (m, n, k) = (5, 7, 33);
-        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
-        // lhs stored transposed (k x m, row stride m), rhs as rows of width 40 (k x n inside).
-        let a = to_bf16(&wave(k * m, 0.37));
-        let b = to_bf16(&wave(k * 40, 0.91));
-        let la = View::new(0, m, 1).t();
-        let rb = View::new(3, 40, 1);
-        let at = |i: usize, kk: usize| a[kk * m + i].to_f32() as f64;
-        let bt = |kk: usize, j: usize| b[3 + kk * 40 + j].to_f32() as f64;
-        for kernel in kernels() {
-            for acc in [false, true] {
-                let mut dst = vec![0.5f32; m * 9];
-                kernel.mm(
-                    &mut dst,
-                    View::new(1, 9, 1),
-                    acc,
-                    &a,
-                    la,
-                    &b,
-                    rb,
-                    (m, n, k),
-                    0.5,
-                );
-                for i in 0..m {
-                    assert_eq!(dst[i * 9], 0.5, "{kernel}: outside the view");
-                    for j in 0..n {
-                        let want = (0..k).map(|kk| at(i, kk) * bt(kk, j)).sum::<f64>() * 0.5
-                            + if acc { 0.5 } else { 0.0 };
-                        let got = dst[i * 9 + 1 + j] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-5,
-                            "{kernel} acc={acc}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_fallback_names_what_is_missing() {
-        match cpu_bf16() {
-            Ok(k) => assert!(cpu_has_avx512_bf16() && matches!(k, Bf16Kernel::Sbgemm(_))),
-            Err(e) => {
-                assert_eq!(
-                    e.contains("this CPU has no AVX512-BF16"),
-                    !cpu_has_avx512_bf16(),
-                    "{e}"
-                );
-                if let Ok(CpuGemm::OpenBlas(b)) = cpu_gemm() {
-                    assert_eq!(e.contains("has no cblas_sbgemm"), !b.has_sbgemm(), "{e}");
-                }
-            }
-        }
     }
 }

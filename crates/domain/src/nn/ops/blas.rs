@@ -9,7 +9,7 @@
 //! Where the library exports `cblas_sbgemm` (OpenBLAS built with `BUILD_BFLOAT16=1`) it
 //! also runs the bf16 products of [`super::bf16`]: bf16 inputs, f32 accumulation and output.
 
-use super::gemm::{Product, View, WLayout};
+use super::view::{Product, View, WLayout};
 use half::bf16;
 use libloading::Library;
 use std::ffi::{c_char, CStr};

@@ -10,7 +10,8 @@
 
 use super::bf16::Bf16Kernel;
 use super::cpu::{slice, with_bf16_slice, with_slice};
-use super::gemm::{gemm_w, Product, WLayout, Weight};
+use super::gemm::{gemm_w, Weight};
+use super::view::{Product, WLayout};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 

@@ -1,8 +1,5 @@
 //! The CPU f32 GEMMs of the fused ops.
 //!
-//! [`mm`] is the one call into the pure-Rust `gemm` crate: a single-threaded product on
-//! strided views, used directly by the attention's per-head products.
-//!
 //! [`gemm_w`] is the frozen-weight product `dst [m, n] (+)= lhs [m, k] * w` behind every
 //! frozen linear (forward and input gradient).
 //! One driver: the output rows are split over the current rayon pool (the pipeline
@@ -11,40 +8,21 @@
 //!
 //! * the system OpenBLAS, loaded at run time ([`super::blas`]) when it is installed
 //!   (training steps measured ~10-15% faster, docs/benchmarks.md);
-//! * [`mm`] otherwise, so the build needs no system library.
+//! * `view::mm` (the `gemm` crate) otherwise, so the build needs no system library.
 //!
 //! The environment variable [`ENV`] chooses: `auto` (default: OpenBLAS if found),
 //! `off` (always the `gemm` crate), `openblas` (OpenBLAS or an error), or the path of a
 //! library that exports OpenBLAS's `cblas_sgemm` and `openblas_set_num_threads`.
 
-use super::bf16::{to_bf16, Bf16Kernel};
+use super::bf16::{cpu_has_avx512_bf16, to_bf16, Bf16Kernel};
 use super::blas::OpenBlas;
+use super::view::{mm, Product, View, WLayout};
 use rayon::prelude::*;
 use std::fmt;
 use std::sync::OnceLock;
 
 /// The environment variable that selects the CPU GEMM backend.
 pub const ENV: &str = "IDAT_BLAS";
-
-/// How a row-major weight operand is stored for [`gemm_w`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WLayout {
-    /// `w [n, k]`: the product uses its transpose (`x W^T`, a linear layer's forward).
-    Nk,
-    /// `w [k, n]`: the product uses it as is (`g W`, a linear layer's input gradient).
-    Kn,
-}
-
-/// Sizes of one product `dst [m, n] (+)= lhs [m, k] * w`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Product {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub w: WLayout,
-    /// Add to `dst` instead of overwriting it.
-    pub accumulate: bool,
-}
 
 /// The frozen weight operand of [`gemm_w`]: f32, or a bf16 copy with the kernel that
 /// multiplies it (the `lhs` rows are then rounded to bf16 per call; f32 accumulation).
@@ -144,6 +122,41 @@ pub fn cpu_gemm() -> Result<&'static CpuGemm, String> {
         .map_err(Clone::clone)
 }
 
+/// OpenBLAS kernel families whose sbgemm uses AVX512-BF16 (`openblas_get_corename`).
+const BF16_CORES: &[&str] = &["cooperlake", "sapphirerapids"];
+
+/// The bf16 kernel of this process, or every reason why there is none (the caller then
+/// runs f32 products). Needs the OpenBLAS backend of [`cpu_gemm`] with `cblas_sbgemm`,
+/// an AVX512-BF16 CPU, and an OpenBLAS kernel family that uses it.
+pub fn cpu_bf16() -> Result<Bf16Kernel, String> {
+    let mut why = Vec::new();
+    if !cpu_has_avx512_bf16() {
+        why.push("this CPU has no AVX512-BF16".to_string());
+    }
+    match cpu_gemm() {
+        Ok(CpuGemm::OpenBlas(b)) if !b.has_sbgemm() => why.push(format!(
+            "the loaded OpenBLAS ({b}) has no cblas_sbgemm (built without BUILD_BFLOAT16)"
+        )),
+        Ok(CpuGemm::OpenBlas(b))
+            if !BF16_CORES.contains(&b.core().to_ascii_lowercase().as_str()) =>
+        {
+            why.push(format!(
+                "OpenBLAS uses its {:?} kernels, whose sbgemm does not use AVX512-BF16 \
+                 (is OPENBLAS_CORETYPE set?)",
+                b.core()
+            ))
+        }
+        Ok(CpuGemm::OpenBlas(b)) if why.is_empty() => return Ok(Bf16Kernel::Sbgemm(b)),
+        Ok(CpuGemm::OpenBlas(_)) => {}
+        Ok(CpuGemm::Rust) => why.push(format!(
+            "no OpenBLAS is loaded (the gemm crate has no bf16 kernels; see {})",
+            ENV
+        )),
+        Err(e) => why.push(e.clone()),
+    }
+    Err(why.join("; "))
+}
+
 /// Rows per rayon task: the whole product on one thread when small, else about one chunk
 /// per pool thread and at least 16 rows.
 fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
@@ -233,98 +246,6 @@ fn rust_gemm(dst: &mut [f32], lhs: &[f32], w: &[f32], p: Product) {
         k,
         1.0,
     );
-}
-
-/// A strided matrix view inside a slice: element (r, c) is at `off + r*rs + c*cs`.
-#[derive(Clone, Copy)]
-pub(crate) struct View {
-    off: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl View {
-    pub(crate) fn new(off: usize, rs: usize, cs: usize) -> Self {
-        View { off, rs, cs }
-    }
-    pub(crate) fn t(self) -> Self {
-        View {
-            off: self.off,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-    /// The offset of element (0, 0).
-    pub(crate) fn offset(self) -> usize {
-        self.off
-    }
-
-    /// How a row-major CBLAS call reads this view of a `rows x cols` operand:
-    /// `(transposed, leading dimension)`; `None` when neither stride is 1.
-    pub(crate) fn cblas(self, rows: usize, cols: usize) -> Option<(bool, usize)> {
-        if self.cs == 1 && (rows <= 1 || self.rs >= cols) {
-            Some((false, self.rs.max(cols).max(1)))
-        } else if self.rs == 1 && (cols <= 1 || self.cs >= rows) {
-            Some((true, self.cs.max(rows).max(1)))
-        } else {
-            None
-        }
-    }
-
-    pub(crate) fn check(self, rows: usize, cols: usize, len: usize) {
-        if rows > 0 && cols > 0 {
-            let last = self.off + (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(last < len, "mm: matrix view out of bounds");
-        }
-    }
-}
-
-/// `dst (m x n) = [dst +] beta * lhs (m x k) * rhs (k x n)`, single-threaded, bounds-checked.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm(
-    dst: &mut [f32],
-    d: View,
-    acc: bool,
-    lhs: &[f32],
-    l: View,
-    rhs: &[f32],
-    r: View,
-    m: usize,
-    n: usize,
-    k: usize,
-    beta: f32,
-) {
-    d.check(m, n, dst.len());
-    l.check(m, k, lhs.len());
-    r.check(k, n, rhs.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: every element the GEMM touches lies inside its slice (checked above); `dst`
-    // is a unique borrow that does not alias `lhs` or `rhs`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(d.off),
-            d.cs as isize,
-            d.rs as isize,
-            acc,
-            lhs.as_ptr().add(l.off),
-            l.cs as isize,
-            l.rs as isize,
-            rhs.as_ptr().add(r.off),
-            r.cs as isize,
-            r.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
 }
 
 #[cfg(test)]
@@ -475,5 +396,75 @@ mod tests {
             e.starts_with("IDAT_BLAS=/nonexistent/libopenblas.so:"),
             "{e}"
         );
+    }
+
+    /// Every kernel this machine has (the emulated one always; sbgemm where usable).
+    fn kernels() -> Vec<Bf16Kernel> {
+        let mut all = vec![Bf16Kernel::Emulated];
+        match cpu_bf16() {
+            Ok(k) => all.push(k),
+            Err(e) => eprintln!("sbgemm not tested here: {e}"),
+        }
+        all
+    }
+
+    /// Every kernel, on strided and transposed views, equals the f64 product of the
+    /// bf16-rounded operands up to f32 summation error.
+    #[test]
+    fn every_kernel_computes_the_product_of_the_rounded_operands() {
+        let (m, n, k) = (5, 7, 33);
+        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        // lhs stored transposed (k x m, row stride m), rhs as rows of width 40 (k x n inside).
+        let a = to_bf16(&wave(k * m, 0.37));
+        let b = to_bf16(&wave(k * 40, 0.91));
+        let la = View::new(0, m, 1).t();
+        let rb = View::new(3, 40, 1);
+        let at = |i: usize, kk: usize| a[kk * m + i].to_f32() as f64;
+        let bt = |kk: usize, j: usize| b[3 + kk * 40 + j].to_f32() as f64;
+        for kernel in kernels() {
+            for acc in [false, true] {
+                let mut dst = vec![0.5f32; m * 9];
+                kernel.mm(
+                    &mut dst,
+                    View::new(1, 9, 1),
+                    acc,
+                    &a,
+                    la,
+                    &b,
+                    rb,
+                    (m, n, k),
+                    0.5,
+                );
+                for i in 0..m {
+                    assert_eq!(dst[i * 9], 0.5, "{kernel}: outside the view");
+                    for j in 0..n {
+                        let want = (0..k).map(|kk| at(i, kk) * bt(kk, j)).sum::<f64>() * 0.5
+                            + if acc { 0.5 } else { 0.0 };
+                        let got = dst[i * 9 + 1 + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{kernel} acc={acc}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fallback_names_what_is_missing() {
+        match cpu_bf16() {
+            Ok(k) => assert!(cpu_has_avx512_bf16() && matches!(k, Bf16Kernel::Sbgemm(_))),
+            Err(e) => {
+                assert_eq!(
+                    e.contains("this CPU has no AVX512-BF16"),
+                    !cpu_has_avx512_bf16(),
+                    "{e}"
+                );
+                if let Ok(CpuGemm::OpenBlas(b)) = cpu_gemm() {
+                    assert_eq!(e.contains("has no cblas_sbgemm"), !b.has_sbgemm(), "{e}");
+                }
+            }
+        }
     }
 }

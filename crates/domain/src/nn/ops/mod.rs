@@ -12,7 +12,7 @@
 mod attention;
 pub use attention::Tokens;
 mod bf16;
-pub use bf16::{cpu_bf16, cpu_has_avx512_bf16, Bf16Kernel};
+pub use bf16::{cpu_has_avx512_bf16, Bf16Kernel};
 mod blas;
 mod bottleneck;
 pub use blas::OpenBlas;
@@ -23,10 +23,11 @@ mod frozen_block;
 pub(crate) use frozen_block::{Half, HalfWeights};
 mod frozen_linear;
 mod gemm;
-pub use gemm::{cpu_gemm, CpuGemm, ENV as GEMM_BACKEND_ENV};
+pub use gemm::{cpu_bf16, cpu_gemm, CpuGemm, ENV as GEMM_BACKEND_ENV};
 mod gelu;
 mod layer_norm;
 mod softmax;
+mod view;
 
 pub use gelu::gelu_composed;
 pub use layer_norm::layer_norm_composed;
