@@ -17,9 +17,9 @@
 //! and accumulate in f32; the softmax and its backward stay f32, as under PyTorch's autocast.
 
 use super::bf16::{mm_any, Bf16Kernel, Operand};
-use super::cpu::{slice, with_slice};
+use super::cpu::slice;
 use super::view::View;
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -314,21 +314,60 @@ impl CustomOp1 for AttentionOp {
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (_, dm) = self.dims(qkv.dims())?;
-        // Taken, not borrowed: the memory goes back as the backward proceeds. A second
+        // Taken, not borrowed: the memory goes back when the backward op is done. A second
         // backward over the same graph finds none and recomputes them.
         let kept = self
             .kept
             .as_ref()
             .and_then(|k| k.lock().expect("attention: poisoned").take());
-        let dqkv = with_slice(qkv, |xs| {
-            with_slice(grad, |gs| {
-                let mut dx = vec![0f32; xs.len()];
-                self.backward(xs, kept.as_deref(), gs, &dm, &mut dx);
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
+        let back = AttentionBackward {
+            op: AttentionOp {
+                heads: self.heads,
+                tokens: self.tokens,
+                kept: None,
+                kernel: self.kernel,
+            },
+            kept,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &back)?))
+    }
+}
+
+/// The backward of [`AttentionOp`], an op of its own: `(qkv, grad)` in, `dqkv` out, from
+/// the probabilities the forward kept (recomputed when it kept none). The CPU entry is
+/// below; a device kernel is its `cuda_fwd`.
+pub(crate) struct AttentionBackward {
+    /// The forward's shape and products (without kept probabilities).
+    op: AttentionOp,
+    /// The probabilities `[B, heads, Nq, N]` the forward kept, if any.
+    kept: Option<Vec<f32>>,
+}
+
+impl CustomOp2 for AttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, dm) = self.op.dims(xl.dims())?;
+        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
+        if gs.len() != b * dm.nq * dm.d {
+            bail!(
+                "attention backward: {} gradients for [{b}, {}, {}]",
+                gs.len(),
+                dm.nq,
+                dm.d
+            );
+        }
+        let mut dx = vec![0f32; xs.len()];
+        self.op.backward(xs, self.kept.as_deref(), gs, &dm, &mut dx);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
 

@@ -13,9 +13,9 @@
 //! (`[r, D + 1]`) and `p2 = [W2 | b2]` (`[D, r + 1]`), concatenated by the caller with
 //! differentiable ops, which route the gradients back to the four tensors.
 
-use super::cpu::slice;
+use super::cpu::{slice, unpack, with_slice};
 use super::fastmath;
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ pub enum Activation {
 const ROWS: usize = 32;
 
 /// The fused bottleneck; see the module docs.
+#[derive(Clone, Copy)]
 pub(crate) struct BottleneckOp {
     pub act: Activation,
     pub scale: f32,
@@ -171,98 +172,157 @@ impl CustomOp3 for BottleneckOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let (p1, p2) = (p1.contiguous()?, p2.contiguous()?);
+        let back = BottleneckBackward {
+            op: *self,
+            p1: p1.contiguous()?,
+            p2: p2.contiguous()?,
+        };
+        let packed = x
+            .contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &back)?;
         let [gx, g1, g2] = self.needs_grad;
-        let (dx, d1, d2) = {
-            let (xs, xl) = x.storage_and_layout();
-            let (gs, gl) = grad.storage_and_layout();
-            let (p1s, p1l) = p1.storage_and_layout();
-            let (p2s, p2l) = p2.storage_and_layout();
-            let (
-                candle_core::Storage::Cpu(xs),
-                candle_core::Storage::Cpu(gs),
-                candle_core::Storage::Cpu(p1s),
-                candle_core::Storage::Cpu(p2s),
-            ) = (&*xs, &*gs, &*p1s, &*p2s)
-            else {
-                bail!("bottleneck: backward expected CPU tensors")
-            };
-            let z = self.dims(xl, p1l, p2l)?;
-            let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
-            let p = self.params(slice(p1s, p1l)?, slice(p2s, p2l)?, &z);
-            let (d, r, s) = (z.d, z.r, self.scale);
-            let mut dx = vec![0f32; if gx { z.m * d } else { 0 }];
-            // Per-part sums: `[r, D + 1]` (as p1) and `[r + 1, D]` (W2's columns, then b2).
-            let zero = || (vec![0f32; r * (d + 1)], vec![0f32; (r + 1) * d]);
-            // Fixed parts of rows, summed in order: the same sums on any number of threads.
-            let part = super::cpu::part_rows(z.m, ROWS) * d;
-            let rows = xs.par_chunks(part).zip(gs.par_chunks(part));
-            let task = |x: &[f32], g: &[f32], dx: &mut [f32]| {
-                let (mut a1, mut a2) = zero();
-                let (mut h, mut a) = (vec![0f32; r], vec![0f32; r]);
-                let mut gh = vec![0f32; r];
-                for (i, (x, g)) in x.chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
-                    self.hidden(x, &p, d, &mut h, &mut a);
-                    for j in 0..r {
-                        let dl_da = s * fastmath::dot(g, &p.w2t[j * d..(j + 1) * d]);
-                        gh[j] = dl_da * h[j];
-                    }
-                    if gx {
-                        let dx = &mut dx[i * d..(i + 1) * d];
-                        if self.residual {
-                            dx.copy_from_slice(g);
-                        }
-                        for (j, &c) in gh.iter().enumerate() {
-                            axpy(dx, c, p.w1(j, d).0);
-                        }
-                    }
-                    if g2 {
-                        for (j, &aj) in a.iter().enumerate() {
-                            axpy(&mut a2[j * d..(j + 1) * d], s * aj, g);
-                        }
-                        axpy(&mut a2[r * d..], s, g);
-                    }
-                    if g1 {
-                        for (j, &c) in gh.iter().enumerate() {
-                            let row = &mut a1[j * (d + 1)..(j + 1) * (d + 1)];
-                            axpy(&mut row[..d], c, x);
-                            row[d] += c;
-                        }
-                    }
+        let shapes = [
+            gx.then(|| x.shape()),
+            g1.then(|| p1.shape()),
+            g2.then(|| p2.shape()),
+        ];
+        let mut parts = unpack(&packed, &shapes)?.into_iter();
+        let mut next = || parts.next().flatten();
+        Ok((next(), next(), next()))
+    }
+}
+
+/// The backward of [`BottleneckOp`], an op of its own: `(x, grad)` in (the packed
+/// parameters held here), `[dx | dp1 | dp2]` out as one flat buffer, each part only where
+/// [`BottleneckOp::needs_grad`] asks for it. One pass over the rows, the hidden values
+/// recomputed; the parameter gradients summed over fixed parts of rows in order, so the
+/// result does not depend on the thread count. The CPU entry is below; a device kernel is
+/// its `cuda_fwd`.
+pub(crate) struct BottleneckBackward {
+    op: BottleneckOp,
+    /// `[W1 | b1]`, `[r, D + 1]`, contiguous.
+    p1: Tensor,
+    /// `[W2 | b2]`, `[D, r + 1]`, contiguous.
+    p2: Tensor,
+}
+
+/// Partial sums of the parameter gradients over some rows: `[r, D + 1]` (as p1) and
+/// `[r + 1, D]` (W2's columns, then b2).
+type Partial = (Vec<f32>, Vec<f32>);
+
+impl BottleneckBackward {
+    fn zero(z: &Dims) -> Partial {
+        (vec![0f32; z.r * (z.d + 1)], vec![0f32; (z.r + 1) * z.d])
+    }
+
+    /// The rows `x`, `g` (whole rows of width D) of one part: their input gradients into
+    /// `dx` (when asked for) and their parameter-gradient sums.
+    fn part(&self, p: &Params, z: &Dims, x: &[f32], g: &[f32], dx: &mut [f32]) -> Partial {
+        let (d, r, s) = (z.d, z.r, self.op.scale);
+        let [gx, g1, g2] = self.op.needs_grad;
+        let (mut a1, mut a2) = Self::zero(z);
+        let (mut h, mut a) = (vec![0f32; r], vec![0f32; r]);
+        let mut gh = vec![0f32; r];
+        for (i, (x, g)) in x.chunks_exact(d).zip(g.chunks_exact(d)).enumerate() {
+            self.op.hidden(x, p, d, &mut h, &mut a);
+            for j in 0..r {
+                let dl_da = s * fastmath::dot(g, &p.w2t[j * d..(j + 1) * d]);
+                gh[j] = dl_da * h[j];
+            }
+            if gx {
+                let dx = &mut dx[i * d..(i + 1) * d];
+                if self.op.residual {
+                    dx.copy_from_slice(g);
                 }
-                (a1, a2)
-            };
-            let add = |(mut a1, mut a2): (Vec<f32>, Vec<f32>), (b1, b2): (Vec<f32>, Vec<f32>)| {
-                axpy(&mut a1, 1.0, &b1);
-                axpy(&mut a2, 1.0, &b2);
-                (a1, a2)
-            };
-            let parts: Vec<_> = if gx {
-                rows.zip(dx.par_chunks_mut(part))
-                    .map(|((x, g), dx)| task(x, g, dx))
-                    .collect()
-            } else {
-                rows.map(|(x, g)| task(x, g, &mut [])).collect()
-            };
-            let (a1, a2) = parts.into_iter().reduce(add).unwrap_or_else(zero);
-            // Back to p2's layout `[D, r + 1]`.
-            let mut d2 = vec![0f32; d * (r + 1)];
-            for (i, row) in d2.chunks_exact_mut(r + 1).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = a2[j * d + i];
+                for (j, &c) in gh.iter().enumerate() {
+                    axpy(dx, c, p.w1(j, d).0);
                 }
             }
-            (dx, a1, d2)
+            if g2 {
+                for (j, &aj) in a.iter().enumerate() {
+                    axpy(&mut a2[j * d..(j + 1) * d], s * aj, g);
+                }
+                axpy(&mut a2[r * d..], s, g);
+            }
+            if g1 {
+                for (j, &c) in gh.iter().enumerate() {
+                    let row = &mut a1[j * (d + 1)..(j + 1) * (d + 1)];
+                    axpy(&mut row[..d], c, x);
+                    row[d] += c;
+                }
+            }
+        }
+        (a1, a2)
+    }
+
+    /// `out[..M D]` = dx (when asked for), then the parameter gradients appended: `[r, D +
+    /// 1]` and `[D, r + 1]` (p1's and p2's layouts), each when asked for.
+    fn backward(&self, p: &Params, z: &Dims, xs: &[f32], gs: &[f32], out: &mut Vec<f32>) {
+        let [gx, g1, g2] = self.op.needs_grad;
+        // Fixed parts of rows, summed in order: the same sums on any number of threads.
+        let part = super::cpu::part_rows(z.m, ROWS) * z.d;
+        let rows = xs.par_chunks(part).zip(gs.par_chunks(part));
+        let parts: Vec<Partial> = if gx {
+            out.resize(z.m * z.d, 0f32);
+            rows.zip(out.par_chunks_mut(part))
+                .map(|((x, g), dx)| self.part(p, z, x, g, dx))
+                .collect()
+        } else {
+            rows.map(|(x, g)| self.part(p, z, x, g, &mut [])).collect()
         };
-        let dev = x.device();
-        Ok((
-            gx.then(|| Tensor::from_vec(dx, x.shape(), dev))
-                .transpose()?,
-            g1.then(|| Tensor::from_vec(d1, p1.shape(), dev))
-                .transpose()?,
-            g2.then(|| Tensor::from_vec(d2, p2.shape(), dev))
-                .transpose()?,
-        ))
+        let add = |(mut a1, mut a2): Partial, (b1, b2): Partial| {
+            axpy(&mut a1, 1.0, &b1);
+            axpy(&mut a2, 1.0, &b2);
+            (a1, a2)
+        };
+        let (a1, a2) = parts
+            .into_iter()
+            .reduce(add)
+            .unwrap_or_else(|| Self::zero(z));
+        if g1 {
+            out.extend_from_slice(&a1);
+        }
+        if g2 {
+            // Back to p2's layout `[D, r + 1]`.
+            let (d, r) = (z.d, z.r);
+            out.extend((0..d * (r + 1)).map(|k| a2[(k % (r + 1)) * d + k / (r + 1)]));
+        }
+    }
+}
+
+impl CustomOp2 for BottleneckBackward {
+    fn name(&self) -> &'static str {
+        "fused-bottleneck-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let z = self.op.dims(xl, self.p1.layout(), self.p2.layout())?;
+        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
+        if gs.len() != xs.len() {
+            bail!(
+                "bottleneck backward: {} inputs, {} gradients",
+                xs.len(),
+                gs.len()
+            );
+        }
+        let [gx, g1, g2] = self.op.needs_grad;
+        let len = usize::from(gx) * z.m * z.d
+            + usize::from(g1) * z.r * (z.d + 1)
+            + usize::from(g2) * z.d * (z.r + 1);
+        let mut out = Vec::with_capacity(len);
+        with_slice(&self.p1, |p1| {
+            with_slice(&self.p2, |p2| {
+                let p = self.op.params(p1, p2, &z);
+                self.backward(&p, &z, xs, gs, &mut out);
+                Ok(())
+            })
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }

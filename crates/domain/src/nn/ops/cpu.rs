@@ -1,7 +1,7 @@
 //! Helpers shared by the fused CPU kernels: borrowing f32 slices out of candle storage
 //! and choosing the rayon chunking.
 
-use candle_core::{bail, CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{bail, CpuStorage, Layout, Result, Shape, Storage, Tensor};
 
 /// The contiguous f32 slice that `layout` describes inside `storage`.
 pub(crate) fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -21,7 +21,10 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> 
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => f(slice(cpu, layout)?),
-        _ => bail!("fused op: backward expected a CPU tensor"),
+        _ => bail!(
+            "fused op: expected a CPU tensor, got one on {:?}",
+            t.device()
+        ),
     }
 }
 
@@ -83,4 +86,30 @@ pub(crate) fn par_row_sum(
         out.iter_mut().zip(part).for_each(|(x, y)| *x += y);
     }
     out
+}
+
+/// The parts of a backward op's packed output `[a | b | ...]` (one flat tensor: a CustomOp
+/// returns one storage), each viewed with its shape; `None` parts are absent from the
+/// buffer. The views share the buffer, no data is copied.
+pub(crate) fn unpack(packed: &Tensor, parts: &[Option<&Shape>]) -> Result<Vec<Option<Tensor>>> {
+    let mut off = 0;
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        out.push(match part {
+            Some(shape) => {
+                let n = shape.elem_count();
+                let t = packed.narrow(0, off, n)?.reshape(*shape)?;
+                off += n;
+                Some(t)
+            }
+            None => None,
+        });
+    }
+    if off != packed.elem_count() {
+        bail!(
+            "fused op: a backward returned {} values, its parts hold {off}",
+            packed.elem_count()
+        );
+    }
+    Ok(out)
 }

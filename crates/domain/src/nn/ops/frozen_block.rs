@@ -24,9 +24,9 @@ use super::cpu::{slice, with_bf16_slice};
 use super::frozen_linear::{input_grad, linear_rows};
 use super::gemm::Weight;
 use super::{gelu, layer_norm};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Elements per rayon task of the residual add.
 const CHUNK: usize = 4096;
@@ -56,17 +56,45 @@ pub(crate) struct HalfWeights {
     pub low: Option<(Tensor, Tensor, Bf16Kernel)>,
 }
 
-/// One residual half as a custom op on `x [B, N, D]`.
-pub(crate) struct ResidualHalfOp {
+/// What a half's forward and backward share: which half, its frozen tensors, the LayerNorm
+/// epsilon and the per-sample drop-path factors.
+pub(crate) struct HalfCore {
     pub half: Half,
     pub weights: HalfWeights,
     pub eps: f32,
     /// Per-sample factor of the branch (drop path); `None` = 1 for every sample.
     pub scale: Option<Vec<f32>>,
+}
+
+/// One residual half as a custom op on `x [B, N, D]`; its backward is
+/// [`ResidualHalfBackward`].
+pub(crate) struct ResidualHalfOp {
+    core: Arc<HalfCore>,
     /// Keep the inner activation for the backward (set when `x` is part of a graph).
-    pub keep: bool,
+    keep: bool,
     /// What the forward keeps for the backward.
-    pub saved: Mutex<Option<Saved>>,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl ResidualHalfOp {
+    /// The op for `core`; `keep`: a backward may follow (the input is part of a graph), so
+    /// the forward keeps what the backward needs.
+    pub(crate) fn new(core: HalfCore, keep: bool) -> Self {
+        ResidualHalfOp {
+            core: Arc::new(core),
+            keep,
+            saved: Mutex::new(None),
+        }
+    }
+}
+
+/// The backward of [`ResidualHalfOp`], an op of its own: `(x, grad)` in, `dL/dx` out, from
+/// what the forward kept (recomputed when it kept nothing). The CPU entry is below; a device
+/// kernel is its `cuda_fwd`.
+pub(crate) struct ResidualHalfBackward {
+    core: Arc<HalfCore>,
+    /// Taken by the CPU entry, which frees it as soon as it is used.
+    saved: Mutex<Option<Saved>>,
 }
 
 /// Activations a half's forward keeps for its backward.
@@ -129,7 +157,7 @@ impl HalfWeights {
     }
 }
 
-impl ResidualHalfOp {
+impl HalfCore {
     fn with_weights<R>(&self, f: impl FnOnce(&W) -> Result<R>) -> Result<R> {
         let hw = &self.weights;
         let mut ts = vec![&hw.norm_w, &hw.norm_b, &hw.w1, &hw.w2];
@@ -264,7 +292,7 @@ fn add((a, b): (&mut [f32], &[f32])) {
 
 impl CustomOp1 for ResidualHalfOp {
     fn name(&self) -> &'static str {
-        match self.half {
+        match self.core.half {
             Half::Attn { .. } => "frozen-attention-residual",
             Half::Mlp => "frozen-mlp-residual",
         }
@@ -272,92 +300,144 @@ impl CustomOp1 for ResidualHalfOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
-        let z = self.dims(l.dims())?;
-        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
-        let out = self.with_weights(|w| {
-            let mut inner = self.inner(x, w, m, d, h);
-            let mut probs = None;
-            let mid = match self.half {
-                Half::Attn { .. } => {
-                    let (op, dm) = self.attention(&z)?;
-                    let mut o = vec![0f32; mq * k];
-                    probs = op.forward(&inner, &dm, &mut o, self.keep);
-                    o
-                }
-                Half::Mlp => {
-                    let mut o = vec![0f32; m * k];
-                    if self.keep {
-                        gelu::forward_keeping_grad(&mut o, &mut inner);
-                    } else {
-                        gelu::forward(&mut o, &inner);
-                    }
-                    o
-                }
-            };
-            let mut out = linear_rows(&mid, w.w2, w.b2, mq, d, k);
-            drop(mid);
-            self.scale_rows(&mut out, z.nq * d);
-            add_residual(&mut out, x, &z);
-            if self.keep {
-                *self.saved.lock().expect("frozen block: poisoned") = Some(Saved { inner, probs });
-            }
-            Ok(out)
-        })?;
+        let c = &*self.core;
+        let z = c.dims(l.dims())?;
+        let (out, saved) = c.with_weights(|w| c.forward(x, w, &z, self.keep))?;
+        if let Some(saved) = saved {
+            *self.saved.lock().expect("frozen block: poisoned") = Some(saved);
+        }
         Ok((CpuStorage::F32(out), Shape::from((z.b, z.nq, z.d))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let z = self.dims(x.dims())?;
-        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let (xs, xl) = x.storage_and_layout();
-        let (gs, gl) = grad.storage_and_layout();
-        let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
-            bail!("frozen block: backward expected CPU tensors")
+        // Taken, not borrowed, so the memory goes back as the backward proceeds; a second
+        // backward over the same graph finds nothing and recomputes.
+        let back = ResidualHalfBackward {
+            core: self.core.clone(),
+            saved: Mutex::new(self.saved.lock().expect("frozen block: poisoned").take()),
         };
-        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
-        let dx = self.with_weights(|w| {
-            // Taken, not borrowed, so the memory goes back as the backward proceeds; a second
-            // backward over the same graph finds nothing and recomputes.
-            let saved = self.saved.lock().expect("frozen block: poisoned").take();
-            let Saved { inner: kept, probs } = match saved {
-                Some(s) => s,
-                None => {
-                    let mut inner = self.inner(xs, w, m, d, h);
-                    if let Half::Mlp = self.half {
-                        gelu::grad_in_place(&mut inner);
-                    }
-                    Saved { inner, probs: None }
-                }
-            };
-            // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
-            let mut gmid = input_grad(gs, w.w2, mq, k, d);
-            self.scale_rows(&mut gmid, z.nq * k);
-            let ginner = match self.half {
-                Half::Attn { .. } => {
-                    let (op, dm) = self.attention(&z)?;
-                    let mut ginner = vec![0f32; m * h];
-                    op.backward(&kept, probs.as_deref(), &gmid, &dm, &mut ginner);
-                    ginner
-                }
-                Half::Mlp => {
-                    gelu::mul_in_place(&mut gmid, &kept);
-                    gmid
-                }
-            };
-            drop((kept, probs));
-            let gn = input_grad(&ginner, w.w1, m, d, h);
-            drop(ginner);
-            let mut dx = vec![0f32; m * d];
-            if z.nq == z.n {
-                layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);
-            } else {
-                // The residual's gradient reaches only the rows that were output.
-                layer_norm::backward_rows(xs, w.nw, &gn, self.eps, None, &mut dx);
-                add_residual_grad(&mut dx, gs, &z);
+        let x = x.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &back)?))
+    }
+}
+
+impl HalfCore {
+    /// The forward on the rows of `x`: the output `[B, Nq, D]`, and with `keep` what the
+    /// backward needs.
+    fn forward(
+        &self,
+        x: &[f32],
+        w: &W,
+        z: &Sizes,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Saved>)> {
+        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
+        let mut inner = self.inner(x, w, m, d, h);
+        let mut probs = None;
+        let mid = match self.half {
+            Half::Attn { .. } => {
+                let (op, dm) = self.attention(z)?;
+                let mut o = vec![0f32; mq * k];
+                probs = op.forward(&inner, &dm, &mut o, keep);
+                o
             }
-            Ok(dx)
-        })?;
-        Ok(Some(Tensor::from_vec(dx, x.dims(), x.device())?))
+            Half::Mlp => {
+                let mut o = vec![0f32; m * k];
+                if keep {
+                    gelu::forward_keeping_grad(&mut o, &mut inner);
+                } else {
+                    gelu::forward(&mut o, &inner);
+                }
+                o
+            }
+        };
+        let mut out = linear_rows(&mid, w.w2, w.b2, mq, d, k);
+        drop(mid);
+        self.scale_rows(&mut out, z.nq * d);
+        add_residual(&mut out, x, z);
+        Ok((out, keep.then_some(Saved { inner, probs })))
+    }
+
+    /// dL/dx from `x`, the output gradient `g` and what the forward kept (`None`:
+    /// recomputed), freeing each kept activation as soon as it is used.
+    fn backward(
+        &self,
+        xs: &[f32],
+        gs: &[f32],
+        w: &W,
+        z: &Sizes,
+        saved: Option<Saved>,
+    ) -> Result<Vec<f32>> {
+        let (m, mq, d, h, k) = (z.m(), z.mq(), z.d, z.h, z.k);
+        let Saved { inner: kept, probs } = match saved {
+            Some(s) => s,
+            None => {
+                let mut inner = self.inner(xs, w, m, d, h);
+                if let Half::Mlp = self.half {
+                    gelu::grad_in_place(&mut inner);
+                }
+                Saved { inner, probs: None }
+            }
+        };
+        // Gradient of the middle activation: (s g) W2, scaled per sample afterwards.
+        let mut gmid = input_grad(gs, w.w2, mq, k, d);
+        self.scale_rows(&mut gmid, z.nq * k);
+        let ginner = match self.half {
+            Half::Attn { .. } => {
+                let (op, dm) = self.attention(z)?;
+                let mut ginner = vec![0f32; m * h];
+                op.backward(&kept, probs.as_deref(), &gmid, &dm, &mut ginner);
+                ginner
+            }
+            Half::Mlp => {
+                gelu::mul_in_place(&mut gmid, &kept);
+                gmid
+            }
+        };
+        drop((kept, probs));
+        let gn = input_grad(&ginner, w.w1, m, d, h);
+        drop(ginner);
+        let mut dx = vec![0f32; m * d];
+        if z.nq == z.n {
+            layer_norm::backward_rows(xs, w.nw, &gn, self.eps, Some(gs), &mut dx);
+        } else {
+            // The residual's gradient reaches only the rows that were output.
+            layer_norm::backward_rows(xs, w.nw, &gn, self.eps, None, &mut dx);
+            add_residual_grad(&mut dx, gs, z);
+        }
+        Ok(dx)
+    }
+}
+
+impl CustomOp2 for ResidualHalfBackward {
+    fn name(&self) -> &'static str {
+        match self.core.half {
+            Half::Attn { .. } => "frozen-attention-residual-backward",
+            Half::Mlp => "frozen-mlp-residual-backward",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = &*self.core;
+        let z = c.dims(xl.dims())?;
+        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
+        if gs.len() != z.mq() * z.d {
+            bail!(
+                "frozen block backward: {} gradients for [{}, {}, {}]",
+                gs.len(),
+                z.b,
+                z.nq,
+                z.d
+            );
+        }
+        let saved = self.saved.lock().expect("frozen block: poisoned").take();
+        let dx = c.with_weights(|w| c.backward(xs, gs, w, &z, saved))?;
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }

@@ -1,12 +1,13 @@
-//! Linear layer with a frozen weight: the backward returns only dL/dx, so the
-//! weight-gradient GEMM that candle's matmul backward always computes is skipped and no
-//! gradient buffer is allocated for the frozen weight.
+//! Linear layer with a frozen weight: the backward ([`FrozenLinearBackward`], an op of its
+//! own) returns only dL/dx, so the weight-gradient GEMM that candle's matmul backward always
+//! computes is skipped and no gradient buffer is allocated for the frozen weight.
 //!
 //! CPU f32 runs one [`super::gemm`] product with the bias fused in; with a bf16 copy of the
-//! weight and a [`Bf16Kernel`] (CPU `precision: bf16`) that product and the input gradient's
-//! take bf16 inputs and accumulate in f32, while the input, output and bias stay f32. Every other case (bf16 on CPU, any
-//! dtype on CUDA) runs the backend's own matmul on the storage ([`backend_xwt`]); the bias
-//! is then added outside the op by the caller.
+//! weight and a [`Bf16Kernel`] (CPU `precision: bf16`) that product and the input
+//! gradient's take bf16 inputs and accumulate in f32, while the input, output and bias stay
+//! f32. Every other case (bf16 on CPU, any dtype on CUDA) runs the backend's own matmul on
+//! the storage ([`backend_xwt`], [`backend_gw`]); the bias is then added outside the op by
+//! the caller.
 
 use super::bf16::Bf16Kernel;
 use super::cpu::{slice, with_bf16_slice, with_slice};
@@ -26,14 +27,16 @@ pub(crate) struct FrozenLinearOp {
     pub low: Option<(Tensor, Bf16Kernel)>,
 }
 
-impl FrozenLinearOp {
-    /// Runs `f` on the weight operand of the CPU f32 products: the bf16 copy where there
-    /// is one, else `w`.
-    fn with_weight<R>(&self, f: impl FnOnce(Weight) -> Result<R>) -> Result<R> {
-        match &self.low {
-            Some((wl, kernel)) => with_bf16_slice(wl, |w| f(Weight::Bf16(w, *kernel))),
-            None => with_slice(&self.w, |w| f(Weight::F32(w))),
-        }
+/// Runs `f` on the weight operand of the CPU f32 products: the bf16 copy in `low` where
+/// there is one, else `w`.
+fn with_weight<R>(
+    w: &Tensor,
+    low: &Option<(Tensor, Bf16Kernel)>,
+    f: impl FnOnce(Weight) -> Result<R>,
+) -> Result<R> {
+    match low {
+        Some((wl, kernel)) => with_bf16_slice(wl, |w| f(Weight::Bf16(w, *kernel))),
+        None => with_slice(w, |w| f(Weight::F32(w))),
     }
 }
 
@@ -130,7 +133,7 @@ impl CustomOp1 for FrozenLinearOp {
             bail!("frozen_linear: input has {k} features, weight expects {wk}");
         }
         let m = x.len() / k.max(1);
-        let out = self.with_weight(|ws| match &self.b {
+        let out = with_weight(&self.w, &self.low, |ws| match &self.b {
             Some(b) => with_slice(b, |bs| {
                 if bs.len() != n {
                     bail!(
@@ -163,15 +166,95 @@ impl CustomOp1 for FrozenLinearOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (n, k) = self.w.dims2()?;
-        if grad.device().is_cpu() && grad.dtype() == candle_core::DType::F32 {
-            let dx = with_slice(grad, |g| {
-                self.with_weight(|w| Ok(input_grad(g, w, g.len() / n.max(1), k, n)))
-            })?;
-            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+        let back = FrozenLinearBackward {
+            w: self.w.clone(),
+            low: self.low.clone(),
+        };
+        let dx = grad.contiguous()?.apply_op1_no_bwd(&back)?;
+        if dx.dims() != x.dims() {
+            bail!(
+                "frozen_linear backward: input gradient {:?} for input {:?}",
+                dx.dims(),
+                x.dims()
+            );
         }
-        let g2 = grad.reshape(((), n))?;
-        let dx = g2.matmul(&self.w)?;
-        Ok(Some(dx.reshape(x.shape())?))
+        Ok(Some(dx))
+    }
+}
+
+/// The backward of [`FrozenLinearOp`], an op of its own: the output gradient `g [.., N]` in,
+/// `dL/dx = g W [.., K]` out (the frozen weight gets none). CPU f32: one [`super::gemm`]
+/// product (bf16 inputs with the copy's kernel where the forward had one); every other
+/// case, CUDA included, the backend's own matmul ([`backend_gw`]).
+pub(crate) struct FrozenLinearBackward {
+    /// Contiguous `[N, K]` weight, of the gradient's dtype and device.
+    w: Tensor,
+    /// The forward's bf16 copy and kernel (CPU bf16 mixed precision).
+    low: Option<(Tensor, Bf16Kernel)>,
+}
+
+/// `g [.., N] · w [N, K]` through the backend's matmul, for a contiguous `g` and a
+/// contiguous `w` on the same backend; returns the `[.., K]` result.
+fn backend_gw<S: BackendStorage>(g: &S, gl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+    let dims = gl.dims();
+    let n = dims[dims.len() - 1];
+    let (wn, k) = wl.shape().dims2()?;
+    if wn != n {
+        bail!("frozen_linear backward: gradient has {n} features, weight has {wn} rows");
+    }
+    let Some((start, _)) = gl.contiguous_offsets() else {
+        bail!("frozen_linear backward: gradient must be contiguous");
+    };
+    if !wl.is_contiguous() {
+        bail!("frozen_linear backward: weight must be contiguous");
+    }
+    let m = gl.shape().elem_count() / n.max(1);
+    let lhs = Layout::contiguous_with_offset((m, n), start);
+    let out = g.matmul(w, (1, m, k, n), &lhs, wl)?;
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = k;
+    Ok((out, Shape::from(shape)))
+}
+
+impl CustomOp1 for FrozenLinearBackward {
+    fn name(&self) -> &'static str {
+        "frozen-linear-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        if !matches!(s, CpuStorage::F32(_)) {
+            let (ws, wl) = self.w.storage_and_layout();
+            return match &*ws {
+                Storage::Cpu(w) => backend_gw(s, l, w, wl),
+                _ => bail!("frozen_linear backward: the weight is not on the CPU"),
+            };
+        }
+        let g = slice(s, l)?;
+        let (n, k) = self.w.dims2()?;
+        let dims = l.dims();
+        if dims[dims.len() - 1] != n {
+            bail!(
+                "frozen_linear backward: gradient has {} features, weight has {n} rows",
+                dims[dims.len() - 1]
+            );
+        }
+        let dx = with_weight(&self.w, &self.low, |w| {
+            Ok(input_grad(g, w, g.len() / n.max(1), k, n))
+        })?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = k;
+        Ok((CpuStorage::F32(dx), Shape::from(shape)))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (ws, wl) = self.w.storage_and_layout();
+        match &*ws {
+            Storage::Cuda(w) => backend_gw(s, l, w, wl),
+            _ => bail!("frozen_linear backward: the weight is not on the CUDA device"),
+        }
     }
 }

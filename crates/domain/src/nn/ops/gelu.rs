@@ -1,9 +1,9 @@
-//! Exact (erf) GELU: fused CPU op with a hand-written backward, and the composed reference
-//! (candle's `gelu_erf`, which has a backward pass).
+//! Exact (erf) GELU: a fused CPU op whose backward is an op of its own ([`GeluBackward`]),
+//! and the composed reference (candle's `gelu_erf`, which has a backward pass).
 
-use super::cpu::{slice, with_slice};
+use super::cpu::slice;
 use super::fastmath;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
@@ -65,14 +65,35 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // d/dx x*Phi(x) = Phi(x) + x*phi(x)
-        let dx = with_slice(x, |xs| {
-            with_slice(grad, |gs| {
-                let mut dx = vec![0f32; xs.len()];
-                backward(&mut dx, xs, gs);
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        Ok(Some(
+            x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?,
+        ))
+    }
+}
+
+/// The backward of [`GeluOp`], an op of its own: `(x, grad)` in, `dx = g * GELU'(x)` out,
+/// with `d/dx x Phi(x) = Phi(x) + x phi(x)`. The CPU entry is below; a device kernel is
+/// its `cuda_fwd`.
+pub(crate) struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, gs) = (slice(xs, xl)?, slice(gs, gl)?);
+        if gs.len() != xs.len() {
+            candle_core::bail!("gelu backward: {} inputs, {} gradients", xs.len(), gs.len());
+        }
+        let mut dx = vec![0f32; xs.len()];
+        backward(&mut dx, xs, gs);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }

@@ -1,7 +1,8 @@
-//! LayerNorm over the last dimension with affine weight and bias: a fused CPU op with a
-//! hand-written backward, and the composed (differentiable tensor-op) reference.
+//! LayerNorm over the last dimension with affine weight and bias: a fused CPU op whose
+//! backward is an op of its own ([`LayerNormBackward`]), and the composed (differentiable
+//! tensor-op) reference.
 
-use super::cpu::{min_rows, slice, with_slice};
+use super::cpu::{min_rows, par_row_sum, slice, unpack};
 use super::fastmath;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -161,43 +162,78 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = x.dim(D::Minus1)?;
-        let rows = x.elem_count() / d;
+        let back = LayerNormBackward {
+            eps: self.eps,
+            grad_w: self.grad_w,
+            grad_b: self.grad_b,
+        };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &back)?;
+        let (ws, wb) = (
+            self.grad_w.then(|| w.shape()),
+            self.grad_b.then(|| w.shape()),
+        );
+        let mut parts = unpack(&packed, &[Some(x.shape()), ws, wb])?.into_iter();
+        let mut next = || parts.next().flatten();
+        Ok((next(), next(), next()))
+    }
+}
+
+/// The backward of [`LayerNormOp`], an op of its own: `(x, w, grad)` in, `[dx | dw | db]`
+/// out as one flat buffer (`dw`, `db` only where requested; statistics recomputed from
+/// `x`). The CPU entry is below; a device kernel is its `cuda_fwd`.
+pub(crate) struct LayerNormBackward {
+    pub eps: f32,
+    pub grad_w: bool,
+    pub grad_b: bool,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, ws, gs) = (slice(xs, xl)?, slice(ws, wl)?, slice(gs, gl)?);
+        let d = ws.len();
+        if d == 0 || xs.len() % d != 0 || gs.len() != xs.len() {
+            bail!(
+                "layer_norm backward: {} inputs, {} gradients, width {d}",
+                xs.len(),
+                gs.len()
+            );
+        }
+        let rows = xs.len() / d;
         let eps = self.eps;
-        let (dx, dw, db) = with_slice(x, |xs| {
-            with_slice(w, |ws| {
-                with_slice(grad, |gs| {
-                    let mut dx = vec![0f32; xs.len()];
-                    backward_rows(xs, ws, gs, eps, None, &mut dx);
-                    let dw = self.grad_w.then(|| {
-                        super::cpu::par_row_sum(rows, d, |r, acc| {
-                            let xr = &xs[r * d..(r + 1) * d];
-                            let gr = &gs[r * d..(r + 1) * d];
-                            let (mean, rstd) = row_stats(xr, eps);
-                            for j in 0..d {
-                                acc[j] += gr[j] * (xr[j] - mean) * rstd;
-                            }
-                        })
-                    });
-                    let db = self.grad_b.then(|| {
-                        super::cpu::par_row_sum(rows, d, |r, acc| {
-                            for (a, g) in acc.iter_mut().zip(&gs[r * d..(r + 1) * d]) {
-                                *a += g;
-                            }
-                        })
-                    });
-                    Ok((dx, dw, db))
-                })
-            })
-        })?;
-        let dev = x.device();
-        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
-        let dw = dw
-            .map(|v| Tensor::from_vec(v, w.shape(), dev))
-            .transpose()?;
-        let db = db
-            .map(|v| Tensor::from_vec(v, w.shape(), dev))
-            .transpose()?;
-        Ok((Some(dx), dw, db))
+        let parts = usize::from(self.grad_w) + usize::from(self.grad_b);
+        let mut out = Vec::with_capacity(xs.len() + parts * d);
+        out.resize(xs.len(), 0f32);
+        backward_rows(xs, ws, gs, eps, None, &mut out);
+        if self.grad_w {
+            out.extend(par_row_sum(rows, d, |r, acc| {
+                let xr = &xs[r * d..(r + 1) * d];
+                let gr = &gs[r * d..(r + 1) * d];
+                let (mean, rstd) = row_stats(xr, eps);
+                for j in 0..d {
+                    acc[j] += gr[j] * (xr[j] - mean) * rstd;
+                }
+            }));
+        }
+        if self.grad_b {
+            out.extend(par_row_sum(rows, d, |r, acc| {
+                for (a, g) in acc.iter_mut().zip(&gs[r * d..(r + 1) * d]) {
+                    *a += g;
+                }
+            }));
+        }
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }

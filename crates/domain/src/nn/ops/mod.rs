@@ -346,13 +346,12 @@ pub(crate) fn frozen_residual(
     eps: f64,
     scale: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    let op = frozen_block::ResidualHalfOp {
+    let core = frozen_block::HalfCore {
         half,
         weights: w.prepared()?,
         eps: eps as f32,
         scale,
-        keep: x.track_op(),
-        saved: std::sync::Mutex::new(None),
     };
+    let op = frozen_block::ResidualHalfOp::new(core, x.track_op());
     x.contiguous()?.apply_op1(op)
 }

@@ -1,8 +1,8 @@
-//! Softmax over the last dimension: fused CPU op with a hand-written backward, and the
-//! composed reference.
+//! Softmax over the last dimension: a fused CPU op whose backward is an op of its own
+//! ([`SoftmaxBackward`]), and the composed reference.
 
-use super::cpu::{min_rows, slice, with_slice};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use super::cpu::{min_rows, slice};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Composed, numerically stable softmax from differentiable candle ops (any device).
@@ -37,22 +37,48 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let d = res.dim(D::Minus1)?;
-        let dx = with_slice(res, |ys| {
-            with_slice(grad, |gs| {
-                let mut dx = vec![0f32; ys.len()];
-                dx.par_chunks_mut(d)
-                    .zip(ys.par_chunks(d).zip(gs.par_chunks(d)))
-                    .with_min_len(min_rows(d))
-                    .for_each(|(dxr, (yr, gr))| {
-                        let dot = super::fastmath::dot(yr, gr);
-                        for j in 0..d {
-                            dxr[j] = yr[j] * (gr[j] - dot);
-                        }
-                    });
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
+        ))
+    }
+}
+
+/// The backward of [`SoftmaxOp`], an op of its own: `(y, grad)` in (`y` the softmax
+/// output), `dx = y * (g - sum(y * g))` row by row out. The CPU entry is below; a device
+/// kernel is its `cuda_fwd`.
+pub(crate) struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "fused-softmax-last-dim-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (ys, gs) = (slice(ys, yl)?, slice(gs, gl)?);
+        let d = yl.dims()[yl.dims().len() - 1];
+        if gs.len() != ys.len() {
+            bail!(
+                "softmax backward: {} outputs, {} gradients",
+                ys.len(),
+                gs.len()
+            );
+        }
+        let mut dx = vec![0f32; ys.len()];
+        dx.par_chunks_mut(d)
+            .zip(ys.par_chunks(d).zip(gs.par_chunks(d)))
+            .with_min_len(min_rows(d))
+            .for_each(|(dxr, (yr, gr))| {
+                let dot = super::fastmath::dot(yr, gr);
+                for j in 0..d {
+                    dxr[j] = yr[j] * (gr[j] - dot);
+                }
+            });
+        Ok((CpuStorage::F32(dx), yl.shape().clone()))
     }
 }
