@@ -9,10 +9,8 @@
 //!
 //! Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::{check_finite, check_positive, check_rate, AdapterMethod, Halves};
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::bottleneck::{Activation, Placement, Spec, WeightInit};
+use super::{check_finite, check_positive, check_rate, AdapterMethod};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +118,7 @@ impl AdaptformerConfig {
             dropout: self.dropout,
             down_init: WeightInit::TruncNormal,
             up_init: self.up_init,
+            placement: Placement::ParallelMlp { scale: self.scale },
         }
     }
 }
@@ -133,6 +132,7 @@ impl AdaptformerOriginalConfig {
             dropout: self.dropout,
             down_init: self.down_init,
             up_init: self.up_init,
+            placement: Placement::ParallelMlp { scale: self.scale },
         }
     }
 }
@@ -144,20 +144,9 @@ fn validate(method: &str, hidden: usize, scale: f64, dropout: f64) -> anyhow::Re
     check_rate(method, "dropout", dropout)
 }
 
-/// `s * A(h)` of block `i`, fed with the block's intermediate `h`.
-fn parallel(f: &mut Fwd, i: usize, h: &Tensor, spec: &Spec, scale: f64) -> Result<Option<Tensor>> {
-    let prefix = format!("blocks.{i}.adapter");
-    bottleneck::apply(f, &prefix, h, spec.act, spec.dropout, scale, false).map(Some)
-}
-
 impl AdapterMethod for AdaptformerConfig {
     fn name(&self) -> &'static str {
         "adaptformer"
-    }
-
-    /// A side branch added after the MLP half: no hook inside a half.
-    fn halves(&self) -> Halves {
-        Halves::NONE
     }
 
     fn block_bottleneck(&self) -> Option<Spec> {
@@ -166,10 +155,6 @@ impl AdapterMethod for AdaptformerConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         validate(self.name(), self.hidden, self.scale, self.dropout)
-    }
-
-    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
-        parallel(f, i, h, &self.spec(), self.scale)
     }
 }
 
@@ -178,20 +163,11 @@ impl AdapterMethod for AdaptformerOriginalConfig {
         "adaptformer_original"
     }
 
-    /// A side branch added after the MLP half: no hook inside a half.
-    fn halves(&self) -> Halves {
-        Halves::NONE
-    }
-
     fn block_bottleneck(&self) -> Option<Spec> {
         Some(self.spec())
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         validate(self.name(), self.hidden, self.scale, self.dropout)
-    }
-
-    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
-        parallel(f, i, h, &self.spec(), self.scale)
     }
 }

@@ -3,9 +3,9 @@
 //! `mlp.fc1.bias`, `mlp.fc2.bias`, and the final `norm.bias` (LayerNorm biases included,
 //! LayerNorm weights not). Names are timm's.
 
-use super::{AdapterMethod, Halves};
+use super::AdapterMethod;
+use crate::nn::config::VitConfig;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::VitConfig;
 use candle_core::{Device, Result};
 
 /// The timm names of the biases BitFit trains.
@@ -31,11 +31,6 @@ pub struct Bitfit;
 impl AdapterMethod for Bitfit {
     fn name(&self) -> &'static str {
         "bitfit"
-    }
-
-    /// No hook at all; a half whose biases train is not fused because they are trainable.
-    fn halves(&self) -> Halves {
-        Halves::NONE
     }
 
     fn count(&self, cfg: &VitConfig) -> usize {

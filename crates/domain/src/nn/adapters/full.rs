@@ -1,9 +1,9 @@
 //! `full` fine-tuning (also used to pretrain a backbone from scratch): every backbone
 //! tensor is trainable under its timm name, plus the head.
 
-use super::{AdapterMethod, Halves};
+use super::AdapterMethod;
+use crate::nn::config::VitConfig;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::VitConfig;
 use candle_core::{Device, Result};
 
 /// Trainable scalars besides the head: the whole backbone.
@@ -18,11 +18,6 @@ pub struct Full;
 impl AdapterMethod for Full {
     fn name(&self) -> &'static str {
         "full"
-    }
-
-    /// No hook at all; no half is fused because every tensor is trainable.
-    fn halves(&self) -> Halves {
-        Halves::NONE
     }
 
     fn count(&self, cfg: &VitConfig) -> usize {

@@ -3,10 +3,8 @@
 //! Defaults: bottleneck 8, GELU, down projection xavier-uniform, up projection zero
 //! (starts as identity), zero biases. Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::{check_positive, AdapterMethod, Halves};
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::bottleneck::{Activation, Placement, Spec, WeightInit};
+use super::{check_positive, AdapterMethod};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +41,6 @@ impl AdapterMethod for HoulsbyConfig {
         "houlsby"
     }
 
-    /// On the MLP branch before its residual add: inside the MLP half.
-    fn halves(&self) -> Halves {
-        Halves::MLP
-    }
-
     fn block_bottleneck(&self) -> Option<Spec> {
         Some(Spec {
             hidden: self.hidden,
@@ -55,16 +48,11 @@ impl AdapterMethod for HoulsbyConfig {
             dropout: 0.0,
             down_init: WeightInit::XavierUniform,
             up_init: WeightInit::Zeros,
+            placement: Placement::MlpBranch,
         })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         check_positive(self.name(), "hidden", self.hidden)
-    }
-
-    /// `m + A(m)`.
-    fn mlp_branch(&self, f: &mut Fwd, i: usize, m: &Tensor) -> Result<Tensor> {
-        let prefix = format!("blocks.{i}.adapter");
-        bottleneck::apply(f, &prefix, m, self.activation, 0.0, 1.0, true)
     }
 }

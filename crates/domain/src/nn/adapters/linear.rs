@@ -1,7 +1,7 @@
 //! `linear` (linear probing): only the new head is trained; the backbone is frozen.
 
-use super::{AdapterMethod, Halves};
-use crate::nn::vit::VitConfig;
+use super::AdapterMethod;
+use crate::nn::config::VitConfig;
 
 /// Trainable scalars besides the head: none.
 pub fn count() -> usize {
@@ -15,11 +15,6 @@ pub struct Linear;
 impl AdapterMethod for Linear {
     fn name(&self) -> &'static str {
         "linear"
-    }
-
-    /// No hook at all.
-    fn halves(&self) -> Halves {
-        Halves::NONE
     }
 
     fn count(&self, _: &VitConfig) -> usize {

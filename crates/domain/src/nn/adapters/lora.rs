@@ -3,10 +3,13 @@
 //! B `[D, r]` zero. `scaling = alpha / r` when `alpha` is set, 1 when it is not (the NOAH
 //! variant, the default). Parameters `blocks.{i}.attn.lora_{q,k,v}.a` / `.b`.
 
-use super::{check_finite, check_positive, AdapterMethod, Halves};
+use super::{check_finite, check_positive, AdapterMethod};
+use crate::nn::config::VitConfig;
 use crate::nn::init::{self, Init};
+use crate::nn::masks::Masks;
+use crate::nn::modules::{Hook, Hooks, Slot};
+use crate::nn::ops::{self, Kernels};
 use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
 use candle_core::{DType, Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -91,11 +94,6 @@ impl AdapterMethod for LoraConfig {
         "lora"
     }
 
-    /// An update of qkv: inside the attention half.
-    fn halves(&self) -> Halves {
-        Halves::ATTN
-    }
-
     fn count(&self, cfg: &VitConfig) -> usize {
         LoraConfig::count(self, cfg)
     }
@@ -140,20 +138,48 @@ impl AdapterMethod for LoraConfig {
         Ok(())
     }
 
-    /// `scaling * [B_q A_q x | B_k A_k x | B_v A_v x]`, zeros for targets not chosen.
-    fn qkv_delta(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Option<Tensor>> {
-        let mut parts = Vec::with_capacity(3);
-        for t in QkvTarget::ALL {
-            let part = if self.has(t) {
-                let pre = format!("blocks.{i}.attn.lora_{}", t.letter());
-                let h = crate::nn::ops::linear(x, f.p.get(&format!("{pre}.a"))?, None)?;
-                let u = crate::nn::ops::linear(&h, f.p.get(&format!("{pre}.b"))?, None)?;
-                (u * self.scaling())?
-            } else {
-                x.zeros_like()?
-            };
-            parts.push(part);
+    /// Block i's update of qkv, [`LoraQkv`], from `blocks.{i}.attn.lora_{q,k,v}`.
+    fn hooks(&self, cfg: &VitConfig, store: &ParamStore, _: &Kernels) -> Result<Hooks> {
+        let mut hooks = Hooks::none(cfg.depth);
+        for (i, block) in hooks.blocks.iter_mut().enumerate() {
+            let mut parts = [None, None, None];
+            for (slot, t) in parts.iter_mut().zip(QkvTarget::ALL) {
+                if self.has(t) {
+                    let pre = format!("blocks.{i}.attn.lora_{}", t.letter());
+                    let a = store.get(&format!("{pre}.a"))?.clone();
+                    *slot = Some((a, store.get(&format!("{pre}.b"))?.clone()));
+                }
+            }
+            block.qkv_delta = Slot::new(LoraQkv {
+                parts,
+                scaling: self.scaling(),
+            });
         }
-        Ok(Some(Tensor::cat(&parts, candle_core::D::Minus1)?))
+        Ok(hooks)
+    }
+}
+
+/// One block's LoRA update of qkv: `scaling * [B_q A_q x | B_k A_k x | B_v A_v x]`, zeros
+/// for the targets not chosen.
+#[derive(Clone, Debug)]
+pub struct LoraQkv {
+    /// `(A [r, D], B [D, r])` of q, k and v, where chosen.
+    parts: [Option<(Tensor, Tensor)>; 3],
+    scaling: f64,
+}
+
+impl Hook for LoraQkv {
+    fn forward(&self, x: &Tensor, _: &mut Masks) -> Result<Tensor> {
+        let mut out = Vec::with_capacity(3);
+        for part in &self.parts {
+            out.push(match part {
+                Some((a, b)) => {
+                    let h = ops::linear(x, a, None)?;
+                    (ops::linear(&h, b, None)? * self.scaling)?
+                }
+                None => x.zeros_like()?,
+            });
+        }
+        Tensor::cat(&out, candle_core::D::Minus1)
     }
 }

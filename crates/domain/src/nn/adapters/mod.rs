@@ -1,7 +1,7 @@
 //! Adapter methods, selected by name (`method:`) with their hyperparameters. Each method
-//! is its own module implementing `AdapterMethod` (parameters, count formula, the hooks
-//! the ViT calls, and the block halves those hooks reach into); this one holds the tagged
-//! config, the trait and the [`registry`] of all methods.
+//! is its own module implementing `AdapterMethod` (parameters, count formula, and the typed
+//! hooks it places into the model, built once from its parameters); this one holds the
+//! tagged config, the trait and the [`registry`] of all methods.
 //!
 //! Trainable tensor names (timm names where a timm tensor exists):
 //! | method | tensors (besides `head.weight [C, D]`, `head.bias [C]`) |
@@ -33,9 +33,11 @@ pub use seq_adapter::SeqAdapterConfig;
 pub use shared_par::SharedParConfig;
 pub use vpt::{PromptInit, VptConfig};
 
+use crate::nn::config::VitConfig;
+use crate::nn::modules::Hooks;
+use crate::nn::ops::Kernels;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -138,47 +140,10 @@ pub fn registry() -> Vec<AdapterConfig> {
     ]
 }
 
-/// Which halves of a transformer block a method's hooks reach into. A half that is
-/// reached never runs as the fused frozen-residual op ([`crate::nn::ops::frozen_residual`]),
-/// which has no hook inside; one that is not reached may, and then the method's hooks
-/// inside it are not called.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Halves {
-    /// The attention half: LayerNorm 1, qkv, attention, proj (hooks `at_site` at `norm1`,
-    /// `attn.qkv`, `attn.proj`, and `qkv_delta`).
-    pub attn: bool,
-    /// The MLP half: LayerNorm 2, fc1, GELU, fc2 and the branch before its residual add
-    /// (hooks `at_site` at `norm2`, `mlp.fc1`, `mlp.fc2`, and `mlp_branch`).
-    pub mlp: bool,
-}
-
-impl Halves {
-    /// Hooks only outside both halves (or none at all).
-    pub const NONE: Halves = Halves {
-        attn: false,
-        mlp: false,
-    };
-    /// Hooks inside the attention half.
-    pub const ATTN: Halves = Halves {
-        attn: true,
-        mlp: false,
-    };
-    /// Hooks inside the MLP half.
-    pub const MLP: Halves = Halves {
-        attn: false,
-        mlp: true,
-    };
-    /// Hooks inside both halves.
-    pub const BOTH: Halves = Halves {
-        attn: true,
-        mlp: true,
-    };
-}
-
-/// One adapter method: its name, parameters and the hooks the ViT forward calls
-/// (`crate::nn::vit`). Every hook is the identity (or no side branch) unless the method
-/// overrides it. [`AdapterMethod::halves`] has no default: a method must say which block
-/// halves its hooks reach into, or the fused frozen half would run without them.
+/// One adapter method: its name, parameters and the hooks it places into the model
+/// (`crate::nn::modules::hooks`). A method made of one bottleneck per block states only
+/// [`AdapterMethod::block_bottleneck`] (with its placement); the parameters, their count and
+/// the hooks then follow from it.
 ///
 /// To add a method: a config type (or unit struct) implementing this trait in its own
 /// module, a variant of [`AdapterConfig`], its arm in [`AdapterConfig::method`] and its
@@ -187,13 +152,11 @@ pub(crate) trait AdapterMethod: std::fmt::Debug + Send + Sync {
     /// The method name as written in configs (`method:`).
     fn name(&self) -> &'static str;
 
-    /// The block halves the hooks reach into (required: see [`Halves`]).
-    fn halves(&self) -> Halves;
-
     /// The spec of the method's one bottleneck per block (`blocks.{i}.adapter`), for the
     /// methods built from one (Houlsby, the sequential adapter, AdaptFormer, ...): the
-    /// default [`AdapterMethod::count`] and [`AdapterMethod::add_params`] then create and
-    /// count them. None: the method has no per-block bottleneck.
+    /// default [`AdapterMethod::count`], [`AdapterMethod::add_params`] and
+    /// [`AdapterMethod::hooks`] then create, count and place them. None: the method has no
+    /// per-block bottleneck.
     fn block_bottleneck(&self) -> Option<bottleneck::Spec> {
         None
     }
@@ -226,47 +189,19 @@ pub(crate) trait AdapterMethod: std::fmt::Debug + Send + Sync {
         }
     }
 
-    /// After the op at `site` (timm module name: `patch_embed`, `blocks.{i}.norm1`,
-    /// `blocks.{i}.attn.qkv`, ..., `norm`) on its output `x [.., C]`.
-    fn at_site(&self, _f: &Fwd, _site: &str, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
-    /// On the tokens `x [B, N, D]` after the position embedding, before block 0.
-    fn after_embed(&self, _f: &mut Fwd, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
-    /// On the tokens `x [B, N, D]` entering block `i`.
-    fn before_block(&self, _f: &mut Fwd, _i: usize, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
-    /// An update added to `qkv(x)` (`[.., 3D]`) of block `i`, from its normed input `x`
-    /// (attention half).
-    fn qkv_delta(&self, _f: &mut Fwd, _i: usize, _x: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-
-    /// A side branch added after the attention half of block `i`, fed with its input `x`.
-    fn parallel_attn(&self, _f: &mut Fwd, _i: usize, _x: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-
-    /// On the MLP branch `m` of block `i` after drop path, before its residual add (MLP
-    /// half).
-    fn mlp_branch(&self, _f: &mut Fwd, _i: usize, m: &Tensor) -> Result<Tensor> {
-        Ok(m.clone())
-    }
-
-    /// A side branch added after the MLP half of block `i`, fed with its input `h`.
-    fn parallel_mlp(&self, _f: &mut Fwd, _i: usize, _h: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
-
-    /// On the output `y` of block `i`.
-    fn after_block(&self, _f: &mut Fwd, _i: usize, y: &Tensor) -> Result<Tensor> {
-        Ok(y.clone())
+    /// The hooks of the method, built once from its parameters in `store` (created by
+    /// [`AdapterMethod::add_params`]) with the model's `kernels`; by default its per-block
+    /// bottlenecks at their placement, else none. A hook that reaches inside a block half
+    /// keeps that half from running as the fused frozen op (which calls no hook): the model
+    /// sees that from where the hook is placed.
+    ///
+    /// # Errors
+    /// A parameter missing from `store`, named.
+    fn hooks(&self, cfg: &VitConfig, store: &ParamStore, kernels: &Kernels) -> Result<Hooks> {
+        match self.block_bottleneck() {
+            Some(spec) => bottleneck::block_hooks(store, cfg, &spec, kernels),
+            None => Ok(Hooks::none(cfg.depth)),
+        }
     }
 }
 

@@ -2,10 +2,8 @@
 //! block, `y' = y + A(y)`, A = bottleneck with GELU, hidden 4, trunc-normal(0.02) weights
 //! (up projection NOT zero), zero biases. Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::{check_positive, AdapterMethod, Halves};
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::bottleneck::{Activation, Placement, Spec, WeightInit};
+use super::{check_positive, AdapterMethod};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,11 +33,6 @@ impl AdapterMethod for SeqAdapterConfig {
         "seq_adapter"
     }
 
-    /// After the whole block: no hook inside a half.
-    fn halves(&self) -> Halves {
-        Halves::NONE
-    }
-
     fn block_bottleneck(&self) -> Option<Spec> {
         Some(Spec {
             hidden: self.hidden,
@@ -47,16 +40,11 @@ impl AdapterMethod for SeqAdapterConfig {
             dropout: 0.0,
             down_init: WeightInit::TruncNormal,
             up_init: WeightInit::TruncNormal,
+            placement: Placement::AfterBlock,
         })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         check_positive(self.name(), "hidden", self.hidden)
-    }
-
-    /// `y + A(y)`.
-    fn after_block(&self, f: &mut Fwd, i: usize, y: &Tensor) -> Result<Tensor> {
-        let prefix = format!("blocks.{i}.adapter");
-        bottleneck::apply(f, &prefix, y, Activation::Gelu, 0.0, 1.0, true)
     }
 }

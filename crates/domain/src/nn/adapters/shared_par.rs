@@ -4,10 +4,8 @@
 //! GELU, hidden 4, s = 0.1, trunc-normal(0.02) weights, zero biases.
 //! Parameters `blocks.{i}.adapter.fc{1,2}.{weight,bias}`.
 
-use super::bottleneck::{self, Activation, Spec, WeightInit};
-use super::{check_finite, check_positive, AdapterMethod, Halves};
-use crate::nn::vit::Fwd;
-use candle_core::{Result, Tensor};
+use super::bottleneck::{Activation, Placement, Spec, WeightInit};
+use super::{check_finite, check_positive, AdapterMethod};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -44,11 +42,6 @@ impl AdapterMethod for SharedParConfig {
         "shared_par_adapter"
     }
 
-    /// Side branches added after each half: no hook inside a half.
-    fn halves(&self) -> Halves {
-        Halves::NONE
-    }
-
     fn block_bottleneck(&self) -> Option<Spec> {
         Some(Spec {
             hidden: self.hidden,
@@ -56,25 +49,12 @@ impl AdapterMethod for SharedParConfig {
             dropout: 0.0,
             down_init: WeightInit::TruncNormal,
             up_init: WeightInit::TruncNormal,
+            placement: Placement::ParallelBoth { scale: self.scale },
         })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         check_positive(self.name(), "hidden", self.hidden)?;
         check_finite(self.name(), "scale", self.scale)
-    }
-
-    /// `s * A(x)`, fed with the block input.
-    fn parallel_attn(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Option<Tensor>> {
-        let prefix = format!("blocks.{i}.adapter");
-        let act = Activation::Gelu;
-        bottleneck::apply(f, &prefix, x, act, 0.0, self.scale, false).map(Some)
-    }
-
-    /// `s * A(h)`, fed with the block's intermediate `h`.
-    fn parallel_mlp(&self, f: &mut Fwd, i: usize, h: &Tensor) -> Result<Option<Tensor>> {
-        let prefix = format!("blocks.{i}.adapter");
-        let act = Activation::Gelu;
-        bottleneck::apply(f, &prefix, h, act, 0.0, self.scale, false).map(Some)
     }
 }

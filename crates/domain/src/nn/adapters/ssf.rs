@@ -5,10 +5,13 @@
 //! N(0, 0.02²). Parameters `{site}.ssf_scale` / `{site}.ssf_shift` with site = the timm
 //! module name (`patch_embed`, `blocks.{i}.attn.qkv`, `norm`, ...).
 
-use super::{AdapterMethod, Halves};
+use super::AdapterMethod;
+use crate::nn::config::VitConfig;
 use crate::nn::init::{self, Init};
+use crate::nn::masks::Masks;
+use crate::nn::modules::{Hook, Hooks, Slot};
+use crate::nn::ops::Kernels;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
 use candle_core::{Device, Result, Tensor};
 
 /// `(site, channels)` of every scale/shift pair.
@@ -45,11 +48,6 @@ impl AdapterMethod for Ssf {
         "ssf"
     }
 
-    /// Scale and shift after ops inside both halves.
-    fn halves(&self) -> Halves {
-        Halves::BOTH
-    }
-
     fn count(&self, cfg: &VitConfig) -> usize {
         count(cfg)
     }
@@ -64,11 +62,47 @@ impl AdapterMethod for Ssf {
         add(cfg, store, seed, dev)
     }
 
-    /// `x * scale + shift` at `site`.
-    fn at_site(&self, f: &Fwd, site: &str, x: &Tensor) -> Result<Tensor> {
-        let scale = f.p.get(&format!("{site}.ssf_scale"))?;
-        let shift = f.p.get(&format!("{site}.ssf_shift"))?;
-        x.broadcast_mul(scale)?.broadcast_add(shift)
+    /// A [`ScaleShift`] at every site.
+    fn hooks(&self, cfg: &VitConfig, store: &ParamStore, _: &Kernels) -> Result<Hooks> {
+        let at = |site: &str| ScaleShift::new(store, site).map(Slot::new);
+        let mut hooks = Hooks::none(cfg.depth);
+        hooks.model.patch_embed = at("patch_embed")?;
+        hooks.model.norm = at("norm")?;
+        for (i, b) in hooks.blocks.iter_mut().enumerate() {
+            b.norm1 = at(&format!("blocks.{i}.norm1"))?;
+            b.qkv = at(&format!("blocks.{i}.attn.qkv"))?;
+            b.proj = at(&format!("blocks.{i}.attn.proj"))?;
+            b.norm2 = at(&format!("blocks.{i}.norm2"))?;
+            b.fc1 = at(&format!("blocks.{i}.mlp.fc1"))?;
+            b.fc2 = at(&format!("blocks.{i}.mlp.fc2"))?;
+        }
+        Ok(hooks)
+    }
+}
+
+/// `x * scale + shift` per channel (the last dimension) at one site.
+#[derive(Clone, Debug)]
+pub struct ScaleShift {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl ScaleShift {
+    /// `{site}.ssf_scale` and `{site}.ssf_shift` of `store`.
+    ///
+    /// # Errors
+    /// A tensor missing from `store`, named.
+    pub fn new(store: &ParamStore, site: &str) -> Result<Self> {
+        Ok(ScaleShift {
+            scale: store.get(&format!("{site}.ssf_scale"))?.clone(),
+            shift: store.get(&format!("{site}.ssf_shift"))?.clone(),
+        })
+    }
+}
+
+impl Hook for ScaleShift {
+    fn forward(&self, x: &Tensor, _: &mut Masks) -> Result<Tensor> {
+        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
     }
 }
 

@@ -6,10 +6,13 @@
 //! dropout is not applied. Parameters: shallow `prompt_embed [1, L, D]`, deep
 //! `blocks.{i}.prompt_embed [1, L, D]`.
 
-use super::{check_positive, AdapterMethod, Halves};
+use super::{check_positive, AdapterMethod};
+use crate::nn::config::VitConfig;
 use crate::nn::init::{self, Init};
+use crate::nn::masks::Masks;
+use crate::nn::modules::{Hook, Hooks, Slot};
+use crate::nn::ops::Kernels;
 use crate::nn::params::ParamStore;
-use crate::nn::vit::{Fwd, VitConfig};
 use candle_core::{Device, Result, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -88,12 +91,6 @@ impl VptConfig {
     }
 }
 
-fn prompts(f: &Fwd, name: &str, b: usize) -> Result<Tensor> {
-    let p = f.p.get(name)?;
-    let (_, l, d) = p.dims3()?;
-    p.broadcast_as((b, l, d))
-}
-
 /// `vpt_shallow` or `vpt_deep` with its hyperparameters.
 #[derive(Clone, Debug)]
 pub struct Vpt {
@@ -127,11 +124,6 @@ impl AdapterMethod for Vpt {
         }
     }
 
-    /// Tokens added or replaced between blocks: no hook inside a half.
-    fn halves(&self) -> Halves {
-        Halves::NONE
-    }
-
     fn count(&self, cfg: &VitConfig) -> usize {
         let per_insertion = self.config.length * cfg.embed_dim;
         if self.deep {
@@ -155,29 +147,57 @@ impl AdapterMethod for Vpt {
         self.config.add(cfg, self.deep, store, seed, dev)
     }
 
-    /// Inserts the prompts (block 0's for `vpt_deep`) after the class token.
-    fn after_embed(&self, f: &mut Fwd, x: &Tensor) -> Result<Tensor> {
-        let name = if self.deep {
+    /// The prompts (block 0's for `vpt_deep`) inserted after the position embedding; for
+    /// `vpt_deep`, block i's replacing them before every block `i > 0`.
+    fn hooks(&self, cfg: &VitConfig, store: &ParamStore, _: &Kernels) -> Result<Hooks> {
+        let mut hooks = Hooks::none(cfg.depth);
+        let first = if self.deep {
             "blocks.0.prompt_embed"
         } else {
             "prompt_embed"
         };
-        let (b, n, _) = x.dims3()?;
-        let p = prompts(f, name, b)?;
-        Tensor::cat(&[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1, n - 1)?], 1)
-    }
-
-    /// Before block `i > 0` of `vpt_deep`, replaces the prompt tokens by block i's.
-    fn before_block(&self, f: &mut Fwd, i: usize, x: &Tensor) -> Result<Tensor> {
-        if !self.deep || i == 0 {
-            return Ok(x.clone());
+        hooks.model.after_embed = Slot::new(Prompts::new(store, first, false)?);
+        if self.deep {
+            for (i, b) in hooks.blocks.iter_mut().enumerate().skip(1) {
+                let name = format!("blocks.{i}.prompt_embed");
+                b.before = Slot::new(Prompts::new(store, &name, true)?);
+            }
         }
+        Ok(hooks)
+    }
+}
+
+/// Learned prompt tokens `[1, L, D]` placed after the class token: inserted, or replacing
+/// the `L` prompt tokens already there.
+#[derive(Clone, Debug)]
+pub struct Prompts {
+    prompts: Tensor,
+    replace: bool,
+}
+
+impl Prompts {
+    /// The prompts `name` of `store`; `replace`: they replace the prompt tokens after the
+    /// class token instead of being inserted there.
+    ///
+    /// # Errors
+    /// A tensor missing from `store` (named) or not `[1, L, D]`.
+    pub fn new(store: &ParamStore, name: &str, replace: bool) -> Result<Self> {
+        let prompts = store.get(name)?.clone();
+        prompts.dims3()?;
+        Ok(Prompts { prompts, replace })
+    }
+}
+
+impl Hook for Prompts {
+    fn forward(&self, x: &Tensor, _: &mut Masks) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        let l = self.config.length;
-        let p = prompts(f, &format!("blocks.{i}.prompt_embed"), b)?;
-        Tensor::cat(
-            &[&x.narrow(1, 0, 1)?, &p, &x.narrow(1, 1 + l, n - 1 - l)?],
-            1,
-        )
+        let (_, l, d) = self.prompts.dims3()?;
+        let p = self.prompts.broadcast_as((b, l, d))?;
+        let rest = if self.replace {
+            x.narrow(1, 1 + l, n - 1 - l)?
+        } else {
+            x.narrow(1, 1, n - 1)?
+        };
+        Tensor::cat(&[&x.narrow(1, 0, 1)?, &p, &rest], 1)
     }
 }

@@ -24,7 +24,7 @@ use candle_core::Tensor;
 /// Largest `config.json` read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The LayerNorm eps this project's ViT uses (timm's).
-const OUR_EPS: f64 = crate::nn::vit::LN_EPS;
+const OUR_EPS: f64 = crate::nn::config::LN_EPS;
 
 /// What [`convert`] did.
 #[derive(Debug, Default)]

@@ -42,6 +42,7 @@ pub(crate) enum Half {
 
 /// Frozen tensors of one half: norm weight and bias `[D]`, first linear weight `[H, D]`
 /// (+ bias `[H]`; qkv or fc1), second linear weight `[D, K]` (+ bias `[D]`; proj or fc2).
+#[derive(Clone, Debug)]
 pub(crate) struct HalfWeights {
     pub norm_w: Tensor,
     pub norm_b: Tensor,

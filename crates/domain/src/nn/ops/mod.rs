@@ -1,13 +1,18 @@
 //! Elementary ops of the ViT in two interchangeable implementations:
 //!
-//! * [`OpsImpl::Fused`]: where [`has_fused_kernel`] lists the op for the tensor's device and
-//!   dtype (today CPU f32), one-pass custom ops (`CustomOp1/3`) with a
-//!   hand-written backward (LayerNorm, softmax, exact GELU) and a frozen linear whose
-//!   backward computes only dL/dx. On other devices / dtypes it falls back to the composed
-//!   version, so the fused path is never a correctness risk (candle's own fused
-//!   `layer_norm` / `softmax_last_dim` have no backward and are deliberately not used).
-//! * [`OpsImpl::Composed`]: built from differentiable candle tensor ops only (the
-//!   reference the fused ops are tested against, and the benchmark baseline).
+//! * fused: where [`has_fused_kernel`] lists the op for the device and dtype (today CPU
+//!   f32), one-pass custom ops (`CustomOp1/3`) whose backward is an op of its own with a
+//!   per-device entry (its `cpu_fwd`; a device kernel is its `cuda_fwd`): LayerNorm,
+//!   softmax, exact GELU, attention, the adapter bottleneck, the frozen residual halves, and
+//!   a frozen linear whose backward computes only dL/dx. Elsewhere the composed version
+//!   runs, so the fused path is never a correctness risk (candle's own fused `layer_norm` /
+//!   `softmax_last_dim` have no backward and are deliberately not used).
+//! * composed: built from differentiable candle tensor ops only (the reference the fused
+//!   ops are tested against, and the benchmark baseline).
+//!
+//! Each op function here takes the [`OpsImpl`] and decides per call (the op-level API the
+//! tests use); a model decides once, when its modules are built, through [`Kernels`]
+//! (`kernels.rs`), and calls the `*_as` forms with that decision.
 
 mod attention;
 pub use attention::Tokens;
@@ -25,6 +30,8 @@ mod frozen_linear;
 mod gemm;
 pub use gemm::{cpu_bf16, cpu_gemm, CpuGemm, ENV as GEMM_BACKEND_ENV};
 mod gelu;
+mod kernels;
+pub use kernels::{has_fused_kernel, Bf16Products, FusedOp, Kernels, OpsImpl, Products};
 mod layer_norm;
 mod softmax;
 mod view;
@@ -33,83 +40,24 @@ pub use gelu::gelu_composed;
 pub use layer_norm::layer_norm_composed;
 pub use softmax::softmax_composed;
 
+use crate::nn::masks::Masks;
 use candle_core::{DType, IndexOp, Result, Tensor};
-
-/// Which implementation the model's elementary ops use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OpsImpl {
-    /// Fused CPU kernels with hand-written backward (composed fallback off CPU).
-    #[default]
-    Fused,
-    /// Differentiable candle tensor ops only.
-    Composed,
-    /// Benchmark ablation: fused LayerNorm / softmax / GELU, but frozen linears as plain
-    /// matmuls (candle computes and discards their weight gradients).
-    FusedComposedLinear,
-}
-
-/// The ops that have a fused kernel (one pass, hand-written backward) beside their
-/// composed reference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FusedOp {
-    /// [`layer_norm`].
-    LayerNorm,
-    /// [`softmax_last_dim`].
-    Softmax,
-    /// [`gelu`].
-    Gelu,
-    /// [`attention`] (no dropout active).
-    Attention,
-    /// [`bottleneck`], the adapter bottleneck.
-    Bottleneck,
-    /// [`frozen_linear_bf16`]'s bf16 product (the f32 [`frozen_linear`] runs its own op on
-    /// every device).
-    FrozenLinearBf16,
-    /// A whole frozen residual half of a block (`frozen_residual`).
-    FrozenHalf,
-}
-
-impl FusedOp {
-    /// Every fused op.
-    pub const ALL: [FusedOp; 7] = [
-        FusedOp::LayerNorm,
-        FusedOp::Softmax,
-        FusedOp::Gelu,
-        FusedOp::Attention,
-        FusedOp::Bottleneck,
-        FusedOp::FrozenLinearBf16,
-        FusedOp::FrozenHalf,
-    ];
-}
-
-/// Whether `op` has a fused kernel for tensors on `device` in `dtype`: THE table of where
-/// fused kernels exist, read by every op's gate ([`OpsImpl::fused_for`]). Today every fused
-/// op has a CPU f32 kernel and nothing else; a CUDA kernel for an op adds its row here (and
-/// its `cuda_fwd`), and `tests/nn_ops.rs` then compares it with the composed op on that
-/// device.
-pub fn has_fused_kernel(op: FusedOp, device: &candle_core::Device, dtype: DType) -> bool {
-    use FusedOp::*;
-    // One arm per (ops, devices, dtypes) that have kernels; the match is exhaustive over
-    // the ops, so a new fused op must say here where it runs.
-    match op {
-        LayerNorm | Softmax | Gelu | Attention | Bottleneck | FrozenLinearBf16 | FrozenHalf => {
-            device.is_cpu() && dtype == DType::F32
-        }
-    }
-}
-
-impl OpsImpl {
-    /// Whether `op` runs fused on `x`: this implementation fuses, and the op has a kernel
-    /// for `x`'s device and dtype ([`has_fused_kernel`]).
-    pub(crate) fn fused_for(self, op: FusedOp, x: &Tensor) -> bool {
-        self != OpsImpl::Composed && has_fused_kernel(op, x.device(), x.dtype())
-    }
-}
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
 /// Gradients flow to `x`, and to `w` / `b` when they are (or depend on) variables.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(FusedOp::LayerNorm, x) {
+    layer_norm_as(x, w, b, eps, imp.fused_for(FusedOp::LayerNorm, x))
+}
+
+/// [`layer_norm`], fused or composed as decided by the caller.
+pub(crate) fn layer_norm_as(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    fused: bool,
+) -> Result<Tensor> {
+    if !fused {
         return layer_norm_composed(x, w, b, eps);
     }
     let op = layer_norm::LayerNormOp {
@@ -123,7 +71,12 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, imp: OpsImpl) ->
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(FusedOp::Softmax, x) {
+    softmax_as(x, imp.fused_for(FusedOp::Softmax, x))
+}
+
+/// [`softmax_last_dim`], fused or composed as decided by the caller.
+pub(crate) fn softmax_as(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if !fused {
         return softmax_composed(x);
     }
     x.contiguous()?.apply_op1(softmax::SoftmaxOp)
@@ -131,7 +84,12 @@ pub fn softmax_last_dim(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
 
 /// Exact (erf) GELU.
 pub fn gelu(x: &Tensor, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(FusedOp::Gelu, x) {
+    gelu_as(x, imp.fused_for(FusedOp::Gelu, x))
+}
+
+/// [`gelu`], fused or composed as decided by the caller.
+pub(crate) fn gelu_as(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if !fused {
         return gelu_composed(x);
     }
     x.contiguous()?.apply_op1(gelu::GeluOp)
@@ -148,65 +106,95 @@ pub fn attention(
     qkv: &Tensor,
     heads: usize,
     attn_drop: f64,
-    masks: &mut crate::nn::masks::Masks,
+    masks: &mut Masks,
     imp: OpsImpl,
     low: Option<DType>,
     tokens: Tokens,
 ) -> Result<Tensor> {
-    attention_bf16(qkv, heads, attn_drop, masks, imp, low, None, tokens)
+    let a = Attention {
+        heads,
+        attn_drop,
+        fused: imp.fused_for(FusedOp::Attention, qkv) && low.is_none(),
+        kernel: None,
+        low,
+        softmax_fused: imp.fused_for(FusedOp::Softmax, qkv),
+    };
+    a.forward(qkv, masks, tokens)
 }
 
-/// [`attention`] whose fused CPU op runs its per-head products on bf16 inputs through
-/// `kernel` (CPU bf16 mixed precision, f32 accumulation; `None`: f32).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bf16(
-    qkv: &Tensor,
-    heads: usize,
-    attn_drop: f64,
-    masks: &mut crate::nn::masks::Masks,
-    imp: OpsImpl,
-    low: Option<DType>,
-    kernel: Option<Bf16Kernel>,
-    tokens: Tokens,
-) -> Result<Tensor> {
-    let dropout_active = masks.training() && attn_drop > 0.0;
-    if imp.fused_for(FusedOp::Attention, qkv) && !dropout_active && low.is_none() {
-        let op = attention::AttentionOp::new(heads, tokens, qkv.track_op()).with_kernel(kernel);
-        return qkv.contiguous()?.apply_op1(op);
+/// [`attention`] with its implementation decided once (a model's attention module).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attention {
+    /// Heads; must divide the width.
+    pub heads: usize,
+    /// Dropout rate on the attention matrix (training passes).
+    pub attn_drop: f64,
+    /// The fused op runs where no attention dropout is active.
+    pub fused: bool,
+    /// The fused op's products on bf16 inputs through this kernel (`None`: f32).
+    pub kernel: Option<Bf16Kernel>,
+    /// Composed: the two products in this dtype (`None`: `qkv`'s).
+    pub low: Option<DType>,
+    /// Composed: the softmax fused.
+    pub softmax_fused: bool,
+}
+
+impl Attention {
+    /// The attention of `qkv [B, N, 3D]` for the outputs of `tokens` (see [`attention`]).
+    pub(crate) fn forward(
+        &self,
+        qkv: &Tensor,
+        masks: &mut Masks,
+        tokens: Tokens,
+    ) -> Result<Tensor> {
+        let dropout_active = masks.training() && self.attn_drop > 0.0;
+        if self.fused && !dropout_active {
+            let op = attention::AttentionOp::new(self.heads, tokens, qkv.track_op())
+                .with_kernel(self.kernel);
+            return qkv.contiguous()?.apply_op1(op);
+        }
+        let (b, n, d3) = qkv.dims3()?;
+        let d = d3 / 3;
+        let heads = self.heads;
+        let dh = d / heads;
+        let nq = tokens.rows(n);
+        let qkv = qkv
+            .reshape((b, n, 3, heads, dh))?
+            .permute((2, 0, 3, 1, 4))?;
+        let dt = qkv.dtype();
+        let lo = self.low.unwrap_or(dt);
+        let q = (qkv.i(0)?.narrow(2, 0, nq)? * (dh as f64).powf(-0.5))?
+            .to_dtype(lo)?
+            .contiguous()?;
+        let k = qkv.i(1)?.to_dtype(lo)?.contiguous()?;
+        let v = qkv.i(2)?.to_dtype(lo)?.contiguous()?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(dt)?;
+        let attn = softmax_as(&scores, self.softmax_fused)?;
+        let attn = masks.dropout(&attn, self.attn_drop)?.to_dtype(lo)?;
+        attn.matmul(&v)?
+            .to_dtype(dt)?
+            .transpose(1, 2)?
+            .reshape((b, nq, d))
     }
-    let (b, n, d3) = qkv.dims3()?;
-    let d = d3 / 3;
-    let dh = d / heads;
-    let nq = tokens.rows(n);
-    let qkv = qkv
-        .reshape((b, n, 3, heads, dh))?
-        .permute((2, 0, 3, 1, 4))?;
-    let dt = qkv.dtype();
-    let lo = low.unwrap_or(dt);
-    let q = (qkv.i(0)?.narrow(2, 0, nq)? * (dh as f64).powf(-0.5))?
-        .to_dtype(lo)?
-        .contiguous()?;
-    let k = qkv.i(1)?.to_dtype(lo)?.contiguous()?;
-    let v = qkv.i(2)?.to_dtype(lo)?.contiguous()?;
-    let scores = q.matmul(&k.t()?)?.to_dtype(dt)?;
-    let attn = softmax_last_dim(&scores, imp)?;
-    let attn = masks.dropout(&attn, attn_drop)?.to_dtype(lo)?;
-    attn.matmul(&v)?
-        .to_dtype(dt)?
-        .transpose(1, 2)?
-        .reshape((b, nq, d))
 }
 
 /// One adapter bottleneck `[x +] scale * (act(x w1^T + b1) w2^T + b2)` (`x +` with
 /// `residual`): its four trainable tensors `w1 [r, D]`, `b1 [r]`, `w2 [D, r]`, `b2 [D]` and
 /// how it is applied.
 pub struct Bottleneck<'a> {
+    /// Down projection `[r, D]`.
     pub w1: &'a Tensor,
+    /// Its bias `[r]`.
     pub b1: &'a Tensor,
+    /// Up projection `[D, r]`.
     pub w2: &'a Tensor,
+    /// Its bias `[D]`.
     pub b2: &'a Tensor,
+    /// Activation between the two.
     pub act: Activation,
+    /// Output scale.
     pub scale: f64,
+    /// Add `x` to the output.
     pub residual: bool,
 }
 
@@ -215,8 +203,19 @@ pub struct Bottleneck<'a> {
 /// `ops/bottleneck.rs`); composed otherwise. No dropout: callers with dropout active use
 /// [`bottleneck_composed`].
 pub fn bottleneck(x: &Tensor, p: &Bottleneck, imp: OpsImpl) -> Result<Tensor> {
-    if !imp.fused_for(FusedOp::Bottleneck, x) {
-        return bottleneck_composed(x, p, imp, Ok);
+    let gelu_fused = imp.fused_for(FusedOp::Gelu, x);
+    bottleneck_as(x, p, imp.fused_for(FusedOp::Bottleneck, x), gelu_fused)
+}
+
+/// [`bottleneck`], fused or composed (with a fused GELU or not) as decided by the caller.
+pub(crate) fn bottleneck_as(
+    x: &Tensor,
+    p: &Bottleneck,
+    fused: bool,
+    gelu_fused: bool,
+) -> Result<Tensor> {
+    if !fused {
+        return bottleneck_composed(x, p, gelu_fused, Ok);
     }
     let p1 = Tensor::cat(&[p.w1, &p.b1.unsqueeze(1)?], 1)?;
     let p2 = Tensor::cat(&[p.w2, &p.b2.unsqueeze(1)?], 1)?;
@@ -229,17 +228,18 @@ pub fn bottleneck(x: &Tensor, p: &Bottleneck, imp: OpsImpl) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&p1, &p2, op)
 }
 
-/// [`bottleneck`] from differentiable ops, with `after_act` applied to the hidden
-/// activations (dropout, for the callers that have it active; `Ok` otherwise).
-pub fn bottleneck_composed(
+/// [`bottleneck`] from differentiable ops (its GELU fused or not), with `after_act` applied
+/// to the hidden activations (dropout, for the callers that have it active; `Ok`
+/// otherwise).
+pub(crate) fn bottleneck_composed(
     x: &Tensor,
     p: &Bottleneck,
-    imp: OpsImpl,
+    gelu_fused: bool,
     after_act: impl FnOnce(Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let h = linear(x, p.w1, Some(p.b1))?;
     let h = match p.act {
-        Activation::Gelu => gelu(&h, imp)?,
+        Activation::Gelu => gelu_as(&h, gelu_fused)?,
         Activation::Relu => h.relu()?,
     };
     let mut y = linear(&after_act(h)?, p.w2, Some(p.b2))?;
@@ -276,69 +276,120 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// for the product and the result cast back to `x`'s dtype; the bias is added after that,
 /// in `x`'s dtype.
 pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, imp: OpsImpl) -> Result<Tensor> {
-    let out_dtype = x.dtype();
-    let xin = x.to_dtype(w.dtype())?;
-    let add_bias = |y: Tensor| match b {
-        Some(b) => y.broadcast_add(&b.detach()),
-        None => Ok(y),
-    };
-    if imp != OpsImpl::Fused {
-        return add_bias(linear(&xin, &w.detach(), None)?.to_dtype(out_dtype)?);
-    }
-    let fuse_bias = xin.device().is_cpu() && xin.dtype() == DType::F32;
-    let op = frozen_linear::FrozenLinearOp {
-        w: w.detach().contiguous()?,
-        b: if fuse_bias {
-            b.map(|b| b.detach().contiguous()).transpose()?
-        } else {
-            None
-        },
-        low: None,
-    };
-    let y = xin.contiguous()?.apply_op1(op)?.to_dtype(out_dtype)?;
-    if fuse_bias {
-        Ok(y)
-    } else {
-        add_bias(y)
-    }
+    FrozenProduct::new(w, imp == OpsImpl::Fused)?.forward(x, b)
 }
 
-/// [`frozen_linear`] for CPU bf16 mixed precision: `x [.., K]` (f32) times the bf16 copy
-/// `w_bf16 [N, K]` of the frozen `w` through `kernel` (bf16 inputs, f32 accumulation), plus
-/// the frozen bias in f32; the backward's dL/dx product likewise. Where the fused CPU ops do
-/// not apply to `x` (not CPU f32, or `imp` not fused) it is [`frozen_linear`] on `w`.
-pub fn frozen_linear_bf16(
-    x: &Tensor,
-    w: &Tensor,
-    w_bf16: &Tensor,
-    kernel: Bf16Kernel,
-    b: Option<&Tensor>,
-    imp: OpsImpl,
-) -> Result<Tensor> {
-    if imp != OpsImpl::Fused || !imp.fused_for(FusedOp::FrozenLinearBf16, x) {
-        return frozen_linear(x, w, b, imp);
+/// The product of a frozen linear, chosen once: how [`frozen_linear`] runs, and what a
+/// model's frozen linear modules hold.
+#[derive(Clone, Debug)]
+pub(crate) enum FrozenProduct {
+    /// [`linear`] on the detached weight (`x` cast to its dtype and back), bias added after.
+    Composed {
+        /// The detached `[N, K]` weight (f32, or a low-precision copy).
+        w: Tensor,
+    },
+    /// The frozen-linear op on the weight in its own dtype (`x` cast to it and back).
+    Op {
+        /// The detached, contiguous `[N, K]` weight (f32, or candle's low-precision copy).
+        w: Tensor,
+        /// The bias is added inside the op (CPU f32), else after it.
+        fuse_bias: bool,
+    },
+    /// The frozen-linear op with its products on the bf16 copy through a CPU kernel (CPU
+    /// `precision: bf16`); input, output and bias f32.
+    CpuBf16 {
+        /// The detached, contiguous f32 `[N, K]` weight.
+        w: Tensor,
+        /// Its detached, contiguous bf16 copy.
+        w_bf16: Tensor,
+        /// The kernel of the products.
+        kernel: Bf16Kernel,
+    },
+}
+
+impl FrozenProduct {
+    /// The product on `w` (f32, or candle's low-precision copy): the op when `fused`, else
+    /// composed.
+    pub(crate) fn new(w: &Tensor, fused: bool) -> Result<FrozenProduct> {
+        if !fused {
+            return Ok(FrozenProduct::Composed { w: w.detach() });
+        }
+        Ok(FrozenProduct::Op {
+            w: w.detach().contiguous()?,
+            fuse_bias: w.device().is_cpu() && w.dtype() == DType::F32,
+        })
     }
-    if w_bf16.dtype() != DType::BF16 || w_bf16.dims() != w.dims() {
-        candle_core::bail!(
-            "frozen_linear_bf16: the bf16 copy is {:?} {:?}, the weight {:?}",
-            w_bf16.dtype(),
-            w_bf16.dims(),
-            w.dims()
-        );
+
+    /// The product on the f32 `w` with its bf16 copy `w_bf16` through `kernel`.
+    pub(crate) fn cpu_bf16(
+        w: &Tensor,
+        w_bf16: &Tensor,
+        kernel: Bf16Kernel,
+    ) -> Result<FrozenProduct> {
+        if w_bf16.dtype() != DType::BF16 || w_bf16.dims() != w.dims() {
+            candle_core::bail!(
+                "frozen linear: the bf16 copy is {:?} {:?}, the weight {:?}",
+                w_bf16.dtype(),
+                w_bf16.dims(),
+                w.dims()
+            );
+        }
+        Ok(FrozenProduct::CpuBf16 {
+            w: w.detach().contiguous()?,
+            w_bf16: w_bf16.detach().contiguous()?,
+            kernel,
+        })
     }
-    let op = frozen_linear::FrozenLinearOp {
-        w: w.detach().contiguous()?,
-        b: b.map(|b| b.detach().contiguous()).transpose()?,
-        low: Some((w_bf16.detach().contiguous()?, kernel)),
-    };
-    x.contiguous()?.apply_op1(op)
+
+    /// `x [.., K] w^T (+ b)` in `x`'s dtype, with the frozen bias `b` (detached here).
+    pub(crate) fn forward(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let add_bias = |y: Tensor| match b {
+            Some(b) => y.broadcast_add(&b.detach()),
+            None => Ok(y),
+        };
+        match self {
+            FrozenProduct::Composed { w } => {
+                let out_dtype = x.dtype();
+                let xin = x.to_dtype(w.dtype())?;
+                add_bias(linear(&xin, w, None)?.to_dtype(out_dtype)?)
+            }
+            FrozenProduct::Op { w, fuse_bias } => {
+                let out_dtype = x.dtype();
+                let xin = x.to_dtype(w.dtype())?;
+                let op = frozen_linear::FrozenLinearOp {
+                    w: w.clone(),
+                    b: if *fuse_bias {
+                        b.map(|b| b.detach().contiguous()).transpose()?
+                    } else {
+                        None
+                    },
+                    low: None,
+                };
+                let y = xin.contiguous()?.apply_op1(op)?.to_dtype(out_dtype)?;
+                if *fuse_bias {
+                    Ok(y)
+                } else {
+                    add_bias(y)
+                }
+            }
+            FrozenProduct::CpuBf16 { w, w_bf16, kernel } => {
+                let op = frozen_linear::FrozenLinearOp {
+                    w: w.clone(),
+                    b: b.map(|b| b.detach().contiguous()).transpose()?,
+                    low: Some((w_bf16.clone(), *kernel)),
+                };
+                x.contiguous()?.apply_op1(op)
+            }
+        }
+    }
 }
 
 /// One residual half of a pre-norm block with every backbone tensor frozen, as a single
 /// CPU f32 op: `x + s * proj(attention(qkv(LN(x))))` for [`Half::Attn`] (only the class
 /// token's row of it with [`Tokens::Cls`]), `x + s * fc2(GELU(fc1(LN(x))))` for
 /// [`Half::Mlp`]; `scale` holds the per-sample drop-path factors `s`. Only dL/dx flows
-/// back. Callers use it where [`OpsImpl::fused_for`] holds for [`FusedOp::FrozenHalf`].
+/// back. `w` must be [`HalfWeights::prepared`]. Callers use it where [`Kernels::fused`]
+/// holds for [`FusedOp::FrozenHalf`].
 pub(crate) fn frozen_residual(
     x: &Tensor,
     w: &HalfWeights,
@@ -348,7 +399,7 @@ pub(crate) fn frozen_residual(
 ) -> Result<Tensor> {
     let core = frozen_block::HalfCore {
         half,
-        weights: w.prepared()?,
+        weights: w.clone(),
         eps: eps as f32,
         scale,
     };
