@@ -5,12 +5,18 @@
 
 pub mod config;
 pub mod cotrain;
+mod epoch;
 pub mod evaluate;
 mod hooks;
+mod member;
 mod state;
+mod step;
 
 pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
-pub use cotrain::{train, train_step, EpochRow, Member, StepAt, StepLoss, TrainOutcome};
+pub use cotrain::{train, TrainOutcome};
+pub use epoch::EpochRow;
 pub use evaluate::{evaluate, EvalResult};
 pub use hooks::TrainHooks;
+pub use member::Member;
 pub use state::{resume_epoch, resume_point};
+pub use step::{train_step, StepAt, StepLoss};

@@ -1,7 +1,8 @@
 //! Epoch checkpoints inside the stage's checkpoint directory: trainable weights and
 //! optimizer state of every member plus the metric rows so far, in one safetensors file
 //! written atomically. Only the latest is kept.
-use super::cotrain::{EpochRow, Member};
+use super::epoch::EpochRow;
+use super::member::Member;
 use crate::nn::checkpoint::{load_tensors, save_tensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
