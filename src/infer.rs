@@ -7,8 +7,9 @@
 use crate::config::paths::cli_path;
 use crate::data::hidden::{is_hidden_or_os, HiddenEntries};
 use crate::data::image::{decode_rgb_noted, resize_bicubic, Normalize};
+use crate::entries::training::read_trained;
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions};
+use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions, LoadedWeights};
 use crate::nn::vit::{Mode, Vit, VitConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -304,53 +305,63 @@ pub fn build_model(opts: &InferOptions) -> Result<Vit> {
 /// [`build_model`], with the class names the adapter checkpoint carries (metadata
 /// `class_names`: a JSON array with one name per class), if any.
 pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<String>>)> {
-    let mut class_names: Option<Vec<String>> = None;
     let mut cfg = resolve_model(&opts.model)?;
-    let (trained, adapter_cfg) = match &opts.adapter {
+    let model = format!("--model {}", opts.model);
+    let trained = match &opts.adapter {
         Some(p) => {
-            let (t, meta) = load_tensors(p, &opts.device)?;
-            let a = meta
-                .get(crate::entries::training::ADAPTER_META)
-                .with_context(|| {
-                    format!(
-                    "{}: no `adapter` metadata (expected a training entry's student.safetensors)",
-                    p.display()
-                )
-                })?;
-            let a: AdapterConfig = serde_json::from_str(a).with_context(|| {
-                format!(
-                    "{}: metadata `adapter` is not an adapter config",
-                    p.display()
-                )
-            })?;
-            if let Some(c) = meta.get(crate::entries::training::CONFIG_META) {
-                let c: VitConfig = serde_json::from_str(c).with_context(|| {
-                    format!("{}: metadata `config` is not a ViT config", p.display())
-                })?;
-                if (c.embed_dim, c.depth, c.patch_size)
-                    != (cfg.embed_dim, cfg.depth, cfg.patch_size)
-                {
-                    bail!(
-                        "{} was trained on a ViT with dim {}, depth {}, patch {}; --model {} has dim {}, depth {}, patch {}",
-                        p.display(), c.embed_dim, c.depth, c.patch_size, opts.model,
-                        cfg.embed_dim, cfg.depth, cfg.patch_size
-                    );
-                }
-            }
-            if let Some(c) = meta.get(crate::entries::training::CLASS_NAMES_META) {
-                let names: Vec<String> = serde_json::from_str(c).with_context(|| {
-                    format!(
-                        "{}: metadata `class_names` is not a JSON array of strings",
-                        p.display()
-                    )
-                })?;
-                class_names = Some(names);
-            }
-            (Some(t), a)
+            let t = read_trained(p, &opts.device)?;
+            t.check_arch(&cfg, &model)?;
+            Some(t)
         }
-        None => (None, AdapterConfig::Linear),
+        None => None,
     };
-    // The backbone, with its head when it has one (checked against the config below).
+    let loaded = load_weights(opts, &cfg)?;
+    let head = &loaded.extra;
+    let classes = opts
+        .num_classes
+        .or_else(|| trained.as_ref().and_then(|t| head_classes(&t.tensors)))
+        .or_else(|| head_classes(head))
+        .with_context(|| {
+            format!(
+                "cannot tell the number of classes: {} has no `head.weight`{}; pass \
+                 --num-classes",
+                opts.weights.display(),
+                if opts.adapter.is_some() {
+                    " and neither has the adapter checkpoint"
+                } else {
+                    ""
+                }
+            )
+        })?;
+    cfg.num_classes = classes;
+    match trained {
+        Some(t) => {
+            if let Some(names) = &t.class_names {
+                check_class_names(&t.file, names, classes)?;
+            }
+            let names = t.class_names.clone();
+            let vit = t.into_vit(&cfg, loaded.tensors, &model, &opts.device)?;
+            Ok((vit, names))
+        }
+        None => {
+            check_usable_head(&opts.weights, head, classes, loaded.had_pre_logits)?;
+            let vit = Vit::new(
+                &cfg,
+                &AdapterConfig::Linear,
+                loaded.tensors,
+                &opts.device,
+                0,
+            )?;
+            vit.set_trainable(&loaded.extra)
+                .with_context(|| format!("{}: head does not fit", opts.weights.display()))?;
+            Ok((vit, None))
+        }
+    }
+}
+
+/// The backbone of `--weights` for the architecture `cfg`, with its head (of whatever size)
+/// passed through in `extra`; notes of the loader printed on stderr.
+fn load_weights(opts: &InferOptions, cfg: &VitConfig) -> Result<LoadedWeights> {
     let mut expected = cfg.expected_tensors();
     expected.retain(|(n, _)| !n.starts_with("head."));
     let check_model = format!(
@@ -374,48 +385,20 @@ pub fn build_model_with_classes(opts: &InferOptions) -> Result<(Vit, Option<Vec<
     for n in &loaded.notes {
         eprintln!("note: {}: {n}", opts.weights.display());
     }
-    let backbone = loaded.tensors;
-    let head = loaded.extra;
-    let classes =
-        opts.num_classes
-            .or_else(|| trained.as_ref().and_then(head_classes))
-            .or_else(|| head_classes(&head))
-            .with_context(|| {
-                format!(
-                "cannot tell the number of classes: {} has no `head.weight`{}; pass --num-classes",
-                opts.weights.display(),
-                if opts.adapter.is_some() { " and neither has the adapter checkpoint" } else { "" }
-            )
-            })?;
-    cfg.num_classes = classes;
-    if let (Some(p), Some(names)) = (&opts.adapter, &class_names) {
-        if names.len() != classes {
-            bail!(
-                "{}: metadata `class_names` has {} names for {classes} classes: expected one \
-                 per class",
-                p.display(),
-                names.len()
-            );
-        }
+    Ok(loaded)
+}
+
+/// An error unless the adapter checkpoint `file` names one class per class of the model.
+fn check_class_names(file: &Path, names: &[String], classes: usize) -> Result<()> {
+    if names.len() != classes {
+        bail!(
+            "{}: metadata `class_names` has {} names for {classes} classes: expected one \
+             per class",
+            file.display(),
+            names.len()
+        );
     }
-    let vit = Vit::new(&cfg, &adapter_cfg, backbone, &opts.device, 0)?;
-    let values = match trained {
-        Some(t) => t,
-        None => {
-            check_usable_head(&opts.weights, &head, classes, loaded.had_pre_logits)?;
-            head
-        }
-    };
-    let values: BTreeMap<String, Tensor> = values
-        .into_iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_dtype(DType::F32)?)))
-        .collect::<Result<_>>()?;
-    vit.set_trainable(&values)
-        .with_context(|| match &opts.adapter {
-            Some(p) => format!("{} does not fit --model {}", p.display(), opts.model),
-            None => format!("{}: head does not fit", opts.weights.display()),
-        })?;
-    Ok((vit, class_names))
+    Ok(())
 }
 
 /// Runs the model over the input in batches.

@@ -10,7 +10,8 @@
 //!   in percent, wall-clock seconds).
 //!
 //! `eval` reads the summary, the student and the metrics; `analysis/adapter-stats` the
-//! summary and both models' weights.
+//! summary and both models' weights; both restore a model through [`restore_trained`], as
+//! `idat-pipe infer --adapter` does through [`read_trained`].
 use super::{read_json, write_json};
 use crate::nn::adapters::AdapterConfig;
 use crate::nn::checkpoint::{load_tensors, save_tensors};
@@ -21,7 +22,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The kept (large) model's trainable weights.
 pub const STUDENT_FILE: &str = "student.safetensors";
@@ -128,12 +129,113 @@ pub fn write_weights(
     save_tensors(&dir.join(role.file()), &t, &meta)
 }
 
-/// The trainable weights of the `role` model of the entry `dir`, on `dev`, by name.
+/// A trained model as a training entry keeps it (`student.safetensors`,
+/// `teacher.safetensors`): what `eval`, `analysis/adapter-stats` and `idat-pipe infer`
+/// restore.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The trainable tensors (adapters and head, or whatever the method trains) by
+    /// parameter name.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// The adapter method they belong to (metadata `adapter`).
+    pub adapter: AdapterConfig,
+    /// The ViT they were trained on (metadata `config`; absent from files written by
+    /// versions that did not record it).
+    pub config: Option<VitConfig>,
+    /// The task's class names in label order (metadata `class_names`), where it has them.
+    pub class_names: Option<Vec<String>>,
+}
+
+/// The `role` model of the training entry `dir`, its tensors on `dev` (see
+/// [`read_trained`]).
 ///
 /// # Errors
-/// A missing file or one that is not safetensors, naming it.
-pub fn read_weights(dir: &Path, role: Role, dev: &Device) -> Result<BTreeMap<String, Tensor>> {
-    Ok(load_tensors(&dir.join(role.file()), dev)?.0)
+/// As [`read_trained`].
+pub fn restore_trained(dir: &Path, role: Role, dev: &Device) -> Result<Trained> {
+    read_trained(&dir.join(role.file()), dev)
+}
+
+/// The trained model in `file` (a training entry's `student.safetensors` or
+/// `teacher.safetensors`), its tensors on `dev`.
+///
+/// # Errors
+/// Each names the file: it is missing or not safetensors; it has no `adapter` metadata (not
+/// a training entry's weights); a metadata value does not parse (`adapter` as an adapter
+/// config, `config` as a ViT config, `class_names` as a JSON array of strings).
+pub fn read_trained(file: &Path, dev: &Device) -> Result<Trained> {
+    let (tensors, meta) = load_tensors(file, dev)?;
+    let f = file.display();
+    let adapter = meta.get(ADAPTER_META).with_context(|| {
+        format!("{f}: no `adapter` metadata (expected a training entry's student.safetensors)")
+    })?;
+    let adapter: AdapterConfig = serde_json::from_str(adapter)
+        .with_context(|| format!("{f}: metadata `adapter` is not an adapter config"))?;
+    let config = meta
+        .get(CONFIG_META)
+        .map(|c| serde_json::from_str::<VitConfig>(c))
+        .transpose()
+        .with_context(|| format!("{f}: metadata `config` is not a ViT config"))?;
+    let class_names = meta
+        .get(CLASS_NAMES_META)
+        .map(|c| serde_json::from_str::<Vec<String>>(c))
+        .transpose()
+        .with_context(|| format!("{f}: metadata `class_names` is not a JSON array of strings"))?;
+    Ok(Trained {
+        file: file.to_path_buf(),
+        tensors,
+        adapter,
+        config,
+        class_names,
+    })
+}
+
+impl Trained {
+    /// Checks that `cfg` has the architecture the model was trained on (width, depth,
+    /// patch), where the file records it; `model` names where `cfg` comes from.
+    ///
+    /// # Errors
+    /// The architectures differ (both given).
+    pub fn check_arch(&self, cfg: &VitConfig, model: &str) -> Result<()> {
+        let Some(c) = &self.config else {
+            return Ok(());
+        };
+        if (c.embed_dim, c.depth, c.patch_size) != (cfg.embed_dim, cfg.depth, cfg.patch_size) {
+            anyhow::bail!(
+                "{} was trained on a ViT with dim {}, depth {}, patch {}; {model} has dim {}, \
+                 depth {}, patch {}",
+                self.file.display(),
+                c.embed_dim,
+                c.depth,
+                c.patch_size,
+                cfg.embed_dim,
+                cfg.depth,
+                cfg.patch_size
+            );
+        }
+        Ok(())
+    }
+
+    /// The model: the frozen `backbone` of architecture `cfg` (`model` names its source in
+    /// errors) with the trained method and its trainable tensors set, on `dev`.
+    ///
+    /// # Errors
+    /// The architecture is not the one trained on ([`Trained::check_arch`]); the backbone
+    /// does not fit `cfg`; the tensors do not fit the model (every mismatch named).
+    pub fn into_vit(
+        self,
+        cfg: &VitConfig,
+        backbone: BTreeMap<String, Tensor>,
+        model: &str,
+        dev: &Device,
+    ) -> Result<Vit> {
+        self.check_arch(cfg, model)?;
+        let vit = Vit::new(cfg, &self.adapter, backbone, dev, 0)?;
+        vit.set_trainable(&self.tensors)
+            .with_context(|| format!("{} does not fit {model}", self.file.display()))?;
+        Ok(vit)
+    }
 }
 
 /// Writes `summary.json` into the entry `dir`.

@@ -46,7 +46,7 @@ fn model_name(cfg: &crate::nn::vit::VitConfig) -> String {
 }
 
 fn read_blocks(dir: &Path, role: Role, down: &str, up: &str) -> Result<Vec<BlockWeights>> {
-    let tensors = training::read_weights(dir, role, &Device::Cpu)?;
+    let tensors = training::restore_trained(dir, role, &Device::Cpu)?.tensors;
     let mut flat = BTreeMap::new();
     for (name, t) in tensors {
         if name.ends_with(down) || name.ends_with(up) {

@@ -6,7 +6,6 @@ use crate::data::image::{Normalize, NormalizeKind};
 use crate::entries::eval::{self as eval_entry, EvalRecord};
 use crate::entries::training::{self, Role};
 use crate::entries::{decoded, model};
-use crate::nn::vit::Vit;
 use crate::train::evaluate;
 use anyhow::{Context, Result};
 use idat_engine::stages::{StageContext, StageKind, StageRef};
@@ -54,9 +53,13 @@ impl StageKind for Eval {
         let (info, split) = decoded::read(input_dir(ctx, &p.data)?, &p.split)?;
         let (cfg, _, backbone) =
             model::read(input_dir(ctx, &p.model)?, info.num_classes, 0.0, &dev)?;
-        let vit = Vit::new(&cfg, &summary.adapter, backbone, &dev, 0)?;
-        let weights = training::read_weights(&train_dir, Role::Student, &dev)?;
-        vit.set_trainable(&weights)
+        let vit = training::restore_trained(&train_dir, Role::Student, &dev)?
+            .into_vit(
+                &cfg,
+                backbone,
+                &format!("the backbone of `{}`", p.model),
+                &dev,
+            )
             .context("restoring the trained student")?;
         let r = evaluate(
             &vit,
