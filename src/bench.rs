@@ -138,63 +138,13 @@ fn member(name: &str, cfg: &VitConfig, dev: &Device, seed: u64, b: &StepBench) -
 
 /// Builds the models and times `warmup + steps` calls of [`train_step`] on one random batch.
 pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
-    if b.steps == 0 || b.batch == 0 {
-        bail!("bench: --steps and --batch must be at least 1");
-    }
-    if b.kind == StepKind::Idat
-        && (b.small.img_size, b.small.num_classes) != (b.large.img_size, b.large.num_classes)
-    {
-        bail!(
-            "bench: teacher and student must share img_size and classes (got {} / {} and {} / {})",
-            b.small.img_size,
-            b.small.num_classes,
-            b.large.img_size,
-            b.large.num_classes
-        );
-    }
+    check_bench(b)?;
     let mem_base = device_used_bytes(dev);
-    let mut mem_peak = mem_base;
     let mut members = vec![member("student", &b.large, dev, 1, b)?];
     if b.kind == StepKind::Idat {
         members.push(member("teacher", &b.small, dev, 2, b)?);
     }
-    // iDAT: CE_s + CE_t + MSE(z_s, z_t), the teacher not detached.
-    let distill = DistillConfig {
-        kind: DistillKind::Mse,
-        weight: 1.0,
-        temperature: 5.0,
-        t2_factor: false,
-        detach_teacher: false,
-        direction: DistillDirection::SmallToLarge,
-    };
-    let distill = (b.kind == StepKind::Idat).then_some(&distill);
-    let cfg = &b.large;
-    let x = Tensor::randn(
-        0f32,
-        1f32,
-        (b.batch, cfg.in_chans, cfg.img_size, cfg.img_size),
-        dev,
-    )?;
-    let labels: Vec<u32> = (0..b.batch).map(|i| (i % cfg.num_classes) as u32).collect();
-    let y = Tensor::new(labels.as_slice(), dev)?;
-    let mut times = Vec::new();
-    let total = b.warmup + b.steps;
-    for step in 0..total {
-        let t0 = Instant::now();
-        let at = StepAt {
-            seed: 0,
-            epoch: 0,
-            step,
-            steps: total,
-        };
-        train_step(&mut members, distill, &x, &y, at, 1e-3)?;
-        // Wait for the device (CUDA is asynchronous; the optimiser step is queued).
-        dev.synchronize()?;
-        mem_peak = mem_peak.max(device_used_bytes(dev));
-        if step >= b.warmup {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
+    let (mut times, mem_peak) = time_steps(b, &mut members, dev, mem_base)?;
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut times);
     let trainable = members.iter().map(|m| m.vit.num_trainable()).sum();
@@ -206,7 +156,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         device: format!("{dev:?}"),
         threads: candle_core::utils::get_num_threads(),
         batch: b.batch,
-        img_size: cfg.img_size,
+        img_size: b.large.img_size,
         steps: b.steps,
         median_ms,
         min_ms,
@@ -227,6 +177,75 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         full_last_block: b.full_last_block,
         products,
     })
+}
+
+/// An error unless `b` has steps and a batch and, for `idat`, two models that share the
+/// input size and the classes.
+fn check_bench(b: &StepBench) -> Result<()> {
+    if b.steps == 0 || b.batch == 0 {
+        bail!("bench: --steps and --batch must be at least 1");
+    }
+    if b.kind == StepKind::Idat
+        && (b.small.img_size, b.small.num_classes) != (b.large.img_size, b.large.num_classes)
+    {
+        bail!(
+            "bench: teacher and student must share img_size and classes (got {} / {} and {} / {})",
+            b.small.img_size,
+            b.small.num_classes,
+            b.large.img_size,
+            b.large.num_classes
+        );
+    }
+    Ok(())
+}
+
+/// Runs `warmup + steps` training steps of `members` on one random batch: the timed steps'
+/// milliseconds and the peak device memory in use (from `mem_base` on; `None` off CUDA).
+fn time_steps(
+    b: &StepBench,
+    members: &mut [Member],
+    dev: &Device,
+    mem_base: Option<u64>,
+) -> Result<(Vec<f64>, Option<u64>)> {
+    // iDAT: CE_s + CE_t + MSE(z_s, z_t), the teacher not detached.
+    let distill = DistillConfig {
+        kind: DistillKind::Mse,
+        weight: 1.0,
+        temperature: 5.0,
+        t2_factor: false,
+        detach_teacher: false,
+        direction: DistillDirection::SmallToLarge,
+    };
+    let distill = (b.kind == StepKind::Idat).then_some(&distill);
+    let cfg = &b.large;
+    let x = Tensor::randn(
+        0f32,
+        1f32,
+        (b.batch, cfg.in_chans, cfg.img_size, cfg.img_size),
+        dev,
+    )?;
+    let labels: Vec<u32> = (0..b.batch).map(|i| (i % cfg.num_classes) as u32).collect();
+    let y = Tensor::new(labels.as_slice(), dev)?;
+    let mut times = Vec::new();
+    let mut mem_peak = mem_base;
+    let total = b.warmup + b.steps;
+    for step in 0..total {
+        let t0 = Instant::now();
+        let at = StepAt {
+            seed: 0,
+            epoch: 0,
+            step,
+            steps: total,
+        };
+        train_step(members, distill, &x, &y, at, 1e-3)?;
+        // Wait for the device (CUDA is asynchronous; the optimiser step is queued).
+        dev.synchronize()?;
+        mem_peak = mem_peak.max(device_used_bytes(dev));
+        if step >= b.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok((times, mem_peak))
 }
 
 /// A Markdown table row of a report.
@@ -319,87 +338,95 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
     let large = resolve(&a.model_b, "model-b")?;
     let reports = if a.mode == "all" {
         let exe = std::env::current_exe().context("locating this executable")?;
-        let mut out = Vec::new();
-        for mode in ["idat", "at"] {
-            let mut c = std::process::Command::new(&exe);
-            c.arg("bench").arg("--mode").arg(mode).arg("--json");
-            for (f, v) in [
-                ("--device", a.device.clone()),
-                ("--steps", a.steps.to_string()),
-                ("--warmup", a.warmup.to_string()),
-                ("--batch", a.batch.to_string()),
-                ("--model-s", a.model_s.clone()),
-                ("--model-b", a.model_b.clone()),
-                ("--classes", a.classes.to_string()),
-                ("--precision", a.precision.to_string()),
-            ] {
-                c.arg(f).arg(v);
-            }
-            if let Some(t) = a.threads {
-                c.arg("--threads").arg(t.to_string());
-            }
-            if a.full_last_block {
-                c.arg("--full-last-block");
-            }
-            let o = c
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .with_context(|| format!("running {} bench --mode {mode}", exe.display()))?;
-            if !o.status.success() {
-                bail!("bench --mode {mode} failed ({})", o.status);
-            }
-            let text = String::from_utf8_lossy(&o.stdout);
-            let line = text
-                .lines()
-                .rfind(|l| l.starts_with('{'))
-                .with_context(|| {
-                    format!("bench --mode {mode}: no JSON result in its output:\n{text}")
-                })?;
-            out.push(serde_json::from_str::<StepReport>(line)?);
-        }
-        out
+        ["idat", "at"]
+            .into_iter()
+            .map(|mode| child_report(&exe, mode, &a))
+            .collect::<Result<Vec<_>>>()?
     } else {
         let kind = if a.mode == "idat" {
             StepKind::Idat
         } else {
             StepKind::At
         };
-        vec![run_step_bench(
-            &StepBench {
-                kind,
-                small,
-                large: large.clone(),
-                batch: a.batch,
-                warmup: a.warmup,
-                steps: a.steps,
-                precision: a.precision,
-                full_last_block: a.full_last_block,
-            },
-            &dev,
-        )?]
+        let b = StepBench {
+            kind,
+            small,
+            large: large.clone(),
+            batch: a.batch,
+            warmup: a.warmup,
+            steps: a.steps,
+            precision: a.precision,
+            full_last_block: a.full_last_block,
+        };
+        vec![run_step_bench(&b, &dev)?]
     };
     if a.json {
         for r in &reports {
             println!("{}", serde_json::to_string(r)?);
         }
     } else {
-        println!(
-            "models: small {} / large {}, {} classes, img {}, warmup {} + {} timed steps",
-            a.model_s, a.model_b, a.classes, large.img_size, a.warmup, a.steps
-        );
-        if a.full_last_block {
-            println!("ablation: the last block computes every token (--full-last-block)");
-        }
-        if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
-            println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
-        }
-        if let Some(r) = reports.first() {
-            println!("precision {}: {}", r.precision, r.products);
-        }
-        println!("{TABLE_HEADER}");
-        for r in &reports {
-            println!("{}", table_row(r));
-        }
+        print_table(&a, &large, &reports);
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The report of `bench --mode {mode}` run by this executable `exe` in a child process
+/// (so that its peak memory is its own), with the other arguments of `a`.
+fn child_report(exe: &std::path::Path, mode: &str, a: &BenchArgs) -> Result<StepReport> {
+    use anyhow::Context;
+    let mut c = std::process::Command::new(exe);
+    c.arg("bench").arg("--mode").arg(mode).arg("--json");
+    for (f, v) in [
+        ("--device", a.device.clone()),
+        ("--steps", a.steps.to_string()),
+        ("--warmup", a.warmup.to_string()),
+        ("--batch", a.batch.to_string()),
+        ("--model-s", a.model_s.clone()),
+        ("--model-b", a.model_b.clone()),
+        ("--classes", a.classes.to_string()),
+        ("--precision", a.precision.to_string()),
+    ] {
+        c.arg(f).arg(v);
+    }
+    if let Some(t) = a.threads {
+        c.arg("--threads").arg(t.to_string());
+    }
+    if a.full_last_block {
+        c.arg("--full-last-block");
+    }
+    let o = c
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} bench --mode {mode}", exe.display()))?;
+    if !o.status.success() {
+        bail!("bench --mode {mode} failed ({})", o.status);
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .with_context(|| format!("bench --mode {mode}: no JSON result in its output:\n{text}"))?;
+    Ok(serde_json::from_str::<StepReport>(line)?)
+}
+
+/// The human-readable output: the settings, the CPU GEMM backend, how the products ran,
+/// and one table row per report.
+fn print_table(a: &BenchArgs, large: &VitConfig, reports: &[StepReport]) {
+    println!(
+        "models: small {} / large {}, {} classes, img {}, warmup {} + {} timed steps",
+        a.model_s, a.model_b, a.classes, large.img_size, a.warmup, a.steps
+    );
+    if a.full_last_block {
+        println!("ablation: the last block computes every token (--full-last-block)");
+    }
+    if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
+        println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
+    }
+    if let Some(r) = reports.first() {
+        println!("precision {}: {}", r.precision, r.products);
+    }
+    println!("{TABLE_HEADER}");
+    for r in reports {
+        println!("{}", table_row(r));
+    }
 }
