@@ -35,52 +35,10 @@ const PROBE_KEY: &str = "embedding/kernel";
 
 /// Converts the raw arrays of a Google ViT `.npz` to timm names and layouts.
 pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
-    let prefix = ["opt/target/", "params/"]
-        .into_iter()
-        .find(|p| raw.contains_key(&format!("{p}{PROBE_KEY}")))
-        .or_else(|| {
-            // No embedding at all: a prefix every key carries still tells the layout.
-            ["opt/target/", "params/"].into_iter().find(|p| {
-                !raw.contains_key(PROBE_KEY)
-                    && raw.keys().any(|k| k.starts_with(p))
-                    && raw.keys().all(|k| k.starts_with(p))
-            })
-        })
-        .unwrap_or("");
+    let prefix = find_prefix(&raw);
     let mut notes = Vec::new();
-    let mut w: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut outside = Vec::new();
-    for (k, v) in raw {
-        match k.strip_prefix(prefix) {
-            Some(rest) => {
-                w.insert(rest.to_string(), v);
-            }
-            None => outside.push(k),
-        }
-    }
-    if !outside.is_empty() {
-        notes.push(format!(
-            "skipped {} entr{} outside the parameters under `{prefix}` (optimizer state): {}",
-            outside.len(),
-            if outside.len() == 1 { "y" } else { "ies" },
-            super::list_excerpt(&outside, ", ")
-        ));
-    }
-    let pre_logits: Vec<String> = w
-        .keys()
-        .filter(|k| k.starts_with("pre_logits/"))
-        .cloned()
-        .collect();
-    if !pre_logits.is_empty() {
-        for k in &pre_logits {
-            w.remove(k);
-        }
-        let named: Vec<String> = pre_logits.iter().map(|k| format!("{prefix}{k}")).collect();
-        notes.push(format!(
-            "dropped the pre-logits layer ({}), as timm does: the model has none",
-            named.join(", ")
-        ));
-    }
+    let mut w = strip_prefix(raw, prefix, &mut notes);
+    let had_pre_logits = drop_pre_logits(&mut w, prefix, &mut notes);
     // Each working key's name in the file (split scanned blocks keep their stacked key).
     let origin: BTreeMap<String, String> = w
         .keys()
@@ -93,65 +51,8 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         out: BTreeMap::new(),
         sources: BTreeMap::new(),
     };
-    let id = |t: Tensor| Ok(t);
-    let transpose2 = |t: Tensor| Ok(t.t()?.contiguous()?);
-    c.take(
-        "embedding/kernel",
-        "patch_embed.proj.weight",
-        &|t: Tensor| Ok(t.permute((3, 2, 0, 1))?.contiguous()?),
-    )?;
-    for (from, to) in [
-        ("embedding/bias", "patch_embed.proj.bias"),
-        ("cls", "cls_token"),
-        ("Transformer/posembed_input/pos_embedding", "pos_embed"),
-        ("pos_embedding", "pos_embed"),
-        ("Transformer/encoder_norm/scale", "norm.weight"),
-        ("Transformer/encoder_norm/bias", "norm.bias"),
-        ("head/bias", "head.bias"),
-    ] {
-        c.take(from, to, &id)?;
-    }
-    c.take("head/kernel", "head.weight", &transpose2)?;
-
-    // Scanned big_vision blocks: split the leading layer axis into per-block keys.
-    let scanned_prefix = "Transformer/encoderblock/";
-    let scanned: Vec<String> =
-        c.w.keys()
-            .filter(|k| k.starts_with(scanned_prefix))
-            .cloned()
-            .collect();
-    let (mha, mlp, ln1, ln2) = if scanned.is_empty() {
-        (
-            "MultiHeadDotProductAttention_1",
-            "MlpBlock_3",
-            "LayerNorm_0",
-            "LayerNorm_2",
-        )
-    } else {
-        (
-            "MultiHeadDotProductAttention_0",
-            "MlpBlock_0",
-            "LayerNorm_0",
-            "LayerNorm_1",
-        )
-    };
-    for k in scanned {
-        let t = c.w.remove(&k).expect("key listed above");
-        let rest = &k[scanned_prefix.len()..];
-        let layers = t.dims().first().copied().unwrap_or(0);
-        if layers == 0 || layers > 1000 {
-            bail!(
-                "{prefix}{k}: scanned block tensor needs a leading layer axis, got shape {:?}",
-                t.dims()
-            );
-        }
-        for i in 0..layers {
-            let split = format!("Transformer/encoderblock_{i}/{rest}");
-            c.origin.insert(split.clone(), format!("{prefix}{k}"));
-            c.w.insert(split, t.get(i)?);
-        }
-    }
-
+    c.take_outside_blocks()?;
+    let names = c.split_scanned_blocks()?;
     let mut depth = 0;
     while c
         .w
@@ -161,51 +62,7 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         depth += 1;
     }
     for i in 0..depth {
-        let b = format!("Transformer/encoderblock_{i}/");
-        let t = format!("blocks.{i}.");
-        for (ln, norm) in [(ln1, "norm1"), (ln2, "norm2")] {
-            c.take(&format!("{b}{ln}/scale"), &format!("{t}{norm}.weight"), &id)?;
-            c.take(&format!("{b}{ln}/bias"), &format!("{t}{norm}.bias"), &id)?;
-        }
-        let a = format!("{b}{mha}/");
-        // q, k, v kernels [D, H, Dh] -> reshape(D, H*Dh).T, concatenated along rows.
-        c.take_qkv(
-            &a,
-            "kernel",
-            &format!("{t}attn.qkv.weight"),
-            &|t: Tensor| {
-                let d = t.dims().first().copied().unwrap_or(0);
-                Ok(t.reshape((d, ()))?.t()?)
-            },
-        )?;
-        c.take_qkv(&a, "bias", &format!("{t}attn.qkv.bias"), &|t: Tensor| {
-            Ok(t.flatten_all()?)
-        })?;
-        // out kernel [H, Dh, D] -> transpose(2, 0, 1) -> [D, H*Dh].
-        c.take(
-            &format!("{a}out/kernel"),
-            &format!("{t}attn.proj.weight"),
-            &|k: Tensor| {
-                let d = k.dims().last().copied().unwrap_or(0);
-                if k.rank() != 3 {
-                    bail!(
-                        "expected a [heads, head_dim, dim] kernel, got {:?}",
-                        k.dims()
-                    );
-                }
-                Ok(k.permute((2, 0, 1))?.contiguous()?.reshape((d, ()))?)
-            },
-        )?;
-        c.take(&format!("{a}out/bias"), &format!("{t}attn.proj.bias"), &id)?;
-        for (dense, fc) in [("Dense_0", "fc1"), ("Dense_1", "fc2")] {
-            let from = format!("{b}{mlp}/{dense}");
-            c.take(
-                &format!("{from}/kernel"),
-                &format!("{t}mlp.{fc}.weight"),
-                &transpose2,
-            )?;
-            c.take(&format!("{from}/bias"), &format!("{t}mlp.{fc}.bias"), &id)?;
-        }
+        c.take_block(i, &names)?;
     }
     let Work {
         w,
@@ -225,8 +82,98 @@ pub fn convert(raw: BTreeMap<String, Tensor>) -> Result<Converted> {
         unused,
         sources,
         notes,
-        had_pre_logits: !pre_logits.is_empty(),
+        had_pre_logits,
     })
+}
+
+/// The prefix of the parameters in `raw`: `opt/target/` or `params/` where the patch
+/// embedding is under it (as timm probes), or where every key carries it; else none.
+fn find_prefix(raw: &BTreeMap<String, Tensor>) -> &'static str {
+    ["opt/target/", "params/"]
+        .into_iter()
+        .find(|p| raw.contains_key(&format!("{p}{PROBE_KEY}")))
+        .or_else(|| {
+            // No embedding at all: a prefix every key carries still tells the layout.
+            ["opt/target/", "params/"].into_iter().find(|p| {
+                !raw.contains_key(PROBE_KEY)
+                    && raw.keys().any(|k| k.starts_with(p))
+                    && raw.keys().all(|k| k.starts_with(p))
+            })
+        })
+        .unwrap_or("")
+}
+
+/// The entries of `raw` under `prefix`, without it; the others (optimizer state) are
+/// skipped with a note.
+fn strip_prefix(
+    raw: BTreeMap<String, Tensor>,
+    prefix: &str,
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, Tensor> {
+    let mut w = BTreeMap::new();
+    let mut outside = Vec::new();
+    for (k, v) in raw {
+        match k.strip_prefix(prefix) {
+            Some(rest) => {
+                w.insert(rest.to_string(), v);
+            }
+            None => outside.push(k),
+        }
+    }
+    if !outside.is_empty() {
+        notes.push(format!(
+            "skipped {} entr{} outside the parameters under `{prefix}` (optimizer state): {}",
+            outside.len(),
+            if outside.len() == 1 { "y" } else { "ies" },
+            super::list_excerpt(&outside, ", ")
+        ));
+    }
+    w
+}
+
+/// Removes the pre-logits layer (`pre_logits/*`) with a note, as timm does; whether there
+/// was one.
+fn drop_pre_logits(
+    w: &mut BTreeMap<String, Tensor>,
+    prefix: &str,
+    notes: &mut Vec<String>,
+) -> bool {
+    let pre_logits: Vec<String> = w
+        .keys()
+        .filter(|k| k.starts_with("pre_logits/"))
+        .cloned()
+        .collect();
+    if pre_logits.is_empty() {
+        return false;
+    }
+    for k in &pre_logits {
+        w.remove(k);
+    }
+    let named: Vec<String> = pre_logits.iter().map(|k| format!("{prefix}{k}")).collect();
+    notes.push(format!(
+        "dropped the pre-logits layer ({}), as timm does: the model has none",
+        named.join(", ")
+    ));
+    true
+}
+
+/// The module names inside a block of one of the two Google layouts: attention, MLP, and
+/// the two LayerNorms.
+struct BlockNames {
+    mha: &'static str,
+    mlp: &'static str,
+    ln1: &'static str,
+    ln2: &'static str,
+}
+
+/// `t` as it is.
+fn id(t: Tensor) -> Result<Tensor> {
+    Ok(t)
+}
+
+/// `t` transposed (a Dense kernel `[in, out]` to a timm weight `[out, in]`).
+fn transpose2(t: Tensor) -> Result<Tensor> {
+    Ok(t.t()?.contiguous()?)
 }
 
 /// A conversion in progress: Google keys (prefix removed) still to convert, the timm
@@ -241,6 +188,125 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
+    /// The tensors outside the blocks: patch embedding, class token, position embedding,
+    /// final norm, head.
+    fn take_outside_blocks(&mut self) -> Result<()> {
+        self.take(
+            "embedding/kernel",
+            "patch_embed.proj.weight",
+            &|t: Tensor| Ok(t.permute((3, 2, 0, 1))?.contiguous()?),
+        )?;
+        for (from, to) in [
+            ("embedding/bias", "patch_embed.proj.bias"),
+            ("cls", "cls_token"),
+            ("Transformer/posembed_input/pos_embedding", "pos_embed"),
+            ("pos_embedding", "pos_embed"),
+            ("Transformer/encoder_norm/scale", "norm.weight"),
+            ("Transformer/encoder_norm/bias", "norm.bias"),
+            ("head/bias", "head.bias"),
+        ] {
+            self.take(from, to, &id)?;
+        }
+        self.take("head/kernel", "head.weight", &transpose2)
+    }
+
+    /// Splits scanned big_vision blocks (`Transformer/encoderblock/*`, a leading layer
+    /// axis) into per-block keys; the block module names of the layout found.
+    fn split_scanned_blocks(&mut self) -> Result<BlockNames> {
+        let scanned_prefix = "Transformer/encoderblock/";
+        let scanned: Vec<String> = self
+            .w
+            .keys()
+            .filter(|k| k.starts_with(scanned_prefix))
+            .cloned()
+            .collect();
+        let names = if scanned.is_empty() {
+            BlockNames {
+                mha: "MultiHeadDotProductAttention_1",
+                mlp: "MlpBlock_3",
+                ln1: "LayerNorm_0",
+                ln2: "LayerNorm_2",
+            }
+        } else {
+            BlockNames {
+                mha: "MultiHeadDotProductAttention_0",
+                mlp: "MlpBlock_0",
+                ln1: "LayerNorm_0",
+                ln2: "LayerNorm_1",
+            }
+        };
+        for k in scanned {
+            let t = self.w.remove(&k).expect("key listed above");
+            let rest = &k[scanned_prefix.len()..];
+            let layers = t.dims().first().copied().unwrap_or(0);
+            if layers == 0 || layers > 1000 {
+                bail!(
+                    "{}{k}: scanned block tensor needs a leading layer axis, got shape {:?}",
+                    self.prefix,
+                    t.dims()
+                );
+            }
+            for i in 0..layers {
+                let split = format!("Transformer/encoderblock_{i}/{rest}");
+                self.origin
+                    .insert(split.clone(), format!("{}{k}", self.prefix));
+                self.w.insert(split, t.get(i)?);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Block `i`'s tensors: the two norms, qkv (from the separate query, key, value), the
+    /// attention output projection and the MLP.
+    fn take_block(&mut self, i: usize, n: &BlockNames) -> Result<()> {
+        let b = format!("Transformer/encoderblock_{i}/");
+        let t = format!("blocks.{i}.");
+        for (ln, norm) in [(n.ln1, "norm1"), (n.ln2, "norm2")] {
+            self.take(&format!("{b}{ln}/scale"), &format!("{t}{norm}.weight"), &id)?;
+            self.take(&format!("{b}{ln}/bias"), &format!("{t}{norm}.bias"), &id)?;
+        }
+        let a = format!("{b}{}/", n.mha);
+        // q, k, v kernels [D, H, Dh] -> reshape(D, H*Dh).T, concatenated along rows.
+        self.take_qkv(
+            &a,
+            "kernel",
+            &format!("{t}attn.qkv.weight"),
+            &|t: Tensor| {
+                let d = t.dims().first().copied().unwrap_or(0);
+                Ok(t.reshape((d, ()))?.t()?)
+            },
+        )?;
+        self.take_qkv(&a, "bias", &format!("{t}attn.qkv.bias"), &|t: Tensor| {
+            Ok(t.flatten_all()?)
+        })?;
+        // out kernel [H, Dh, D] -> transpose(2, 0, 1) -> [D, H*Dh].
+        self.take(
+            &format!("{a}out/kernel"),
+            &format!("{t}attn.proj.weight"),
+            &|k: Tensor| {
+                let d = k.dims().last().copied().unwrap_or(0);
+                if k.rank() != 3 {
+                    bail!(
+                        "expected a [heads, head_dim, dim] kernel, got {:?}",
+                        k.dims()
+                    );
+                }
+                Ok(k.permute((2, 0, 1))?.contiguous()?.reshape((d, ()))?)
+            },
+        )?;
+        self.take(&format!("{a}out/bias"), &format!("{t}attn.proj.bias"), &id)?;
+        for (dense, fc) in [("Dense_0", "fc1"), ("Dense_1", "fc2")] {
+            let from = format!("{b}{}/{dense}", n.mlp);
+            self.take(
+                &format!("{from}/kernel"),
+                &format!("{t}mlp.{fc}.weight"),
+                &transpose2,
+            )?;
+            self.take(&format!("{from}/bias"), &format!("{t}mlp.{fc}.bias"), &id)?;
+        }
+        Ok(())
+    }
+
     /// Move `from` (when present) to timm name `to` through the layout change `f`.
     fn take(&mut self, from: &str, to: &str, f: &dyn Fn(Tensor) -> Result<Tensor>) -> Result<()> {
         if let Some(t) = self.w.remove(from) {

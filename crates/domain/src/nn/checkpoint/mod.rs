@@ -549,14 +549,84 @@ type Matched = (
     Vec<String>,
 );
 
+/// The tensors of `found` matched to `expected` (pos_embed resampled where allowed), the
+/// pass-through ones, and the notes; every mismatch the options do not allow in one error.
 fn match_expected(
     mut found: BTreeMap<String, Tensor>,
     expected: &[(String, Vec<usize>)],
     opts: &LoadOptions,
     mut notes: Vec<String>,
-    mut ignored: Vec<String>,
+    ignored: Vec<String>,
 ) -> Result<Matched> {
-    ignored.extend(take_ignored(&mut found, &opts.ignore));
+    let extra = set_aside(&mut found, expected, opts, &mut notes, ignored);
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut out = BTreeMap::new();
+    for (name, shape) in expected {
+        if is_ignored(name, &opts.ignore) {
+            continue;
+        }
+        let Some(t) = found.remove(name) else {
+            missing.push(format!("{name} {}", fmt_shape(shape)));
+            continue;
+        };
+        if t.dims() == shape.as_slice() {
+            out.insert(name.clone(), t);
+            continue;
+        }
+        match resampled(name, &t, shape, expected, opts, &mut notes)? {
+            Some(r) => {
+                out.insert(name.clone(), r);
+            }
+            None => misshaped.push(format!(
+                "{name}: checkpoint {} vs model {}",
+                fmt_shape(t.dims()),
+                fmt_shape(shape)
+            )),
+        }
+    }
+    let unexpected: Vec<String> = found
+        .iter()
+        .map(|(k, t)| format!("{k} {}", fmt_shape(t.dims())))
+        .collect();
+    let missing_fatal = !missing.is_empty() && !opts.allow_partial;
+    let unexpected_fatal = !unexpected.is_empty() && !opts.allow_unexpected;
+    if missing_fatal || unexpected_fatal || !misshaped.is_empty() {
+        let lists = Mismatch {
+            missing,
+            unexpected,
+            misshaped,
+        };
+        return Err(lists.error(&out, &found, expected, opts, &notes));
+    }
+    if !missing.is_empty() {
+        notes.push(format!(
+            "partial load: {} tensor(s) missing: {}",
+            missing.len(),
+            list_excerpt(&missing, ", ")
+        ));
+    }
+    if !unexpected.is_empty() {
+        notes.push(format!(
+            "dropped {} unexpected tensor(s): {}",
+            unexpected.len(),
+            list_excerpt(&unexpected, ", ")
+        ));
+    }
+    Ok((out, extra, notes))
+}
+
+/// Takes out of `found` what is not matched: the ignored tensors (with those already
+/// `ignored`, noted), a `pre_logits` layer (dropped, noted, as timm does: its ViT has no
+/// representation layer) and the pass-through ones, which are returned.
+fn set_aside(
+    found: &mut BTreeMap<String, Tensor>,
+    expected: &[(String, Vec<usize>)],
+    opts: &LoadOptions,
+    notes: &mut Vec<String>,
+    mut ignored: Vec<String>,
+) -> BTreeMap<String, Tensor> {
+    ignored.extend(take_ignored(found, &opts.ignore));
     if !ignored.is_empty() {
         notes.push(format!(
             "ignored {} checkpoint tensor(s): {}",
@@ -574,7 +644,6 @@ fn match_expected(
         let t = found.remove(&k).expect("listed above");
         extra.insert(k, t);
     }
-    // timm's ViT has no representation layer: a `pre_logits` one is dropped, as timm does.
     let pre_logits: Vec<String> = found
         .keys()
         .filter(|k| k.starts_with("pre_logits.") && !expected.iter().any(|(n, _)| n == *k))
@@ -589,62 +658,56 @@ fn match_expected(
             pre_logits.join(", ")
         ));
     }
-    let mut missing = Vec::new();
-    let mut misshaped = Vec::new();
-    let mut out = BTreeMap::new();
-    for (name, shape) in expected {
-        if is_ignored(name, &opts.ignore) {
-            continue;
-        }
-        let Some(t) = found.remove(name) else {
-            missing.push(format!("{name} {}", fmt_shape(shape)));
-            continue;
-        };
-        if t.dims() == shape.as_slice() {
-            out.insert(name.clone(), t);
-            continue;
-        }
-        let resampled = if name == "pos_embed"
-            && opts.resample_pos_embed
-            && t.rank() == 3
-            && shape.len() == 3
-        {
-            let prefix = prefix_tokens(expected);
-            let side = ((shape[1].saturating_sub(prefix)) as f64).sqrt().round() as usize;
-            if t.dims()[2] == shape[2] && shape[0] == 1 && side * side + prefix == shape[1] {
-                let r = resample_abs_pos_embed(&t, (side, side), None, prefix, true)
-                    .with_context(|| format!("resampling pos_embed {:?} to {shape:?}", t.dims()))?;
-                notes.push(format!(
-                    "resampled pos_embed {} -> {} tokens (bicubic, antialias, {prefix} prefix token(s) kept)",
-                    t.dims()[1],
-                    shape[1]
-                ));
-                Some(r)
-            } else {
-                None
-            }
-        } else {
-            None
-        };
-        match resampled {
-            Some(r) => {
-                out.insert(name.clone(), r);
-            }
-            None => misshaped.push(format!(
-                "{name}: checkpoint {} vs model {}",
-                fmt_shape(t.dims()),
-                fmt_shape(shape)
-            )),
-        }
-    }
-    let unexpected: Vec<String> = found
-        .iter()
-        .map(|(k, t)| format!("{k} {}", fmt_shape(t.dims())))
-        .collect();
+    extra
+}
 
-    let missing_fatal = !missing.is_empty() && !opts.allow_partial;
-    let unexpected_fatal = !unexpected.is_empty() && !opts.allow_unexpected;
-    if missing_fatal || unexpected_fatal || !misshaped.is_empty() {
+/// `t` (the checkpoint's `name`) resampled to the model's `shape` (noted) where that is
+/// allowed and possible: a `pos_embed` of the model's width whose grid is square; `None`
+/// otherwise (a shape mismatch).
+fn resampled(
+    name: &str,
+    t: &Tensor,
+    shape: &[usize],
+    expected: &[(String, Vec<usize>)],
+    opts: &LoadOptions,
+    notes: &mut Vec<String>,
+) -> Result<Option<Tensor>> {
+    if !(name == "pos_embed" && opts.resample_pos_embed && t.rank() == 3 && shape.len() == 3) {
+        return Ok(None);
+    }
+    let prefix = prefix_tokens(expected);
+    let side = ((shape[1].saturating_sub(prefix)) as f64).sqrt().round() as usize;
+    if !(t.dims()[2] == shape[2] && shape[0] == 1 && side * side + prefix == shape[1]) {
+        return Ok(None);
+    }
+    let r = resample_abs_pos_embed(t, (side, side), None, prefix, true)
+        .with_context(|| format!("resampling pos_embed {:?} to {shape:?}", t.dims()))?;
+    notes.push(format!(
+        "resampled pos_embed {} -> {} tokens (bicubic, antialias, {prefix} prefix token(s) kept)",
+        t.dims()[1],
+        shape[1]
+    ));
+    Ok(Some(r))
+}
+
+/// What did not match: missing, unexpected and mis-shaped tensors, as listed in errors.
+struct Mismatch {
+    missing: Vec<String>,
+    unexpected: Vec<String>,
+    misshaped: Vec<String>,
+}
+
+impl Mismatch {
+    /// The error listing every mismatch, with the hints of `opts`, a diagnosis where none
+    /// of the model's tensors was found (`out` empty, the rest in `found`), and the notes.
+    fn error(
+        &self,
+        out: &BTreeMap<String, Tensor>,
+        found: &BTreeMap<String, Tensor>,
+        expected: &[(String, Vec<usize>)],
+        opts: &LoadOptions,
+        notes: &[String],
+    ) -> anyhow::Error {
         let hint = |allowed: bool, h: &Option<String>| match (allowed, h) {
             (true, _) => " (allowed)".to_string(),
             (false, Some(h)) => format!(" ({h})"),
@@ -667,15 +730,19 @@ fn match_expected(
         for (title, list, hint) in [
             (
                 "missing",
-                &missing,
+                &self.missing,
                 hint(opts.allow_partial, &opts.hints.missing),
             ),
             (
                 "unexpected",
-                &unexpected,
+                &self.unexpected,
                 hint(opts.allow_unexpected, &opts.hints.unexpected),
             ),
-            ("mis-shaped", &misshaped, hint(false, &opts.hints.misshaped)),
+            (
+                "mis-shaped",
+                &self.misshaped,
+                hint(false, &opts.hints.misshaped),
+            ),
         ] {
             if !list.is_empty() {
                 msg.push_str(&format!(
@@ -688,23 +755,8 @@ fn match_expected(
         if !notes.is_empty() {
             msg.push_str(&format!("\nnotes: {}", notes.join("; ")));
         }
-        bail!("checkpoint/model mismatch:{msg}");
+        anyhow::anyhow!("checkpoint/model mismatch:{msg}")
     }
-    if !missing.is_empty() {
-        notes.push(format!(
-            "partial load: {} tensor(s) missing: {}",
-            missing.len(),
-            list_excerpt(&missing, ", ")
-        ));
-    }
-    if !unexpected.is_empty() {
-        notes.push(format!(
-            "dropped {} unexpected tensor(s): {}",
-            unexpected.len(),
-            list_excerpt(&unexpected, ", ")
-        ));
-    }
-    Ok((out, extra, notes))
 }
 
 /// Saves tensors (any of u8/u32/i64/f16/bf16/f32/f64, any device) and string

@@ -381,21 +381,7 @@ pub fn read(path: &Path) -> Result<NpzContents> {
             );
         };
         let key = key.to_string();
-        let size = entry.size();
-        let compressed = entry.compressed_size();
-        if compressed > file_len {
-            bail!(
-                "{}: compressed size {compressed} exceeds the file length {file_len}",
-                ctx()
-            );
-        }
-        let ratio_ok = match entry.compression() {
-            zip::CompressionMethod::Stored => size == compressed,
-            _ => size <= compressed.saturating_mul(MAX_DEFLATE_RATIO).max(1 << 20),
-        };
-        if !ratio_ok || size > MAX_ENTRY_BYTES {
-            bail!("{}: implausible uncompressed size {size} (compressed {compressed}, limit {MAX_ENTRY_BYTES})", ctx());
-        }
+        let size = checked_size(&entry, file_len, &ctx())?;
         total += size;
         if total > MAX_TOTAL_BYTES {
             bail!(
@@ -414,33 +400,7 @@ pub fn read(path: &Path) -> Result<NpzContents> {
                 continue;
             }
         };
-        let data_bytes = header
-            .data_bytes()
-            .with_context(|| format!("{}: shape {:?} overflows", ctx(), header.shape))?;
-        if used.checked_add(data_bytes) != Some(size) {
-            bail!(
-                "{}: header declares shape {:?} ({data_bytes} bytes of data) but the entry holds {} bytes after its header",
-                ctx(),
-                header.shape,
-                size - used
-            );
-        }
-        let mut data = vec![0u8; data_bytes as usize];
-        entry
-            .read_exact(&mut data)
-            .with_context(|| format!("{}: truncated array data", ctx()))?;
-        // Reading to the end lets the zip reader verify the CRC.
-        let mut rest = Vec::new();
-        entry
-            .read_to_end(&mut rest)
-            .with_context(|| format!("{}: corrupted entry (CRC)", ctx()))?;
-        if !rest.is_empty() {
-            bail!(
-                "{}: {} bytes after the declared array data",
-                ctx(),
-                rest.len()
-            );
-        }
+        let data = read_data(&mut entry, &header, used, size, &ctx())?;
         let mut nf = NonFinite::default();
         let values = to_f32(&header, &data, &mut nf);
         if !nf.is_clean() {
@@ -452,15 +412,7 @@ pub fn read(path: &Path) -> Result<NpzContents> {
             out.non_finite.insert(key.clone(), (nf, stored.to_string()));
         }
         drop(data);
-        let tensor = if header.fortran_order && header.shape.len() > 1 {
-            let rev: Vec<usize> = header.shape.iter().rev().copied().collect();
-            let perm: Vec<usize> = (0..rev.len()).rev().collect();
-            Tensor::from_vec(values, rev, &Device::Cpu)?
-                .permute(perm)?
-                .contiguous()?
-        } else {
-            Tensor::from_vec(values, header.shape.clone(), &Device::Cpu)?
-        };
+        let tensor = to_tensor(&header, values)?;
         if out.skipped.iter().any(|(k, _)| *k == key)
             || out.arrays.insert(key.clone(), tensor).is_some()
         {
@@ -468,6 +420,77 @@ pub fn read(path: &Path) -> Result<NpzContents> {
         }
     }
     Ok(out)
+}
+
+/// The uncompressed size of `entry`, checked against the file length and the limits
+/// before anything is read (a stored entry's sizes must agree; a deflated one may expand
+/// at most [`MAX_DEFLATE_RATIO`] times).
+fn checked_size(
+    entry: &zip::read::ZipFile<'_, std::fs::File>,
+    file_len: u64,
+    ctx: &str,
+) -> Result<u64> {
+    let size = entry.size();
+    let compressed = entry.compressed_size();
+    if compressed > file_len {
+        bail!("{ctx}: compressed size {compressed} exceeds the file length {file_len}");
+    }
+    let ratio_ok = match entry.compression() {
+        zip::CompressionMethod::Stored => size == compressed,
+        _ => size <= compressed.saturating_mul(MAX_DEFLATE_RATIO).max(1 << 20),
+    };
+    if !ratio_ok || size > MAX_ENTRY_BYTES {
+        bail!("{ctx}: implausible uncompressed size {size} (compressed {compressed}, limit {MAX_ENTRY_BYTES})");
+    }
+    Ok(size)
+}
+
+/// The array data of `entry` after its header (`used` bytes of `size`): exactly what the
+/// header declares, read to the end so that the zip reader checks the CRC.
+fn read_data(
+    entry: &mut impl Read,
+    header: &NpyHeader,
+    used: u64,
+    size: u64,
+    ctx: &str,
+) -> Result<Vec<u8>> {
+    let data_bytes = header
+        .data_bytes()
+        .with_context(|| format!("{ctx}: shape {:?} overflows", header.shape))?;
+    if used.checked_add(data_bytes) != Some(size) {
+        bail!(
+            "{ctx}: header declares shape {:?} ({data_bytes} bytes of data) but the entry holds {} bytes after its header",
+            header.shape,
+            size - used
+        );
+    }
+    let mut data = vec![0u8; data_bytes as usize];
+    entry
+        .read_exact(&mut data)
+        .with_context(|| format!("{ctx}: truncated array data"))?;
+    // Reading to the end lets the zip reader verify the CRC.
+    let mut rest = Vec::new();
+    entry
+        .read_to_end(&mut rest)
+        .with_context(|| format!("{ctx}: corrupted entry (CRC)"))?;
+    if !rest.is_empty() {
+        bail!("{ctx}: {} bytes after the declared array data", rest.len());
+    }
+    Ok(data)
+}
+
+/// The f32 CPU tensor of an array's `values` in the layout its header declares (a
+/// Fortran-order array transposed to C order).
+fn to_tensor(header: &NpyHeader, values: Vec<f32>) -> Result<Tensor> {
+    Ok(if header.fortran_order && header.shape.len() > 1 {
+        let rev: Vec<usize> = header.shape.iter().rev().copied().collect();
+        let perm: Vec<usize> = (0..rev.len()).rev().collect();
+        Tensor::from_vec(values, rev, &Device::Cpu)?
+            .permute(perm)?
+            .contiguous()?
+    } else {
+        Tensor::from_vec(values, header.shape.clone(), &Device::Cpu)?
+    })
 }
 
 #[cfg(test)]
