@@ -6,6 +6,11 @@
 //! and `kinds`, the stage kinds that run them (one file each); `entries` holds the formats
 //! of the cache entries they write and read (one module each). Depends on the engine (`idat_engine`); the engine never on this.
 
+#![warn(missing_docs)]
+
+// data/ still has 3 undocumented struct fields (imagefolder.rs), left to its owners while
+// they change it: remove this `allow` with them.
+#[allow(missing_docs)]
 pub mod data;
 pub mod entries;
 pub mod kinds;

@@ -84,11 +84,13 @@ pub struct TrainSummary {
     pub trainable_teacher: Option<usize>,
     /// Epochs trained (warm-up and cool-down included).
     pub epochs: usize,
-    /// Best test top-1 (percent) over evaluated epochs, and its 1-based epoch.
+    /// Best test top-1 (percent) over evaluated epochs.
     pub best_top1: f64,
+    /// The 1-based epoch of `best_top1`.
     pub best_epoch: usize,
-    /// Test top-1 and top-5 (percent) after the last epoch.
+    /// Test top-1 (percent) after the last epoch.
     pub final_top1: f64,
+    /// Test top-5 (percent) after the last epoch.
     pub final_top5: f64,
     /// The teacher's test top-1 (percent) after the last epoch (`train/idat` only).
     pub final_teacher_top1: Option<f64>,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The `with:` of `analysis/adapter-stats`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -21,9 +22,10 @@ pub struct Params {
     /// Also take the teacher of `train/idat` runs (a second model size from one run).
     #[serde(default = "yes")]
     pub include_teachers: bool,
-    /// Parameter-name suffixes of the down- and up-projections.
+    /// Parameter-name suffix of the down-projections (default `adapter.fc1.weight`).
     #[serde(default = "down")]
     pub down_suffix: String,
+    /// Parameter-name suffix of the up-projections (default `adapter.fc2.weight`).
     #[serde(default = "up")]
     pub up_suffix: String,
 }
@@ -60,6 +62,7 @@ fn read_blocks(dir: &Path, role: Role, down: &str, up: &str) -> Result<Vec<Block
         .with_context(|| format!("adapter weights in {}", dir.join(role.file()).display()))
 }
 
+/// The `analysis/adapter-stats` stage kind.
 pub struct AdapterStats;
 
 impl StageKind for AdapterStats {

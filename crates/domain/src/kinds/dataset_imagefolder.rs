@@ -14,6 +14,7 @@ use idat_engine::stages::{ParamError, StageContext, StageKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// The `with:` of `dataset/imagefolder`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -56,6 +57,7 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The `dataset/imagefolder` stage kind.
 pub struct DatasetImageFolder;
 
 impl StageKind for DatasetImageFolder {

@@ -11,17 +11,20 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+/// The `with:` of `dataset/mini`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Task names (default: every downstream task). `mini_source` is the pretraining task.
     #[serde(default)]
     pub tasks: Vec<String>,
+    /// Seed of the generated images (the same seed gives the same dataset).
     #[serde(default)]
     pub seed: u64,
     /// Training images per task (800 train + 200 val at 1,000, as VTAB-1K).
     #[serde(default = "n_train")]
     pub n_train: usize,
+    /// Test images per task (default 500).
     #[serde(default = "n_test")]
     pub n_test: usize,
 }
@@ -33,6 +36,7 @@ fn n_test() -> usize {
     500
 }
 
+/// The `dataset/mini` stage kind.
 pub struct DatasetMini;
 
 /// Folder (inside the entry) holding the task folders.

@@ -11,9 +11,12 @@ use idat_engine::stages::{ParamError, StageContext, StageKind};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// The `with:` of `dataset/vtab1k`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Where the VTAB-1K tree comes from: a local folder (NOAH layout), an archive
+    /// (downloaded, sha256-verified) or a dataset repository on the HF hub.
     pub source: VtabSource,
     /// Tasks: VTAB-1K folder names (aliases allowed), or tasks of one's own in the NOAH
     /// layout as `{name, num_classes, class_names?, group?}`; default: all 19.
@@ -24,6 +27,7 @@ pub struct Params {
     pub hub_endpoint: Option<String>,
 }
 
+/// The `dataset/vtab1k` stage kind.
 pub struct DatasetVtab;
 
 impl StageKind for DatasetVtab {

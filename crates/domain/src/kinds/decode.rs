@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// The `with:` of `data/decode`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -31,6 +32,7 @@ fn default_splits() -> Vec<String> {
     vec!["train800val200".into(), "test".into()]
 }
 
+/// The `data/decode` stage kind.
 pub struct Decode;
 
 impl StageKind for Decode {

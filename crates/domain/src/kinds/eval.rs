@@ -12,6 +12,7 @@ use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// The `with:` of `eval`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -21,10 +22,13 @@ pub struct Params {
     pub data: StageRef,
     /// The backbone stage of the student; must be in `needs`.
     pub model: StageRef,
+    /// The split evaluated (a list file stem of the decoded task; default `test`).
     #[serde(default = "test_split")]
     pub split: String,
+    /// Input normalisation: `half` (mean = std = 0.5, default) or `imagenet`.
     #[serde(default)]
     pub normalize: NormalizeKind,
+    /// Images per forward pass (default 64; not part of the cache key).
     #[serde(default = "batch")]
     pub batch_size: usize,
 }
@@ -36,6 +40,7 @@ fn batch() -> usize {
     64
 }
 
+/// The `eval` stage kind.
 pub struct Eval;
 
 impl StageKind for Eval {

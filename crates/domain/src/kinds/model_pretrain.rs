@@ -14,6 +14,7 @@ use idat_engine::stages::{StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// The `with:` of `model/pretrain`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -21,14 +22,20 @@ pub struct Params {
     pub arch: Arch,
     /// The `data/decode` stage of the source task; must be in `needs`.
     pub data: StageRef,
+    /// The optimiser and schedule (default: AdamW at lr 1e-3, weight decay 0.05, 30
+    /// epochs with 3 of warm-up, batch 64).
     #[serde(default = "default_optim")]
     pub optim: OptimConfig,
+    /// Maximum stochastic-depth rate (last block).
     #[serde(default)]
     pub drop_path: f64,
+    /// Seed of the initial weights, the data order and the dropout masks.
     #[serde(default)]
     pub seed: u64,
+    /// Input normalisation: `half` (mean = std = 0.5, default) or `imagenet`.
     #[serde(default)]
     pub normalize: NormalizeKind,
+    /// The backbone's label in reports.
     #[serde(default = "default_label")]
     pub label: String,
 }
@@ -51,6 +58,7 @@ fn default_label() -> String {
     "in-pipeline pretrained toy backbone".into()
 }
 
+/// The `model/pretrain` stage kind.
 pub struct ModelPretrain;
 
 impl StageKind for ModelPretrain {

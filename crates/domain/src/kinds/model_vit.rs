@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 #[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Weights {
     /// timm-style random init (tests, pretraining from scratch).
-    Random { seed: u64 },
+    Random {
+        /// Seed of the weights.
+        seed: u64,
+    },
     /// A local `.safetensors` (timm or Hugging Face transformers ViT names), a sharded
     /// checkpoint's `*.safetensors.index.json` (or a folder holding it), or a Google `.npz`.
     File {
@@ -30,11 +33,15 @@ pub enum Weights {
     /// A file of a model repo on the HF hub (endpoint from `HF_ENDPOINT`); for an index
     /// (`model.safetensors.index.json`) its shards are fetched too.
     Hub {
+        /// The model repo, e.g. `google/vit-base-patch16-224-in21k`.
         repo: String,
+        /// Branch, tag or commit (default `main`).
         #[serde(default = "main_rev")]
         revision: String,
+        /// The file in the repo (default `model.safetensors`).
         #[serde(default = "model_file")]
         file: String,
+        /// Expected sha256 of the file (hex); checked before use when given.
         #[serde(default)]
         #[schemars(extend("pattern" = idat_engine::config::schema::SHA256_PATTERN))]
         sha256: Option<String>,
@@ -48,6 +55,7 @@ fn model_file() -> String {
     "model.safetensors".into()
 }
 
+/// The `with:` of `model/vit`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -56,6 +64,7 @@ pub struct Params {
     /// Input size to use; position embeddings are resampled (bicubic) when it differs.
     #[serde(default)]
     pub img_size: Option<usize>,
+    /// Where the weights come from (`from: random`, `file` or `hub`).
     pub weights: Weights,
     /// Shown in reports.
     #[serde(default)]
@@ -131,6 +140,7 @@ fn load_checked(
         .with_context(|| format!("loading backbone {}", path.display()))
 }
 
+/// The `model/vit` stage kind.
 pub struct ModelVit;
 
 impl StageKind for ModelVit {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A paired comparison of two labels of runs.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Compare {
@@ -22,6 +23,7 @@ pub struct Compare {
     pub treatment: String,
 }
 
+/// The `with:` of `report/vtab`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
@@ -67,6 +69,7 @@ fn curves(dir: &Path) -> Result<Vec<EpochRow>> {
         .collect())
 }
 
+/// The `report/vtab` stage kind.
 pub struct ReportVtab;
 
 impl StageKind for ReportVtab {

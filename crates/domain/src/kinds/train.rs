@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The `with:` of `train/adapt`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptParams {
@@ -26,8 +27,10 @@ pub struct AdaptParams {
     pub data: StageRef,
     /// The `model/vit` or `model/pretrain` stage of the backbone; must be in `needs`.
     pub model: StageRef,
+    /// Adapter method (default `seq_adapter`).
     #[serde(default)]
     pub adapter: AdapterConfig,
+    /// The optimiser and schedule (default: the official recipe's).
     #[serde(default)]
     pub optim: OptimConfig,
     /// Maximum stochastic-depth rate (per task in the official recipe).
@@ -37,11 +40,13 @@ pub struct AdaptParams {
     /// (docs/vtab.md) for `task`, overriding `optim.lr`, `optim.weight_decay`, `drop_path`.
     #[serde(default)]
     pub official_recipe: bool,
+    /// Seed of the adapter and head init, the data order and the dropout masks.
     #[serde(default)]
     pub seed: u64,
     /// Evaluate on test every N epochs (the last epoch always).
     #[serde(default = "one")]
     pub eval_every: usize,
+    /// Input normalisation: `half` (mean = std = 0.5, default) or `imagenet`.
     #[serde(default)]
     pub normalize: NormalizeKind,
     /// Row label in reports (default `at`).
@@ -49,9 +54,11 @@ pub struct AdaptParams {
     pub label: Option<String>,
 }
 
+/// The `with:` of `train/idat`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdatParams {
+    /// Task folder name (for labels; the data comes from `data`).
     pub task: String,
     /// The `data/decode` stage of this task; must be in `needs`.
     pub data: StageRef,
@@ -62,19 +69,26 @@ pub struct IdatParams {
     /// Adapter method of both models.
     #[serde(default)]
     pub adapter: AdapterConfig,
+    /// The optimiser and schedule of both models (default: the official recipe's).
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Maximum stochastic-depth rate of both models (per task in the official recipe).
     #[serde(default)]
     pub drop_path: f64,
     /// Take lr, weight decay and drop-path from the official per-task iDAT/SSF recipe
     /// (docs/vtab.md) for `task`, overriding `optim.lr`, `optim.weight_decay`, `drop_path`.
     #[serde(default)]
     pub official_recipe: bool,
+    /// The distillation term and its weight.
     pub distill: DistillConfig,
+    /// Seed of the adapters' and heads' init (each model its own stream), the data order
+    /// and the dropout masks.
     #[serde(default)]
     pub seed: u64,
+    /// Evaluate on test every N epochs (the last epoch always).
     #[serde(default = "one")]
     pub eval_every: usize,
+    /// Input normalisation: `half` (mean = std = 0.5, default) or `imagenet`.
     #[serde(default)]
     pub normalize: NormalizeKind,
     /// Row label in reports (default `idat-<mse|kl>`).
@@ -217,6 +231,7 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
     training::write_summary(&ctx.out_dir, &summary)
 }
 
+/// The `train/adapt` stage kind.
 pub struct TrainAdapt;
 
 impl StageKind for TrainAdapt {
@@ -252,6 +267,7 @@ impl StageKind for TrainAdapt {
     }
 }
 
+/// The `train/idat` stage kind.
 pub struct TrainIdat;
 
 impl StageKind for TrainIdat {

@@ -16,15 +16,34 @@ pub enum Init {
     /// A constant value.
     Const(f64),
     /// timm `trunc_normal_(std)`: N(0, std²) truncated to the absolute interval [-2, 2].
-    TruncNormal { std: f64 },
+    TruncNormal {
+        /// Standard deviation.
+        std: f64,
+    },
     /// N(mean, std²) (untruncated).
-    Normal { mean: f64, std: f64 },
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        std: f64,
+    },
     /// U(-bound, bound).
-    Uniform { bound: f64 },
+    Uniform {
+        /// Half-width of the interval.
+        bound: f64,
+    },
     /// PyTorch `kaiming_uniform_(a=sqrt(5))` = U(±1/sqrt(fan_in)) (nn.Linear / Conv default).
-    KaimingUniformSqrt5 { fan_in: usize },
+    KaimingUniformSqrt5 {
+        /// Inputs per output (`in_features`, or `C p p` of a convolution).
+        fan_in: usize,
+    },
     /// `xavier_uniform_`: U(±sqrt(6 / (fan_in + fan_out))).
-    XavierUniform { fan_in: usize, fan_out: usize },
+    XavierUniform {
+        /// Inputs per output.
+        fan_in: usize,
+        /// Outputs per input.
+        fan_out: usize,
+    },
 }
 
 /// A ChaCha8 RNG keyed by `(seed, name)`.

@@ -16,14 +16,21 @@ pub struct OptimConfig {
     pub epochs: usize,
     /// Extra epochs at `min_lr` after the cosine (110 = 100 + 10 in the recipe).
     pub cooldown_epochs: usize,
+    /// Epochs of linear warm-up from `warmup_lr` to `lr` (part of `epochs`).
     pub warmup_epochs: usize,
+    /// Learning rate at the start of the warm-up.
     pub warmup_lr: f64,
+    /// Learning rate at the end of the cosine and during the cool-down.
     pub min_lr: f64,
     /// Update the learning rate every step instead of every epoch.
     pub per_step_schedule: bool,
+    /// Images per step (the last incomplete batch of an epoch is dropped).
     pub batch_size: usize,
+    /// AdamW's first-moment decay.
     pub beta1: f64,
+    /// AdamW's second-moment decay.
     pub beta2: f64,
+    /// AdamW's denominator epsilon.
     pub eps: f64,
     /// `f32`, or `bf16` mixed precision for the frozen backbone's matrix products (worth
     /// it on CUDA; see docs/stages.md). Per-epoch test accuracies are computed in this
@@ -52,6 +59,7 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// Epochs in all: the cosine's and the cool-down's.
     pub fn total_epochs(&self) -> usize {
         self.epochs + self.cooldown_epochs
     }
@@ -88,10 +96,13 @@ pub enum DistillDirection {
     LargeToSmall,
 }
 
+/// The distillation of iDAT: `L = CE_s + CE_t + weight * D`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
+    /// The term D.
     pub kind: DistillKind,
+    /// Its weight in the loss (default 1).
     #[serde(default = "one")]
     pub weight: f64,
     /// Softmax temperature of `kl` (ignored by `mse`).
@@ -103,6 +114,7 @@ pub struct DistillConfig {
     /// Stop the D gradient into the teacher: classic one-way KD (iDAT trains both: false).
     #[serde(default)]
     pub detach_teacher: bool,
+    /// Who teaches whom (default: the small model the large one).
     #[serde(default)]
     pub direction: DistillDirection,
 }

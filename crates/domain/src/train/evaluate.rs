@@ -7,12 +7,14 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+/// Accuracy of a model on a split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalResult {
     /// Percent.
     pub top1: f64,
     /// Percent (equals 100 when the task has at most 5 classes).
     pub top5: f64,
+    /// Images evaluated.
     pub images: usize,
 }
 
