@@ -301,3 +301,122 @@ pub fn copy_metrics(from: &Path, to: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", to.join(METRICS_FILE).display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::adapters::{LoraConfig, SeqAdapterConfig};
+
+    fn tiny() -> VitConfig {
+        VitConfig {
+            img_size: 16,
+            patch_size: 8,
+            num_classes: 3,
+            embed_dim: 16,
+            depth: 2,
+            num_heads: 2,
+            ..VitConfig::preset("vit_tiny_patch16_224").unwrap()
+        }
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// What `write_weights` wrote comes back through `restore_trained` (tensors bit for
+    /// bit, the adapter, the config, the class names) and gives the same model.
+    #[test]
+    fn a_trained_model_is_restored_as_it_was_written() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, dev) = (tiny(), Device::Cpu);
+        let adapter = AdapterConfig::SeqAdapter(SeqAdapterConfig { hidden: 3 });
+        let backbone = || Vit::random_backbone(&cfg, &dev, 1).unwrap();
+        let vit = Vit::new(&cfg, &adapter, backbone(), &dev, 7).unwrap();
+        let names = ["a".to_string(), "b".into(), "c".into()];
+        write_weights(d.path(), Role::Student, &vit, Some(&names)).unwrap();
+        let t = restore_trained(d.path(), Role::Student, &dev).unwrap();
+        assert_eq!(t.file, d.path().join(STUDENT_FILE));
+        assert_eq!((&t.adapter, t.config.as_ref()), (&adapter, Some(&cfg)));
+        assert_eq!(t.class_names.as_deref(), Some(&names[..]));
+        let trained = vit.trainable();
+        assert_eq!(t.tensors.len(), trained.len());
+        for (n, v) in &trained {
+            assert_eq!(bits(&t.tensors[n]), bits(v.as_tensor()), "{n}");
+        }
+        let back = t
+            .into_vit(&cfg, backbone(), "the test backbone", &dev)
+            .unwrap();
+        for ((n, a), (_, b)) in trained.iter().zip(back.trainable()) {
+            assert_eq!(bits(a.as_tensor()), bits(b.as_tensor()), "{n}");
+        }
+    }
+
+    /// Bad metadata, another architecture or another method: each error names the file and
+    /// what was expected.
+    #[test]
+    fn a_trained_file_that_does_not_fit_is_refused_with_its_name() {
+        let d = tempfile::tempdir().unwrap();
+        let (cfg, dev) = (tiny(), Device::Cpu);
+        let file = d.path().join("w.safetensors");
+        let t = BTreeMap::from([(
+            "head.bias".to_string(),
+            Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
+        )]);
+        let write = |meta: &[(&str, &str)]| {
+            let meta = meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            save_tensors(&file, &t, &meta).unwrap();
+        };
+        let err = |file: &Path| format!("{:#}", read_trained(file, &dev).unwrap_err());
+        write(&[]);
+        let e = err(&file);
+        assert!(e.contains("w.safetensors: no `adapter` metadata"), "{e}");
+        write(&[(ADAPTER_META, "{\"method\":\"nope\"}")]);
+        assert!(err(&file).contains("metadata `adapter` is not an adapter config"));
+        let seq = serde_json::to_string(&AdapterConfig::default()).unwrap();
+        write(&[(ADAPTER_META, &seq), (CLASS_NAMES_META, "[1, 2]")]);
+        assert!(err(&file).contains("metadata `class_names` is not a JSON array of strings"));
+        write(&[(ADAPTER_META, &seq), (CONFIG_META, "{}")]);
+        assert!(err(&file).contains("metadata `config` is not a ViT config"));
+        let wide = serde_json::to_string(&VitConfig {
+            embed_dim: 32,
+            ..cfg.clone()
+        })
+        .unwrap();
+        write(&[(ADAPTER_META, &seq), (CONFIG_META, &wide)]);
+        let e = format!(
+            "{:#}",
+            read_trained(&file, &dev)
+                .unwrap()
+                .check_arch(&cfg, "--model x")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("trained on a ViT with dim 32, depth 2, patch 8; --model x has dim 16"),
+            "{e}"
+        );
+        // The method's tensors are not the file's: every mismatch is named.
+        let lora = serde_json::to_string(&AdapterConfig::Lora(LoraConfig::default())).unwrap();
+        write(&[
+            (ADAPTER_META, &lora),
+            (CONFIG_META, &serde_json::to_string(&cfg).unwrap()),
+        ]);
+        let bb = Vit::random_backbone(&cfg, &dev, 1).unwrap();
+        let e = format!(
+            "{:#}",
+            read_trained(&file, &dev)
+                .unwrap()
+                .into_vit(&cfg, bb, "the test backbone", &dev)
+                .err()
+                .expect("refused")
+        );
+        assert!(
+            e.contains("w.safetensors does not fit the test backbone")
+                && e.contains("missing `head.weight`"),
+            "{e}"
+        );
+    }
+}

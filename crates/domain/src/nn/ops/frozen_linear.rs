@@ -258,3 +258,42 @@ impl CustomOp1 for FrozenLinearBackward {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::nn::ops::{frozen_linear, OpsImpl};
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// On a low-precision copy of the weight (candle's products, as on CUDA), the op's
+    /// forward and its backward op (the backend's matmul, `backend_xwt` / `backend_gw`) give
+    /// the composed layer's output and input gradient.
+    #[test]
+    fn the_op_on_a_bf16_copy_matches_the_composed_layer() {
+        let dev = Device::Cpu;
+        let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        let x =
+            Var::from_tensor(&Tensor::from_vec(wave(2 * 3 * 8, 0.37), (2, 3, 8), &dev).unwrap())
+                .unwrap();
+        let w = Tensor::from_vec(wave(5 * 8, 0.91), (5, 8), &dev).unwrap();
+        let w = w.to_dtype(DType::BF16).unwrap();
+        let b = Tensor::from_vec(wave(5, 1.3), 5, &dev).unwrap();
+        let r = Tensor::from_vec(wave(2 * 3 * 5, 0.53), (2, 3, 5), &dev).unwrap();
+        let run = |imp: OpsImpl| {
+            let y = frozen_linear(x.as_tensor(), &w, Some(&b), imp).unwrap();
+            assert_eq!((y.dtype(), y.dims()), (DType::F32, &[2, 3, 5][..]));
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = g.get(x.as_tensor()).expect("an input gradient").clone();
+            assert_eq!(dx.dtype(), DType::F32);
+            (
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                dx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        };
+        let (yf, gf) = run(OpsImpl::Fused);
+        let (yc, gc) = run(OpsImpl::Composed);
+        for (a, b) in yf.iter().zip(&yc).chain(gf.iter().zip(&gc)) {
+            assert!((a - b).abs() <= 1e-2 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        assert!(gf.iter().any(|&v| v != 0.0));
+    }
+}
