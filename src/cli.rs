@@ -3,15 +3,9 @@
 //! (`infer`, `bench`) add a variant and a function.
 use crate::cache::gc::{gc, status};
 use crate::cache::Cache;
-use crate::config::model::ExecutorKind;
 use crate::config::{load, Diagnostic, Loaded};
-use crate::exec::progress::reporter;
-use crate::exec::record::RunRecord;
-use crate::exec::slurm::ExecCommand;
-use crate::exec::{
-    plan, Decision, Executor, Failure, LocalExecutor, RunContext, RunOptions, RunSummary,
-    SlurmExecutor,
-};
+use crate::exec::run::{exec_one, run, OneRequest, RunError, RunRequest};
+use crate::exec::{plan, Decision, Failure, Outcome, RunSummary};
 use crate::graph::Graph;
 use crate::stages::Registry;
 // Through anstream: escape sequences (e.g. from a message) are removed where the stream gets
@@ -86,16 +80,10 @@ struct RunArgs {
     /// Device handed to stages: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Where instances run (default: the file's `executor:`, else local). `slurm` submits
-    /// job arrays (docs/slurm.md).
-    #[arg(long, value_enum)]
-    executor: Option<ExecutorArg>,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum ExecutorArg {
-    Local,
-    Slurm,
+    /// Where instances run: an executor's name (default: the file's `executor:`, else
+    /// `local`); `slurm` submits job arrays (docs/slurm.md).
+    #[arg(long, value_name = "NAME")]
+    executor: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -181,21 +169,6 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-}
-
-/// GPUs visible to this process (NVIDIA device files).
-pub fn detect_gpus() -> usize {
-    std::fs::read_dir("/dev")
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("nvidia")
-                        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// The product binary: built-in stage kinds.
@@ -387,22 +360,6 @@ fn cmd_validate(
     })
 }
 
-fn forced(graph: &Graph, loaded: &Loaded, force: &[String]) -> Result<Vec<bool>, String> {
-    for s in force {
-        if !loaded.stages.iter().any(|(id, _)| id == s) {
-            let ids: Vec<&str> = loaded.stages.iter().map(|(i, _)| i.as_str()).collect();
-            return Err(format!(
-                "--force {s}: no such stage (stages: {})",
-                ids.join(", ")
-            ));
-        }
-    }
-    let roots: Vec<usize> = (0..graph.instances.len())
-        .filter(|&i| force.contains(&graph.instances[i].stage))
-        .collect();
-    Ok(graph.descendants(&roots))
-}
-
 fn print_plan(graph: &Graph, decisions: &[Decision]) {
     let (mut c, mut r) = (0, 0);
     for &i in &graph.order {
@@ -432,7 +389,7 @@ fn cmd_plan(
 ) -> anyhow::Result<ExitCode> {
     with_loaded(registry, p, |l| {
         let g = Graph::build(l);
-        let f = match forced(&g, l, force) {
+        let f = match g.forced(l, force) {
             Ok(f) => f,
             Err(m) => {
                 eprintln!("error: {m}");
@@ -473,57 +430,43 @@ fn cmd_run(
     resume: &str,
 ) -> anyhow::Result<ExitCode> {
     with_loaded(registry, &a.p, |l| {
-        let g = Graph::build(l);
-        let f = match forced(&g, l, &a.force) {
-            Ok(f) => f,
-            Err(m) => {
-                eprintln!("error: {m}");
-                return Ok(ExitCode::from(EXIT_INVALID));
-            }
-        };
         if a.dry_run {
+            let g = Graph::build(l);
+            let f = match g.forced(l, &a.force) {
+                Ok(f) => f,
+                Err(m) => {
+                    eprintln!("error: {m}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            };
             let cache = Cache::open_read_only(cache_dir);
             print_plan(&g, &plan(&g, &cache, registry, &f));
             return Ok(ExitCode::SUCCESS);
         }
-        let cache = Cache::open(cache_dir)?;
-        let record = RunRecord::create(&a.runs_dir, &l.resolved, &l.overrides)?;
-        let cancel = cancel_flag();
-        let ids: Vec<(&str, &str)> = g
-            .instances
-            .iter()
-            .map(|i| (i.id.as_str(), i.uses.as_str()))
-            .collect();
-        let rep = reporter(&ids, a.jobs, quiet);
-        let options = RunOptions {
+        let req = RunRequest {
+            cache_dir,
+            runs_dir: &a.runs_dir,
+            force: &a.force,
             keep_going: a.keep_going,
-            forced: f,
-            device: a.device.clone(),
+            device: &a.device,
+            jobs: a.jobs,
+            gpus: a.gpus,
+            executor: a.executor.as_deref(),
+            quiet,
+            cancel: cancel_flag(),
         };
-        let mut executor = match make_executor(l, &a, &cache, cancel.clone()) {
-            Ok(e) => e,
-            Err(m) => {
-                eprintln!("error: {m}");
-                return Ok(ExitCode::from(EXIT_INVALID));
+        match run(l, registry, &req) {
+            Ok(o) => {
+                // Results first (stdout), the tally last (stderr).
+                print!("{}", o.summaries);
+                Ok(report_run(&o.summary, &o.record_dir, quiet, resume))
             }
-        };
-        let run = RunContext {
-            graph: &g,
-            registry,
-            cache: &cache,
-            record: &record,
-            options: &options,
-            cancel: &cancel,
-            reporter: rep.clone(),
-        };
-        let s = crate::exec::schedule(&run, executor.as_mut());
-        drop(run);
-        drop(rep);
-        record.write_trace(&s.trace)?;
-        // Results first (stdout), the tally last (stderr).
-        let summaries = crate::exec::summaries::entry_summaries(&g, &cache, &s.trace);
-        print!("{}", crate::exec::summaries::render(&summaries));
-        Ok(report_run(&s, &record.dir, quiet, resume))
+            Err(RunError::Invalid(m)) => {
+                eprintln!("error: {m}");
+                Ok(ExitCode::from(EXIT_INVALID))
+            }
+            Err(RunError::Failed(e)) => Err(e),
+        }
     })
 }
 
@@ -613,44 +556,6 @@ fn instance_list(group: &[&Failure]) -> String {
     }
 }
 
-/// The executor `run` uses: `--executor`, else the file's `executor:`, else local.
-fn make_executor(
-    l: &Loaded,
-    a: &RunArgs,
-    cache: &Cache,
-    cancel: Arc<AtomicBool>,
-) -> Result<Box<dyn Executor>, String> {
-    let slurm = match a.executor {
-        Some(e) => matches!(e, ExecutorArg::Slurm),
-        None => l.executor == Some(ExecutorKind::Slurm),
-    };
-    if !slurm {
-        let gpus = a.gpus.unwrap_or_else(detect_gpus);
-        return Ok(Box::new(LocalExecutor::new(a.jobs, gpus, cancel)));
-    }
-    if a.gpus.is_some() {
-        return Err(
-            "--gpus counts this machine's GPUs for the local executor; with the Slurm \
-                    executor a stage asks for GPUs with `resources.gpus`"
-                .into(),
-        );
-    }
-    let abs = |p: &Path| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
-    let command = ExecCommand {
-        exe: std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
-        pipeline: abs(&a.p.file)?,
-        overrides: a.p.set.clone(),
-        cache_dir: abs(&cache.root)?,
-        device: a.device.clone(),
-    };
-    let cache = Cache::open(&command.cache_dir).map_err(|e| format!("{e:#}"))?;
-    Ok(Box::new(SlurmExecutor::new(
-        l.slurm.clone(),
-        command,
-        cache,
-    )))
-}
-
 fn cmd_status(cache_dir: &Path) -> anyhow::Result<ExitCode> {
     // Reading only: works on a read-only (shared) cache, and creates none.
     let cache = Cache::open_read_only(cache_dir);
@@ -720,44 +625,29 @@ fn cmd_exec_stage(
     log: Option<PathBuf>,
     (device, force, threads): (String, bool, Option<u32>),
 ) -> anyhow::Result<ExitCode> {
-    use crate::exec::job::job_alone;
-    use crate::exec::{exec_stage, JobSettings, Outcome};
     with_loaded(registry, p, |l| {
-        let g = Graph::build(l);
-        let Some(i) = g.instances.iter().position(|x| x.id == instance) else {
-            eprintln!("error: no instance `{instance}` in {}", p.file.display());
-            return Ok(ExitCode::from(EXIT_INVALID));
-        };
-        let cache = Cache::open(cache_dir)?;
-        let settings = JobSettings {
-            log_path: log.unwrap_or_else(|| {
-                cache
-                    .root
-                    .join("logs")
-                    .join(format!("{}.log", crate::cache::store::sanitize(instance)))
-            }),
+        let req = OneRequest {
+            cache_dir,
+            instance,
+            log,
             device,
-            // Under Slurm, the task's `--cpus-per-task`.
-            threads: threads.map(|t| t as usize).unwrap_or_else(|| {
-                std::env::var("SLURM_CPUS_PER_TASK")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(default_jobs)
-            }),
             force,
+            threads: threads.map(|t| t as usize),
+            cancel: cancel_flag(),
         };
-        let job = job_alone(&g, i, registry, &cache, settings)
-            .map_err(|e| anyhow::anyhow!("{instance}: {e}"))?;
-        // Progress as `progress: POS/TOTAL MESSAGE` lines in the log (what the Slurm
-        // executor shows as bars).
-        let progress = Arc::new(crate::exec::slurm::progress::LogProgress::new(
-            &job.log_path,
-        ));
-        match exec_stage(&job, progress, cancel_flag()) {
+        let (outcome, log) = match exec_one(l, registry, req) {
+            Ok(o) => o,
+            Err(RunError::Invalid(m)) => {
+                eprintln!("error: {m}");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            Err(RunError::Failed(e)) => return Err(e),
+        };
+        match outcome {
             Outcome::Cached(m) => println!("cached {instance} {}", m.key),
             Outcome::Ran(m) => println!("ran {instance} {}", m.key),
             Outcome::Failed(e) => {
-                eprintln!("FAILED {instance}: {e}\n  log: {}", job.log_path.display());
+                eprintln!("FAILED {instance}: {e}\n  log: {}", log.display());
                 return Ok(ExitCode::from(EXIT_FAILED));
             }
         }
@@ -796,19 +686,7 @@ fn cmd_verify(
             let p = PipelineArgs { file, set };
             let mut keys = None;
             let code = with_loaded(registry, &p, |l| {
-                let g = Graph::build(l);
-                let none = vec![false; g.instances.len()];
-                let mut k: Vec<String> = plan(&g, &cache, registry, &none)
-                    .into_iter()
-                    .filter_map(|d| match d {
-                        Decision::Cached { key, .. } => Some(key),
-                        Decision::Run { key, .. } => key,
-                    })
-                    .filter(|k| cache.entry_dir(k).is_dir())
-                    .collect();
-                k.sort();
-                k.dedup();
-                keys = Some(k);
+                keys = Some(crate::exec::plan::entry_keys(l, &cache, registry));
                 Ok(ExitCode::SUCCESS)
             })?;
             match keys {

@@ -25,6 +25,10 @@ fn main() -> ExitCode {
         ("concurrent_runs_compute_each_instance_once", t_concurrent),
         ("flipped_byte_is_detected_and_recomputed", t_corrupt),
         (
+            "a_test_executor_registered_as_a_plugin_runs_what_is_not_cached",
+            t_plugin_executor,
+        ),
+        (
             "flip_that_keeps_the_stat_is_caught_by_the_consumer_and_by_verify",
             t_silent_flip,
         ),
@@ -381,6 +385,60 @@ fn entry_of(d: &Path, instance: &str) -> PathBuf {
         }
     }
     panic!("no entry for {instance}");
+}
+
+/// An executor registered by the test binary (as its stage kinds are) is selected by the
+/// file (`executor: {uses: inline, with: ...}`) or by `--executor`; the scheduler decides
+/// freshness, so a cached instance never reaches it.
+fn t_plugin_executor() {
+    let d = tempfile::tempdir().unwrap();
+    let trace = d.path().join("trace.txt");
+    let p = pipeline("five.yaml");
+    let sel = format!(
+        "executor={{uses: inline, with: {{trace: {}}}}}",
+        trace.display()
+    );
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &sel]));
+    assert!(err.contains("10 ran, 0 cached, 0 failed"), "{err}");
+    let l = lines(&trace);
+    assert_eq!(l.len(), 10, "{l:?}");
+    assert!(l.iter().all(|x| x.ends_with(" ran")), "{l:?}");
+    assert_eq!(l[0], "prep ran");
+    // Everything cached: the executor is handed nothing.
+    let (_, err) = ok(&cli(d.path(), &["run", &p, "--set", &sel]));
+    assert!(err.contains("0 ran, 10 cached"), "{err}");
+    assert_eq!(lines(&trace).len(), 10);
+    // `--executor` picks it by name (its settings from the file when given there).
+    let (_, err) = ok(&cli(
+        d.path(),
+        &["run", &p, "--executor", "inline", "--force", "report"],
+    ));
+    assert!(err.contains("1 ran, 9 cached"), "{err}");
+    // Unknown names and settings are refused before anything runs, naming what exists.
+    let o = cli(d.path(), &["run", &p, "--executor", "inlin"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o)
+            .1
+            .contains("unknown executor `inlin` (executors: inline, local, slurm)"),
+        "{:?}",
+        text(&o)
+    );
+    let o = cli(
+        d.path(),
+        &[
+            "validate",
+            &p,
+            "--set",
+            "executor={uses: inline, with: {trac: x}}",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("unknown field `trac`"),
+        "{:?}",
+        text(&o)
+    );
 }
 
 /// Flip the first byte of an entry file and give its stat record the file's new stat: the

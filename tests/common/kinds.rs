@@ -210,13 +210,88 @@ impl StageKind for ReadDir {
     }
 }
 
-/// The registry of the test binary: built-in kinds plus the test kinds.
+/// A test-only executor, registered as a plugin the way the engine registers its own:
+/// it runs each submitted instance in the scheduler's thread at the next poll and appends
+/// `<instance> <outcome>` to `with.trace`.
+pub struct Inline;
+
+/// The `inline` executor's settings.
+#[derive(Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InlineSettings {
+    /// A file to append one line per instance it ran to.
+    pub trace: Option<String>,
+}
+
+struct InlineExecutor {
+    trace: Option<String>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pending: Vec<(usize, idat_pipe::exec::StageJob)>,
+}
+
+impl idat_pipe::exec::ExecutorPlugin for Inline {
+    type Settings = InlineSettings;
+    const NAME: &'static str = "inline";
+    const SUMMARY: &'static str = "test: runs instances one by one in the scheduler's thread";
+    fn build(
+        s: InlineSettings,
+        run: &idat_pipe::exec::RunSetup,
+    ) -> Result<Box<dyn idat_pipe::exec::Executor>, String> {
+        Ok(Box::new(InlineExecutor {
+            trace: s.trace,
+            cancel: run.cancel.clone(),
+            pending: Vec::new(),
+        }))
+    }
+}
+
+impl idat_pipe::exec::Executor for InlineExecutor {
+    fn capacity(&self) -> idat_pipe::exec::Capacity {
+        idat_pipe::exec::Capacity {
+            cpus: 1,
+            gpus: 0,
+            jobs: 1,
+        }
+    }
+    fn admits(&self, _: &idat_pipe::config::Resources) -> Result<(), String> {
+        Ok(())
+    }
+    fn submit(&mut self, index: usize, job: idat_pipe::exec::StageJob) -> Result<(), String> {
+        self.pending.push((index, job));
+        Ok(())
+    }
+    fn poll(&mut self, _: Duration) -> Vec<idat_pipe::exec::Event> {
+        use idat_pipe::exec::{exec_stage, Event, Finished, Outcome};
+        let mut out = Vec::new();
+        for (index, job) in std::mem::take(&mut self.pending) {
+            let progress = std::sync::Arc::new(idat_pipe::stages::NoProgress);
+            let outcome = exec_stage(&job, progress, self.cancel.clone());
+            let word = match &outcome {
+                Outcome::Ran(_) => "ran",
+                Outcome::Cached(_) => "cached",
+                Outcome::Failed(_) => "failed",
+            };
+            let _ = count(&self.trace, &format!("{} {word}", job.instance.id));
+            out.push(Event::Finished(Finished {
+                index,
+                outcome,
+                start: 0.0,
+                end: 0.0,
+            }));
+        }
+        out
+    }
+    fn cancel(&mut self) {}
+}
+
+/// The registry of the test binary: built-in kinds plus the test kinds and executor.
 pub fn registry() -> Registry {
     let mut r = idat_pipe::builtin_registry();
     r.register::<Write_>()
         .register::<Concat>()
         .register::<Steps>()
         .register::<Fail>()
-        .register::<ReadDir>();
+        .register::<ReadDir>()
+        .register_executor::<Inline>();
     r
 }

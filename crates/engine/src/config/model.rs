@@ -20,64 +20,47 @@ pub struct Pipeline {
     pub params: Map<String, Value>,
     /// Stages by id (letters, digits, `_` and `-`).
     pub stages: Map<String, Value>,
-    /// Where instances run: `local` (threads of this process, the default) or `slurm` (one
-    /// sbatch job array per stage's ready instances). `idat-pipe run --executor` wins.
+    /// Where instances run: an executor's name (`local`, the default: threads of this
+    /// process; `slurm`: one sbatch job array per stage's ready instances) or `{uses: NAME,
+    /// with: SETTINGS}`. `idat-pipe run --executor NAME` wins.
     #[serde(default)]
-    pub executor: Option<ExecutorKind>,
-    /// Settings of the Slurm executor (read only when it is used).
+    pub executor: Option<ExecutorSpec>,
+    /// Settings of the `slurm` executor, the spelling beside `executor: slurm` (the same as
+    /// `executor: {uses: slurm, with: ...}`; read only when Slurm runs the pipeline).
     #[serde(default)]
-    pub slurm: Option<SlurmConfig>,
+    pub slurm: Option<Value>,
 }
 
-/// Which executor runs the instances.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutorKind {
-    /// Threads of this process, within `--jobs` CPU slots and `--gpus` GPUs.
-    #[default]
-    Local,
-    /// Slurm: `sbatch` job arrays running `idat-pipe exec-stage`, watched with `squeue`.
-    Slurm,
+/// Which executor runs the instances, as `executor:` gives it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum ExecutorSpec {
+    /// A registered executor's name (`local`, `slurm`), with its default settings (for
+    /// `slurm`, the `slurm:` section's).
+    Name(String),
+    /// `{uses: NAME, with: SETTINGS}`: an executor and its settings.
+    Use(ExecutorUse),
 }
 
-/// How `resources.gpus` is asked of Slurm.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuRequest {
-    /// `--gres=gpu:N` (works with every GRES-configured cluster).
-    #[default]
-    Gres,
-    /// `--gpus=N` (cons_tres clusters).
-    Gpus,
-    /// Never ask for GPUs: a stage with `resources.gpus > 0` is an error.
-    None,
-}
-
-/// The `slurm:` section of a pipeline file: how jobs are submitted.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Default)]
+/// `executor: {uses: NAME, with: SETTINGS}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct SlurmConfig {
-    /// `--partition`.
+pub struct ExecutorUse {
+    /// The executor's name, e.g. `slurm`.
+    pub uses: String,
+    /// Its settings (checked against the executor's schema); its defaults when absent.
     #[serde(default)]
-    pub partition: Option<String>,
-    /// `--account`.
-    #[serde(default)]
-    pub account: Option<String>,
-    /// `--qos`.
-    #[serde(default)]
-    pub qos: Option<String>,
-    /// Extra sbatch arguments, one per item, e.g. `["--constraint=a100", "--exclusive"]`.
-    #[serde(default)]
-    pub sbatch_args: Vec<String>,
-    /// Array tasks of one job array running at once (the `%N` throttle); none: no limit.
-    #[serde(default)]
-    pub max_jobs: Option<u32>,
-    /// Seconds between two `squeue` calls (at least 0.2; default 2).
-    #[serde(default)]
-    pub poll_interval: Option<f64>,
-    /// How GPUs are requested: `gres` (`--gres=gpu:N`, default), `gpus` (`--gpus=N`) or `none`.
-    #[serde(default)]
-    pub gpu_request: GpuRequest,
+    pub with: Option<Value>,
+}
+
+impl ExecutorSpec {
+    /// The executor's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ExecutorSpec::Name(n) => n,
+            ExecutorSpec::Use(u) => &u.uses,
+        }
+    }
 }
 
 /// One stage (the value of `stages.ID`).

@@ -218,7 +218,7 @@ fn apply_in(doc: &mut Value, o: &Override, top_fields: &[&str]) -> Result<String
                     "--set {}: `{}` is a {}, not a map or list",
                     o.raw,
                     o.path[..i].join("."),
-                    super::load::type_name(other)
+                    super::explain::type_name(other)
                 ))
             }
         };

@@ -45,6 +45,56 @@ pub fn kind_params(registry: &Registry, kind: &str) -> Option<Value> {
     Some(s)
 }
 
+/// Schema of one executor's settings (self-contained, with its own `$defs`).
+pub fn executor_settings(registry: &Registry, name: &str) -> Option<Value> {
+    let e = registry.executor(name)?;
+    let mut g = generator();
+    let mut s = e.settings_schema(&mut g).to_value();
+    let defs = g.take_definitions(true);
+    if let Value::Object(m) = &mut s {
+        if !defs.is_empty() {
+            m.insert("$defs".into(), Value::Object(defs));
+        }
+    }
+    super::types::bound_integers(&mut s);
+    Some(s)
+}
+
+/// `executor:` in the editor schema: a registered name, or `{uses: NAME, with: SETTINGS}`
+/// with one variant per executor; and the `slurm:` section as the Slurm executor's settings.
+fn executor_schemas(registry: &Registry, g: &mut SchemaGenerator, root: &mut Value) {
+    let names: Vec<&str> = registry.executor_names().collect();
+    let mut variants = vec![json!({
+        "type": "string",
+        "enum": names,
+        "description": "An executor by name, with its default settings (for `slurm`, the \
+                        `slurm:` section's)"
+    })];
+    for e in registry.executors() {
+        let settings = e.settings_schema(g).to_value();
+        if e.name() == "slurm" {
+            root["properties"]["slurm"] = json!({
+                "anyOf": [settings.clone(), {"type": "null"}],
+                "description": "Settings of the `slurm` executor beside `executor: slurm` \
+                                (the same as `executor: {uses: slurm, with: ...}`)"
+            });
+        }
+        variants.push(json!({
+            "type": "object",
+            "title": e.name(),
+            "description": e.summary(),
+            "properties": {
+                "uses": {"const": e.name(), "description": e.summary()},
+                "with": settings,
+            },
+            "required": ["uses"],
+            "additionalProperties": false,
+        }));
+    }
+    let desc = root["properties"]["executor"]["description"].clone();
+    root["properties"]["executor"] = json!({ "anyOf": variants, "description": desc });
+}
+
 /// Let each top-level `with:` field also be a `${...}` reference (editors would
 /// otherwise flag `lr: ${params.lr}`; `validate` type-checks after resolving).
 fn allow_references(params: &mut Value) {
@@ -95,6 +145,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         json!({ "oneOf": variants })
     };
     root["properties"]["stages"]["additionalProperties"] = stage_schema;
+    executor_schemas(registry, &mut g, &mut root);
     root["properties"]["stages"]["propertyNames"] = json!({"pattern": "^[A-Za-z0-9_-]+$"});
     let defs = g.take_definitions(true);
     if !defs.is_empty() {

@@ -11,6 +11,48 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The `local` executor plugin: no settings; `--jobs` CPU slots and `--gpus` GPU slots
+/// (default: the GPUs [`detect_gpus`] finds).
+pub struct Local;
+
+/// The `local` executor's settings: none.
+#[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {}
+
+impl super::plugin::ExecutorPlugin for Local {
+    type Settings = LocalSettings;
+    const NAME: &'static str = "local";
+    const SUMMARY: &'static str =
+        "threads of the `run` process, within `--jobs` CPU slots and `--gpus` GPUs";
+    fn build(
+        _: LocalSettings,
+        run: &super::plugin::RunSetup,
+    ) -> Result<Box<dyn super::Executor>, String> {
+        let gpus = run.gpus.unwrap_or_else(detect_gpus);
+        Ok(Box::new(LocalExecutor::new(
+            run.jobs,
+            gpus,
+            run.cancel.clone(),
+        )))
+    }
+}
+
+/// GPUs visible to this process (NVIDIA device files `/dev/nvidiaN`).
+pub fn detect_gpus() -> usize {
+    std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("nvidia")
+                        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Name prefix of the threads that run stages (their panics are reported as failures).
 pub const STAGE_THREAD: &str = "stage:";
 

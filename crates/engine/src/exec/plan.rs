@@ -118,6 +118,28 @@ pub fn plan_only(
     out
 }
 
+/// The keys of the pipeline's instances that have an entry in the cache (cached, or found
+/// corrupt by a lookup), sorted and without repeats: what `verify FILE` re-hashes.
+pub fn entry_keys(
+    loaded: &crate::config::Loaded,
+    cache: &Cache,
+    registry: &Registry,
+) -> Vec<String> {
+    let g = Graph::build(loaded);
+    let none = vec![false; g.instances.len()];
+    let mut k: Vec<String> = plan(&g, cache, registry, &none)
+        .into_iter()
+        .filter_map(|d| match d {
+            Decision::Cached { key, .. } => Some(key),
+            Decision::Run { key, .. } => key,
+        })
+        .filter(|k| cache.entry_dir(k).is_dir())
+        .collect();
+    k.sort();
+    k.dedup();
+    k
+}
+
 fn run(key: Option<String>, reasons: Vec<String>) -> Decision {
     Decision::Run { key, reasons }
 }

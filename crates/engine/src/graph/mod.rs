@@ -141,6 +141,26 @@ impl Graph {
         mark
     }
 
+    /// `--force STAGE...`: the instances of these stages and everything downstream of them.
+    ///
+    /// # Errors
+    /// A name that is not a stage of `loaded`, with the stages there are.
+    pub fn forced(&self, loaded: &Loaded, force: &[String]) -> Result<Vec<bool>, String> {
+        for s in force {
+            if !loaded.stages.iter().any(|(id, _)| id == s) {
+                let ids: Vec<&str> = loaded.stages.iter().map(|(i, _)| i.as_str()).collect();
+                return Err(format!(
+                    "--force {s}: no such stage (stages: {})",
+                    ids.join(", ")
+                ));
+            }
+        }
+        let roots: Vec<usize> = (0..self.instances.len())
+            .filter(|&i| force.contains(&self.instances[i].stage))
+            .collect();
+        Ok(self.descendants(&roots))
+    }
+
     /// Every instance upstream of (and including) those in `targets`: what must be
     /// committed before they can run.
     pub fn ancestors(&self, targets: &[usize]) -> Vec<bool> {

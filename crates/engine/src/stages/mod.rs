@@ -11,7 +11,7 @@ mod registry;
 mod stage_ref;
 
 pub use context::{Input, NoProgress, Progress, StageContext};
-pub use registry::{DynStage, Registry};
+pub use registry::{parse_params, DynStage, Registry};
 pub use stage_ref::{StageRef, STAGE_REF_FORMAT};
 
 /// The file a kind may write into its `out_dir` to have `run` print it at the end of a run

@@ -1,5 +1,6 @@
 //! The map from `uses:` names to stage kinds, type-erased.
 use super::{ParamError, StageContext, StageKind};
+use crate::exec::plugin::{DynExecutor, ExecutorPlugin};
 use schemars::{Schema, SchemaGenerator};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -55,7 +56,7 @@ impl<K: StageKind> DynStage for Erased<K> {
         generator.subschema_for::<K::Params>()
     }
     fn check_params(&self, with: &Value) -> Result<(), ParamError> {
-        let p = parse::<K::Params>(with)?;
+        let p = parse_params::<K::Params>(with)?;
         K::check(&p)
     }
     fn key_params(&self, with: &Value) -> Value {
@@ -68,7 +69,7 @@ impl<K: StageKind> DynStage for Erased<K> {
         v
     }
     fn external_inputs(&self, with: &Value) -> Vec<std::path::PathBuf> {
-        parse::<K::Params>(with)
+        parse_params::<K::Params>(with)
             .map(|p| K::external_inputs(&p))
             .unwrap_or_default()
     }
@@ -80,15 +81,15 @@ impl<K: StageKind> DynStage for Erased<K> {
             "" => anyhow::anyhow!("{}", e.message),
             p => anyhow::anyhow!("at `with.{p}`: {}", e.message),
         };
-        let params = parse::<K::Params>(with).map_err(at)?;
+        let params = parse_params::<K::Params>(with).map_err(at)?;
         K::check(&params).map_err(at)?;
         K::run(params, ctx)
     }
 }
 
-/// `with:` as the kind's params; an error names the field it is at (dotted below `with`,
-/// list items by index: `tasks.2`), not the whole map.
-fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, ParamError> {
+/// `with:` as the kind's params (or an executor's settings); an error names the field it is
+/// at (dotted below `with`, list items by index: `tasks.2`), not the whole map.
+pub fn parse_params<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, ParamError> {
     serde_path_to_error::deserialize(with).map_err(|e| {
         use serde_path_to_error::Segment;
         let path: Vec<String> = e
@@ -104,16 +105,30 @@ fn parse<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, ParamError> 
     })
 }
 
-/// `uses:` name -> kind.
-#[derive(Clone, Default)]
+/// What the names in a pipeline resolve to: `uses:` names to stage kinds, and
+/// `executor:` names to executors ([`crate::exec::plugin`]).
+#[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
+    executors: BTreeMap<&'static str, Arc<dyn DynExecutor>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::empty()
+    }
 }
 
 impl Registry {
-    /// An empty registry: the binary registers the domain's kinds, tests their own.
+    /// No stage kinds (the binary registers the domain's kinds, tests their own), and the
+    /// engine's executors (`local`, `slurm`).
     pub fn empty() -> Self {
-        Self::default()
+        let mut r = Self {
+            kinds: BTreeMap::new(),
+            executors: BTreeMap::new(),
+        };
+        crate::exec::plugin::register_builtin(&mut r);
+        r
     }
 
     /// Register kind `K` under its [`StageKind::NAME`] (replacing a kind of the same name);
@@ -121,6 +136,14 @@ impl Registry {
     pub fn register<K: StageKind>(&mut self) -> &mut Self {
         self.kinds
             .insert(K::NAME, Arc::new(Erased::<K>(PhantomData)));
+        self
+    }
+
+    /// Register executor `E` under its [`ExecutorPlugin::NAME`] (replacing one of the same
+    /// name); returns `self` for chaining.
+    pub fn register_executor<E: ExecutorPlugin>(&mut self) -> &mut Self {
+        self.executors
+            .insert(E::NAME, crate::exec::plugin::erased::<E>());
         self
     }
 
@@ -137,6 +160,21 @@ impl Registry {
     /// The registered kinds, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynStage>> {
         self.kinds.values()
+    }
+
+    /// The executor registered under `name`, if any.
+    pub fn executor(&self, name: &str) -> Option<&Arc<dyn DynExecutor>> {
+        self.executors.get(name)
+    }
+
+    /// The registered executor names, sorted.
+    pub fn executor_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.executors.keys().copied()
+    }
+
+    /// The registered executors, sorted by name.
+    pub fn executors(&self) -> impl Iterator<Item = &Arc<dyn DynExecutor>> {
+        self.executors.values()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod queue;
 pub mod resources;
 pub mod script;
+pub mod settings;
 pub mod states;
 
 use super::executor::{Capacity, Event, Executor, Finished};
@@ -25,10 +26,12 @@ use super::job::StageJob;
 use super::record::unix_now;
 use super::stage::Outcome;
 use crate::cache::Cache;
-use crate::config::model::{Resources, SlurmConfig};
+use crate::config::model::Resources;
+use crate::config::StageSpec;
 use progress::LogTail;
-use queue::{Listed, Slurm, TaskId};
+use queue::{Commands, Listed, TaskId};
 use script::{TaskRow, NAME_PREFIX};
+pub use settings::{GpuRequest, SlurmConfig};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -62,9 +65,66 @@ struct Tracked {
     shown: Option<String>,
 }
 
+/// The `slurm` executor plugin: settings [`SlurmConfig`] (`executor: {uses: slurm, with:
+/// {partition: gpu, ...}}`, or the `slurm:` section beside `executor: slurm`).
+pub struct Slurm;
+
+impl super::plugin::ExecutorPlugin for Slurm {
+    type Settings = SlurmConfig;
+    const NAME: &'static str = "slurm";
+    const SUMMARY: &'static str =
+        "sbatch job arrays running `idat-pipe exec-stage`, watched with squeue (docs/slurm.md)";
+
+    /// A stage asking for GPUs when `gpu_request: none`.
+    fn check(settings: &SlurmConfig, stages: &[(String, StageSpec)]) -> Vec<(String, String)> {
+        if settings.gpu_request != GpuRequest::None {
+            return Vec::new();
+        }
+        stages
+            .iter()
+            .filter(|(_, s)| s.resources.gpus > 0)
+            .map(|(id, s)| {
+                (
+                    format!("stages.{id}.resources.gpus"),
+                    format!(
+                        "needs {} GPU(s) but the Slurm setting `gpu_request` is `none`; set it \
+                         to `gres` or `gpus`",
+                        s.resources.gpus
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn build(
+        settings: SlurmConfig,
+        run: &super::plugin::RunSetup,
+    ) -> Result<Box<dyn super::Executor>, String> {
+        if run.gpus.is_some() {
+            return Err(
+                "--gpus counts this machine's GPUs for the local executor; with the \
+                        Slurm executor a stage asks for GPUs with `resources.gpus`"
+                    .into(),
+            );
+        }
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let command = ExecCommand {
+            exe: std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+            pipeline: abs(run.pipeline)?,
+            overrides: run.overrides.to_vec(),
+            cache_dir: abs(&run.cache.root)?,
+            device: run.device.to_string(),
+        };
+        let cache = Cache::open(&command.cache_dir).map_err(|e| format!("{e:#}"))?;
+        Ok(Box::new(SlurmExecutor::new(settings, command, cache)))
+    }
+}
+
 /// Runs instances as Slurm job arrays. See the module documentation.
 pub struct SlurmExecutor {
-    slurm: Box<dyn Slurm>,
+    slurm: Box<dyn Commands>,
     /// The cluster's `MaxArraySize`, read at the first submission.
     max_array: Option<usize>,
     config: SlurmConfig,
@@ -95,7 +155,7 @@ impl SlurmExecutor {
     /// The same, talking to `slurm` instead of the Slurm commands on `PATH` (tests script a
     /// queue with it).
     pub fn with_slurm(
-        slurm: Box<dyn Slurm>,
+        slurm: Box<dyn Commands>,
         config: SlurmConfig,
         command: ExecCommand,
         cache: Cache,

@@ -1,5 +1,5 @@
 //! The Slurm commands the executor uses: `sbatch`, `squeue`, `scontrol show job`,
-//! `scontrol show config` and `scancel`, behind the [`Slurm`] trait so the executor's
+//! `scontrol show config` and `scancel`, behind the [`Commands`] trait so the executor's
 //! decisions can be tested against a scripted queue. No `sacct`: many clusters have no
 //! accounting daemon.
 //!
@@ -53,7 +53,7 @@ pub struct JobInfo {
 }
 
 /// The Slurm commands, as the executor needs them. [`Cli`] runs the real ones.
-pub trait Slurm: Send {
+pub trait Commands: Send {
     /// Submit `script` with `args`; the array's job id.
     ///
     /// # Errors
@@ -104,7 +104,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 /// The squeue format [`parse_squeue`] reads: array id, task index, name, state, reason.
 pub const SQUEUE_FORMAT: &str = "%F|%K|%j|%T|%r";
 
-impl Slurm for Cli {
+impl Commands for Cli {
     fn sbatch(&self, args: &[String], script: &Path) -> Result<String, String> {
         let out = run(Command::new("sbatch")
             .arg("--parsable")

@@ -1,22 +1,17 @@
-//! `resources` as sbatch options: `time` to Slurm's `[D-]HH:MM:SS`, `mem` checked, GPUs
-//! as `--gres=gpu:N` or `--gpus=N`.
-use crate::config::model::{GpuRequest, Resources};
+//! `resources` as sbatch options: `time` to Slurm's `[D-]HH:MM:SS`, `mem` as `--mem`, GPUs
+//! as `--gres=gpu:N` or `--gpus=N`. The syntax of `time` and `mem` is the DSL's
+//! ([`crate::config::resources`]).
+use super::settings::GpuRequest;
+use crate::config::model::Resources;
+use crate::config::resources::mem as slurm_mem;
 
-/// A time limit (`90s`, `30m`, `2h`, `1d`, `1h30m`, `1d12h`, or Slurm's own `HH:MM:SS` /
-/// `D-HH:MM:SS`) as Slurm's `HH:MM:SS`, or `D-HH:MM:SS` from one day on. Seconds are kept.
+/// A time limit ([`crate::config::resources::seconds`]'s forms) as Slurm's `HH:MM:SS`, or
+/// `D-HH:MM:SS` from one day on. Seconds are kept.
 ///
 /// # Errors
-/// Any other form, or a limit of zero, with what is expected.
+/// An unreadable limit, with what is expected.
 pub fn slurm_time(text: &str) -> Result<String, String> {
-    let secs = parse_seconds(text.trim()).ok_or_else(|| {
-        format!(
-            "time `{text}`: expected a duration like `30m`, `2h`, `1h30m`, `1d12h` or \
-             `[D-]HH:MM:SS`"
-        )
-    })?;
-    if secs == 0 {
-        return Err(format!("time `{text}`: the limit must be above zero"));
-    }
+    let secs = crate::config::resources::seconds(text)?;
     let (d, rest) = (secs / 86_400, secs % 86_400);
     let hms = format!(
         "{:02}:{:02}:{:02}",
@@ -25,72 +20,6 @@ pub fn slurm_time(text: &str) -> Result<String, String> {
         rest % 60
     );
     Ok(if d > 0 { format!("{d}-{hms}") } else { hms })
-}
-
-/// Seconds of `30m`-style or `[D-]HH:MM:SS` text.
-fn parse_seconds(t: &str) -> Option<u64> {
-    if t.contains(':') {
-        let (days, hms) = match t.split_once('-') {
-            Some((d, r)) => (d.parse::<u64>().ok()?, r),
-            None => (0, t),
-        };
-        let parts: Vec<u64> = hms
-            .split(':')
-            .map(|p| p.parse().ok())
-            .collect::<Option<_>>()?;
-        let [h, m, s] = parts[..] else { return None };
-        return (m < 60 && s < 60).then_some(days * 86_400 + h * 3600 + m * 60 + s);
-    }
-    let (mut total, mut num, mut last_unit) = (0u64, String::new(), 5usize);
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        // Units in decreasing order, each at most once: d, h, m, s.
-        let unit = "dhms".find(c)?;
-        if num.is_empty() || (last_unit != 5 && unit <= last_unit) {
-            return None;
-        }
-        let n: u64 = num.parse().ok()?;
-        total += n * [86_400, 3600, 60, 1][unit];
-        num.clear();
-        last_unit = unit;
-    }
-    (num.is_empty() && last_unit != 5).then_some(total)
-}
-
-/// A memory amount for `--mem`: digits and an optional unit K, M, G or T (Slurm's; no
-/// unit means megabytes), e.g. `8G`, `500M`. Returned upper-cased.
-///
-/// # Errors
-/// Any other form, with what is expected.
-pub fn slurm_mem(text: &str) -> Result<String, String> {
-    let t = text.trim().to_ascii_uppercase();
-    let digits = t.trim_end_matches(['K', 'M', 'G', 'T']);
-    let unit_len = t.len() - digits.len();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || unit_len > 1 {
-        return Err(format!(
-            "mem `{text}`: expected digits and an optional unit K, M, G or T, e.g. `8G`"
-        ));
-    }
-    Ok(t)
-}
-
-/// Check the `time` and `mem` of `resources`; errors name the field (`time` or `mem`).
-pub fn check(resources: &Resources) -> Vec<(&'static str, String)> {
-    let mut errs = Vec::new();
-    if let Some(t) = &resources.time {
-        if let Err(e) = slurm_time(t) {
-            errs.push(("time", e));
-        }
-    }
-    if let Some(m) = &resources.mem {
-        if let Err(e) = slurm_mem(m) {
-            errs.push(("mem", e));
-        }
-    }
-    errs
 }
 
 /// The sbatch options of one instance's resources.

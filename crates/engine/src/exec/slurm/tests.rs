@@ -1,7 +1,7 @@
 //! The executor's decisions against a scripted queue ([`Fake`]): how each way Slurm ends,
 //! requeues or forgets a task becomes exactly one outcome. The real Slurm runs the same
 //! paths in tests/slurm_e2e.rs where a one-node cluster can produce them.
-use super::queue::{JobInfo, Listed, Slurm, TaskId};
+use super::queue::{Commands, JobInfo, Listed, TaskId};
 use super::script::{self, TaskRow};
 use super::*;
 use crate::cache::KeyParts;
@@ -20,7 +20,7 @@ struct World {
 #[derive(Clone, Default)]
 struct Fake(Arc<Mutex<World>>);
 
-impl Slurm for Fake {
+impl Commands for Fake {
     fn sbatch(&self, _: &[String], _: &Path) -> Result<String, String> {
         Err("no sbatch in these tests".into())
     }
