@@ -104,7 +104,7 @@ fn main() {
         let tmp = cache.fresh_tmp(&key).expect("tmp");
         std::fs::write(tmp.join("out.txt"), &g.instances[i].id).expect("write");
         let m = cache
-            .commit(&tmp, &g.instances[i].id, &parts, 0.0)
+            .commit(&tmp, &g.instances[i].id, &parts, 0.0, &Default::default())
             .expect("commit");
         hashes[i] = Some(m.content_hash);
     }

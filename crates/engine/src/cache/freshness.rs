@@ -245,7 +245,9 @@ mod tests {
         std::fs::write(tmp.join("data.bin"), bytes).unwrap();
         std::fs::create_dir_all(tmp.join("sub")).unwrap();
         std::fs::write(tmp.join("sub/b.txt"), "b").unwrap();
-        cache.commit(&tmp, "x", &p, 0.0).unwrap();
+        cache
+            .commit(&tmp, "x", &p, 0.0, &Default::default())
+            .unwrap();
         key
     }
 

@@ -62,6 +62,10 @@ pub struct Manifest {
     pub seconds: f64,
     /// Package version of the idat-engine that committed it (`CARGO_PKG_VERSION`), e.g. `0.1.0`.
     pub tool_version: String,
+    /// What the stage recorded about the computation that is not an output
+    /// ([`crate::stages::StageContext::info`]: timings, ...). Not in the content hash.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub info: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Result of looking a key up.
@@ -423,6 +427,7 @@ impl Cache {
         instance: &str,
         parts: &KeyParts,
         seconds: f64,
+        info: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Manifest> {
         let key = parts.key();
         if tmp.join(MANIFEST).exists() {
@@ -447,6 +452,7 @@ impl Cache {
             created_unix: now_unix(),
             seconds,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            info: info.clone(),
         };
         let mpath = tmp.join(MANIFEST);
         fs::write(&mpath, serde_json::to_vec_pretty(&m)?)
@@ -720,6 +726,29 @@ mod tests {
     }
 
     #[test]
+    fn info_goes_to_the_manifest_and_not_into_the_content_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::open(d.path().join("c")).unwrap();
+        let p = parts();
+        let key = p.key();
+        let mut hashes = Vec::new();
+        for secs in [1.5, 2.5] {
+            let tmp = c.fresh_tmp(&key).unwrap();
+            fs::write(tmp.join("out.txt"), b"same").unwrap();
+            let mut info = serde_json::Map::new();
+            info.insert("train_seconds".into(), serde_json::json!(secs));
+            let m = c.commit(&tmp, "s", &p, secs, &info).unwrap();
+            let on_disk = read_manifest(&c.entry_dir(&key), &key).unwrap();
+            assert_eq!(on_disk.info["train_seconds"], serde_json::json!(secs));
+            hashes.push(m.content_hash);
+        }
+        assert_eq!(
+            hashes[0], hashes[1],
+            "a recomputation with identical outputs"
+        );
+    }
+
+    #[test]
     fn commit_verify_and_detect_a_flipped_byte() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::open(d.path().join("c")).unwrap();
@@ -729,7 +758,7 @@ mod tests {
         let tmp = c.fresh_tmp(&key).unwrap();
         fs::create_dir_all(tmp.join("sub")).unwrap();
         fs::write(tmp.join("sub/out.txt"), b"hello").unwrap();
-        let m = c.commit(&tmp, "s", &p, 0.1).unwrap();
+        let m = c.commit(&tmp, "s", &p, 0.1, &Default::default()).unwrap();
         assert_eq!(m.files.len(), 1);
         assert!(matches!(c.lookup(&key), Lookup::Hit(_)));
         let f = c.entry_dir(&key).join("sub/out.txt");
@@ -763,7 +792,8 @@ mod tests {
         for (f, b) in files {
             fs::write(tmp.join(f), b).unwrap();
         }
-        c.commit(&tmp, "train[seed=1]", p, 0.1).unwrap();
+        c.commit(&tmp, "train[seed=1]", p, 0.1, &Default::default())
+            .unwrap();
         let dir = c.entry_dir(&key);
         make_writable(&dir);
         dir

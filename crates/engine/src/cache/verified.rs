@@ -254,7 +254,9 @@ mod tests {
         let tmp = cache.fresh_tmp(&key).unwrap();
         std::fs::create_dir_all(tmp.join("d")).unwrap();
         std::fs::write(tmp.join("d/w.bin"), vec![5u8; 100_000]).unwrap();
-        cache.commit(&tmp, "train[seed=1]", &p, 0.0).unwrap();
+        cache
+            .commit(&tmp, "train[seed=1]", &p, 0.0, &Default::default())
+            .unwrap();
         key
     }
 

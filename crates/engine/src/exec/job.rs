@@ -203,7 +203,9 @@ mod tests {
             let job = job_alone(&g, id(name), &reg, &cache, settings()).unwrap();
             let tmp = cache.fresh_tmp(&job.parts.key()).unwrap();
             std::fs::write(tmp.join("o"), name).unwrap();
-            cache.commit(&tmp, name, &job.parts, 0.0).unwrap();
+            cache
+                .commit(&tmp, name, &job.parts, 0.0, &Default::default())
+                .unwrap();
         }
         ASKED.store(0, Ordering::SeqCst);
         let job = job_alone(&g, id("c"), &reg, &cache, settings()).unwrap();

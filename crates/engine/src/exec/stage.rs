@@ -169,7 +169,7 @@ fn run_and_commit(
     }
     ctx.check_cancel()?;
     let secs = t0.elapsed().as_secs_f64();
-    let m = cache.commit(&out, &job.instance.id, &job.parts, secs)?;
+    let m = cache.commit(&out, &job.instance.id, &job.parts, secs, &ctx.info)?;
     ctx.log(format!("== committed {key} in {secs:.2}s"));
     Ok(m)
 }

@@ -58,6 +58,10 @@ pub struct StageContext {
     pub threads: usize,
     /// Where the stage reports progress (a bar, plain lines, or nothing: [`NoProgress`]).
     pub progress: Arc<dyn Progress>,
+    /// Facts about this computation that are not outputs (wall-clock timings, the host):
+    /// recorded in the entry's manifest (`info`), never in a hashed file, so recomputing
+    /// an instance that gives identical outputs leaves its dependents cached.
+    pub info: serde_json::Map<String, Value>,
     log: Option<Mutex<File>>,
     cancel: Arc<AtomicBool>,
 }
@@ -75,6 +79,7 @@ impl StageContext {
             device: "cpu".into(),
             threads: 1,
             progress: Arc::new(NoProgress),
+            info: serde_json::Map::new(),
             log: None,
             cancel: Arc::new(AtomicBool::new(false)),
         }

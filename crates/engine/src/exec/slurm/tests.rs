@@ -147,7 +147,7 @@ impl Setup {
         let tmp = self.cache.fresh_tmp(&self.key).unwrap();
         std::fs::write(tmp.join("out.txt"), "x").unwrap();
         self.cache
-            .commit(&tmp, "train[seed=1]", &self.parts, 1.0)
+            .commit(&tmp, "train[seed=1]", &self.parts, 1.0, &Default::default())
             .unwrap();
     }
     /// One sweep: the finished outcomes and progress messages it reported.
