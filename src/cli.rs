@@ -71,7 +71,8 @@ struct RunArgs {
     /// Keep running independent instances after a failure.
     #[arg(long)]
     keep_going: bool,
-    /// Recompute this stage and everything downstream of it (repeatable).
+    /// Recompute this stage's instances (repeatable). What depends on them reruns only if
+    /// their recomputed outputs differ; name a downstream stage too to recompute it anyway.
     #[arg(long, value_name = "STAGE")]
     force: Vec<String>,
     /// Where run records go.
@@ -107,6 +108,7 @@ enum Command {
     Plan {
         #[command(flatten)]
         p: PipelineArgs,
+        /// As `run --force`: say what recomputing this stage's instances would do.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
     },

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         ),
         ("failure_report_keep_going_and_failed_before", t_failure),
         ("gpu_slots_never_overlap", t_gpu_slots),
-        ("force_reruns_stage_and_downstream", t_force),
+        (
+            "force_reruns_the_stage_and_downstream_only_when_its_outputs_change",
+            t_force,
+        ),
         ("validate_corpus", t_validate_corpus),
         ("dag_and_status_and_gc", t_dag_status_gc),
         ("exec_stage_runs_one_instance", t_exec_stage),
@@ -753,7 +756,14 @@ fn t_force() {
         out.contains("7 cached, 3 will run") && out.contains("forced (--force)"),
         "{out}"
     );
+    // The 2 eval instances recompute the same outputs: `report`, downstream, keeps its
+    // key and stays cached (early cutoff).
     let (_, err) = ok(&cli(d.path(), &["run", &p, "--force", "eval"]));
+    assert!(err.contains("2 ran, 8 cached"), "{err}");
+    let (_, err) = ok(&cli(
+        d.path(),
+        &["run", &p, "--force", "eval", "--force", "report"],
+    ));
     assert!(err.contains("3 ran, 7 cached"), "{err}");
     let o = cli(d.path(), &["run", &p, "--force", "nope"]);
     assert_eq!(o.status.code(), Some(2));

@@ -102,6 +102,46 @@ fn vtab_chain_runs_through_the_binary() {
     let o = w.run(&pipeline("stages_vtab.yaml"), "c", &[]);
     ok(&o);
     assert_eq!(ran_in_last_run(w.path(), "c"), 0);
+
+    // Early cutoff: the trainings recomputed (`--force` names only them) write the same
+    // bytes (no wall-clock time in them: it is in the manifest), so eval, analysis and
+    // report keep their keys and stay cached.
+    let before: Vec<String> = trains.iter().map(|t| content_hash(t)).collect();
+    for t in &trains {
+        let m = read_json(&t.join("manifest.json"));
+        assert!(m["info"]["train_seconds"].as_f64().unwrap() > 0.0, "{m}");
+        assert_eq!(
+            m["info"]["epoch_seconds"].as_array().unwrap().len(),
+            2,
+            "{m}"
+        );
+        assert!(m["info"]["resumed_from_epoch"].is_null(), "{m}");
+        let s = std::fs::read_to_string(t.join("summary.json")).unwrap();
+        assert!(!s.contains("seconds") && !s.contains("resumed"), "{s}");
+        let h = std::fs::read_to_string(t.join("metrics.csv")).unwrap();
+        assert!(!h.lines().next().unwrap().contains("seconds"), "{h}");
+    }
+    let o = w
+        .run_cmd(&pipeline("stages_vtab.yaml"), "c", &[])
+        .args(["--force", "at", "--force", "idat"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(
+        ran_in_last_run(w.path(), "c"),
+        4,
+        "only the 4 forced trainings ran"
+    );
+    let after: Vec<String> = trains.iter().map(|t| content_hash(t)).collect();
+    assert_eq!(before, after, "a recomputed training wrote other bytes");
+}
+
+/// The content hash in the manifest of the entry `dir`.
+fn content_hash(dir: &Path) -> String {
+    read_json(&dir.join("manifest.json"))["content_hash"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn walk_pngs(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -131,28 +171,6 @@ fn ran_in_last_run(work: &Path, cache: &str) -> usize {
     let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert!(!rows.is_empty(), "empty trace in {}", run.display());
     rows.iter().filter(|x| &x[status] == "ran").count()
-}
-
-/// metrics.csv without its timing column.
-fn metrics_without_seconds(path: &Path) -> Vec<Vec<String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let h: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-    let secs = h
-        .iter()
-        .position(|c| c == "seconds")
-        .expect("seconds column");
-    let mut out = vec![h];
-    for rec in r.records() {
-        out.push(
-            rec.unwrap()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != secs)
-                .map(|(_, v)| v.to_string())
-                .collect(),
-        );
-    }
-    out
 }
 
 /// Epoch checkpoints in the cache's pending dirs.
@@ -232,8 +250,16 @@ fn idat_resumes_after_kill_9_with_identical_results() {
         logs.contains(&format!("resuming after epoch {} of 7 from ", index + 1)),
         "{logs}"
     );
-    let s = read_json(&w.entries_with("killed", "summary.json")[0].join("summary.json"));
-    assert!(s["resumed_from_epoch"].is_u64(), "{s}");
+    // How the run went is in the manifest, not in a hashed file.
+    let m = read_json(&w.entries_with("killed", "summary.json")[0].join("manifest.json"));
+    assert_eq!(m["info"]["resumed_from_epoch"], index, "{m}");
+    let trained: Vec<u64> = m["info"]["epoch_seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(trained, ((index as u64 + 2)..=7).collect::<Vec<_>>(), "{m}");
     assert!(
         pending_checkpoints(&cache).is_empty(),
         "checkpoint dir kept after commit"
@@ -247,14 +273,22 @@ fn idat_resumes_after_kill_9_with_identical_results() {
         std::fs::read_to_string(b[0].join("eval.json")).unwrap(),
         "eval.json differs after resume"
     );
-    let (ma, mb) = (
-        metrics_without_seconds(&a[0].join("metrics.csv")),
-        metrics_without_seconds(&b[0].join("metrics.csv")),
-    );
-    assert_eq!(ma.len(), 1 + 7, "header + 6 + 1 epochs");
+    let ma = std::fs::read_to_string(a[0].join("metrics.csv")).unwrap();
+    let mb = std::fs::read_to_string(b[0].join("metrics.csv")).unwrap();
+    assert_eq!(ma.lines().count(), 1 + 7, "header + 6 + 1 epochs");
     assert_eq!(ma, mb, "metrics.csv differs after resume");
-    // The trained weights are equal too (tensor by tensor: the files' bytes are not,
-    // because the safetensors metadata map is written in HashMap order).
+    // The whole training entry is the same, byte for byte (early cutoff: what depends on
+    // it keeps its key), and its weights are equal tensor by tensor.
+    let trains = (
+        w.entries_with("ref", "summary.json"),
+        w.entries_with("killed", "summary.json"),
+    );
+    let hash = |d: &std::path::Path| read_json(&d.join("manifest.json"))["content_hash"].clone();
+    assert_eq!(
+        hash(&trains.0[0]),
+        hash(&trains.1[0]),
+        "content differs after resume"
+    );
     let ta = w.entries_with("ref", "student.safetensors");
     let tb = w.entries_with("killed", "student.safetensors");
     let dev = candle_core::Device::Cpu;

@@ -1,7 +1,9 @@
 //! Decoded splits (the per-task, per-size decoded cache), batching and epoch order.
 //!
 //! A split is decoded once (in parallel with rayon) into `u8 [N, size, size, 3]` and saved as
-//! safetensors; training epochs only index into it.
+//! safetensors; training epochs only index into it. Training and evaluation read a split
+//! through [`Split`]: held in memory ([`DecodedSplit`]) or read from its file batch by batch
+//! ([`super::split_file::SplitFile`], what the stages use).
 
 use super::image::{decode_rgb_noted, resize_bicubic, Normalize};
 use super::vtab::{SplitList, Task};
@@ -14,7 +16,72 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
+
+/// What [`Split::for_each_batch`] calls per batch: `(range, images, labels)`, the images'
+/// indices in the split, their HWC u8 bytes and their labels.
+pub type BatchFn<'a> = dyn FnMut(Range<usize>, &[u8], &[u32]) -> Result<()> + 'a;
+
+/// A decoded split as training and evaluation read it: images `u8 [N, S, S, 3]` (RGB,
+/// row-major HWC) with their labels, by index or in order a batch at a time. Both ways give
+/// the same bytes for the same images, so results do not depend on which is used.
+pub trait Split: Sync {
+    /// Number of images `N`.
+    fn len(&self) -> usize;
+
+    /// True when there are no images.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Side length `S` of the (square) images, in pixels.
+    fn size(&self) -> usize;
+
+    /// The `N` labels, in split order.
+    fn labels(&self) -> &[u32];
+
+    /// The batch of images `indices` (any order, repeats allowed): images
+    /// `f32 [B, 3, S, S]` normalised, labels `u32 [B]`, on `device`.
+    ///
+    /// # Errors
+    /// An index out of range; the images cannot be read (or their file is corrupt).
+    fn batch(
+        &self,
+        indices: &[usize],
+        normalize: &Normalize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)>;
+
+    /// Calls `f(range, images, labels)` for consecutive batches of at most `batch` images
+    /// in split order (`images`: `range.len() * S * S * 3` bytes HWC). One pass: a file is
+    /// read once, its bytes checked against its cache entry by the end of the pass, so
+    /// whatever `f` computed must be dropped when this fails.
+    ///
+    /// # Errors
+    /// What `f` returns; the images cannot be read or their file is corrupt.
+    fn for_each_batch(&self, batch: usize, f: &mut BatchFn<'_>) -> Result<()>;
+}
+
+/// Tensors of a batch: `images` (`B` HWC u8 images of `size x size`) as normalised
+/// `f32 [B, 3, size, size]` and `labels` as `u32 [B]`, on `device`.
+///
+/// # Errors
+/// When the tensors cannot be made on `device`.
+pub fn batch_tensors(
+    images: &[u8],
+    labels: Vec<u32>,
+    size: usize,
+    normalize: &Normalize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let b = labels.len();
+    let x = hwc_to_nchw(images, size, normalize);
+    Ok((
+        Tensor::from_vec(x, (b, 3, size, size), device)?,
+        Tensor::from_vec(labels, (b,), device)?,
+    ))
+}
 
 /// A decoded split: images `u8 [N, size, size, 3]` (row-major HWC) and labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,12 +374,43 @@ impl DecodedSplit {
             raw.extend_from_slice(&self.images[i * plane..(i + 1) * plane]);
             y.push(self.labels[i]);
         }
-        let x = hwc_to_nchw(&raw, s, normalize);
-        let b = indices.len();
-        Ok((
-            Tensor::from_vec(x, (b, 3, s, s), device)?,
-            Tensor::from_vec(y, (b,), device)?,
-        ))
+        batch_tensors(&raw, y, s, normalize, device)
+    }
+}
+
+impl Split for DecodedSplit {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    fn batch(
+        &self,
+        indices: &[usize],
+        normalize: &Normalize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        self.to_batch(indices, normalize, device)
+    }
+
+    fn for_each_batch(&self, batch: usize, f: &mut BatchFn<'_>) -> Result<()> {
+        let plane = self.size * self.size * 3;
+        for start in (0..self.len()).step_by(batch.max(1)) {
+            let end = (start + batch.max(1)).min(self.len());
+            f(
+                start..end,
+                &self.images[start * plane..end * plane],
+                &self.labels[start..end],
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! VTAB-1K data: the NOAH-layout reader ([`vtab`]), image decoding and PIL-exact resize
-//! ([`image`]; which PNGs PIL opens: [`png_pil`]), decoded splits and batching ([`loader`]),
+//! ([`image`]; which PNGs PIL opens: [`png_pil`]), decoded splits and batching ([`loader`];
+//! read from their files batch by batch: [`split_file`]),
 //! sources and the validated manifest ([`prepare`]), verified downloads ([`download`]), safe
 //! archive extraction ([`archive`]), the one rule for hidden and OS entries of users' folders
 //! ([`hidden`]), HF hub datasets ([`hub`]) and the embedded mini benchmark ([`mini`]). The one
@@ -15,5 +16,6 @@ pub mod loader;
 pub mod mini;
 pub mod png_pil;
 pub mod prepare;
+pub mod split_file;
 pub mod vtab;
 pub mod vtab_tasks;

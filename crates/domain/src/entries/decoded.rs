@@ -7,9 +7,12 @@
 //!   (RGB, row-major HWC, values 0..=255) and `labels` u32 `[N]`, metadata
 //!   `format: idat-pipe decoded split v1` ([`DecodedSplit::save`]).
 //!
-//! `model/pretrain`, `train/adapt`, `train/idat` and `eval` read it through [`read`].
+//! `model/pretrain`, `train/adapt`, `train/idat` and `eval` read it through [`open`], a
+//! batch at a time (host memory bounded by a batch, not by the split); [`read`] loads a
+//! split whole.
 use super::{read_json, write_json};
 use crate::data::loader::DecodedSplit;
+use crate::data::split_file::SplitFile;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,13 +77,33 @@ pub fn read_info(dir: &Path) -> Result<DecodedInfo> {
     )
 }
 
-/// The description of the entry `dir` and its decoded split `split`.
+/// The description of the entry `dir` and its decoded split `split`, loaded whole.
 ///
 /// # Errors
 /// A bad `decoded.json`, a split the entry does not have (the error lists those it has),
 /// or a split file that is not a decoded split (dtypes and shapes checked), naming the file.
 pub fn read(dir: &Path, split: &str) -> Result<(DecodedInfo, DecodedSplit)> {
     let info = read_info(dir)?;
+    let file = split_path(dir, &info, split)?;
+    let split = DecodedSplit::load(&file)?;
+    Ok((info, split))
+}
+
+/// The description of the entry `dir` and its decoded split `split`, opened to be read a
+/// batch at a time ([`SplitFile`]: its header and labels read, its bytes checked against
+/// the entry as they are used).
+///
+/// # Errors
+/// As [`read`].
+pub fn open(dir: &Path, split: &str) -> Result<(DecodedInfo, SplitFile)> {
+    let info = read_info(dir)?;
+    let file = split_path(dir, &info, split)?;
+    let split = SplitFile::open(&file)?;
+    Ok((info, split))
+}
+
+/// The file of split `split` in the entry `dir` described by `info`.
+fn split_path(dir: &Path, info: &DecodedInfo, split: &str) -> Result<std::path::PathBuf> {
     let file = info.splits.get(split).with_context(|| {
         format!(
             "{}: no split `{split}` (has: {:?})",
@@ -88,6 +111,15 @@ pub fn read(dir: &Path, split: &str) -> Result<(DecodedInfo, DecodedSplit)> {
             info.splits.keys()
         )
     })?;
-    let split = DecodedSplit::load(&dir.join(file))?;
-    Ok((info, split))
+    let plain = Path::new(file)
+        .file_name()
+        .is_some_and(|n| n == file.as_str());
+    if !plain {
+        anyhow::bail!(
+            "{}: split `{split}` names file `{file}`: expected a file name in the entry \
+             (no folder, no `..`)",
+            dir.join(DECODED_INFO_FILE).display()
+        );
+    }
+    Ok(dir.join(file))
 }

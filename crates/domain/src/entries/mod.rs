@@ -126,7 +126,6 @@ mod tests {
             test_top1_student: Some(40.0),
             test_top5_student: Some(90.0),
             test_top1_teacher: None,
-            seconds: 1.5,
         };
         training::write_metrics(d.path(), std::slice::from_ref(&row)).unwrap();
         assert_eq!(training::read_metrics(d.path()).unwrap(), vec![row]);
@@ -137,5 +136,69 @@ mod tests {
         std::fs::write(d.path().join(training::METRICS_FILE), "epoch,lr\nx,1\n").unwrap();
         let e = format!("{:#}", training::read_metrics(d.path()).unwrap_err());
         assert!(e.contains("metrics.csv: bad row"), "{e}");
+    }
+
+    /// Entries written before timings left the hashed files (issue 25) still read: a
+    /// `seconds` column in metrics.csv, `train_seconds` and `resumed_from_epoch` in the
+    /// summary.
+    #[test]
+    fn entries_written_with_timings_still_read() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(training::METRICS_FILE),
+            "epoch,lr,loss,ce_student,ce_teacher,distill,train_top1_student,\
+             test_top1_student,test_top5_student,test_top1_teacher,seconds\n\
+             1,0.001,0.5,0.5,,,50.0,40.0,90.0,,12.75\n",
+        )
+        .unwrap();
+        let rows = training::read_metrics(d.path()).unwrap();
+        assert_eq!((rows.len(), rows[0].test_top1_student), (1, Some(40.0)));
+        let cfg = crate::nn::vit::VitConfig {
+            img_size: 16,
+            patch_size: 8,
+            in_chans: 3,
+            num_classes: 3,
+            embed_dim: 16,
+            depth: 1,
+            num_heads: 2,
+            mlp_ratio: 2.0,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+        };
+        let summary = training::TrainSummary {
+            task: "dtd".into(),
+            label: "at".into(),
+            seed: 1,
+            adapter: crate::nn::adapters::AdapterConfig::Linear,
+            student_config: cfg,
+            teacher_config: None,
+            student_model: "s".into(),
+            teacher_model: None,
+            trainable_student: 51,
+            trainable_teacher: None,
+            epochs: 1,
+            best_top1: 40.0,
+            best_epoch: 1,
+            final_top1: 40.0,
+            final_top5: 90.0,
+            final_teacher_top1: None,
+            student_backbone: None,
+            teacher_backbone: None,
+        };
+        let mut old = serde_json::to_value(&summary).unwrap();
+        old["train_seconds"] = serde_json::json!(12.75);
+        old["resumed_from_epoch"] = serde_json::json!(0);
+        std::fs::write(
+            d.path().join("summary.json"),
+            serde_json::to_string(&old).unwrap(),
+        )
+        .unwrap();
+        let back = training::read_summary(d.path()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&summary).unwrap()
+        );
     }
 }

@@ -7,7 +7,14 @@
 //! - `teacher.safetensors` (`train/idat` only): the same for the small teacher;
 //! - `summary.json` ([`TrainSummary`]): what the run did and its accuracies (percent);
 //! - `metrics.csv`: one [`EpochRow`] per epoch (1-based epochs, mean training losses, accuracies
-//!   in percent, wall-clock seconds).
+//!   in percent).
+//!
+//! Every file is a function of the inputs alone: a recomputation writes the same bytes, so
+//! what depends on the entry stays cached. How the run went is in the entry's manifest
+//! (`info`, see [`record_run`]): `train_seconds`, `epoch_seconds` (`[epoch, seconds]` of each
+//! epoch this run trained) and `resumed_from_epoch`. Entries written before issue 25 also
+//! have a `seconds` column and `train_seconds` / `resumed_from_epoch` in the summary; the
+//! readers here ignore them.
 //!
 //! `eval` reads the summary, the student and the metrics; `analysis/adapter-stats` the
 //! summary and both models' weights; both restore a model through [`restore_trained`], as
@@ -94,10 +101,10 @@ pub struct TrainSummary {
     pub final_top5: f64,
     /// The teacher's test top-1 (percent) after the last epoch (`train/idat` only).
     pub final_teacher_top1: Option<f64>,
-    /// The epoch checkpoint this run resumed after, if any.
-    pub resumed_from_epoch: Option<usize>,
-    /// Wall-clock training time, in seconds.
-    pub train_seconds: f64,
+    // How the run went (its wall-clock time, the checkpoint it resumed after) is not a
+    // result: it is in the entry's manifest (`info`), so a recomputation with identical
+    // weights writes an identical summary and its dependents stay cached (issue 25).
+    // Summaries written before have `train_seconds` and `resumed_from_epoch`, ignored here.
     /// The student's backbone: where it came from, its source-task top-1.
     #[serde(default)]
     pub student_backbone: Option<Backbone>,
@@ -257,6 +264,21 @@ pub fn read_summary(dir: &Path) -> Result<TrainSummary> {
         &dir.join(SUMMARY_FILE),
         "a training summary (summary.json as train/adapt or train/idat writes it)",
     )
+}
+
+/// Records how a training run went in the entry's manifest (`ctx.info`, not hashed):
+/// `train_seconds` (wall-clock seconds of this process's training), `epoch_seconds`
+/// (`[epoch, seconds]` per epoch it trained; 1-based epochs) and `resumed_from_epoch` (the
+/// 0-based epoch index of the checkpoint it resumed after, or null).
+pub fn record_run(
+    info: &mut serde_json::Map<String, serde_json::Value>,
+    train_seconds: f64,
+    out: &crate::train::TrainOutcome,
+) {
+    use serde_json::json;
+    info.insert("train_seconds".into(), json!(train_seconds));
+    info.insert("epoch_seconds".into(), json!(out.epoch_seconds));
+    info.insert("resumed_from_epoch".into(), json!(out.resumed_from_epoch));
 }
 
 /// Writes `metrics.csv` (one row per epoch, a header line first) into `dir`.

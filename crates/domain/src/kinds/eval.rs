@@ -55,7 +55,7 @@ impl StageKind for Eval {
         let dev = device(&ctx.device)?;
         let train_dir = input_dir(ctx, &p.train)?.to_path_buf();
         let summary = training::read_summary(&train_dir)?;
-        let (info, split) = decoded::read(input_dir(ctx, &p.data)?, &p.split)?;
+        let (info, split) = decoded::open(input_dir(ctx, &p.data)?, &p.split)?;
         let (cfg, _, backbone) =
             model::read(input_dir(ctx, &p.model)?, info.num_classes, 0.0, &dev)?;
         let vit = training::restore_trained(&train_dir, Role::Student, &dev)?

@@ -75,8 +75,8 @@ impl StageKind for ModelPretrain {
     fn run(p: Params, ctx: &mut StageContext) -> Result<()> {
         let dev = device(&ctx.device)?;
         let dir = input_dir(ctx, &p.data)?.to_path_buf();
-        let (info, train_split) = decoded::read(&dir, "train800val200")?;
-        let (_, test_split) = decoded::read(&dir, "test")?;
+        let (info, train_split) = decoded::open(&dir, "train800val200")?;
+        let (_, test_split) = decoded::open(&dir, "test")?;
         let mut cfg = p.arch.resolve()?;
         cfg.num_classes = info.num_classes;
         cfg.img_size = info.size;
@@ -91,7 +91,9 @@ impl StageKind for ModelPretrain {
             device: &dev,
         };
         let eval_every = p.optim.total_epochs().max(1);
+        let t0 = std::time::Instant::now();
         let out = train::train(&mut members, None, &p.optim, &data, p.seed, eval_every, ctx)?;
+        training::record_run(&mut ctx.info, t0.elapsed().as_secs_f64(), &out);
         training::write_metrics(&ctx.out_dir, &out.rows)?;
         ctx.log(format!(
             "source task `{}`: test top-1 {:.2}",

@@ -153,8 +153,8 @@ fn member(
 fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
     let dev = device(&ctx.device)?;
     let data_dir = input_dir(ctx, job.data)?.to_path_buf();
-    let (info, train_split) = decoded::read(&data_dir, "train800val200")?;
-    let (_, test_split) = decoded::read(&data_dir, "test")?;
+    let (info, train_split) = decoded::open(&data_dir, "train800val200")?;
+    let (_, test_split) = decoded::open(&data_dir, "test")?;
     let task = job.task;
     if info.task != task && crate::data::vtab::canonical_name(task) != info.task {
         bail!(
@@ -194,8 +194,7 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         job.eval_every,
         ctx,
     )?;
-    let secs = t0.elapsed().as_secs_f64();
-
+    training::record_run(&mut ctx.info, t0.elapsed().as_secs_f64(), &out);
     training::write_metrics(&ctx.out_dir, &out.rows)?;
     let names = info.class_names.as_deref();
     training::write_weights(&ctx.out_dir, Role::Student, &members[0].vit, names)?;
@@ -219,8 +218,6 @@ fn run_training(ctx: &mut StageContext, job: Job<'_>) -> Result<()> {
         final_top1: out.final_eval.top1,
         final_top5: out.final_eval.top5,
         final_teacher_top1: out.final_teacher_top1,
-        resumed_from_epoch: out.resumed_from_epoch,
-        train_seconds: secs,
         student_backbone: Some(model_infos[0].backbone("student")),
         teacher_backbone: model_infos.get(1).map(|m| m.backbone("teacher")),
     };

@@ -6,13 +6,13 @@
 //! same weights and metrics as an uninterrupted one on CPU.
 use super::config::{DistillConfig, OptimConfig};
 use super::epoch::{EpochRow, Sums};
-use super::evaluate::{evaluate, EvalResult};
+use super::evaluate::{evaluate, evaluate_many, EvalResult};
 use super::hooks::TrainHooks;
 use super::member::Member;
 use super::state;
 use super::step::{train_step, StepAt};
 use crate::data::image::Normalize;
-use crate::data::loader::{epoch_order, DecodedSplit};
+use crate::data::loader::{epoch_order, Split};
 use crate::nn::optim::CosineSchedule;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -34,15 +34,19 @@ pub struct TrainOutcome {
     pub final_teacher_top1: Option<f64>,
     /// Epoch the run resumed from (None: started fresh).
     pub resumed_from_epoch: Option<usize>,
+    /// `(epoch, seconds)`: the wall-clock time of each epoch this process ran (1-based
+    /// epochs; training and evaluation). Not a result: it goes to the entry's manifest.
+    pub epoch_seconds: Vec<(usize, f64)>,
 }
 
 /// The data of a run: the decoded splits, their normalisation and the device of the
-/// batches.
+/// batches. The stages read both splits from their files a batch at a time
+/// ([`crate::data::split_file::SplitFile`]); tests may hold them in memory.
 pub struct TrainData<'a> {
-    /// The training split.
-    pub train: &'a DecodedSplit,
-    /// The split evaluated after epochs.
-    pub test: &'a DecodedSplit,
+    /// The training split (read by shuffled indices).
+    pub train: &'a dyn Split,
+    /// The split evaluated after epochs (read in order, once per evaluation).
+    pub test: &'a dyn Split,
     /// How images become model inputs.
     pub normalize: Normalize,
     /// Where the batches go.
@@ -79,6 +83,7 @@ pub fn train(
     let eval_every = eval_every.max(1);
     // The last epoch's evaluation is the final one (same weights, eval mode).
     let mut last_eval = None;
+    let mut epoch_seconds = Vec::new();
     for epoch in start.epoch..total {
         let t0 = Instant::now();
         let run = Epoch {
@@ -98,8 +103,8 @@ pub fn train(
         if last {
             last_eval.clone_from(&test_s);
         }
-        let seconds = t0.elapsed().as_secs_f64();
-        let row = sums.row(epoch + 1, lr, test_s.as_ref(), test_t, seconds);
+        epoch_seconds.push((epoch + 1, t0.elapsed().as_secs_f64()));
+        let row = sums.row(epoch + 1, lr, test_s.as_ref(), test_t);
         log_row(ctx, &row);
         rows.push(row);
         state::save(ctx.checkpoint_dir(), epoch, members, &rows)?;
@@ -109,7 +114,12 @@ pub fn train(
         // Resumed after the last epoch: nothing was evaluated in this process.
         None => evaluate_student(members, data, optim.batch_size)?,
     };
-    Ok(outcome(rows, final_eval, start.resumed_from_epoch))
+    Ok(outcome(
+        rows,
+        final_eval,
+        start.resumed_from_epoch,
+        epoch_seconds,
+    ))
 }
 
 /// The steps per epoch, after checking the members (one or two; two need `distill`) and
@@ -207,7 +217,7 @@ impl Epoch {
             let idx = &order[step * bs..(step + 1) * bs];
             let (x, y) = data
                 .train
-                .to_batch(idx, &data.normalize, data.device)
+                .batch(idx, &data.normalize, data.device)
                 .context("building a training batch")?;
             let at = StepAt {
                 seed: self.seed,
@@ -237,12 +247,11 @@ fn evaluate_members(
     data: &TrainData<'_>,
     batch: usize,
 ) -> Result<(Option<EvalResult>, Option<f64>)> {
-    let s = evaluate_student(members, data, batch)?;
-    let t = match members.get(1) {
-        Some(t) => Some(evaluate(&t.vit, data.test, &data.normalize, batch, data.device)?.top1),
-        None => None,
-    };
-    Ok((Some(s), t))
+    // One pass over the test split for the student and the teacher.
+    let vits: Vec<&crate::nn::vit::Vit> = members.iter().map(|m| &m.vit).collect();
+    let mut r = evaluate_many(&vits, data.test, &data.normalize, batch, data.device)?;
+    let t = (r.len() > 1).then(|| r[1].top1);
+    Ok((Some(r.swap_remove(0)), t))
 }
 
 /// The student's test evaluation.
@@ -274,6 +283,7 @@ fn outcome(
     rows: Vec<EpochRow>,
     final_eval: EvalResult,
     resumed_from_epoch: Option<usize>,
+    epoch_seconds: Vec<(usize, f64)>,
 ) -> TrainOutcome {
     let (best_epoch, best_top1) = rows
         .iter()
@@ -290,5 +300,6 @@ fn outcome(
         final_eval,
         final_teacher_top1,
         resumed_from_epoch,
+        epoch_seconds,
     }
 }

@@ -31,8 +31,10 @@ pub struct EpochRow {
     pub test_top5_student: Option<f64>,
     /// The teacher's test top-1, percent, where the epoch was evaluated (iDAT).
     pub test_top1_teacher: Option<f64>,
-    /// Wall-clock time of the epoch (training and evaluation), seconds.
-    pub seconds: f64,
+    // No wall-clock time here: the row is a result, hashed with the entry, and a
+    // recomputation with identical weights must write identical rows (issue 25). Epoch
+    // times go to the entry's manifest (`TrainOutcome::epoch_seconds`). Files written
+    // before that have a `seconds` column, which readers ignore.
 }
 
 /// Sums of one epoch's step losses and correct predictions, on batches of `batch`.
@@ -88,14 +90,13 @@ impl Sums {
     }
 
     /// The row of the 1-based `epoch` once all its steps are added: the means, the last
-    /// step's `lr`, the evaluations (where run) and the wall-clock `seconds`.
+    /// step's `lr` and the evaluations (where run).
     pub(super) fn row(
         &self,
         epoch: usize,
         lr: f64,
         test_s: Option<&EvalResult>,
         test_t: Option<f64>,
-        seconds: f64,
     ) -> EpochRow {
         let steps = self.steps as f64;
         EpochRow {
@@ -109,7 +110,6 @@ impl Sums {
             test_top1_student: test_s.map(|e| e.top1),
             test_top5_student: test_s.map(|e| e.top5),
             test_top1_teacher: test_t,
-            seconds,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Top-1 / top-5 accuracy of a model on a decoded split.
 use crate::data::image::Normalize;
-use crate::data::loader::DecodedSplit;
+use crate::data::loader::{batch_tensors, Split};
 use crate::nn::loss::accuracy_topk;
 use crate::nn::vit::{Mode, Vit};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// Accuracy of a model on a split.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -22,41 +23,51 @@ pub struct EvalResult {
 /// Each batch's logits are checked first: a non-finite logit (inf/NaN, e.g. from
 /// overflowing weights) is an error naming the batch and its images (indices in the
 /// split), never turned into a prediction. Used by training (best epoch) and `eval` alike.
+///
+/// # Errors
+/// A non-finite logit; the split cannot be read or is corrupt ([`Split::for_each_batch`]).
 pub fn evaluate(
     vit: &Vit,
-    split: &DecodedSplit,
+    split: &dyn Split,
     norm: &Normalize,
     batch: usize,
     dev: &Device,
 ) -> Result<EvalResult> {
+    let mut r = evaluate_many(&[vit], split, norm, batch, dev)?;
+    Ok(r.remove(0))
+}
+
+/// [`evaluate`] for several models in one pass over the split (the student and the
+/// teacher of iDAT read it once): one result per model, in order. Each model's result is
+/// what [`evaluate`] gives it alone.
+///
+/// # Errors
+/// As [`evaluate`]; the error of a non-finite logit names the model's index when there
+/// are several.
+pub fn evaluate_many(
+    vits: &[&Vit],
+    split: &dyn Split,
+    norm: &Normalize,
+    batch: usize,
+    dev: &Device,
+) -> Result<Vec<EvalResult>> {
     let n = split.len();
-    let (mut c1, mut c5) = (0usize, 0usize);
-    let idx: Vec<usize> = (0..n).collect();
-    for (b, chunk) in idx.chunks(batch.max(1)).enumerate() {
-        let (x, y) = split.to_batch(chunk, norm, dev)?;
-        let logits = vit.forward(&x, Mode::Eval)?.detach();
-        let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let bad: Vec<usize> = rows
-            .iter()
-            .zip(chunk)
-            .filter(|(r, _)| r.iter().any(|v| !v.is_finite()))
-            .map(|(_, &i)| i)
-            .collect();
-        if !bad.is_empty() {
-            let shown: Vec<String> = bad.iter().take(8).map(|i| format!("#{i}")).collect();
-            bail!(
-                "batch {b} (images #{}..#{}): the model's output holds non-finite logits \
-                 (inf/NaN) for {} image(s): {}{}; no prediction is counted",
-                chunk[0],
-                chunk[chunk.len() - 1],
-                bad.len(),
-                shown.join(", "),
-                if bad.len() > 8 { ", ..." } else { "" }
-            );
+    let mut correct = vec![(0usize, 0usize); vits.len()];
+    let mut b = 0usize;
+    split.for_each_batch(batch.max(1), &mut |range, images, labels| {
+        let (x, y) = batch_tensors(images, labels.to_vec(), split.size(), norm, dev)?;
+        for (m, vit) in vits.iter().enumerate() {
+            let logits = vit.forward(&x, Mode::Eval)?.detach();
+            check_finite(&logits, &range, b).map_err(|e| match vits.len() {
+                1 => e,
+                _ => e.context(format!("model {m} of {}", vits.len())),
+            })?;
+            correct[m].0 += accuracy_topk(&logits, &y, 1)?;
+            correct[m].1 += accuracy_topk(&logits, &y, 5)?;
         }
-        c1 += accuracy_topk(&logits, &y, 1)?;
-        c5 += accuracy_topk(&logits, &y, 5)?;
-    }
+        b += 1;
+        Ok(())
+    })?;
     let pct = |c: usize| {
         if n == 0 {
             0.0
@@ -64,16 +75,44 @@ pub fn evaluate(
             100.0 * c as f64 / n as f64
         }
     };
-    Ok(EvalResult {
-        top1: pct(c1),
-        top5: pct(c5),
-        images: n,
-    })
+    Ok(correct
+        .into_iter()
+        .map(|(c1, c5)| EvalResult {
+            top1: pct(c1),
+            top5: pct(c5),
+            images: n,
+        })
+        .collect())
+}
+
+/// An error when a row of `logits` (batch `b`, images `range` of the split) is not finite.
+fn check_finite(logits: &candle_core::Tensor, range: &Range<usize>, b: usize) -> Result<()> {
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let bad: Vec<usize> = rows
+        .iter()
+        .zip(range.clone())
+        .filter(|(r, _)| r.iter().any(|v| !v.is_finite()))
+        .map(|(_, i)| i)
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = bad.iter().take(8).map(|i| format!("#{i}")).collect();
+    bail!(
+        "batch {b} (images #{}..#{}): the model's output holds non-finite logits \
+         (inf/NaN) for {} image(s): {}{}; no prediction is counted",
+        range.start,
+        range.end - 1,
+        bad.len(),
+        shown.join(", "),
+        if bad.len() > 8 { ", ..." } else { "" }
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::loader::DecodedSplit;
     use crate::nn::adapters::AdapterConfig;
     use crate::nn::vit::VitConfig;
     use candle_core::Tensor;
@@ -117,6 +156,24 @@ mod tests {
             labels: (0..n as u32).map(|i| i % 3).collect(),
             size: 16,
         }
+    }
+
+    /// Several models in one pass, and a split read from its file, give what one model on
+    /// the split in memory gives.
+    #[test]
+    fn one_pass_for_several_models_and_the_file_give_the_same_results() {
+        let norm = Normalize::default();
+        let (a, b, s) = (tiny(0.1), tiny(-0.2), split(7));
+        let one = |v: &Vit| evaluate(v, &s, &norm, 3, &Device::Cpu).unwrap();
+        let many = evaluate_many(&[&a, &b], &s, &norm, 3, &Device::Cpu).unwrap();
+        assert_eq!(many, vec![one(&a), one(&b)]);
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("test.safetensors");
+        s.save(&path).unwrap();
+        let file = crate::data::split_file::SplitFile::open(&path).unwrap();
+        let from_file = evaluate_many(&[&a, &b], &file, &norm, 3, &Device::Cpu).unwrap();
+        assert_eq!(from_file, many);
+        assert_eq!(from_file[0].images, 7);
     }
 
     #[test]

@@ -219,7 +219,6 @@ mod tests {
             test_top1_student: None,
             test_top5_student: None,
             test_top1_teacher: None,
-            seconds: 1.0,
         }
     }
 

@@ -141,7 +141,10 @@ impl Graph {
         mark
     }
 
-    /// `--force STAGE...`: the instances of these stages and everything downstream of them.
+    /// `--force STAGE...`: the instances of these stages. What is downstream of them is not
+    /// forced: the scheduler looks it up again once they are recomputed, with the keys their
+    /// new content gives, so it reruns only when that content changed (early cutoff; to
+    /// recompute a downstream stage too, name it as well).
     ///
     /// # Errors
     /// A name that is not a stage of `loaded`, with the stages there are.
@@ -155,10 +158,11 @@ impl Graph {
                 ));
             }
         }
-        let roots: Vec<usize> = (0..self.instances.len())
-            .filter(|&i| force.contains(&self.instances[i].stage))
-            .collect();
-        Ok(self.descendants(&roots))
+        Ok(self
+            .instances
+            .iter()
+            .map(|inst| force.contains(&inst.stage))
+            .collect())
     }
 
     /// Every instance upstream of (and including) those in `targets`: what must be
