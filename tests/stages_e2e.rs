@@ -134,6 +134,30 @@ fn vtab_chain_runs_through_the_binary() {
     );
     let after: Vec<String> = trains.iter().map(|t| content_hash(t)).collect();
     assert_eq!(before, after, "a recomputed training wrote other bytes");
+
+    // On 2 threads instead of 1 (a Slurm task with another cpus-per-task): the same bytes.
+    for instance in ["idat[task=dtd]", "at[task=eurosat]"] {
+        let mut args: Vec<String> = [
+            "exec-stage",
+            &pipeline("stages_vtab.yaml"),
+            "--cache-dir",
+            &w.path().join("c").display().to_string(),
+            "--instance",
+            instance,
+            "--force",
+            "--threads",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for s in w.sets() {
+            args.extend(["--set".to_string(), s]);
+        }
+        ok(&bin(w.path(), &args).output().unwrap());
+    }
+    let on_two: Vec<String> = trains.iter().map(|t| content_hash(t)).collect();
+    assert_eq!(before, on_two, "2 threads wrote other bytes than 1");
 }
 
 /// The content hash in the manifest of the entry `dir`.

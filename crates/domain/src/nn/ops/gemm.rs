@@ -157,14 +157,26 @@ pub fn cpu_bf16() -> Result<Bf16Kernel, String> {
     Err(why.join("; "))
 }
 
-/// Rows per rayon task: the whole product on one thread when small, else about one chunk
-/// per pool thread and at least 16 rows.
+/// Row blocks a large product is cut into (whatever the thread count).
+const BLOCKS_PER_PRODUCT: usize = 4;
+
+/// Block heights are multiples of this many rows.
+const ROW_GRAIN: usize = 16;
+
+/// Rows per rayon task: the whole product when small, else about [`BLOCKS_PER_PRODUCT`]
+/// blocks whose height is a multiple of [`ROW_GRAIN`]. From the shape alone, never from the
+/// pool's size: every block is then the same product whatever the thread count, so results
+/// are bitwise the same on 1 or 64 threads (a local run and a Slurm task of the same key
+/// commit the same bytes, and what depends on them stays cached). With blocks of
+/// `m / threads` rows, OpenBLAS, which picks its kernels by shape, gave different bits on 1
+/// and 2 threads; blocks of a fixed 64 rows cost 20-35% of an AT step (too many small calls).
 fn rows_per_task(m: usize, n: usize, k: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    if threads == 1 || m * n * k < PARALLEL_MIN_WORK {
+    if m * n * k < PARALLEL_MIN_WORK {
         return m;
     }
-    m.div_ceil(threads).max(16)
+    m.div_ceil(BLOCKS_PER_PRODUCT)
+        .next_multiple_of(ROW_GRAIN)
+        .min(m)
 }
 
 /// Row-major `dst [m, n] (+)= lhs [m, k] * w` (see [`WLayout`]), the rows split over the
@@ -311,6 +323,7 @@ mod tests {
             (70, 100, 40),
             (197, 48, 192),
             (33, 130, 300),
+            (1088, 96, 384),
         ];
         let pools: Vec<_> = [1, 2, 3]
             .into_iter()
@@ -336,11 +349,22 @@ mod tests {
                         let w = values(n * k, si as u64 + 100);
                         let start = values(m * n, si as u64 + 200);
                         let want = reference(&start, &lhs, &w, p);
+                        let mut first: Option<Vec<f32>> = None;
                         for pool in &pools {
                             let mut got = start.clone();
                             pool.install(|| {
                                 gemm_w_with(&backend, &mut got, &lhs, Weight::F32(&w), p)
                             });
+                            // Bitwise the same on every thread count.
+                            match &first {
+                                None => first = Some(got.clone()),
+                                Some(f) => assert!(
+                                    f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{backend}: {m}x{n}x{k} {layout:?}: {} threads differ \
+                                     from 1",
+                                    pool.current_num_threads()
+                                ),
+                            }
                             let worst = got
                                 .iter()
                                 .zip(&want)
