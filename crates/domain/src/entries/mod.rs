@@ -154,18 +154,8 @@ mod tests {
         let rows = training::read_metrics(d.path()).unwrap();
         assert_eq!((rows.len(), rows[0].test_top1_student), (1, Some(40.0)));
         let cfg = crate::nn::vit::VitConfig {
-            img_size: 16,
-            patch_size: 8,
-            in_chans: 3,
             num_classes: 3,
-            embed_dim: 16,
-            depth: 1,
-            num_heads: 2,
-            mlp_ratio: 2.0,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
+            ..crate::nn::vit::VitConfig::preset("vit_tiny_patch16_224").unwrap()
         };
         let summary = training::TrainSummary {
             task: "dtd".into(),
