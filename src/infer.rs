@@ -9,7 +9,9 @@ use crate::data::hidden::{is_hidden_or_os, HiddenEntries};
 use crate::data::image::{decode_rgb_noted, resize_bicubic, Normalize};
 use crate::entries::training::read_trained;
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions, LoadedWeights};
+use crate::nn::checkpoint::{
+    load_backbone_with, load_tensors_with, Hints, LoadOptions, LoadedWeights,
+};
 use crate::nn::vit::{Mode, Vit, VitConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -381,7 +383,14 @@ fn load_weights(opts: &InferOptions, cfg: &VitConfig) -> Result<LoadedWeights> {
             misshaped: Some(check_model),
         },
     };
-    let loaded = load_backbone(&opts.weights, &expected, &lo, &opts.device)?;
+    // Weights inside the cache (an entry's backbone) are checked against the entry's manifest.
+    let loaded = load_backbone_with(
+        &opts.weights,
+        &expected,
+        &lo,
+        &opts.device,
+        crate::cache::verified::read,
+    )?;
     for n in &loaded.notes {
         eprintln!("note: {}: {n}", opts.weights.display());
     }
@@ -446,7 +455,7 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
             }
         }
         InferInput::Tensor { file, name } => {
-            let (t, _) = load_tensors(file, &opts.device)?;
+            let (t, _) = load_tensors_with(file, &opts.device, crate::cache::verified::read)?;
             let x = t.get(name).with_context(|| {
                 format!(
                     "{}: no tensor `{name}` (has: {:?})",
