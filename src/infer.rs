@@ -28,7 +28,12 @@ pub enum InferInput {
     Images(Vec<PathBuf>),
     /// A `.safetensors` file holding an already normalised `[B, C, H, W]` f32 tensor
     /// under `name` (e.g. the parity fixtures' `input`).
-    Tensor { file: PathBuf, name: String },
+    Tensor {
+        /// The `.safetensors` file.
+        file: PathBuf,
+        /// The tensor's name in it.
+        name: String,
+    },
 }
 
 /// Everything `infer` needs.
@@ -43,9 +48,13 @@ pub struct InferOptions {
     pub adapter: Option<PathBuf>,
     /// Number of classes (default: from the adapter's or the weights' head).
     pub num_classes: Option<usize>,
+    /// The images or the tensor to classify.
     pub input: InferInput,
+    /// Per-channel mean and std applied to decoded images (not to tensor input).
     pub normalize: Normalize,
+    /// Images per forward pass.
     pub batch: usize,
+    /// Where the model runs.
     pub device: Device,
 }
 
@@ -59,6 +68,7 @@ pub struct Prediction {
     /// The label's class name, when the adapter checkpoint carries the task's class names
     /// (metadata `class_names`, written by `train/adapt` and `train/idat`).
     pub class_name: Option<String>,
+    /// The head's outputs, one per class, before softmax.
     pub logits: Vec<f32>,
 }
 
