@@ -12,9 +12,6 @@
 
 #![warn(missing_docs)]
 
-// data/ still has 3 undocumented struct fields (imagefolder.rs), left to its owners while
-// they change it: remove this `allow` with them.
-#[allow(missing_docs)]
 pub mod data;
 pub mod entries;
 pub mod kinds;
