@@ -30,7 +30,7 @@ tests/fixtures/ckpt/
         a scripted nn.Linear written by torch.jit.save
   torch_convert.txt
         the two conversion snippets the loader's refusal prints (TORCH_TO_SAFETENSORS,
-        TORCHSCRIPT_TO_SAFETENSORS in crates/domain/src/nn/checkpoint/foreign.rs), after this
+        TORCHSCRIPT_TO_SAFETENSORS in crates/nn/src/checkpoint/foreign.rs), after this
         script ran each on the files above (and on a DeiT/timm-style training checkpoint with
         optimizer state and an argparse Namespace) and checked the tensors they wrote
 """
@@ -50,7 +50,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "ckpt")
 
-# Must equal the constants of crates/domain/src/nn/checkpoint/foreign.rs (the Rust test compares).
+# Must equal the constants of crates/nn/src/checkpoint/foreign.rs (the Rust test compares).
 TORCH_TO_SAFETENSORS = (
     "import sys, argparse, torch; "
     "from safetensors.torch import save_file; "

@@ -40,14 +40,19 @@ pub enum StepKind {
 /// What to time.
 #[derive(Debug, Clone)]
 pub struct StepBench {
+    /// iDAT (two models) or AT (the large one alone).
     pub kind: StepKind,
     /// The small model (teacher); unused by `at`.
     pub small: VitConfig,
     /// The large model (student).
     pub large: VitConfig,
+    /// Images per step (one random batch, reused every step).
     pub batch: usize,
+    /// Untimed steps first.
     pub warmup: usize,
+    /// Timed steps (at least 1).
     pub steps: usize,
+    /// f32, or bf16 mixed precision where the device has a bf16 kernel.
     pub precision: Precision,
     /// Ablation: the last block computes every token, as timm does (default: only the
     /// class token's row; see `Vit::set_last_block_cls_only`).
@@ -57,14 +62,21 @@ pub struct StepBench {
 /// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
+    /// The step timed.
     pub kind: StepKind,
+    /// The device, as candle prints it (`Cpu`, `Cuda(..)`).
     pub device: String,
+    /// Threads of candle's CPU kernels.
     pub threads: usize,
+    /// Images per step.
     pub batch: usize,
+    /// Input side in pixels (the large model's).
     pub img_size: usize,
+    /// Timed steps.
     pub steps: usize,
     /// Median step (forward + backward + optimiser), milliseconds.
     pub median_ms: f64,
+    /// Fastest timed step, milliseconds.
     pub min_ms: f64,
     /// `batch / median step`.
     pub images_per_s: f64,
@@ -287,6 +299,7 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Images per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Small model (teacher): a preset, a JSON/YAML config file, or inline JSON.

@@ -9,7 +9,9 @@ use crate::data::hidden::{is_hidden_or_os, HiddenEntries};
 use crate::data::image::{decode_rgb_noted, resize_bicubic, Normalize};
 use crate::entries::training::read_trained;
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::checkpoint::{load_backbone, load_tensors, Hints, LoadOptions, LoadedWeights};
+use crate::nn::checkpoint::{
+    load_backbone_with, load_tensors_with, Hints, LoadOptions, LoadedWeights,
+};
 use crate::nn::vit::{Mode, Vit, VitConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -26,7 +28,12 @@ pub enum InferInput {
     Images(Vec<PathBuf>),
     /// A `.safetensors` file holding an already normalised `[B, C, H, W]` f32 tensor
     /// under `name` (e.g. the parity fixtures' `input`).
-    Tensor { file: PathBuf, name: String },
+    Tensor {
+        /// The `.safetensors` file.
+        file: PathBuf,
+        /// The tensor's name in it.
+        name: String,
+    },
 }
 
 /// Everything `infer` needs.
@@ -41,9 +48,13 @@ pub struct InferOptions {
     pub adapter: Option<PathBuf>,
     /// Number of classes (default: from the adapter's or the weights' head).
     pub num_classes: Option<usize>,
+    /// The images or the tensor to classify.
     pub input: InferInput,
+    /// Per-channel mean and std applied to decoded images (not to tensor input).
     pub normalize: Normalize,
+    /// Images per forward pass.
     pub batch: usize,
+    /// Where the model runs.
     pub device: Device,
 }
 
@@ -57,6 +68,7 @@ pub struct Prediction {
     /// The label's class name, when the adapter checkpoint carries the task's class names
     /// (metadata `class_names`, written by `train/adapt` and `train/idat`).
     pub class_name: Option<String>,
+    /// The head's outputs, one per class, before softmax.
     pub logits: Vec<f32>,
 }
 
@@ -381,7 +393,14 @@ fn load_weights(opts: &InferOptions, cfg: &VitConfig) -> Result<LoadedWeights> {
             misshaped: Some(check_model),
         },
     };
-    let loaded = load_backbone(&opts.weights, &expected, &lo, &opts.device)?;
+    // Weights inside the cache (an entry's backbone) are checked against the entry's manifest.
+    let loaded = load_backbone_with(
+        &opts.weights,
+        &expected,
+        &lo,
+        &opts.device,
+        crate::cache::verified::read,
+    )?;
     for n in &loaded.notes {
         eprintln!("note: {}: {n}", opts.weights.display());
     }
@@ -446,7 +465,7 @@ pub fn infer(opts: &InferOptions) -> Result<Vec<Prediction>> {
             }
         }
         InferInput::Tensor { file, name } => {
-            let (t, _) = load_tensors(file, &opts.device)?;
+            let (t, _) = load_tensors_with(file, &opts.device, crate::cache::verified::read)?;
             let x = t.get(name).with_context(|| {
                 format!(
                     "{}: no tensor `{name}` (has: {:?})",

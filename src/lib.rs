@@ -8,6 +8,8 @@
 //! The modules are re-exported here under their own names, so `idat_pipe::cache` is
 //! `idat_engine::cache` and `idat_pipe::nn` is `idat_domain::nn`.
 
+#![warn(missing_docs)]
+
 pub mod alloc;
 pub mod bench;
 pub mod cli;

@@ -1,3 +1,7 @@
+//! The `idat-pipe` binary: the CLI of [`idat_pipe::cli`] with mimalloc as the allocator.
+
+#![warn(missing_docs)]
+
 /// mimalloc reuses freed tensor buffers instead of returning them to the OS and faulting
 /// fresh zeroed pages back in on the next allocation (glibc's behaviour for the large,
 /// short-lived buffers of a training step): measured in docs/benchmarks.md.

@@ -68,6 +68,7 @@ pub enum SampleMethod {
 pub struct Sampling {
     /// Training images asked for.
     pub n_train: usize,
+    /// How they were drawn.
     pub method: SampleMethod,
     /// Seed of the per-class ChaCha8 RNG that shuffles each class's sorted file list
     /// before its first `k` are taken.
@@ -119,7 +120,9 @@ pub struct ImageFolderOptions {
     pub group: String,
     /// Draw this many training images (None: all of `train`).
     pub n_train: Option<usize>,
+    /// How they are drawn.
     pub method: SampleMethod,
+    /// Seed of the per-class shuffles (see [`Sampling::seed`]).
     pub seed: u64,
 }
 

@@ -91,6 +91,106 @@ mod tests {
         );
     }
 
+    /// Commits an entry of kind `kind` whose files `fill` writes; its folder in `cache`.
+    fn committed(
+        cache: &idat_engine::cache::Cache,
+        kind: &str,
+        fill: impl FnOnce(&std::path::Path),
+    ) -> std::path::PathBuf {
+        let parts = idat_engine::cache::KeyParts {
+            format: idat_engine::cache::CACHE_FORMAT,
+            kind: kind.into(),
+            kind_version: 1,
+            params: serde_json::json!({}),
+            upstream: vec![],
+            external: vec![],
+        };
+        let key = parts.key();
+        let tmp = cache.fresh_tmp(&key).unwrap();
+        fill(&tmp);
+        cache
+            .commit(&tmp, "m[seed=1]", &parts, 0.0, &Default::default())
+            .unwrap();
+        cache.entry_dir(&key)
+    }
+
+    /// Flips one bit of the last f32 of a committed file's data section (the value stays
+    /// finite, the size and the header stay as they were: only the entry's manifest can tell).
+    fn flip_last_value(file: &std::path::Path) {
+        let mut perm = std::fs::metadata(file).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(file, perm).unwrap();
+        let mut b = std::fs::read(file).unwrap();
+        let n = b.len();
+        b[n - 4] ^= 1;
+        std::fs::write(file, b).unwrap();
+    }
+
+    /// nn's loaders read the weights of a cache entry through the engine's verified reader
+    /// (the seam `nn::checkpoint::ReadFile`): a flipped bit in `backbone.safetensors` or
+    /// `student.safetensors`, which still parses, fails the read naming the entry's file, and
+    /// the entry is moved aside.
+    #[test]
+    fn weights_in_a_cache_entry_are_checked_against_its_manifest() {
+        use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
+        use crate::nn::vit::{Vit, VitConfig};
+        use candle_core::Device;
+        let d = tempfile::tempdir().unwrap();
+        let cache = idat_engine::cache::Cache::open(d.path().join("c")).unwrap();
+        let dev = Device::Cpu;
+        let cfg = VitConfig {
+            img_size: 16,
+            patch_size: 8,
+            num_classes: 3,
+            embed_dim: 16,
+            depth: 1,
+            num_heads: 2,
+            ..VitConfig::preset("vit_tiny_patch16_224").unwrap()
+        };
+        let backbone = Vit::random_backbone(&cfg, &dev, 1).unwrap();
+        let model_dir = committed(&cache, "model/vit", |dir| {
+            let info = super::model::ModelInfo {
+                config: cfg.clone(),
+                source: "random".into(),
+                label: "toy".into(),
+                source_top1: None,
+                notes: vec![],
+            };
+            super::model::write(dir, &info, &backbone).unwrap();
+        });
+        let adapter = AdapterConfig::SeqAdapter(SeqAdapterConfig { hidden: 2 });
+        let vit = Vit::new(&cfg, &adapter, backbone.clone(), &dev, 7).unwrap();
+        let train_dir = committed(&cache, "train/adapt", |dir| {
+            training::write_weights(dir, training::Role::Student, &vit, None).unwrap();
+        });
+        // Intact: both read.
+        super::model::read(&model_dir, 3, 0.0, &dev).unwrap();
+        training::restore_trained(&train_dir, training::Role::Student, &dev).unwrap();
+        // One bit flipped: both refused, naming the file, and quarantined.
+        flip_last_value(&model_dir.join(super::model::BACKBONE_FILE));
+        let e = format!(
+            "{:#}",
+            super::model::read(&model_dir, 3, 0.0, &dev).unwrap_err()
+        );
+        assert!(
+            e.contains("file `backbone.safetensors`: content hash differs"),
+            "{e}"
+        );
+        flip_last_value(&train_dir.join(training::STUDENT_FILE));
+        let e = format!(
+            "{:#}",
+            training::restore_trained(&train_dir, training::Role::Student, &dev).unwrap_err()
+        );
+        assert!(
+            e.contains("file `student.safetensors`: content hash differs"),
+            "{e}"
+        );
+        assert!(!model_dir.exists() && !train_dir.exists(), "moved aside");
+        let corrupt = std::fs::read_dir(d.path().join("c/corrupt")).unwrap();
+        assert_eq!(corrupt.count(), 2);
+    }
+
     #[test]
     fn readers_name_the_file_and_what_they_expected() {
         let d = tempfile::tempdir().unwrap();

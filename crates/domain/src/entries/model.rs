@@ -9,7 +9,7 @@
 //! and `pretrain.json` (its final test evaluation) beside them; nothing reads those.
 //! `train/adapt`, `train/idat` and `eval` read the entry through [`read`].
 use super::{read_json, write_json};
-use crate::nn::checkpoint::{load_backbone, save_tensors, LoadOptions};
+use crate::nn::checkpoint::{load_backbone_with, save_tensors, LoadOptions};
 use crate::nn::vit::VitConfig;
 use crate::report::backbones::Backbone;
 use anyhow::Result;
@@ -96,6 +96,14 @@ pub fn read(
         resample_pos_embed: true,
         ..Default::default()
     };
-    let loaded = load_backbone(&dir.join(BACKBONE_FILE), &expected, &opts, dev)?;
+    // Read through the cache's verified reader: checked against the entry's manifest.
+    let file = dir.join(BACKBONE_FILE);
+    let loaded = load_backbone_with(
+        &file,
+        &expected,
+        &opts,
+        dev,
+        idat_engine::cache::verified::read,
+    )?;
     Ok((cfg, info, loaded.tensors))
 }

@@ -21,7 +21,7 @@
 //! `idat-pipe infer --adapter` does through [`read_trained`].
 use super::{read_json, write_json};
 use crate::nn::adapters::AdapterConfig;
-use crate::nn::checkpoint::{load_tensors, save_tensors};
+use crate::nn::checkpoint::{load_tensors_with, save_tensors};
 use crate::nn::vit::{Vit, VitConfig};
 use crate::report::backbones::Backbone;
 use crate::train::EpochRow;
@@ -174,7 +174,8 @@ pub fn restore_trained(dir: &Path, role: Role, dev: &Device) -> Result<Trained> 
 /// a training entry's weights); a metadata value does not parse (`adapter` as an adapter
 /// config, `config` as a ViT config, `class_names` as a JSON array of strings).
 pub fn read_trained(file: &Path, dev: &Device) -> Result<Trained> {
-    let (tensors, meta) = load_tensors(file, dev)?;
+    // Checked against the entry's manifest as it is read (a flipped bit fails here).
+    let (tensors, meta) = load_tensors_with(file, dev, idat_engine::cache::verified::read)?;
     let f = file.display();
     let adapter = meta.get(ADAPTER_META).with_context(|| {
         format!("{f}: no `adapter` metadata (expected a training entry's student.safetensors)")

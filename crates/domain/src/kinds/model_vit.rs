@@ -2,7 +2,7 @@
 //! Google npz, an HF hub repo, or random weights for tests), validated and stored in timm names.
 use super::common::{device, Arch};
 use crate::entries::model::{self, ModelInfo};
-use crate::nn::checkpoint::{load_backbone, Hints, LoadOptions, LoadedWeights};
+use crate::nn::checkpoint::{load_backbone_with, Hints, LoadOptions, LoadedWeights};
 use crate::nn::vit::Vit;
 use anyhow::{bail, Context, Result};
 use idat_engine::stages::{StageContext, StageKind};
@@ -136,8 +136,15 @@ fn load_checked(
         resample_pos_embed: true,
         hints: hints(),
     };
-    load_backbone(path, expected, &opts, dev)
-        .with_context(|| format!("loading backbone {}", path.display()))
+    // A path into the cache (another stage's entry) is checked against its manifest.
+    load_backbone_with(
+        path,
+        expected,
+        &opts,
+        dev,
+        idat_engine::cache::verified::read,
+    )
+    .with_context(|| format!("loading backbone {}", path.display()))
 }
 
 /// The `model/vit` stage kind.

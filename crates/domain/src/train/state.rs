@@ -3,7 +3,7 @@
 //! written atomically. Only the latest is kept.
 use super::epoch::EpochRow;
 use super::member::Member;
-use crate::nn::checkpoint::{load_tensors, save_tensors};
+use crate::nn::checkpoint::{load_tensors_with, save_tensors};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -165,7 +165,7 @@ pub(super) fn load_latest(
 }
 
 fn restore(path: PathBuf, members: &mut [Member], dev: &Device) -> Result<Saved> {
-    let (tensors, meta) = load_tensors(&path, dev)
+    let (tensors, meta) = load_tensors_with(&path, dev, idat_engine::cache::verified::read)
         .with_context(|| format!("reading epoch checkpoint {}", path.display()))?;
     let epoch: usize = meta
         .get("epoch")
