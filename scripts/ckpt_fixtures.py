@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Writes the small committed fixtures used by tests/numerics_*.rs.
+"""Writes the small committed fixtures used by crates/nn/tests/nn/numerics_*.rs.
 
 Run with the project venv (torch, timm, numpy, safetensors):
     /work/venv/bin/python scripts/ckpt_fixtures.py
 
-tests/fixtures/ckpt/
+crates/nn/tests/fixtures/ckpt/
   tiny_vit.safetensors          random tiny timm ViT (dim 32, depth 2, heads 2, img 32, patch 8, 10 classes)
   tiny_vit_google.npz           the same weights as a vit_jax .npz (compressed), f32
   tiny_vit_opt_target_f16.npz   the same, float16, `opt/target/` prefix, plus an extra pre_logits/* pair
   tiny_vit_big_vision_f16.npz   the same, float16, big_vision layout (`params/`, scanned blocks)
   pos_embed_resampled.safetensors  timm resample_abs_pos_embed of the model's pos_embed to other grids
-tests/fixtures/optim/
+crates/nn/tests/fixtures/optim/
   adamw_torch.json              torch.optim.AdamW trajectories (float64)
   cosine_timm.json              learning rates used by timm's CosineLRScheduler in the timm training loop
 
@@ -29,7 +29,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer, _load_weights
 from timm.scheduler import create_scheduler_v2
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "nn", "tests", "fixtures")
 CKPT = os.path.join(ROOT, "ckpt")
 OPTIM = os.path.join(ROOT, "optim")
 DIM, DEPTH, HEADS, IMG, PATCH, CLASSES = 32, 2, 2, 32, 8, 10

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/cotrain/trajectory.safetensors: 5 steps of iDAT co-training run by an
-independent PyTorch + timm implementation of the official loop, for tests/cotrain_trajectory.rs
+"""Writes crates/domain/tests/fixtures/cotrain/trajectory.safetensors: 5 steps of iDAT co-training run by an
+independent PyTorch + timm implementation of the official loop, for crates/domain/tests/domain/cotrain_trajectory.rs
 (committed; tests never run this).
 
 How it was made:
-    /work/venv/bin/python scripts/cotrain_trajectory_fixture.py tests/fixtures/cotrain
+    /work/venv/bin/python scripts/cotrain_trajectory_fixture.py crates/domain/tests/fixtures/cotrain
 (torch 2.15, timm 1.0.31, CPU, float64 arithmetic, stored as float32.)
 
 The loop is the one of github JCruan519/iDAT `train_onlinekd.py` (`train_one_epoch`) in the form
@@ -198,7 +198,7 @@ def run(kind, init_s, init_t, x, y, dtype, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default="tests/fixtures/cotrain")
+    ap.add_argument("out", nargs="?", default="crates/domain/tests/fixtures/cotrain")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Writes the committed fixtures of the checkpoint layouts users hold besides timm's
-(tests/checkpoint_hints.rs, tests/numerics_checkpoint.rs), with the real libraries.
+(tests/cli/checkpoint_hints.rs, crates/nn/tests/nn/numerics_checkpoint.rs), with the real libraries.
 
 Run with a venv holding torch, timm, transformers and safetensors:
     python3 -m venv /work/venv-ckpt && /work/venv-ckpt/bin/pip install torch timm transformers safetensors
     /work/venv-ckpt/bin/python scripts/foreign_ckpt_fixtures.py
 
-tests/fixtures/ckpt/
+crates/nn/tests/fixtures/ckpt/
   hf_vit/model.safetensors, config.json
         transformers.ViTModel (hidden 32, 2 layers, 2 heads, MLP 128, image 32, patch 8,
         layer_norm_eps 1e-12 as google/vit-*), random weights rounded to float16, written by
@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "ckpt")
+CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "nn", "tests", "fixtures", "ckpt")
 
 # Must equal the constants of crates/nn/src/checkpoint/foreign.rs (the Rust test compares).
 TORCH_TO_SAFETENSORS = (

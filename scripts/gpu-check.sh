@@ -5,7 +5,7 @@
 #
 #   scripts/gpu-check.sh                    # BIN=target/cuda/release/idat-pipe PYTHON=python3
 #
-# (a) parity: `idat-pipe infer --device cuda` on tests/fixtures/timm/*.safetensors vs timm on the
+# (a) parity: `idat-pipe infer --device cuda` on crates/nn/tests/fixtures/timm/*.safetensors vs timm on the
 #     same GPU (max relative error), (b) `idat-pipe bench --device cuda`, iDAT + AT steps at full
 #     size (ViT-S/16 + ViT-B/16, 224) with batch 64 and 8, (c) benches/pytorch_step.py on the same
 #     card, fp32 and bf16 autocast. Prints a summary table LAST. Outputs go to $OUT (or
@@ -47,7 +47,7 @@ fi
 
 # (a) Parity on the committed timm fixtures.
 say "(a) parity: infer --device cuda vs timm on the same GPU"
-for f in tests/fixtures/timm/s1 tests/fixtures/timm/s2 tests/fixtures/timm/s3; do
+for f in crates/nn/tests/fixtures/timm/s1 crates/nn/tests/fixtures/timm/s2 crates/nn/tests/fixtures/timm/s3; do
   n=$(basename "$f")
   if timeout 60 "$BIN" infer --device cuda --model "$f.json" --weights "$f.safetensors" \
       --tensor "${f}_io.safetensors:input" --out "$OUTDIR/parity_$n.csv" >>"$LOG" 2>&1; then
@@ -65,7 +65,7 @@ torch.backends.cudnn.allow_tf32 = False
 with torch.no_grad():
     ref = m(x).double().cpu()
 got = torch.tensor([[float(v) for v in r[2:]] for r in list(csv.reader(open(out)))[1:]], dtype=torch.float64)
-# The CPU tests' measure (tests/nn_util rel_err): max |diff| / max |ref|; the target is 1e-4.
+# The CPU tests' measure (crates/nn/tests/nn/nn_util.rs rel_err): max |diff| / max |ref|; the target is 1e-4.
 rel = ((got - ref).abs().max() / ref.abs().max()).item()
 # Element-wise, with a floor of 1e-3 on |ref|: far stricter for logits near 0.
 elem = ((got - ref).abs() / ref.abs().clamp_min(1e-3)).max().item()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the decoder-parity fixtures under tests/fixtures/image/decode/ (committed; tests never
-run this). tests/data_image.rs decodes every source file with crates/domain/src/data/image.rs and compares it
+"""Writes the decoder-parity fixtures under crates/domain/tests/fixtures/image/decode/ (committed; tests never
+run this). crates/domain/tests/domain/data_image.rs decodes every source file with crates/domain/src/data/image.rs and compares it
 with PIL's `Image.open(f).convert("RGB")`, which is what the official timm/VTAB loader does.
 
 How they were made:
@@ -31,7 +31,7 @@ import zlib
 import numpy as np
 from PIL import Image, features
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "image", "decode")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "domain", "tests", "fixtures", "image", "decode")
 
 
 def pattern(h, w, channels, seed, maxv=255):

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/image/verdicts/: small JPEG and PNG files, damaged or unusual in the
-ways files from the field are, and PIL's verdict on each (verdicts.tsv). tests/data_image.rs
+"""Writes crates/domain/tests/fixtures/image/verdicts/: small JPEG and PNG files, damaged or unusual in the
+ways files from the field are, and PIL's verdict on each (verdicts.tsv). crates/domain/tests/domain/data_image.rs
 decodes every file with crates/domain/src/data/image.rs and requires the same verdict: the
 files PIL opens decode to PIL's exact pixels (blake3 of `Image.open(f).convert("RGB")`
 bytes), the files PIL refuses are refused. Tests never run this script; its output is
@@ -26,7 +26,7 @@ import blake3
 import numpy as np
 from PIL import Image, ImageFile, features
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "image", "verdicts")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "domain", "tests", "fixtures", "image", "verdicts")
 SIG = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # Adam7: (first column, first row, column step, row step) per pass.

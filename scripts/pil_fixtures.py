@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerates tests/fixtures/image/: small source images and PIL's bicubic resizes of them.
+"""Regenerates crates/domain/tests/fixtures/image/: small source images and PIL's bicubic resizes of them.
 
-The Rust test tests/data_image.rs compares crates/domain/src/data/image.rs against these files
+The Rust test crates/domain/tests/domain/data_image.rs compares crates/domain/src/data/image.rs against these files
 (mean absolute difference < 1/255). Run from the repository root:
     /work/venv/bin/python scripts/pil_fixtures.py
 Needs pillow and numpy. Output is deterministic for a given Pillow version.
@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "image")
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "domain", "tests", "fixtures", "image")
 
 
 def pattern(h, w, channels, seed):

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/image/resize_grid/: PIL's `Image.resize((ow, oh), BICUBIC)` of small
+"""Writes crates/domain/tests/fixtures/image/resize_grid/: PIL's `Image.resize((ow, oh), BICUBIC)` of small
 synthetic images over a grid of shapes (committed; tests never run this).
 
 Pillow runs the two separable passes in an order that depends on the shapes (vertical first
 when the image shrinks vertically and is not much wider than the target, see
 crates/domain/src/data/image.rs `resize_bicubic`); with 8-bit rounding between the passes the order changes
 the pixels, so every down/up/equal combination per axis, 1-pixel sides and odd targets are
-covered here. tests/data_image.rs rebuilds each source with the same formula (`source` below)
+covered here. crates/domain/tests/domain/data_image.rs rebuilds each source with the same formula (`source` below)
 and asserts a maximum difference of 0.
 
 Files: `<h>x<w>_to_<oh>x<ow>_<mode>.png`, the 8-bit RGB result, where mode is `rgb` (an RGB
@@ -24,7 +24,7 @@ import shutil
 import numpy as np
 from PIL import Image, __version__
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "image", "resize_grid")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "domain", "tests", "fixtures", "image", "resize_grid")
 
 
 def source(h, w, channels):

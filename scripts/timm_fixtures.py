@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the ViT parity fixtures under tests/fixtures/timm/ (committed; tests never run this).
+"""Writes the ViT parity fixtures under crates/nn/tests/fixtures/timm/ (committed; tests never run this).
 
 How they were made:
     python3 -m venv /work/venv && /work/venv/bin/pip install torch timm numpy safetensors
-    /work/venv/bin/python scripts/timm_fixtures.py tests/fixtures/timm
+    /work/venv/bin/python scripts/timm_fixtures.py crates/nn/tests/fixtures/timm
 (torch 2.15, timm 1.0.31, CPU, float32, deterministic seeds below.)
 
 For each shape in SHAPES a timm `VisionTransformer` (class token, token pooling, LayerNorm eps
@@ -126,4 +126,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/timm")
+    main(sys.argv[1] if len(sys.argv) > 1 else "crates/nn/tests/fixtures/timm")

@@ -1,12 +1,13 @@
 //! idat-pipe: a declarative, cached pipeline runner for iDAT (inverse Distillation
 //! Adapter-Tuning) on VTAB-1K.
 //!
-//! Three crates (see docs/architecture.md): the engine (`idat_engine`: config, graph,
-//! cache, exec, the stage-kind trait), the domain (`idat_domain`: nn, data, train, report
-//! and the stage kinds) and this thin binary crate, which wires the domain's kinds into the
-//! engine's registry ([`builtin_registry`]) and adds the `infer` and `bench` commands.
-//! The modules are re-exported here under their own names, so `idat_pipe::cache` is
-//! `idat_engine::cache` and `idat_pipe::nn` is `idat_domain::nn`.
+//! Four crates (see docs/architecture.md): the engine (`idat_engine`: config, graph,
+//! cache, exec, the stage-kind trait), the model (`idat_nn`: ViT, adapters, ops,
+//! checkpoints, optim, loss), the domain (`idat_domain`: data, train, report, entry formats
+//! and the stage kinds; it re-exports `idat_nn` as `nn`) and this thin binary crate, which
+//! wires the domain's kinds into the engine's registry ([`builtin_registry`]) and adds the
+//! `infer` and `bench` commands. The modules are re-exported here under their own names, so
+//! `idat_pipe::cache` is `idat_engine::cache` and `idat_pipe::nn` is `idat_nn`.
 
 #![warn(missing_docs)]
 

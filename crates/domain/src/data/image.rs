@@ -49,7 +49,7 @@ pub fn decode_rgb_noted(path: &Path) -> Result<Decoded> {
 }
 
 /// Decodes JPEG or PNG bytes to 8-bit RGB as PIL 13 does, accepting and refusing the same
-/// files (tests/data_image.rs compares with PIL's own output and verdicts,
+/// files (crates/domain/tests/domain/data_image.rs compares with PIL's own output and verdicts,
 /// scripts/make_pil_fixtures.py and scripts/make_pil_verdicts.py):
 /// - JPEG: libjpeg-turbo's decoder (the `mozjpeg` crate; PIL bundles libjpeg-turbo): the
 ///   same IDCT and upsampling, so the pixels are identical. Gray is replicated to three

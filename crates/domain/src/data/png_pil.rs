@@ -2,8 +2,8 @@
 //! `ImageFile.LOAD_TRUNCATED_IMAGES` off, as timm and torchvision load images), which it
 //! refuses, and the image data it takes from a damaged file. [`read`] applies PIL's rules
 //! and returns the image data as a canonical PNG (IHDR, PLTE, one stored-deflate IDAT,
-//! IEND) that the `png` crate decodes; tests/data_image.rs checks every rule against PIL's
-//! own verdicts (scripts/make_pil_verdicts.py).
+//! IEND) that the `png` crate decodes; crates/domain/tests/domain/data_image.rs checks every
+//! rule against PIL's own verdicts (scripts/make_pil_verdicts.py).
 //!
 //! PIL's rules (PngImagePlugin and ZipDecode.c, checked by experiment):
 //! - The chunks before the first IDAT are read in order: each needs its whole data and a

@@ -12,7 +12,7 @@ use super::sniff::Detected;
 /// MAE training checkpoints carry as `args`, is allowed as data); a training checkpoint's
 /// `state_dict` or `model` entry is taken; non-tensor entries are dropped. Run by
 /// scripts/ckpt_fixtures.py on real torch files, which records it in
-/// tests/fixtures/ckpt/torch_convert.txt.
+/// crates/nn/tests/fixtures/ckpt/torch_convert.txt.
 pub const TORCH_TO_SAFETENSORS: &str = "import sys, argparse, torch; \
 from safetensors.torch import save_file; \
 torch.serialization.add_safe_globals([argparse.Namespace]); \

@@ -75,7 +75,7 @@ pub struct LoadOptions {
 
 /// The fix a mismatch error suggests for each kind of mismatch; `None` (the default)
 /// offers none. Each must name an option that exists where the error is shown (a
-/// stage's `with:` option, a command's flag): tests/checkpoint_hints.rs checks them.
+/// stage's `with:` option, a command's flag): tests/cli/checkpoint_hints.rs checks them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hints {
     /// After the unexpected tensors.

@@ -58,8 +58,8 @@ impl FusedOp {
 /// `dtype`: THE table of where fused kernels exist, read by [`Kernels::fused`] when a model
 /// is built and by the op functions' gate ([`OpsImpl::fused_for`]). Today every fused op has
 /// a CPU f32 kernel and nothing else; a CUDA kernel for an op adds its row here (with the
-/// `cuda_fwd` of the op and of its backward op), and `tests/nn_ops.rs` then compares it with
-/// the composed op on that device.
+/// `cuda_fwd` of the op and of its backward op), and `crates/nn/tests/nn/nn_ops.rs` then
+/// compares it with the composed op on that device.
 pub fn has_fused_kernel(op: FusedOp, device: &Device, dtype: DType) -> bool {
     use FusedOp::*;
     // One arm per (ops, devices, dtypes) that have kernels; the match is exhaustive over

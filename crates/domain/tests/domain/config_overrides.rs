@@ -2,7 +2,7 @@
 //! suggestion, `+` adds, a broken flow value is an error, an error a `--set` value causes is
 //! reported at `--set`, tagged-enum errors name the field, sha256 fields are checked and
 //! lower-cased.
-use idat_pipe::config::{load_str, Diagnostic, Loaded};
+use idat_engine::config::{load_str, Diagnostic, Loaded};
 
 const P: &str = "version: 1
 name: p
@@ -26,7 +26,7 @@ stages:
 
 fn load(sets: &[&str]) -> Result<Loaded, Vec<Diagnostic>> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    load_str("p.yaml", P, &sets, &idat_pipe::builtin_registry())
+    load_str("p.yaml", P, &sets, &idat_domain::kinds::registry())
 }
 
 /// The one error of a load, as printed.
@@ -109,7 +109,7 @@ fn an_error_a_set_value_causes_is_reported_at_the_set() {
     );
     // The same bad value written in the file: at the reference in the file.
     let text = P.replace("embed_dim: 32", "embed_dim: abc");
-    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_domain::kinds::registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "p.yaml:17:13: at `stages.student.with.arch.embed_dim`: expected an integer, got \"abc\""
@@ -144,7 +144,7 @@ fn sha256_is_checked_at_load_and_lower_cased() {
          `--set params.sha=abc`)"
     );
     let text = P.replace("${params.sha}", "abc");
-    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_domain::kinds::registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "p.yaml:18:64: at `stages.student.with.weights.sha256`: `abc` is not a sha256: expected \
@@ -171,7 +171,7 @@ fn sha256_is_checked_at_load_and_lower_cased() {
 #[test]
 fn an_unknown_top_level_key_is_reported_at_the_key() {
     let text = "version: 1\nname: p\nstagse:\n  a: {uses: eval}\nstages: {}\n";
-    let e = load_str("q.yaml", text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let e = load_str("q.yaml", text, &[], &idat_domain::kinds::registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "q.yaml:3:1: at `stagse`: unknown field `stagse` (expected: version, name, params, \
@@ -182,7 +182,7 @@ fn an_unknown_top_level_key_is_reported_at_the_key() {
 /// The errors of loading `text` (labelled `r.yaml`) with `sets`, as printed.
 fn errors_of(text: &str, sets: &[&str]) -> Vec<String> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    load_str("r.yaml", text, &sets, &idat_pipe::builtin_registry())
+    load_str("r.yaml", text, &sets, &idat_domain::kinds::registry())
         .expect_err("must fail")
         .iter()
         .map(|d| d.to_string())
@@ -202,11 +202,11 @@ fn references_inside_params_resolve_through_chains_and_sets() {
         "  root: vtab-1k\n",
         "  base: /data\n  shared: \"${params.base}/shared\"\n  root: \"${params.shared}/vtab-1k\"\n",
     );
-    let l = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap();
+    let l = load_str("p.yaml", &text, &[], &idat_domain::kinds::registry()).unwrap();
     assert_eq!(data_root(&l), "/data/shared/vtab-1k");
     // A `--set` value holding a reference resolves the same way, in either place.
     let sets = ["params.base=/mnt/${params.weights}".to_string()];
-    let l = load_str("p.yaml", &text, &sets, &idat_pipe::builtin_registry()).unwrap();
+    let l = load_str("p.yaml", &text, &sets, &idat_domain::kinds::registry()).unwrap();
     assert_eq!(data_root(&l), "/mnt/student.safetensors/shared/vtab-1k");
     let l = load(&["+params.disk=/scratch", "params.root=${params.disk}/v"]).unwrap();
     assert_eq!(data_root(&l), "/scratch/v");
@@ -238,7 +238,7 @@ fn a_cycle_in_params_is_refused_at_load_with_the_cycle_named() {
         "  root: vtab-1k\n",
         "  root: vtab-1k\n  l: [a, \"${params.rot}\"]\n",
     );
-    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_domain::kinds::registry()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
         "p.yaml:5:10: at `params.l.1`: unresolved reference `${params.rot}`: no such param \
@@ -262,7 +262,7 @@ fn environment_variables_are_not_expanded_and_the_error_says_what_to_do() {
     );
     // `$VAR` in a path field, written in a param: the hint names the param.
     let text = P.replace("root: vtab-1k", "root: $IDAT_NO_SUCH_VAR/vtab-1k");
-    let e = load_str("p.yaml", &text, &[], &idat_pipe::builtin_registry()).unwrap_err();
+    let e = load_str("p.yaml", &text, &[], &idat_domain::kinds::registry()).unwrap_err();
     let cwd = std::env::current_dir().unwrap();
     assert_eq!(
         e[0].to_string(),
@@ -327,8 +327,13 @@ fn mini(with: &str) -> String {
 fn yaml_1_2_integers_are_accepted_and_integral_floats_become_integers() {
     let load_with = |with: &str, sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        let l = load_str("n.yaml", &mini(with), &sets, &idat_pipe::builtin_registry())
-            .unwrap_or_else(|e| panic!("{with}: {e:?}"));
+        let l = load_str(
+            "n.yaml",
+            &mini(with),
+            &sets,
+            &idat_domain::kinds::registry(),
+        )
+        .unwrap_or_else(|e| panic!("{with}: {e:?}"));
         l.instances[0].with.clone()
     };
     let want = serde_json::json!({"tasks": ["fashion10"], "seed": 7, "n_train": 1000, "n_test": 5});
@@ -353,7 +358,7 @@ fn yaml_1_2_integers_are_accepted_and_integral_floats_become_integers() {
         "n.yaml",
         &text,
         &["stages.d.with.seed=007".into()],
-        &idat_pipe::builtin_registry(),
+        &idat_domain::kinds::registry(),
     )
     .unwrap();
     assert_eq!(l.instances[0].with["seed"], 7);

@@ -1,5 +1,5 @@
 //! Results table: hand-computed means, spreads, group summaries and published columns.
-use idat_pipe::report::vtab::*;
+use idat_domain::report::vtab::*;
 use std::collections::BTreeMap;
 
 fn run(task: &str, method: &str, seed: u64, best: f64, fin: f64) -> RunResult {

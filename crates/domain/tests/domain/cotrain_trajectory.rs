@@ -1,5 +1,5 @@
 //! The whole iDAT co-training loop against an independent PyTorch + timm implementation of the
-//! official loop: tests/fixtures/cotrain/trajectory.safetensors, written by
+//! official loop: crates/domain/tests/fixtures/cotrain/trajectory.safetensors, written by
 //! scripts/cotrain_trajectory_fixture.py (its docstring says what it runs and how).
 //!
 //! The fixture holds a tiny student (dim 32) and teacher (dim 16) ViT with `seq_adapter`, one
@@ -8,7 +8,7 @@
 //! tensor of both models after each of 5 steps: 2 warm-up epochs, 2 cosine epochs, 1 cool-down
 //! epoch, so the learning rate differs at every step.
 //!
-//! The Rust side runs `idat_pipe::train::train`, the very function the `train` stage calls (no
+//! The Rust side runs `idat_domain::train::train`, the very function the `train` stage calls (no
 //! copy of the loop here): the test only builds the two members from the fixture's weights as
 //! the stage builds them (ViT + AdamW from the optim config) and watches the loop through the
 //! stage context's progress sink, which the loop calls after every optimiser step; the sink
@@ -20,14 +20,14 @@
 //! three were tried on `crates/domain/src/train/cotrain.rs`).
 
 use candle_core::{DType, Device, Tensor, Var};
-use idat_pipe::data::image::{Normalize, NormalizeKind};
-use idat_pipe::data::loader::DecodedSplit;
-use idat_pipe::nn::adapters::AdapterConfig;
-use idat_pipe::nn::checkpoint::load_tensors;
-use idat_pipe::nn::optim::{AdamW, AdamWConfig};
-use idat_pipe::nn::vit::{Vit, VitConfig};
-use idat_pipe::stages::{Progress, StageContext};
-use idat_pipe::train::{self, cotrain::TrainData, DistillConfig, Member, OptimConfig};
+use idat_domain::data::image::{Normalize, NormalizeKind};
+use idat_domain::data::loader::DecodedSplit;
+use idat_domain::nn::adapters::AdapterConfig;
+use idat_domain::nn::checkpoint::load_tensors;
+use idat_domain::nn::optim::{AdamW, AdamWConfig};
+use idat_domain::nn::vit::{Vit, VitConfig};
+use idat_domain::train::{self, cotrain::TrainData, DistillConfig, Member, OptimConfig};
+use idat_engine::stages::{Progress, StageContext};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

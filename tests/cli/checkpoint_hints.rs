@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/ckpt")
+        .join("crates/nn/tests/fixtures/ckpt")
         .join(name)
 }
 

@@ -1,13 +1,11 @@
 //! Verified downloads and the archive source, against a local HTTP server on 127.0.0.1:
 //! success, resume after a truncated transfer, wrong checksum, 404, size bound.
 
-mod data_support;
-
-use data_support::http::{ranged, serve, Response};
-use data_support::{write_task, SMALL_SPLITS};
-use idat_pipe::data::download::{download_verified, sha256_file, DownloadOptions};
-use idat_pipe::data::prepare::{prepare, PrepareOptions, VtabSource};
-use idat_pipe::data::vtab::TaskSpec;
+use crate::data_support::http::{ranged, serve, Response};
+use crate::data_support::{write_task, SMALL_SPLITS};
+use idat_domain::data::download::{download_verified, sha256_file, DownloadOptions};
+use idat_domain::data::prepare::{prepare, PrepareOptions, VtabSource};
+use idat_domain::data::vtab::TaskSpec;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,14 +1,12 @@
 //! Decoded splits: parallel decode, bad-image handling, safetensors cache, batches, epoch order.
 
-mod data_support;
-
+use crate::data_support::{write_task, SMALL_SPLITS};
 use candle_core::Device;
-use data_support::{write_task, SMALL_SPLITS};
-use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize};
-use idat_pipe::data::loader::{batches, decode_task_split, epoch_order, DecodedSplit};
-use idat_pipe::data::vtab::{read_task, TaskSpec, SPLITS};
+use idat_domain::data::image::{decode_rgb, resize_bicubic, Normalize};
+use idat_domain::data::loader::{batches, decode_task_split, epoch_order, DecodedSplit};
+use idat_domain::data::vtab::{read_task, TaskSpec, SPLITS};
 
-fn task(root: &std::path::Path) -> idat_pipe::data::vtab::Task {
+fn task(root: &std::path::Path) -> idat_domain::data::vtab::Task {
     read_task(root, &TaskSpec::custom("toy", "mini", 3), &SPLITS).unwrap()
 }
 

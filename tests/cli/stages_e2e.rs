@@ -1,10 +1,8 @@
 //! End-to-end tests of the ML stage kinds through the real `idat-pipe` binary: the whole
 //! chain on a tiny VTAB-layout dataset, resume after `kill -9`, bad data, a diverging loss,
 //! the reduced demo and validation of the shipped pipelines.
-mod stages_support;
-
+use crate::stages_support::*;
 use idat_pipe::nn::checkpoint::load_tensors;
-use stages_support::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
 //! The reports say how strong the models were: every backbone's source-task top-1 and, for iDAT
 //! runs, the teacher's downstream top-1 beside the student's, with hand-computed means.
-use idat_pipe::report::backbones::{Backbone, ModelStrength, TeacherRun};
-use idat_pipe::report::vtab::{Group, RunResult, TaskMeta};
-use idat_pipe::report::writers::{write_demo_report_with, write_vtab_report_with};
+use idat_domain::report::backbones::{Backbone, ModelStrength, TeacherRun};
+use idat_domain::report::vtab::{Group, RunResult, TaskMeta};
+use idat_domain::report::writers::{write_demo_report_with, write_vtab_report_with};
 use std::collections::BTreeMap;
 
 fn tasks() -> Vec<TaskMeta> {

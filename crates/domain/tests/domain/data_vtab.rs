@@ -1,10 +1,8 @@
 //! The NOAH-layout reader: task table, validation and precise errors on bad data.
 
-mod data_support;
-
-use data_support::{write_task, SMALL_SPLITS};
-use idat_pipe::data::prepare::{validate, Manifest};
-use idat_pipe::data::vtab::{read_task, task_info, TaskSpec, SPLITS, TASKS};
+use crate::data_support::{write_task, SMALL_SPLITS};
+use idat_domain::data::prepare::{validate, Manifest};
+use idat_domain::data::vtab::{read_task, task_info, TaskSpec, SPLITS, TASKS};
 use std::path::Path;
 
 fn spec(name: &str, classes: usize) -> TaskSpec {

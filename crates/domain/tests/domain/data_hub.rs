@@ -2,13 +2,11 @@
 //! calls: `GET /api/datasets/{repo}/revision/{rev}` and `GET /datasets/{repo}/resolve/{rev}/{file}`
 //! with `Range`, answering `ETag`/`X-Linked-Etag`, `X-Repo-Commit` and `Content-Range`).
 
-mod data_support;
-
-use data_support::http::{ranged, serve, Log, Response};
-use data_support::{write_task, SMALL_SPLITS};
-use idat_pipe::data::download::sha256_file;
-use idat_pipe::data::prepare::{prepare, PrepareOptions, VtabSource};
-use idat_pipe::data::vtab::TaskSpec;
+use crate::data_support::http::{ranged, serve, Log, Response};
+use crate::data_support::{write_task, SMALL_SPLITS};
+use idat_domain::data::download::sha256_file;
+use idat_domain::data::prepare::{prepare, PrepareOptions, VtabSource};
+use idat_domain::data::vtab::TaskSpec;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -290,9 +288,9 @@ fn model_hub(files: BTreeMap<String, Vec<u8>>, corrupt: &'static str) -> (String
 
 #[test]
 fn a_sharded_model_on_the_hub_is_fetched_with_its_shards_and_loads() {
-    use idat_pipe::data::hub::fetch_model_file;
-    use idat_pipe::nn::checkpoint::{load_backbone, load_tensors, LoadOptions};
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ckpt");
+    use idat_domain::data::hub::fetch_model_file;
+    use idat_domain::nn::checkpoint::{load_backbone, load_tensors, LoadOptions};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nn/tests/fixtures/ckpt");
     let files = files_of(&fixture.join("hf_vit_sharded"));
     assert_eq!(files.len(), 4);
     let (url, log) = model_hub(files.clone(), "");
@@ -313,8 +311,8 @@ fn a_sharded_model_on_the_hub_is_fetched_with_its_shards_and_loads() {
         );
     }
     // The hub cache links snapshots/<commit>/ to blobs/: the loader follows those links.
-    let cfg = idat_pipe::nn::vit::VitConfig::preset("vit_tiny_patch16_224").unwrap();
-    let cfg = idat_pipe::nn::vit::VitConfig {
+    let cfg = idat_domain::nn::vit::VitConfig::preset("vit_tiny_patch16_224").unwrap();
+    let cfg = idat_domain::nn::vit::VitConfig {
         img_size: 16,
         patch_size: 8,
         embed_dim: 8,

@@ -1,11 +1,9 @@
 //! The fused CPU ops against their composed (differentiable tensor-op) references:
 //! forward and backward, plus finite differences for the composed references.
 
-mod nn_util;
-
+use crate::nn_util::{abs_sum, rand_tensor};
 use candle_core::{Tensor, Var};
-use idat_pipe::nn::ops::{self, OpsImpl, Tokens};
-use nn_util::{abs_sum, rand_tensor};
+use idat_nn::ops::{self, OpsImpl, Tokens};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
@@ -176,7 +174,7 @@ fn fused_backwards_match_finite_differences() {
 
 #[test]
 fn attention_fused_matches_composed() {
-    use idat_pipe::nn::masks::Masks;
+    use idat_nn::masks::Masks;
     // B 2, N 7, heads 3, Dh 4 -> qkv last dim 36.
     let qkv = (rand_tensor(&[2, 7, 36], 18) * 2.0).unwrap();
     compare(
@@ -235,7 +233,7 @@ fn attention_fused_matches_composed() {
 /// with a scale, on row counts that do and do not fill the op's row tasks (32 rows).
 #[test]
 fn bottleneck_fused_matches_composed() {
-    use idat_pipe::nn::ops::{Activation, Bottleneck};
+    use idat_nn::ops::{Activation, Bottleneck};
     let (d, r) = (24, 3);
     for (case, (rows, act, scale, residual)) in [
         (5, Activation::Gelu, 1.0, true),
@@ -277,7 +275,7 @@ fn bottleneck_fused_matches_composed() {
 /// fused bottleneck (that product is skipped); the parameters get the composed ones.
 #[test]
 fn bottleneck_on_a_constant_input_gives_only_parameter_gradients() {
-    use idat_pipe::nn::ops::{Activation, Bottleneck};
+    use idat_nn::ops::{Activation, Bottleneck};
     let x = rand_tensor(&[3, 40, 16], 90);
     let run = |imp| {
         let vars: Vec<Var> = [
@@ -332,12 +330,12 @@ fn devices() -> Vec<candle_core::Device> {
 /// (forward and every input gradient); elsewhere the op falls back to the composed one,
 /// which the fused-or-not comparison then also covers. So a CUDA kernel added to the table
 /// is compared on a GPU machine.
-/// `FrozenHalf` is compared per adapter method in tests/nn_adapters.rs (fused vs composed).
+/// `FrozenHalf` is compared per adapter method in crates/nn/tests/nn/nn_adapters.rs (fused vs composed).
 #[test]
 fn every_fused_op_matches_composed_where_the_table_has_a_kernel() {
     use candle_core::DType;
-    use idat_pipe::nn::masks::Masks;
-    use idat_pipe::nn::ops::{has_fused_kernel, Activation, Bottleneck, FusedOp};
+    use idat_nn::masks::Masks;
+    use idat_nn::ops::{has_fused_kernel, Activation, Bottleneck, FusedOp};
     let mut compared = 0;
     for dev in devices() {
         for dtype in [DType::F32, DType::BF16, DType::F16] {

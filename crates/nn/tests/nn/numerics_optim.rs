@@ -1,13 +1,13 @@
 //! AdamW against hand-computed values and PyTorch's `torch.optim.AdamW`
-//! (tests/fixtures/optim/adamw_torch.json), state save/restore for resume, and the
+//! (crates/nn/tests/fixtures/optim/adamw_torch.json), state save/restore for resume, and the
 //! cosine schedule against hand-worked values and timm's CosineLRScheduler
-//! (tests/fixtures/optim/cosine_timm.json), both from scripts/ckpt_fixtures.py.
+//! (crates/nn/tests/fixtures/optim/cosine_timm.json), both from scripts/ckpt_fixtures.py.
 
 use std::collections::BTreeMap;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use idat_pipe::nn::checkpoint::{load_tensors, save_tensors};
-use idat_pipe::nn::optim::{AdamW, AdamWConfig, CosineSchedule};
+use idat_nn::checkpoint::{load_tensors, save_tensors};
+use idat_nn::optim::{AdamW, AdamWConfig, CosineSchedule};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {

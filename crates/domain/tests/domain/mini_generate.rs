@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use idat_pipe::data::mini::{self, MiniTask};
+use idat_domain::data::mini::{self, MiniTask};
 
 type List = Vec<(String, u32)>;
 

@@ -1,6 +1,6 @@
 //! Safe extraction: hand-crafted malicious zip and tar.gz archives are refused.
 
-use idat_pipe::data::archive::{extract, extract_atomic, ArchiveLimits};
+use idat_domain::data::archive::{extract, extract_atomic, ArchiveLimits};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

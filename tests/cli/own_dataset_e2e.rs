@@ -1,12 +1,10 @@
 //! One's own dataset: `dataset/imagefolder` (torchvision layout, few-shot sampling, class
 //! names) and custom NOAH-layout tasks in `dataset/vtab1k`, through the real binary, following
 //! docs/own-dataset.md command by command; plus the reader's errors on bad trees.
-mod stages_support;
-
+use crate::stages_support::*;
 use idat_pipe::data::imagefolder::{
     find_imagefolder_root, read_imagefolder, sample_counts, ImageFolderOptions, SampleMethod,
 };
-use stages_support::*;
 use std::path::Path;
 
 /// Class folders of the generated ImageFolder tree and their train / test image counts.

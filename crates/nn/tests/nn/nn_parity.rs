@@ -2,13 +2,11 @@
 //! relative error < 1e-4 (f32), gradients of the seq_adapter model < 1e-3, for both the
 //! fused and the composed op implementations.
 
-mod nn_util;
-
+use crate::nn_util::*;
 use candle_core::{DType, Device, Tensor};
-use idat_pipe::nn::adapters::{AdapterConfig, SeqAdapterConfig};
-use idat_pipe::nn::ops::OpsImpl;
-use idat_pipe::nn::vit::{Mode, Vit};
-use nn_util::*;
+use idat_nn::adapters::{AdapterConfig, SeqAdapterConfig};
+use idat_nn::ops::OpsImpl;
+use idat_nn::vit::{Mode, Vit};
 use std::collections::BTreeMap;
 
 fn check_forward(name: &str, ops: OpsImpl) {

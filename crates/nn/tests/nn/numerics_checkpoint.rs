@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use idat_pipe::nn::checkpoint::{
+use idat_nn::checkpoint::{
     load_backbone, load_tensors, resample_abs_pos_embed, save_tensors, LoadOptions, LoadedWeights,
 };
 
@@ -1070,9 +1070,9 @@ fn non_float_and_pre_logits_safetensors_entries_are_dropped_with_notes() {
 // ---- Layouts from the field: transformers ViT, sharded checkpoints, foreign formats ----
 // Fixtures: scripts/foreign_ckpt_fixtures.py (transformers, timm and torch).
 
-use idat_pipe::nn::adapters::AdapterConfig;
-use idat_pipe::nn::checkpoint::{TORCHSCRIPT_TO_SAFETENSORS, TORCH_TO_SAFETENSORS};
-use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
+use idat_nn::adapters::AdapterConfig;
+use idat_nn::checkpoint::{TORCHSCRIPT_TO_SAFETENSORS, TORCH_TO_SAFETENSORS};
+use idat_nn::vit::{Mode, Vit, VitConfig};
 
 /// A ViT config of the given size (patch 8, MLP 4x, qkv bias), one class.
 fn vit_cfg(dim: usize, depth: usize, heads: usize, img: usize) -> VitConfig {

@@ -1,6 +1,6 @@
 //! Paired AT vs iDAT comparison and the verdict rules of docs/report.md.
-use idat_pipe::report::compare::*;
-use idat_pipe::report::vtab::{Metric, RunResult};
+use idat_domain::report::compare::*;
+use idat_domain::report::vtab::{Metric, RunResult};
 
 fn run(task: &str, method: &str, seed: u64, fin: f64) -> RunResult {
     RunResult {

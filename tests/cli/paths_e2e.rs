@@ -3,9 +3,7 @@
 //! directory; entries store absolute roots; the shipped `pipelines/vtab.yaml` reads a
 //! `vtab-1k/` folder in the working directory; symlinked dataset folders are hashed by what
 //! they point to.
-mod stages_support;
-
-use stages_support::*;
+use crate::stages_support::*;
 use std::path::Path;
 
 /// `idat-pipe ARGS` run in `cwd`, cache `cache` (absolute), no `--set` of the workspace.

@@ -1,7 +1,5 @@
 //! `idat-pipe infer` through the binary: a tiny random model and tiny images; the CSV's
 //! logits must equal a direct library forward of the same preprocessing.
-mod nn_util;
-
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
 use idat_pipe::data::image::{decode_rgb, resize_bicubic, Normalize};
@@ -11,10 +9,21 @@ use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A small ViT (the nn tests' `tiny_config`) with `classes` classes.
 fn cfg(classes: usize) -> VitConfig {
     VitConfig {
+        img_size: 16,
+        patch_size: 8,
+        in_chans: 3,
         num_classes: classes,
-        ..nn_util::tiny_config()
+        embed_dim: 32,
+        depth: 2,
+        num_heads: 4,
+        mlp_ratio: 2.0,
+        qkv_bias: true,
+        drop_rate: 0.0,
+        attn_drop_rate: 0.0,
+        drop_path_rate: 0.0,
     }
 }
 
@@ -267,7 +276,7 @@ fn adapter_checkpoint_with_model_json_and_image_list() {
 
 #[test]
 fn tensor_input_matches_timm_fixture_logits() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/timm");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/nn/tests/fixtures/timm");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.csv");
     infer(&[
@@ -364,12 +373,12 @@ fn clear_errors() {
     assert!(!out.exists());
 }
 
-/// The fixture ViT of tests/fixtures/ckpt (timm names in tiny_vit.safetensors, the same
+/// The fixture ViT of crates/nn/tests/fixtures/ckpt (timm names in tiny_vit.safetensors, the same
 /// weights as Google .npz files, converted by scripts/ckpt_fixtures.py and checked there
 /// against timm's own `_load_weights`).
 fn ckpt_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/ckpt")
+        .join("crates/nn/tests/fixtures/ckpt")
         .join(name)
 }
 
@@ -449,7 +458,7 @@ fn google_npz_head_is_used_and_gives_the_safetensors_logits() {
     }
     // The optimizer-wrapped file carries a pre-logits layer: its head reads that layer's
     // output, which the model does not have, so its head is refused (the backbone alone
-    // loads, with a note, for training: tests/numerics_checkpoint.rs).
+    // loads, with a note, for training: crates/nn/tests/nn/numerics_checkpoint.rs).
     let (_, err) = infer_tensor(
         dir.path(),
         &ckpt_fixture("tiny_vit_opt_target_f16.npz"),

@@ -3,7 +3,7 @@
 //! scripts/make_pil_verdicts.py (which files PIL opens or refuses, under
 //! fixtures/image/verdicts/).
 
-use idat_pipe::data::image::{
+use idat_domain::data::image::{
     decode_rgb, decode_rgb_noted, resize_bicubic, Normalize, NormalizeKind, MAX_IMAGE_PIXELS,
     PIL_MAX_IMAGE_PIXELS,
 };

@@ -2,13 +2,11 @@
 //! bit-identical through training), non-zero gradients for every trainable tensor of every
 //! method, fused == composed, deterministic training masks, and error reporting.
 
-mod nn_util;
-
+use crate::nn_util::*;
 use candle_core::{DType, Device, Tensor};
-use idat_pipe::nn::adapters::*;
-use idat_pipe::nn::ops::{cpu_bf16, Bf16Kernel, OpsImpl};
-use idat_pipe::nn::vit::{Mode, Vit, VitConfig};
-use nn_util::*;
+use idat_nn::adapters::*;
+use idat_nn::ops::{cpu_bf16, Bf16Kernel, OpsImpl};
+use idat_nn::vit::{Mode, Vit, VitConfig};
 use std::collections::BTreeMap;
 
 /// Every registered method at its defaults ([`registry`]), then variants the defaults do
@@ -316,7 +314,7 @@ fn fused_blocks_match_composed_with_drop_path_and_without_qkv_bias() {
     let x = rand_tensor(&[6, 3, 16, 16], 11);
     let y = Tensor::new(&[1u32, 2, 0, 4, 3, 1], &Device::Cpu).unwrap();
     // Seed 3 drops some but not all samples in the later blocks (checked below).
-    let mut masks = idat_pipe::nn::masks::Masks::train(3);
+    let mut masks = idat_nn::masks::Masks::train(3);
     let mut dropped = 0;
     for i in 0..cfg.depth {
         for _branch in 0..2 {
@@ -567,7 +565,7 @@ fn bf16_kernels() -> Vec<Bf16Kernel> {
 
 #[test]
 fn bf16_mixed_precision_tracks_f32_and_trains_every_tensor() {
-    use idat_pipe::nn::precision::Precision;
+    use idat_nn::precision::Precision;
     for kernel in bf16_kernels() {
         each_method_and_ops(7, |m, ops, vit, x, y| {
             let (g32, l32) = grads_of(vit, x, y);
@@ -611,8 +609,8 @@ fn bf16_mixed_precision_tracks_f32_and_trains_every_tensor() {
 /// checks that bf16 changed something (> 1e-4).
 #[test]
 fn bf16_training_step_gradients_are_within_a_stated_tolerance_of_f32() {
-    use idat_pipe::nn::precision::Precision;
-    use idat_pipe::nn::vit::Bf16Products;
+    use idat_nn::precision::Precision;
+    use idat_nn::vit::Bf16Products;
     const TOL: f32 = 1.0 / 32.0;
     let mut cfg = tiny_config();
     cfg.drop_path_rate = 0.1;

@@ -2,7 +2,7 @@
 //! (w.r.t. both arguments), numerical stability and input errors.
 
 use candle_core::{DType, Device, Tensor, Var};
-use idat_pipe::nn::loss::{accuracy_topk, cross_entropy, kd_kl, log_softmax, mse_logits};
+use idat_nn::loss::{accuracy_topk, cross_entropy, kd_kl, log_softmax, mse_logits};
 
 const B: usize = 3;
 const C: usize = 4;

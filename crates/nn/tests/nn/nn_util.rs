@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use idat_pipe::nn::vit::VitConfig;
+use idat_nn::vit::VitConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 

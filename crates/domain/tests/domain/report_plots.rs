@@ -1,10 +1,10 @@
 //! Plots decode as images of the declared size with drawn content; adapter statistics and the
 //! report writers produce the hand-computed numbers and the files their Markdown links to.
-use idat_pipe::report::adapter_stats::*;
-use idat_pipe::report::markdown::MarkdownReport;
-use idat_pipe::report::plot::*;
-use idat_pipe::report::vtab::{Group, RunResult, TaskMeta};
-use idat_pipe::report::writers::{file_stem, write_demo_report, write_vtab_report};
+use idat_domain::report::adapter_stats::*;
+use idat_domain::report::markdown::MarkdownReport;
+use idat_domain::report::plot::*;
+use idat_domain::report::vtab::{Group, RunResult, TaskMeta};
+use idat_domain::report::writers::{file_stem, write_demo_report, write_vtab_report};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -230,7 +230,7 @@ fn demo_results() -> (Vec<RunResult>, Vec<TaskMeta>) {
             for (m, off) in [("at", 0.0), ("idat", 1.0 - ti as f64 * 2.0)] {
                 let fin = 40.0 + 5.0 * s as f64 + off;
                 let rows = (0..4)
-                    .map(|e| idat_pipe::report::vtab::EpochRow {
+                    .map(|e| idat_domain::report::vtab::EpochRow {
                         epoch: e,
                         train_loss: Some(2.0 / (e + 1) as f64),
                         test_top1: Some(fin * (e + 1) as f64 / 4.0),
@@ -244,7 +244,7 @@ fn demo_results() -> (Vec<RunResult>, Vec<TaskMeta>) {
                     top1_best: fin + 0.5,
                     top1_final: fin,
                     top5_final: None,
-                    epochs: Some(idat_pipe::report::vtab::Epochs::Rows(rows)),
+                    epochs: Some(idat_domain::report::vtab::Epochs::Rows(rows)),
                 });
             }
         }
