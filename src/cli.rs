@@ -142,8 +142,27 @@ enum Command {
     },
     /// Logits and predicted label per image with a backbone (+ a trained adapter checkpoint).
     Infer(crate::infer::InferArgs),
-    /// Time one iDAT and one AT training step: images/s and peak memory.
+    /// Time one iDAT and one AT training step and their evaluations: images/s and peak memory.
     Bench(crate::bench::BenchArgs),
+    /// How long each training and evaluation instance takes at measured rates (`bench
+    /// --json` lines), and whether each stage's `resources.time` covers its longest one.
+    Budget {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Files of `idat-pipe bench --json` lines (a later report of the same kind and
+        /// batch wins).
+        #[arg(long, required = true, value_parser = cli_path)]
+        rates: Vec<PathBuf>,
+        /// A stage's limit must cover its longest instance times this (at least 1).
+        #[arg(long, default_value_t = 1.5)]
+        margin: f64,
+        /// Print JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when a stage's `resources.time` is below its longest instance x margin.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run one instance (what every executor runs); its upstreams must be cached.
     #[command(hide = true)]
     ExecStage {
@@ -250,6 +269,15 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         Command::Verify { file, set } => cmd_verify(&registry, &cache_dir, file, set, cli.quiet),
         Command::Infer(a) => crate::infer::cmd(a),
         Command::Bench(a) => crate::bench::cmd(a),
+        Command::Budget {
+            p,
+            rates,
+            margin,
+            json,
+            check,
+        } => with_loaded(&registry, &p, |l| {
+            crate::budget::cmd(l, &rates, margin, json, check)
+        }),
         Command::ExecStage {
             p,
             instance,

@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod infer;
 
