@@ -1,8 +1,12 @@
 //! The training loop: the AT baseline (one member) and iDAT co-training (two members,
 //! one backward of `CE_s + CE_t + w * D`, one AdamW step per member; [`super::step`]).
 //!
+//! Gradient accumulation (`optim.accum_steps: N`): each step's batch runs as N micro-batches
+//! of `batch_size / N` images and one AdamW step per member follows
+//! ([`super::step::train_step_accum`]); the schedule and the epoch rows count steps.
+//!
 //! Determinism: the data order depends only on (seed, epoch), dropout/DropPath masks only
-//! on (seed, member, epoch, step), so a run resumed from an epoch checkpoint ends with the
+//! on (seed, member, epoch, step, and the micro-batch with N > 1), so a run resumed from an epoch checkpoint ends with the
 //! same weights and metrics as an uninterrupted one on CPU.
 use super::config::{DistillConfig, OptimConfig};
 use super::epoch::{EpochRow, Sums};
@@ -10,7 +14,7 @@ use super::evaluate::{evaluate, evaluate_many, EvalResult};
 use super::hooks::TrainHooks;
 use super::member::Member;
 use super::state;
-use super::step::{train_step, StepAt};
+use super::step::{train_step_accum, StepAt};
 use crate::data::image::Normalize;
 use crate::data::loader::{epoch_order, Split};
 use crate::nn::optim::CosineSchedule;
@@ -91,6 +95,7 @@ pub fn train(
             total,
             steps,
             batch: optim.batch_size,
+            micro_batch: optim.micro_batch(),
             seed,
         };
         let (sums, lr) = run.train(members, distill, &sched, data, ctx)?;
@@ -122,8 +127,8 @@ pub fn train(
     ))
 }
 
-/// The steps per epoch, after checking the members (one or two; two need `distill`) and
-/// the batch size against the training split.
+/// The steps per epoch, after checking the members (one or two; two need `distill`), the
+/// batch size against the training split and `accum_steps` against the batch size.
 fn check_run(
     members: &[Member],
     distill: Option<&DistillConfig>,
@@ -138,6 +143,9 @@ fn check_run(
     }
     if members.len() == 2 && distill.is_none() {
         bail!("two models need a `distill` configuration");
+    }
+    if let Err((field, message)) = optim.check() {
+        bail!("optim.{field}: {message}");
     }
     let n = data.train.len();
     let bs = optim.batch_size;
@@ -188,12 +196,14 @@ fn resume(
     })
 }
 
-/// One epoch of a run: `steps` batches of `batch` images.
+/// One epoch of a run: `steps` batches of `batch` images, each run as micro-batches of
+/// `micro_batch` images (`batch`: no accumulation).
 struct Epoch {
     epoch: usize,
     total: usize,
     steps: usize,
     batch: usize,
+    micro_batch: usize,
     seed: u64,
 }
 
@@ -225,7 +235,7 @@ impl Epoch {
                 step,
                 steps,
             };
-            let parts = train_step(members, distill, &x, &y, at, lr)?;
+            let parts = train_step_accum(members, distill, &x, &y, at, lr, self.micro_batch)?;
             sums.add(&parts, &y)?;
             ctx.set_position((epoch * steps + step + 1) as u64);
             ctx.set_message(&format!(
