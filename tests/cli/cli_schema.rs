@@ -227,6 +227,7 @@ fn accum_steps_can_be_set_on_the_shipped_vtab_pipeline() {
     run("stages.idat.with.optim.accum_steps=2")
         .code(0)
         .stdout(contains("vtab.yaml: ok"));
+    run("stages.eval_idat.with.batch_size=32").code(0);
     run("stages.at.with.optim.accum_steps=4").code(0);
     run("stages.idat.with.optim.accum_steps=3")
         .code(2)

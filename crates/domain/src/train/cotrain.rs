@@ -3,7 +3,8 @@
 //!
 //! Gradient accumulation (`optim.accum_steps: N`): each step's batch runs as N micro-batches
 //! of `batch_size / N` images and one AdamW step per member follows
-//! ([`super::step::train_step_accum`]); the schedule and the epoch rows count steps.
+//! ([`super::step::train_step_accum`]); the schedule and the epoch rows count steps. The
+//! test evaluations run in batches of `batch_size / N` too.
 //!
 //! Determinism: the data order depends only on (seed, epoch), dropout/DropPath masks only
 //! on (seed, member, epoch, step, and the micro-batch with N > 1), so a run resumed from an epoch checkpoint ends with the
@@ -101,7 +102,10 @@ pub fn train(
         let (sums, lr) = run.train(members, distill, &sched, data, ctx)?;
         let last = epoch + 1 == total;
         let (test_s, test_t) = if last || (epoch + 1) % eval_every == 0 {
-            evaluate_members(members, data, optim.batch_size)?
+            // In micro-batches: a card that trains batch_size / N at a time may not hold
+            // the forward of a whole batch (an evaluation forward holds its intermediate
+            // tensors until its logits are out). N = 1: batches of batch_size, as always.
+            evaluate_members(members, data, optim.micro_batch())?
         } else {
             (None, None)
         };
@@ -117,7 +121,7 @@ pub fn train(
     let final_eval = match last_eval {
         Some(e) => e,
         // Resumed after the last epoch: nothing was evaluated in this process.
-        None => evaluate_student(members, data, optim.batch_size)?,
+        None => evaluate_student(members, data, optim.micro_batch())?,
     };
     Ok(outcome(
         rows,

@@ -460,6 +460,75 @@ fn a_diverging_loss_names_the_micro_batch() {
     );
 }
 
+/// A split that records the sizes of the evaluation passes' batches.
+struct Watched {
+    inner: DecodedSplit,
+    eval_batches: std::sync::Mutex<Vec<usize>>,
+}
+
+impl idat_domain::data::loader::Split for Watched {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn labels(&self) -> &[u32] {
+        self.inner.labels()
+    }
+    fn batch(&self, indices: &[usize], n: &Normalize, d: &Device) -> Result<(Tensor, Tensor)> {
+        self.inner.batch(indices, n, d)
+    }
+    fn for_each_batch(
+        &self,
+        batch: usize,
+        f: &mut idat_domain::data::loader::BatchFn<'_>,
+    ) -> Result<()> {
+        self.eval_batches.lock().unwrap().push(batch);
+        self.inner.for_each_batch(batch, f)
+    }
+}
+
+#[test]
+fn the_test_evaluations_run_in_micro_batches_too() {
+    // A card that trains 32 images at a time may not hold the forward of 64: the per-epoch
+    // and final evaluations use batch_size / accum_steps (batch_size without accumulation).
+    for (accum, want) in [(1, 64), (2, 32), (4, 16)] {
+        let o = OptimConfig {
+            epochs: 2,
+            warmup_epochs: 1,
+            cooldown_epochs: 0,
+            ..optim(accum, Adam::Recipe)
+        };
+        let mut members = vec![member("student", 32, 11, &o)];
+        let train_split = split(64, 1);
+        let test = Watched {
+            inner: split(70, 2),
+            eval_batches: Default::default(),
+        };
+        let data = TrainData {
+            train: &train_split,
+            test: &test,
+            normalize: Normalize::from_kind(NormalizeKind::Half),
+            device: &Device::Cpu,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder {
+            dir: tmp.path().join("ckpt"),
+            vars: Vec::new(),
+            snapshots: RefCell::new(Vec::new()),
+        };
+        let out = train::train(&mut members, None, &o, &data, 5, 1, &rec).unwrap();
+        assert_eq!(out.rows.len(), 2);
+        assert!(out.rows.iter().all(|r| r.test_top1_student.is_some()));
+        assert_eq!(
+            *test.eval_batches.lock().unwrap(),
+            [want, want],
+            "accum_steps {accum}"
+        );
+    }
+}
+
 /// Training stages of all three kinds that take `optim`, none setting `accum_steps`.
 const KEYED: &str = "version: 1
 name: keys
