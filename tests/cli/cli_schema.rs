@@ -147,3 +147,92 @@ fn pipeline_files_carry_the_schema_comment() {
     }
     assert!(n >= 4);
 }
+
+/// A pipeline whose `model/pretrain` and `train/adapt` (a matrix over the batch size) set
+/// `optim.accum_steps`.
+const ACCUM: &str = "version: 1
+name: p
+stages:
+  data:
+    uses: dataset/mini
+    with: {tasks: [fashion10], seed: 0, n_train: 100, n_test: 50}
+  decode:
+    uses: data/decode
+    needs: [data]
+    with: {dataset: data, task: fashion10, size: 16}
+  pre:
+    uses: model/pretrain
+    needs: [decode]
+    with:
+      arch: {img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 32, depth: 2, num_heads: 2}
+      data: decode
+      optim: {batch_size: 32, accum_steps: PRE}
+  at:
+    uses: train/adapt
+    needs: [decode, pre]
+    matrix: {bs: [64, 36]}
+    with:
+      task: fashion10
+      data: decode
+      model: pre
+      optim: {batch_size: \"${matrix.bs}\", accum_steps: AT}
+";
+
+#[test]
+fn accum_steps_that_does_not_divide_the_batch_is_refused_at_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let validate = |pre: &str, at: &str| {
+        std::fs::write(&f, ACCUM.replace("PRE", pre).replace("AT", at)).unwrap();
+        Command::cargo_bin("idat-pipe")
+            .unwrap()
+            .args(["validate", f.to_str().unwrap()])
+            .assert()
+    };
+    validate("2", "4").code(0);
+    validate("3", "4")
+        .code(2)
+        .stderr(contains(
+            "p.yaml:17:44: at `stages.pre.with.optim.accum_steps`: accum_steps 3 does not \
+             divide batch_size 32: each optimiser step runs batch_size / accum_steps images at \
+             a time; write a divisor of 32 (1, 2, 4, 8, 16, 32) or a batch_size that is a \
+             multiple of 3",
+        ))
+        .stderr(contains("1 error(s)"));
+    // Every matrix cell is checked: 8 divides 64, not 36.
+    validate("1", "8")
+        .code(2)
+        .stderr(contains(
+            "p.yaml:26:56: at `stages.at.with.optim.accum_steps`: in `at[bs=36]`: accum_steps \
+             8 does not divide batch_size 36",
+        ))
+        .stderr(contains(
+            "write a divisor of 36 (1, 2, 3, 4, 6, 9, 12, 18, 36)",
+        ));
+    validate("0", "1").code(2).stderr(contains(
+        "at `stages.pre.with.optim.accum_steps`: expected an integer from 1 to",
+    ));
+}
+
+#[test]
+fn accum_steps_can_be_set_on_the_shipped_vtab_pipeline() {
+    // What docs/vtab.md tells a card that cannot hold batch 64 to write.
+    let vtab = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/vtab.yaml");
+    let run = |set: &str| {
+        Command::cargo_bin("idat-pipe")
+            .unwrap()
+            .args(["validate", vtab, "--set", set])
+            .assert()
+    };
+    run("stages.idat.with.optim.accum_steps=2")
+        .code(0)
+        .stdout(contains("vtab.yaml: ok"));
+    run("stages.eval_idat.with.batch_size=32").code(0);
+    run("stages.at.with.optim.accum_steps=4").code(0);
+    run("stages.idat.with.optim.accum_steps=3")
+        .code(2)
+        .stderr(contains(
+            "--set: at `stages.idat.with.optim.accum_steps`: accum_steps 3 does not divide \
+         batch_size 64",
+        ));
+}
