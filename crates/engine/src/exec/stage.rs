@@ -105,6 +105,10 @@ pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<Atomi
         }
         _ => {}
     }
+    if let Err(e) = gpu_preflight(job, &ctx) {
+        ctx.log(format!("error: {e}"));
+        return Outcome::Failed(e);
+    }
     let tmp = match cache.fresh_tmp(&key) {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
@@ -115,6 +119,32 @@ pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<Atomi
     let _ = crate::cache::store::remove_tree(&tmp);
     let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
     record_outcome(job, &ctx, result, interrupted)
+}
+
+/// A GPU instance's log starts with its cards; one that states `resources.gpu_mem` has each
+/// card's free memory checked (NVML) and fails, saying what to do, where it does not fit.
+/// Without NVML the log says the check was skipped.
+fn gpu_preflight(job: &StageJob, ctx: &StageContext) -> Result<(), String> {
+    use super::gpus::{check_free, nvml::Nvml, Driver};
+    if job.cards.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = job.cards.iter().map(|c| c.describe()).collect();
+    ctx.log(format!("device {} on {}", job.device, names.join("; ")));
+    let Some(need) = job.gpu_mem else {
+        return Ok(());
+    };
+    let driver: &dyn Driver = match Nvml::system() {
+        Ok(n) => n,
+        Err(why) => {
+            ctx.log(format!("free-memory check skipped: {why}"));
+            return Ok(());
+        }
+    };
+    for card in &job.cards {
+        ctx.log(check_free(driver, card, need)?);
+    }
+    Ok(())
 }
 
 /// The context the stage sees, logging to the job's log file.
