@@ -67,7 +67,8 @@ struct RunArgs {
     jobs: usize,
     /// Use only the first N visible GPUs (`CUDA_VISIBLE_DEVICES`, else every card the
     /// driver lists); where no driver answers (a CPU-only machine) it declares N cards.
-    /// Each running instance with `resources.gpus: k` gets k cards of its own.
+    /// Each running instance with `resources.gpus: k` gets k cards of its own. With
+    /// `--device cpu`: N slots that bound GPU instances (default: none counted).
     #[arg(long, value_name = "N")]
     gpus: Option<usize>,
     /// GPU memory each card offers to instances that state `resources.gpu_mem` (e.g. `80G`;

@@ -874,6 +874,13 @@ fn t_gpu_placement() {
     let trace = std::fs::read_to_string(latest_run(d.path()).join("trace.csv")).unwrap();
     assert!(trace.contains(",cuda:1 (GPU 7)\n"), "{trace}");
 
+    // `--device cpu` (the default) without `--gpus`: no card needed, none counted, even
+    // where none is visible; GPU instances overlap within the CPU slots.
+    let (o, ran, _) = run_placed(Some(""), &["-j", "8"]);
+    ok(&o);
+    assert!(ran.iter().all(|r| r.1 == "cpu"), "{ran:?}");
+    assert!(most_at_once(&ran).0 > 1, "{ran:?}");
+
     // What cannot be honoured is refused before anything runs, naming the option.
     let (o, ran, _) = run_placed(Some(""), &["--device", "cuda", "--gpus", "3"]);
     assert_eq!(o.status.code(), Some(2));

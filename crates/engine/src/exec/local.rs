@@ -37,7 +37,12 @@ impl super::plugin::ExecutorPlugin for Local {
             gpu_mem: run.gpu_mem,
             per_gpu: run.per_gpu,
         };
-        let cards = super::gpus::for_run(&ask)?;
+        let cards = match (ask.device, ask.gpus) {
+            // Everything on the CPU and no `--gpus`: GPU instances are bounded by CPU slots
+            // alone (no card is used, so none is counted).
+            (super::gpus::DeviceSpec::Cpu, None) => None,
+            _ => Some(super::gpus::for_run(&ask)?),
+        };
         Ok(Box::new(LocalExecutor::new(
             run.jobs,
             cards,
@@ -69,7 +74,8 @@ pub fn quiet_stage_panics() {
 /// Runs each instance on its own thread through [`exec_stage`].
 pub struct LocalExecutor {
     cpus: usize,
-    cards: CardSet,
+    /// `None`: `--device cpu` without `--gpus`, GPU instances are not bounded by cards.
+    cards: Option<CardSet>,
     /// Shared with every running stage (and with the Ctrl-C handler).
     cancel: Arc<AtomicBool>,
     tx: mpsc::Sender<Event>,
@@ -77,9 +83,9 @@ pub struct LocalExecutor {
 }
 
 impl LocalExecutor {
-    /// `jobs` CPU slots (at least 1), GPU instances on `cards`; `cancel` stops the running
-    /// stages.
-    pub fn new(jobs: usize, cards: CardSet, cancel: Arc<AtomicBool>) -> Self {
+    /// `jobs` CPU slots (at least 1), GPU instances on `cards` (`None`: not bounded by
+    /// cards); `cancel` stops the running stages.
+    pub fn new(jobs: usize, cards: Option<CardSet>, cancel: Arc<AtomicBool>) -> Self {
         quiet_stage_panics();
         let (tx, rx) = mpsc::channel();
         Self {
@@ -123,18 +129,21 @@ impl Executor for LocalExecutor {
     fn capacity(&self) -> Capacity {
         Capacity {
             cpus: self.cpus,
-            gpus: self.cards.cards.len(),
+            gpus: self.cards.as_ref().map_or(usize::MAX, |c| c.cards.len()),
             jobs: usize::MAX,
         }
     }
 
     fn cards(&self) -> Option<&CardSet> {
-        Some(&self.cards)
+        self.cards.as_ref()
     }
 
     fn admits(&self, resources: &Resources) -> Result<(), String> {
         let mem = super::gpus::gpu_mem(resources)?;
-        super::gpus::pool::admits(&self.cards, resources.gpus as usize, mem)
+        match &self.cards {
+            Some(cards) => super::gpus::pool::admits(cards, resources.gpus as usize, mem),
+            None => Ok(()),
+        }
     }
 
     fn submit(&mut self, index: usize, job: StageJob) -> Result<(), String> {

@@ -195,7 +195,7 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         let (k, mem) = (self.gpus(i), self.gpu_mem(i));
         match &mut self.pool {
             Some(p) => p.take(k, mem),
-            None => (self.gpu_used + k <= gpu_limit).then(Vec::new),
+            None => (self.gpu_used.saturating_add(k) <= gpu_limit).then(Vec::new),
         }
     }
 
