@@ -39,6 +39,10 @@ fn main() -> ExitCode {
             t_gpu_placement,
         ),
         (
+            "gpu_pack_pipeline_places_both_instances_on_one_card",
+            t_gpu_pack,
+        ),
+        (
             "force_reruns_the_stage_and_downstream_only_when_its_outputs_change",
             t_force,
         ),
@@ -906,6 +910,55 @@ fn t_gpu_placement() {
         text(&o).1.contains("--gpu-mem `8GB`: expected digits"),
         "{}",
         text(&o).1
+    );
+}
+
+/// What scripts/gpu-check.sh runs on the GPU, placed on the CPU build: tests/pipelines/
+/// gpu-pack.yaml's two packed `train/adapt` instances both start on the one card before
+/// either ends (without CUDA they then fail; on a GPU they train), the rest on the CPU.
+fn t_gpu_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("gpu-pack.yaml");
+    let args = [
+        "run",
+        &p,
+        "--device",
+        "cuda",
+        "--gpus",
+        "1",
+        "--gpu-mem",
+        "8G",
+        "-j",
+        "4",
+    ];
+    let o = cli_cmd(d.path(), &args)
+        .env("IDAT_NO_NVML", "1")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    let err = text(&o).1;
+    let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("no `{s}` in:\n{err}"));
+    let first_end = ["ran     at[", "failed  at["]
+        .iter()
+        .filter_map(|s| err.find(s))
+        .min();
+    for seed in [1, 2] {
+        let start = at(&format!("start   at[seed={seed}] on cuda:0 (GPU 0)\n"));
+        assert!(first_end.is_none_or(|e| start < e), "{err}");
+    }
+    let trace = std::fs::read_to_string(latest_run(d.path()).join("trace.csv")).unwrap();
+    let devices: Vec<&str> = trace.lines().filter_map(|l| l.rsplit(',').next()).collect();
+    assert_eq!(
+        devices,
+        [
+            "device",
+            "cpu",
+            "cpu",
+            "cpu",
+            "cuda:0 (GPU 0)",
+            "cuda:0 (GPU 0)"
+        ],
+        "{trace}"
     );
 }
 

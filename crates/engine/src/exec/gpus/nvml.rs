@@ -67,7 +67,11 @@ impl Nvml {
     }
 
     fn load() -> Result<Nvml, String> {
-        let why = |e: libloading::Error| format!("{LIBRARY}: {e}");
+        // libloading puts the `dlerror` text in the error's source.
+        let why = |e: libloading::Error| match std::error::Error::source(&e) {
+            Some(cause) => format!("{LIBRARY}: {e}: {cause}"),
+            None => format!("{LIBRARY}: {e}"),
+        };
         // SAFETY: loading the NVIDIA driver's library runs its initialisers, which have no
         // preconditions; each symbol is read with the signature of NVML's header (nvml.h).
         unsafe {
