@@ -349,17 +349,29 @@ pub fn for_run(ask: &Ask) -> Result<CardSet, String> {
         Err(_) => &NoDriver,
     };
     let (cards, source) = visible(env.as_deref(), driver, dev_files);
-    if source == Source::Driver && std::env::var("CUDA_DEVICE_ORDER").as_deref() != Ok("PCI_BUS_ID")
-    {
-        let names: std::collections::BTreeSet<_> = cards.iter().map(|c| c.name.clone()).collect();
-        if names.len() > 1 {
-            tracing::warn!(
-                "this machine has different GPU models: CUDA numbers them fastest first, the \
-                 driver by PCI bus; set CUDA_DEVICE_ORDER=PCI_BUS_ID so cuda:K is the card named"
-            );
-        }
+    if let Some(w) = order_warning(driver, std::env::var("CUDA_DEVICE_ORDER").ok().as_deref()) {
+        tracing::warn!("{w}");
     }
     select(cards, &source, ask)
+}
+
+/// Where the driver lists different GPU models and `CUDA_DEVICE_ORDER` (`order`) is not
+/// `PCI_BUS_ID`, CUDA numbers the cards fastest first while the driver (and so the indices
+/// idat-pipe names, also in `CUDA_VISIBLE_DEVICES`) counts by PCI bus: a warning saying so.
+pub fn order_warning(driver: &dyn Driver, order: Option<&str>) -> Option<String> {
+    if order == Some("PCI_BUS_ID") {
+        return None;
+    }
+    let listed = driver.cards().ok()?;
+    let names: std::collections::BTreeSet<&str> = listed.iter().map(|c| c.name.as_str()).collect();
+    (names.len() > 1).then(|| {
+        format!(
+            "this machine has different GPU models ({}): CUDA numbers them fastest first, the \
+             driver by PCI bus; set CUDA_DEVICE_ORDER=PCI_BUS_ID so that GPU N is the card N \
+             named here",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// NVIDIA device files `/dev/nvidiaN`.

@@ -337,3 +337,18 @@ fn free_memory_is_checked_where_the_driver_knows_the_card() {
         "free-memory check of cuda:0 (GPU GPU-0003) skipped: no GPU driver"
     );
 }
+
+#[test]
+fn mixed_models_without_pci_bus_order_are_warned_about() {
+    let mut d = Fake::new(2);
+    assert_eq!(order_warning(&d, None), None, "one model");
+    d.cards[1].name = "NVIDIA A100-SXM4-40GB".into();
+    let w = order_warning(&d, None).unwrap();
+    assert!(w.contains("set CUDA_DEVICE_ORDER=PCI_BUS_ID"), "{w}");
+    assert!(
+        w.contains("NVIDIA A100-SXM4-40GB, NVIDIA H100 80GB HBM3"),
+        "{w}"
+    );
+    assert_eq!(order_warning(&d, Some("PCI_BUS_ID")), None);
+    assert_eq!(order_warning(&NoDriver, None), None);
+}
