@@ -241,9 +241,10 @@ fn from_env(value: &str, driver: &dyn Driver, listed: Option<&[DriverCard]>) -> 
             None
         };
         let Some(mut card) = card else { break };
-        card.id = match listed {
+        card.id = match (listed, entry.parse::<usize>()) {
             // The machine's index, when the driver says which card the entry is.
-            Some(_) if !entry.starts_with("MIG-") => card.id,
+            (Some(_), _) if !entry.starts_with("MIG-") => card.id,
+            (_, Ok(i)) => i.to_string(),
             _ => entry.to_string(),
         };
         let same = |c: &Card| c.id == card.id || (c.uuid.is_some() && c.uuid == card.uuid);

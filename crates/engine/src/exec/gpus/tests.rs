@@ -88,6 +88,7 @@ fn cuda_visible_devices_follows_cudas_rules() {
     assert_eq!(c[0].uuid.as_deref(), Some("GPU-8932f937"));
     assert_eq!(c[1].total, None);
     assert_eq!(ids(&env("0,-1", &NoDriver)), ["0"]);
+    assert_eq!(ids(&env("03,3,1", &NoDriver)), ["3"], "03 is card 3");
 }
 
 #[test]
