@@ -901,6 +901,15 @@ fn t_gpu_placement() {
     assert!(text(&o)
         .1
         .contains("--device `gpu`: expected `cpu`, `cuda` or `cuda:N`"));
+    for flag in [["--gpus", "1"], ["--gpu-mem", "8G"], ["--per-gpu", "2"]] {
+        let (o, _, _) = run_placed(None, &["--executor", "slurm", flag[0], flag[1]]);
+        assert_eq!(o.status.code(), Some(2));
+        let want = format!(
+            "{} places instances on this machine's GPUs for the local",
+            flag[0]
+        );
+        assert!(text(&o).1.contains(&want), "{}", text(&o).1);
+    }
     let (o, _, _) = run_placed(
         None,
         &["--device", "cuda", "--gpus", "1", "--gpu-mem", "8GB"],
