@@ -5,7 +5,7 @@ use super::*;
 use crate::exec::executor::Capacity;
 use crate::exec::gpus::{pool, select, visible, Ask, CardSet, DeviceSpec, Driver, DriverCard};
 use crate::exec::job::StageJob;
-use crate::exec::progress::Quiet;
+use crate::exec::progress::Reporter;
 use crate::exec::stage::exec_stage;
 use crate::stages::{NoProgress, StageContext, StageKind};
 use std::collections::HashMap;
@@ -99,19 +99,55 @@ impl Executor for FakeGpus {
             *self.now_on.get_mut(&c.label()).unwrap() -= 1;
         }
         let outcome = exec_stage(&job, Arc::new(NoProgress), self.cancel.clone());
-        vec![Event::Finished(Finished {
-            index,
-            outcome,
-            start: 0.0,
-            end: 0.0,
-        })]
+        let said = ProgressUpdate::Message(format!("done {}", job.instance.id));
+        vec![
+            Event::Progress {
+                index,
+                update: said,
+            },
+            Event::Finished(Finished {
+                index,
+                outcome,
+                start: 0.0,
+                end: 0.0,
+            }),
+        ]
     }
     fn cancel(&mut self) {}
+}
+
+/// Records start lines (`start ID on PLACE`) and progress messages, in order.
+#[derive(Default, Clone)]
+struct Said(Arc<std::sync::Mutex<Vec<String>>>);
+impl Said {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+}
+impl Reporter for Said {
+    fn started(&self, id: &str, place: &str) -> Arc<dyn Progress> {
+        self.push(format!("start {id} on {place}"));
+        Arc::new(self.clone())
+    }
+    fn finished(&self, _: &str, _: &str, _: f64) {}
+    fn line(&self, _: &str) {}
+}
+impl Progress for Said {
+    fn set_total(&self, _: u64) {}
+    fn set_position(&self, _: u64) {}
+    fn set_message(&self, m: &str) {
+        self.push(m.to_string());
+    }
 }
 
 /// Run `stages` (YAML of the `stages:` map, two-space indented) on `cards` with `--device
 /// device`: the summary and the executor.
 fn run_on(stages: &str, cards: CardSet, device: &str) -> (RunSummary, FakeGpus) {
+    run_said(stages, cards, device).0
+}
+
+/// [`run_on`], and what the reporter was told.
+fn run_said(stages: &str, cards: CardSet, device: &str) -> ((RunSummary, FakeGpus), Vec<String>) {
     let text = format!("version: 1\nname: t\nstages:\n{stages}");
     let mut reg = Registry::empty();
     reg.register::<Out>();
@@ -126,6 +162,7 @@ fn run_on(stages: &str, cards: CardSet, device: &str) -> (RunSummary, FakeGpus) 
         device: device.into(),
     };
     let cancel = AtomicBool::new(false);
+    let said = Said::default();
     let ctx = RunContext {
         graph: &g,
         registry: &reg,
@@ -133,11 +170,12 @@ fn run_on(stages: &str, cards: CardSet, device: &str) -> (RunSummary, FakeGpus) 
         record: &record,
         options: &options,
         cancel: &cancel,
-        reporter: Arc::new(Quiet),
+        reporter: Arc::new(said.clone()),
     };
     let mut ex = FakeGpus::new(cards);
     let summary = schedule(&ctx, &mut ex);
-    (summary, ex)
+    let lines = said.0.lock().unwrap().clone();
+    ((summary, ex), lines)
 }
 
 /// A machine of `n` 10 GiB cards, seen through `CUDA_VISIBLE_DEVICES=env` (None: unset).
@@ -178,12 +216,21 @@ const SWEEP: &str = "  train:\n    uses: test/out\n    matrix: {n: [1, 2, 3, 4, 
 #[test]
 fn concurrent_instances_get_distinct_cards_and_cpu_ones_none() {
     // 8 cards, CUDA_VISIBLE_DEVICES=6,2,5: three, cuda:0..2.
-    let (s, ex) = run_on(
+    let ((s, ex), said) = run_said(
         SWEEP,
         machine(8, Some("6,2,5"), ask(DeviceSpec::Cuda)),
         "cuda",
     );
     assert_eq!((s.ran, s.failed.len()), (9, 0));
+    // Its start line and its progress messages name its card; a CPU instance's do not.
+    for line in [
+        "start train[n=2] on cuda:1 (GPU 2)",
+        "cuda:1 (GPU 2): done train[n=2]",
+        "start prep[n=11] on ",
+        "done prep[n=11]",
+    ] {
+        assert!(said.iter().any(|l| l == line), "{line}: {said:?}");
+    }
     assert_eq!(
         ex.most_gpu_jobs, 3,
         "three cards: three GPU instances at once"
