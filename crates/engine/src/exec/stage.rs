@@ -121,30 +121,16 @@ pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<Atomi
     record_outcome(job, &ctx, result, interrupted)
 }
 
-/// A GPU instance's log starts with its cards; one that states `resources.gpu_mem` has each
-/// card's free memory checked (NVML) and fails, saying what to do, where it does not fit.
-/// Without NVML the log says the check was skipped.
+/// A GPU instance's log starts with its cards, and one that states `resources.gpu_mem` has
+/// each card's free memory checked through NVML ([`super::gpus::preflight`]).
 fn gpu_preflight(job: &StageJob, ctx: &StageContext) -> Result<(), String> {
-    use super::gpus::{check_free, nvml::Nvml, Driver};
-    if job.cards.is_empty() {
-        return Ok(());
+    use super::gpus::{nvml::Nvml, Driver};
+    let driver = Nvml::system().map(|n| n as &dyn Driver);
+    let (lines, fits) = super::gpus::preflight(&job.device, &job.cards, job.gpu_mem, driver);
+    for l in lines {
+        ctx.log(l);
     }
-    let names: Vec<String> = job.cards.iter().map(|c| c.describe()).collect();
-    ctx.log(format!("device {} on {}", job.device, names.join("; ")));
-    let Some(need) = job.gpu_mem else {
-        return Ok(());
-    };
-    let driver: &dyn Driver = match Nvml::system() {
-        Ok(n) => n,
-        Err(why) => {
-            ctx.log(format!("free-memory check skipped: {why}"));
-            return Ok(());
-        }
-    };
-    for card in &job.cards {
-        ctx.log(check_free(driver, card, need)?);
-    }
-    Ok(())
+    fits
 }
 
 /// The context the stage sees, logging to the job's log file.

@@ -412,6 +412,40 @@ pub fn gpu_mem(r: &Resources) -> Result<Option<u64>, String> {
         .transpose()
 }
 
+/// What a GPU instance's log says before it runs (`device cuda:1 on cuda:1 (GPU 5), ...`,
+/// then one line per card on its free memory, or once why that check was skipped: `driver`
+/// is the error where NVML is absent), and `Err` with what to do where `gpu_mem` does not
+/// fit a card's free memory. Nothing for an instance on no card.
+pub fn preflight(
+    device: &str,
+    cards: &[Card],
+    gpu_mem: Option<u64>,
+    driver: Result<&dyn Driver, String>,
+) -> (Vec<String>, Result<(), String>) {
+    if cards.is_empty() {
+        return (vec![], Ok(()));
+    }
+    let names: Vec<String> = cards.iter().map(Card::describe).collect();
+    let mut lines = vec![format!("device {device} on {}", names.join("; "))];
+    let Some(need) = gpu_mem else {
+        return (lines, Ok(()));
+    };
+    let driver = match driver {
+        Ok(d) => d,
+        Err(why) => {
+            lines.push(format!("free-memory check skipped: {why}"));
+            return (lines, Ok(()));
+        }
+    };
+    for card in cards {
+        match check_free(driver, card, need) {
+            Ok(line) => lines.push(line),
+            Err(e) => return (lines, Err(e)),
+        }
+    }
+    (lines, Ok(()))
+}
+
 /// Whether `card` has `need` bytes free for an instance that starts on it: `Ok` with a line
 /// for the instance's log (the free memory, or why the check was skipped), `Err` with what
 /// to do when it does not fit.

@@ -353,3 +353,36 @@ fn mixed_models_without_pci_bus_order_are_warned_about() {
     assert_eq!(order_warning(&d, Some("PCI_BUS_ID")), None);
     assert_eq!(order_warning(&NoDriver, None), None);
 }
+
+#[test]
+fn preflight_names_the_cards_then_checks_each_or_says_why_not() {
+    let mut d = Fake::new(4);
+    let cards = env("1,3", &d);
+    let (lines, ok) = preflight("cuda:0", &cards, None, Ok(&d));
+    assert_eq!(
+        lines,
+        [
+            "device cuda:0 on cuda:0 (GPU 1), NVIDIA H100 80GB HBM3, 80.0 GiB usable; \
+          cuda:1 (GPU 3), NVIDIA H100 80GB HBM3, 80.0 GiB usable"
+        ]
+    );
+    assert!(ok.is_ok());
+    d.free = 10 * G;
+    let (lines, ok) = preflight("cuda:0", &cards, Some(6 * G), Ok(&d));
+    assert_eq!(lines.len(), 3, "one line per card: {lines:?}");
+    assert!(
+        lines[2].starts_with("cuda:1 (GPU 3): 10.0 GiB free"),
+        "{lines:?}"
+    );
+    assert!(ok.is_ok());
+    let (lines, ok) = preflight("cuda:0", &cards, Some(12 * G), Ok(&d));
+    assert_eq!(lines.len(), 1);
+    assert!(ok
+        .unwrap_err()
+        .starts_with("cuda:0 (GPU 1) has 10.0 GiB free"));
+    let (lines, ok) = preflight("cuda:0", &cards, Some(12 * G), Err("no NVML".into()));
+    assert_eq!(lines[1], "free-memory check skipped: no NVML");
+    assert_eq!(lines.len(), 2, "said once");
+    assert!(ok.is_ok());
+    assert_eq!(preflight("cpu", &[], Some(G), Ok(&d)).0.len(), 0);
+}
