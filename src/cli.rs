@@ -65,9 +65,21 @@ struct RunArgs {
     /// CPU slots: independent instances run in parallel up to this many.
     #[arg(long, short, default_value_t = default_jobs())]
     jobs: usize,
-    /// GPU slots (default: GPUs detected).
-    #[arg(long)]
+    /// Use only the first N visible GPUs (`CUDA_VISIBLE_DEVICES`, else every card the
+    /// driver lists); where no driver answers (a CPU-only machine) it declares N cards.
+    /// Each running instance with `resources.gpus: k` gets k cards of its own. With
+    /// `--device cpu`: N slots that bound GPU instances (default: none counted).
+    #[arg(long, value_name = "N")]
     gpus: Option<usize>,
+    /// GPU memory each card offers to instances that state `resources.gpu_mem` (e.g. `80G`;
+    /// default: the card's total, from NVML): several such instances share a card while
+    /// their `gpu_mem` fits.
+    #[arg(long, value_name = "SIZE", value_parser = gpu_mem_arg)]
+    gpu_mem: Option<u64>,
+    /// At most N instances on one card; with it, instances without `resources.gpu_mem`
+    /// share cards too (default: they take a card alone).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    per_gpu: Option<u32>,
     /// Keep running independent instances after a failure.
     #[arg(long)]
     keep_going: bool,
@@ -78,7 +90,9 @@ struct RunArgs {
     /// Where run records go.
     #[arg(long, default_value = "runs", value_parser = cli_path)]
     runs_dir: PathBuf,
-    /// Device handed to stages: cpu, cuda, cuda:N.
+    /// Where stages run: `cpu`; `cuda` (each instance with `resources.gpus` on cards of its
+    /// own among the visible GPUs, `cuda:K` in its log); `cuda:N` (every GPU instance on card
+    /// N). Instances without `resources.gpus` run on the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Where instances run: an executor's name (default: the file's `executor:`, else
@@ -184,6 +198,14 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         threads: Option<u32>,
     },
+}
+
+/// `--gpu-mem`: `resources.mem`'s syntax, in bytes.
+fn gpu_mem_arg(text: &str) -> Result<u64, String> {
+    match crate::config::resources::bytes(text, "--gpu-mem")? {
+        0 => Err("--gpu-mem must be above zero".into()),
+        n => Ok(n),
+    }
 }
 
 fn default_jobs() -> usize {
@@ -481,6 +503,8 @@ fn cmd_run(
             device: &a.device,
             jobs: a.jobs,
             gpus: a.gpus,
+            gpu_mem: a.gpu_mem,
+            per_gpu: a.per_gpu.map(|n| n as usize),
             executor: a.executor.as_deref(),
             quiet,
             cancel: cancel_flag(),

@@ -1,4 +1,5 @@
-//! The syntax of a stage's `resources.time` and `resources.mem`, owned by the DSL: checked
+//! The syntax of a stage's `resources.time`, `resources.mem` and `resources.gpu_mem`, owned
+//! by the DSL: checked
 //! at `validate` for every pipeline, whatever executor will run it (executors format the
 //! values their own way, e.g. Slurm's `--time=HH:MM:SS`).
 use super::model::Resources;
@@ -71,7 +72,26 @@ pub fn mem(text: &str) -> Result<String, String> {
     Ok(t)
 }
 
-/// Check the `time` and `mem` of `resources`; errors name the field (`time` or `mem`).
+/// Bytes of a memory amount in [`mem`]'s syntax: K, M, G and T are powers of 1024 (as Slurm
+/// and `nvidia-smi` count), no unit means megabytes; `what` names the field in errors.
+///
+/// # Errors
+/// [`mem`]'s, or an amount too large for 64 bits.
+pub fn bytes(text: &str, what: &str) -> Result<u64, String> {
+    let t = mem(text).map_err(|e| format!("{what} {}", e.trim_start_matches("mem ")))?;
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t.as_str(), 'M'),
+    };
+    let shift = 10 * (1 + "KMGT".find(unit).unwrap_or(1) as u32);
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{what} `{text}`: too large"))
+}
+
+/// Check the `time`, `mem` and `gpu_mem` of `resources`; errors name the field.
 pub fn check(resources: &Resources) -> Vec<(&'static str, String)> {
     let mut errs = Vec::new();
     if let Some(t) = &resources.time {
@@ -84,5 +104,49 @@ pub fn check(resources: &Resources) -> Vec<(&'static str, String)> {
             errs.push(("mem", e));
         }
     }
+    if let Some(m) = &resources.gpu_mem {
+        match bytes(m, "gpu_mem") {
+            Err(e) => errs.push(("gpu_mem", e)),
+            Ok(0) => errs.push(("gpu_mem", format!("gpu_mem `{m}`: must be above zero"))),
+            Ok(_) if resources.gpus == 0 => errs.push((
+                "gpu_mem",
+                format!(
+                    "gpu_mem `{m}` is memory on the instance's GPUs, but `gpus` is 0; \
+                     set `gpus: 1` or remove `gpu_mem`"
+                ),
+            )),
+            Ok(_) => {}
+        }
+    }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_mem_is_read_in_binary_units_and_needs_a_gpu() {
+        assert_eq!(bytes("6G", "gpu_mem").unwrap(), 6 << 30);
+        assert_eq!(bytes("512m", "gpu_mem").unwrap(), 512 << 20);
+        assert_eq!(bytes("300", "gpu_mem").unwrap(), 300 << 20, "no unit: MB");
+        assert_eq!(bytes("1T", "x").unwrap(), 1 << 40);
+        assert_eq!(bytes("2048K", "x").unwrap(), 2 << 20);
+        let e = bytes("6GB", "gpu_mem").unwrap_err();
+        assert!(e.starts_with("gpu_mem `6GB`: expected digits"), "{e}");
+        assert!(bytes("99999999999999T", "x")
+            .unwrap_err()
+            .contains("too large"));
+        let r = |gpus, m: &str| Resources {
+            gpus,
+            gpu_mem: Some(m.into()),
+            ..Resources::default()
+        };
+        assert!(check(&r(1, "6G")).is_empty());
+        let e = check(&r(0, "6G"));
+        assert_eq!(e[0].0, "gpu_mem");
+        assert!(e[0].1.contains("`gpus` is 0"), "{e:?}");
+        assert!(check(&r(1, "0G"))[0].1.contains("above zero"));
+        assert!(check(&r(1, "6 GiB"))[0].1.contains("expected digits"));
+    }
 }

@@ -48,6 +48,10 @@ pub struct RunRequest<'a> {
     pub jobs: usize,
     /// `--gpus`.
     pub gpus: Option<usize>,
+    /// `--gpu-mem`, bytes.
+    pub gpu_mem: Option<u64>,
+    /// `--per-gpu`.
+    pub per_gpu: Option<usize>,
     /// `--executor` (None: the file's, else `local`).
     pub executor: Option<&'a str>,
     /// `--quiet`: no progress.
@@ -83,6 +87,8 @@ pub fn run(loaded: &Loaded, registry: &Registry, req: &RunRequest) -> Result<Run
         device: req.device,
         jobs: req.jobs,
         gpus: req.gpus,
+        gpu_mem: req.gpu_mem,
+        per_gpu: req.per_gpu,
         cancel: req.cancel.clone(),
     };
     let mut executor =
@@ -172,6 +178,10 @@ pub fn exec_one(
             ))
         }),
         device: req.device,
+        // Under Slurm the task's GPUs are its allocation (cuda:0.. in the task); nothing is
+        // placed here.
+        cards: Vec::new(),
+        gpu_mem: None,
         // Under Slurm, the task's `--cpus-per-task`.
         threads: req.threads.unwrap_or_else(|| {
             std::env::var("SLURM_CPUS_PER_TASK")
