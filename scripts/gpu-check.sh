@@ -119,7 +119,7 @@ fi
 
 # (b) idat-pipe bench on the GPU; (c) the PyTorch reference on the same card.
 bench_rs() { # batch precision
-  timeout "$(cap 100)" "$BIN" bench --device cuda --batch "$1" --precision "$2" --steps "$STEPS" \
+  timeout "$(cap 130)" "$BIN" bench --device cuda --batch "$1" --precision "$2" --steps "$STEPS" \
     --warmup "$WARMUP" --json >"$OUTDIR/bench_rs_$2_b$1.jsonl" 2>>"$LOG" \
     || say "idat-pipe bench $2 batch $1 failed (see $LOG)"
   "$PY" - "$OUTDIR/bench_rs_$2_b$1.jsonl" "$OUTDIR/smi_rs_$2_b$1.txt" >>"$SUMMARY.tmp" <<'EOF'

@@ -1,6 +1,7 @@
 //! `idat-pipe bench`: throughput and peak memory of one real training step.
 //!
-//! Both modes time [`crate::train::train_step`], the step function the training stages run:
+//! The training modes time [`crate::train::train_step_accum`], the step function the
+//! training stages run (with `--accum-steps N`, as `optim.accum_steps: N`):
 //!
 //! - `idat`: the iDAT co-training step: small teacher + large student (frozen random
 //!   backbones, `seq_adapter` + head trainable), loss `CE_s + CE_t + MSE(z_s, z_t)` (the
@@ -28,7 +29,7 @@ use crate::nn::precision::Precision;
 use crate::nn::vit::{Vit, VitConfig};
 use crate::train::evaluate::evaluate_many;
 use crate::train::{
-    train_step, DistillConfig, DistillDirection, DistillKind, Member, OptimConfig, StepAt,
+    train_step_accum, DistillConfig, DistillDirection, DistillKind, Member, OptimConfig, StepAt,
 };
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -98,6 +99,9 @@ pub struct StepBench {
     /// Ablation: the last block computes every token, as timm does (default: only the
     /// class token's row; see `Vit::set_last_block_cls_only`).
     pub full_last_block: bool,
+    /// Gradient accumulation of a training step (`optim.accum_steps`): micro-batches of
+    /// `batch / accum_steps` images, one AdamW step; 1: none. Must divide `batch`.
+    pub accum_steps: usize,
 }
 
 /// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
@@ -141,6 +145,13 @@ pub struct StepReport {
     /// How the products ran (`f32 products`, the bf16 kernel, or why bf16 fell back).
     #[serde(default)]
     pub products: String,
+    /// Gradient accumulation of the training step (1: none).
+    #[serde(default = "one")]
+    pub accum_steps: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
@@ -233,6 +244,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         },
         full_last_block: b.full_last_block,
         products,
+        accum_steps: b.accum_steps,
     })
 }
 
@@ -241,6 +253,13 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
 fn check_bench(b: &StepBench) -> Result<()> {
     if b.steps == 0 || b.batch == 0 {
         bail!("bench: --steps and --batch must be at least 1");
+    }
+    if b.accum_steps == 0 || b.batch % b.accum_steps != 0 {
+        bail!(
+            "bench: --accum-steps {} must be at least 1 and divide --batch {}",
+            b.accum_steps,
+            b.batch
+        );
     }
     if b.kind.two_models()
         && (b.small.img_size, b.small.num_classes) != (b.large.img_size, b.large.num_classes)
@@ -294,7 +313,7 @@ fn time_steps(
             step,
             steps: total,
         };
-        train_step(members, distill, &x, &y, at, 1e-3)?;
+        train_step_accum(members, distill, &x, &y, at, 1e-3, b.batch / b.accum_steps)?;
         // Wait for the device (CUDA is asynchronous; the optimiser step is queued).
         dev.synchronize()?;
         mem_peak = mem_peak.max(device_used_bytes(dev));
@@ -410,6 +429,10 @@ pub struct BenchArgs {
     /// class token's row, which is all the head reads; same logits and gradients).
     #[arg(long)]
     pub full_last_block: bool,
+    /// Gradient accumulation of the training steps (`optim.accum_steps`): micro-batches of
+    /// `--batch / N` images, one optimizer step; must divide `--batch`.
+    #[arg(long, default_value_t = 1)]
+    pub accum_steps: usize,
 }
 
 /// Runs `idat-pipe bench`.
@@ -456,6 +479,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             steps: a.steps,
             precision: a.precision,
             full_last_block: a.full_last_block,
+            accum_steps: a.accum_steps,
         };
         vec![run_step_bench(&b, &dev)?]
     };
@@ -484,6 +508,7 @@ fn child_report(exe: &std::path::Path, mode: &str, a: &BenchArgs) -> Result<Step
         ("--model-b", a.model_b.clone()),
         ("--classes", a.classes.to_string()),
         ("--precision", a.precision.to_string()),
+        ("--accum-steps", a.accum_steps.to_string()),
     ] {
         c.arg(f).arg(v);
     }
@@ -517,6 +542,13 @@ fn print_table(a: &BenchArgs, large: &VitConfig, reports: &[StepReport]) {
     );
     if a.full_last_block {
         println!("ablation: the last block computes every token (--full-last-block)");
+    }
+    if a.accum_steps > 1 {
+        println!(
+            "gradient accumulation: {} micro-batches of {} per training step",
+            a.accum_steps,
+            a.batch / a.accum_steps.max(1)
+        );
     }
     if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
         println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);
