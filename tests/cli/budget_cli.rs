@@ -134,6 +134,7 @@ fn bench_eval_times_forward_passes_that_budget_reads() {
             "1",
             "--json",
         ])
+        .args(["--accum-steps", "2"])
         .output()
         .unwrap();
     assert!(
@@ -149,6 +150,7 @@ fn bench_eval_times_forward_passes_that_budget_reads() {
         .map(|r| r["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kinds, ["idat", "at", "eval_idat", "eval_at"]);
+    assert!(text.contains("\"accum_steps\":2"), "{text}");
     // These rates budget the shipped pipeline, evaluations measured (no "at most").
     let dir = tempfile::tempdir().unwrap();
     let rates = dir.path().join("rates.jsonl");
@@ -161,4 +163,26 @@ fn bench_eval_times_forward_passes_that_budget_reads() {
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !md.contains("(at most)"), "{md}");
     assert!(md.contains("`eval_idat` batch 4"), "{md}");
+}
+
+#[test]
+fn bench_accum_steps_must_divide_the_batch() {
+    let out = idat()
+        .args([
+            "bench",
+            "--mode",
+            "at",
+            "--batch",
+            "8",
+            "--accum-steps",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--accum-steps 3 must be at least 1 and divide --batch 8"),
+        "{err}"
+    );
 }
