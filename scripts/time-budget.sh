@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Time budgets of pipelines/vtab.yaml from measured rates, so that no hour in docs/vtab.md or
-# vtab.yaml's `time:` limits is typed by hand.
+# Time budgets of the VTAB-1K pipelines from measured rates, so that no hour in docs/vtab.md
+# or in the pipelines' `time:` limits is typed by hand.
 #
 #   scripts/time-budget.sh [RATES.jsonl ...]
 #
@@ -11,10 +11,13 @@
 # scripts/gpu-check.sh wrote), turned back into bench reports.
 #
 # Writes:
-#   docs/time-budget-rates.jsonl  the rates used (tests check vtab.yaml's limits against it);
-#   docs/vtab.md                  the section between <!-- time-budget:begin/end -->;
-#   pipelines/vtab.yaml           `time:` of every training and evaluation stage: its longest
+#   docs/time-budget-rates.jsonl  the rates used (tests check the pipelines' limits against it);
+#   docs/vtab.md                  the section between <!-- time-budget:begin/end --> (vtab.yaml);
+#   pipelines/vtab.yaml, pipelines/vtab-adapters.yaml
+#                                 `time:` of every training and evaluation stage: its longest
 #                                 instance x MARGIN (default 1.5), rounded up to 15 minutes.
+# Nothing is written unless the rates budget every training and evaluation instance of both
+# pipelines (evaluation-only rates, or rates of another image size, are refused).
 # BIN: the idat-pipe to run (default target/release/idat-pipe, else target/debug/idat-pipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 rates=docs/time-budget-rates.jsonl
+pipelines=(pipelines/vtab.yaml pipelines/vtab-adapters.yaml)
 
 if [ $# -gt 0 ]; then
   cat "$@" | grep '^{' >"$tmp/rates.jsonl" || { echo "time-budget.sh: no bench report in $*" >&2; exit 2; }
@@ -57,10 +61,23 @@ EOF
   origin="the f32 batch-64 rows of docs/benchmarks.md's GPU check"
 fi
 
-"$BIN" budget pipelines/vtab.yaml --rates "$tmp/rates.jsonl" --margin "$MARGIN" --json >"$tmp/budget.json"
+# First every pipeline's budget, refused as a whole if an instance gets none.
+for p in "${pipelines[@]}"; do
+  j="$tmp/$(basename "$p" .yaml).json"
+  "$BIN" budget "$p" --rates "$tmp/rates.jsonl" --margin "$MARGIN" --json >"$j"
+  python3 - "$j" "$p" <<'EOF'
+import json, sys
+b = json.load(open(sys.argv[1]))
+if b["skipped"] or not b["instances"]:
+    for i, why in b["skipped"][:5]:
+        print("time-budget.sh: %s: `%s` not budgeted: %s" % (sys.argv[2], i, why), file=sys.stderr)
+    sys.exit("time-budget.sh: these rates do not budget every instance of %s; nothing written" % sys.argv[2])
+EOF
+done
 
-# vtab.yaml: each budgeted stage's `resources:` line gets the suggested `time:`.
-python3 - "$tmp/budget.json" pipelines/vtab.yaml <<'EOF'
+# Then each budgeted stage's one-line `resources: {...}` gets the suggested `time:`.
+for p in "${pipelines[@]}"; do
+  python3 - "$tmp/$(basename "$p" .yaml).json" "$p" <<'EOF'
 import json, re, sys
 budget = json.load(open(sys.argv[1]))
 path = sys.argv[2]
@@ -84,9 +101,10 @@ for st in budget["stages"]:
         sys.exit("time-budget.sh: stage `%s` of %s has no one-line `resources: {...}`" % (st["stage"], path))
 open(path, "w").write("\n".join(lines))
 EOF
+done
 
 cp "$tmp/rates.jsonl" "$rates"
-# The report of the pipeline as it is now (its limits written).
+# The report of vtab.yaml as it is now (its limits written).
 "$BIN" budget pipelines/vtab.yaml --rates "$rates" --margin "$MARGIN" >"$tmp/budget.md"
 {
   echo "<!-- time-budget:begin -->"
@@ -98,5 +116,7 @@ cp "$tmp/rates.jsonl" "$rates"
   echo "<!-- time-budget:end -->"
 } >"$tmp/section.md"
 scripts/splice.sh docs/vtab.md time-budget "$tmp/section.md"
-"$BIN" budget pipelines/vtab.yaml --rates "$rates" --margin "$MARGIN" --check >/dev/null
-echo "time-budget.sh: wrote $rates, docs/vtab.md (time-budget) and the time limits of pipelines/vtab.yaml"
+for p in "${pipelines[@]}"; do
+  "$BIN" budget "$p" --rates "$rates" --margin "$MARGIN" --check >/dev/null
+done
+echo "time-budget.sh: wrote $rates, docs/vtab.md (time-budget) and the time limits of ${pipelines[*]}"

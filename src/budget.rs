@@ -31,7 +31,7 @@ use std::path::Path;
 /// Measured rates by (kind, batch size), each the report it came from.
 #[derive(Debug, Clone, Default)]
 pub struct Rates {
-    by: BTreeMap<(&'static str, usize), StepReport>,
+    by: BTreeMap<(&'static str, usize, usize), StepReport>,
 }
 
 impl Rates {
@@ -54,14 +54,23 @@ impl Rates {
                     i + 1
                 )
             })?;
-            if !(rep.images_per_s.is_finite() && rep.images_per_s > 0.0) {
+            if !(rep.images_per_s.is_finite()
+                && rep.images_per_s >= 1e-3
+                && rep.images_per_s <= 1e9)
+            {
                 bail!(
-                    "{origin}:{}: images_per_s must be a positive number, got {}",
+                    "{origin}:{}: images_per_s must be a number from 0.001 to 1e9, got {}",
                     i + 1,
                     rep.images_per_s
                 );
             }
-            r.by.insert((rep.kind.name(), rep.batch), rep);
+            if rep.batch == 0 || rep.img_size == 0 || rep.accum_steps == 0 {
+                bail!(
+                    "{origin}:{}: batch, img_size and accum_steps must be at least 1",
+                    i + 1
+                );
+            }
+            r.by.insert((rep.kind.name(), rep.batch, rep.accum_steps), rep);
         }
         if r.by.is_empty() {
             bail!("{origin}: no `idat-pipe bench --json` report in it (lines starting with `{{`)");
@@ -85,13 +94,22 @@ impl Rates {
         Ok(all)
     }
 
-    /// The report of `kind` at `batch`, else at the batch nearest to it.
-    fn get(&self, kind: StepKind, batch: usize) -> Option<&StepReport> {
+    /// The report of `kind` at `batch` with `accum` micro-batches; else the nearest batch,
+    /// the same accumulation first.
+    fn get(&self, kind: StepKind, batch: usize, accum: usize) -> Option<&StepReport> {
         self.by
             .iter()
-            .filter(|((k, _), _)| *k == kind.name())
-            .min_by_key(|((_, b), _)| b.abs_diff(batch))
+            .filter(|((k, _, _), _)| *k == kind.name())
+            .min_by_key(|((_, b, a), _)| (*a != accum, b.abs_diff(batch)))
             .map(|(_, r)| r)
+    }
+
+    /// The distinct devices the reports were measured on.
+    fn devices(&self) -> Vec<&str> {
+        let mut d: Vec<&str> = self.by.values().map(|r| r.device.as_str()).collect();
+        d.sort_unstable();
+        d.dedup();
+        d
     }
 }
 
@@ -104,6 +122,10 @@ pub struct PartRate {
     pub measured: String,
     /// The batch size it was measured at.
     pub batch: usize,
+    /// Its gradient accumulation (training kinds; 1 for evaluations).
+    pub accum_steps: usize,
+    /// The image size it was measured at.
+    pub img_size: usize,
     /// True when an evaluation rate is bounded by a training step's rate (no evaluation
     /// was measured): the time is an upper bound.
     pub bound: bool,
@@ -120,6 +142,8 @@ pub struct InstanceBudget {
     pub uses: String,
     /// Its task.
     pub task: String,
+    /// Its adapter method (`idat-pipe bench` measures `seq_adapter`).
+    pub adapter: String,
     /// Test images evaluated per evaluation.
     pub test_images: usize,
     /// Training steps (0 for `eval`).
@@ -177,6 +201,9 @@ pub struct Budget {
     pub margin: f64,
 }
 
+/// A year in seconds: no budget is longer.
+const YEAR_S: f64 = 365.0 * 86_400.0;
+
 /// VTAB-1K training images (`train800val200`), which training reads.
 fn train_images() -> usize {
     SPLIT_SIZES
@@ -187,10 +214,16 @@ fn train_images() -> usize {
 
 /// The rate of `kind` at `batch` ([`PartRate`]); an evaluation kind that was not measured
 /// falls back to `step` (bounded).
-fn part_rate(rates: &Rates, kind: StepKind, step: StepKind, batch: usize) -> Result<PartRate> {
-    let (rep, bound) = match rates.get(kind, batch) {
+fn part_rate(
+    rates: &Rates,
+    kind: StepKind,
+    step: StepKind,
+    batch: usize,
+    accum: usize,
+) -> Result<PartRate> {
+    let (rep, bound) = match rates.get(kind, batch, if kind.is_eval() { 1 } else { accum }) {
         Some(r) => (r, false),
-        None => match rates.get(step, batch) {
+        None => match rates.get(step, batch, accum) {
             Some(r) if kind.is_eval() => (r, true),
             _ => bail!(
                 "the rates hold no `{}` report (run `idat-pipe bench --mode {} --json`)",
@@ -203,6 +236,8 @@ fn part_rate(rates: &Rates, kind: StepKind, step: StepKind, batch: usize) -> Res
         images_per_s: rep.images_per_s,
         measured: rep.kind.name().into(),
         batch: rep.batch,
+        accum_steps: rep.accum_steps,
+        img_size: rep.img_size,
         bound,
     })
 }
@@ -212,7 +247,11 @@ fn part_rate(rates: &Rates, kind: StepKind, step: StepKind, batch: usize) -> Res
 ///
 /// # Errors
 /// Its `with` cannot be read (named), its task is not a VTAB-1K task, or a rate is missing.
-fn instance_budget(inst: &Instance, rates: &Rates) -> Result<Option<InstanceBudget>> {
+fn instance_budget(
+    inst: &Instance,
+    pipeline: &Loaded,
+    rates: &Rates,
+) -> Result<Option<InstanceBudget>> {
     let (train_kind, eval_kind) = match inst.uses.as_str() {
         "train/adapt" => (Some(StepKind::At), StepKind::EvalAt),
         "train/idat" => (Some(StepKind::Idat), StepKind::EvalIdat),
@@ -231,6 +270,13 @@ fn instance_budget(inst: &Instance, rates: &Rates) -> Result<Option<InstanceBudg
             .context("no `task` in its `with:` or matrix")?
             .to_string(),
     };
+    let size = vtab_data(inst, pipeline, &task)?;
+    let adapter = inst
+        .with
+        .pointer("/adapter/method")
+        .and_then(|m| m.as_str())
+        .unwrap_or("seq_adapter")
+        .to_string();
     let info = task_info(&task)
         .with_context(|| format!("`{task}` is not a VTAB-1K task: its test size is unknown"))?;
     // An integer of `with` (`batch_size`, `eval_every`), else the kind's default.
@@ -242,11 +288,13 @@ fn instance_budget(inst: &Instance, rates: &Rates) -> Result<Option<InstanceBudg
     };
     let Some(train_kind) = train_kind else {
         let batch = int_or("batch_size", 64);
-        let rate = part_rate(rates, eval_kind, StepKind::At, batch)?;
+        let rate = part_rate(rates, eval_kind, StepKind::At, batch, 1)?;
+        same_size(&rate, size)?;
         return Ok(Some(InstanceBudget {
             id: inst.id.clone(),
             stage: inst.stage.clone(),
             uses: inst.uses.clone(),
+            adapter: adapter.clone(),
             task,
             test_images: info.test_size,
             steps: 0,
@@ -268,12 +316,23 @@ fn instance_budget(inst: &Instance, rates: &Rates) -> Result<Option<InstanceBudg
     let evaluations = (0..epochs)
         .filter(|e| e + 1 == epochs || (e + 1) % eval_every == 0)
         .count();
-    let train_rate = part_rate(rates, train_kind, train_kind, bs)?;
-    let eval_rate = part_rate(rates, eval_kind, train_kind, bs)?;
+    let accum = optim.accum_steps.max(1);
+    let train_rate = part_rate(rates, train_kind, train_kind, bs, accum)?;
+    // The loop evaluates in micro-batches with accumulation.
+    let eval_rate = part_rate(
+        rates,
+        eval_kind,
+        train_kind,
+        optim.micro_batch().max(1),
+        accum,
+    )?;
+    same_size(&train_rate, size)?;
+    same_size(&eval_rate, size)?;
     Ok(Some(InstanceBudget {
         id: inst.id.clone(),
         stage: inst.stage.clone(),
         uses: inst.uses.clone(),
+        adapter: adapter.clone(),
         task,
         test_images: info.test_size,
         steps,
@@ -285,9 +344,66 @@ fn instance_budget(inst: &Instance, rates: &Rates) -> Result<Option<InstanceBudg
     }))
 }
 
+/// The image size `inst`'s data is decoded at, after checking that the data is VTAB-1K:
+/// `inst.with.data` names a `data/decode` stage whose instance for `task` reads a
+/// `dataset/vtab1k` stage (the only benchmark whose split sizes budget knows).
+///
+/// # Errors
+/// Another source, named with its kind and stage; a chain that cannot be followed.
+fn vtab_data(inst: &Instance, pipeline: &Loaded, task: &str) -> Result<usize> {
+    let data = inst
+        .with
+        .get("data")
+        .and_then(|d| d.as_str())
+        .context("no `data` stage in its `with:`")?;
+    let decode = pipeline
+        .instances
+        .iter()
+        .filter(|d| d.stage == data)
+        .find(|d| d.with.get("task").and_then(|t| t.as_str()) == Some(task))
+        .with_context(|| format!("stage `{data}` has no instance for task `{task}`"))?;
+    let dataset = decode
+        .with
+        .get("dataset")
+        .and_then(|d| d.as_str())
+        .with_context(|| format!("stage `{data}` names no `dataset` stage"))?;
+    let uses = pipeline
+        .stages
+        .iter()
+        .find(|(id, _)| id == dataset)
+        .map(|(_, spec)| spec.uses.as_str())
+        .unwrap_or("?");
+    if uses != "dataset/vtab1k" {
+        bail!(
+            "its data come from `{uses}` (stage `{dataset}`): budget knows the split sizes of \
+             VTAB-1K (`dataset/vtab1k`) only; time one of its epochs instead (its log's epoch lines)"
+        );
+    }
+    Ok(decode
+        .with
+        .get("size")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(224) as usize)
+}
+
+/// An error unless `rate` was measured at the image size the instance's data has.
+fn same_size(rate: &PartRate, size: usize) -> Result<()> {
+    if rate.img_size != size {
+        bail!(
+            "the `{}` rate was measured at {}x{} images, its data is decoded at {size}x{size}: \
+             run `idat-pipe bench` with models of that size",
+            rate.measured,
+            rate.img_size,
+            rate.img_size
+        );
+    }
+    Ok(())
+}
+
 /// `seconds` as a limit to write: rounded up to the quarter hour, `2h15m`-style.
 pub fn limit_text(seconds: f64) -> (String, u64) {
-    let quarters = (seconds / 900.0).ceil().max(1.0) as u64;
+    // Budgets are at most a year (checked by `budget`); the cast saturates anyway.
+    let quarters = (seconds / 900.0).ceil().clamp(1.0, 1e12) as u64;
     let (h, m) = (quarters / 4, (quarters % 4) * 15);
     let text = match (h, m) {
         (0, m) => format!("{m}m"),
@@ -303,13 +419,18 @@ pub fn limit_text(seconds: f64) -> (String, u64) {
 /// # Errors
 /// A margin below 1.
 pub fn budget(pipeline: &Loaded, rates: &Rates, margin: f64) -> Result<Budget> {
-    if !(margin.is_finite() && margin >= 1.0) {
-        bail!("--margin must be at least 1 (got {margin})");
+    if !(margin.is_finite() && (1.0..=100.0).contains(&margin)) {
+        bail!("--margin must be a number from 1 to 100 (got {margin})");
     }
     let mut instances = Vec::new();
     let mut skipped = Vec::new();
     for inst in &pipeline.instances {
-        match instance_budget(inst, rates) {
+        match instance_budget(inst, pipeline, rates) {
+            Ok(Some(b)) if b.total_s() * margin > YEAR_S => bail!(
+                "`{}` would take {} at these rates (over a year): check the rates files",
+                b.id,
+                duration_text(b.total_s())
+            ),
             Ok(Some(b)) => instances.push(b),
             Ok(None) => {}
             Err(e) => skipped.push((inst.id.clone(), format!("{e:#}"))),
@@ -361,15 +482,84 @@ pub fn duration_text(seconds: f64) -> String {
     }
 }
 
-/// Where the rates come from, one line per report used.
+/// Where the rates come from, one line per report.
 fn rates_text(rates: &Rates) -> String {
     let mut out = String::new();
-    for ((kind, batch), r) in &rates.by {
+    for ((kind, batch, accum), r) in &rates.by {
+        let accum = if *accum > 1 {
+            format!(", {accum} micro-batches")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "- `{kind}` batch {batch}: {:.1} images/s on {} ({}, {} threads)",
-            r.images_per_s, r.device, r.precision, r.threads
+            "- `{kind}` batch {batch}{accum}, {s}x{s}: {:.1} images/s on {} ({}, threads: {})",
+            r.images_per_s,
+            // candle's `Device` Debug text for the CPU is `Cpu`.
+            if r.device == "Cpu" { "cpu" } else { &r.device },
+            r.precision,
+            r.threads,
+            s = r.img_size,
         );
+    }
+    out
+}
+
+/// What a reader of the numbers should know: bounded evaluations, rates from several
+/// machines, an evaluation measured slower than its training step.
+fn caveats(b: &Budget, rates: &Rates) -> Vec<String> {
+    let mut out = Vec::new();
+    if b.instances.iter().any(|i| i.eval_rate.bound) {
+        out.push(
+            "(at most): the rates hold no evaluation rate (`idat-pipe bench --mode eval`), so \
+             evaluation is bounded by the training step's rate: a step runs the same forward \
+             passes plus a backward on as many images."
+                .to_string(),
+        );
+    }
+    let mut others: Vec<&str> = b
+        .instances
+        .iter()
+        .filter(|i| i.uses != "eval" && i.adapter != "seq_adapter")
+        .map(|i| i.adapter.as_str())
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    if !others.is_empty() {
+        out.push(format!(
+            "`idat-pipe bench` measures `seq_adapter`; the instances with {} take the same \
+             rates here, though their adapters cost more or less (VPT adds prompt tokens).",
+            others.join(", ")
+        ));
+    }
+    let devices = rates.devices();
+    if devices.len() > 1 {
+        out.push(format!(
+            "Warning: the rates come from {} different machines or devices ({}); a budget \
+             mixes them.",
+            devices.len(),
+            devices.join("; ")
+        ));
+    }
+    for (eval, step) in [
+        (StepKind::EvalAt, StepKind::At),
+        (StepKind::EvalIdat, StepKind::Idat),
+    ] {
+        let slower = rates.by.values().filter(|e| e.kind == eval).any(|e| {
+            rates
+                .by
+                .values()
+                .any(|t| t.kind == step && t.batch == e.batch && t.images_per_s > e.images_per_s)
+        });
+        if slower {
+            out.push(format!(
+                "Warning: `{}` was measured slower than the `{}` training step of the same \
+                 batch, which runs the same forward passes and a backward: rerun `idat-pipe \
+                 bench` with more `--steps` on a quiet machine.",
+                eval.name(),
+                step.name()
+            ));
+        }
     }
     out
 }
@@ -377,6 +567,42 @@ fn rates_text(rates: &Rates) -> String {
 /// The Markdown report: per instance, per stage, what was left out, and the rates used.
 pub fn markdown(b: &Budget, rates: &Rates) -> String {
     let mut out = String::new();
+    if b.instances.is_empty() {
+        let _ = writeln!(
+            out,
+            "Nothing budgeted: no `train/adapt`, `train/idat` or `eval` instance with a budget."
+        );
+    } else {
+        instance_table(&mut out, b);
+        stage_table(&mut out, b);
+    }
+    for c in caveats(b, rates) {
+        let _ = writeln!(out, "\n{c}");
+    }
+    // Instances left out, grouped by why.
+    let mut why: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, reason) in &b.skipped {
+        why.entry(reason).or_default().push(id);
+    }
+    for (reason, ids) in why {
+        let shown: Vec<String> = ids.iter().take(3).map(|i| format!("`{i}`")).collect();
+        let more = ids.len().saturating_sub(3);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "\nNot budgeted: {}{more}: {reason}.", shown.join(", "));
+    }
+    let _ = write!(
+        out,
+        "\nRates (`idat-pipe bench --json`):\n{}",
+        rates_text(rates)
+    );
+    out
+}
+
+fn instance_table(out: &mut String, b: &Budget) {
     let _ = writeln!(
         out,
         "| instance | test images | steps | evaluations | training | evaluation | total |\n|---|---|---|---|---|---|---|"
@@ -401,6 +627,9 @@ pub fn markdown(b: &Budget, rates: &Rates) -> String {
         "\nAll instances, one after the other: {}.",
         duration_text(total)
     );
+}
+
+fn stage_table(out: &mut String, b: &Budget) {
     let _ = writeln!(
         out,
         "\n| stage | instances | longest | its time | x {} rounded up | `resources.time` |\n|---|---|---|---|---|---|",
@@ -423,30 +652,12 @@ pub fn markdown(b: &Budget, rates: &Rates) -> String {
             verdict
         );
     }
-    if b.instances.iter().any(|i| i.eval_rate.bound) {
-        let _ = writeln!(
-            out,
-            "\n(at most): the rates hold no evaluation rate (`idat-pipe bench --mode eval`), so \
-             evaluation is bounded by the training step's rate: a step runs the same forward \
-             passes plus a backward on as many images."
-        );
-    }
-    for (id, why) in &b.skipped {
-        let _ = writeln!(out, "\nNot budgeted: `{id}`: {why}.");
-    }
-    let _ = write!(
-        out,
-        "\nRates (`idat-pipe bench --json`):\n{}",
-        rates_text(rates)
-    );
-    out
 }
 
-/// Runs `idat-pipe budget`: the report on stdout; with `check`, exit 1 when a stage's limit
-/// is too short (named on stderr).
-///
-/// # Errors
-/// Unreadable or bad rates files, a bad margin.
+/// Runs `idat-pipe budget`: the report on stdout. Bad rates files or options exit 2 (as
+/// an invalid pipeline does). With `check`, exit 1 when a stage's limit is too short, when a
+/// training or evaluation instance could not be budgeted, or when nothing was (each named
+/// on stderr).
 pub fn cmd(
     pipeline: &Loaded,
     rates: &[std::path::PathBuf],
@@ -454,30 +665,50 @@ pub fn cmd(
     json: bool,
     check: bool,
 ) -> Result<std::process::ExitCode> {
-    let rates = Rates::read(rates)?;
-    let b = budget(pipeline, &rates, margin)?;
+    use std::process::ExitCode;
+    let computed = Rates::read(rates).and_then(|r| Ok((budget(pipeline, &r, margin)?, r)));
+    let (b, rates) = match computed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(crate::cli::EXIT_INVALID));
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&b)?);
     } else {
         print!("{}", markdown(&b, &rates));
     }
-    let short: Vec<&StageBudget> = b.stages.iter().filter(|s| s.too_short).collect();
-    if check && !short.is_empty() {
-        for s in short {
-            eprintln!(
-                "{}: stages.{}.resources.time is {} but its longest instance `{}` needs {} \
-                 (x {margin}): write `time: {}`",
-                pipeline.file.display(),
-                s.stage,
-                s.limit.as_deref().unwrap_or("?"),
-                s.longest,
-                duration_text(s.longest_s),
-                s.suggested
-            );
-        }
-        return Ok(std::process::ExitCode::from(1));
+    if !check {
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    let file = pipeline.file.display();
+    let mut failed = false;
+    for s in b.stages.iter().filter(|s| s.too_short) {
+        failed = true;
+        eprintln!(
+            "{file}: stages.{}.resources.time is {} but its longest instance `{}` needs {} \
+             (x {margin}): write `time: {}`",
+            s.stage,
+            s.limit.as_deref().unwrap_or("?"),
+            s.longest,
+            duration_text(s.longest_s),
+            s.suggested
+        );
+    }
+    for (id, why) in &b.skipped {
+        failed = true;
+        eprintln!("{file}: `{id}` was not budgeted: {why}");
+    }
+    if b.instances.is_empty() && b.skipped.is_empty() {
+        failed = true;
+        eprintln!("{file}: nothing to check: no train/adapt, train/idat or eval instance");
+    }
+    Ok(if failed {
+        ExitCode::from(crate::cli::EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
@@ -609,10 +840,90 @@ stages:
     }
 
     #[test]
+    fn only_vtab_data_at_the_measured_size_is_budgeted() {
+        // The same pipeline with the data from the mini benchmark, then decoded at 32 px.
+        let mini = PIPELINE.replace(
+            "uses: dataset/vtab1k\n    with: {source: {kind: local, path: /nonexistent}, tasks: [dtd, dsprites_loc]}",
+            "uses: dataset/mini\n    with: {tasks: [dtd, dsprites_loc]}",
+        );
+        assert_ne!(mini, PIPELINE);
+        let rates = [
+            report(StepKind::At, 64, 10.0),
+            report(StepKind::Idat, 64, 5.0),
+        ]
+        .join("\n");
+        let rates = Rates::parse(&rates, "r").unwrap();
+        let l = crate::config::load_str("m.yaml", &mini, &[], &crate::builtin_registry())
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let b = budget(&l, &rates, 1.5).unwrap();
+        assert!(b.instances.is_empty(), "{:?}", b.instances);
+        assert!(
+            b.skipped[0].1.contains("`dataset/mini` (stage `data`)"),
+            "{:?}",
+            b.skipped
+        );
+        let small = PIPELINE.replace("size: 224", "size: 32");
+        let l = crate::config::load_str("s.yaml", &small, &[], &crate::builtin_registry())
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let b = budget(&l, &rates, 1.5).unwrap();
+        assert!(b.instances.is_empty());
+        assert!(b.skipped[0]
+            .1
+            .contains("measured at 224x224 images, its data is decoded at 32x32"));
+        let md = markdown(&b, &rates);
+        // Grouped by reason: one line for the `at` rate's instances, one for `idat`'s.
+        assert_eq!(md.matches("Not budgeted:").count(), 2, "{md}");
+        assert!(md.contains("`ev[task=dtd]`: the `at` rate"), "{md}");
+        assert!(md.starts_with("Nothing budgeted"), "{md}");
+    }
+
+    #[test]
+    fn rates_with_the_same_accumulation_are_preferred_and_extremes_are_refused() {
+        let mut acc = report(StepKind::At, 64, 50.0);
+        acc = acc.replace("\"products\":\"\"", "\"products\":\"\",\"accum_steps\":2");
+        assert!(acc.contains("accum_steps"));
+        let text = [
+            report(StepKind::At, 64, 100.0),
+            acc,
+            report(StepKind::Idat, 64, 50.0),
+        ];
+        let rates = Rates::parse(&text.join("\n"), "r").unwrap();
+        let b = budget(&loaded(), &rates, 1.5).unwrap();
+        let dtd = &b.instances[0];
+        assert_eq!(dtd.train_rate.as_ref().unwrap().images_per_s, 100.0);
+        let two = loaded_with(&["stages.at.with.optim.accum_steps=2"]);
+        let b = budget(&two, &rates, 1.5).unwrap();
+        let r = b.instances[0].train_rate.as_ref().unwrap();
+        assert_eq!((r.images_per_s, r.accum_steps), (50.0, 2));
+        // Margins outside 1..=100, and budgets over a year, are errors, not overflows.
+        for m in [0.5, 101.0, f64::INFINITY, f64::NAN] {
+            assert!(budget(&loaded(), &rates, m).is_err(), "{m}");
+        }
+        let slow = [
+            report(StepKind::At, 64, 0.001),
+            report(StepKind::Idat, 64, 0.001),
+        ];
+        let e = budget(
+            &loaded(),
+            &Rates::parse(&slow.join("\n"), "r").unwrap(),
+            1.5,
+        );
+        assert!(e.unwrap_err().to_string().contains("over a year"));
+        assert!(Rates::parse(&report(StepKind::At, 64, 1e300), "r").is_err());
+    }
+
+    fn loaded_with(sets: &[&str]) -> Loaded {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        crate::config::load_str("budget.yaml", PIPELINE, &sets, &crate::builtin_registry())
+            .unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    #[test]
     fn limits_round_up_to_the_quarter_hour() {
         assert_eq!(limit_text(1.0), ("15m".into(), 900));
         assert_eq!(limit_text(3600.0), ("1h".into(), 3600));
         assert_eq!(limit_text(3601.0), ("1h15m".into(), 4500));
+        assert_eq!(limit_text(1e300).1, 900_000_000_000_000);
         assert_eq!(duration_text(59.6), "1m00s");
         assert_eq!(duration_text(7322.0), "2h02m");
     }
