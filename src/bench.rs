@@ -254,7 +254,7 @@ fn check_bench(b: &StepBench) -> Result<()> {
     if b.steps == 0 || b.batch == 0 {
         bail!("bench: --steps and --batch must be at least 1");
     }
-    if b.accum_steps == 0 || b.batch % b.accum_steps != 0 {
+    if b.accum_steps == 0 || !b.batch.is_multiple_of(b.accum_steps) {
         bail!(
             "bench: --accum-steps {} must be at least 1 and divide --batch {}",
             b.accum_steps,
