@@ -4,7 +4,7 @@
 use crate::cache::gc::{gc, status};
 use crate::cache::Cache;
 use crate::config::{load, Diagnostic, Loaded};
-use crate::exec::run::{exec_one, run, OneRequest, RunError, RunRequest};
+use crate::exec::run::{check, exec_one, run, OneRequest, RunError, RunRequest};
 use crate::exec::{plan, Decision, Failure, Outcome, RunSummary};
 use crate::graph::Graph;
 use crate::stages::Registry;
@@ -482,19 +482,6 @@ fn cmd_run(
     resume: &str,
 ) -> anyhow::Result<ExitCode> {
     with_loaded(registry, &a.p, |l| {
-        if a.dry_run {
-            let g = Graph::build(l);
-            let f = match g.forced(l, &a.force) {
-                Ok(f) => f,
-                Err(m) => {
-                    eprintln!("error: {m}");
-                    return Ok(ExitCode::from(EXIT_INVALID));
-                }
-            };
-            let cache = Cache::open_read_only(cache_dir);
-            print_plan(&g, &plan(&g, &cache, registry, &f));
-            return Ok(ExitCode::SUCCESS);
-        }
         let req = RunRequest {
             cache_dir,
             runs_dir: &a.runs_dir,
@@ -509,19 +496,37 @@ fn cmd_run(
             quiet,
             cancel: cancel_flag(),
         };
+        if a.dry_run {
+            // The options the real run would refuse are refused here too, with its messages.
+            let f = match check(l, registry, &req) {
+                Ok(f) => f,
+                Err(e) => return invalid_or_failed(e),
+            };
+            let g = Graph::build(l);
+            let cache = Cache::open_read_only(cache_dir);
+            print_plan(&g, &plan(&g, &cache, registry, &f));
+            return Ok(ExitCode::SUCCESS);
+        }
         match run(l, registry, &req) {
             Ok(o) => {
                 // Results first (stdout), the tally last (stderr).
                 print!("{}", o.summaries);
                 Ok(report_run(&o.summary, &o.record_dir, quiet, resume))
             }
-            Err(RunError::Invalid(m)) => {
-                eprintln!("error: {m}");
-                Ok(ExitCode::from(EXIT_INVALID))
-            }
-            Err(RunError::Failed(e)) => Err(e),
+            Err(e) => invalid_or_failed(e),
         }
     })
+}
+
+/// A [`RunError`] as the command's result: bad input prints `error:` and exits 2.
+fn invalid_or_failed(e: RunError) -> anyhow::Result<ExitCode> {
+    match e {
+        RunError::Invalid(m) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        RunError::Failed(e) => Err(e),
+    }
 }
 
 /// The tally, then every failure with its error, log tail and log path, and how to resume;

@@ -236,3 +236,109 @@ fn accum_steps_can_be_set_on_the_shipped_vtab_pipeline() {
          batch_size 64",
         ));
 }
+
+const STAGES_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/pipelines/stages_data.yaml"
+);
+
+/// `idat-pipe --cache-dir D/cache run STAGES_DATA --runs-dir D/runs ARGS`: exit code, and
+/// stdout then stderr.
+fn run_in(d: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .args(["run", STAGES_DATA, "--runs-dir"])
+        .arg(d.join("runs"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = [out.stdout, out.stderr].concat();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_on_a_cpu_build_is_refused_before_anything_runs() {
+    let d = tempfile::tempdir().unwrap();
+    for device in ["cuda", "cuda:1"] {
+        for extra in [&[][..], &["--dry-run"], &["--gpus", "2"]] {
+            let mut args = vec!["--device", device];
+            args.extend_from_slice(extra);
+            let (code, err) = run_in(d.path(), &args);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!(
+                    "device `{device}` asked for, but this idat-pipe was built without CUDA"
+                )) && err.contains("scripts/cuda-build.sh"),
+                "{args:?}: {err}"
+            );
+            // Nothing ran: no cache, no run record, no instance line.
+            assert!(!err.contains("ran ") && !err.contains("FAILED"), "{err}");
+            assert!(!d.path().join("cache").exists() && !d.path().join("runs").exists());
+        }
+    }
+}
+
+#[test]
+fn dry_run_refuses_the_placement_flags_the_real_run_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    for (args, msg) in [
+        (
+            &["--device", "cuda:abc"][..],
+            "device `cuda:abc`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--device", "gpu"],
+            "device `gpu`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--device", "cuda:-1"],
+            "device `cuda:-1`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--executor", "nosuch"],
+            "unknown executor `nosuch` (executors: local, slurm)",
+        ),
+        (
+            &["--executor", "slurm", "--gpus", "2"],
+            "--gpus places instances on this machine's GPUs",
+        ),
+    ] {
+        let (real, real_err) = run_in(d.path(), args);
+        let dry: Vec<&str> = args.iter().copied().chain(["--dry-run"]).collect();
+        let (code, err) = run_in(d.path(), &dry);
+        assert_eq!(
+            (code, real),
+            (Some(2), Some(2)),
+            "{args:?}: {err} / {real_err}"
+        );
+        assert!(
+            err.contains(msg) && real_err.contains(msg),
+            "{args:?}: {err} / {real_err}"
+        );
+        assert!(!err.contains("will run"), "{args:?} printed a plan: {err}");
+    }
+    // Good flags still print the plan.
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .args([
+            "run",
+            STAGES_DATA,
+            "--dry-run",
+            "--device",
+            "cpu",
+            "--gpus",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("will run"));
+}
