@@ -202,10 +202,7 @@ enum Command {
 
 /// `--gpu-mem`: `resources.mem`'s syntax, in bytes.
 fn gpu_mem_arg(text: &str) -> Result<u64, String> {
-    match crate::config::resources::bytes(text, "--gpu-mem")? {
-        0 => Err("--gpu-mem must be above zero".into()),
-        n => Ok(n),
-    }
+    crate::config::resources::gpu_bytes(text, "--gpu-mem")
 }
 
 fn default_jobs() -> usize {

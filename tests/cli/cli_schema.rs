@@ -210,7 +210,7 @@ fn accum_steps_that_does_not_divide_the_batch_is_refused_at_validate() {
             "write a divisor of 36 (1, 2, 3, 4, 6, 9, 12, 18, 36)",
         ));
     validate("0", "1").code(2).stderr(contains(
-        "at `stages.pre.with.optim.accum_steps`: expected an integer from 1 to",
+        "at `stages.pre.with.optim.accum_steps`: expected an integer of at least 1, got 0",
     ));
 }
 

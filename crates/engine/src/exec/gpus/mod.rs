@@ -233,6 +233,6 @@ pub fn for_run(ask: &Ask) -> Result<CardSet, String> {
 pub fn gpu_mem(r: &Resources) -> Result<Option<u64>, String> {
     r.gpu_mem
         .as_deref()
-        .map(|m| crate::config::resources::bytes(m, "resources.gpu_mem"))
+        .map(|m| crate::config::resources::gpu_bytes(m, "resources.gpu_mem"))
         .transpose()
 }
