@@ -103,7 +103,26 @@ fn executor(
         per_gpu: req.per_gpu,
         cancel: req.cancel.clone(),
     };
-    plugin::build(registry, loaded, req.executor, &setup).map_err(RunError::Invalid)
+    let executor =
+        plugin::build(registry, loaded, req.executor, &setup).map_err(RunError::Invalid)?;
+    // The local executor places on this machine's cards (`cards()` is `None` there under
+    // `--device cpu` without `--gpus`); others get their GPUs elsewhere.
+    let name = req
+        .executor
+        .or(loaded.executor.as_deref())
+        .unwrap_or("local");
+    if name == <super::local::Local as plugin::ExecutorPlugin>::NAME {
+        let g = Graph::build(loaded);
+        let gpu = || g.instances.iter().filter(|i| i.resources.gpus > 0);
+        let demand = super::gpus::advice::Demand {
+            gpu_instances: gpu().count(),
+            with_gpu_mem: gpu().filter(|i| i.resources.gpu_mem.is_some()).count(),
+        };
+        for w in super::gpus::advice::warnings(executor.cards(), demand, req.gpu_mem, req.per_gpu) {
+            tracing::warn!("{w}");
+        }
+    }
+    Ok(executor)
 }
 
 /// What `run --dry-run` checks: every option [`run`] would refuse (`--force`, `--device`,

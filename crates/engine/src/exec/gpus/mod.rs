@@ -10,6 +10,7 @@
 //! and [`check_free`] looks at a card's free memory when a packed instance starts.
 //!
 //! Every query of the machine goes through the [`Driver`] trait, so tests use a fake list.
+pub mod advice;
 mod check;
 pub mod nvml;
 pub mod pool;

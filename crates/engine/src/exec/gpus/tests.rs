@@ -386,3 +386,53 @@ fn preflight_names_the_cards_then_checks_each_or_says_why_not() {
     assert!(ok.is_ok());
     assert_eq!(preflight("cpu", &[], Some(G), Ok(&d)).0.len(), 0);
 }
+
+#[test]
+fn placement_flags_and_gpu_mem_that_do_nothing_are_warned_about_once() {
+    use super::advice::{warnings, Demand};
+    let d = |gpu_instances, with_gpu_mem| Demand {
+        gpu_instances,
+        with_gpu_mem,
+    };
+    // Packing off: the cards' memory is unknown and --gpu-mem not given.
+    let w = warnings(Some(&set(2, None, None)), d(4, 3), None, None);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("3 instance(s) state resources.gpu_mem, but the memory of cuda:0 (GPU 0), cuda:1 (GPU 1) is unknown")
+            && w[0].contains("each takes a card alone; give --gpu-mem SIZE"),
+        "{w:?}"
+    );
+    // Known memory, or --per-gpu sharing anyway, or nobody states gpu_mem: nothing to say.
+    assert!(warnings(
+        Some(&set(2, Some(80 * G), None)),
+        d(4, 3),
+        Some(80 * G),
+        None
+    )
+    .is_empty());
+    assert!(warnings(Some(&set(2, None, Some(2))), d(4, 3), None, Some(2)).is_empty());
+    assert!(warnings(Some(&set(2, None, None)), d(4, 0), None, None).is_empty());
+    // --gpu-mem with no stage stating gpu_mem.
+    let w = warnings(Some(&set(2, Some(8 * G), None)), d(4, 0), Some(8 * G), None);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("--gpu-mem ignored: no stage states resources.gpu_mem"),
+        "{w:?}"
+    );
+    // --device cpu without --gpus: no card is counted.
+    let w = warnings(None, d(4, 3), Some(8 * G), Some(2));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "--gpu-mem (8.0 GiB) and --per-gpu 2 ignored: under --device cpu without --gpus"
+        ),
+        "{w:?}"
+    );
+    assert!(warnings(None, d(4, 3), None, None).is_empty());
+    // No GPU instance at all.
+    let w = warnings(Some(&set(1, None, Some(2))), d(0, 0), None, Some(2));
+    assert_eq!(
+        w,
+        ["--per-gpu 2 ignored: no stage of this pipeline declares resources.gpus"]
+    );
+}
