@@ -836,7 +836,7 @@ fn t_gpu_placement() {
     let log = lines(&log_of(&run, "train_n=1_-"));
     assert!(
         log.first()
-            .is_some_and(|l| l.ends_with("device cuda:0 on cuda:0 (GPU 0)")),
+            .is_some_and(|l| l.ends_with("device cuda:0 (GPU 0)")),
         "{log:?}"
     );
     let trace = std::fs::read_to_string(run.join("trace.csv")).unwrap();

@@ -44,6 +44,12 @@ fn env(v: &str, d: &dyn Driver) -> Vec<Card> {
     visible(Some(v), d, || 0).0
 }
 
+/// Why `CUDA_VISIBLE_DEVICES=v` ended early, as [`Source::describe`] says it.
+fn ended(v: &str, d: &dyn Driver) -> String {
+    let (cards, source) = visible(Some(v), d, || 0);
+    source.describe(cards.len())
+}
+
 fn ids(cards: &[Card]) -> Vec<String> {
     cards.iter().map(|c| c.id.clone()).collect()
 }
@@ -89,6 +95,48 @@ fn cuda_visible_devices_follows_cudas_rules() {
     assert_eq!(c[1].total, None);
     assert_eq!(ids(&env("0,-1", &NoDriver)), ["0"]);
     assert_eq!(ids(&env("03,3,1", &NoDriver)), ["3"], "03 is card 3");
+}
+
+#[test]
+fn the_entry_that_ends_cuda_visible_devices_is_named() {
+    let d = Fake::new(8);
+    let tail =
+        "; CUDA ignores what follows it (fix the entry or list more cards there, or unset it)";
+    for (v, n, why) in [
+        (
+            "0,-1,2",
+            1,
+            "`-1`, not a card index, `GPU-` UUID or `MIG-` id",
+        ),
+        ("1,1", 1, "`1`, listed twice"),
+        ("3,GPU-0003", 1, "`GPU-0003`, GPU 3 listed twice"),
+        ("1,9,2", 1, "`9`, no such card (the driver lists 8)"),
+        ("1,,2", 1, "an empty entry"),
+        ("1,GPU-000", 1, "`GPU-000`, a UUID prefix of 8 cards"),
+        (
+            "GPU-ffff",
+            0,
+            "`GPU-ffff`, a UUID no card of the driver has",
+        ),
+        (
+            "MIG-a/1/0,MIG-a/2/0",
+            1,
+            "`MIG-a/2/0`, a second MIG device (CUDA uses one)",
+        ),
+    ] {
+        assert_eq!(
+            ended(v, &d),
+            format!("CUDA_VISIBLE_DEVICES=`{v}` makes {n} visible: the list ends at {why}{tail}")
+        );
+    }
+    assert_eq!(
+        ended("0,-1", &NoDriver),
+        format!("CUDA_VISIBLE_DEVICES=`0,-1` makes 1 visible: the list ends at `-1`, not a card index, `GPU-` UUID or `MIG-` id{tail}")
+    );
+    // A list read to its end, or empty, has nothing to name.
+    for v in ["2,5", ""] {
+        assert!(ended(v, &d).ends_with("visible (list more cards there, or unset it)"));
+    }
 }
 
 #[test]
@@ -362,7 +410,7 @@ fn preflight_names_the_cards_then_checks_each_or_says_why_not() {
     assert_eq!(
         lines,
         [
-            "device cuda:0 on cuda:0 (GPU 1), NVIDIA H100 80GB HBM3, 80.0 GiB usable; \
+            "device cuda:0 (GPU 1), NVIDIA H100 80GB HBM3, 80.0 GiB usable; \
           cuda:1 (GPU 3), NVIDIA H100 80GB HBM3, 80.0 GiB usable"
         ]
     );
