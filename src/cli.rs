@@ -65,13 +65,17 @@ struct RunArgs {
     /// CPU slots: independent instances run in parallel up to this many.
     #[arg(long, short, default_value_t = default_jobs())]
     jobs: usize,
-    /// Use only the first N visible GPUs (`CUDA_VISIBLE_DEVICES`, else every card the
-    /// driver lists); where no driver answers (a CPU-only machine) it declares N cards.
-    /// Each running instance with `resources.gpus: k` gets k cards of its own. With
-    /// `--device cpu`: N slots that bound GPU instances (default: none counted).
+    /// Use only the first N visible GPUs: those `CUDA_VISIBLE_DEVICES` lists, else every
+    /// card the driver (NVML) lists, else one per `/dev/nvidiaN` file. More than are visible
+    /// is an error, except where only `/dev/nvidiaN` files tell (no NVML and no
+    /// `CUDA_VISIBLE_DEVICES`, as on a CPU-only machine): there it declares N cards. Each
+    /// running instance with `resources.gpus: k` gets k cards of its own. At most 1 with
+    /// `--device cuda:N`. With `--device cpu`: N slots that bound GPU instances, any N
+    /// (default: none counted).
     #[arg(long, value_name = "N")]
     gpus: Option<usize>,
-    /// GPU memory each card offers to instances that state `resources.gpu_mem` (e.g. `80G`;
+    /// GPU memory each card offers to instances that state `resources.gpu_mem` (with a unit,
+    /// e.g. `80G`;
     /// default: the card's total, from NVML): several such instances share a card while
     /// their `gpu_mem` fits.
     #[arg(long, value_name = "SIZE", value_parser = gpu_mem_arg)]

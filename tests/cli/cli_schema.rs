@@ -342,3 +342,22 @@ fn dry_run_refuses_the_placement_flags_the_real_run_refuses() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("will run"));
 }
+
+#[test]
+fn run_help_says_what_gpus_does_as_gpu_md_does() {
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for part in [
+        "else one per `/dev/nvidiaN` file",
+        "More than are visible is an error, except where only `/dev/nvidiaN` files tell (no NVML and no `CUDA_VISIBLE_DEVICES`",
+        "At most 1 with `--device cuda:N`",
+        "(with a unit, e.g. `80G`",
+    ] {
+        assert!(help.contains(part), "no `{part}` in:\n{help}");
+    }
+}
