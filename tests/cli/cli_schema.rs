@@ -282,6 +282,25 @@ fn cuda_on_a_cpu_build_is_refused_before_anything_runs() {
             assert!(!d.path().join("cache").exists() && !d.path().join("runs").exists());
         }
     }
+    // exec-stage (what each Slurm task runs) refuses it the same way.
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .args([
+            "exec-stage",
+            STAGES_DATA,
+            "--instance",
+            "data",
+            "--device",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("was built without CUDA"), "{err}");
+    assert!(!d.path().join("cache").exists());
 }
 
 #[test]

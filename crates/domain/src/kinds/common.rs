@@ -77,3 +77,31 @@ impl Arch {
 pub fn input_dir<'a>(ctx: &'a StageContext, id: &str) -> Result<&'a Path> {
     Ok(ctx.input(id)?.dir.as_path())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_device;
+
+    #[test]
+    fn check_device_reads_the_spec_and_knows_the_build() {
+        assert_eq!(check_device("cpu").unwrap(), None);
+        assert_eq!(check_device(" ").unwrap(), None);
+        for bad in ["gpu", "cuda:abc", "cuda:-1", "cuda1", "cuda:"] {
+            let e = check_device(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("device `{bad}`: expected `cpu`, `cuda` or `cuda:N`")
+            );
+        }
+        let cuda = check_device("cuda:2");
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda.unwrap(), Some(2));
+        } else {
+            let e = cuda.unwrap_err().to_string();
+            assert!(
+                e.contains("built without CUDA") && e.contains("--device cpu"),
+                "{e}"
+            );
+        }
+    }
+}
