@@ -4,7 +4,7 @@
 use crate::cache::gc::{gc, status};
 use crate::cache::Cache;
 use crate::config::{load, Diagnostic, Loaded};
-use crate::exec::run::{exec_one, run, OneRequest, RunError, RunRequest};
+use crate::exec::run::{check, exec_one, run, OneRequest, RunError, RunRequest};
 use crate::exec::{plan, Decision, Failure, Outcome, RunSummary};
 use crate::graph::Graph;
 use crate::stages::Registry;
@@ -65,13 +65,17 @@ struct RunArgs {
     /// CPU slots: independent instances run in parallel up to this many.
     #[arg(long, short, default_value_t = default_jobs())]
     jobs: usize,
-    /// Use only the first N visible GPUs (`CUDA_VISIBLE_DEVICES`, else every card the
-    /// driver lists); where no driver answers (a CPU-only machine) it declares N cards.
-    /// Each running instance with `resources.gpus: k` gets k cards of its own. With
-    /// `--device cpu`: N slots that bound GPU instances (default: none counted).
+    /// Use only the first N visible GPUs: those `CUDA_VISIBLE_DEVICES` lists, else every
+    /// card the driver (NVML) lists, else one per `/dev/nvidiaN` file. More than are visible
+    /// is an error, except where only `/dev/nvidiaN` files tell (no NVML and no
+    /// `CUDA_VISIBLE_DEVICES`, as on a CPU-only machine): there it declares N cards. Each
+    /// running instance with `resources.gpus: k` gets k cards of its own. At most 1 with
+    /// `--device cuda:N`. With `--device cpu`: N slots that bound GPU instances, any N
+    /// (default: none counted).
     #[arg(long, value_name = "N")]
     gpus: Option<usize>,
-    /// GPU memory each card offers to instances that state `resources.gpu_mem` (e.g. `80G`;
+    /// GPU memory each card offers to instances that state `resources.gpu_mem` (with a unit,
+    /// e.g. `80G`;
     /// default: the card's total, from NVML): several such instances share a card while
     /// their `gpu_mem` fits.
     #[arg(long, value_name = "SIZE", value_parser = gpu_mem_arg)]
@@ -202,10 +206,7 @@ enum Command {
 
 /// `--gpu-mem`: `resources.mem`'s syntax, in bytes.
 fn gpu_mem_arg(text: &str) -> Result<u64, String> {
-    match crate::config::resources::bytes(text, "--gpu-mem")? {
-        0 => Err("--gpu-mem must be above zero".into()),
-        n => Ok(n),
-    }
+    crate::config::resources::gpu_bytes(text, "--gpu-mem")
 }
 
 fn default_jobs() -> usize {
@@ -482,19 +483,6 @@ fn cmd_run(
     resume: &str,
 ) -> anyhow::Result<ExitCode> {
     with_loaded(registry, &a.p, |l| {
-        if a.dry_run {
-            let g = Graph::build(l);
-            let f = match g.forced(l, &a.force) {
-                Ok(f) => f,
-                Err(m) => {
-                    eprintln!("error: {m}");
-                    return Ok(ExitCode::from(EXIT_INVALID));
-                }
-            };
-            let cache = Cache::open_read_only(cache_dir);
-            print_plan(&g, &plan(&g, &cache, registry, &f));
-            return Ok(ExitCode::SUCCESS);
-        }
         let req = RunRequest {
             cache_dir,
             runs_dir: &a.runs_dir,
@@ -509,19 +497,37 @@ fn cmd_run(
             quiet,
             cancel: cancel_flag(),
         };
+        if a.dry_run {
+            // The options the real run would refuse are refused here too, with its messages.
+            let f = match check(l, registry, &req) {
+                Ok(f) => f,
+                Err(e) => return invalid_or_failed(e),
+            };
+            let g = Graph::build(l);
+            let cache = Cache::open_read_only(cache_dir);
+            print_plan(&g, &plan(&g, &cache, registry, &f));
+            return Ok(ExitCode::SUCCESS);
+        }
         match run(l, registry, &req) {
             Ok(o) => {
                 // Results first (stdout), the tally last (stderr).
                 print!("{}", o.summaries);
                 Ok(report_run(&o.summary, &o.record_dir, quiet, resume))
             }
-            Err(RunError::Invalid(m)) => {
-                eprintln!("error: {m}");
-                Ok(ExitCode::from(EXIT_INVALID))
-            }
-            Err(RunError::Failed(e)) => Err(e),
+            Err(e) => invalid_or_failed(e),
         }
     })
+}
+
+/// A [`RunError`] as the command's result: bad input prints `error:` and exits 2.
+fn invalid_or_failed(e: RunError) -> anyhow::Result<ExitCode> {
+    match e {
+        RunError::Invalid(m) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        RunError::Failed(e) => Err(e),
+    }
 }
 
 /// The tally, then every failure with its error, log tail and log path, and how to resume;

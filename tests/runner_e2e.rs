@@ -836,7 +836,7 @@ fn t_gpu_placement() {
     let log = lines(&log_of(&run, "train_n=1_-"));
     assert!(
         log.first()
-            .is_some_and(|l| l.ends_with("device cuda:0 on cuda:0 (GPU 0)")),
+            .is_some_and(|l| l.ends_with("device cuda:0 (GPU 0)")),
         "{log:?}"
     );
     let trace = std::fs::read_to_string(run.join("trace.csv")).unwrap();
@@ -968,6 +968,37 @@ fn t_gpu_pack() {
             "cuda:0 (GPU 0)"
         ],
         "{trace}"
+    );
+    assert!(!err.contains("WARN"), "{err}");
+    // Without --gpu-mem the card's memory is unknown here (no NVML): packing is off, and the
+    // run says so once, before anything runs (also under --dry-run).
+    let warned = |args: &[&str]| {
+        let o = cli_cmd(d.path(), args)
+            .env("IDAT_NO_NVML", "1")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        text(&o).1
+    };
+    let base = ["run", &p, "--dry-run", "--device", "cuda", "--gpus", "1"];
+    let err = warned(&base);
+    assert_eq!(
+        err.matches(
+            "2 instance(s) state resources.gpu_mem, but the memory of cuda:0 (GPU 0) is unknown"
+        )
+        .count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("give --gpu-mem SIZE"), "{err}");
+    // --gpu-mem and --per-gpu under --device cpu without --gpus: no card is counted.
+    let err = warned(&["run", &p, "--dry-run", "--gpu-mem", "8G", "--per-gpu", "2"]);
+    assert!(
+        err.contains(
+            "--gpu-mem (8.0 GiB) and --per-gpu 2 ignored: under --device cpu without --gpus"
+        ),
+        "{err}"
     );
 }
 

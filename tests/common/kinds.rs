@@ -284,9 +284,11 @@ impl idat_pipe::exec::Executor for InlineExecutor {
     fn cancel(&mut self) {}
 }
 
-/// The registry of the test binary: built-in kinds plus the test kinds and executor.
+/// The registry of the test binary: built-in kinds plus the test kinds and executor. It has
+/// no device check (unlike `idat_pipe::builtin_registry()`): the test kinds run on any
+/// `--device`, so `--device cuda --gpus N` places them on the CPU-only build.
 pub fn registry() -> Registry {
-    let mut r = idat_pipe::builtin_registry();
+    let mut r = idat_pipe::kinds::registry();
     r.register::<Write_>()
         .register::<Concat>()
         .register::<Steps>()

@@ -21,7 +21,8 @@ pub fn order_warning(driver: &dyn Driver, order: Option<&str>) -> Option<String>
     })
 }
 
-/// What a GPU instance's log says before it runs (`device cuda:1 on cuda:1 (GPU 5), ...`,
+/// What a GPU instance's log says before it runs (`device cuda:1 (GPU 5), NVIDIA ...`: the
+/// device once when it is the first card's, else `device DEVICE on CARDS`;
 /// then one line per card on its free memory, or once why that check was skipped: `driver`
 /// is the error where NVML is absent), and `Err` with what to do where `gpu_mem` does not
 /// fit a card's free memory. Nothing for an instance on no card.
@@ -35,7 +36,11 @@ pub fn preflight(
         return (vec![], Ok(()));
     }
     let names: Vec<String> = cards.iter().map(Card::describe).collect();
-    let mut lines = vec![format!("device {device} on {}", names.join("; "))];
+    let on_first = device.trim() == format!("cuda:{}", cards[0].ordinal);
+    let mut lines = vec![match on_first {
+        true => format!("device {}", names.join("; ")),
+        false => format!("device {device} on {}", names.join("; ")),
+    }];
     let Some(need) = gpu_mem else {
         return (lines, Ok(()));
     };

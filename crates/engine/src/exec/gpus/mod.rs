@@ -10,6 +10,7 @@
 //! and [`check_free`] looks at a card's free memory when a packed instance starts.
 //!
 //! Every query of the machine goes through the [`Driver`] trait, so tests use a fake list.
+pub mod advice;
 mod check;
 pub mod nvml;
 pub mod pool;
@@ -233,6 +234,6 @@ pub fn for_run(ask: &Ask) -> Result<CardSet, String> {
 pub fn gpu_mem(r: &Resources) -> Result<Option<u64>, String> {
     r.gpu_mem
         .as_deref()
-        .map(|m| crate::config::resources::bytes(m, "resources.gpu_mem"))
+        .map(|m| crate::config::resources::gpu_bytes(m, "resources.gpu_mem"))
         .transpose()
 }

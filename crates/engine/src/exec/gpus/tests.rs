@@ -44,6 +44,12 @@ fn env(v: &str, d: &dyn Driver) -> Vec<Card> {
     visible(Some(v), d, || 0).0
 }
 
+/// Why `CUDA_VISIBLE_DEVICES=v` ended early, as [`Source::describe`] says it.
+fn ended(v: &str, d: &dyn Driver) -> String {
+    let (cards, source) = visible(Some(v), d, || 0);
+    source.describe(cards.len())
+}
+
 fn ids(cards: &[Card]) -> Vec<String> {
     cards.iter().map(|c| c.id.clone()).collect()
 }
@@ -89,6 +95,48 @@ fn cuda_visible_devices_follows_cudas_rules() {
     assert_eq!(c[1].total, None);
     assert_eq!(ids(&env("0,-1", &NoDriver)), ["0"]);
     assert_eq!(ids(&env("03,3,1", &NoDriver)), ["3"], "03 is card 3");
+}
+
+#[test]
+fn the_entry_that_ends_cuda_visible_devices_is_named() {
+    let d = Fake::new(8);
+    let tail =
+        "; CUDA ignores what follows it (fix the entry or list more cards there, or unset it)";
+    for (v, n, why) in [
+        (
+            "0,-1,2",
+            1,
+            "`-1`, not a card index, `GPU-` UUID or `MIG-` id",
+        ),
+        ("1,1", 1, "`1`, listed twice"),
+        ("3,GPU-0003", 1, "`GPU-0003`, GPU 3 listed twice"),
+        ("1,9,2", 1, "`9`, no such card (the driver lists 8)"),
+        ("1,,2", 1, "an empty entry"),
+        ("1,GPU-000", 1, "`GPU-000`, a UUID prefix of 8 cards"),
+        (
+            "GPU-ffff",
+            0,
+            "`GPU-ffff`, a UUID no card of the driver has",
+        ),
+        (
+            "MIG-a/1/0,MIG-a/2/0",
+            1,
+            "`MIG-a/2/0`, a second MIG device (CUDA uses one)",
+        ),
+    ] {
+        assert_eq!(
+            ended(v, &d),
+            format!("CUDA_VISIBLE_DEVICES=`{v}` makes {n} visible: the list ends at {why}{tail}")
+        );
+    }
+    assert_eq!(
+        ended("0,-1", &NoDriver),
+        format!("CUDA_VISIBLE_DEVICES=`0,-1` makes 1 visible: the list ends at `-1`, not a card index, `GPU-` UUID or `MIG-` id{tail}")
+    );
+    // A list read to its end, or empty, has nothing to name.
+    for v in ["2,5", ""] {
+        assert!(ended(v, &d).ends_with("visible (list more cards there, or unset it)"));
+    }
 }
 
 #[test]
@@ -362,7 +410,7 @@ fn preflight_names_the_cards_then_checks_each_or_says_why_not() {
     assert_eq!(
         lines,
         [
-            "device cuda:0 on cuda:0 (GPU 1), NVIDIA H100 80GB HBM3, 80.0 GiB usable; \
+            "device cuda:0 (GPU 1), NVIDIA H100 80GB HBM3, 80.0 GiB usable; \
           cuda:1 (GPU 3), NVIDIA H100 80GB HBM3, 80.0 GiB usable"
         ]
     );
@@ -385,4 +433,54 @@ fn preflight_names_the_cards_then_checks_each_or_says_why_not() {
     assert_eq!(lines.len(), 2, "said once");
     assert!(ok.is_ok());
     assert_eq!(preflight("cpu", &[], Some(G), Ok(&d)).0.len(), 0);
+}
+
+#[test]
+fn placement_flags_and_gpu_mem_that_do_nothing_are_warned_about_once() {
+    use super::advice::{warnings, Demand};
+    let d = |gpu_instances, with_gpu_mem| Demand {
+        gpu_instances,
+        with_gpu_mem,
+    };
+    // Packing off: the cards' memory is unknown and --gpu-mem not given.
+    let w = warnings(Some(&set(2, None, None)), d(4, 3), None, None);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("3 instance(s) state resources.gpu_mem, but the memory of cuda:0 (GPU 0), cuda:1 (GPU 1) is unknown")
+            && w[0].contains("each takes a card alone; give --gpu-mem SIZE"),
+        "{w:?}"
+    );
+    // Known memory, or --per-gpu sharing anyway, or nobody states gpu_mem: nothing to say.
+    assert!(warnings(
+        Some(&set(2, Some(80 * G), None)),
+        d(4, 3),
+        Some(80 * G),
+        None
+    )
+    .is_empty());
+    assert!(warnings(Some(&set(2, None, Some(2))), d(4, 3), None, Some(2)).is_empty());
+    assert!(warnings(Some(&set(2, None, None)), d(4, 0), None, None).is_empty());
+    // --gpu-mem with no stage stating gpu_mem.
+    let w = warnings(Some(&set(2, Some(8 * G), None)), d(4, 0), Some(8 * G), None);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("--gpu-mem ignored: no stage states resources.gpu_mem"),
+        "{w:?}"
+    );
+    // --device cpu without --gpus: no card is counted.
+    let w = warnings(None, d(4, 3), Some(8 * G), Some(2));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "--gpu-mem (8.0 GiB) and --per-gpu 2 ignored: under --device cpu without --gpus"
+        ),
+        "{w:?}"
+    );
+    assert!(warnings(None, d(4, 3), None, None).is_empty());
+    // No GPU instance at all.
+    let w = warnings(Some(&set(1, None, Some(2))), d(0, 0), None, Some(2));
+    assert_eq!(
+        w,
+        ["--per-gpu 2 ignored: no stage of this pipeline declares resources.gpus"]
+    );
 }
