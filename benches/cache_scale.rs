@@ -121,6 +121,8 @@ fn main() {
         device: "cpu",
         jobs: 2,
         gpus: Some(0),
+        gpu_mem: None,
+        per_gpu: None,
         executor: Some("local"),
         quiet: true,
         cancel: cancel.clone(),

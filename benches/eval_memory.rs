@@ -135,6 +135,8 @@ fn main() {
             device: "cpu",
             jobs: 1,
             gpus: Some(0),
+            gpu_mem: None,
+            per_gpu: None,
             executor: Some("local"),
             quiet: true,
             cancel: Arc::new(AtomicBool::new(false)),

@@ -90,12 +90,13 @@ timing=$work/bench-section.md
     echo "| whole run ($(tally 1)) | $(wall 1) wall |"
     echo "| peak resident set | $(rss_mib 1) MiB |"
     echo "| rerun ($(tally 2)) | $(wall 2) wall |"
-    # Per stage: instances, mean and max seconds (trace.csv: instance,key,status,start,end,seconds;
-    # a matrix instance's name is quoted and holds commas, so fields are counted from the end).
-    awk -F, 'NR > 1 && $(NF - 3) == "ran" {
+    # Per stage: instances, mean and max seconds (trace.csv:
+    # instance,key,status,start,end,seconds,device; a matrix instance's name is quoted and holds
+    # commas, a device name never does, so fields are counted from the end).
+    awk -F, 'NR > 1 && $(NF - 4) == "ran" {
             st = $1; gsub(/"/, "", st); sub(/\[.*/, "", st)
             if (!(st in n)) order[++k] = st
-            n[st]++; s[st] += $NF; if ($NF > mx[st]) mx[st] = $NF
+            n[st]++; s[st] += $(NF - 1); if ($(NF - 1) > mx[st]) mx[st] = $(NF - 1)
         }
         END { for (i = 1; i <= k; i++) { st = order[i]
             if (n[st] == 1) printf "| %s | %.1f s |\n", st, s[st]

@@ -8,7 +8,8 @@
 # (a) parity: `idat-pipe infer --device cuda` on crates/nn/tests/fixtures/timm/*.safetensors vs timm on the
 #     same GPU (max relative error), (b) `idat-pipe bench --device cuda`, iDAT + AT steps at full
 #     size (ViT-S/16 + ViT-B/16, 224) with batch 64 and 8, (c) benches/pytorch_step.py on the same
-#     card, fp32 and bf16 autocast. Prints a summary table LAST. Outputs go to $OUT (or
+#     card, fp32 and bf16 autocast, (d) packing: two instances with resources.gpu_mem placed on
+#     the one card at once (run before (b)). Prints a summary table LAST. Outputs go to $OUT (or
 #     ./gpu-check-out); section.md there is that table as a docs section (COMMIT=<the commit the
 #     binary was built from> names it), for `scripts/splice.sh docs/benchmarks.md gpu-check
 #     section.md`. Budget: under 6 minutes (each part has its own timeout).
@@ -80,9 +81,45 @@ EOF
   row "| parity $n (infer cuda vs timm cuda, fp32) | max rel err $res |"
 done
 
+# (d) Packing (docs/gpu.md, section 4): two train/adapt instances of the demo's mini student
+#     (tests/pipelines/gpu-pack.yaml, resources.gpu_mem 2G each) must be placed on the machine's
+#     one card at once and finish. Short (about 20 s; capped at 60), and only where a GPU is.
+pack_check() {
+  local pk=$OUTDIR/pack rc res free verdict trace
+  rm -rf "$pk"; mkdir -p "$pk"
+  timeout "$(cap 60)" "$BIN" --cache-dir "$pk/cache" run tests/pipelines/gpu-pack.yaml \
+    --device cuda --gpus 1 -j 4 --runs-dir "$pk/runs" >"$pk/run.txt" 2>&1
+  rc=$?
+  cat "$pk/run.txt" >>"$LOG"
+  trace=$(ls "$pk"/runs/*/trace.csv 2>/dev/null | head -1)
+  # trace.csv: instance,key,status,start,end,seconds,device (fields counted from the end).
+  res=$(awk -F, '$1 ~ /^at\[seed=/ { n++
+        if ($(NF - 4) == "ran" && $NF ~ /^cuda:0 \(GPU /) { k++; s[k] = $(NF - 3); e[k] = $(NF - 2); dev = $NF } }
+      END { ov = (k == 2 && s[1] < e[2] && s[2] < e[1]) ? "yes" : "no"
+            printf "%d of %d ran on %s, overlapping: %s", k, n, (dev != "" ? dev : "cuda:0"), ov }' \
+      "${trace:-/dev/null}")
+  free=$(grep -h -m1 'resources.gpu_mem\|free-memory check' "$pk"/runs/*/logs/at_seed=1_*.log 2>/dev/null)
+  case "$rc:$res" in
+    "0:2 of 2 ran on "*", overlapping: yes") verdict=ok ;;
+    *) verdict=FAIL ;;
+  esac
+  say "packing: $verdict (exit $rc): $res; ${free:-no free-memory line}"
+  row "| packing: 2 x train/adapt, gpu_mem 2G, one card | $verdict (exit $rc): $res; log: ${free:-none} |"
+}
+if ! { [ -e /dev/nvidia0 ] || nvidia-smi -L >/dev/null 2>&1; }; then
+  say "(d) packing: skipped, no GPU here"
+  row "| packing: 2 x train/adapt, gpu_mem 2G, one card | skipped (no GPU) |"
+elif [ "$(left)" -le 30 ]; then
+  say "(d) packing: skipped, time budget spent"
+  row "| packing: 2 x train/adapt, gpu_mem 2G, one card | skipped (time) |"
+else
+  say "(d) packing: two train/adapt instances with gpu_mem 2G on one card"
+  pack_check
+fi
+
 # (b) idat-pipe bench on the GPU; (c) the PyTorch reference on the same card.
 bench_rs() { # batch precision
-  timeout "$(cap 100)" "$BIN" bench --device cuda --batch "$1" --precision "$2" --steps "$STEPS" \
+  timeout "$(cap 130)" "$BIN" bench --device cuda --batch "$1" --precision "$2" --steps "$STEPS" \
     --warmup "$WARMUP" --json >"$OUTDIR/bench_rs_$2_b$1.jsonl" 2>>"$LOG" \
     || say "idat-pipe bench $2 batch $1 failed (see $LOG)"
   "$PY" - "$OUTDIR/bench_rs_$2_b$1.jsonl" "$OUTDIR/smi_rs_$2_b$1.txt" >>"$SUMMARY.tmp" <<'EOF'

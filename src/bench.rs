@@ -1,12 +1,18 @@
 //! `idat-pipe bench`: throughput and peak memory of one real training step.
 //!
-//! Both modes time [`crate::train::train_step`], the step function the training stages run:
+//! The training modes time [`crate::train::train_step_accum`], the step function the
+//! training stages run (with `--accum-steps N`, as `optim.accum_steps: N`):
 //!
 //! - `idat`: the iDAT co-training step: small teacher + large student (frozen random
 //!   backbones, `seq_adapter` + head trainable), loss `CE_s + CE_t + MSE(z_s, z_t)` (the
 //!   teacher is not detached, as in iDAT), one backward, one AdamW step per model
 //!   (weight decay 0.05, as `benches/pytorch_step.py`).
 //! - `at`: the adapter-tuning baseline step of the large model alone (CE, backward, AdamW).
+//! - `eval_idat`, `eval_at` (`--mode eval`): forward-only evaluation as the training loop
+//!   runs it after an epoch ([`crate::train::evaluate::evaluate_many`] over a split of
+//!   `batch` random u8 images: conversion and normalisation of the batch included, no
+//!   gradient graph kept): student and teacher in one pass for iDAT, the student alone for
+//!   AT. `idat-pipe budget` turns these rates into time budgets.
 //!
 //! Peak memory is the process's `VmHWM` (peak resident set) from `/proc/self/status`, so
 //! every mode runs in its own process: `--mode all` re-runs this binary once per mode. On
@@ -14,13 +20,16 @@
 //! the driver's used memory (`total - free`, `cuMemGetInfo`) after every step, peak minus
 //! the value before the models were built (so the CUDA context itself is not counted).
 //! `benches/pytorch_step.py` reports the same measure for PyTorch.
+use crate::data::image::Normalize;
+use crate::data::loader::DecodedSplit;
 use crate::nn::adapters::{AdapterConfig, SeqAdapterConfig};
 use crate::nn::bench::median;
 use crate::nn::ops::GEMM_BACKEND_ENV;
 use crate::nn::precision::Precision;
 use crate::nn::vit::{Vit, VitConfig};
+use crate::train::evaluate::evaluate_many;
 use crate::train::{
-    train_step, DistillConfig, DistillDirection, DistillKind, Member, OptimConfig, StepAt,
+    train_step_accum, DistillConfig, DistillDirection, DistillKind, Member, OptimConfig, StepAt,
 };
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -35,6 +44,39 @@ pub enum StepKind {
     Idat,
     /// The large model alone (adapter-tuning baseline).
     At,
+    /// Forward-only evaluation of student and teacher in one pass (iDAT's per-epoch test).
+    EvalIdat,
+    /// Forward-only evaluation of the large model alone (AT's per-epoch test, and `eval`).
+    EvalAt,
+}
+
+impl StepKind {
+    /// The `--mode` / JSON name (`idat`, `at`, `eval_idat`, `eval_at`).
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Idat => "idat",
+            StepKind::At => "at",
+            StepKind::EvalIdat => "eval_idat",
+            StepKind::EvalAt => "eval_at",
+        }
+    }
+
+    /// The kind named `name` ([`StepKind::name`]).
+    pub fn from_name(name: &str) -> Option<StepKind> {
+        [Self::Idat, Self::At, Self::EvalIdat, Self::EvalAt]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    /// Two models (teacher and student) rather than the large one alone.
+    pub fn two_models(self) -> bool {
+        matches!(self, StepKind::Idat | StepKind::EvalIdat)
+    }
+
+    /// Forward-only evaluation rather than a training step.
+    pub fn is_eval(self) -> bool {
+        matches!(self, StepKind::EvalIdat | StepKind::EvalAt)
+    }
 }
 
 /// What to time.
@@ -57,6 +99,9 @@ pub struct StepBench {
     /// Ablation: the last block computes every token, as timm does (default: only the
     /// class token's row; see `Vit::set_last_block_cls_only`).
     pub full_last_block: bool,
+    /// Gradient accumulation of a training step (`optim.accum_steps`): micro-batches of
+    /// `batch / accum_steps` images, one AdamW step; 1: none. Must divide `batch`.
+    pub accum_steps: usize,
 }
 
 /// Result of one [`run_step_bench`], one JSON line on stdout of a bench child process.
@@ -100,6 +145,13 @@ pub struct StepReport {
     /// How the products ran (`f32 products`, the bf16 kernel, or why bf16 fell back).
     #[serde(default)]
     pub products: String,
+    /// Gradient accumulation of the training step (1: none).
+    #[serde(default = "one")]
+    pub accum_steps: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Device memory in use on `dev` (driver view: total - free), bytes; None off CUDA.
@@ -153,10 +205,14 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
     check_bench(b)?;
     let mem_base = device_used_bytes(dev);
     let mut members = vec![member("student", &b.large, dev, 1, b)?];
-    if b.kind == StepKind::Idat {
+    if b.kind.two_models() {
         members.push(member("teacher", &b.small, dev, 2, b)?);
     }
-    let (mut times, mem_peak) = time_steps(b, &mut members, dev, mem_base)?;
+    let (mut times, mem_peak) = if b.kind.is_eval() {
+        time_evals(b, &members, dev, mem_base)?
+    } else {
+        time_steps(b, &mut members, dev, mem_base)?
+    };
     let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_ms = median(&mut times);
     let trainable = members.iter().map(|m| m.vit.num_trainable()).sum();
@@ -188,6 +244,7 @@ pub fn run_step_bench(b: &StepBench, dev: &Device) -> Result<StepReport> {
         },
         full_last_block: b.full_last_block,
         products,
+        accum_steps: b.accum_steps,
     })
 }
 
@@ -197,7 +254,14 @@ fn check_bench(b: &StepBench) -> Result<()> {
     if b.steps == 0 || b.batch == 0 {
         bail!("bench: --steps and --batch must be at least 1");
     }
-    if b.kind == StepKind::Idat
+    if b.accum_steps == 0 || !b.batch.is_multiple_of(b.accum_steps) {
+        bail!(
+            "bench: --accum-steps {} must be at least 1 and divide --batch {}",
+            b.accum_steps,
+            b.batch
+        );
+    }
+    if b.kind.two_models()
         && (b.small.img_size, b.small.num_classes) != (b.large.img_size, b.large.num_classes)
     {
         bail!(
@@ -228,7 +292,7 @@ fn time_steps(
         detach_teacher: false,
         direction: DistillDirection::SmallToLarge,
     };
-    let distill = (b.kind == StepKind::Idat).then_some(&distill);
+    let distill = b.kind.two_models().then_some(&distill);
     let cfg = &b.large;
     let x = Tensor::randn(
         0f32,
@@ -249,8 +313,43 @@ fn time_steps(
             step,
             steps: total,
         };
-        train_step(members, distill, &x, &y, at, 1e-3)?;
+        train_step_accum(members, distill, &x, &y, at, 1e-3, b.batch / b.accum_steps)?;
         // Wait for the device (CUDA is asynchronous; the optimiser step is queued).
+        dev.synchronize()?;
+        mem_peak = mem_peak.max(device_used_bytes(dev));
+        if step >= b.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok((times, mem_peak))
+}
+
+/// Runs `warmup + steps` evaluations of one batch of `b.batch` random images through
+/// [`evaluate_many`] (every member in one pass, as the training loop evaluates): the timed
+/// evaluations' milliseconds and the peak device memory in use (as [`time_steps`]).
+fn time_evals(
+    b: &StepBench,
+    members: &[Member],
+    dev: &Device,
+    mem_base: Option<u64>,
+) -> Result<(Vec<f64>, Option<u64>)> {
+    let cfg = &b.large;
+    // Any pixels do: a ViT's cost does not depend on them (Knuth's multiplicative hash).
+    let images = (0..b.batch * cfg.img_size * cfg.img_size * 3)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let split = DecodedSplit {
+        images,
+        labels: (0..b.batch).map(|i| (i % cfg.num_classes) as u32).collect(),
+        size: cfg.img_size,
+    };
+    let norm = Normalize::default();
+    let vits: Vec<&Vit> = members.iter().map(|m| &m.vit).collect();
+    let mut times = Vec::new();
+    let mut mem_peak = mem_base;
+    for step in 0..b.warmup + b.steps {
+        let t0 = Instant::now();
+        evaluate_many(&vits, &split, &norm, b.batch, dev)?;
         dev.synchronize()?;
         mem_peak = mem_peak.max(device_used_bytes(dev));
         if step >= b.warmup {
@@ -268,6 +367,8 @@ pub fn table_row(r: &StepReport) -> String {
         match r.kind {
             StepKind::Idat => "iDAT (S teacher + B student)",
             StepKind::At => "AT (B alone)",
+            StepKind::EvalIdat => "iDAT evaluation (S + B forward)",
+            StepKind::EvalAt => "AT evaluation (B forward)",
         },
         r.device,
         r.precision,
@@ -287,8 +388,10 @@ pub const TABLE_HEADER: &str = "| step | device | precision | threads | batch | 
 /// `idat-pipe bench` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// `idat`, `at`, or `all` (each in its own child process, so peaks are per mode).
-    #[arg(long, default_value = "all", value_parser = ["all", "idat", "at"])]
+    /// `idat`, `at` (training steps), `eval_idat`, `eval_at` (forward-only evaluation of a
+    /// batch, as after an epoch), `eval` (both evaluations) or `all` (all four); several run
+    /// each in its own child process, so peaks are per mode.
+    #[arg(long, default_value = "all", value_parser = ["all", "idat", "at", "eval", "eval_idat", "eval_at"])]
     pub mode: String,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -326,6 +429,10 @@ pub struct BenchArgs {
     /// class token's row, which is all the head reads; same logits and gradients).
     #[arg(long)]
     pub full_last_block: bool,
+    /// Gradient accumulation of the training steps (`optim.accum_steps`): micro-batches of
+    /// `--batch / N` images, one optimizer step; must divide `--batch`.
+    #[arg(long, default_value_t = 1)]
+    pub accum_steps: usize,
 }
 
 /// Runs `idat-pipe bench`.
@@ -349,18 +456,20 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
     };
     let small = resolve(&a.model_s, "model-s")?;
     let large = resolve(&a.model_b, "model-b")?;
-    let reports = if a.mode == "all" {
+    let several: &[&str] = match a.mode.as_str() {
+        "all" => &["idat", "at", "eval_idat", "eval_at"],
+        "eval" => &["eval_idat", "eval_at"],
+        _ => &[],
+    };
+    let reports = if !several.is_empty() {
         let exe = std::env::current_exe().context("locating this executable")?;
-        ["idat", "at"]
-            .into_iter()
+        several
+            .iter()
             .map(|mode| child_report(&exe, mode, &a))
             .collect::<Result<Vec<_>>>()?
     } else {
-        let kind = if a.mode == "idat" {
-            StepKind::Idat
-        } else {
-            StepKind::At
-        };
+        let kind = StepKind::from_name(&a.mode)
+            .with_context(|| format!("bench: unknown --mode {}", a.mode))?;
         let b = StepBench {
             kind,
             small,
@@ -370,6 +479,7 @@ pub fn cmd(a: BenchArgs) -> Result<std::process::ExitCode> {
             steps: a.steps,
             precision: a.precision,
             full_last_block: a.full_last_block,
+            accum_steps: a.accum_steps,
         };
         vec![run_step_bench(&b, &dev)?]
     };
@@ -398,6 +508,7 @@ fn child_report(exe: &std::path::Path, mode: &str, a: &BenchArgs) -> Result<Step
         ("--model-b", a.model_b.clone()),
         ("--classes", a.classes.to_string()),
         ("--precision", a.precision.to_string()),
+        ("--accum-steps", a.accum_steps.to_string()),
     ] {
         c.arg(f).arg(v);
     }
@@ -431,6 +542,13 @@ fn print_table(a: &BenchArgs, large: &VitConfig, reports: &[StepReport]) {
     );
     if a.full_last_block {
         println!("ablation: the last block computes every token (--full-last-block)");
+    }
+    if a.accum_steps > 1 {
+        println!(
+            "gradient accumulation: {} micro-batches of {} per training step",
+            a.accum_steps,
+            a.batch / a.accum_steps.max(1)
+        );
     }
     if let Some(g) = reports.iter().map(|r| &r.cpu_gemm).find(|g| !g.is_empty()) {
         println!("CPU GEMM backend: {g} (choose with {})", GEMM_BACKEND_ENV);

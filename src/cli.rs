@@ -4,7 +4,7 @@
 use crate::cache::gc::{gc, status};
 use crate::cache::Cache;
 use crate::config::{load, Diagnostic, Loaded};
-use crate::exec::run::{exec_one, run, OneRequest, RunError, RunRequest};
+use crate::exec::run::{check, exec_one, run, OneRequest, RunError, RunRequest};
 use crate::exec::{plan, Decision, Failure, Outcome, RunSummary};
 use crate::graph::Graph;
 use crate::stages::Registry;
@@ -65,9 +65,25 @@ struct RunArgs {
     /// CPU slots: independent instances run in parallel up to this many.
     #[arg(long, short, default_value_t = default_jobs())]
     jobs: usize,
-    /// GPU slots (default: GPUs detected).
-    #[arg(long)]
+    /// Use only the first N visible GPUs: those `CUDA_VISIBLE_DEVICES` lists, else every
+    /// card the driver (NVML) lists, else one per `/dev/nvidiaN` file. More than are visible
+    /// is an error, except where only `/dev/nvidiaN` files tell (no NVML and no
+    /// `CUDA_VISIBLE_DEVICES`, as on a CPU-only machine): there it declares N cards. Each
+    /// running instance with `resources.gpus: k` gets k cards of its own. At most 1 with
+    /// `--device cuda:N`. With `--device cpu`: N slots that bound GPU instances, any N
+    /// (default: none counted).
+    #[arg(long, value_name = "N")]
     gpus: Option<usize>,
+    /// GPU memory each card offers to instances that state `resources.gpu_mem` (with a unit,
+    /// e.g. `80G`;
+    /// default: the card's total, from NVML): several such instances share a card while
+    /// their `gpu_mem` fits.
+    #[arg(long, value_name = "SIZE", value_parser = gpu_mem_arg)]
+    gpu_mem: Option<u64>,
+    /// At most N instances on one card; with it, instances without `resources.gpu_mem`
+    /// share cards too (default: they take a card alone).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    per_gpu: Option<u32>,
     /// Keep running independent instances after a failure.
     #[arg(long)]
     keep_going: bool,
@@ -78,7 +94,9 @@ struct RunArgs {
     /// Where run records go.
     #[arg(long, default_value = "runs", value_parser = cli_path)]
     runs_dir: PathBuf,
-    /// Device handed to stages: cpu, cuda, cuda:N.
+    /// Where stages run: `cpu`; `cuda` (each instance with `resources.gpus` on cards of its
+    /// own among the visible GPUs, `cuda:K` in its log); `cuda:N` (every GPU instance on card
+    /// N). Instances without `resources.gpus` run on the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Where instances run: an executor's name (default: the file's `executor:`, else
@@ -142,8 +160,27 @@ enum Command {
     },
     /// Logits and predicted label per image with a backbone (+ a trained adapter checkpoint).
     Infer(crate::infer::InferArgs),
-    /// Time one iDAT and one AT training step: images/s and peak memory.
+    /// Time one iDAT and one AT training step and their evaluations: images/s and peak memory.
     Bench(crate::bench::BenchArgs),
+    /// How long each training and evaluation instance takes at measured rates (`bench
+    /// --json` lines), and whether each stage's `resources.time` covers its longest one.
+    Budget {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Files of `idat-pipe bench --json` lines (a later report of the same kind and
+        /// batch wins).
+        #[arg(long, required = true, value_parser = cli_path)]
+        rates: Vec<PathBuf>,
+        /// A stage's limit must cover its longest instance times this (at least 1).
+        #[arg(long, default_value_t = 1.5)]
+        margin: f64,
+        /// Print JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when a stage's `resources.time` is below its longest instance x margin.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run one instance (what every executor runs); its upstreams must be cached.
     #[command(hide = true)]
     ExecStage {
@@ -165,6 +202,11 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
         threads: Option<u32>,
     },
+}
+
+/// `--gpu-mem`: `resources.mem`'s syntax, in bytes.
+fn gpu_mem_arg(text: &str) -> Result<u64, String> {
+    crate::config::resources::gpu_bytes(text, "--gpu-mem")
 }
 
 fn default_jobs() -> usize {
@@ -250,6 +292,15 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
         Command::Verify { file, set } => cmd_verify(&registry, &cache_dir, file, set, cli.quiet),
         Command::Infer(a) => crate::infer::cmd(a),
         Command::Bench(a) => crate::bench::cmd(a),
+        Command::Budget {
+            p,
+            rates,
+            margin,
+            json,
+            check,
+        } => with_loaded(&registry, &p, |l| {
+            crate::budget::cmd(l, &rates, margin, json, check)
+        }),
         Command::ExecStage {
             p,
             instance,
@@ -432,19 +483,6 @@ fn cmd_run(
     resume: &str,
 ) -> anyhow::Result<ExitCode> {
     with_loaded(registry, &a.p, |l| {
-        if a.dry_run {
-            let g = Graph::build(l);
-            let f = match g.forced(l, &a.force) {
-                Ok(f) => f,
-                Err(m) => {
-                    eprintln!("error: {m}");
-                    return Ok(ExitCode::from(EXIT_INVALID));
-                }
-            };
-            let cache = Cache::open_read_only(cache_dir);
-            print_plan(&g, &plan(&g, &cache, registry, &f));
-            return Ok(ExitCode::SUCCESS);
-        }
         let req = RunRequest {
             cache_dir,
             runs_dir: &a.runs_dir,
@@ -453,23 +491,43 @@ fn cmd_run(
             device: &a.device,
             jobs: a.jobs,
             gpus: a.gpus,
+            gpu_mem: a.gpu_mem,
+            per_gpu: a.per_gpu.map(|n| n as usize),
             executor: a.executor.as_deref(),
             quiet,
             cancel: cancel_flag(),
         };
+        if a.dry_run {
+            // The options the real run would refuse are refused here too, with its messages.
+            let f = match check(l, registry, &req) {
+                Ok(f) => f,
+                Err(e) => return invalid_or_failed(e),
+            };
+            let g = Graph::build(l);
+            let cache = Cache::open_read_only(cache_dir);
+            print_plan(&g, &plan(&g, &cache, registry, &f));
+            return Ok(ExitCode::SUCCESS);
+        }
         match run(l, registry, &req) {
             Ok(o) => {
                 // Results first (stdout), the tally last (stderr).
                 print!("{}", o.summaries);
                 Ok(report_run(&o.summary, &o.record_dir, quiet, resume))
             }
-            Err(RunError::Invalid(m)) => {
-                eprintln!("error: {m}");
-                Ok(ExitCode::from(EXIT_INVALID))
-            }
-            Err(RunError::Failed(e)) => Err(e),
+            Err(e) => invalid_or_failed(e),
         }
     })
+}
+
+/// A [`RunError`] as the command's result: bad input prints `error:` and exits 2.
+fn invalid_or_failed(e: RunError) -> anyhow::Result<ExitCode> {
+    match e {
+        RunError::Invalid(m) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+        RunError::Failed(e) => Err(e),
+    }
 }
 
 /// The tally, then every failure with its error, log tail and log path, and how to resume;

@@ -13,13 +13,21 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod infer;
 
 pub use idat_domain::{data, entries, kinds, nn, report, train};
 pub use idat_engine::{cache, config, exec, graph, stages, text};
 
-/// The engine's registry with every stage kind the product ships.
+/// The engine's registry with every stage kind the product ships, and their device check
+/// (`run --device cuda` on a build without CUDA is refused before anything runs).
 pub fn builtin_registry() -> stages::Registry {
-    kinds::registry()
+    let mut r = kinds::registry();
+    r.set_device_check(|d| {
+        kinds::common::check_device(d)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    });
+    r
 }

@@ -35,6 +35,14 @@ fn main() -> ExitCode {
         ("failure_report_keep_going_and_failed_before", t_failure),
         ("gpu_slots_never_overlap", t_gpu_slots),
         (
+            "gpu_placement_distinct_cards_packing_and_pinning",
+            t_gpu_placement,
+        ),
+        (
+            "gpu_pack_pipeline_places_both_instances_on_one_card",
+            t_gpu_pack,
+        ),
+        (
             "force_reruns_the_stage_and_downstream_only_when_its_outputs_change",
             t_force,
         ),
@@ -234,7 +242,7 @@ fn t_five_stage() {
         .contains("report"));
     assert!(std::fs::read_dir(last.join("logs")).unwrap().count() >= 3);
     let header = lines(&last.join("trace.csv"))[0].clone();
-    assert_eq!(header, "instance,key,status,start,end,seconds");
+    assert_eq!(header, "instance,key,status,start,end,seconds,device");
 }
 
 fn t_kill_resume() {
@@ -720,7 +728,7 @@ fn t_gpu_slots() {
     assert!(
         text(&o)
             .1
-            .contains("needs 1 GPU(s) but this machine offers 0"),
+            .contains("needs 1 GPU(s) but this run offers 0: --gpus 0"),
         "{}",
         text(&o).1
     );
@@ -744,6 +752,253 @@ fn t_gpu_slots() {
     assert!(
         a.1 <= b.0 || b.1 <= a.0,
         "gpu instances overlapped: {spans:?}"
+    );
+}
+
+/// One line of the `test/device` record: instance, device, start, end.
+type Ran = (String, String, f64, f64);
+
+/// Run gpu-place.yaml with `args` (and no NVML, no `CUDA_VISIBLE_DEVICES` unless `env`
+/// gives one): its stderr and what each instance recorded.
+fn run_placed(env: Option<&str>, args: &[&str]) -> (Output, Vec<Ran>, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let record = d.path().join("record.txt");
+    let set = format!("params.record={}", record.display());
+    let p = pipeline("gpu-place.yaml");
+    let mut all = vec!["run", p.as_str(), "--set", set.as_str()];
+    all.extend(args);
+    let mut c = cli_cmd(d.path(), &all);
+    c.env("IDAT_NO_NVML", "1")
+        .env_remove("CUDA_VISIBLE_DEVICES");
+    if let Some(v) = env {
+        c.env("CUDA_VISIBLE_DEVICES", v);
+    }
+    let o = c.output().unwrap();
+    let ran = lines(&record)
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].into(),
+                f[1].into(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    (o, ran, d)
+}
+
+/// The log file of a run record whose name starts with `prefix`.
+fn log_of(run: &Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(run.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no log {prefix}* in {}", run.display()))
+}
+
+/// The most `train` instances running at once, overall and on one device.
+fn most_at_once(ran: &[Ran]) -> (usize, usize) {
+    let train: Vec<&Ran> = ran.iter().filter(|r| r.0.starts_with("train")).collect();
+    let (mut all, mut one) = (0, 0);
+    for r in &train {
+        // Those running at r's start.
+        let at: Vec<&&Ran> = train.iter().filter(|x| x.2 <= r.2 && r.2 < x.3).collect();
+        all = all.max(at.len());
+        one = one.max(at.iter().filter(|x| x.1 == r.1).count());
+    }
+    (all, one)
+}
+
+fn t_gpu_placement() {
+    // Three cards declared (no driver): each running instance on its own card.
+    let (o, ran, d) = run_placed(None, &["--device", "cuda", "--gpus", "3", "-j", "8"]);
+    let (_, err) = ok(&o);
+    assert_eq!(ran.len(), 8, "{err}");
+    for (id, dev, ..) in &ran {
+        match id.starts_with("train") {
+            true => assert!(
+                ["cuda:0", "cuda:1", "cuda:2"].contains(&dev.as_str()),
+                "{id} {dev}"
+            ),
+            false => assert_eq!(dev, "cpu", "{id}: no GPU declared, the CPU"),
+        }
+    }
+    assert_eq!(most_at_once(&ran), (3, 1), "{ran:?}");
+    // Named in its start line, its log's first line and the trace.
+    assert!(
+        err.contains("start   train[n=1] on cuda:0 (GPU 0)"),
+        "{err}"
+    );
+    assert!(err.contains("start   prep[n=11]\n"), "{err}");
+    let run = latest_run(d.path());
+    let log = lines(&log_of(&run, "train_n=1_-"));
+    assert!(
+        log.first()
+            .is_some_and(|l| l.ends_with("device cuda:0 (GPU 0)")),
+        "{log:?}"
+    );
+    let trace = std::fs::read_to_string(run.join("trace.csv")).unwrap();
+    assert!(trace.contains(",cuda:0 (GPU 0)\n"), "{trace}");
+    assert!(trace.contains(",cpu\n"), "{trace}");
+
+    // Packed: 4G instances on two cards offering 10G: two per card, four at once.
+    let (o, ran, d) = run_placed(
+        None,
+        &[
+            "--device",
+            "cuda",
+            "--gpus",
+            "2",
+            "--gpu-mem",
+            "10G",
+            "-j",
+            "8",
+            "--set",
+            "stages.train.resources.gpu_mem=4G",
+        ],
+    );
+    ok(&o);
+    assert_eq!(most_at_once(&ran), (4, 2), "{ran:?}");
+    let log = lines(&log_of(&latest_run(d.path()), "train_n=1_-"));
+    assert!(
+        log[1].ends_with("free-memory check skipped: IDAT_NO_NVML is set"),
+        "{log:?}"
+    );
+
+    // Pinned: CUDA_VISIBLE_DEVICES=4,7 and cuda:1: every GPU instance on GPU 7, one at a time.
+    let (o, ran, d) = run_placed(Some("4,7"), &["--device", "cuda:1", "-j", "8"]);
+    ok(&o);
+    assert!(ran
+        .iter()
+        .filter(|r| r.0.starts_with("train"))
+        .all(|r| r.1 == "cuda:1"));
+    assert_eq!(most_at_once(&ran), (1, 1), "{ran:?}");
+    let trace = std::fs::read_to_string(latest_run(d.path()).join("trace.csv")).unwrap();
+    assert!(trace.contains(",cuda:1 (GPU 7)\n"), "{trace}");
+
+    // `--device cpu` (the default) without `--gpus`: no card needed, none counted, even
+    // where none is visible; GPU instances overlap within the CPU slots.
+    let (o, ran, _) = run_placed(Some(""), &["-j", "8"]);
+    ok(&o);
+    assert!(ran.iter().all(|r| r.1 == "cpu"), "{ran:?}");
+    assert!(most_at_once(&ran).0 > 1, "{ran:?}");
+
+    // What cannot be honoured is refused before anything runs, naming the option.
+    let (o, ran, _) = run_placed(Some(""), &["--device", "cuda", "--gpus", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(ran.is_empty());
+    assert!(
+        text(&o)
+            .1
+            .contains("--gpus 3: CUDA_VISIBLE_DEVICES=`` makes 0 visible"),
+        "{}",
+        text(&o).1
+    );
+    let (o, _, _) = run_placed(None, &["--device", "gpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o)
+        .1
+        .contains("--device `gpu`: expected `cpu`, `cuda` or `cuda:N`"));
+    for flag in [["--gpus", "1"], ["--gpu-mem", "8G"], ["--per-gpu", "2"]] {
+        let (o, _, _) = run_placed(None, &["--executor", "slurm", flag[0], flag[1]]);
+        assert_eq!(o.status.code(), Some(2));
+        let want = format!(
+            "{} places instances on this machine's GPUs for the local",
+            flag[0]
+        );
+        assert!(text(&o).1.contains(&want), "{}", text(&o).1);
+    }
+    let (o, _, _) = run_placed(
+        None,
+        &["--device", "cuda", "--gpus", "1", "--gpu-mem", "8GB"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("--gpu-mem `8GB`: expected digits"),
+        "{}",
+        text(&o).1
+    );
+}
+
+/// What scripts/gpu-check.sh runs on the GPU, placed on the CPU build: tests/pipelines/
+/// gpu-pack.yaml's two packed `train/adapt` instances both start on the one card before
+/// either ends (without CUDA they then fail; on a GPU they train), the rest on the CPU.
+fn t_gpu_pack() {
+    let d = tempfile::tempdir().unwrap();
+    let p = pipeline("gpu-pack.yaml");
+    let args = [
+        "run",
+        &p,
+        "--device",
+        "cuda",
+        "--gpus",
+        "1",
+        "--gpu-mem",
+        "8G",
+        "-j",
+        "4",
+    ];
+    let o = cli_cmd(d.path(), &args)
+        .env("IDAT_NO_NVML", "1")
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .unwrap();
+    let err = text(&o).1;
+    let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("no `{s}` in:\n{err}"));
+    let first_end = ["ran     at[", "failed  at["]
+        .iter()
+        .filter_map(|s| err.find(s))
+        .min();
+    for seed in [1, 2] {
+        let start = at(&format!("start   at[seed={seed}] on cuda:0 (GPU 0)\n"));
+        assert!(first_end.is_none_or(|e| start < e), "{err}");
+    }
+    let trace = std::fs::read_to_string(latest_run(d.path()).join("trace.csv")).unwrap();
+    let devices: Vec<&str> = trace.lines().filter_map(|l| l.rsplit(',').next()).collect();
+    assert_eq!(
+        devices,
+        [
+            "device",
+            "cpu",
+            "cpu",
+            "cpu",
+            "cuda:0 (GPU 0)",
+            "cuda:0 (GPU 0)"
+        ],
+        "{trace}"
+    );
+    assert!(!err.contains("WARN"), "{err}");
+    // Without --gpu-mem the card's memory is unknown here (no NVML): packing is off, and the
+    // run says so once, before anything runs (also under --dry-run).
+    let warned = |args: &[&str]| {
+        let o = cli_cmd(d.path(), args)
+            .env("IDAT_NO_NVML", "1")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+        text(&o).1
+    };
+    let base = ["run", &p, "--dry-run", "--device", "cuda", "--gpus", "1"];
+    let err = warned(&base);
+    assert_eq!(
+        err.matches(
+            "2 instance(s) state resources.gpu_mem, but the memory of cuda:0 (GPU 0) is unknown"
+        )
+        .count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("give --gpu-mem SIZE"), "{err}");
+    // --gpu-mem and --per-gpu under --device cpu without --gpus: no card is counted.
+    let err = warned(&["run", &p, "--dry-run", "--gpu-mem", "8G", "--per-gpu", "2"]);
+    assert!(
+        err.contains(
+            "--gpu-mem (8.0 GiB) and --per-gpu 2 ignored: under --device cpu without --gpus"
+        ),
+        "{err}"
     );
 }
 

@@ -237,7 +237,10 @@ fn t_failure() {
         .unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("--gpus counts this machine's GPUs"), "{err}");
+    assert!(
+        err.contains("--gpus places instances on this machine's GPUs for the local executor"),
+        "{err}"
+    );
 }
 
 /// `scontrol ARGS`' stdout (panics when it fails).

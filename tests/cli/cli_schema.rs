@@ -147,3 +147,236 @@ fn pipeline_files_carry_the_schema_comment() {
     }
     assert!(n >= 4);
 }
+
+/// A pipeline whose `model/pretrain` and `train/adapt` (a matrix over the batch size) set
+/// `optim.accum_steps`.
+const ACCUM: &str = "version: 1
+name: p
+stages:
+  data:
+    uses: dataset/mini
+    with: {tasks: [fashion10], seed: 0, n_train: 100, n_test: 50}
+  decode:
+    uses: data/decode
+    needs: [data]
+    with: {dataset: data, task: fashion10, size: 16}
+  pre:
+    uses: model/pretrain
+    needs: [decode]
+    with:
+      arch: {img_size: 16, patch_size: 8, num_classes: 0, embed_dim: 32, depth: 2, num_heads: 2}
+      data: decode
+      optim: {batch_size: 32, accum_steps: PRE}
+  at:
+    uses: train/adapt
+    needs: [decode, pre]
+    matrix: {bs: [64, 36]}
+    with:
+      task: fashion10
+      data: decode
+      model: pre
+      optim: {batch_size: \"${matrix.bs}\", accum_steps: AT}
+";
+
+#[test]
+fn accum_steps_that_does_not_divide_the_batch_is_refused_at_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    let validate = |pre: &str, at: &str| {
+        std::fs::write(&f, ACCUM.replace("PRE", pre).replace("AT", at)).unwrap();
+        Command::cargo_bin("idat-pipe")
+            .unwrap()
+            .args(["validate", f.to_str().unwrap()])
+            .assert()
+    };
+    validate("2", "4").code(0);
+    validate("3", "4")
+        .code(2)
+        .stderr(contains(
+            "p.yaml:17:44: at `stages.pre.with.optim.accum_steps`: accum_steps 3 does not \
+             divide batch_size 32: each optimiser step runs batch_size / accum_steps images at \
+             a time; write a divisor of 32 (1, 2, 4, 8, 16, 32) or a batch_size that is a \
+             multiple of 3",
+        ))
+        .stderr(contains("1 error(s)"));
+    // Every matrix cell is checked: 8 divides 64, not 36.
+    validate("1", "8")
+        .code(2)
+        .stderr(contains(
+            "p.yaml:26:56: at `stages.at.with.optim.accum_steps`: in `at[bs=36]`: accum_steps \
+             8 does not divide batch_size 36",
+        ))
+        .stderr(contains(
+            "write a divisor of 36 (1, 2, 3, 4, 6, 9, 12, 18, 36)",
+        ));
+    validate("0", "1").code(2).stderr(contains(
+        "at `stages.pre.with.optim.accum_steps`: expected an integer of at least 1, got 0",
+    ));
+}
+
+#[test]
+fn accum_steps_can_be_set_on_the_shipped_vtab_pipeline() {
+    // What docs/vtab.md tells a card that cannot hold batch 64 to write.
+    let vtab = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/vtab.yaml");
+    let run = |set: &str| {
+        Command::cargo_bin("idat-pipe")
+            .unwrap()
+            .args(["validate", vtab, "--set", set])
+            .assert()
+    };
+    run("stages.idat.with.optim.accum_steps=2")
+        .code(0)
+        .stdout(contains("vtab.yaml: ok"));
+    run("stages.eval_idat.with.batch_size=32").code(0);
+    run("stages.at.with.optim.accum_steps=4").code(0);
+    run("stages.idat.with.optim.accum_steps=3")
+        .code(2)
+        .stderr(contains(
+            "--set: at `stages.idat.with.optim.accum_steps`: accum_steps 3 does not divide \
+         batch_size 64",
+        ));
+}
+
+const STAGES_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/pipelines/stages_data.yaml"
+);
+
+/// `idat-pipe --cache-dir D/cache run STAGES_DATA --runs-dir D/runs ARGS`: exit code, and
+/// stdout then stderr.
+fn run_in(d: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .args(["run", STAGES_DATA, "--runs-dir"])
+        .arg(d.join("runs"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = [out.stdout, out.stderr].concat();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_on_a_cpu_build_is_refused_before_anything_runs() {
+    let d = tempfile::tempdir().unwrap();
+    for device in ["cuda", "cuda:1"] {
+        for extra in [&[][..], &["--dry-run"], &["--gpus", "2"]] {
+            let mut args = vec!["--device", device];
+            args.extend_from_slice(extra);
+            let (code, err) = run_in(d.path(), &args);
+            assert_eq!(code, Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!(
+                    "device `{device}` asked for, but this idat-pipe was built without CUDA"
+                )) && err.contains("scripts/cuda-build.sh"),
+                "{args:?}: {err}"
+            );
+            // Nothing ran: no cache, no run record, no instance line.
+            assert!(!err.contains("ran ") && !err.contains("FAILED"), "{err}");
+            assert!(!d.path().join("cache").exists() && !d.path().join("runs").exists());
+        }
+    }
+    // exec-stage (what each Slurm task runs) refuses it the same way.
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .args([
+            "exec-stage",
+            STAGES_DATA,
+            "--instance",
+            "data",
+            "--device",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("was built without CUDA"), "{err}");
+    assert!(!d.path().join("cache").exists());
+}
+
+#[test]
+fn dry_run_refuses_the_placement_flags_the_real_run_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    for (args, msg) in [
+        (
+            &["--device", "cuda:abc"][..],
+            "device `cuda:abc`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--device", "gpu"],
+            "device `gpu`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--device", "cuda:-1"],
+            "device `cuda:-1`: expected `cpu`, `cuda` or `cuda:N`",
+        ),
+        (
+            &["--executor", "nosuch"],
+            "unknown executor `nosuch` (executors: local, slurm)",
+        ),
+        (
+            &["--executor", "slurm", "--gpus", "2"],
+            "--gpus places instances on this machine's GPUs",
+        ),
+    ] {
+        let (real, real_err) = run_in(d.path(), args);
+        let dry: Vec<&str> = args.iter().copied().chain(["--dry-run"]).collect();
+        let (code, err) = run_in(d.path(), &dry);
+        assert_eq!(
+            (code, real),
+            (Some(2), Some(2)),
+            "{args:?}: {err} / {real_err}"
+        );
+        assert!(
+            err.contains(msg) && real_err.contains(msg),
+            "{args:?}: {err} / {real_err}"
+        );
+        assert!(!err.contains("will run"), "{args:?} printed a plan: {err}");
+    }
+    // Good flags still print the plan.
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .args([
+            "run",
+            STAGES_DATA,
+            "--dry-run",
+            "--device",
+            "cpu",
+            "--gpus",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("will run"));
+}
+
+#[test]
+fn run_help_says_what_gpus_does_as_gpu_md_does() {
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+    let help: String = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for part in [
+        "else one per `/dev/nvidiaN` file",
+        "More than are visible is an error, except where only `/dev/nvidiaN` files tell (no NVML and no `CUDA_VISIBLE_DEVICES`",
+        "At most 1 with `--device cuda:N`",
+        "(with a unit, e.g. `80G`",
+    ] {
+        assert!(help.contains(part), "no `{part}` in:\n{help}");
+    }
+}

@@ -3,6 +3,7 @@
 //! binary (`CARGO_BIN_EXE_idat-pipe`) or the root crate's `infer` and registry.
 //!
 //! - `cli_schema`: `schema`, `validate` and argument errors;
+//! - `budget_cli`: `bench --mode eval` and `budget` (the shipped pipeline's time limits);
 //! - `infer_cli`: `idat-pipe infer` against a direct library forward;
 //! - `checkpoint_hints`: `model/vit` on checkpoint layouts from the field, and every option
 //!   an error message suggests exists;
@@ -13,6 +14,7 @@
 //! false`: their `main` doubles as the CLI with test-only kinds). The model's tests are in
 //! crates/nn/tests, the domain's in crates/domain/tests.
 
+mod budget_cli;
 mod checkpoint_hints;
 mod cli_schema;
 mod infer_cli;

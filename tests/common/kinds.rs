@@ -284,14 +284,54 @@ impl idat_pipe::exec::Executor for InlineExecutor {
     fn cancel(&mut self) {}
 }
 
-/// The registry of the test binary: built-in kinds plus the test kinds and executor.
+/// The registry of the test binary: built-in kinds plus the test kinds and executor. It has
+/// no device check (unlike `idat_pipe::builtin_registry()`): the test kinds run on any
+/// `--device`, so `--device cuda --gpus N` places them on the CPU-only build.
 pub fn registry() -> Registry {
-    let mut r = idat_pipe::builtin_registry();
+    let mut r = idat_pipe::kinds::registry();
     r.register::<Write_>()
         .register::<Concat>()
         .register::<Steps>()
         .register::<Fail>()
         .register::<ReadDir>()
+        .register::<Device>()
         .register_executor::<Inline>();
     r
+}
+
+/// Appends `<instance> <device> <start> <end>` (Unix seconds) to `record` after sleeping
+/// `sleep_ms`: where the scheduler placed it, and when it ran.
+pub struct Device;
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceParams {
+    /// A number that only changes the key.
+    pub n: u32,
+    /// Milliseconds to sleep.
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// The file lines are appended to.
+    pub record: String,
+}
+impl StageKind for Device {
+    type Params = DeviceParams;
+    const NAME: &'static str = "test/device";
+    const VERSION: u32 = 1;
+    const NON_OUTPUT_PARAMS: &'static [&'static str] = &["sleep_ms", "record"];
+    const SUMMARY: &'static str = "test: records its device and when it ran";
+    fn run(p: DeviceParams, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let start = now();
+        ctx.progress.set_message("working");
+        std::thread::sleep(Duration::from_millis(p.sleep_ms));
+        let line = format!("{} {} {start} {}", ctx.instance_id, ctx.device, now());
+        count(&Some(p.record), &line)?;
+        std::fs::write(ctx.out_dir.join("out.txt"), p.n.to_string())?;
+        Ok(())
+    }
 }

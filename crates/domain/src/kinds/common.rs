@@ -9,10 +9,29 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The device a stage runs on, from `--device` (`cpu`, `cuda`, `cuda:N`).
+///
+/// # Errors
+/// [`check_device`]'s, or the CUDA device does not open.
 pub fn device(spec: &str) -> Result<Device> {
+    let Some(ordinal) = check_device(spec)? else {
+        return Ok(Device::Cpu);
+    };
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("opening CUDA device {ordinal} (is an NVIDIA GPU and driver present?)")
+    })
+}
+
+/// `--device` read and checked against this build without opening anything: `None` for the
+/// CPU, else the CUDA ordinal (`cuda` is 0). What `run` and `exec-stage` check before any
+/// stage runs (the binary's registry hook: [`idat_engine::stages::Registry::set_device_check`]).
+///
+/// # Errors
+/// Not `cpu`, `cuda` or `cuda:N`; a CUDA device on a build without CUDA (saying how to get
+/// the CUDA binary).
+pub fn check_device(spec: &str) -> Result<Option<usize>> {
     let spec = spec.trim();
     if spec.is_empty() || spec == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
     let ordinal = match spec.strip_prefix("cuda") {
         Some("") => 0,
@@ -28,9 +47,7 @@ pub fn device(spec: &str) -> Result<Device> {
              build the CUDA binary with scripts/cuda-build.sh (see docs/gpu.md) or use `--device cpu`"
         );
     }
-    Device::new_cuda(ordinal).with_context(|| {
-        format!("opening CUDA device {ordinal} (is an NVIDIA GPU and driver present?)")
-    })
+    Ok(Some(ordinal))
 }
 
 /// The architecture of a model stage: a timm preset name, or a full config.
@@ -59,4 +76,32 @@ impl Arch {
 /// The input directory of stage `id`, when this instance `needs` it.
 pub fn input_dir<'a>(ctx: &'a StageContext, id: &str) -> Result<&'a Path> {
     Ok(ctx.input(id)?.dir.as_path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_device;
+
+    #[test]
+    fn check_device_reads_the_spec_and_knows_the_build() {
+        assert_eq!(check_device("cpu").unwrap(), None);
+        assert_eq!(check_device(" ").unwrap(), None);
+        for bad in ["gpu", "cuda:abc", "cuda:-1", "cuda1", "cuda:"] {
+            let e = check_device(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("device `{bad}`: expected `cpu`, `cuda` or `cuda:N`")
+            );
+        }
+        let cuda = check_device("cuda:2");
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda.unwrap(), Some(2));
+        } else {
+            let e = cuda.unwrap_err().to_string();
+            assert!(
+                e.contains("built without CUDA") && e.contains("--device cpu"),
+                "{e}"
+            );
+        }
+    }
 }

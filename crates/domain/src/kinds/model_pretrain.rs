@@ -10,7 +10,7 @@ use crate::nn::adapters::AdapterConfig;
 use crate::nn::vit::Vit;
 use crate::train::{self, Member, OptimConfig};
 use anyhow::Result;
-use idat_engine::stages::{StageContext, StageKind, StageRef};
+use idat_engine::stages::{ParamError, StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -67,6 +67,10 @@ impl StageKind for ModelPretrain {
     const VERSION: u32 = 3;
     const SUMMARY: &'static str =
         "Train a ViT from scratch on a source task; store it as a timm-named backbone";
+
+    fn check(p: &Params) -> Result<(), ParamError> {
+        super::train::check_optim(&p.optim)
+    }
 
     fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
         crate::train::resume_point(checkpoint_dir)

@@ -12,7 +12,7 @@ use crate::nn::vit::Vit;
 use crate::train::{self, DistillConfig, Member, OptimConfig, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use idat_engine::stages::{StageContext, StageKind, StageRef};
+use idat_engine::stages::{ParamError, StageContext, StageKind, StageRef};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::Path;
@@ -98,6 +98,14 @@ pub struct IdatParams {
 
 fn one() -> usize {
     1
+}
+
+/// [`OptimConfig::check`] of a stage's `optim`, the field named below `with:`
+/// (`optim.accum_steps`), for [`StageKind::check`] of the kinds that train.
+pub(super) fn check_optim(optim: &OptimConfig) -> Result<(), ParamError> {
+    optim
+        .check()
+        .map_err(|(field, message)| ParamError::at(format!("optim.{field}"), message))
 }
 
 /// The optimiser settings and drop-path rate to use, after the official recipe if asked.
@@ -238,6 +246,10 @@ impl StageKind for TrainAdapt {
     const SUMMARY: &'static str =
         "Adapter-tuning of one frozen model (the AT baseline), any adapter method";
 
+    fn check(p: &AdaptParams) -> Result<(), ParamError> {
+        check_optim(&p.optim)
+    }
+
     fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
         crate::train::resume_point(checkpoint_dir)
     }
@@ -272,6 +284,10 @@ impl StageKind for TrainIdat {
     const NAME: &'static str = "train/idat";
     const VERSION: u32 = 3;
     const SUMMARY: &'static str = "iDAT: co-train a small teacher and a large student with online distillation; keep the student";
+
+    fn check(p: &IdatParams) -> Result<(), ParamError> {
+        check_optim(&p.optim)
+    }
 
     fn resume_point(checkpoint_dir: &std::path::Path) -> Result<Option<String>> {
         crate::train::resume_point(checkpoint_dir)

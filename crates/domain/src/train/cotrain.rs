@@ -1,8 +1,13 @@
 //! The training loop: the AT baseline (one member) and iDAT co-training (two members,
 //! one backward of `CE_s + CE_t + w * D`, one AdamW step per member; [`super::step`]).
 //!
+//! Gradient accumulation (`optim.accum_steps: N`): each step's batch runs as N micro-batches
+//! of `batch_size / N` images and one AdamW step per member follows
+//! ([`super::step::train_step_accum`]); the schedule and the epoch rows count steps. The
+//! test evaluations run in batches of `batch_size / N` too.
+//!
 //! Determinism: the data order depends only on (seed, epoch), dropout/DropPath masks only
-//! on (seed, member, epoch, step), so a run resumed from an epoch checkpoint ends with the
+//! on (seed, member, epoch, step, and the micro-batch with N > 1), so a run resumed from an epoch checkpoint ends with the
 //! same weights and metrics as an uninterrupted one on CPU.
 use super::config::{DistillConfig, OptimConfig};
 use super::epoch::{EpochRow, Sums};
@@ -10,7 +15,7 @@ use super::evaluate::{evaluate, evaluate_many, EvalResult};
 use super::hooks::TrainHooks;
 use super::member::Member;
 use super::state;
-use super::step::{train_step, StepAt};
+use super::step::{train_step_accum, StepAt};
 use crate::data::image::Normalize;
 use crate::data::loader::{epoch_order, Split};
 use crate::nn::optim::CosineSchedule;
@@ -91,12 +96,16 @@ pub fn train(
             total,
             steps,
             batch: optim.batch_size,
+            micro_batch: optim.micro_batch(),
             seed,
         };
         let (sums, lr) = run.train(members, distill, &sched, data, ctx)?;
         let last = epoch + 1 == total;
         let (test_s, test_t) = if last || (epoch + 1) % eval_every == 0 {
-            evaluate_members(members, data, optim.batch_size)?
+            // In micro-batches: a card that trains batch_size / N at a time may not hold
+            // the forward of a whole batch (an evaluation forward holds its intermediate
+            // tensors until its logits are out). N = 1: batches of batch_size, as always.
+            evaluate_members(members, data, optim.micro_batch())?
         } else {
             (None, None)
         };
@@ -112,7 +121,7 @@ pub fn train(
     let final_eval = match last_eval {
         Some(e) => e,
         // Resumed after the last epoch: nothing was evaluated in this process.
-        None => evaluate_student(members, data, optim.batch_size)?,
+        None => evaluate_student(members, data, optim.micro_batch())?,
     };
     Ok(outcome(
         rows,
@@ -122,8 +131,8 @@ pub fn train(
     ))
 }
 
-/// The steps per epoch, after checking the members (one or two; two need `distill`) and
-/// the batch size against the training split.
+/// The steps per epoch, after checking the members (one or two; two need `distill`), the
+/// batch size against the training split and `accum_steps` against the batch size.
 fn check_run(
     members: &[Member],
     distill: Option<&DistillConfig>,
@@ -138,6 +147,9 @@ fn check_run(
     }
     if members.len() == 2 && distill.is_none() {
         bail!("two models need a `distill` configuration");
+    }
+    if let Err((field, message)) = optim.check() {
+        bail!("optim.{field}: {message}");
     }
     let n = data.train.len();
     let bs = optim.batch_size;
@@ -188,12 +200,14 @@ fn resume(
     })
 }
 
-/// One epoch of a run: `steps` batches of `batch` images.
+/// One epoch of a run: `steps` batches of `batch` images, each run as micro-batches of
+/// `micro_batch` images (`batch`: no accumulation).
 struct Epoch {
     epoch: usize,
     total: usize,
     steps: usize,
     batch: usize,
+    micro_batch: usize,
     seed: u64,
 }
 
@@ -225,7 +239,7 @@ impl Epoch {
                 step,
                 steps,
             };
-            let parts = train_step(members, distill, &x, &y, at, lr)?;
+            let parts = train_step_accum(members, distill, &x, &y, at, lr, self.micro_batch)?;
             sums.add(&parts, &y)?;
             ctx.set_position((epoch * steps + step + 1) as u64);
             ctx.set_message(&format!(

@@ -19,4 +19,4 @@ pub use evaluate::{evaluate, EvalResult};
 pub use hooks::TrainHooks;
 pub use member::Member;
 pub use state::{resume_epoch, resume_point};
-pub use step::{train_step, StepAt, StepLoss};
+pub use step::{train_step, train_step_accum, StepAt, StepLoss};

@@ -11,7 +11,9 @@
 //!   hand-computed numbers;
 //! - `cotrain_trajectory`: five steps of iDAT co-training against PyTorch + timm
 //!   (`tests/fixtures/cotrain`);
-//! - `config_overrides`: `--set` overrides and schema messages on the shipped stage kinds.
+//! - `config_overrides`: `--set` overrides and schema messages on the shipped stage kinds;
+//! - `train_accum`: gradient accumulation (`optim.accum_steps`) against whole batches, and
+//!   the cache keys of pipelines that do not set it.
 //!
 //! `cargo test -p idat-domain --test domain` runs them; a module alone:
 //! `cargo test -p idat-domain --test domain data_image::`.
@@ -30,3 +32,4 @@ mod report_backbones;
 mod report_compare;
 mod report_plots;
 mod report_vtab;
+mod train_accum;

@@ -149,9 +149,19 @@ pub(super) fn explain(
                 .unwrap_or_else(|| property.to_string())
         )),
         K::Type { .. } if node.is_null() => one(null_message(here, e)),
-        K::Type { .. } => one(here
-            .and_then(|h| types::type_message(h, node))
-            .unwrap_or_else(|| e.to_string())),
+        K::Type { .. } => {
+            let mut m = here
+                .and_then(|h| types::type_message(h, node))
+                .unwrap_or_else(|| e.to_string());
+            if let [.., "resources", field] =
+                segs.iter().map(String::as_str).collect::<Vec<_>>()[..]
+            {
+                if let Some(hint) = super::resources::number_hint(field, node) {
+                    m = format!("{m}: {hint}");
+                }
+            }
+            one(m)
+        }
         K::Minimum { .. }
         | K::Maximum { .. }
         | K::ExclusiveMinimum { .. }

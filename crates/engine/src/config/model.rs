@@ -83,16 +83,23 @@ pub struct StageSpec {
     pub resources: Resources,
 }
 
-/// Resources of one instance; the local executor schedules on `cpus` and `gpus`.
+/// Resources of one instance; the local executor schedules on `cpus`, `gpus` and `gpu_mem`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU slots (counted against `--jobs`).
     #[serde(default = "one")]
     pub cpus: u32,
-    /// GPUs (counted against `--gpus`).
+    /// GPUs: the local executor gives the instance this many cards of its own (of the
+    /// visible ones, `--gpus`); 0 runs it on the CPU, whatever `--device` says.
     #[serde(default)]
     pub gpus: u32,
+    /// GPU memory the instance uses on each of its cards, e.g. `6G` (`mem`'s syntax): the
+    /// local executor puts several instances on one card while their `gpu_mem` fits the
+    /// card's memory, and checks the card's free memory when one starts. Without it an
+    /// instance takes its cards alone (unless `--per-gpu`).
+    #[serde(default)]
+    pub gpu_mem: Option<String>,
     /// Memory, e.g. `8G` (used by the Slurm executor).
     #[serde(default)]
     pub mem: Option<String>,
@@ -110,6 +117,7 @@ impl Default for Resources {
         Self {
             cpus: 1,
             gpus: 0,
+            gpu_mem: None,
             mem: None,
             time: None,
         }

@@ -4,7 +4,7 @@
 //! with no fractional part, as JSON Schema does (`10.0` is an integer there), and holds the
 //! integer: `epochs: 1e3` is `epochs: 1000`, for the stage and for the cache key
 //! ([`integral_floats_to_integers`]). `10.5` is refused (`expected an integer, got 10.5`),
-//! and so is an integer outside the field's width (`expected an integer from 0 to
+//! and so is an integer outside the field's width (`expected an integer of at most
 //! 4294967295, got 5000000000`): [`bound_integers`] writes each width's range into the
 //! schema, so `validate`, the editor schema and the stage agree.
 use super::paths::for_each_marked;
@@ -137,13 +137,36 @@ pub fn type_message(node: &Value, got: &Value) -> Option<String> {
     Some(m)
 }
 
-/// `expected an integer from 0 to 4294967295, got 5000000000` for a number outside the
-/// `minimum`/`maximum` of schema `node`.
+/// `expected an integer from 1 to 16, got 20` for a number outside the
+/// `minimum`/`maximum` of schema `node`. A bound that is only the integer width's own
+/// (18446744073709551615 for `uint64`) is left out when the value is on its right side:
+/// `expected an integer of at least 1, got 0`.
 pub fn range_message(node: &Value, got: &Value) -> Option<String> {
     let want = expected(node).unwrap_or_else(|| "a number".into());
     let want = want.split(" or ").next().unwrap_or("a number");
-    let lo = node.get("minimum").or_else(|| node.get("exclusiveMinimum"));
-    let hi = node.get("maximum").or_else(|| node.get("exclusiveMaximum"));
+    let width = node
+        .get("format")
+        .and_then(Value::as_str)
+        .and_then(format_range);
+    let as_i128 = |v: &Value| {
+        v.as_u64()
+            .map(i128::from)
+            .or_else(|| v.as_i64().map(i128::from))
+    };
+    let g = as_i128(got);
+    // A bound that is the width's own, with the value inside it, says nothing.
+    let own = |b: &Value, width_bound: Option<i128>, inside: fn(i128, i128) -> bool| {
+        let (b, w) = (as_i128(b), width_bound);
+        b.is_some() && b == w && g.is_some_and(|g| inside(g, w.unwrap_or(0)))
+    };
+    let lo = node
+        .get("minimum")
+        .or_else(|| node.get("exclusiveMinimum"))
+        .filter(|b| !own(b, width.map(|w| w.0), |g, w| g >= w));
+    let hi = node
+        .get("maximum")
+        .or_else(|| node.get("exclusiveMaximum"))
+        .filter(|b| !own(b, width.map(|w| w.1), |g, w| g <= w));
     let range = match (lo, hi) {
         (Some(lo), Some(hi)) => format!("from {lo} to {hi}"),
         (Some(lo), None) => format!("of at least {lo}"),
@@ -213,11 +236,23 @@ mod tests {
         );
         assert_eq!(
             range_message(&int, &json!(5000000000u64)).unwrap(),
-            "expected an integer from 0 to 4294967295, got 5000000000"
+            "expected an integer of at most 4294967295, got 5000000000"
         );
         assert_eq!(
             range_message(&json!({"type": "number", "minimum": 0}), &json!(-1)).unwrap(),
             "expected a number of at least 0, got -1"
+        );
+        // The width's own maximum is not worth stating for a value below the minimum.
+        let at_least_1 = json!({"type": "integer", "format": "uint64", "minimum": 1,
+            "maximum": u64::MAX});
+        assert_eq!(
+            range_message(&at_least_1, &json!(0)).unwrap(),
+            "expected an integer of at least 1, got 0"
+        );
+        let int8 = json!({"type": "integer", "format": "int8", "minimum": -128, "maximum": 10});
+        assert_eq!(
+            range_message(&int8, &json!(11)).unwrap(),
+            "expected an integer of at most 10, got 11"
         );
     }
 }

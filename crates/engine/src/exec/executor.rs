@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct Capacity {
     /// CPU slots; an instance's `resources.cpus` is clamped to 1..=cpus.
     pub cpus: usize,
-    /// GPUs.
+    /// GPUs (the number of cards, where [`Executor::cards`] lists them).
     pub gpus: usize,
     /// Instances in flight (`usize::MAX`: no limit beyond the slots).
     pub jobs: usize,
@@ -65,6 +65,12 @@ pub enum Event {
 pub trait Executor {
     /// What it can run at once.
     fn capacity(&self) -> Capacity;
+    /// The cards the scheduler places GPU instances on ([`super::gpus::pool::Pool`]), or
+    /// `None` (the default) for an executor whose instances get their GPUs elsewhere (Slurm
+    /// allocates them per task): the scheduler then only counts [`Capacity::gpus`].
+    fn cards(&self) -> Option<&super::gpus::CardSet> {
+        None
+    }
     /// Why an instance with these resources can never run here (an error message naming the
     /// option to change), or `Ok` when it can. The scheduler fails such an instance before
     /// it starts.

@@ -1,5 +1,6 @@
 //! One instance made ready to run: [`StageJob`], built by [`build_job`] for the scheduler
 //! and for `idat-pipe exec-stage` alike.
+use super::gpus::Card;
 use crate::cache::keys::{key_parts, upstream_parts};
 use crate::cache::{Cache, KeyParts};
 use crate::config::Instance;
@@ -27,6 +28,11 @@ pub struct StageJob {
     pub log_path: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The cards the scheduler placed it on (`device` is `cuda:K` of the first); empty when
+    /// nothing was placed (a CPU instance, `exec-stage`).
+    pub cards: Vec<Card>,
+    /// `resources.gpu_mem` in bytes: checked against its cards' free memory when it starts.
+    pub gpu_mem: Option<u64>,
     /// CPU threads for the instance's kernels.
     pub threads: usize,
     /// Recompute even when a valid entry exists (`--force`).
@@ -47,8 +53,12 @@ pub struct Committed {
 pub struct JobSettings {
     /// The instance's log file in the run record (appended to).
     pub log_path: PathBuf,
-    /// `cpu`, `cuda` or `cuda:N` (`--device`).
+    /// `cpu`, `cuda` or `cuda:N`: the scheduler's [`super::scheduler::device_of`].
     pub device: String,
+    /// The cards it is placed on ([`StageJob::cards`]).
+    pub cards: Vec<Card>,
+    /// `resources.gpu_mem` in bytes ([`StageJob::gpu_mem`]).
+    pub gpu_mem: Option<u64>,
     /// CPU threads for the instance's kernels (the scheduler gives its CPU slots).
     pub threads: usize,
     /// Recompute even when a valid entry exists (`--force`).
@@ -100,6 +110,8 @@ pub fn build_job(
         inputs,
         log_path: settings.log_path,
         device: settings.device,
+        cards: settings.cards,
+        gpu_mem: settings.gpu_mem,
         threads: settings.threads,
         force: settings.force,
     })
@@ -190,6 +202,8 @@ mod tests {
         let settings = || JobSettings {
             log_path: d.path().join("log"),
             device: "cpu".into(),
+            cards: vec![],
+            gpu_mem: None,
             threads: 1,
             force: false,
         };

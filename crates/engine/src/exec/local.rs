@@ -1,6 +1,8 @@
 //! The local executor: instances in parallel on threads of this process, within `--jobs`
-//! CPU slots and `--gpus` GPUs.
+//! CPU slots and the run's cards ([`super::gpus`]: `--device`, `--gpus`, `--gpu-mem`,
+//! `--per-gpu`); the scheduler places GPU instances on them.
 use super::executor::{Capacity, Event, Executor, Finished, ProgressUpdate};
+use super::gpus::CardSet;
 use super::job::StageJob;
 use super::record::unix_now;
 use super::stage::exec_stage;
@@ -11,8 +13,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The `local` executor plugin: no settings; `--jobs` CPU slots and `--gpus` GPU slots
-/// (default: the GPUs [`detect_gpus`] finds).
+/// The `local` executor plugin: no settings; `--jobs` CPU slots and the cards
+/// [`super::gpus::for_run`] finds (`CUDA_VISIBLE_DEVICES`, NVML, `/dev/nvidiaN`).
 pub struct Local;
 
 /// The `local` executor's settings: none.
@@ -24,33 +26,29 @@ impl super::plugin::ExecutorPlugin for Local {
     type Settings = LocalSettings;
     const NAME: &'static str = "local";
     const SUMMARY: &'static str =
-        "threads of the `run` process, within `--jobs` CPU slots and `--gpus` GPUs";
+        "threads of the `run` process, within `--jobs` CPU slots and the visible GPUs (`--gpus`)";
     fn build(
         _: LocalSettings,
         run: &super::plugin::RunSetup,
     ) -> Result<Box<dyn super::Executor>, String> {
-        let gpus = run.gpus.unwrap_or_else(detect_gpus);
+        let ask = super::gpus::Ask {
+            device: super::gpus::DeviceSpec::parse(run.device)?,
+            gpus: run.gpus,
+            gpu_mem: run.gpu_mem,
+            per_gpu: run.per_gpu,
+        };
+        let cards = match (ask.device, ask.gpus) {
+            // Everything on the CPU and no `--gpus`: GPU instances are bounded by CPU slots
+            // alone (no card is used, so none is counted).
+            (super::gpus::DeviceSpec::Cpu, None) => None,
+            _ => Some(super::gpus::for_run(&ask)?),
+        };
         Ok(Box::new(LocalExecutor::new(
             run.jobs,
-            gpus,
+            cards,
             run.cancel.clone(),
         )))
     }
-}
-
-/// GPUs visible to this process (NVIDIA device files `/dev/nvidiaN`).
-pub fn detect_gpus() -> usize {
-    std::fs::read_dir("/dev")
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("nvidia")
-                        .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// Name prefix of the threads that run stages (their panics are reported as failures).
@@ -76,7 +74,8 @@ pub fn quiet_stage_panics() {
 /// Runs each instance on its own thread through [`exec_stage`].
 pub struct LocalExecutor {
     cpus: usize,
-    gpus: usize,
+    /// `None`: `--device cpu` without `--gpus`, GPU instances are not bounded by cards.
+    cards: Option<CardSet>,
     /// Shared with every running stage (and with the Ctrl-C handler).
     cancel: Arc<AtomicBool>,
     tx: mpsc::Sender<Event>,
@@ -84,13 +83,14 @@ pub struct LocalExecutor {
 }
 
 impl LocalExecutor {
-    /// `jobs` CPU slots (at least 1), `gpus` GPUs; `cancel` stops the running stages.
-    pub fn new(jobs: usize, gpus: usize, cancel: Arc<AtomicBool>) -> Self {
+    /// `jobs` CPU slots (at least 1), GPU instances on `cards` (`None`: not bounded by
+    /// cards); `cancel` stops the running stages.
+    pub fn new(jobs: usize, cards: Option<CardSet>, cancel: Arc<AtomicBool>) -> Self {
         quiet_stage_panics();
         let (tx, rx) = mpsc::channel();
         Self {
             cpus: jobs.max(1),
-            gpus,
+            cards,
             cancel,
             tx,
             rx,
@@ -129,20 +129,21 @@ impl Executor for LocalExecutor {
     fn capacity(&self) -> Capacity {
         Capacity {
             cpus: self.cpus,
-            gpus: self.gpus,
+            gpus: self.cards.as_ref().map_or(usize::MAX, |c| c.cards.len()),
             jobs: usize::MAX,
         }
     }
 
+    fn cards(&self) -> Option<&CardSet> {
+        self.cards.as_ref()
+    }
+
     fn admits(&self, resources: &Resources) -> Result<(), String> {
-        let gpus = resources.gpus as usize;
-        if gpus > self.gpus {
-            return Err(format!(
-                "needs {gpus} GPU(s) but this machine offers {} (--gpus)",
-                self.gpus
-            ));
+        let mem = super::gpus::gpu_mem(resources)?;
+        match &self.cards {
+            Some(cards) => super::gpus::pool::admits(cards, resources.gpus as usize, mem),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn submit(&mut self, index: usize, job: StageJob) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! instance through the cache, progress display and the run record.
 pub mod eta;
 pub mod executor;
+pub mod gpus;
 pub mod job;
 pub mod local;
 pub mod plan;

@@ -29,8 +29,12 @@ pub struct RunSetup<'a> {
     pub device: &'a str,
     /// `--jobs`: CPU slots of this machine for the run.
     pub jobs: usize,
-    /// `--gpus` when given (GPU slots of this machine).
+    /// `--gpus` when given: the first N visible cards (declared where no driver lists them).
     pub gpus: Option<usize>,
+    /// `--gpu-mem` when given: bytes each card offers to `resources.gpu_mem`.
+    pub gpu_mem: Option<u64>,
+    /// `--per-gpu` when given: instances per card at most.
+    pub per_gpu: Option<usize>,
     /// Set by Ctrl-C: executors that run stages in this process stop them.
     pub cancel: Arc<AtomicBool>,
 }

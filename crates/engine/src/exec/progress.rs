@@ -10,8 +10,9 @@ use std::time::Duration;
 
 /// What the executor tells the user while running.
 pub trait Reporter: Send + Sync {
-    /// An instance started; the returned sink receives its own progress.
-    fn started(&self, id: &str) -> Arc<dyn Progress>;
+    /// An instance started on `place` (its cards, e.g. `cuda:1 (GPU 5)`; empty for the CPU
+    /// or where nothing was placed); the returned sink receives its own progress.
+    fn started(&self, id: &str, place: &str) -> Arc<dyn Progress>;
     /// An instance ended with `status` (`ran`, `cached`, `failed`, `skipped`).
     fn finished(&self, id: &str, status: &str, seconds: f64);
     /// Print a line without breaking the bars.
@@ -47,7 +48,7 @@ fn eta_text(eta: &Eta) -> String {
 /// Prints nothing.
 pub struct Quiet;
 impl Reporter for Quiet {
-    fn started(&self, _: &str) -> Arc<dyn Progress> {
+    fn started(&self, _: &str, _: &str) -> Arc<dyn Progress> {
         Arc::new(NoProgress)
     }
     fn finished(&self, _: &str, _: &str, _: f64) {}
@@ -170,10 +171,13 @@ impl Progress for PlainProgress {
 }
 
 impl Reporter for Plain {
-    fn started(&self, id: &str) -> Arc<dyn Progress> {
-        eprintln!("start   {id}");
+    fn started(&self, id: &str, place: &str) -> Arc<dyn Progress> {
+        match place {
+            "" => eprintln!("start   {id}"),
+            p => eprintln!("start   {id} on {p}"),
+        }
         if let Ok(mut s) = self.state.lock() {
-            s.messages.insert(id.to_string(), String::new());
+            s.messages.insert(id.to_string(), place.to_string());
             s.eta.started(id);
         }
         Arc::new(PlainProgress {
@@ -294,8 +298,9 @@ impl Progress for InstanceBar {
 }
 
 impl Reporter for Bars {
-    fn started(&self, id: &str) -> Arc<dyn Progress> {
+    fn started(&self, id: &str, place: &str) -> Arc<dyn Progress> {
         let b = self.multi.insert_before(&self.overall, ProgressBar::new(0));
+        b.set_message(place.to_string());
         b.set_style(
             ProgressStyle::with_template("  {prefix} {bar:20} {pos}/{len} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -20,6 +20,9 @@ pub struct TraceRow {
     pub end: f64,
     /// `end - start`, in seconds.
     pub seconds: f64,
+    /// Where it ran: `cpu`, its cards (`cuda:1 (GPU 5)`, several joined by ` + `), or the
+    /// run's `--device` where the executor placed nothing (Slurm); empty when it did not run.
+    pub device: String,
 }
 
 /// Seconds since the Unix epoch.

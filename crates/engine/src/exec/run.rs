@@ -48,6 +48,10 @@ pub struct RunRequest<'a> {
     pub jobs: usize,
     /// `--gpus`.
     pub gpus: Option<usize>,
+    /// `--gpu-mem`, bytes.
+    pub gpu_mem: Option<u64>,
+    /// `--per-gpu`.
+    pub per_gpu: Option<usize>,
     /// `--executor` (None: the file's, else `local`).
     pub executor: Option<&'a str>,
     /// `--quiet`: no progress.
@@ -66,27 +70,91 @@ pub struct RunOutcome {
     pub summaries: String,
 }
 
-/// Run every instance of the pipeline `loaded` on the chosen executor: cached ones are
-/// reused, the rest computed; the trace is written to the run record.
-///
-/// # Errors
-/// [`RunError::Invalid`] for an unknown `--force` stage or an executor that cannot run it;
-/// [`RunError::Failed`] when the cache or the run record cannot be written.
-pub fn run(loaded: &Loaded, registry: &Registry, req: &RunRequest) -> Result<RunOutcome, RunError> {
-    let g = Graph::build(loaded);
+/// The stages `--force` names, and `--device` checked against this build: what [`run`]
+/// checks before it opens the cache (and [`check`] too).
+fn forced_and_device(
+    g: &Graph,
+    loaded: &Loaded,
+    registry: &Registry,
+    req: &RunRequest,
+) -> Result<Vec<bool>, RunError> {
     let forced = g.forced(loaded, req.force).map_err(RunError::Invalid)?;
-    let cache = Cache::open(req.cache_dir)?;
+    registry
+        .check_device(req.device)
+        .map_err(RunError::Invalid)?;
+    Ok(forced)
+}
+
+/// The executor `req` asks for, built: its placement flags checked against the machine.
+fn executor(
+    loaded: &Loaded,
+    registry: &Registry,
+    req: &RunRequest,
+    cache: &Cache,
+) -> Result<Box<dyn super::Executor>, RunError> {
     let setup = RunSetup {
-        cache: &cache,
+        cache,
         pipeline: &loaded.file,
         overrides: &loaded.overrides,
         device: req.device,
         jobs: req.jobs,
         gpus: req.gpus,
+        gpu_mem: req.gpu_mem,
+        per_gpu: req.per_gpu,
         cancel: req.cancel.clone(),
     };
-    let mut executor =
+    let executor =
         plugin::build(registry, loaded, req.executor, &setup).map_err(RunError::Invalid)?;
+    // The local executor places on this machine's cards (`cards()` is `None` there under
+    // `--device cpu` without `--gpus`); others get their GPUs elsewhere.
+    let name = req
+        .executor
+        .or(loaded.executor.as_deref())
+        .unwrap_or("local");
+    if name == <super::local::Local as plugin::ExecutorPlugin>::NAME {
+        let g = Graph::build(loaded);
+        let gpu = || g.instances.iter().filter(|i| i.resources.gpus > 0);
+        let demand = super::gpus::advice::Demand {
+            gpu_instances: gpu().count(),
+            with_gpu_mem: gpu().filter(|i| i.resources.gpu_mem.is_some()).count(),
+        };
+        for w in super::gpus::advice::warnings(executor.cards(), demand, req.gpu_mem, req.per_gpu) {
+            tracing::warn!("{w}");
+        }
+    }
+    Ok(executor)
+}
+
+/// What `run --dry-run` checks: every option [`run`] would refuse (`--force`, `--device`,
+/// `--gpus`, `--gpu-mem`, `--per-gpu`, `--executor`), with the same messages; runs nothing.
+/// Returns which instances `--force` recomputes (for the plan).
+///
+/// # Errors
+/// [`RunError::Invalid`] as [`run`] gives it.
+pub fn check(
+    loaded: &Loaded,
+    registry: &Registry,
+    req: &RunRequest,
+) -> Result<Vec<bool>, RunError> {
+    let forced = forced_and_device(&Graph::build(loaded), loaded, registry, req)?;
+    let cache = Cache::open_read_only(req.cache_dir);
+    executor(loaded, registry, req, &cache)?;
+    Ok(forced)
+}
+
+/// Run every instance of the pipeline `loaded` on the chosen executor: cached ones are
+/// reused, the rest computed; the trace is written to the run record.
+///
+/// # Errors
+/// [`RunError::Invalid`] for an unknown `--force` stage, a `--device` this build cannot run
+/// (the registry's device check) or placement flags that do not fit the machine, or an
+/// executor that cannot run it: nothing ran;
+/// [`RunError::Failed`] when the cache or the run record cannot be written.
+pub fn run(loaded: &Loaded, registry: &Registry, req: &RunRequest) -> Result<RunOutcome, RunError> {
+    let g = Graph::build(loaded);
+    let forced = forced_and_device(&g, loaded, registry, req)?;
+    let cache = Cache::open(req.cache_dir)?;
+    let mut executor = executor(loaded, registry, req, &cache)?;
     let record = RunRecord::create(req.runs_dir, &loaded.resolved, &loaded.overrides)?;
     let ids: Vec<(&str, &str)> = g
         .instances
@@ -143,13 +211,17 @@ pub struct OneRequest<'a> {
 /// Returns the outcome and the log file.
 ///
 /// # Errors
-/// [`RunError::Invalid`]: no such instance, or an upstream not cached;
+/// [`RunError::Invalid`]: a `--device` this build cannot run (the registry's device check),
+/// no such instance, or an upstream not cached;
 /// [`RunError::Failed`]: the cache cannot be opened.
 pub fn exec_one(
     loaded: &Loaded,
     registry: &Registry,
     req: OneRequest,
 ) -> Result<(Outcome, PathBuf), RunError> {
+    registry
+        .check_device(&req.device)
+        .map_err(RunError::Invalid)?;
     let g = Graph::build(loaded);
     let Some(i) = g.instances.iter().position(|x| x.id == req.instance) else {
         return Err(RunError::Invalid(format!(
@@ -172,6 +244,10 @@ pub fn exec_one(
             ))
         }),
         device: req.device,
+        // Under Slurm the task's GPUs are its allocation (cuda:0.. in the task); nothing is
+        // placed here.
+        cards: Vec::new(),
+        gpu_mem: None,
         // Under Slurm, the task's `--cpus-per-task`.
         threads: req.threads.unwrap_or_else(|| {
             std::env::var("SLURM_CPUS_PER_TASK")

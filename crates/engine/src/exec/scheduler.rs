@@ -2,6 +2,7 @@
 //! upstream committed), skips below failures, resource slots, `--keep-going`, Ctrl-C, the
 //! failure report and the trace; executors only start jobs and report what became of them.
 use super::executor::{Event, Executor, Finished, ProgressUpdate};
+use super::gpus::{self, pool::Pool, Card};
 use super::job::{build_job, Committed, JobSettings};
 use super::progress::Reporter;
 use super::record::{tail, unix_now, RunRecord, TraceRow};
@@ -23,8 +24,22 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// `forced[i]`: recompute instance `i` (`--force`).
     pub forced: Vec<bool>,
-    /// `cpu`, `cuda` or `cuda:N` (`--device`).
+    /// `cpu`, `cuda` or `cuda:N` (`--device`): what a GPU instance gets where the executor
+    /// lists no cards to place it on ([`device_of`]).
     pub device: String,
+}
+
+/// The device of an instance declaring `gpus` GPUs: `cpu` when it declares none (whatever
+/// `--device` says), `cuda:K` of its first card where the scheduler placed it, else the
+/// run's `--device` (Slurm: the task's allocated GPUs are `cuda:0..` there).
+pub fn device_of(run_device: &str, gpus: u32, placed: Option<&[Card]>) -> String {
+    if gpus == 0 {
+        return "cpu".into();
+    }
+    match placed.and_then(|c| c.first()) {
+        Some(c) => format!("cuda:{}", c.ordinal),
+        None => run_device.to_string(),
+    }
 }
 
 /// A failed instance, for the failure report.
@@ -88,6 +103,7 @@ pub struct RunContext<'a> {
 /// Run every instance of the graph on `executor` (cached ones are verified and reused).
 pub fn schedule(run: &RunContext, executor: &mut dyn Executor) -> RunSummary {
     let mut s = Scheduler::new(run, executor.capacity().cpus);
+    s.pool = executor.cards().cloned().map(Pool::new);
     loop {
         if run.cancel.load(Ordering::Relaxed) && !s.summary.interrupted {
             s.summary.interrupted = true;
@@ -122,7 +138,15 @@ struct Scheduler<'r, 'a> {
     progress: Vec<Option<Arc<dyn Progress>>>,
     cpu_slots: usize,
     cpu_used: usize,
+    /// GPUs in use, where the executor lists no cards (Slurm).
     gpu_used: usize,
+    /// The executor's cards and what holds them (the local executor).
+    pool: Option<Pool>,
+    /// Cards (indices in the pool) each running instance holds.
+    held: Vec<Vec<usize>>,
+    /// Where each running instance runs, for its progress and the trace: `cuda:1 (GPU 5)`,
+    /// `cpu`, `cuda` (unplaced).
+    device: Vec<String>,
     running: usize,
     stop_launching: bool,
     summary: RunSummary,
@@ -140,6 +164,9 @@ impl<'r, 'a> Scheduler<'r, 'a> {
             cpu_slots: cpu_slots.max(1),
             cpu_used: 0,
             gpu_used: 0,
+            pool: None,
+            held: vec![Vec::new(); n],
+            device: vec![String::new(); n],
             running: 0,
             stop_launching: false,
             summary: RunSummary::default(),
@@ -153,6 +180,32 @@ impl<'r, 'a> Scheduler<'r, 'a> {
 
     fn gpus(&self, i: usize) -> usize {
         self.run.graph.instances[i].resources.gpus as usize
+    }
+
+    /// `resources.gpu_mem` of instance `i`, bytes (its syntax was checked at load and by
+    /// `admits`).
+    fn gpu_mem(&self, i: usize) -> Option<u64> {
+        gpus::gpu_mem(&self.run.graph.instances[i].resources)
+            .ok()
+            .flatten()
+    }
+
+    /// Cards for instance `i` if they are free now (none for a CPU instance): pool indices.
+    fn take_cards(&mut self, i: usize, gpu_limit: usize) -> Option<Vec<usize>> {
+        let (k, mem) = (self.gpus(i), self.gpu_mem(i));
+        match &mut self.pool {
+            Some(p) => p.take(k, mem),
+            None => (self.gpu_used.saturating_add(k) <= gpu_limit).then(Vec::new),
+        }
+    }
+
+    /// Give back instance `i`'s cards.
+    fn release_cards(&mut self, i: usize) {
+        let mem = self.gpu_mem(i);
+        let held = std::mem::take(&mut self.held[i]);
+        if let Some(p) = &mut self.pool {
+            p.give_back(&held, mem);
+        }
     }
 
     /// Instances whose upstream failed or was skipped are skipped.
@@ -188,25 +241,56 @@ impl<'r, 'a> Scheduler<'r, 'a> {
                 self.fail_before_start(i, why);
                 continue;
             }
-            let fits = self.running < cap.jobs
-                && self.cpu_used + self.cpus(i) <= cap.cpus.max(1)
-                && self.gpu_used + self.gpus(i) <= cap.gpus;
-            if fits {
+            let fits = self.running < cap.jobs && self.cpu_used + self.cpus(i) <= cap.cpus.max(1);
+            if !fits {
+                continue;
+            }
+            if let Some(cards) = self.take_cards(i, cap.gpus) {
+                self.held[i] = cards;
                 self.launch(i, executor);
             }
         }
     }
 
-    /// Build instance `i`'s job and submit it.
+    /// The cards instance `i` holds, when the executor places stages on them (none under
+    /// `--device cpu`, where cards are only slots).
+    fn placed(&self, i: usize) -> Option<Vec<Card>> {
+        let p = self.pool.as_ref().filter(|p| p.set().place)?;
+        Some(self.held[i].iter().map(|&c| p.card(c).clone()).collect())
+    }
+
+    /// Instance `i` holds cards its stage runs on (not mere slots).
+    fn placed_on_cards(&self, i: usize) -> bool {
+        !self.held[i].is_empty() && self.pool.as_ref().is_some_and(|p| p.set().place)
+    }
+
+    /// Instance `i`'s job settings: its device and cards (recorded for its progress and
+    /// trace), log, threads and `--force`.
+    fn settings(&mut self, i: usize) -> JobSettings {
+        let run = self.run;
+        let inst = &run.graph.instances[i];
+        let placed = self.placed(i);
+        let device = device_of(&run.options.device, inst.resources.gpus, placed.as_deref());
+        let cards = placed.unwrap_or_default();
+        self.device[i] = match cards.is_empty() {
+            true => device.clone(),
+            false => gpus::labels(&cards.iter().collect::<Vec<_>>()),
+        };
+        JobSettings {
+            log_path: run.record.log_path(&inst.id),
+            device,
+            gpu_mem: self.gpu_mem(i).filter(|_| !cards.is_empty()),
+            cards,
+            threads: self.cpus(i),
+            force: run.options.forced[i],
+        }
+    }
+
+    /// Build instance `i`'s job (on the cards it holds) and submit it.
     fn launch(&mut self, i: usize, executor: &mut dyn Executor) {
         let run = self.run;
         let inst = &run.graph.instances[i];
-        let settings = JobSettings {
-            log_path: run.record.log_path(&inst.id),
-            device: run.options.device.clone(),
-            threads: self.cpus(i),
-            force: run.options.forced[i],
-        };
+        let settings = self.settings(i);
         let job = match build_job(
             run.graph,
             i,
@@ -217,7 +301,10 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         ) {
             Ok(job) => job,
             // An unreadable external input: the instance fails before it starts.
-            Err(why) => return self.fail_before_start(i, why),
+            Err(why) => {
+                self.release_cards(i);
+                return self.fail_before_start(i, why);
+            }
         };
         let key = job.parts.key();
         // Freshness is decided here, once: a cached instance never reaches the executor.
@@ -241,8 +328,14 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         self.gpu_used += self.gpus(i);
         self.running += 1;
         self.keys[i] = key;
-        self.progress[i] = Some(run.reporter.started(&inst.id));
+        // Where it runs, on its start line; a cached instance runs nowhere.
+        let place = match (&cached, job.cards.is_empty()) {
+            (None, false) => self.device[i].as_str(),
+            _ => "",
+        };
+        self.progress[i] = Some(run.reporter.started(&inst.id, place));
         if let Some(m) = cached {
+            self.device[i].clear();
             let now = unix_now();
             return self.on_finished(Finished {
                 index: i,
@@ -278,9 +371,14 @@ impl<'r, 'a> Scheduler<'r, 'a> {
             log: Default::default(),
             log_tail: vec![],
         });
-        self.summary
-            .trace
-            .push(trace_row(id, String::new(), "failed", now, now));
+        self.summary.trace.push(trace_row(
+            id,
+            String::new(),
+            "failed",
+            now,
+            now,
+            String::new(),
+        ));
         if !self.run.options.keep_going {
             self.stop_launching = true;
         }
@@ -293,7 +391,11 @@ impl<'r, 'a> Scheduler<'r, 'a> {
                     match update {
                         ProgressUpdate::Total(t) => p.set_total(t),
                         ProgressUpdate::Position(n) => p.set_position(n),
-                        ProgressUpdate::Message(m) => p.set_message(&m),
+                        // A GPU instance's messages start with its card.
+                        ProgressUpdate::Message(m) => match self.placed_on_cards(index) {
+                            false => p.set_message(&m),
+                            true => p.set_message(&format!("{}: {m}", self.device[index])),
+                        },
                     }
                 }
             }
@@ -309,6 +411,7 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         self.running -= 1;
         self.cpu_used -= self.cpus(i);
         self.gpu_used -= self.gpus(i);
+        self.release_cards(i);
         self.progress[i] = None;
         let status = match f.outcome {
             Outcome::Cached(m) => {
@@ -339,9 +442,15 @@ impl<'r, 'a> Scheduler<'r, 'a> {
         };
         run.reporter.finished(&inst.id, status, f.end - f.start);
         let key = self.keys[i].clone();
-        self.summary
-            .trace
-            .push(trace_row(inst.id.clone(), key, status, f.start, f.end));
+        let device = std::mem::take(&mut self.device[i]);
+        self.summary.trace.push(trace_row(
+            inst.id.clone(),
+            key,
+            status,
+            f.start,
+            f.end,
+            device,
+        ));
     }
 
     /// Instance `i` has a committed entry under the key it was submitted with.
@@ -360,16 +469,28 @@ impl<'r, 'a> Scheduler<'r, 'a> {
                 self.summary.skipped += 1;
                 let now = unix_now();
                 let id = self.run.graph.instances[i].id.clone();
-                self.summary
-                    .trace
-                    .push(trace_row(id, String::new(), "skipped", now, now));
+                self.summary.trace.push(trace_row(
+                    id,
+                    String::new(),
+                    "skipped",
+                    now,
+                    now,
+                    String::new(),
+                ));
             }
         }
         self.summary
     }
 }
 
-fn trace_row(instance: String, key: String, status: &str, start: f64, end: f64) -> TraceRow {
+fn trace_row(
+    instance: String,
+    key: String,
+    status: &str,
+    start: f64,
+    end: f64,
+    device: String,
+) -> TraceRow {
     TraceRow {
         instance,
         key,
@@ -377,5 +498,10 @@ fn trace_row(instance: String, key: String, status: &str, start: f64, end: f64) 
         start,
         end,
         seconds: end - start,
+        device,
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

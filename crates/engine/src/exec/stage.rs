@@ -105,6 +105,10 @@ pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<Atomi
         }
         _ => {}
     }
+    if let Err(e) = gpu_preflight(job, &ctx) {
+        ctx.log(format!("error: {e}"));
+        return Outcome::Failed(e);
+    }
     let tmp = match cache.fresh_tmp(&key) {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("{e:#}")),
@@ -115,6 +119,18 @@ pub fn exec_stage(job: &StageJob, progress: Arc<dyn Progress>, cancel: Arc<Atomi
     let _ = crate::cache::store::remove_tree(&tmp);
     let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
     record_outcome(job, &ctx, result, interrupted)
+}
+
+/// A GPU instance's log starts with its cards, and one that states `resources.gpu_mem` has
+/// each card's free memory checked through NVML ([`super::gpus::preflight`]).
+fn gpu_preflight(job: &StageJob, ctx: &StageContext) -> Result<(), String> {
+    use super::gpus::{nvml::Nvml, Driver};
+    let driver = Nvml::system().map(|n| n as &dyn Driver);
+    let (lines, fits) = super::gpus::preflight(&job.device, &job.cards, job.gpu_mem, driver);
+    for l in lines {
+        ctx.log(l);
+    }
+    fits
 }
 
 /// The context the stage sees, logging to the job's log file.

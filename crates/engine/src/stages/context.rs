@@ -52,7 +52,9 @@ pub struct StageContext {
     pub checkpoint_dir: PathBuf,
     /// Upstream entries, in `needs` order (a matrix upstream gives one per matching cell).
     pub inputs: Vec<Input>,
-    /// Device requested for this run: `cpu`, `cuda` or `cuda:N`.
+    /// Where this instance runs: `cpu` (always for an instance declaring no GPU), `cuda:K`
+    /// (the first card the scheduler gave it), or under Slurm the run's `--device` (`cuda`:
+    /// the task's first allocated GPU).
     pub device: String,
     /// CPU threads this instance may use.
     pub threads: usize,

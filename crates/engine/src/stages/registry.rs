@@ -105,12 +105,17 @@ pub fn parse_params<P: serde::de::DeserializeOwned>(with: &Value) -> Result<P, P
     })
 }
 
+/// Whether this build can run stages on a `--device` (`cpu`, `cuda`, `cuda:N`): `Err` with
+/// why not and what to do instead. Checks the spelling and the build, opens no device.
+pub type DeviceCheck = fn(&str) -> Result<(), String>;
+
 /// What the names in a pipeline resolve to: `uses:` names to stage kinds, and
 /// `executor:` names to executors ([`crate::exec::plugin`]).
 #[derive(Clone)]
 pub struct Registry {
     kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
     executors: BTreeMap<&'static str, Arc<dyn DynExecutor>>,
+    device_check: Option<DeviceCheck>,
 }
 
 impl Default for Registry {
@@ -126,6 +131,7 @@ impl Registry {
         let mut r = Self {
             kinds: BTreeMap::new(),
             executors: BTreeMap::new(),
+            device_check: None,
         };
         crate::exec::plugin::register_builtin(&mut r);
         r
@@ -145,6 +151,22 @@ impl Registry {
         self.executors
             .insert(E::NAME, crate::exec::plugin::erased::<E>());
         self
+    }
+
+    /// Set the check that `run` and `exec-stage` apply to their `--device` before anything
+    /// runs (the binary sets the ML kinds' own: a CPU-only build refuses `cuda`). Without
+    /// one (test registries), every device the placement accepts is run.
+    pub fn set_device_check(&mut self, check: DeviceCheck) -> &mut Self {
+        self.device_check = Some(check);
+        self
+    }
+
+    /// [`Registry::set_device_check`]'s check of `device` (`Ok` when none is set).
+    ///
+    /// # Errors
+    /// The check's message: the device is misspelt or this build cannot run on it.
+    pub fn check_device(&self, device: &str) -> Result<(), String> {
+        self.device_check.map_or(Ok(()), |check| check(device))
     }
 
     /// The kind registered under the `uses:` name `name`, if any.
@@ -204,6 +226,19 @@ mod tests {
         fn run(_: P, _: &mut StageContext) -> anyhow::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_device_check_is_applied_only_when_set() {
+        let mut r = Registry::empty();
+        assert_eq!(r.check_device("cuda"), Ok(()));
+        r.set_device_check(|d| match d {
+            "cpu" => Ok(()),
+            d => Err(format!("no {d} here")),
+        });
+        assert_eq!(r.check_device("cpu"), Ok(()));
+        assert_eq!(r.check_device("cuda:1"), Err("no cuda:1 here".into()));
+        assert_eq!(r.clone().check_device("cuda"), Err("no cuda here".into()));
     }
 
     #[test]

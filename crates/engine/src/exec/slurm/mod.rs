@@ -100,12 +100,17 @@ impl super::plugin::ExecutorPlugin for Slurm {
         settings: SlurmConfig,
         run: &super::plugin::RunSetup,
     ) -> Result<Box<dyn super::Executor>, String> {
-        if run.gpus.is_some() {
-            return Err(
-                "--gpus counts this machine's GPUs for the local executor; with the \
-                        Slurm executor a stage asks for GPUs with `resources.gpus`"
-                    .into(),
-            );
+        for (given, flag) in [
+            (run.gpus.is_some(), "--gpus"),
+            (run.gpu_mem.is_some(), "--gpu-mem"),
+            (run.per_gpu.is_some(), "--per-gpu"),
+        ] {
+            if given {
+                return Err(format!(
+                    "{flag} places instances on this machine's GPUs for the local executor; \
+                     with the Slurm executor a stage asks for GPUs with `resources.gpus`"
+                ));
+            }
         }
         let abs = |p: &std::path::Path| {
             std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
@@ -378,7 +383,13 @@ impl SlurmExecutor {
         std::fs::create_dir_all(dir.join("exit")).map_err(io)?;
         std::fs::create_dir_all(dir.join("out")).map_err(io)?;
         let path = dir.join("scripts").join(format!("{name}.sh"));
-        let text = script::batch_script(&self.command, stage, rows);
+        // An instance that declares no GPU runs on the CPU, whatever `--device` says (as
+        // the scheduler's jobs do: `device_of`).
+        let command = script::Command {
+            device: super::scheduler::device_of(&self.command.device, resources.gpus, None),
+            ..self.command.clone()
+        };
+        let text = script::batch_script(&command, stage, rows);
         script::write_atomic(&path, text.as_bytes()).map_err(io)?;
         let args = self.sbatch_args(&name, stage, rows.len(), resources)?;
         let id = self.slurm.sbatch(&args, &path)?;

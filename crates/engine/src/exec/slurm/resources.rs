@@ -89,6 +89,7 @@ mod tests {
             gpus: 2,
             mem: Some("16G".into()),
             time: Some("2h".into()),
+            ..Resources::default()
         };
         assert_eq!(
             sbatch_options(&r, GpuRequest::Gres).unwrap(),

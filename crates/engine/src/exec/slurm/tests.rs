@@ -14,6 +14,8 @@ struct World {
     /// What `scontrol show job` says; absent: forgotten.
     jobs: HashMap<TaskId, JobInfo>,
     squeue_fails: bool,
+    /// The batch scripts `sbatch` was given, in order.
+    scripts: Vec<String>,
 }
 
 /// A queue the test scripts through the shared [`World`].
@@ -21,8 +23,11 @@ struct World {
 struct Fake(Arc<Mutex<World>>);
 
 impl Commands for Fake {
-    fn sbatch(&self, _: &[String], _: &Path) -> Result<String, String> {
-        Err("no sbatch in these tests".into())
+    fn sbatch(&self, _: &[String], script: &Path) -> Result<String, String> {
+        let text = std::fs::read_to_string(script).map_err(|e| e.to_string())?;
+        let mut w = self.0.lock().unwrap();
+        w.scripts.push(text);
+        Ok(format!("{}", 100 + w.scripts.len()))
     }
     fn squeue(&self, prefix: &str) -> Result<HashMap<TaskId, Listed>, String> {
         let w = self.0.lock().unwrap();
@@ -366,4 +371,30 @@ fn a_forgotten_task_waits_out_the_grace_period_for_a_late_sentinel() {
     s.sentinel(2, 0);
     let e = s.failure();
     assert_eq!(e, "exec-stage failed (exit code 2, Slurm job 7_1)");
+}
+
+#[test]
+fn an_array_declaring_no_gpu_runs_its_tasks_on_the_cpu() {
+    let mut s = setup();
+    s.ex.command.device = "cuda".into();
+    let row = TaskRow {
+        key: s.key.clone(),
+        instance: "x".into(),
+        log: s._dir.path().join("x.log"),
+    };
+    let cpu = Resources::default();
+    let gpu = Resources {
+        gpus: 1,
+        ..Resources::default()
+    };
+    s.ex.sbatch_array("prep", &[(row.clone(), false)], &cpu)
+        .unwrap();
+    s.ex.sbatch_array("train", &[(row, false)], &gpu).unwrap();
+    let w = s.fake.0.lock().unwrap();
+    assert!(w.scripts[0].contains(" --device 'cpu'"), "{}", w.scripts[0]);
+    assert!(
+        w.scripts[1].contains(" --device 'cuda'"),
+        "{}",
+        w.scripts[1]
+    );
 }
