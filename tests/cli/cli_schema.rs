@@ -380,3 +380,35 @@ fn run_help_says_what_gpus_does_as_gpu_md_does() {
         assert!(help.contains(part), "no `{part}` in:\n{help}");
     }
 }
+
+#[test]
+fn a_comma_separated_set_for_a_list_says_what_to_write_and_nothing_else() {
+    // What a Hydra user types for a sweep: `params.seeds=1,2`. One error per axis that uses
+    // it, with the list to write; no follow-on "unresolved reference" for `${matrix.seed}`.
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["plan", "pipelines/demo.yaml", "--set", "params.seeds=1,2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("matrix axis `seed` must be a list, got \"1,2\"; a list is written in brackets: `[1, 2]`")
+            && err.contains("--set 'NAME=[1,2]'"),
+        "{err}"
+    );
+    assert!(!err.contains("unresolved reference"), "{err}");
+    // What it says to write works.
+    Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "validate",
+            "pipelines/demo.yaml",
+            "--set",
+            "params.seeds=[1,2]",
+        ])
+        .assert()
+        .success();
+}

@@ -131,6 +131,15 @@ pub(super) fn check_with(
     axes: &[Axis],
 ) {
     let wpath = format!("{base}.with");
+    // An axis that was refused (reported where it is) would only make its references look
+    // unresolved here: `with:` is checked once the matrix is valid.
+    if spec
+        .matrix
+        .keys()
+        .any(|k| !axes.iter().any(|(a, _)| a == k))
+    {
+        return;
+    }
     let first: HashMap<&str, &Value> = axes.iter().map(|(a, v)| (a.as_str(), &v[0])).collect();
     let mut other = |r: &Ref| resolve_for_check(r, &first, &spec.needs);
     let (mut checked, errs) = substitute(&spec.with, &mut |r| match r {

@@ -97,10 +97,30 @@ pub(super) fn check_axis_values(
         other => {
             cx.err(
                 apath,
-                format!("matrix axis `{axis}` must be a list, got {other}"),
+                format!(
+                    "matrix axis `{axis}` must be a list, got {other}{}",
+                    list_hint(&other)
+                ),
             );
             None
         }
+    }
+}
+
+/// What to write instead of a comma-separated string (Hydra's sweep syntax `a=1,2`, typed
+/// on the command line): the list in brackets, and how to quote it for `--set`.
+fn list_hint(value: &Value) -> String {
+    match value.as_str() {
+        Some(t) if t.contains(',') => {
+            let items: Vec<&str> = t.split(',').map(str::trim).collect();
+            format!(
+                "; a list is written in brackets: `[{}]` (with --set, quote it for the shell: \
+                 --set 'NAME=[{}]')",
+                items.join(", "),
+                items.join(",")
+            )
+        }
+        _ => String::new(),
     }
 }
 
