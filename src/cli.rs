@@ -12,7 +12,7 @@ use crate::stages::Registry;
 // no colour (a pipe, a file, NO_COLOR), so redirected output is plain text.
 use crate::config::paths::cli_path;
 use anstream::{eprintln, print, println};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -139,6 +139,13 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files.
     Schema,
+    /// Print a shell completion script: `idat-pipe completions bash >
+    /// ~/.local/share/bash-completion/completions/idat-pipe` (zsh: a file `_idat-pipe` in a
+    /// folder of `$fpath`; fish: `~/.config/fish/completions/idat-pipe.fish`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Summarise the cache.
     Status,
     /// Remove superseded entries, stale temporary files and quarantined entries.
@@ -282,6 +289,15 @@ pub fn main_with(registry: Registry, args: Vec<OsString>) -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "idat-pipe",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             let s = crate::config::schema::pipeline_schema(&registry);
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

@@ -412,3 +412,31 @@ fn a_comma_separated_set_for_a_list_says_what_to_write_and_nothing_else() {
         .assert()
         .success();
 }
+
+#[test]
+fn completions_are_generated_for_each_shell_and_name_the_subcommands() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef idat-pipe"),
+        ("fish", "complete -c idat-pipe"),
+    ] {
+        let out = Command::cargo_bin("idat-pipe")
+            .unwrap()
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        for sub in ["run", "validate", "plan", "budget", "bench", "infer"] {
+            assert!(text.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let out = Command::cargo_bin("idat-pipe")
+        .unwrap()
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}
