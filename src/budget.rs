@@ -21,7 +21,7 @@ use crate::bench::{StepKind, StepReport};
 use crate::config::resources::seconds;
 use crate::config::{Instance, Loaded};
 use crate::data::vtab_tasks::{task_info, SPLIT_SIZES};
-use crate::train::OptimConfig;
+use crate::train::{evaluates_after, steps_per_epoch, OptimConfig};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -242,135 +242,159 @@ fn part_rate(
     })
 }
 
+/// What budget reads of a training or evaluation instance, through the kind's own params
+/// type (so its defaults are the kind's).
+struct Reading {
+    /// (training step, its evaluation, the optimiser, `eval_every`); `None` for `eval`.
+    train: Option<(StepKind, StepKind, OptimConfig, usize)>,
+    task: String,
+    data: String,
+    adapter: &'static str,
+    /// `eval`'s batch size.
+    eval_batch: usize,
+}
+
+/// The instance's params, `Ok(None)` for kinds without a budget (decoding, models,
+/// reports).
+fn read_params(inst: &Instance) -> Result<Option<Reading>> {
+    use crate::kinds::{eval, train};
+    let with = || inst.with.clone();
+    Ok(Some(match inst.uses.as_str() {
+        "train/adapt" => {
+            let p: train::AdaptParams = serde_json::from_value(with()).context("its `with:`")?;
+            Reading {
+                train: Some((StepKind::At, StepKind::EvalAt, p.optim, p.eval_every)),
+                task: p.task,
+                data: p.data.to_string(),
+                adapter: p.adapter.name(),
+                eval_batch: 0,
+            }
+        }
+        "train/idat" => {
+            let p: train::IdatParams = serde_json::from_value(with()).context("its `with:`")?;
+            Reading {
+                train: Some((StepKind::Idat, StepKind::EvalIdat, p.optim, p.eval_every)),
+                task: p.task,
+                data: p.data.to_string(),
+                adapter: p.adapter.name(),
+                eval_batch: 0,
+            }
+        }
+        "eval" => {
+            let p: eval::Params = serde_json::from_value(with()).context("its `with:`")?;
+            // `eval` names no task: its matrix cell does, as in the shipped pipelines.
+            let task = inst
+                .cell
+                .iter()
+                .find(|(k, _)| k == "task")
+                .and_then(|(_, v)| v.as_str())
+                .context("no `task` axis in its matrix")?;
+            Reading {
+                train: None,
+                task: task.to_string(),
+                data: p.data.to_string(),
+                adapter: crate::nn::adapters::AdapterConfig::default().name(),
+                eval_batch: p.batch_size,
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
 /// The budget of one instance, `Ok(None)` for kinds without one (decoding, models,
 /// reports).
 ///
 /// # Errors
-/// Its `with` cannot be read (named), its task is not a VTAB-1K task, or a rate is missing.
+/// Its `with` cannot be read (named), its data are not VTAB-1K at the measured image size,
+/// or a rate is missing.
 fn instance_budget(
     inst: &Instance,
     pipeline: &Loaded,
     rates: &Rates,
 ) -> Result<Option<InstanceBudget>> {
-    let (train_kind, eval_kind) = match inst.uses.as_str() {
-        "train/adapt" => (Some(StepKind::At), StepKind::EvalAt),
-        "train/idat" => (Some(StepKind::Idat), StepKind::EvalIdat),
-        "eval" => (None, StepKind::EvalAt),
-        _ => return Ok(None),
+    let Some(r) = read_params(inst)? else {
+        return Ok(None);
     };
-    let task = inst.with.get("task").and_then(|t| t.as_str());
-    let task = match (task, inst.uses.as_str()) {
-        (Some(t), _) => t.to_string(),
-        // `eval` names no task: its matrix cell does, as in the shipped pipelines.
-        (None, _) => inst
-            .cell
-            .iter()
-            .find(|(k, _)| k == "task")
-            .and_then(|(_, v)| v.as_str())
-            .context("no `task` in its `with:` or matrix")?
-            .to_string(),
-    };
-    let size = vtab_data(inst, pipeline, &task)?;
-    let adapter = inst
-        .with
-        .pointer("/adapter/method")
-        .and_then(|m| m.as_str())
-        .unwrap_or("seq_adapter")
-        .to_string();
-    let info = task_info(&task)
-        .with_context(|| format!("`{task}` is not a VTAB-1K task: its test size is unknown"))?;
-    // An integer of `with` (`batch_size`, `eval_every`), else the kind's default.
-    let int_or = |key: &str, default: usize| {
-        inst.with
-            .get(key)
-            .and_then(|b| b.as_u64())
-            .map_or(default, |b| b as usize)
-    };
-    let Some(train_kind) = train_kind else {
-        let batch = int_or("batch_size", 64);
-        let rate = part_rate(rates, eval_kind, StepKind::At, batch, 1)?;
+    let size = vtab_data(&r.data, pipeline, &r.task)?;
+    let info = task_info(&r.task).with_context(|| {
+        format!(
+            "`{}` is not a VTAB-1K task: its test size is unknown",
+            r.task
+        )
+    })?;
+    let budget =
+        |steps: usize, evaluations: usize, train_s: f64, eval_s: f64, train_rate, eval_rate| {
+            InstanceBudget {
+                id: inst.id.clone(),
+                stage: inst.stage.clone(),
+                uses: inst.uses.clone(),
+                adapter: r.adapter.to_string(),
+                task: r.task.clone(),
+                test_images: info.test_size,
+                steps,
+                evaluations,
+                train_s,
+                eval_s,
+                train_rate,
+                eval_rate,
+            }
+        };
+    let Some((train_kind, eval_kind, optim, eval_every)) = &r.train else {
+        let rate = part_rate(rates, StepKind::EvalAt, StepKind::At, r.eval_batch, 1)?;
         same_size(&rate, size)?;
-        return Ok(Some(InstanceBudget {
-            id: inst.id.clone(),
-            stage: inst.stage.clone(),
-            uses: inst.uses.clone(),
-            adapter: adapter.clone(),
-            task,
-            test_images: info.test_size,
-            steps: 0,
-            evaluations: 1,
-            train_s: 0.0,
-            eval_s: info.test_size as f64 / rate.images_per_s,
-            train_rate: None,
-            eval_rate: rate,
-        }));
+        let eval_s = info.test_size as f64 / rate.images_per_s;
+        return Ok(Some(budget(0, 1, 0.0, eval_s, None, rate)));
     };
-    let optim: OptimConfig = match inst.with.get("optim") {
-        Some(o) => serde_json::from_value(o.clone()).context("its `optim`")?,
-        None => OptimConfig::default(),
-    };
-    let eval_every = int_or("eval_every", 1).max(1);
     let epochs = optim.total_epochs();
     let bs = optim.batch_size.max(1);
-    let steps = epochs * (train_images() / bs);
+    let steps = epochs * steps_per_epoch(train_images(), bs);
     let evaluations = (0..epochs)
-        .filter(|e| e + 1 == epochs || (e + 1) % eval_every == 0)
+        .filter(|&e| evaluates_after(e, epochs, *eval_every))
         .count();
     let accum = optim.accum_steps.max(1);
-    let train_rate = part_rate(rates, train_kind, train_kind, bs, accum)?;
+    let train_rate = part_rate(rates, *train_kind, *train_kind, bs, accum)?;
     // The loop evaluates in micro-batches with accumulation.
     let eval_rate = part_rate(
         rates,
-        eval_kind,
-        train_kind,
+        *eval_kind,
+        *train_kind,
         optim.micro_batch().max(1),
         accum,
     )?;
     same_size(&train_rate, size)?;
     same_size(&eval_rate, size)?;
-    Ok(Some(InstanceBudget {
-        id: inst.id.clone(),
-        stage: inst.stage.clone(),
-        uses: inst.uses.clone(),
-        adapter: adapter.clone(),
-        task,
-        test_images: info.test_size,
+    let train_s = (steps * bs) as f64 / train_rate.images_per_s;
+    let eval_s = (evaluations * info.test_size) as f64 / eval_rate.images_per_s;
+    Ok(Some(budget(
         steps,
         evaluations,
-        train_s: (steps * bs) as f64 / train_rate.images_per_s,
-        eval_s: (evaluations * info.test_size) as f64 / eval_rate.images_per_s,
-        train_rate: Some(train_rate),
+        train_s,
+        eval_s,
+        Some(train_rate),
         eval_rate,
-    }))
+    )))
 }
 
-/// The image size `inst`'s data is decoded at, after checking that the data is VTAB-1K:
-/// `inst.with.data` names a `data/decode` stage whose instance for `task` reads a
+/// The image size the data of stage `data` are decoded at, after checking that they are
+/// VTAB-1K: `data` is a `data/decode` stage whose instance for `task` reads a
 /// `dataset/vtab1k` stage (the only benchmark whose split sizes budget knows).
 ///
 /// # Errors
 /// Another source, named with its kind and stage; a chain that cannot be followed.
-fn vtab_data(inst: &Instance, pipeline: &Loaded, task: &str) -> Result<usize> {
-    let data = inst
-        .with
-        .get("data")
-        .and_then(|d| d.as_str())
-        .context("no `data` stage in its `with:`")?;
+fn vtab_data(data: &str, pipeline: &Loaded, task: &str) -> Result<usize> {
     let decode = pipeline
         .instances
         .iter()
         .filter(|d| d.stage == data)
         .find(|d| d.with.get("task").and_then(|t| t.as_str()) == Some(task))
         .with_context(|| format!("stage `{data}` has no instance for task `{task}`"))?;
-    let dataset = decode
-        .with
-        .get("dataset")
-        .and_then(|d| d.as_str())
-        .with_context(|| format!("stage `{data}` names no `dataset` stage"))?;
+    let decode: crate::kinds::decode::Params = serde_json::from_value(decode.with.clone())
+        .with_context(|| format!("stage `{data}` is not a `data/decode` stage"))?;
+    let dataset = decode.dataset.to_string();
     let uses = pipeline
         .stages
         .iter()
-        .find(|(id, _)| id == dataset)
+        .find(|(id, _)| *id == dataset)
         .map(|(_, spec)| spec.uses.as_str())
         .unwrap_or("?");
     if uses != "dataset/vtab1k" {
@@ -379,11 +403,7 @@ fn vtab_data(inst: &Instance, pipeline: &Loaded, task: &str) -> Result<usize> {
              VTAB-1K (`dataset/vtab1k`) only; time one of its epochs instead (its log's epoch lines)"
         );
     }
-    Ok(decode
-        .with
-        .get("size")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(224) as usize)
+    Ok(decode.size)
 }
 
 /// An error unless `rate` was measured at the image size the instance's data has.

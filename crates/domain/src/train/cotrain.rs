@@ -85,7 +85,6 @@ pub fn train(
     let mut rows = start.rows;
     ctx.set_total((total * steps) as u64);
     ctx.set_position((start.epoch * steps) as u64);
-    let eval_every = eval_every.max(1);
     // The last epoch's evaluation is the final one (same weights, eval mode).
     let mut last_eval = None;
     let mut epoch_seconds = Vec::new();
@@ -101,7 +100,7 @@ pub fn train(
         };
         let (sums, lr) = run.train(members, distill, &sched, data, ctx)?;
         let last = epoch + 1 == total;
-        let (test_s, test_t) = if last || (epoch + 1) % eval_every == 0 {
+        let (test_s, test_t) = if evaluates_after(epoch, total, eval_every) {
             // In micro-batches: a card that trains batch_size / N at a time may not hold
             // the forward of a whole batch (an evaluation forward holds its intermediate
             // tensors until its logits are out). N = 1: batches of batch_size, as always.
@@ -156,7 +155,19 @@ fn check_run(
     if bs == 0 || n < bs {
         bail!("batch_size {bs} needs at least that many training images, the split has {n}");
     }
-    Ok(n / bs) // drop last, as the official loader
+    Ok(steps_per_epoch(n, bs))
+}
+
+/// Steps of an epoch over `n` training images in batches of `batch_size` (at least 1): the
+/// last, incomplete batch is dropped, as in the official loader.
+pub fn steps_per_epoch(n: usize, batch_size: usize) -> usize {
+    n / batch_size.max(1)
+}
+
+/// Whether the test split is evaluated after `epoch` (from 0) of `total`: every
+/// `eval_every`-th epoch (at least 1) and always the last.
+pub fn evaluates_after(epoch: usize, total: usize, eval_every: usize) -> bool {
+    epoch + 1 == total || (epoch + 1).is_multiple_of(eval_every.max(1))
 }
 
 /// The learning-rate schedule of `optim`.

@@ -13,7 +13,7 @@ mod state;
 mod step;
 
 pub use config::{DistillConfig, DistillDirection, DistillKind, OptimConfig};
-pub use cotrain::{train, TrainOutcome};
+pub use cotrain::{evaluates_after, steps_per_epoch, train, TrainOutcome};
 pub use epoch::EpochRow;
 pub use evaluate::{evaluate, EvalResult};
 pub use hooks::TrainHooks;
