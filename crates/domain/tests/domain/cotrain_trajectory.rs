@@ -19,7 +19,8 @@
 //! the learning rate of the next epoch used (off by one), or D weighted 0.5 instead of 1 (all
 //! three were tried on `crates/domain/src/train/cotrain.rs`).
 
-use candle_core::{DType, Device, Tensor, Var};
+use crate::train_support::{trainables, values};
+use candle_core::{Device, Tensor, Var};
 use idat_domain::data::image::{Normalize, NormalizeKind};
 use idat_domain::data::loader::DecodedSplit;
 use idat_domain::nn::adapters::AdapterConfig;
@@ -90,15 +91,6 @@ impl Fixture {
 /// `err` is above `tol` or NaN.
 fn exceeds(err: f64, tol: f64) -> bool {
     err.is_nan() || err >= tol
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
 }
 
 /// A member built as the `train` stage builds one (Vit::new from the frozen backbone, AdamW
@@ -198,15 +190,7 @@ fn check_trajectory(kind: &str) {
     };
 
     let recorder = Arc::new(Recorder {
-        vars: members
-            .iter()
-            .flat_map(|m| {
-                m.vit
-                    .trainable()
-                    .into_iter()
-                    .map(|(n, v)| (format!("{}.{n}", m.name), v))
-            })
-            .collect(),
+        vars: trainables(&members),
         snapshots: Mutex::new(Vec::new()),
     });
     let dir = tempfile::tempdir().unwrap();

@@ -33,3 +33,4 @@ mod report_compare;
 mod report_plots;
 mod report_vtab;
 mod train_accum;
+mod train_support;

@@ -7,8 +7,9 @@
 //! tiny random-backbone ViTs (`seq_adapter`), recording every trainable tensor after every
 //! optimiser step through the loop's progress hook.
 
+use crate::train_support::{trainables, values};
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use idat_domain::data::image::{Normalize, NormalizeKind};
 use idat_domain::data::loader::DecodedSplit;
 use idat_domain::nn::adapters::{AdapterConfig, SeqAdapterConfig};
@@ -116,15 +117,6 @@ fn split(n: usize, seed: u64) -> DecodedSplit {
 /// Every trainable tensor by `<member>.<name>`, flattened.
 type Snapshot = Vec<(String, Vec<f64>)>;
 
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
 /// Hooks that copy every trainable tensor each time the loop reports a finished step.
 struct Recorder {
     dir: PathBuf,
@@ -204,15 +196,7 @@ fn run(optim: &OptimConfig, distill: Option<&DistillConfig>) -> Result<Run> {
     let tmp = tempfile::tempdir().unwrap();
     let rec = Recorder {
         dir: tmp.path().join("ckpt"),
-        vars: members
-            .iter()
-            .flat_map(|m| {
-                m.vit
-                    .trainable()
-                    .into_iter()
-                    .map(|(n, v)| (format!("{}.{n}", m.name), v))
-            })
-            .collect(),
+        vars: trainables(&members),
         snapshots: RefCell::new(Vec::new()),
     };
     let init = rec.snapshot();
